@@ -1,0 +1,18 @@
+"""conceptsim: interpretable, concept-based comparison of CNN feature spaces.
+
+The package is laid out as the pipeline runs:
+
+- :mod:`conceptsim.data` -- COCO-format concept datasets, embedded offline datasets, model-input geometry;
+- :mod:`conceptsim.models` -- model registry, pinned weights, relative depth;
+- :mod:`conceptsim.extraction` -- forward hooks and the Zarr activation store;
+- :mod:`conceptsim.concepts` -- Net2Vec segmentation probes, TCAV-style classification probes,
+  Network Dissection, controls;
+- :mod:`conceptsim.comparison` -- concept-output similarity, CKA, the tests of the paper's findings;
+- :mod:`conceptsim.study` and :mod:`conceptsim.runner` -- study files and the papermill runner.
+"""
+
+from conceptsim import paths as _paths
+
+_paths.configure_environment()
+
+__version__ = "0.1.0"
