@@ -1,0 +1,257 @@
+"""The Zarr activation store: one store per (study, dataset, model).
+
+Layout (a Zarr v3 group, readable with plain ``zarr``, ``xarray`` or ``dask``)::
+
+    activations.zarr/
+      zarr.json                      group attributes = store metadata (see below)
+      image_id       (N,)            int64   dataset image ids, in extraction order
+      split          (N,)            uint8   0 = train, 1 = val, 2 = test
+      labels         (N, K)          uint8   image-level presence (mask area >= min_area)
+      content_box    (N, 4)          float32 (top, left, bottom, right) of the image in the input frame
+      masks          (N, K, gh, gw)  uint8   binary concept masks on the evaluation grid (image frame)
+      activations/<layer>  (N, C, h, w)  float16  layer output, average-pooled to at most ``grid_cap``
+      targets/<layer>      (N, K, h, w)  float16  concept masks area-averaged onto the same grid
+                                                   (input frame): Net2Vec's soft targets
+
+All arrays are chunked by images. Metadata attributes: ``schema`` (version), ``model``, ``dataset``,
+``study``, ``weights_sha256``, ``dataset_sha256``, ``preprocessing`` (dict), ``grid_cap``,
+``eval_grid``, ``min_area``, ``seed``, ``dtype``, ``concepts`` (list of {name, category}), ``layers``
+(list of {name, module_type, channels, grid, native_grid, conv_position, relative_depth, probe_rank}),
+``key`` (hash of everything that determines the content) and ``complete`` (set last).
+
+The store is written under a temporary name and renamed when complete, so a killed extraction leaves no
+store that looks usable; a store whose ``key`` differs from the expected one is recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+
+SCHEMA_VERSION = 1
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
+
+
+class StoreError(RuntimeError):
+    """A store is missing, incomplete, corrupt, or was made for other inputs."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A probed layer as recorded in a store."""
+
+    name: str
+    module_type: str
+    channels: int
+    grid: tuple[int, int]  # stored grid (after the cap)
+    native_grid: tuple[int, int]  # the layer's own output grid at the model's input size
+    conv_position: int
+    relative_depth: float
+    probe_rank: float
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "module_type": self.module_type,
+            "channels": int(self.channels),
+            "grid": [int(g) for g in self.grid],
+            "native_grid": [int(g) for g in self.native_grid],
+            "conv_position": int(self.conv_position),
+            "relative_depth": float(self.relative_depth),
+            "probe_rank": float(self.probe_rank),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerInfo":
+        return cls(
+            d["name"], d["module_type"], int(d["channels"]), tuple(d["grid"]), tuple(d["native_grid"]),
+            int(d["conv_position"]), float(d["relative_depth"]), float(d["probe_rank"]),
+        )
+
+
+def _chunk(n: int, per_chunk: int) -> int:
+    return max(1, min(n, per_chunk))
+
+
+class StoreWriter:
+    """Creates the arrays of a new store and fills them batch by batch."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_images: int,
+        layers: Sequence[LayerInfo],
+        concepts: Sequence[dict],
+        eval_grid: Sequence[int],
+        metadata: dict[str, Any],
+        dtype: str = "float16",
+        images_per_chunk: int = 16,
+    ) -> None:
+        self.path = Path(path)
+        self.n = int(n_images)
+        self.layers = list(layers)
+        k = len(concepts)
+        c = _chunk(self.n, images_per_chunk)
+        g = zarr.open_group(str(self.path), mode="w")
+        attrs = dict(metadata)
+        attrs.update(
+            schema=SCHEMA_VERSION,
+            concepts=[dict(x) for x in concepts],
+            layers=[layer.to_dict() for layer in self.layers],
+            eval_grid=[int(x) for x in eval_grid],
+            dtype=dtype,
+            complete=False,
+        )
+        g.attrs.update(attrs)
+        self.group = g
+        g.create_array("image_id", shape=(self.n,), chunks=(self.n or 1,), dtype="int64")
+        g.create_array("split", shape=(self.n,), chunks=(self.n or 1,), dtype="uint8")
+        g.create_array("labels", shape=(self.n, k), chunks=(self.n or 1, k or 1), dtype="uint8")
+        g.create_array("content_box", shape=(self.n, 4), chunks=(self.n or 1, 4), dtype="float32")
+        gh, gw = (int(x) for x in eval_grid)
+        g.create_array("masks", shape=(self.n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")
+        acts = g.create_group("activations")
+        tgts = g.create_group("targets")
+        for layer in self.layers:
+            h, w = layer.grid
+            acts.create_array(layer.name, shape=(self.n, layer.channels, h, w), chunks=(c, layer.channels, h, w), dtype=dtype)
+            tgts.create_array(layer.name, shape=(self.n, k, h, w), chunks=(c, k or 1, h, w), dtype="float16")
+        self.cursor = 0
+
+    def write_batch(
+        self,
+        *,
+        image_ids: np.ndarray,
+        splits: Sequence[str],
+        labels: np.ndarray,
+        content_boxes: np.ndarray,
+        masks: np.ndarray,
+        activations: dict[str, np.ndarray],
+        targets: dict[str, np.ndarray],
+    ) -> None:
+        b = len(image_ids)
+        s = slice(self.cursor, self.cursor + b)
+        if s.stop > self.n:
+            raise StoreError(f"store {self.path}: batch overflows the {self.n} images it was created for")
+        g = self.group
+        g["image_id"][s] = np.asarray(image_ids, dtype=np.int64)
+        g["split"][s] = np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8)
+        g["labels"][s] = np.asarray(labels, dtype=np.uint8)
+        g["content_box"][s] = np.asarray(content_boxes, dtype=np.float32)
+        g["masks"][s] = np.asarray(masks, dtype=np.uint8)
+        for layer in self.layers:
+            g["activations"][layer.name][s] = activations[layer.name]
+            g["targets"][layer.name][s] = targets[layer.name]
+        self.cursor = s.stop
+
+    def finish(self) -> None:
+        if self.cursor != self.n:
+            raise StoreError(f"store {self.path}: {self.cursor} of {self.n} images written")
+        self.group.attrs["complete"] = True
+
+
+class ActivationStore:
+    """Read access to a complete store.
+
+    Parameters
+    ----------
+    path : the store directory.
+    expected_key : when given, the store's ``key`` attribute must equal it (else :class:`StoreError`).
+    """
+
+    def __init__(self, path: str | Path, expected_key: str | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"activation store {self.path} does not exist; run the extraction stage first")
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r")
+            attrs = dict(self.group.attrs)
+        except Exception as exc:  # zarr raises several types for corrupt metadata
+            raise StoreError(f"activation store {self.path} is unreadable ({exc}); delete it to recompute") from exc
+        if attrs.get("schema") != SCHEMA_VERSION or not attrs.get("complete"):
+            raise StoreError(
+                f"activation store {self.path} is incomplete or of another schema "
+                f"(schema={attrs.get('schema')}, complete={attrs.get('complete')}); delete it to recompute"
+            )
+        if expected_key is not None and attrs.get("key") != expected_key:
+            raise StoreError(f"activation store {self.path} was made for other inputs (key mismatch)")
+        self.attrs = attrs
+        self.layers = [LayerInfo.from_dict(d) for d in attrs["layers"]]
+        self.concepts = [dict(c) for c in attrs["concepts"]]
+        try:
+            self.image_ids = np.asarray(self.group["image_id"][:])
+            self.splits = np.asarray(self.group["split"][:])
+            self.labels = np.asarray(self.group["labels"][:])
+            self.content_boxes = np.asarray(self.group["content_box"][:])
+        except Exception as exc:
+            raise StoreError(f"activation store {self.path} is corrupt ({exc}); delete it to recompute") from exc
+
+    # convenience ------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        return self.attrs["model"]
+
+    @property
+    def dataset(self) -> str:
+        return self.attrs["dataset"]
+
+    @property
+    def concept_names(self) -> list[str]:
+        return [c["name"] for c in self.concepts]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.attrs["preprocessing"]["size"])
+
+    @property
+    def eval_grid(self) -> tuple[int, int]:
+        return tuple(self.attrs["eval_grid"])
+
+    def layer(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"layer {name!r} is not in store {self.path}; it has {self.layer_names}")
+
+    def split_index(self, split: str) -> np.ndarray:
+        """Row indices of the images in ``split`` ("train", "val" or "test")."""
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split must be one of {list(SPLIT_CODES)}, got {split!r}")
+        return np.flatnonzero(self.splits == SPLIT_CODES[split])
+
+    def activations(self, layer: str) -> zarr.Array:
+        self.layer(layer)
+        return self.group["activations"][layer]
+
+    def targets(self, layer: str) -> zarr.Array:
+        self.layer(layer)
+        return self.group["targets"][layer]
+
+    @property
+    def masks(self) -> zarr.Array:
+        return self.group["masks"]
+
+
+def read_rows(array: zarr.Array, rows: np.ndarray, batch: int = 64):
+    """Yield ``(row_indices, block)`` for the given rows, reading at most ``batch`` images at a time.
+
+    Contiguous runs are read as slices (fast chunk access); memory is bounded by ``batch``.
+    """
+    rows = np.asarray(rows)
+    for start in range(0, len(rows), batch):
+        idx = rows[start : start + batch]
+        if len(idx) and idx[-1] - idx[0] == len(idx) - 1:
+            block = array[int(idx[0]) : int(idx[-1]) + 1]
+        else:
+            block = array.get_orthogonal_selection((idx,))
+        yield idx, np.asarray(block)
