@@ -636,22 +636,26 @@ def decode_heads(
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy class-agnostic NMS as ``tf.image.nonMaxSuppression``: drop boxes with IoU > threshold."""
-    order = torch.argsort(scores, descending=True, stable=True)
-    areas = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    """Greedy class-agnostic NMS with ``tf.image.nonMaxSuppression``'s rules (tfjs CPU kernel).
+
+    Candidates are taken by descending score (ties: lower index first); one is dropped when its IoU
+    with an already selected box is *at least* ``iou_threshold``; a box with zero area overlaps nothing.
+    """
+    b = boxes.double()
+    lo = torch.minimum(b[:, :2], b[:, 2:])  # tf normalises flipped corners
+    hi = torch.maximum(b[:, :2], b[:, 2:])
+    areas = (hi - lo).prod(dim=1)
     keep: list[int] = []
-    for i in order.tolist():
-        ok = True
-        for j in keep:
-            ix = (torch.minimum(boxes[i, 2], boxes[j, 2]) - torch.maximum(boxes[i, 0], boxes[j, 0])).clamp(min=0)
-            iy = (torch.minimum(boxes[i, 3], boxes[j, 3]) - torch.maximum(boxes[i, 1], boxes[j, 1])).clamp(min=0)
-            inter = ix * iy
-            union = areas[i] + areas[j] - inter
-            if union > 0 and inter / union > iou_threshold:
-                ok = False
-                break
-        if ok:
-            keep.append(i)
+    for i in torch.argsort(scores, descending=True, stable=True).tolist():
+        if keep:
+            k = torch.tensor(keep, device=b.device)
+            wh = (torch.minimum(hi[i], hi[k]) - torch.maximum(lo[i], lo[k])).clamp(min=0)
+            inter = wh.prod(dim=1)
+            iou = inter / (areas[i] + areas[k] - inter)
+            iou = torch.where((areas[i] > 0) & (areas[k] > 0), iou, torch.zeros_like(iou))
+            if bool((iou >= iou_threshold).any()):
+                continue
+        keep.append(i)
     return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
@@ -666,7 +670,8 @@ def detect(
     """Detections per image, decoded as ``@vladmandic/human`` does.
 
     Top-100 heat-map peaks (:func:`decode_heads`), then class-agnostic greedy NMS
-    (``iou_threshold`` 0.4, human's default) keeping scores above ``score_threshold``, at most
+    (``iou_threshold`` 0.4, human's default; a box is dropped at IoU >= threshold) keeping scores
+    strictly above ``score_threshold``, at most
     ``max_detections`` per image.
 
     Parameters

@@ -1,0 +1,166 @@
+"""A layer's activations for one split, held in memory when that fits, otherwise streamed.
+
+Memory rule (documented in concept_stage.json per layer): a split is held as a float32 tensor when
+``n x C x h x w x 4`` bytes fit in ``budget_bytes``; else as float16 (the store's own precision, so
+nothing is lost) when half of that fits, converted to float32 one batch at a time; else it is streamed
+from the Zarr store for every pass. The default study's largest layer (700 train images, 1,000 channels,
+40 x 40) needs 4.5 GB as float32 and 2.2 GB as float16, so with the default 3 GB budget it is kept as
+float16; a 256-channel 20 x 20 layer (0.29 GB) is kept as float32 and standardised once, in place.
+
+Standardisation uses train-set channel statistics over all positions. Zero-variance rule: a channel whose
+train std is below ``1e-6`` (or not finite) gets std := 1, so after mean subtraction it is identically
+zero and contributes nothing to any probe; the number of such channels is reported, never a NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import zarr
+
+from conceptsim.extraction.store import read_rows
+
+STD_FLOOR = 1e-6
+READ_BYTES = 64 << 20  # bytes of float32 per read from the store: bounds the streaming footprint
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """Per-channel ``(x - mean) / std`` with the zero-variance rule of this module."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    n_constant: int
+
+    @classmethod
+    def from_moments(cls, total: np.ndarray, total_sq: np.ndarray, count: int) -> "Standardiser":
+        """Build from sums of ``x`` and ``x**2`` (float64, already shifted as the caller chose)."""
+        mean = total / count
+        var = np.maximum(total_sq / count - mean**2, 0.0)
+        std = np.sqrt(var)
+        const = ~np.isfinite(std) | (std < STD_FLOOR)
+        std = np.where(const, 1.0, std)
+        return cls(mean.astype(np.float32), std.astype(np.float32), int(const.sum()))
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Standardiser":
+        """Fit on rows of features ``n x C`` (e.g. pooled activations)."""
+        x = np.asarray(x, dtype=np.float64)
+        shift = x.mean(0)
+        d = x - shift
+        s = cls.from_moments(d.sum(0), (d**2).sum(0), len(x))
+        return cls((s.mean + shift).astype(np.float32), s.std, s.n_constant)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise ``B x C (x ...)``; trailing spatial axes are broadcast."""
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean = torch.as_tensor(self.mean, device=x.device).view(shape)
+        std = torch.as_tensor(self.std, device=x.device).view(shape)
+        return (x - mean) / std
+
+
+def rows_per_read(array: zarr.Array) -> int:
+    """Images per read so that one float32 batch stays near :data:`READ_BYTES`."""
+    per_image = int(np.prod(array.shape[1:])) * 4
+    return max(1, READ_BYTES // max(per_image, 1))
+
+
+class SplitData:
+    """Activations of one split of one layer (see the module docstring for the memory rule).
+
+    Parameters
+    ----------
+    array : the store's ``N x C x h x w`` activation array.
+    rows : store row indices of the split, in the order used everywhere (position ``i`` = ``rows[i]``).
+    budget_bytes : memory allowed for holding the split.
+    with_moments : accumulate per-channel sums of ``x`` and ``x**2`` over all positions (train split).
+
+    Attributes
+    ----------
+    gap : ``n x C`` float32 global-average-pooled raw activations (Method B features).
+    mode : ``"float32"``, ``"float16"`` or ``"stream"``.
+    """
+
+    def __init__(self, array: zarr.Array, rows: np.ndarray, *, budget_bytes: float, with_moments: bool = False):
+        self.array, self.rows = array, np.asarray(rows)
+        n, self.c = len(self.rows), int(array.shape[1])
+        self.spatial = tuple(int(s) for s in array.shape[2:])
+        f32 = n * self.c * int(np.prod(self.spatial)) * 4
+        self.mode = "float32" if f32 <= budget_bytes else ("float16" if f32 / 2 <= budget_bytes else "stream")
+        self.bytes_held = {"float32": f32, "float16": f32 // 2, "stream": 0}[self.mode]
+        self.data = None
+        if self.mode != "stream":
+            dtype = torch.float32 if self.mode == "float32" else torch.float16
+            self.data = torch.empty((n, self.c, *self.spatial), dtype=dtype)
+        self.standardiser: Standardiser | None = None
+        self._standardised_in_place = False
+        self._load(with_moments)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self, with_moments: bool) -> None:
+        """One pass over the store: fill memory, pool, and (optionally) accumulate channel moments."""
+        self.gap = np.empty((len(self.rows), self.c), dtype=np.float32)
+        total = np.zeros(self.c)
+        total_sq = np.zeros(self.c)
+        shift = None
+        pos = 0
+        for _, block in read_rows(self.array, self.rows, batch=rows_per_read(self.array)):
+            x = torch.from_numpy(block.astype(np.float32, copy=False))
+            b = len(x)
+            if self.data is not None:
+                self.data[pos : pos + b] = x
+            flat = x.flatten(2)
+            self.gap[pos : pos + b] = flat.mean(2).numpy()
+            if with_moments:
+                # shift by the first batch's channel means so float64 sums do not cancel catastrophically
+                shift = flat.double().mean((0, 2)) if shift is None else shift
+                d = flat.double() - shift.view(1, -1, 1)
+                total += d.sum((0, 2)).numpy()
+                total_sq += (d**2).sum((0, 2)).numpy()
+            pos += b
+        self.count = len(self.rows) * int(np.prod(self.spatial))
+        if with_moments and len(self.rows):
+            s = Standardiser.from_moments(total, total_sq, self.count)
+            self.moments = Standardiser((s.mean + shift.numpy()).astype(np.float32), s.std, s.n_constant)
+
+    def set_standardiser(self, standardiser: Standardiser) -> None:
+        """Standardise every batch from now on (in place, once, when the split is held as float32)."""
+        self.standardiser = standardiser
+        if self.mode == "float32" and not self._standardised_in_place:
+            for start in range(0, len(self.data), 256):
+                self.data[start : start + 256] = standardiser.apply(self.data[start : start + 256])
+            self._standardised_in_place = True
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield ``(positions, x)`` with ``x`` float32 ``B x C x h x w`` (standardised if set) on ``device``.
+
+        With a ``generator`` the order is shuffled: image by image when in memory, block by block (blocks
+        of ``batch_size`` consecutive images) when streamed, so that reads stay chunk-friendly.
+        """
+        n = len(self.rows)
+        order = np.arange(n)
+        starts = np.arange(0, n, batch_size)
+        if generator is not None:
+            if self.mode == "stream":
+                starts = starts[torch.randperm(len(starts), generator=generator).numpy()]
+            else:
+                order = torch.randperm(n, generator=generator).numpy()
+        for s in starts:
+            pos = order[s : s + batch_size]
+            yield pos, self._batch(pos).to(device)
+
+    def _batch(self, pos: np.ndarray) -> torch.Tensor:
+        if self.data is not None:
+            x = self.data[torch.from_numpy(pos)].float()
+        else:
+            x = torch.from_numpy(np.asarray(self.array.get_orthogonal_selection((self.rows[pos],)), dtype=np.float32))
+        if self.standardiser is not None and not self._standardised_in_place:
+            x = self.standardiser.apply(x)
+        return x

