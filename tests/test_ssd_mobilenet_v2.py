@@ -19,8 +19,6 @@ import torch
 from conceptsim.models import ssd_mobilenet_v2 as ssd
 from conceptsim.models.weights import WeightsError
 
-cv2 = pytest.importorskip("cv2")
-
 FEATURE_ATOL = 1e-3
 BOX_ATOL = 1e-3
 SCORE_ATOL = 1e-3
@@ -43,6 +41,7 @@ def _photos() -> dict[str, np.ndarray]:
     """Real photographs bundled with scikit-image and ultralytics (read without importing ultralytics,
     whose import touches the network settings and $HOME)."""
     from skimage import data
+    from skimage.io import imread
 
     photos = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee()}
     spec = importlib.util.find_spec("ultralytics")
@@ -50,8 +49,7 @@ def _photos() -> dict[str, np.ndarray]:
         assets = Path(spec.origin).parent / "assets"
         for name in ("bus.jpg", "zidane.jpg"):
             if (assets / name).exists():
-                bgr = cv2.imread(str(assets / name), cv2.IMREAD_COLOR)
-                photos[name.removesuffix(".jpg")] = np.ascontiguousarray(bgr[:, :, ::-1])
+                photos[name.removesuffix(".jpg")] = imread(assets / name)
     return photos
 
 
@@ -60,7 +58,7 @@ def opencv_net():
     try:
         return ssd.read_opencv_net()
     except WeightsError as err:
-        pytest.skip(f"SSD weight files absent; run `conceptsim models fetch` first ({err})")
+        pytest.skip(f"SSD weight files absent: {err}")
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +214,19 @@ def test_random_twin_layers_and_shapes():
     names = dict(model.named_modules())
     assert 8 <= len(ssd.DEFAULT_LAYERS) <= 20
     captured = {}
-    hooks = [
-        names[n].register_forward_hook(lambda m, i, o, n=n: captured.__setitem__(n, o)) for n in ssd.DEFAULT_LAYERS
-    ]
+    x = torch.rand(2, 3, 300, 300) * 2 - 1
     with torch.no_grad():
-        out = model(torch.rand(2, 3, 300, 300) * 2 - 1)
+        plain = model(x)
+    # blocks.13 also feeds a head from inside; hooks on the whole block must still fire.
+    probed = [*ssd.DEFAULT_LAYERS, "blocks.13"]
+    hooks = [names[n].register_forward_hook(lambda m, i, o, n=n: captured.__setitem__(n, o)) for n in probed]
+    with torch.no_grad():
+        out = model(x)
     for h in hooks:
         h.remove()
+    assert tuple(captured["blocks.13"].shape) == (2, 160, 10, 10)
+    assert all(torch.equal(a, b) for a, b in zip(plain["cls_logits"], out["cls_logits"]))
+    assert model.blocks[13]._expansion is None
     for layer, shape in ssd.FEATURE_SHAPES.items():
         assert isinstance(captured[layer], torch.Tensor) and tuple(captured[layer].shape) == (2, *shape), layer
     grids = [(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]

@@ -85,6 +85,7 @@ _INVERTED_RESIDUAL_SETTING = (
 _EXTRA_SETTING = ((256, 512), (128, 256), (128, 256), (64, 128))
 
 #: Modules whose outputs feed the six box-predictor heads, in head order.
+_HEAD_BLOCK = 13
 HEAD_INPUTS = ("blocks.13.expand", "last_conv", "extras.0", "extras.1", "extras.2", "extras.3")
 _HEAD_CHANNELS = (576, 1280, 512, 256, 256, 128)
 _ANCHORS_PER_CELL = (3, 6, 6, 6, 6, 6)
@@ -206,20 +207,36 @@ class ConvBN(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear project; identity skip when shapes allow."""
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear project; identity skip when shapes allow.
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int) -> None:
+    With ``keep_expansion`` the block also keeps its last expansion output for :meth:`pop_expansion`
+    (the first SSD head reads it), so that the model still calls the block itself and hooks on the block
+    and on its submodules all fire.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expansion: int, keep_expansion: bool = False) -> None:
         super().__init__()
         hidden = in_ch * expansion
         self.expand = ConvBN(in_ch, hidden, 1) if expansion != 1 else None
         self.depthwise = ConvBN(hidden, hidden, 3, stride, depthwise=True)
         self.project = ConvBN(hidden, out_ch, 1, relu6=False)
         self.residual = stride == 1 and in_ch == out_ch
+        self.keep_expansion = keep_expansion
+        self._expansion: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(x) if self.expand is not None else x
+        if self.keep_expansion:
+            self._expansion = y
         y = self.project(self.depthwise(y))
         return x + y if self.residual else y
+
+    def pop_expansion(self) -> torch.Tensor:
+        """The expansion output of the last forward call; released so the block holds no activations."""
+        if self._expansion is None:
+            raise RuntimeError("pop_expansion() needs keep_expansion=True and a forward call first")
+        y, self._expansion = self._expansion, None
+        return y
 
 
 class ExtraLayer(nn.Sequential):
@@ -257,7 +274,8 @@ class SSDMobileNetV2(nn.Module):
         blocks, in_ch = [], 32
         for t, c, n, s in _INVERTED_RESIDUAL_SETTING:
             for i in range(n):
-                blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t))
+                keep = len(blocks) == _HEAD_BLOCK
+                blocks.append(InvertedResidual(in_ch, c, s if i == 0 else 1, t, keep_expansion=keep))
                 in_ch = c
         self.blocks = nn.ModuleList(blocks)
         self.last_conv = ConvBN(in_ch, 1280, 1)
@@ -273,13 +291,10 @@ class SSDMobileNetV2(nn.Module):
         maps = []
         x = self.stem(x)
         for i, block in enumerate(self.blocks):
-            if i == 13:
-                # The first head reads the expansion inside block 13, before its stride-2 depthwise.
-                x = block.expand(x)
-                maps.append(x)
-                x = block.project(block.depthwise(x))
-            else:
-                x = block(x)
+            x = block(x)
+            if i == _HEAD_BLOCK:
+                # The first head reads the expansion inside this block, before its stride-2 depthwise.
+                maps.append(block.pop_expansion())
         x = self.last_conv(x)
         maps.append(x)
         for extra in self.extras:
@@ -456,8 +471,9 @@ def detect(
 
     Parameters
     ----------
-    model : the SSD (any mode; run under ``no_grad``).
-    images : ``N x 3 x 300 x 300`` pre-processed with :data:`PREPROCESSING`.
+    model : the SSD in eval mode (as :func:`build_ssd_mobilenet_v2` returns it); runs under ``no_grad``.
+    images : ``N x 3 x 300 x 300`` pre-processed with :data:`PREPROCESSING` (the prior boxes are the
+        graph's, made for 300 x 300).
     clip : clip boxes to [0, 1] (OpenCV's ``DetectionOutput`` does not, so the default does not either).
 
     Returns
@@ -485,11 +501,11 @@ def detect(
             kept = idx[nms(b[idx], cls_scores[idx], nms_iou)]
             keep_boxes.append(b[kept])
             keep_scores.append(cls_scores[kept])
-            keep_labels.append(torch.full((len(kept),), label + 1, dtype=torch.int64))
+            keep_labels.append(torch.full((len(kept),), label + 1, dtype=torch.int64, device=b.device))
         if keep_scores:
             bb, ss, ll = torch.cat(keep_boxes), torch.cat(keep_scores), torch.cat(keep_labels)
             order = ss.argsort(descending=True)[:max_detections]
-            results.append({"boxes": bb[order], "labels": ll[order].to(b.device), "scores": ss[order]})
+            results.append({"boxes": bb[order], "labels": ll[order], "scores": ss[order]})
         else:
             results.append({"boxes": b.new_zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64, device=b.device),
                             "scores": b.new_zeros(0)})
