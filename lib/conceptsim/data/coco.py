@@ -1,0 +1,501 @@
+"""COCO-format concept datasets: validation, deterministic splits, masks in a model's input geometry.
+
+Every dataset of the suite -- embedded or downloaded -- reaches the pipeline through this one reader: an
+images + instances JSON in COCO format whose instances carry polygon or RLE segmentations. A *concept* is
+a category or a named group of categories; its mask on an image is the union of the instances of its
+categories (rasterised by pycocotools).
+
+The reader keeps only run-length encoded masks in memory (a few bytes per instance) and decodes one image
+at a time, so memory is bounded by the batch, not by the data set. Presence labels and per-split
+statistics are computed from RLE areas at full resolution, without decoding.
+
+It also holds the small COCO *writer* that the embedded builders share (:class:`CocoWriter`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from torch.utils.data import DataLoader, Dataset
+
+from conceptsim.atomic import write_text
+from conceptsim.data.geometry import Preprocessing, area_pool
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+#: Concept categories the suite knows; a COCO supercategory outside this set (e.g. "vehicle") names an
+#: object group, so its concepts get the category "object".
+CONCEPT_CATEGORIES = ("colour", "texture", "shape", "object", "part", "material", "scene")
+#: Polygon vertices may lie this many pixels outside the image (annotation tools round outwards);
+#: anything further is an error, not a rounding artefact.
+POLYGON_TOLERANCE_PX = 1.0
+
+
+class DatasetError(ValueError):
+    """A dataset file or item is malformed; the message names the file and the item."""
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept: a name, its category (colour, texture, shape, object, part, ...) and its COCO ids."""
+
+    name: str
+    category: str
+    category_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a COCO-format dataset lies, and what identifies it.
+
+    Attributes
+    ----------
+    name : registry name (``shapes``, ``photo-colors``, ``coco2017-val``, ``voc2012``) or a free label.
+    annotation_file : the instances JSON.
+    image_dir : folder that the images' ``file_name`` entries are relative to.
+    sha256 : hash of the annotation file together with the build parameters; the dataset hash recorded
+        in result metadata.
+    concept_categories : concept name -> concept category, overriding the supercategory rule.
+    concepts : default concept definition (``None``: every category is a concept; otherwise concept
+        name -> list of category names).
+    params : the build parameters (empty for fetched data).
+    """
+
+    name: str
+    annotation_file: Path
+    image_dir: Path
+    sha256: str
+    concept_categories: dict = field(default_factory=dict)
+    concepts: dict | None = None
+    params: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_annotations(annotation_file: str | os.PathLike) -> dict:
+    """Read and validate a COCO instances JSON.
+
+    Checks: JSON syntax; ``images``/``annotations``/``categories`` lists; unique image and category ids;
+    every annotation names a known image and category; segmentations are polygons inside the image (within
+    :data:`POLYGON_TOLERANCE_PX`) or RLEs of the image's size.
+
+    Raises
+    ------
+    DatasetError
+        Naming the file and the offending item.
+    """
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: malformed JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: top level must be an object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{path}: missing or non-list key {key!r}")
+    images: dict[int, dict] = {}
+    for im in data["images"]:
+        try:
+            iid, w, h, fname = int(im["id"]), int(im["width"]), int(im["height"]), str(im["file_name"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{path}: image entry {im!r} lacks id/width/height/file_name ({e})") from e
+        if iid in images:
+            raise DatasetError(f"{path}: duplicate image id {iid}")
+        if w <= 0 or h <= 0:
+            raise DatasetError(f"{path}: image {iid} ({fname}) has size {w}x{h}")
+        images[iid] = im
+    cats: dict[int, dict] = {}
+    for c in data["categories"]:
+        if "id" not in c or "name" not in c:
+            raise DatasetError(f"{path}: category entry {c!r} lacks id/name")
+        if int(c["id"]) in cats:
+            raise DatasetError(f"{path}: duplicate category id {c['id']}")
+        cats[int(c["id"])] = c
+    for ann in data["annotations"]:
+        _validate_annotation(path, ann, images, cats)
+    return data
+
+
+def _validate_annotation(path: Path, ann: dict, images: Mapping[int, dict], cats: Mapping[int, dict]) -> None:
+    aid = ann.get("id", "?")
+    if ann.get("image_id") not in images:
+        raise DatasetError(f"{path}: annotation {aid} names unknown image id {ann.get('image_id')!r}")
+    if ann.get("category_id") not in cats:
+        raise DatasetError(f"{path}: annotation {aid} names unknown category id {ann.get('category_id')!r}")
+    im = images[ann["image_id"]]
+    w, h = int(im["width"]), int(im["height"])
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        if not seg:
+            raise DatasetError(f"{path}: annotation {aid} has an empty polygon list")
+        for poly in seg:
+            xy = np.asarray(poly, dtype=float)
+            if xy.ndim != 1 or xy.size < 6 or xy.size % 2:
+                raise DatasetError(f"{path}: annotation {aid} has a polygon with {xy.size} coordinates")
+            xs, ys = xy[0::2], xy[1::2]
+            t = POLYGON_TOLERANCE_PX
+            if xs.min() < -t or ys.min() < -t or xs.max() > w + t or ys.max() > h + t:
+                raise DatasetError(
+                    f"{path}: annotation {aid} has a polygon outside image {ann['image_id']} "
+                    f"({im['file_name']}, {w}x{h}): x in [{xs.min():g}, {xs.max():g}], y in [{ys.min():g}, {ys.max():g}]"
+                )
+    elif isinstance(seg, dict):
+        if "counts" not in seg or list(seg.get("size", [])) != [h, w]:
+            raise DatasetError(
+                f"{path}: annotation {aid} has an RLE of size {seg.get('size')!r}, image {ann['image_id']} is {[h, w]}"
+            )
+    else:
+        raise DatasetError(f"{path}: annotation {aid} has no polygon or RLE segmentation")
+
+
+def annotation_rle(ann: dict, height: int, width: int) -> dict:
+    """One annotation's segmentation as a compressed RLE (polygons rasterised by pycocotools)."""
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg["counts"], list):  # uncompressed RLE
+        return mask_utils.frPyObjects(seg, height, width)
+    return {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+
+
+# ---------------------------------------------------------------------------------------------- concepts
+def resolve_concepts(
+    data: dict,
+    concepts: None | Sequence[str] | Mapping[str, Any],
+    concept_categories: Mapping[str, str] | None = None,
+    source: str = "",
+) -> list[Concept]:
+    """Turn a concept definition into :class:`Concept` objects.
+
+    Parameters
+    ----------
+    data : validated COCO dict.
+    concepts : ``None`` (every category is a concept); a list of names, each a category name or a
+        supercategory name (which groups all its categories); or a dict name -> list of category names,
+        or name -> ``{"categories": [...], "category": "object"}``.
+    concept_categories : name -> concept category overrides.
+    source : file name used in error messages.
+
+    The concept category is, in order: the dict's ``category``; ``concept_categories``; the shared
+    supercategory of its categories if that is one of :data:`CONCEPT_CATEGORIES`; otherwise ``"object"``.
+    """
+    by_name = {c["name"]: c for c in data["categories"]}
+    by_super: dict[str, list[dict]] = {}
+    for c in data["categories"]:
+        by_super.setdefault(c.get("supercategory", ""), []).append(c)
+    overrides = dict(concept_categories or {})
+    spec: dict[str, tuple[list[str], str | None]] = {}
+    if concepts is None:
+        spec = {c["name"]: ([c["name"]], None) for c in data["categories"]}
+    elif isinstance(concepts, Mapping):
+        for name, v in concepts.items():
+            if isinstance(v, Mapping):
+                spec[name] = (list(v.get("categories", [name])), v.get("category"))
+            else:
+                spec[name] = ([v] if isinstance(v, str) else list(v), None)
+    else:
+        for name in concepts:
+            if name in by_name:
+                spec[name] = ([name], None)
+            elif name in by_super:
+                spec[name] = ([c["name"] for c in by_super[name]], None)
+            else:
+                raise DatasetError(f"{source}: concept {name!r} is neither a category nor a supercategory")
+    out = []
+    for name, (cat_names, category) in spec.items():
+        unknown = [n for n in cat_names if n not in by_name]
+        if unknown or not cat_names:
+            raise DatasetError(f"{source}: concept {name!r} names unknown categories {unknown or cat_names}")
+        if category is None:
+            category = overrides.get(name)
+        if category is None:
+            supers = {by_name[n].get("supercategory") for n in cat_names}
+            sup = supers.pop() if len(supers) == 1 else None
+            category = sup if sup in CONCEPT_CATEGORIES else "object"
+        out.append(Concept(name, str(category), tuple(int(by_name[n]["id"]) for n in cat_names)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def split_assignment(
+    image_ids: Iterable[int], seed: int = 0, fractions: Sequence[float] = (0.6, 0.2, 0.2)
+) -> dict[int, str]:
+    """Deterministic, disjoint train/val/test assignment by image id.
+
+    The sorted ids are permuted with ``numpy.random.default_rng(seed)`` and cut at the cumulative
+    fractions (rounded), so the split depends only on the set of ids, the seed and the fractions.
+    """
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+    ids = np.array(sorted(set(int(i) for i in image_ids)), dtype=np.int64)
+    perm = ids[np.random.default_rng(seed).permutation(len(ids))]
+    n_train = int(round(fr[0] * len(ids)))
+    n_val = int(round((fr[0] + fr[1]) * len(ids))) - n_train
+    out = {}
+    for k, iid in enumerate(perm.tolist()):
+        out[iid] = "train" if k < n_train else "val" if k < n_train + n_val else "test"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+class ConceptDataset(Dataset):
+    """A COCO-format concept dataset, served in a model's input geometry.
+
+    Parameters
+    ----------
+    source_or_annotation_file : a :class:`DatasetSource` or the path of an instances JSON.
+    image_dir : folder of the images; default: the source's, else ``<json dir>/images`` if it exists,
+        else the JSON's folder.
+    concepts : see :func:`resolve_concepts`; default: the source's default concepts, else all categories.
+    split : ``"train"``, ``"val"``, ``"test"`` or ``None`` (all images).
+    split_seed, fractions : the split (see :func:`split_assignment`).
+    min_area : presence label rule: ``labels[k] = 1`` iff the concept's mask covers at least
+        ``min_area`` of the image area (at full resolution).
+    preprocessing : the model's input geometry; default: a 224 x 224 letterbox (for inspection only; the
+        pipeline always passes the model's own).
+    eval_grid : ``(gh, gw)`` grid over the *image* frame for evaluation masks. A cell is 1 iff at least
+        half of its area is inside the mask (area average >= 0.5).
+    max_images : keep at most this many images per split (the smallest ids); for smoke runs.
+
+    Attributes
+    ----------
+    concepts : the concepts served, in mask/label order.
+    excluded_concepts : concepts dropped because some split has no positive image, each a dict with
+        ``concept``, ``split`` and ``reason``. The check covers all three splits, so every split of one
+        configuration serves the same concepts.
+    image_ids : sorted ids of this split's images.
+    """
+
+    def __init__(
+        self,
+        source_or_annotation_file: DatasetSource | str | os.PathLike,
+        image_dir: str | os.PathLike | None = None,
+        *,
+        concepts: None | Sequence[str] | Mapping[str, Any] = None,
+        split: str | None = None,
+        split_seed: int = 0,
+        fractions: Sequence[float] = (0.6, 0.2, 0.2),
+        min_area: float = 0.005,
+        preprocessing: Preprocessing | None = None,
+        eval_grid: Sequence[int] = (112, 112),
+        max_images: int | None = None,
+    ) -> None:
+        if isinstance(source_or_annotation_file, DatasetSource):
+            src = source_or_annotation_file
+            self.annotation_file = Path(src.annotation_file)
+            image_dir = image_dir if image_dir is not None else src.image_dir
+            concepts = concepts if concepts is not None else src.concepts
+            overrides = src.concept_categories
+        else:
+            self.annotation_file = Path(source_or_annotation_file)
+            overrides = {}
+        if image_dir is None:
+            guess = self.annotation_file.parent / "images"
+            image_dir = guess if guess.is_dir() else self.annotation_file.parent
+        self.image_dir = Path(image_dir)
+        if split not in (None, *SPLITS):
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        if not 0 <= min_area < 1:
+            raise ValueError(f"min_area must be in [0, 1), got {min_area}")
+        self.split = split
+        self.min_area = float(min_area)
+        self.preprocessing = preprocessing or Preprocessing(size=(224, 224), resize="letterbox")
+        self.eval_grid = (int(eval_grid[0]), int(eval_grid[1]))
+
+        data = load_annotations(self.annotation_file)
+        self._images = {int(im["id"]): im for im in data["images"]}
+        all_concepts = resolve_concepts(data, concepts, overrides, str(self.annotation_file))
+        self._split_of = split_assignment(self._images, split_seed, fractions)
+        per_split = {
+            s: sorted(i for i, t in self._split_of.items() if t == s)[: max_images or None] for s in SPLITS
+        }
+        used = sorted(i for s in SPLITS for i in per_split[s])
+        rles = self._concept_rles(data, all_concepts, used)
+        areas = np.array([[mask_utils.area(r) if r is not None else 0 for r in rles[i]] for i in used], dtype=np.int64)
+        self._area_fraction = dict(zip(used, areas / np.array([self._hw(i)[0] * self._hw(i)[1] for i in used])[:, None]))
+
+        self.excluded_concepts: list[dict] = []
+        keep = []
+        for k, c in enumerate(all_concepts):
+            empty = [s for s in SPLITS if per_split[s] and not any(self._area_fraction[i][k] >= self.min_area for i in per_split[s])]
+            if empty:
+                for s in empty:
+                    self.excluded_concepts.append(
+                        {"concept": c.name, "split": s, "reason": f"no positive image (area >= {self.min_area:g}) in split {s!r}"}
+                    )
+                log.warning("%s: concept %r excluded: no positive image in split(s) %s", self.annotation_file, c.name, empty)
+            else:
+                keep.append(k)
+        self.concepts = [all_concepts[k] for k in keep]
+        self._rles = {i: [rles[i][k] for k in keep] for i in used}
+        self._area_fraction = {i: a[keep] for i, a in self._area_fraction.items()}
+        self.image_ids = sorted(per_split[split]) if split else used
+        for iid in self.image_ids:
+            f = self.image_dir / self._images[iid]["file_name"]
+            if not f.is_file():
+                raise DatasetError(f"{self.annotation_file}: image {iid} file {f} not found")
+
+    # -------------------------------------------------------------------------------------- internals
+    def _hw(self, image_id: int) -> tuple[int, int]:
+        im = self._images[image_id]
+        return int(im["height"]), int(im["width"])
+
+    def _concept_rles(self, data: dict, concepts: list[Concept], image_ids: list[int]) -> dict[int, list]:
+        """Per image, per concept: the union of its instances as one RLE (``None`` when absent)."""
+        wanted = set(image_ids)
+        cat_to_k: dict[int, list[int]] = {}
+        for k, c in enumerate(concepts):
+            for cid in c.category_ids:
+                cat_to_k.setdefault(cid, []).append(k)
+        parts: dict[int, list[list]] = {i: [[] for _ in concepts] for i in image_ids}
+        for ann in data["annotations"]:
+            iid = ann["image_id"]
+            if iid not in wanted or ann["category_id"] not in cat_to_k:
+                continue
+            rle = annotation_rle(ann, *self._hw(iid))
+            for k in cat_to_k[ann["category_id"]]:
+                parts[iid][k].append(rle)
+        return {
+            i: [None if not p else p[0] if len(p) == 1 else mask_utils.merge(p, intersect=False) for p in parts[i]]
+            for i in image_ids
+        }
+
+    # -------------------------------------------------------------------------------------- public
+    def split_of(self, image_id: int) -> str:
+        """The split ("train"/"val"/"test") of an image id of this annotation file."""
+        return self._split_of[int(image_id)]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def file_of(self, image_id: int) -> Path:
+        return self.image_dir / self._images[int(image_id)]["file_name"]
+
+    def read_image(self, image_id: int) -> np.ndarray:
+        """The image as uint8 ``H x W x 3`` RGB; a missing, corrupt or wrongly sized file is an error."""
+        f = self.file_of(image_id)
+        try:
+            with Image.open(f) as im:
+                arr = np.array(im.convert("RGB"))
+        except FileNotFoundError as e:
+            raise DatasetError(f"{self.annotation_file}: image {image_id} file {f} not found") from e
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DatasetError(f"{self.annotation_file}: image {image_id} file {f} is unreadable or corrupt ({e})") from e
+        if arr.shape[:2] != self._hw(image_id):
+            raise DatasetError(
+                f"{self.annotation_file}: image {image_id} file {f} is {arr.shape[1]}x{arr.shape[0]}, "
+                f"annotation says {self._hw(image_id)[1]}x{self._hw(image_id)[0]}"
+            )
+        return arr
+
+    def masks(self, image_id: int) -> np.ndarray:
+        """Full-resolution concept masks ``K x H x W`` uint8 {0, 1} (union of instances)."""
+        h, w = self._hw(image_id)
+        out = np.zeros((len(self.concepts), h, w), dtype=np.uint8)
+        for k, rle in enumerate(self._rles[int(image_id)]):
+            if rle is not None:
+                out[k] = mask_utils.decode(rle)
+        return out
+
+    def area_fractions(self, image_id: int) -> np.ndarray:
+        """Per concept, the fraction of the image its mask covers (from RLE areas)."""
+        return self._area_fraction[int(image_id)]
+
+    def labels_of(self, image_id: int) -> np.ndarray:
+        """Presence labels ``K`` uint8: mask area >= ``min_area`` x image area."""
+        return (self._area_fraction[int(image_id)] >= self.min_area).astype(np.uint8)
+
+    def __getitem__(self, index: int) -> dict:
+        iid = self.image_ids[index]
+        image = self.read_image(iid)
+        masks = self.masks(iid)
+        pp = self.preprocessing
+        return {
+            "image": pp.apply_image(image),
+            "masks_input": pp.apply_mask(masks),
+            "masks_eval": (area_pool(torch.from_numpy(masks), self.eval_grid) >= 0.5).to(torch.uint8),
+            "labels": torch.from_numpy(self.labels_of(iid)),
+            "content_box": torch.tensor(pp.content_box(image.shape[:2]), dtype=torch.float32),
+            "image_id": iid,
+            "split": self._split_of[iid],
+        }
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack items of :class:`ConceptDataset` into a batch (``image_id`` -> int64 tensor, ``split`` -> list)."""
+    out = {k: torch.stack([it[k] for it in items]) for k in ("image", "masks_input", "masks_eval", "labels", "content_box")}
+    out["image_id"] = torch.tensor([it["image_id"] for it in items], dtype=torch.int64)
+    out["split"] = [it["split"] for it in items]
+    return out
+
+
+def make_loader(dataset: ConceptDataset, batch_size: int, num_workers: int = 0, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader over ``dataset`` with :func:`collate`; in-order unless ``shuffle`` (seeded)."""
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate, generator=gen,
+        persistent_workers=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- writer
+def encode_mask(mask: np.ndarray) -> dict:
+    """A binary ``H x W`` mask as a JSON-ready compressed COCO RLE."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+class CocoWriter:
+    """Collects images and RLE instances, then writes a deterministic COCO instances JSON.
+
+    Parameters
+    ----------
+    categories : ``(name, supercategory)`` pairs; ids are assigned 1, 2, ... in this order.
+    info : free metadata stored under ``info`` (no timestamps, so the same inputs give the same bytes).
+    """
+
+    def __init__(self, categories: Sequence[tuple[str, str]], info: dict | None = None) -> None:
+        self.categories = [{"id": k + 1, "name": n, "supercategory": s} for k, (n, s) in enumerate(categories)]
+        self.cat_id = {c["name"]: c["id"] for c in self.categories}
+        self.info = dict(info or {})
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def add_image(self, file_name: str, height: int, width: int) -> int:
+        iid = len(self.images) + 1
+        self.images.append({"id": iid, "file_name": file_name, "height": int(height), "width": int(width)})
+        return iid
+
+    def add_mask(self, image_id: int, category: str, mask: np.ndarray) -> None:
+        """Add an instance from an exact binary mask (skipped when empty: nothing to annotate)."""
+        if mask.any():
+            self.add_rle(image_id, category, encode_mask(mask))
+
+    def add_rle(self, image_id: int, category: str, rle: dict) -> None:
+        """Add an instance from a JSON-ready compressed RLE (see :func:`encode_mask`)."""
+        binary = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+        self.annotations.append(
+            {
+                "id": len(self.annotations) + 1, "image_id": image_id, "category_id": self.cat_id[category],
+                "segmentation": rle, "area": int(mask_utils.area(binary)),
+                "bbox": [int(b) for b in mask_utils.toBbox(binary)], "iscrowd": 0,
+            }
+        )
+
+    def write(self, path: str | os.PathLike) -> Path:
+        doc = {"info": self.info, "images": self.images, "annotations": self.annotations, "categories": self.categories}
+        write_text(path, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+        return Path(path)
