@@ -1,0 +1,321 @@
+"""Concept outputs of every probed layer of every model on the shared test images, streamed by chunks.
+
+Layers are compared through what their concept vectors *output on the same test inputs*
+(methods.md, "Comparing layers and models through concept outputs"):
+
+- segmentation (Net2Vec) outputs: standardised activations ``(a - mean) / std`` through the 1x1
+  convolution ``weight``/``bias`` give one logit map per concept on the activation grid; the logits are
+  resampled bilinearly onto the common evaluation grid over the *image* frame
+  (:func:`conceptsim.data.geometry.input_to_image_grid`) and thresholded at logit 0 (probability 0.5);
+- classification (TCAV-style) outputs: ``coef . standardised GAP(a) + intercept``, one logit per image.
+
+:class:`StudyOutputs` opens the stores of all models of one dataset, checks that they share images,
+splits and evaluation grid, loads the vectors, and :meth:`StudyOutputs.iter_chunks` yields the outputs of
+all layers for a few test images at a time, so memory is bounded by ``chunk_images`` and not by the test
+set size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from conceptsim.data.geometry import input_to_image_grid
+from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
+
+SEG_KEYS = ("weight", "bias", "mean", "std", "concepts")
+CLS_KEYS = ("coef", "intercept", "mean", "std", "concepts")
+
+
+class ComparisonError(RuntimeError):
+    """The inputs of the comparison stage are missing or inconsistent."""
+
+
+def model_dir_name(model: str) -> str:
+    """Directory name of a model (``:`` is not portable in paths, so ``NAME:random`` -> ``NAME__random``)."""
+    return model.replace(":", "__")
+
+
+def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.ndarray]:
+    """Load the concept vectors of one layer written by the concept stage.
+
+    Parameters
+    ----------
+    model_dir : ``results/<study>/<dataset>/<model dir>``; files are read from its ``vectors/`` folder.
+    layer : probed layer name.
+    kind : ``"seg"`` (``seg_<layer>.npz``: ``weight`` K x C, ``bias`` K, ``mean`` C, ``std`` C,
+        ``concepts`` K) or ``"cls"`` (``cls_<layer>.npz``: ``coef`` K x C, ``intercept`` K, ``mean``,
+        ``std``, ``concepts``).
+
+    Returns
+    -------
+    dict of arrays, ``concepts`` as a list of str.
+
+    Raises
+    ------
+    ComparisonError
+        When the file is missing, lacks a key, or its shapes disagree.
+    """
+    # The concept stage may ship its own loader; using it keeps one definition of the file format.
+    try:  # pragma: no cover - depends on the concept stage being present
+        from conceptsim.concepts import vectors as _vectors  # type: ignore[attr-defined]
+
+        if hasattr(_vectors, "load_vectors"):
+            return dict(_vectors.load_vectors(model_dir, layer, kind))
+    except ImportError:
+        pass
+    if kind not in ("seg", "cls"):
+        raise ValueError(f"kind must be 'seg' or 'cls', got {kind!r}")
+    path = Path(model_dir) / "vectors" / f"{kind}_{layer}.npz"
+    if not path.exists():
+        raise ComparisonError(f"concept vectors {path} do not exist; run the concept stage first")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in (SEG_KEYS if kind == "seg" else CLS_KEYS) if k not in z.files]
+        if missing:
+            raise ComparisonError(f"concept vectors {path} lack keys {missing} (has {sorted(z.files)})")
+        out = {k: np.asarray(z[k]) for k in z.files}
+    w = out["weight" if kind == "seg" else "coef"]
+    b = out["bias" if kind == "seg" else "intercept"]
+    names = [str(c) for c in out["concepts"]]
+    k, c = w.shape if w.ndim == 2 else (-1, -1)
+    if w.ndim != 2 or b.shape != (k,) or len(names) != k or out["mean"].shape != (c,) or out["std"].shape != (c,):
+        raise ComparisonError(
+            f"concept vectors {path} have inconsistent shapes: weights {w.shape}, bias {b.shape}, "
+            f"{len(names)} concepts, mean {out['mean'].shape}, std {out['std'].shape}"
+        )
+    out["concepts"] = names
+    return out
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """Concept probes of one layer with the standardisation folded into the weights.
+
+    ``w . (a - mean) / std + b == (w / std) . a + (b - (w / std) . mean)``, so one matrix product of the raw
+    activations serves all concepts.
+    """
+
+    weight: torch.Tensor  # K x C
+    bias: torch.Tensor  # K
+    concepts: tuple[str, ...]
+
+    @classmethod
+    def from_vectors(cls, vec: dict, kind: str) -> "LinearProbe":
+        w = np.asarray(vec["weight" if kind == "seg" else "coef"], dtype=np.float64)
+        b = np.asarray(vec["bias" if kind == "seg" else "intercept"], dtype=np.float64)
+        # A channel constant on train has std 0; its standardised value is a constant the bias absorbs,
+        # so any finite divisor gives the same outputs up to that constant -- use 1.
+        std = np.asarray(vec["std"], dtype=np.float64)
+        std = np.where(std > 0, std, 1.0)
+        wf = w / std
+        bf = b - wf @ np.asarray(vec["mean"], dtype=np.float64)
+        return cls(torch.from_numpy(wf.astype(np.float32)), torch.from_numpy(bf.astype(np.float32)), tuple(vec["concepts"]))
+
+    def maps(self, acts: torch.Tensor) -> torch.Tensor:
+        """``n x C x h x w`` activations -> ``n x K x h x w`` logits (a 1x1 convolution)."""
+        n, c, h, w = acts.shape
+        out = torch.matmul(self.weight, acts.reshape(n, c, h * w)) + self.bias[:, None]
+        return out.reshape(n, -1, h, w)
+
+    def vectors(self, feats: torch.Tensor) -> torch.Tensor:
+        """``n x C`` features -> ``n x K`` logits."""
+        return feats @ self.weight.T + self.bias
+
+
+def resampling_matrices(
+    content_boxes: torch.Tensor, input_size: Sequence[int], src_hw: Sequence[int], grid: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column matrices of :func:`input_to_image_grid` for maps of size ``src_hw``.
+
+    The resampling is bilinear along an axis-aligned box, hence separable:
+    ``out[i, j] = sum_pq Ry[i, p] X[p, q] Rx[j, q]``. Two small matrix products are much faster than
+    ``grid_sample`` when dozens of layers and concepts go through the same geometry. The matrices are read
+    off the reference function itself (applied to one-hot columns / rows of width 1, where the other axis
+    is constant), so the geometry is defined in one place only and the two agree to rounding.
+
+    Returns
+    -------
+    Ry : ``n x gh x h``; Rx : ``n x gw x w``.
+    """
+    h, w = (int(s) for s in src_hw)
+    gh, gw = (int(g) for g in grid)
+    n = content_boxes.shape[0]
+    eye_h = torch.eye(h).reshape(1, h, h, 1).expand(n, h, h, 1)
+    eye_w = torch.eye(w).reshape(1, w, 1, w).expand(n, w, 1, w)
+    ry = input_to_image_grid(eye_h.contiguous(), content_boxes, input_size, (gh, gw))[:, :, :, 0]  # n x h x gh
+    rx = input_to_image_grid(eye_w.contiguous(), content_boxes, input_size, (gh, gw))[:, :, 0, :]  # n x w x gw
+    return ry.transpose(1, 2).contiguous(), rx.transpose(1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class ProbedLayer:
+    """One probed layer of one model, as the comparison sees it."""
+
+    model: str
+    layer: str
+    relative_depth: float
+    index: int  # position in the study-wide layer order
+
+
+@dataclass
+class OutputChunk:
+    """Outputs of all layers for ``rows`` (positions in the test split).
+
+    Attributes
+    ----------
+    rows : positions ``0..n_test-1`` of these images in the test split.
+    seg : ``L x n x K x gh x gw`` float32 segmentation logits on the evaluation grid (0 where a layer has no
+        vector for a concept; see :attr:`StudyOutputs.seg_available`).
+    cls : ``L x n x K`` float32 classification logits.
+    gap : per layer ``n x C`` global-average-pooled activations (float32).
+    """
+
+    rows: np.ndarray
+    seg: torch.Tensor | None
+    cls: torch.Tensor | None
+    gap: list[torch.Tensor]
+
+
+class StudyOutputs:
+    """All models of one dataset: stores, probed layers and concept vectors, checked for consistency.
+
+    Parameters
+    ----------
+    dataset_dir : ``results/<study>/<dataset>``.
+    models : model names (``NAME`` or ``NAME:random``); directories are :func:`model_dir_name`.
+    split : the split compared (always ``"test"`` in the pipeline).
+    seg, cls : load the segmentation / classification vectors.
+    """
+
+    def __init__(
+        self, dataset_dir: str | Path, models: Sequence[str], *, split: str = "test", seg: bool = True, cls: bool = True
+    ) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        if not models:
+            raise ComparisonError("no models to compare")
+        self.stores: list[ActivationStore] = []
+        for m in models:
+            path = self.dataset_dir / model_dir_name(m) / "activations.zarr"
+            try:
+                self.stores.append(ActivationStore(path))
+            except StoreError as exc:
+                raise ComparisonError(str(exc)) from exc
+        self.models = [s.model for s in self.stores]
+        for m, s in zip(models, self.stores):
+            if s.model != m:
+                raise ComparisonError(f"store {s.path} is of model {s.model!r}, expected {m!r}")
+        ref = self.stores[0]
+        self.rows = ref.split_index(split)
+        if len(self.rows) == 0:
+            raise ComparisonError(f"store {ref.path} has no {split} images")
+        self.image_ids = ref.image_ids[self.rows]
+        for s in self.stores[1:]:
+            rows = s.split_index(split)
+            if len(rows) != len(self.rows) or not np.array_equal(s.image_ids[rows], self.image_ids):
+                raise ComparisonError(
+                    f"models {ref.model!r} and {s.model!r} do not share the same {split} images "
+                    f"({len(self.rows)} vs {len(rows)} images); all models of a dataset must be extracted "
+                    "from the same dataset build and split seed"
+                )
+            if not np.array_equal(s.image_ids, ref.image_ids) or not np.array_equal(s.splits, ref.splits):
+                raise ComparisonError(f"models {ref.model!r} and {s.model!r} disagree on image order or splits")
+            if s.eval_grid != ref.eval_grid:
+                raise ComparisonError(f"models {ref.model!r} and {s.model!r} use eval grids {ref.eval_grid} / {s.eval_grid}")
+            if s.concept_names != ref.concept_names:
+                raise ComparisonError(f"models {ref.model!r} and {s.model!r} have different concept lists")
+        self.n_test = len(self.rows)
+        self.eval_grid = ref.eval_grid
+        self.concepts = ref.concept_names
+        self.categories = {c["name"]: c.get("category", "") for c in ref.concepts}
+        self.layers: list[ProbedLayer] = []
+        self._layer_info: list[LayerInfo] = []
+        self._store_of: list[int] = []
+        for si, s in enumerate(self.stores):
+            for info in s.layers:
+                self.layers.append(ProbedLayer(s.model, info.name, info.relative_depth, len(self.layers)))
+                self._layer_info.append(info)
+                self._store_of.append(si)
+        k = len(self.concepts)
+        self.seg_probes: list[LinearProbe | None] = []
+        self.cls_probes: list[LinearProbe | None] = []
+        # Concept positions of each probe's outputs in the study-wide concept list; a concept a layer has
+        # no vector for is marked unavailable and its similarities are NaN.
+        self.seg_available = np.zeros((len(self.layers), k), dtype=bool)
+        self.cls_available = np.zeros((len(self.layers), k), dtype=bool)
+        self._seg_cols: list[np.ndarray] = []
+        self._cls_cols: list[np.ndarray] = []
+        for li, pl in enumerate(self.layers):
+            mdir = self.dataset_dir / model_dir_name(pl.model)
+            for kind, wanted, probes, avail, cols in (
+                ("seg", seg, self.seg_probes, self.seg_available, self._seg_cols),
+                ("cls", cls, self.cls_probes, self.cls_available, self._cls_cols),
+            ):
+                if not wanted:
+                    probes.append(None)
+                    cols.append(np.zeros(0, dtype=np.int64))
+                    continue
+                probe = LinearProbe.from_vectors(load_vectors(mdir, pl.layer, kind), kind)
+                channels = self._layer_info[li].channels
+                if probe.weight.shape[1] != channels:
+                    raise ComparisonError(
+                        f"{kind} vectors of {pl.model}/{pl.layer} have {probe.weight.shape[1]} channels, "
+                        f"the store has {channels}"
+                    )
+                unknown = [c for c in probe.concepts if c not in self.concepts]
+                if unknown:
+                    raise ComparisonError(f"{kind} vectors of {pl.model}/{pl.layer} name unknown concepts {unknown}")
+                idx = np.array([self.concepts.index(c) for c in probe.concepts], dtype=np.int64)
+                avail[li, idx] = True
+                probes.append(probe)
+                cols.append(idx)
+        self.use_seg, self.use_cls = seg, cls
+
+    @property
+    def depths(self) -> np.ndarray:
+        return np.array([pl.relative_depth for pl in self.layers])
+
+    def layer_activations(self, li: int, rows: np.ndarray) -> torch.Tensor:
+        """float32 activations ``n x C x h x w`` of study layer ``li`` for store rows ``rows``."""
+        store = self.stores[self._store_of[li]]
+        arr = store.activations(self.layers[li].layer)
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+            block = arr[int(rows[0]) : int(rows[-1]) + 1]
+        else:
+            block = arr.get_orthogonal_selection((rows,))
+        return torch.from_numpy(np.asarray(block, dtype=np.float32))
+
+    def iter_chunks(self, chunk_images: int = 8) -> Iterator[OutputChunk]:
+        """Yield :class:`OutputChunk` for consecutive groups of at most ``chunk_images`` test images."""
+        n_layers, k = len(self.layers), len(self.concepts)
+        gh, gw = self.eval_grid
+        for start in range(0, self.n_test, max(1, int(chunk_images))):
+            pos = np.arange(start, min(self.n_test, start + max(1, int(chunk_images))))
+            rows = self.rows[pos]
+            n = len(rows)
+            seg = torch.zeros((n_layers, n, k, gh, gw), dtype=torch.float32) if self.use_seg else None
+            cls = torch.zeros((n_layers, n, k), dtype=torch.float32) if self.use_cls else None
+            gap: list[torch.Tensor] = []
+            mats: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+            for li in range(n_layers):
+                si = self._store_of[li]
+                store = self.stores[si]
+                acts = self.layer_activations(li, rows)
+                g = acts.mean(dim=(2, 3))
+                gap.append(g)
+                if cls is not None:
+                    cls[li][:, self._cls_cols[li]] = self.cls_probes[li].vectors(g)
+                if seg is not None:
+                    h, w = acts.shape[2:]
+                    key = (si, h, w)
+                    if key not in mats:  # the geometry is shared by all layers of a model with one grid
+                        boxes = torch.from_numpy(store.content_boxes[rows].astype(np.float32))
+                        mats[key] = resampling_matrices(boxes, store.input_size, (h, w), (gh, gw))
+                    ry, rx = mats[key]
+                    logits = self.seg_probes[li].maps(acts)  # n x K' x h x w
+                    up = torch.matmul(torch.matmul(ry[:, None], logits), rx[:, None].transpose(2, 3))
+                    seg[li][:, self._seg_cols[li]] = up
+            yield OutputChunk(pos, seg, cls, gap)

@@ -1,0 +1,411 @@
+"""The comparison stage: every pair of probed layers of all models of one dataset, and the findings.
+
+Inputs (per model directory ``<dataset dir>/<model dir>/``): ``activations.zarr`` (the activation store),
+``vectors/seg_<layer>.npz`` and ``vectors/cls_<layer>.npz`` (concept vectors) and ``concept_quality.csv``
+(whose ``represented`` column selects the concepts behind layer-level means and the findings).
+
+Outputs, written atomically into ``out_dir`` (normally ``results/<study>/<dataset>/``):
+
+``similarity.csv`` -- one row per concept, method and *unordered* layer pair (``layer_a`` comes first in
+the study-wide layer order: models in the given order, layers in store order; diagonal included; all
+similarities are symmetric, so the other orientation has the same value). Columns:
+
+=============  =======================================================================================
+concept        concept name; empty for the CKA methods
+category       the concept's category (store metadata); empty for CKA
+method         ``seg`` (set IoU of binarised masks), ``seg_pearson`` (Pearson of soft masks), ``cls``
+               (Pearson of logits over images), ``cls_jaccard`` (Jaccard of predicted-positive images),
+               ``cka`` (linear CKA, GAP features), ``cka_debiased`` (debiased linear CKA, GAP features),
+               ``cka_grid4`` (linear CKA, activations average-pooled to 4 x 4 and flattened)
+model_a/b      model display names (``NAME`` or ``NAME:random``)
+layer_a/b      probed layer names
+depth_a/b      relative depths of the layers
+value          the similarity (empty = undefined, e.g. a union of empty masks or a constant output)
+control        chance value of the same statistic with the test images of B permuted (``seg``, ``cls``
+               only; see :mod:`conceptsim.comparison.similarity`), else empty
+n_test         number of test images
+=============  =======================================================================================
+
+``layer_similarity.csv`` -- concept-averaged matrices: columns ``method, model_a, layer_a, depth_a,
+model_b, layer_b, depth_b, value, control, n_concepts, n_test``; for the concept methods ``value`` is the
+mean over the ``n_concepts`` concepts represented in *both* layers (``represented`` of the ``seg`` /
+``cls`` quality rows), ``control`` the mean chance value over the same concepts; CKA rows are copied with
+``n_concepts`` empty.
+
+``findings.json`` -- see :func:`findings_document`.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from conceptsim.atomic import atomic_path, write_json
+from conceptsim.comparison.cka import cka_matrices
+from conceptsim.comparison.findings import (
+    depth_matches,
+    emergence_depth,
+    finding1,
+    finite_or_none,
+    permutation_test,
+    rng_for,
+)
+from conceptsim.comparison.outputs import ComparisonError, StudyOutputs, model_dir_name
+from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
+
+FINDINGS_SCHEMA = 1
+QUALITY_METRIC = {"seg": "set_iou", "cls": "ap"}
+CONCEPT_METHODS = {"seg": "seg", "seg_pearson": "seg", "cls": "cls", "cls_jaccard": "cls"}
+CKA_METHODS = ("cka", "cka_debiased", "cka_grid4")
+QUALITY_COLUMNS = ("model", "layer", "relative_depth", "concept", "method", "metric", "value", "represented")
+
+
+def read_quality(so: StudyOutputs) -> pd.DataFrame:
+    """The ``concept_quality.csv`` rows of all models, checked for the columns the stage needs."""
+    frames = []
+    for m in so.models:
+        path = so.dataset_dir / model_dir_name(m) / "concept_quality.csv"
+        if not path.exists():
+            raise ComparisonError(f"{path} does not exist; run the concept stage first")
+        df = pd.read_csv(path, keep_default_na=True)
+        missing = [c for c in QUALITY_COLUMNS if c not in df.columns]
+        if missing:
+            raise ComparisonError(f"{path} lacks columns {missing}")
+        df["model"] = m
+        frames.append(df)
+    q = pd.concat(frames, ignore_index=True)
+    q["represented"] = q["represented"].astype(str).str.lower().isin(["true", "1", "1.0", "yes"])
+    return q
+
+
+def quality_arrays(so: StudyOutputs, quality: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """``L x K`` quality values and represented flags of ``method`` (``seg`` or ``cls``) per study layer."""
+    nl, nk = len(so.layers), len(so.concepts)
+    value = np.full((nl, nk), np.nan)
+    rep = np.zeros((nl, nk), dtype=bool)
+    q = quality[(quality["method"] == method) & (quality["metric"] == QUALITY_METRIC[method])]
+    index = {(pl.model, pl.layer): pl.index for pl in so.layers}
+    cindex = {c: i for i, c in enumerate(so.concepts)}
+    for m, layer, c, v, r in q[["model", "layer", "concept", "value", "represented"]].itertuples(index=False):
+        li, ki = index.get((m, str(layer))), cindex.get(c)
+        if li is not None and ki is not None:
+            value[li, ki] = v
+            rep[li, ki] = r
+    return value, rep
+
+
+def compute_similarities(
+    so: StudyOutputs, *, seed: int = 0, chunk_images: int = 4, grid4: bool = True
+) -> dict[str, np.ndarray]:
+    """All similarity matrices of a study: one streaming pass over the test images (+ one for grid-4 CKA).
+
+    Returns
+    -------
+    ``K x L x L`` arrays ``seg``, ``seg_control``, ``seg_pearson``, ``cls``, ``cls_control``,
+    ``cls_jaccard`` and ``L x L`` arrays ``cka``, ``cka_debiased`` and ``cka_grid4``.
+    """
+    nl, nk, n = len(so.layers), len(so.concepts), so.n_test
+    seg_acc = SegAccumulator(nl, nk, so.eval_grid) if so.use_seg else None
+    cls_logits = np.zeros((nl, n, nk), dtype=np.float32)
+    gap = [None] * nl
+    for chunk in so.iter_chunks(chunk_images):
+        if seg_acc is not None:
+            seg_acc.update(chunk.seg)
+        if chunk.cls is not None:
+            cls_logits[:, chunk.rows] = chunk.cls.numpy()
+        for li, g in enumerate(chunk.gap):
+            if gap[li] is None:
+                gap[li] = np.zeros((n, g.shape[1]), dtype=np.float64)
+            gap[li][chunk.rows] = g.numpy()
+    out: dict[str, np.ndarray] = {}
+    if seg_acc is not None:
+        out.update(seg_acc.results())
+        for key in ("seg", "seg_control", "seg_pearson"):
+            out[key][~pair_mask(so.seg_available)] = np.nan
+    if so.use_cls:
+        out.update(cls_similarity(cls_logits, rng_for(seed, "cls_control")))
+        for key in ("cls", "cls_control", "cls_jaccard"):
+            out[key][~pair_mask(so.cls_available)] = np.nan
+    grams = np.stack([g @ g.T for g in gap])
+    out.update(cka_matrices(grams))
+    if grid4:
+        out["cka_grid4"] = cka_matrices(grid4_grams(so, chunk_images * 8))["cka"]
+    return out
+
+
+def pair_mask(available: np.ndarray) -> np.ndarray:
+    """``K x L x L`` mask of layer pairs where both layers have a vector for the concept."""
+    a = available.T
+    return a[:, :, None] & a[:, None, :]
+
+
+def grid4_grams(so: StudyOutputs, chunk_images: int) -> np.ndarray:
+    """Gram matrices of activations pooled to 4 x 4, one layer at a time (memory: one layer's features)."""
+    grams = []
+    for li in range(len(so.layers)):
+        feats = []
+        for start in range(0, so.n_test, chunk_images):
+            acts = so.layer_activations(li, so.rows[start : start + chunk_images])
+            feats.append(F.adaptive_avg_pool2d(acts, 4).reshape(len(acts), -1).double())
+        x = torch.cat(feats)
+        grams.append((x @ x.T).numpy())
+    return np.stack(grams)
+
+
+def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The rows of ``similarity.csv`` (see the module docstring)."""
+    nl = len(so.layers)
+    ia, ib = np.triu_indices(nl)
+    models = np.array([pl.model for pl in so.layers], dtype=object)
+    names = np.array([pl.layer for pl in so.layers], dtype=object)
+    depths = so.depths
+    frames = []
+    for method in ("seg", "seg_pearson", "cls", "cls_jaccard"):
+        if method not in sims:
+            continue
+        values = sims[method][:, ia, ib]
+        ctl = sims.get(f"{method}_control")
+        nk, npairs = values.shape
+        frames.append(
+            pd.DataFrame(
+                {
+                    "concept": np.repeat(np.array(so.concepts, dtype=object), npairs),
+                    "category": np.repeat(np.array([so.categories[c] for c in so.concepts], dtype=object), npairs),
+                    "method": method,
+                    "pair": np.tile(np.arange(npairs), nk),
+                    "value": values.ravel(),
+                    "control": ctl[:, ia, ib].ravel() if ctl is not None else np.nan,
+                }
+            )
+        )
+    for method in CKA_METHODS:
+        if method in sims:
+            frames.append(
+                pd.DataFrame(
+                    {"concept": "", "category": "", "method": method, "pair": np.arange(len(ia)),
+                     "value": sims[method][ia, ib], "control": np.nan}
+                )
+            )
+    df = pd.concat(frames, ignore_index=True)
+    p = df.pop("pair").to_numpy()
+    df.insert(3, "model_a", models[ia][p])
+    df.insert(4, "layer_a", names[ia][p])
+    df.insert(5, "depth_a", depths[ia][p])
+    df.insert(6, "model_b", models[ib][p])
+    df.insert(7, "layer_b", names[ib][p])
+    df.insert(8, "depth_b", depths[ib][p])
+    df["n_test"] = so.n_test
+    return df
+
+
+def layer_similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The rows of ``layer_similarity.csv``: concept means over concepts represented in both layers."""
+    nl = len(so.layers)
+    ia, ib = np.triu_indices(nl)
+    rows = []
+    for method, base in CONCEPT_METHODS.items():
+        if method not in sims:
+            continue
+        r = rep[base].T  # K x L
+        both = r[:, :, None] & r[:, None, :] & np.isfinite(sims[method])
+        count = both.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(both, sims[method], 0.0).sum(axis=0) / count
+            ctl = sims.get(f"{method}_control")
+            cmean = np.where(both, np.nan_to_num(ctl), 0.0).sum(axis=0) / count if ctl is not None else None
+        rows.append(
+            pd.DataFrame(
+                {"method": method, "pair": np.arange(len(ia)), "value": mean[ia, ib],
+                 "control": cmean[ia, ib] if cmean is not None else np.nan, "n_concepts": count[ia, ib]}
+            )
+        )
+    for method in CKA_METHODS:
+        if method in sims:
+            rows.append(
+                pd.DataFrame({"method": method, "pair": np.arange(len(ia)), "value": sims[method][ia, ib],
+                              "control": np.nan, "n_concepts": pd.NA})
+            )
+    df = pd.concat(rows, ignore_index=True)
+    p = df.pop("pair").to_numpy()
+    for pos, (col, arr) in enumerate(
+        [("model_a", [pl.model for pl in so.layers]), ("layer_a", [pl.layer for pl in so.layers]), ("depth_a", so.depths)]
+    ):
+        df.insert(1 + pos, col, np.asarray(arr, dtype=object if col != "depth_a" else float)[ia][p])
+    for pos, (col, arr) in enumerate(
+        [("model_b", [pl.model for pl in so.layers]), ("layer_b", [pl.layer for pl in so.layers]), ("depth_b", so.depths)]
+    ):
+        df.insert(4 + pos, col, np.asarray(arr, dtype=object if col != "depth_b" else float)[ib][p])
+    df["n_concepts"] = df["n_concepts"].astype("Int64")
+    df["n_test"] = so.n_test
+    return df
+
+
+def base_name(model: str) -> str:
+    """Architecture name of a model: the name without the ``:random`` suffix."""
+    return model[: -len(":random")] if model.endswith(":random") else model
+
+
+def findings_document(
+    so: StudyOutputs,
+    sims: dict[str, np.ndarray],
+    quality: pd.DataFrame,
+    *,
+    seed: int = 0,
+    permutations: int = 10000,
+    bootstrap: int = 1000,
+) -> dict:
+    """The content of ``findings.json``.
+
+    Structure::
+
+        {"schema", "dataset", "models", "concepts", "categories", "n_test", "seed", "permutations",
+         "bootstrap", "notes",
+         "pairs": [{"model_a", "model_b", "kind": "trained" | "random",
+                    "finding1": {"seg" | "cls": {"per_concept": [{concept, value, random_twin, control,
+                                  layer_a, layer_b}], "trained" | "random_twin" | "control" | "diff_control" |
+                                  "diff_random_twin": {mean, ci_low, ci_high, n}, "twins_available", "holds"}},
+                    "finding2": {"seg" | "cls": {"a_to_b" | "b_to_a": {error, null_mean, p_value,
+                                  n_matches, n_concepts, per_concept: {concept: {error, p_value}}}}}}],
+         "emergence": [{"model", "concept", "category", "method", "depth", "max_quality",
+                        "represented_any"}]}
+
+    ``kind`` is ``trained`` for two trained models and ``random`` for two random-init twins; pairs of the
+    same architecture (a model and its own twin) are not included. Numbers that are undefined are null.
+    """
+    layer_names = [f"{pl.model}/{pl.layer}" for pl in so.layers]
+    by_model = {m: np.array([pl.index for pl in so.layers if pl.model == m], dtype=np.int64) for m in so.models}
+    depths = so.depths
+    rep = {}
+    qual = {}
+    for method in ("seg", "cls"):
+        qual[method], rep[method] = quality_arrays(so, quality, method)
+    pairs = []
+    for ma, mb in combinations(so.models, 2):
+        if base_name(ma) == base_name(mb):
+            continue
+        kind_a, kind_b = ma.endswith(":random"), mb.endswith(":random")
+        if kind_a != kind_b:
+            continue
+        entry = {"model_a": ma, "model_b": mb, "kind": "random" if kind_a else "trained", "finding1": {}, "finding2": {}}
+        twins = (f"{ma}:random", f"{mb}:random")
+        has_twins = not kind_a and all(t in by_model for t in twins)
+        for method in ("seg", "cls"):
+            if method not in sims:
+                continue
+            entry["finding1"][method] = finding1(
+                sims[method], sims[f"{method}_control"], by_model[ma], by_model[mb], rep[method], so.concepts,
+                rng_for(seed, "finding1", method, ma, mb),
+                twin_sim=sims[method] if has_twins else None,
+                twin_layers=(by_model[twins[0]], by_model[twins[1]]) if has_twins else None,
+                n_boot=bootstrap, layer_names=layer_names,
+            )
+            f2 = {}
+            for direction, (x, y) in (("a_to_b", (ma, mb)), ("b_to_a", (mb, ma))):
+                a_idx, b_pos, k = depth_matches(sims[method], by_model[x], by_model[y], rep[method])
+                res = permutation_test(
+                    depths[a_idx], b_pos, k, depths[by_model[y]], rng_for(seed, "finding2", method, x, y), permutations
+                )
+                res["per_concept"] = {
+                    so.concepts[ki]: {"error": e, "p_value": p} for ki, (e, p) in res["per_concept"].items()
+                }
+                f2[direction] = res
+            entry["finding2"][method] = f2
+        pairs.append(entry)
+    emergence = []
+    for m in so.models:
+        idx = by_model[m]
+        for method in ("seg", "cls"):
+            for k, c in enumerate(so.concepts):
+                q = qual[method][idx, k]
+                any_rep = bool(rep[method][idx, k].any())
+                emergence.append(
+                    {
+                        "model": m, "concept": c, "category": so.categories[c], "method": method,
+                        "depth": finite_or_none(emergence_depth(depths[idx], q)) if any_rep else None,
+                        "max_quality": finite_or_none(np.nanmax(q)) if np.isfinite(q).any() else None,
+                        "represented_any": any_rep,
+                    }
+                )
+    return {
+        "schema": FINDINGS_SCHEMA,
+        "dataset": so.stores[0].dataset,
+        "models": so.models,
+        "concepts": so.concepts,
+        "categories": so.categories,
+        "n_test": so.n_test,
+        "seed": int(seed),
+        "permutations": int(permutations),
+        "bootstrap": int(bootstrap),
+        "notes": {
+            "finding1": "best-match similarity over all layer pairs of the two models, for concepts represented "
+            "in at least one layer of each trained model; mean over concepts with a percentile bootstrap "
+            "interval over concepts; holds when the intervals of trained - control and trained - random twin "
+            "both lie above zero",
+            "control": "seg: exact expectation of the set IoU over random permutations of B's test images; "
+            "cls: Pearson with B's test logits permuted once (seeded), symmetrised",
+            "finding2": "mean over concepts of |depth(a) - depth(best B layer)| over represented layers; null: "
+            "B's depths permuted over B's probed layers; p = (1 + #null <= observed) / (1 + permutations)",
+            "emergence": "smallest relative depth where test quality (seg: set IoU, cls: AP) reaches 90 % of the "
+            "model's maximum; null when the concept is represented in none of the model's layers",
+        },
+        "pairs": pairs,
+        "emergence": emergence,
+    }
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """Atomic CSV write with a fixed float format (identical inputs give identical bytes)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.8g")
+
+
+def run_comparison_stage(
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    models: Sequence[str],
+    seed: int = 0,
+    permutations: int = 10000,
+    bootstrap: int = 1000,
+    chunk_images: int = 4,
+    grid4: bool = True,
+) -> dict[str, Path]:
+    """Compare every pair of probed layers of ``models`` on one dataset and test the two findings.
+
+    Parameters
+    ----------
+    dataset_dir : ``results/<study>/<dataset>`` holding one directory per model (see module docstring).
+    out_dir : where ``similarity.csv``, ``layer_similarity.csv`` and ``findings.json`` are written.
+    models : model names (trained ``NAME`` and random-init twins ``NAME:random``).
+    seed : seeds the controls, bootstraps and permutations (same seed, same files).
+    permutations : permutations of the finding-2 test.
+    bootstrap : bootstrap resamples of the finding-1 intervals.
+    chunk_images : test images per streaming step; memory is about
+        ``chunk_images x layers x concepts x grid pixels x 4`` bytes.
+    grid4 : also compute CKA on activations pooled to 4 x 4 (one extra read of the activations).
+
+    Returns
+    -------
+    ``{"similarity": path, "layer_similarity": path, "findings": path}``.
+    """
+    out_dir = Path(out_dir)
+    so = StudyOutputs(dataset_dir, models)
+    quality = read_quality(so)
+    sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4)
+    rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
+    paths = {
+        "similarity": out_dir / "similarity.csv",
+        "layer_similarity": out_dir / "layer_similarity.csv",
+        "findings": out_dir / "findings.json",
+    }
+    write_csv(paths["similarity"], similarity_frame(so, sims))
+    write_csv(paths["layer_similarity"], layer_similarity_frame(so, sims, rep))
+    doc = findings_document(so, sims, quality, seed=seed, permutations=permutations, bootstrap=bootstrap)
+    write_json(paths["findings"], doc)
+    return paths

@@ -1,0 +1,213 @@
+"""Method A: Net2Vec segmentation concept vectors, all concepts of a layer trained jointly.
+
+The probe is a 1x1 convolution ``C -> K`` (written as a matrix product over positions) on standardised
+activations. Joint training is exactly K independent probes because
+
+* the loss is a *sum* over concepts of per-concept losses, so concept ``c``'s gradient depends only on
+  its own row ``(w_c, b_c)``;
+* Adam is element-wise, so each row's update depends only on its own gradient history;
+* weights start at zero (the probe is convex in its parameters, so no random init is needed) and the
+  batch order comes from a generator seeded by ``seed`` alone;
+* early stopping is per concept: each concept keeps its best-val-IoU row and is *frozen* (its later
+  updates ignored) once its own patience runs out; training ends when every concept is frozen.
+
+:func:`train_segmentation_probes_sequential` runs the same function once per concept (the benchmark's
+"one at a time" baseline); it shares all code with the joint path.
+
+Evaluation follows methods.md: logits are resampled bilinearly from the activation grid (input frame)
+onto the evaluation grid over the image (:func:`conceptsim.data.geometry.input_to_image_grid`), then
+thresholded at 0.5 on the sigmoid (logit > 0), and the set IoU is summed over images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from conceptsim.concepts.layerdata import SplitData
+from conceptsim.concepts.metrics import iou_counts, set_iou_from_counts
+from conceptsim.data.geometry import input_to_image_grid
+
+LOSSES = ("balanced_bce", "net2vec_soft", "dice")
+EVAL_BATCH = 32
+
+
+@dataclass
+class EvalSet:
+    """Binary masks of a split on the evaluation grid and what is needed to map logits onto it.
+
+    Attributes
+    ----------
+    masks : bool ``n x K x gh x gw`` (image frame), positions aligned with the split's ``SplitData``.
+    boxes : float32 ``n x 4`` content boxes in input-frame pixels.
+    input_size : (H, W) of the model input frame.
+    """
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    input_size: tuple[int, int]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.masks.shape[-2:])
+
+    def subset(self, concepts: Sequence[int]) -> "EvalSet":
+        return EvalSet(self.masks[:, list(concepts)], self.boxes, self.input_size)
+
+
+@dataclass
+class SegProbes:
+    """Trained probes of one layer, in the standardised activation space.
+
+    Attributes
+    ----------
+    weight : ``K x C``; bias : ``K``; best_epoch : ``K`` (1-based epoch of the kept weights);
+    val_iou : ``K`` best validation set IoU; epochs_run : epochs actually trained;
+    history : per epoch, the ``K`` validation set IoUs.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    best_epoch: np.ndarray
+    val_iou: np.ndarray
+    epochs_run: int
+    history: list = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[torch.Generator]:
+    """Seed torch, switch on deterministic kernels for the block, and yield a seeded generator."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(seed)
+    try:
+        yield torch.Generator().manual_seed(seed)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def probe_logits(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """1x1 convolution: ``B x C x h x w`` -> ``B x K x h x w`` logits."""
+    z = torch.matmul(weight, x.flatten(2)) + bias[:, None]
+    return z.view(x.shape[0], weight.shape[0], *x.shape[2:])
+
+
+def probe_loss(z: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, kind: str) -> torch.Tensor:
+    """Sum over concepts of each concept's mean loss (the sum keeps concepts independent).
+
+    Parameters
+    ----------
+    z, t : logits and soft targets ``B x K x ...``.
+    alpha : ``K`` positive-class weights, ``1 - mean foreground fraction`` on train.
+    kind : ``"balanced_bce"`` (default), ``"net2vec_soft"`` (Net2Vec's original alpha-weighted loss on
+        probabilities, no log) or ``"dice"`` (soft Dice over the batch).
+    """
+    z, t = z.flatten(2), t.flatten(2).float()
+    a = alpha.view(1, -1, 1)
+    if kind == "balanced_bce":
+        per = -(a * t * F.logsigmoid(z) + (1 - a) * (1 - t) * F.logsigmoid(-z))
+        return per.mean((0, 2)).sum()
+    p = torch.sigmoid(z)
+    if kind == "net2vec_soft":
+        return -(a * t * p + (1 - a) * (1 - t) * (1 - p)).mean((0, 2)).sum()
+    if kind == "dice":
+        inter = (p * t).sum((0, 2))
+        return (1 - (2 * inter + 1) / (p.sum((0, 2)) + t.sum((0, 2)) + 1)).sum()
+    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
+def to_eval_grid(logits: torch.Tensor, boxes: torch.Tensor, input_size: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
+    """Resample activation-grid logits onto the evaluation grid (bilinear, before any threshold)."""
+    return input_to_image_grid(logits, boxes.to(logits.device), input_size, grid)
+
+
+@torch.no_grad()
+def split_counts(
+    weight: torch.Tensor, bias: torch.Tensor, data: SplitData, ev: EvalSet, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image intersection and union counts (``n x K``) of thresholded probe outputs vs masks."""
+    inter, union = [], []
+    for pos, x in data.batches(EVAL_BATCH, device=device):
+        up = to_eval_grid(probe_logits(weight, bias, x), ev.boxes[pos], ev.input_size, ev.grid)
+        i, u = iou_counts(up > 0, ev.masks[pos].to(up.device))
+        inter.append(i)
+        union.append(u)
+    return np.concatenate(inter), np.concatenate(union)
+
+
+def foreground_alpha(targets: torch.Tensor) -> torch.Tensor:
+    """``alpha_c = 1 - mean foreground fraction`` of soft targets ``n x K x h x w``."""
+    return 1.0 - targets.float().mean((0, 2, 3))
+
+
+def train_segmentation_probes(
+    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *,
+    loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
+    batch_size: int = 32, seed: int = 0, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None,
+) -> SegProbes:
+    """Train K concept probes jointly (one ``C -> K`` convolution) with per-concept early stopping.
+
+    Parameters
+    ----------
+    train, val : standardised activations of the train and validation splits.
+    targets : soft targets ``n_train x K x h x w`` aligned with ``train`` (float16 is fine).
+    val_eval : validation masks on the evaluation grid, for early stopping on val set IoU.
+    loss : see :func:`probe_loss`. alpha : override of the class weights (default from ``targets``).
+    lr, epochs, patience, batch_size, seed, device : optimisation settings (methods.md defaults).
+
+    Returns
+    -------
+    SegProbes with each concept's best-val-IoU weights.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    k, c = targets.shape[1], train.c
+    alpha = (foreground_alpha(targets) if alpha is None else alpha).to(device)
+    with deterministic(seed) as gen:
+        w = torch.zeros(k, c, device=device, requires_grad=True)
+        b = torch.zeros(k, device=device, requires_grad=True)
+        opt = torch.optim.Adam([w, b], lr=lr)
+        best_w, best_b = w.detach().clone(), b.detach().clone()
+        best = np.full(k, -np.inf)
+        best_epoch = np.zeros(k, dtype=int)
+        active = np.ones(k, dtype=bool)
+        history, epoch = [], 0
+        while epoch < epochs and active.any():
+            epoch += 1
+            for pos, x in train.batches(batch_size, gen, device):
+                opt.zero_grad(set_to_none=True)
+                probe_loss(probe_logits(w, b, x), targets[pos].to(device), alpha, loss).backward()
+                opt.step()
+            iou = np.nan_to_num(set_iou_from_counts(*split_counts(w.detach(), b.detach(), val, val_eval, device)), nan=0.0)
+            history.append(iou)
+            better = active & (iou > best)
+            idx = torch.from_numpy(np.flatnonzero(better)).to(device)
+            best_w[idx], best_b[idx] = w.detach()[idx], b.detach()[idx]
+            best[better], best_epoch[better] = iou[better], epoch
+            active &= (epoch - best_epoch) < patience
+    return SegProbes(best_w.cpu().numpy(), best_b.cpu().numpy(), best_epoch, best, epoch, history)
+
+
+def train_segmentation_probes_sequential(
+    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, **kwargs
+) -> SegProbes:
+    """The same probes trained one concept at a time (benchmark baseline; same arguments and result)."""
+    alpha = kwargs.pop("alpha", None)
+    alpha = foreground_alpha(targets) if alpha is None else alpha
+    parts = [
+        train_segmentation_probes(train, targets[:, [j]], val, val_eval.subset([j]), alpha=alpha[[j]], **kwargs)
+        for j in range(targets.shape[1])
+    ]
+    return SegProbes(
+        weight=np.concatenate([p.weight for p in parts]),
+        bias=np.concatenate([p.bias for p in parts]),
+        best_epoch=np.concatenate([p.best_epoch for p in parts]),
+        val_iou=np.concatenate([p.val_iou for p in parts]),
+        epochs_run=max(p.epochs_run for p in parts),
+        history=[p.history for p in parts],
+    )

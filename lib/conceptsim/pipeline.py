@@ -1,0 +1,114 @@
+"""Stage entry points that the notebooks call: each joins the data, model and stage modules.
+
+Result layout: ``results/<study>/<dataset>/<model_dir>/`` per (dataset, model), where ``model_dir`` is
+the model name with ``:`` replaced by ``__`` (``mobilenet_v2_imagenet__random``), and
+``results/<study>/<dataset>/`` for cross-model results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from conceptsim.paths import results_dir
+
+
+def model_dir_name(model: str) -> str:
+    return model.replace(":", "__")
+
+
+def dataset_results(study: str, dataset: str) -> Path:
+    return results_dir() / study / dataset
+
+
+def model_results(study: str, dataset: str, model: str) -> Path:
+    return dataset_results(study, dataset) / model_dir_name(model)
+
+
+def store_path(study: str, dataset: str, model: str) -> Path:
+    return model_results(study, dataset, model) / "activations.zarr"
+
+
+def configure_threads() -> int:
+    """Honour ``CONCEPTSIM_TORCH_THREADS`` (set by ``--jobs``) so parallel runs don't oversubscribe."""
+    import torch
+
+    n = int(os.environ.get("CONCEPTSIM_TORCH_THREADS", "0") or 0)
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def spread(items: Sequence[str], k: int) -> list[str]:
+    """``k`` items evenly spread over ``items`` (first and last included); all when ``k`` <= 0."""
+    items = list(items)
+    if k <= 0 or k >= len(items):
+        return items
+    idx = np.unique(np.round(np.linspace(0, len(items) - 1, k)).astype(int))
+    return [items[i] for i in idx]
+
+
+def probed_layers(model_name: str, layers: Sequence[str] | None, max_layers: int = 0) -> list[str]:
+    from conceptsim.models.registry import parse_model_name
+
+    spec, _ = parse_model_name(model_name)
+    return spread(list(layers) if layers else list(spec.default_layers), max_layers)
+
+
+def open_dataset(dataset: str, dataset_options: dict, split_options: dict, preprocessing: Any,
+                 eval_grid: int, split: str | None = None):
+    """The dataset (built or fetched if needed) served in a model's input geometry."""
+    from conceptsim.data.coco import ConceptDataset
+    from conceptsim.data.registry import ensure_dataset
+
+    opts = dict(dataset_options or {})
+    source = ensure_dataset(dataset, root=opts.get("root"), **(opts.get("build") or {}))
+    return ConceptDataset(
+        source, concepts=opts.get("concepts"), split=split, split_seed=split_options["seed"],
+        fractions=tuple(split_options["fractions"]), min_area=split_options["min_area"],
+        preprocessing=preprocessing, eval_grid=(eval_grid, eval_grid), max_images=opts.get("max_images"),
+    ), source
+
+
+def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], dataset_options: dict,
+                   split_options: dict, extraction_options: dict, seed: int, force: bool = False):
+    """Build model and dataset, extract every probed layer into the store. Returns (result, model, ds)."""
+    from conceptsim.extraction.extract import extract
+    from conceptsim.models.registry import build_model
+
+    opts = extraction_options
+    loaded = build_model(model, device=opts["device"])
+    ds, source = open_dataset(dataset, dataset_options, split_options, loaded.preprocessing, opts["eval_grid"])
+    chosen = probed_layers(model, layers, opts.get("max_layers", 0))
+    meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed,
+            "min_area": split_options["min_area"], "split": dict(split_options)}
+    result = extract(loaded, ds, store_path(study, dataset, model), layers=chosen,
+                     batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
+                     dtype=opts["dtype"], metadata=meta, force=force)
+    return result, loaded, ds
+
+
+def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept_options: dict,
+                 device: str, seed: int) -> dict:
+    from conceptsim.concepts.stage import run_concept_stage
+
+    out = model_results(study, dataset, model)
+    twin_csv = model_results(study, dataset, random_twin) / "concept_quality.csv" if random_twin else None
+    opts = dict(concept_options)
+    return run_concept_stage(
+        store_path(study, dataset, model), out, loss=opts["loss"], lr=opts["lr"], epochs=opts["epochs"],
+        patience=opts["patience"], bootstrap=opts["bootstrap"], dissection=opts["dissection"], seed=seed,
+        device=device, random_init_quality=twin_csv,
+    )
+
+
+def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_options: dict, seed: int) -> dict:
+    from conceptsim.comparison.stage import run_comparison_stage
+
+    out = dataset_results(study, dataset)
+    return run_comparison_stage(out, out, models=list(models), seed=seed,
+                                permutations=comparison_options["permutations"],
+                                bootstrap=comparison_options["bootstrap"])

@@ -1,0 +1,306 @@
+"""The study runner: executes the stage notebooks of a study with papermill, resumably.
+
+Records. Each run's completion is recorded in ``results/<study>/_runs/<run>.json`` *after* its executed
+notebook and results are fully written (temporary name, then rename). A run is skipped when its key --
+the hash of its notebook's code cells, its parameters, the library's source and the keys of the runs it
+depends on -- equals the recorded one and its executed notebook exists; otherwise it and (through the key
+chain) its dependents run again. A killed run leaves no record and is redone.
+
+Failures. A failing notebook keeps its executed copy with the traceback; runs that depend on it are
+skipped; :func:`run_study` reports them and the CLI exits non-zero naming the failed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import nbformat
+import yaml
+
+from conceptsim.atomic import atomic_path, sha256_json, write_json, write_text
+from conceptsim.paths import project_root, results_dir
+from conceptsim.study import Run, Study
+
+log = logging.getLogger("conceptsim.runner")
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def book_results_dir(study: str) -> Path:
+    return project_root() / "book" / "results" / study
+
+
+def run_slug(run: Run) -> str:
+    return run.id.replace("/", "__").replace(":", "-")
+
+
+def executed_path(run: Run) -> Path:
+    parts = [run.dataset] + ([run.model.replace(":", "__")] if run.model else [])
+    return book_results_dir(run.parameters["study"]).joinpath(*parts, run.notebook)
+
+
+def record_path(run: Run) -> Path:
+    return results_dir() / run.parameters["study"] / "_runs" / f"{run_slug(run)}.json"
+
+
+def log_path(run: Run) -> Path:
+    return results_dir() / run.parameters["study"] / "_logs" / f"{run_slug(run)}.log"
+
+
+def notebook_code_hash(path: Path) -> str:
+    """Hash of a notebook's code cells and their tags (outputs and metadata noise excluded)."""
+    nb = nbformat.read(path, as_version=4)
+    cells = [(c.cell_type, c.source, sorted(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
+    return sha256_json(cells)
+
+
+def library_hash() -> str:
+    root = Path(__file__).resolve().parent
+    files = sorted(p for p in root.rglob("*.py"))
+    return sha256_json([(str(p.relative_to(root)), p.read_text()) for p in files])
+
+
+def run_keys(runs: list[Run]) -> dict[str, str]:
+    lib = library_hash()
+    keys: dict[str, str] = {}
+    by_id = {r.id: r for r in runs}
+    for r in topological(runs):
+        nb = notebooks_dir() / r.notebook
+        if not nb.exists():
+            raise FileNotFoundError(f"notebook {nb} for run {r.id} does not exist")
+        keys[r.id] = sha256_json(
+            {"notebook": notebook_code_hash(nb), "parameters": r.parameters, "library": lib,
+             "deps": [keys[d] for d in r.depends_on if d in by_id]}
+        )
+    return keys
+
+
+def topological(runs: list[Run]) -> list[Run]:
+    by_id = {r.id: r for r in runs}
+    done: dict[str, Run] = {}
+
+    def visit(r: Run, stack: tuple[str, ...]) -> None:
+        if r.id in done:
+            return
+        if r.id in stack:
+            raise ValueError(f"dependency cycle: {' -> '.join(stack + (r.id,))}")
+        for d in r.depends_on:
+            if d in by_id:
+                visit(by_id[d], stack + (r.id,))
+        done[r.id] = r
+
+    for r in runs:
+        visit(r, ())
+    return list(done.values())
+
+
+def is_complete(run: Run, key: str) -> bool:
+    rec = record_path(run)
+    if not rec.exists() or not executed_path(run).exists():
+        return False
+    try:
+        data = json.loads(rec.read_text())
+    except json.JSONDecodeError:
+        return False
+    return data.get("key") == key and data.get("status") == "ok"
+
+
+def select(runs: list[Run], only: dict[str, str]) -> list[Run]:
+    """Keep runs matching every ``KEY=VALUE`` (keys: stage, dataset, model) plus what they depend on."""
+    allowed = {"stage", "dataset", "model"}
+    bad = set(only) - allowed
+    if bad:
+        raise ValueError(f"--only accepts keys {sorted(allowed)}, got {sorted(bad)}")
+    by_id = {r.id: r for r in runs}
+    for key, value in only.items():
+        values = {getattr(r, key) for r in runs}
+        if value not in values:
+            raise ValueError(f"--only {key}={value}: no such {key} in the study; accepted: {sorted(v for v in values if v)}")
+    chosen = {r.id for r in runs if all(getattr(r, k) == v for k, v in only.items())}
+    stack = list(chosen)
+    while stack:
+        for d in by_id[stack.pop()].depends_on:
+            if d in by_id and d not in chosen:
+                chosen.add(d)
+                stack.append(d)
+    return [r for r in runs if r.id in chosen]
+
+
+def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any]:
+    """Execute one run's notebook (in this process's papermill) and record it. Returns the record."""
+    import papermill
+
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS"):
+            os.environ[var] = str(threads)
+    out = executed_path(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logfile = log_path(run)
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logfile, mode="w")
+    pm_log = logging.getLogger("papermill")
+    pm_log.addHandler(handler)
+    pm_log.setLevel(logging.INFO)
+    t0 = time.time()
+    status, error = "ok", None
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        papermill.execute_notebook(
+            str(notebooks_dir() / run.notebook), str(tmp), parameters=run.parameters,
+            kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()),
+        )
+    except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        pm_log.removeHandler(handler)
+        handler.close()
+    if tmp.exists():
+        os.replace(tmp, out)  # a failed notebook keeps its executed copy with the traceback
+    record = {
+        "id": run.id, "stage": run.stage, "dataset": run.dataset, "model": run.model, "key": key,
+        "status": status, "error": error, "parameters": run.parameters, "notebook": run.notebook,
+        "executed_notebook": str(out.relative_to(project_root())) if out.is_relative_to(project_root()) else str(out),
+        "started": t0, "seconds": round(time.time() - t0, 3), "log": str(logfile),
+    }
+    if status == "ok":
+        write_json(record_path(run), record)
+    else:
+        record_path(run).unlink(missing_ok=True)
+    return record
+
+
+@dataclass
+class StudyOutcome:
+    executed: list[dict] = field(default_factory=list)
+    skipped_complete: list[str] = field(default_factory=list)
+    skipped_dependency: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.executed if r["status"] != "ok"]
+
+
+def run_study(
+    study: Study, *, jobs: int = 1, only: dict[str, str] | None = None, force: bool = False, progress: bool = True
+) -> StudyOutcome:
+    """Execute the study's runs respecting dependencies; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    runs = select(study.runs(), only or {})
+    keys = run_keys(runs)
+    by_id = {r.id: r for r in runs}
+    outcome = StudyOutcome()
+    todo: dict[str, Run] = {}
+    for r in topological(runs):
+        if not force and is_complete(r, keys[r.id]):
+            outcome.skipped_complete.append(r.id)
+        else:
+            todo[r.id] = r
+    bar = tqdm(total=len(runs), initial=len(outcome.skipped_complete), desc=f"study {study.name}",
+               unit="run", disable=not progress)
+    done_ok = set(outcome.skipped_complete)
+    failed: set[str] = set()
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+    def ready(r: Run) -> bool:
+        return all(d in done_ok or d not in by_id for d in r.depends_on)
+
+    def blocked(r: Run) -> bool:
+        return any(d in failed for d in r.depends_on)
+
+    def finish(rec: dict) -> None:
+        outcome.executed.append(rec)
+        (done_ok if rec["status"] == "ok" else failed).add(rec["id"])
+        bar.set_postfix_str(f"{rec['id']} {rec['status']} {rec['seconds']:.0f}s")
+        bar.update(1)
+
+    def prune() -> None:
+        changed = True
+        while changed:
+            changed = False
+            for rid, r in list(todo.items()):
+                if blocked(r):
+                    del todo[rid]
+                    failed.add(rid)
+                    outcome.skipped_dependency.append(rid)
+                    bar.update(1)
+                    changed = True
+
+    if jobs <= 1:
+        while todo:
+            prune()
+            nxt = next((r for r in todo.values() if ready(r)), None)
+            if nxt is None:
+                break
+            del todo[nxt.id]
+            finish(execute_run(nxt, keys[nxt.id]))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            running: dict[Future, str] = {}
+            while todo or running:
+                prune()
+                for r in [r for r in todo.values() if ready(r)][: jobs - len(running)]:
+                    del todo[r.id]
+                    running[pool.submit(execute_run, r, keys[r.id], threads)] = r.id
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    running.pop(fut)
+                    finish(fut.result())
+    bar.close()
+    write_book_pages(study)
+    return outcome
+
+
+# ----------------------------------------------------------------------------- book pages and toc
+def load_records(study: str) -> list[dict]:
+    folder = results_dir() / study / "_runs"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(project_root()).with_suffix(""))
+
+
+def write_book_pages(study: Study) -> Path:
+    """Write the study's generated pages and ``book/_generated/_toc.yml`` (base toc + what was run)."""
+    from conceptsim import reporting
+
+    root = project_root()
+    out_dir = book_results_dir(study.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = {r["id"]: r for r in load_records(study.name) if r.get("status") == "ok"}
+    runs = [r for r in study.runs() if r.id in records and executed_path(r).exists()]
+    reporting.write_reproducibility_page(study, [records[r.id] for r in runs], out_dir / "reproducibility.md")
+    findings_page = reporting.write_findings_page(study, out_dir / "findings.md")
+    base = yaml.safe_load((root / "_toc.yml").read_text())
+    chapters = []
+    for ds in study.datasets:
+        ds_runs = [r for r in runs if r.dataset == ds]
+        if not ds_runs:
+            continue
+        index = out_dir / ds / "index.md"
+        write_text(index, reporting.dataset_index(study, ds, ds_runs))
+        chapters.append({"file": _rel(index), "sections": [{"file": _rel(executed_path(r))} for r in ds_runs]})
+    for part in base.get("parts", []):
+        for ch in part.get("chapters", []):
+            if ch.get("file") == "book/findings" and findings_page is not None:
+                ch.setdefault("sections", []).append({"file": _rel(findings_page)})
+            if ch.get("file") == "book/reproducibility":
+                ch.setdefault("sections", []).append({"file": _rel(out_dir / "reproducibility.md")})
+    if chapters:
+        base.setdefault("parts", []).append({"caption": f"Executed notebooks: study '{study.name}'", "chapters": chapters})
+    toc = root / "book" / "_generated" / "_toc.yml"
+    write_text(toc, "# generated by conceptsim run; do not edit\n" + yaml.safe_dump(base, sort_keys=False))
+    return toc
