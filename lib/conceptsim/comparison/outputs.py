@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from conceptsim.concepts.vectors import ConceptVectors, vector_path
 from conceptsim.data.geometry import input_to_image_grid
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
 
@@ -45,7 +46,8 @@ def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.n
 
     Parameters
     ----------
-    model_dir : ``results/<study>/<dataset>/<model dir>``; files are read from its ``vectors/`` folder.
+    model_dir : ``results/<study>/<dataset>/<model dir>``; files are read from its ``vectors/`` folder
+        through :mod:`conceptsim.concepts.vectors` (which owns the file format and file-safe names).
     layer : probed layer name.
     kind : ``"seg"`` (``seg_<layer>.npz``: ``weight`` K x C, ``bias`` K, ``mean`` C, ``std`` C,
         ``concepts`` K) or ``"cls"`` (``cls_<layer>.npz``: ``coef`` K x C, ``intercept`` K, ``mean``,
@@ -60,24 +62,18 @@ def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.n
     ComparisonError
         When the file is missing, lacks a key, or its shapes disagree.
     """
-    # The concept stage may ship its own loader; using it keeps one definition of the file format.
-    try:  # pragma: no cover - depends on the concept stage being present
-        from conceptsim.concepts import vectors as _vectors  # type: ignore[attr-defined]
-
-        if hasattr(_vectors, "load_vectors"):
-            return dict(_vectors.load_vectors(model_dir, layer, kind))
-    except ImportError:
-        pass
     if kind not in ("seg", "cls"):
         raise ValueError(f"kind must be 'seg' or 'cls', got {kind!r}")
-    path = Path(model_dir) / "vectors" / f"{kind}_{layer}.npz"
+    path = vector_path(Path(model_dir) / "vectors", kind, layer)
     if not path.exists():
         raise ComparisonError(f"concept vectors {path} do not exist; run the concept stage first")
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in (SEG_KEYS if kind == "seg" else CLS_KEYS) if k not in z.files]
-        if missing:
-            raise ComparisonError(f"concept vectors {path} lack keys {missing} (has {sorted(z.files)})")
-        out = {k: np.asarray(z[k]) for k in z.files}
+    try:
+        out = dict(ConceptVectors.load(path).arrays)
+    except Exception as exc:  # numpy raises several types for a damaged archive
+        raise ComparisonError(f"concept vectors {path} are unreadable ({exc})") from exc
+    missing = [k for k in (SEG_KEYS if kind == "seg" else CLS_KEYS) if k not in out]
+    if missing:
+        raise ComparisonError(f"concept vectors {path} lack keys {missing} (has {sorted(out)})")
     w = out["weight" if kind == "seg" else "coef"]
     b = out["bias" if kind == "seg" else "intercept"]
     names = [str(c) for c in out["concepts"]]
