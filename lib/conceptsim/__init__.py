@@ -11,8 +11,14 @@ The package is laid out as the pipeline runs:
 - :mod:`conceptsim.study` and :mod:`conceptsim.runner` -- study files and the papermill runner.
 """
 
+import os as _os
+
 from conceptsim import paths as _paths
 
 _paths.configure_environment()
+if _os.environ.get("CONCEPTSIM_FORBID_NETWORK") == "1":
+    from conceptsim import netguard as _netguard
+
+    _netguard.install()
 
 __version__ = "0.1.0"

@@ -185,6 +185,8 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, smoke: bool = Fal
     name = raw["name"]
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise _fail(path, f"'name' must be a simple identifier (letters, digits, - and _), got {name!r}")
+    if smoke:  # smoke results never mix with the full study's
+        name = f"{name}-smoke"
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise _fail(path, f"'seed' must be an integer, got {seed!r}")

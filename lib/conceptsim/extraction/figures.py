@@ -1,0 +1,91 @@
+"""Figures for the extraction notebook: the layer table, detections on real photos, activation maps."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from conceptsim.extraction.store import ActivationStore
+
+
+def layer_table(store: ActivationStore) -> pd.DataFrame:
+    """One row per probed layer: module type, output shape, stored grid, conv position, relative depth."""
+    return pd.DataFrame(
+        [
+            {
+                "layer": layer.name,
+                "module": layer.module_type,
+                "channels": layer.channels,
+                "output grid": f"{layer.native_grid[0]} x {layer.native_grid[1]}",
+                "stored grid": f"{layer.grid[0]} x {layer.grid[1]}",
+                "conv position": layer.conv_position,
+                "relative depth": round(layer.relative_depth, 3),
+            }
+            for layer in store.layers
+        ]
+    )
+
+
+def bundled_photos() -> dict[str, np.ndarray]:
+    """Real photographs that ship inside installed packages (uint8 RGB)."""
+    from skimage import data
+
+    return {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea()}
+
+
+def plot_detections(loaded, photos: dict[str, np.ndarray], label_names=None, score_threshold: float = 0.3):
+    """Run a registry detector on photos and draw its boxes (normalised or pixel xyxy both handled)."""
+    import matplotlib.pyplot as plt
+
+    if loaded.spec.detect is None:
+        raise ValueError(f"{loaded.name} is not a detector")
+    prep = loaded.preprocessing
+    x = torch.stack([prep.apply_image(img) for img in photos.values()])
+    with torch.no_grad():
+        dets = loaded.spec.detect(loaded.module, x.to(next(loaded.module.parameters()).device),
+                                  score_threshold=score_threshold)
+    fig, axes = plt.subplots(1, len(photos), figsize=(4 * len(photos), 4), squeeze=False)
+    for ax, (name, img), det in zip(axes[0], photos.items(), dets):
+        ax.imshow(img)
+        h, w = img.shape[:2]
+        boxes = det["boxes"].detach().cpu().numpy().reshape(-1, 4)
+        if boxes.size and boxes.max() <= 1.5:  # normalised coordinates
+            boxes = boxes * np.array([w, h, w, h])
+        elif boxes.size:  # input-frame pixels -> image pixels
+            H, W = prep.size
+            boxes = boxes * np.array([w / W, h / H, w / W, h / H])
+        for (x0, y0, x1, y1), lab, sc in zip(boxes, det["labels"].tolist(), det["scores"].tolist()):
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", lw=2))
+            name_ = label_names(lab) if callable(label_names) else str(lab)
+            ax.text(x0, y0, f"{name_} {sc:.2f}", color="black", backgroundcolor="yellow", fontsize=8)
+        ax.set_title(f"{name}: {len(boxes)} detections")
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_activation_maps(store: ActivationStore, row: int = 0, layers: Sequence[str] | None = None, image=None):
+    """The channel-mean activation map of each probed layer for one stored image."""
+    import matplotlib.pyplot as plt
+
+    layers = list(layers or store.layer_names)
+    n = len(layers) + (image is not None)
+    cols = min(n, 5)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    flat = list(axes.flat)
+    if image is not None:
+        flat[0].imshow(image)
+        flat[0].set_title(f"image {int(store.image_ids[row])}")
+        flat = flat[1:]
+    for ax, name in zip(flat, layers):
+        a = np.asarray(store.activations(name)[row], dtype=np.float32)
+        ax.imshow(a.mean(0), cmap="magma")
+        ax.set_title(f"{name}\ndepth {store.layer(name).relative_depth:.2f}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
