@@ -149,3 +149,11 @@ def test_preprocessing_and_labels():
     assert cn.PREPROCESSING.size == (512, 512)
     assert cn.PREPROCESSING.scale == 1.0 and cn.PREPROCESSING.mean == (0.0, 0.0, 0.0)
     assert len(cn.COCO80_LABELS) == 80 and cn.COCO80_LABELS[15] == "cat"
+
+
+def test_backbone_runs_before_the_neck(model):
+    """Relative depth counts executed convolutions: no neck conv may run amid the backbone's."""
+    convs = [path for _, path, _ in model._plan if isinstance(model.get_submodule(path), cn.TFConv2d)]
+    last_backbone = max(k for k, p in enumerate(convs) if p.startswith(("MobilenetV3.", "extern1.")))
+    first_neck = min(k for k, p in enumerate(convs) if p.startswith("CenternetHead."))
+    assert last_backbone < first_neck

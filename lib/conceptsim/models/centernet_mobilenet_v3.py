@@ -37,6 +37,7 @@ pixels from the cell centre ``4 * (x, y)`` to the left, top, right and bottom bo
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import math
 from pathlib import Path
@@ -183,6 +184,57 @@ def _attr(node: dict, key: str, default: Any = None) -> Any:
 def _src(name: str) -> str:
     """Producer node of an input reference (``name:0`` -> ``name``)."""
     return name.split(":")[0]
+
+
+def _schedule(names: list[str], by_name: dict[str, dict], given: set[str]) -> list[str]:
+    """Execution order of the op nodes ``names``: topological, longest remaining path first.
+
+    TF's node list runs each lateral branch of the neck as soon as its backbone input exists, so the
+    neck's convolutions would interleave with the backbone's. Relative depth counts executed
+    ``nn.Conv2d`` modules in order, so the order matters: taking, among the ready nodes, the one with the
+    longest path still to go to an output runs the backbone first and each lateral branch just before
+    the neck stage that consumes it. Ties keep the file's order.
+    """
+    ins = {n: [_src(i) for i in by_name[n].get("input", []) if not i.startswith("^")] for n in names}
+    ins = {n: [i for i in v if i not in given] for n, v in ins.items()}
+    users: dict[str, list[str]] = {n: [] for n in names}
+    for n, v in ins.items():
+        for i in v:
+            if i not in users:
+                raise ValueError(f"node {n} reads {i}, which is neither an op, a constant nor the input")
+            users[i].append(n)
+    togo: dict[str, int] = {}
+    for n in reversed(_kahn(names, ins)):
+        togo[n] = 1 + max((togo[u] for u in users[n]), default=0)
+    rank = {n: k for k, n in enumerate(names)}
+    missing = {n: len(v) for n, v in ins.items()}
+    ready = [(-togo[n], rank[n], n) for n in names if missing[n] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, _, n = heapq.heappop(ready)
+        order.append(n)
+        for u in users[n]:
+            missing[u] -= 1
+            if missing[u] == 0:
+                heapq.heappush(ready, (-togo[u], rank[u], u))
+    return order
+
+
+def _kahn(names: list[str], ins: dict[str, list[str]]) -> list[str]:
+    """Any topological order of ``names`` (inputs first); raises on a cycle."""
+    done: set[str] = set()
+    order: list[str] = []
+    pending = list(names)
+    while pending:
+        step = [n for n in pending if all(i in done for i in ins[n])]
+        if not step:
+            raise ValueError(f"graph has a cycle among {pending[:5]}")
+        for n in step:
+            done.add(n)
+            order.append(n)
+        pending = [n for n in pending if n not in done]
+    return order
 
 
 # --------------------------------------------------------------------------------------- op modules
@@ -405,20 +457,7 @@ class CenterNetMobileNetV3(nn.Module):
             needed.add(name)
             stack.extend(_src(i) for i in by_name[name].get("input", []) if not i.startswith("^"))
 
-        # Topological order, stable in the file's node order.
-        order: list[str] = []
-        done = {_INPUT_NODE} | consts
-        pending = [n["name"] for n in nodes if n["name"] in needed]
-        while pending:
-            progressed = []
-            for name in pending:
-                if all(_src(i) in done for i in by_name[name].get("input", []) if not i.startswith("^")):
-                    order.append(name)
-                    done.add(name)
-                    progressed.append(name)
-            if not progressed:
-                raise ValueError(f"graph has a cycle or dangling inputs among {pending[:5]}")
-            pending = [p for p in pending if p not in done]
+        order = _schedule([n["name"] for n in nodes if n["name"] in needed], by_name, {_INPUT_NODE} | consts)
 
         self._plan: list[tuple[str, str, tuple[str, ...]]] = []  # (node, module path, tensor inputs)
         self.node_names: dict[str, str] = {}
