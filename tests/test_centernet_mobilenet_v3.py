@@ -134,10 +134,10 @@ def test_random_twin_builds_and_runs(model):
     assert [n for n, _ in twin.named_modules()] == [n for n, _ in model.named_modules()]
     w, w0 = twin.MobilenetV3.Conv.BatchNorm.FusedBatchNorm.conv.weight, model.MobilenetV3.Conv.BatchNorm.FusedBatchNorm.conv.weight
     assert not torch.allclose(w, w0)
-    x = torch.rand(2, 3, 512, 512) * 255
+    x = torch.rand(1, 3, 512, 512) * 255
     with torch.no_grad():
         out = twin(x)
-    assert tuple(out["heatmap"].shape) == (2, 80, 128, 128)
+    assert tuple(out["heatmap"].shape) == (1, 80, 128, 128)
     # Activations stay inside float16 range (the activation store's default dtype).
     assert torch.isfinite(out["boxes"]).all() and out["boxes"].abs().max() < 6e4
     torch.manual_seed(0)

@@ -331,10 +331,15 @@ class TFBinary(nn.Module):
         return self.op if self.const is None else f"{self.op}, const={float(self.const):g}"
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class TFUnary(nn.Module):
     """``Relu``, ``Relu6``, ``Sigmoid`` or ``Identity``."""
 
-    _FN = {"Relu": F.relu, "Relu6": F.relu6, "Sigmoid": torch.sigmoid, "Identity": lambda x: x}
+    # Module-level functions only, so that a whole model pickles (torch.save(model)).
+    _FN = {"Relu": F.relu, "Relu6": F.relu6, "Sigmoid": torch.sigmoid, "Identity": _identity}
 
     def __init__(self, op: str) -> None:
         super().__init__()
