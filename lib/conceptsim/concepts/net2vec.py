@@ -80,15 +80,22 @@ class SegProbes:
 
 
 @contextlib.contextmanager
-def deterministic(seed: int) -> Iterator[torch.Generator]:
-    """Seed torch, switch on deterministic kernels for the block, and yield a seeded generator."""
+def deterministic(seed: int, device: str | torch.device = "cpu") -> Iterator[torch.Generator]:
+    """Seed torch and yield a seeded generator; on accelerators also force deterministic kernels.
+
+    The CPU kernels used here are deterministic already, and switching the global flag costs a
+    one-off import of over a second, so it is only flipped where it changes results.
+    """
+    switch = torch.device(device).type != "cpu"
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if switch:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)
     try:
         yield torch.Generator().manual_seed(seed)
     finally:
-        torch.use_deterministic_algorithms(previous)
+        if switch:
+            torch.use_deterministic_algorithms(previous)
 
 
 def probe_logits(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -168,7 +175,7 @@ def train_segmentation_probes(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     k, c = targets.shape[1], train.c
     alpha = (foreground_alpha(targets) if alpha is None else alpha).to(device)
-    with deterministic(seed) as gen:
+    with deterministic(seed, device) as gen:
         w = torch.zeros(k, c, device=device, requires_grad=True)
         b = torch.zeros(k, device=device, requires_grad=True)
         opt = torch.optim.Adam([w, b], lr=lr)

@@ -66,6 +66,7 @@ class Inputs:
     eval_sets: dict  # split -> EvalSet (val, test)
     labels: dict  # split -> n x K uint8
     include: dict  # method -> bool K
+    reasons: dict  # method -> {concept: reason}
     boot: np.ndarray
 
 
@@ -146,7 +147,7 @@ def prepare(store: ActivationStore, concepts, bootstrap: int, seed: int) -> tupl
                             boxes[rows[s]], store.input_size) for s in ("val", "test")}
     include, reasons = exclusions(areas, labels, wanted)
     cats = {c["name"]: c.get("category", "") for c in store.concepts}
-    inputs = Inputs(store, cidx, wanted, [cats[c] for c in wanted], rows, eval_sets, labels, include,
+    inputs = Inputs(store, cidx, wanted, [cats[c] for c in wanted], rows, eval_sets, labels, include, reasons,
                     controls.bootstrap_indices(len(rows["test"]), bootstrap, seed))
     report = {
         "excluded": reasons,
@@ -162,7 +163,7 @@ def quality_rows(inp: Inputs, info: LayerInfo, method: str, metric: str, interva
     """Rows of concept_quality.csv for one layer, method and metric (excluded concepts get NaN rows)."""
     rows, it = [], iter(intervals)
     nan = controls.Interval(*([np.nan] * 6))
-    reasons = inp.report["excluded"][method] if hasattr(inp, "report") else {}
+    reasons = inp.reasons[method]
     for j, name in enumerate(inp.names):
         iv = next(it) if inp.include[method][j] else nan
         rows.append({
@@ -174,3 +175,242 @@ def quality_rows(inp: Inputs, info: LayerInfo, method: str, metric: str, interva
             "n_test_positive": int(n_pos[j]), "excluded": reasons.get(name, ""),
         })
     return rows
+
+
+@dataclass
+class Params:
+    """Probe settings shared by every layer (see :func:`run_concept_stage`)."""
+
+    loss: str
+    lr: float
+    epochs: int
+    patience: int
+    batch_size: int
+    seed: int
+    device: str
+
+    def seg_kwargs(self) -> dict:
+        return dict(loss=self.loss, lr=self.lr, epochs=self.epochs, patience=self.patience,
+                    batch_size=self.batch_size, seed=self.seed, device=self.device)
+
+
+def load_layer(inp: Inputs, info: LayerInfo, budget_bytes: float) -> dict:
+    """SplitData per split, standardised with train channel statistics (train gets 60 % of the budget)."""
+    act = inp.store.activations(info.name)
+    share = {"train": 0.6, "val": 0.2, "test": 0.2}
+    data = {s: SplitData(act, inp.rows[s], budget_bytes=budget_bytes * share[s], with_moments=s == "train")
+            for s in SPLITS}
+    for d in data.values():
+        d.set_standardiser(data["train"].moments)
+    return data
+
+
+def permutations(inp: Inputs, seed: int) -> dict:
+    """The shuffled-label permutations of train and val images (one per stage, shared by both methods)."""
+    return {s: controls.shuffle_permutation(len(inp.rows[s]), seed + i) for i, s in enumerate(("train", "val"))}
+
+
+def run_seg(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) -> tuple[list, dict]:
+    """Method A with its shuffled control on one layer: quality rows and ``{concept: test set IoU}``."""
+    sel = np.flatnonzero(inp.include["seg"])
+    test_ev = inp.eval_sets["test"].subset(sel)
+    n_pos = inp.eval_sets["test"].masks.flatten(2).any(2).sum(0).numpy()
+    if not len(sel):
+        return quality_rows(inp, info, "seg", "set_iou", [], n_pos), {}
+    targets = torch.from_numpy(read_selected(inp.store.targets(info.name), inp.rows["train"], inp.cidx[sel]))
+    val_ev = inp.eval_sets["val"].subset(sel)
+    perm = permutations(inp, p.seed)
+    probes = train_segmentation_probes(data["train"], targets, data["val"], val_ev, **p.seg_kwargs())
+    shuffled_val = EvalSet(val_ev.masks[perm["val"]], val_ev.boxes, val_ev.input_size)
+    ctrl = train_segmentation_probes(data["train"], targets[perm["train"]], data["val"], shuffled_val, **p.seg_kwargs())
+    counts = [split_counts(torch.from_numpy(q.weight).to(p.device), torch.from_numpy(q.bias).to(p.device),
+                           data["test"], test_ev, p.device) for q in (probes, ctrl)]
+    intervals = controls.seg_intervals(counts[0], counts[1], inp.boot)
+    st = data["train"].moments
+    save_npz(vector_path(vec_dir, "seg", info.name), weight=probes.weight.astype(np.float32),
+             bias=probes.bias.astype(np.float32), mean=st.mean, std=st.std, **_meta(inp, info, sel, st),
+             best_epoch=probes.best_epoch.astype(np.int64), val_iou=probes.val_iou)
+    test_iou = {inp.names[j]: iv.value for j, iv in zip(sel, intervals)}
+    return quality_rows(inp, info, "seg", "set_iou", intervals, n_pos), test_iou
+
+
+def _meta(inp: Inputs, info: LayerInfo, sel: np.ndarray, st: Standardiser) -> dict:
+    return dict(concepts=np.array([inp.names[j] for j in sel], dtype=str),
+                categories=np.array([inp.categories[j] for j in sel], dtype=str), layer=np.array(info.name),
+                relative_depth=np.float64(info.relative_depth), probe_rank=np.float64(info.probe_rank),
+                n_constant_channels=np.int64(st.n_constant))
+
+
+def run_cls(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) -> list:
+    """Method B with its shuffled control on one layer: quality rows (AP and balanced accuracy)."""
+    sel = np.flatnonzero(inp.include["cls"])
+    n_pos = inp.labels["test"].sum(0)
+    if not len(sel):
+        return [r for m in ("ap", "balanced_accuracy") for r in quality_rows(inp, info, "cls", m, [], n_pos)]
+    st = Standardiser.fit(data["train"].gap)
+    z = {s: st.apply(torch.from_numpy(data[s].gap)).numpy() for s in SPLITS}
+    y = {s: inp.labels[s][:, sel] for s in SPLITS}
+    perm = permutations(inp, p.seed)
+    probes = train_classification_probes(z["train"], y["train"], z["val"], y["val"], seed=p.seed)
+    ctrl = train_classification_probes(z["train"], y["train"][perm["train"]], z["val"], y["val"][perm["val"]], seed=p.seed)
+    ivs = controls.cls_intervals(y["test"], probes.decision(z["test"]), ctrl.decision(z["test"]), inp.boot)
+    save_npz(vector_path(vec_dir, "cls", info.name), coef=probes.coef, intercept=probes.intercept,
+             chosen_c=probes.chosen_c, val_ap=probes.val_ap, mean=st.mean, std=st.std, **_meta(inp, info, sel, st))
+    return [r for m, iv in ivs.items() for r in quality_rows(inp, info, "cls", m, iv, n_pos)]
+
+
+def run_dissection(inp: Inputs, info: LayerInfo, seg_iou: dict) -> tuple[list, dict, list]:
+    """Network Dissection on one layer: unit rows, the layer summary, best unit per concept."""
+    act = inp.store.activations(info.name)
+    thr, err = dis.unit_thresholds(lambda: dis.raw_batches(act, np.arange(act.shape[0])), info.channels)
+    sel = np.flatnonzero(inp.include["seg"])
+    base = {"model": inp.store.model, "layer": info.name, "relative_depth": info.relative_depth,
+            "probe_rank": info.probe_rank}
+    iou = {}
+    for split in ("val", "test"):
+        inter, union = dis.unit_iou_counts(dis.raw_batches(act, inp.rows[split]), thr, inp.eval_sets[split].subset(sel))
+        iou[split] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)  # C x K_sel
+    units = []
+    for u in range(info.channels):
+        best = int(np.argmax(iou["test"][u])) if len(sel) else -1
+        value = float(iou["test"][u, best]) if len(sel) else np.nan
+        units.append({**base, "unit": u, "threshold": float(thr[u]), "threshold_error": float(err[u]),
+                      "concept": inp.names[sel[best]] if len(sel) else "",
+                      "category": inp.categories[sel[best]] if len(sel) else "", "iou": value,
+                      "is_detector": bool(value > dis.DETECTOR_IOU)})
+    det = [r for r in units if r["is_detector"]]
+    summary = {**base, "n_units": info.channels, "detector_units": len(det),
+               "unique_concepts": len({r["concept"] for r in det})}
+    best_units = []
+    for i, j in enumerate(sel):
+        u = int(np.argmax(iou["val"][:, i]))
+        best_units.append({**base, "concept": inp.names[j], "category": inp.categories[j], "unit": u,
+                           "val_iou": float(iou["val"][u, i]), "iou": float(iou["test"][u, i]),
+                           "is_detector": bool(iou["test"][u, i] > dis.DETECTOR_IOU),
+                           "net2vec_iou": seg_iou.get(inp.names[j], np.nan)})
+    return units, summary, best_units
+
+
+def write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = None) -> Path:
+    """Write rows atomically as CSV (an empty table keeps its header when ``columns`` is given)."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
+    return path
+
+
+def join_random_init(quality: pd.DataFrame, twin_csv: Path | None) -> pd.DataFrame:
+    """Fill ``random_init_value`` from the random-init twin's concept_quality.csv (same layer names)."""
+    if twin_csv is None:
+        return quality
+    twin = pd.read_csv(twin_csv)
+    key = ["layer", "concept", "method", "metric"]
+    twin = twin[key + ["value"]].rename(columns={"value": "_twin"})
+    out = quality.drop(columns="random_init_value").merge(twin, on=key, how="left")
+    out.insert(list(quality.columns).index("random_init_value"), "random_init_value", out.pop("_twin"))
+    return out
+
+
+def run_layer(inp: Inputs, info: LayerInfo, p: Params, methods, dissection: bool, budget: float, vec_dir: Path):
+    """All work on one layer; returns quality rows, dissection parts and a timing/memory record."""
+    t0 = time.perf_counter()
+    check_layer_geometry(inp.store, info)
+    data = load_layer(inp, info, budget)
+    rec = {"memory_mode": {s: d.mode for s, d in data.items()}, "n_constant_channels": data["train"].moments.n_constant,
+           "load_s": time.perf_counter() - t0}
+    rows, seg_iou, dis_parts = [], {}, None
+    if "seg" in methods:
+        t = time.perf_counter()
+        seg_rows, seg_iou = run_seg(inp, info, data, p, vec_dir)
+        rows += seg_rows
+        rec["seg_s"] = time.perf_counter() - t
+    if "cls" in methods:
+        t = time.perf_counter()
+        rows += run_cls(inp, info, data, p, vec_dir)
+        rec["cls_s"] = time.perf_counter() - t
+    del data
+    if dissection:
+        t = time.perf_counter()
+        dis_parts = run_dissection(inp, info, seg_iou)
+        rec["dissection_s"] = time.perf_counter() - t
+    rec["total_s"] = time.perf_counter() - t0
+    return rows, dis_parts, rec
+
+
+QUALITY_COLUMNS = ["model", "layer", "relative_depth", "probe_rank", "concept", "category", "method", "metric",
+                   "value", "ci_low", "ci_high", "control_value", "diff_ci_low", "diff_ci_high", "random_init_value",
+                   "represented", "n_test", "n_test_positive", "excluded", "loss", "seed"]
+
+
+def run_concept_stage(
+    store_path: str | Path, out_dir: str | Path, *, layers: Sequence[str] | None = None,
+    concepts: Sequence[str] | None = None, loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30,
+    patience: int = 5, batch_size: int = 32, seed: int = 0, device: str = "cpu",
+    random_init_quality: Path | None = None, bootstrap: int = 1000, methods: Sequence[str] = ("seg", "cls"),
+    dissection: bool = True, memory_budget_gb: float = 3.0,
+) -> dict[str, Path]:
+    """Train and evaluate concept vectors for every (layer, concept) of one store, with controls.
+
+    Parameters
+    ----------
+    store_path : a complete activation store (:class:`conceptsim.extraction.store.ActivationStore`).
+    out_dir : ``results/<study>/<dataset>/<model>/``; the files listed in the module docstring go here.
+    layers, concepts : subsets by name (default: all in the store).
+    loss : Method A loss, one of ``balanced_bce`` (default), ``net2vec_soft``, ``dice``.
+    lr, epochs, patience, batch_size : Method A optimisation (Adam; early stopping on val set IoU).
+    seed : seeds batch order, shuffled-label permutations, bootstrap resamples and the classifiers.
+    device : torch device for the Method A probes.
+    random_init_quality : the random-init twin's concept_quality.csv, joined into ``random_init_value``.
+    bootstrap : number of bootstrap resamples of the test images.
+    methods : any of ``("seg", "cls")``. dissection : run the Network Dissection baseline.
+    memory_budget_gb : memory for holding a layer's activations (see :mod:`conceptsim.concepts.layerdata`).
+
+    Returns
+    -------
+    ``{name: path}`` of every file written.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if not methods or set(methods) - set(METHODS):
+        raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {methods!r}")
+    if bootstrap < 1:
+        raise ValueError(f"bootstrap must be >= 1, got {bootstrap}")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    store = ActivationStore(store_path)
+    infos = [store.layer(name) for name in (layers or store.layer_names)]
+    inp, report = prepare(store, concepts, bootstrap, seed)
+    p = Params(loss, lr, epochs, patience, batch_size, seed, device)
+    vec_dir = out / "vectors"
+    quality, units, summaries, best, timings = [], [], [], [], {}
+    for info in infos:
+        log.info("concept stage: %s layer %s", store.model, info.name)
+        rows, dis_parts, timings[info.name] = run_layer(inp, info, p, methods, dissection, memory_budget_gb * 2**30, vec_dir)
+        quality += rows
+        if dis_parts:
+            units += dis_parts[0]
+            summaries.append(dis_parts[1])
+            best += dis_parts[2]
+    paths = write_outputs(out, quality, p, random_init_quality, (units, summaries, best) if dissection else None)
+    paths.update({f"{m}_{i.name}": vector_path(vec_dir, m, i.name) for m in methods for i in infos
+                  if vector_path(vec_dir, m, i.name).exists()})
+    params = dict(store=str(store_path), layers=[i.name for i in infos], concepts=inp.names, loss=loss, lr=lr,
+                  epochs=epochs, patience=patience, batch_size=batch_size, seed=seed, device=device,
+                  random_init_quality=random_init_quality, bootstrap=bootstrap, methods=list(methods),
+                  dissection=dissection, memory_budget_gb=memory_budget_gb)
+    write_json(out / "concept_stage.json", {"parameters": params, "store_key": store.attrs.get("key"),
+                                            "model": store.model, "dataset": store.dataset, **report,
+                                            "layers": timings, "total_s": time.perf_counter() - t0})
+    paths["concept_stage"] = out / "concept_stage.json"
+    return paths
+
+
+def write_outputs(out: Path, quality: list, p: Params, twin: Path | None, dis_tables) -> dict[str, Path]:
+    """Write concept_quality.csv and, when given, the three dissection tables."""
+    df = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
+    df["loss"], df["seed"] = p.loss, p.seed
+    df = join_random_init(df, Path(twin) if twin is not None else None)
+    paths = {"concept_quality": write_csv(out / "concept_quality.csv", df.to_dict("records"), list(df.columns))}
+    if dis_tables is not None:
+        for name, rows in zip(("dissection", "dissection_summary", "dissection_best_unit"), dis_tables):
+            paths[name] = write_csv(out / f"{name}.csv", rows)
+    return paths

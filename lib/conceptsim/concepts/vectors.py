@@ -89,3 +89,14 @@ class ConceptVectors:
         """Method B logits ``N x K`` of raw global-average-pooled activations ``N x C``."""
         z = self.standardise(pooled).double().numpy()
         return z @ self["coef"].T + self["intercept"]
+
+
+def segment(vectors: ConceptVectors, activations, boxes, input_size, grid) -> torch.Tensor:
+    """Method A probabilities ``N x K x gh x gw`` on the evaluation grid over each image.
+
+    Logits are resampled bilinearly before the sigmoid, as in evaluation (threshold them at 0.5).
+    """
+    from conceptsim.data.geometry import input_to_image_grid  # local: keeps this module numpy-first
+
+    logits = vectors.seg_logits(activations)
+    return torch.sigmoid(input_to_image_grid(logits, torch.as_tensor(np.asarray(boxes, np.float32)), input_size, grid))
