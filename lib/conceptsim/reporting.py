@@ -76,12 +76,12 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
 
 def write_findings_page(study: "Study", path: Path) -> Path | None:
     """Per dataset, the findings rendered from ``findings.json`` (None when no dataset has one)."""
-    from conceptsim.comparison import report
-
     parts = []
     for ds in study.datasets:
         fj = results_dir() / study.name / ds / "findings.json"
         if fj.exists():
+            from conceptsim.comparison import report
+
             parts.append(f"## Dataset `{ds}`\n\n" + report.findings_markdown(json.loads(fj.read_text())))
     if not parts:
         return None

@@ -153,7 +153,7 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
     pm_log.setLevel(logging.INFO)
     t0 = time.time()
     status, error = "ok", None
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     try:
         papermill.execute_notebook(
             str(notebooks_dir() / run.notebook), str(tmp), parameters=run.parameters,

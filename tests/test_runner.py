@@ -1,0 +1,116 @@
+"""The study runner on a fake project whose notebooks are tiny: resumability, staleness, failures."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from conceptsim import runner
+from conceptsim.study import NOTEBOOKS, parse_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BODY = """
+import os, pathlib, json
+if os.environ.get("FAKE_FAIL_STAGE") == STAGE:
+    raise RuntimeError("planted failure in " + STAGE)
+out = pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "executions.log"
+out.parent.mkdir(parents=True, exist_ok=True)
+with open(out, "a") as f:
+    f.write(STAGE + " " + dataset + "\\n")
+"""
+
+
+def make_notebook(path: Path, stage: str, extra: str = "") -> None:
+    params = new_code_cell('dataset = "shapes"\nseed = 0')
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell(f"STAGE = {stage!r}" + BODY + extra)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def fake_project(tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(tmp_path / "notebooks" / name, stage)
+    shutil.copy(ROOT / "_toc.yml", tmp_path / "_toc.yml")
+    monkeypatch.setenv("CONCEPTSIM_ROOT", str(tmp_path))
+    monkeypatch.delenv("CONCEPTSIM_RESULTS", raising=False)
+    study = parse_study({"name": "fake", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"]})
+    return tmp_path, study
+
+
+def executions(root: Path) -> list[str]:
+    log = root / "results" / "executions.log"
+    return log.read_text().split("\n")[:-1] if log.exists() else []
+
+
+def test_resume_skip_and_stale_rerun(fake_project):
+    root, study = fake_project
+    out = runner.run_study(study, progress=False)
+    assert not out.failed and len(out.executed) == 4
+    assert len(executions(root)) == 4
+    # executed copies and completion records exist; the generated toc lists the notebooks
+    for r in study.runs():
+        assert runner.executed_path(r).exists()
+        rec = json.loads(runner.record_path(r).read_text())
+        assert rec["status"] == "ok" and rec["seconds"] > 0
+    toc = (root / "book" / "_generated" / "_toc.yml").read_text()
+    assert "book/results/fake/shapes/mobilenet_v2_imagenet/01_extract" in toc
+    assert (root / "book" / "results" / "fake" / "reproducibility.md").exists()
+
+    again = runner.run_study(study, progress=False)
+    assert again.executed == [] and len(again.skipped_complete) == 4
+    assert len(executions(root)) == 4
+
+    # a changed notebook re-runs that stage and its dependents, nothing upstream
+    make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts", extra="x = 1\n")
+    third = runner.run_study(study, progress=False)
+    assert [r["stage"] for r in third.executed] == ["concepts", "compare_layers", "compare_models"]
+
+
+def test_failure_keeps_traceback_and_skips_dependents(fake_project, monkeypatch):
+    root, study = fake_project
+    monkeypatch.setenv("FAKE_FAIL_STAGE", "concepts")
+    out = runner.run_study(study, progress=False)
+    assert [r["id"] for r in out.failed] == ["concepts/shapes/mobilenet_v2_imagenet"]
+    assert set(out.skipped_dependency) == {"compare_layers/shapes", "compare_models/shapes"}
+    failed_run = next(r for r in study.runs() if r.stage == "concepts")
+    executed = runner.executed_path(failed_run).read_text()
+    assert "planted failure in concepts" in executed
+    assert not runner.record_path(failed_run).exists()
+    # fixed: only the failed run and its dependents run again
+    monkeypatch.delenv("FAKE_FAIL_STAGE")
+    out = runner.run_study(study, progress=False)
+    assert [r["stage"] for r in out.executed] == ["concepts", "compare_layers", "compare_models"]
+
+
+def test_interrupted_run_is_redone(fake_project):
+    root, study = fake_project
+    runner.run_study(study, progress=False)
+    # simulate a run killed before its completion record was written
+    extract = next(r for r in study.runs() if r.stage == "extract")
+    runner.record_path(extract).unlink()
+    out = runner.run_study(study, progress=False)
+    assert out.executed[0]["id"] == extract.id
+
+
+def test_only_selects_runs_and_their_dependencies(fake_project):
+    root, study = fake_project
+    chosen = runner.select(study.runs(), {"stage": "concepts"})
+    assert {r.stage for r in chosen} == {"extract", "concepts"}
+    with pytest.raises(ValueError, match="no such model"):
+        runner.select(study.runs(), {"model": "nope"})
+    with pytest.raises(ValueError, match="accepts keys"):
+        runner.select(study.runs(), {"colour": "red"})
+
+
+def test_parallel_jobs(fake_project):
+    root, study = fake_project
+    out = runner.run_study(study, jobs=2, progress=False)
+    assert not out.failed and len(out.executed) == 4

@@ -1,0 +1,87 @@
+"""Study files are validated before anything runs, and expand into the documented runs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conceptsim.study import StudyError, load_study, parse_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal(**over):
+    raw = {"name": "t", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet", "mobilenet_v2_imagenet:random"]}
+    raw.update(over)
+    return raw
+
+
+def test_default_and_paper_studies_are_valid():
+    default = load_study(ROOT / "studies" / "default.yml")
+    assert set(default.datasets) == {"shapes", "photo-colors"}
+    assert len(default.models) == 6 and all(m + ":random" in default.models for m in default.models if ":" not in m)
+    paper = load_study(ROOT / "studies" / "paper.yml")
+    assert {"yolov5su", "ssd300_vgg16", "fasterrcnn_resnet50_fpn"} <= set(paper.models)
+
+
+def test_smoke_merges_overrides_and_renames():
+    s = load_study(ROOT / "studies" / "default.yml", smoke=True)
+    assert s.name == "default-smoke"
+    assert s.sections["concepts"]["epochs"] < 30
+    assert s.sections["extraction"]["max_layers"] > 0
+    assert s.datasets["shapes"]["build"]["n"] < 1200
+
+
+def test_runs_and_dependencies():
+    s = parse_study(minimal())
+    runs = {r.id: r for r in s.runs()}
+    assert set(runs) == {
+        "extract/shapes/mobilenet_v2_imagenet", "concepts/shapes/mobilenet_v2_imagenet",
+        "extract/shapes/mobilenet_v2_imagenet:random", "concepts/shapes/mobilenet_v2_imagenet:random",
+        "compare_layers/shapes", "compare_models/shapes",
+    }
+    trained = runs["concepts/shapes/mobilenet_v2_imagenet"]
+    assert "concepts/shapes/mobilenet_v2_imagenet:random" in trained.depends_on
+    assert trained.parameters["random_twin"] == "mobilenet_v2_imagenet:random"
+    assert set(runs["compare_layers/shapes"].depends_on) == {
+        "concepts/shapes/mobilenet_v2_imagenet", "concepts/shapes/mobilenet_v2_imagenet:random"}
+    # a stage only sees its own options, so changing concept options cannot invalidate an extraction
+    assert "concept_options" not in runs["extract/shapes/mobilenet_v2_imagenet"].parameters
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (minimal(colour="red"), ["unknown key", "colour", "accepted keys"]),
+        (minimal(datasets={"imagenet": {}}), ["unknown dataset", "imagenet", "shapes"]),
+        (minimal(models=["resnet9000"]), ["unknown model", "resnet9000", "known models"]),
+        (minimal(concepts={"epochs": "ten"}), ["concepts.epochs", "int"]),
+        (minimal(concepts={"loss": "hinge"}), ["concepts.loss", "balanced_bce"]),
+        (minimal(extraction={"batchsize": 4}), ["unknown key", "batchsize", "batch_size"]),
+        (minimal(split={"fractions": [0.5, 0.5, 0.5]}), ["split.fractions"]),
+        (minimal(layers={"yolov8n": ["model.1"]}), ["layers", "yolov8n"]),
+        (minimal(datasets={"shapes": {"max_images": -3}}), ["max_images"]),
+        ({"name": "t", "models": ["yolov8n"]}, ["missing required key", "datasets"]),
+    ],
+)
+def test_bad_study_is_rejected_naming_the_key(raw, words):
+    with pytest.raises(StudyError) as err:
+        parse_study(raw, Path("bad.yml"))
+    msg = str(err.value)
+    assert "bad.yml" in msg
+    for w in words:
+        assert w in msg
+
+
+def test_unknown_layer_is_rejected_before_running(tmp_path):
+    from conceptsim.study import validate_layers
+
+    path = tmp_path / "s.yml"
+    path.write_text(yaml.safe_dump(minimal(layers={"mobilenet_v2_imagenet": ["features.99"]})))
+    with pytest.raises(StudyError, match=r"features\.99.*closest valid names"):
+        validate_layers(load_study(path))
+
+
+def test_missing_study_file():
+    with pytest.raises(StudyError, match="does not exist"):
+        load_study("nope.yml")
