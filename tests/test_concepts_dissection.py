@@ -1,0 +1,53 @@
+"""Network Dissection thresholds (exact and streaming quantiles) and unit IoU against brute force."""
+
+import numpy as np
+import pytest
+import torch
+
+from conceptsim.concepts import dissection as dis
+from conceptsim.concepts.net2vec import EvalSet
+
+
+def _batches(x, size=3):
+    return lambda: ((np.arange(s, min(s + size, len(x))), torch.from_numpy(x[s : s + size])) for s in range(0, len(x), size))
+
+
+@pytest.fixture(scope="module")
+def acts():
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2.0, 1.0, (20, 5, 6, 7)).astype(np.float32)
+    x[:, 3] = 1.5  # a constant unit
+    x[:, 4] = np.round(x[:, 4])  # heavy ties
+    return x
+
+
+def test_exact_threshold_equals_sorted_quantile(acts):
+    thr, err = dis.unit_thresholds(_batches(acts), 5)
+    per_unit = acts.transpose(1, 0, 2, 3).reshape(5, -1)
+    np.testing.assert_array_equal(thr, np.quantile(per_unit, dis.QUANTILE, axis=1, method="higher"))
+    assert (err == 0).all()
+
+
+def test_streaming_threshold_within_documented_bound(acts):
+    thr, err = dis.unit_thresholds(_batches(acts), 5, exact_max_values=0, bins=16)
+    per_unit = acts.transpose(1, 0, 2, 3).reshape(5, -1).astype(np.float64)
+    exact = np.quantile(per_unit, dis.QUANTILE, axis=1, method="higher")
+    span = per_unit.max(1) - per_unit.min(1)
+    assert np.all(np.abs(thr - exact) <= err + 1e-12)
+    np.testing.assert_allclose(err, span / (2 * 16**2))
+    assert thr[3] == 1.5 and err[3] == 0
+
+
+def test_unit_iou_matches_brute_force(acts):
+    rng = np.random.default_rng(1)
+    masks = torch.from_numpy(rng.random((20, 2, 6, 7)) < 0.2)
+    boxes = torch.tensor([[0.0, 0.0, 6.0, 7.0]]).repeat(20, 1)
+    ev = EvalSet(masks, boxes, (6, 7))  # eval grid == activation grid: resampling is the identity
+    thr = np.quantile(acts.transpose(1, 0, 2, 3).reshape(5, -1), 0.8, axis=1)
+    inter, union = dis.unit_iou_counts(_batches(acts)(), thr, ev)
+    units = acts > thr[None, :, None, None]
+    m = masks.numpy()
+    for u in range(5):
+        for k in range(2):
+            assert inter[u, k] == (units[:, u] & m[:, k]).sum()
+            assert union[u, k] == (units[:, u] | m[:, k]).sum()

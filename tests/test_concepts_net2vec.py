@@ -1,0 +1,119 @@
+"""Method A (Net2Vec) and Method B (TCAV-style) on stores with planted concepts."""
+
+import numpy as np
+import pytest
+import torch
+
+from conceptsim.concepts import controls, stage
+from conceptsim.concepts.layerdata import SplitData, Standardiser
+from conceptsim.concepts.metrics import set_iou_from_counts
+from conceptsim.concepts.net2vec import (
+    EvalSet, probe_loss, split_counts, train_segmentation_probes, train_segmentation_probes_sequential)
+from conceptsim.concepts.synthetic import planted_store
+from conceptsim.concepts.tcav import train_classification_probes
+from conceptsim.extraction.store import ActivationStore
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: a second OpenMP thread only adds synchronisation cost (and shared CI cores are busy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    path, directions = planted_store(tmp_path_factory.mktemp("p") / "s.zarr", n_split=(160, 40, 40),
+                                     amplitude=6.0, channels=32, k=4, constant_channels=2)
+    store = ActivationStore(path)
+    inp, _ = stage.prepare(store, None, 200, 0)
+    info = store.layers[0]
+    data = stage.load_layer(inp, info, 1e9)
+    targets = torch.from_numpy(stage.read_selected(store.targets(info.name), inp.rows["train"], inp.cidx))
+    return inp, data, targets, directions[:, :-2]
+
+
+def _test_iou(probes, data, inp):
+    counts = split_counts(torch.from_numpy(probes.weight), torch.from_numpy(probes.bias), data["test"],
+                          inp.eval_sets["test"])
+    return set_iou_from_counts(*counts)
+
+
+def test_planted_concepts_are_recovered(planted):
+    inp, data, targets, directions = planted
+    probes = train_segmentation_probes(data["train"], targets, data["val"], inp.eval_sets["val"], batch_size=8)
+    assert (_test_iou(probes, data, inp) >= 0.9).all()
+    w = probes.weight[:, :-2]
+    cos = (w / np.linalg.norm(w, axis=1, keepdims=True) * directions).sum(1)
+    assert (cos >= 0.95).all()
+    assert np.abs(probes.weight[:, -2:]).max() == 0  # constant channels are zero after standardising
+
+
+def test_shuffled_targets_fall_to_chance(planted):
+    inp, data, targets, _ = planted
+    perm = controls.shuffle_permutation(len(targets), 0)
+    vperm = controls.shuffle_permutation(len(data["val"]), 1)
+    ev = inp.eval_sets["val"]
+    shuffled = train_segmentation_probes(data["train"], targets[perm], data["val"],
+                                         EvalSet(ev.masks[vperm], ev.boxes, ev.input_size), batch_size=8)
+    fg = inp.eval_sets["test"].masks.float().mean((0, 2, 3)).numpy()
+    iou = _test_iou(shuffled, data, inp)
+    assert (iou < 2 * fg + 0.05).all(), (iou, fg)
+
+
+def test_joint_equals_separate(planted):
+    inp, data, targets, _ = planted
+    kw = dict(batch_size=16, epochs=6, seed=3)
+    joint = train_segmentation_probes(data["train"], targets, data["val"], inp.eval_sets["val"], **kw)
+    seq = train_segmentation_probes_sequential(data["train"], targets, data["val"], inp.eval_sets["val"], **kw)
+    np.testing.assert_allclose(joint.weight, seq.weight, atol=1e-5)
+    np.testing.assert_allclose(joint.bias, seq.bias, atol=1e-5)
+    np.testing.assert_array_equal(joint.best_epoch, seq.best_epoch)
+    np.testing.assert_allclose(_test_iou(joint, data, inp), _test_iou(seq, data, inp), atol=1e-3)
+
+
+@pytest.mark.parametrize("loss", ["net2vec_soft", "dice"])
+def test_alternative_losses_learn(planted, loss):
+    inp, data, targets, _ = planted
+    probes = train_segmentation_probes(data["train"], targets, data["val"], inp.eval_sets["val"], loss=loss,
+                                       batch_size=8, epochs=10)
+    assert (_test_iou(probes, data, inp) > 0.6).all()
+
+
+def test_unknown_loss_errors():
+    with pytest.raises(ValueError, match="loss must be one of"):
+        probe_loss(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), torch.ones(1), "focal")
+
+
+def test_standardiser_zero_variance_rule():
+    x = np.random.default_rng(0).standard_normal((50, 4))
+    x[:, 1] = 3.0
+    st = Standardiser.fit(x)
+    z = st.apply(torch.from_numpy(x).float())
+    assert st.n_constant == 1 and torch.isfinite(z).all() and (z[:, 1] == 0).all()
+
+
+def test_split_data_memory_modes_agree(planted):
+    inp, data, _, _ = planted
+    act = inp.store.activations(inp.store.layers[0].name)
+    rows = inp.rows["val"]
+    ref = torch.cat([x for _, x in data["val"].batches(7)])
+    for budget in (ref.numel() * 2.5, 0):  # float16 in memory, then streamed
+        d = SplitData(act, rows, budget_bytes=budget)
+        d.set_standardiser(data["train"].moments)
+        assert d.mode == ("float16" if budget else "stream")
+        torch.testing.assert_close(torch.cat([x for _, x in d.batches(7)]), ref)
+
+
+def test_classification_probes_planted(planted):
+    inp, data, _, directions = planted
+    st = Standardiser.fit(data["train"].gap)
+    z = {s: st.apply(torch.from_numpy(data[s].gap)).numpy() for s in ("train", "val", "test")}
+    probes = train_classification_probes(z["train"], inp.labels["train"], z["val"], inp.labels["val"])
+    scores = probes.decision(z["test"])
+    iv = controls.cls_intervals(inp.labels["test"], scores, -scores, controls.bootstrap_indices(40, 200, 0))
+    assert all(i.value > 0.9 for i in iv["ap"])
+    assert set(probes.chosen_c) <= {0.01, 0.1, 1.0, 10.0}
+    assert np.allclose(np.linalg.norm(probes.cav, axis=1), 1.0)
