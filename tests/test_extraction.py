@@ -1,0 +1,123 @@
+"""Hooks, relative depth and the extraction stage on a real (small) model and dataset."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conceptsim.extraction.extract import capped_grid, extract, probe_layers
+from conceptsim.extraction.hooks import LayerOutputError, record_activations
+from conceptsim.extraction.store import ActivationStore, StoreError
+from conceptsim.models.depth import trace_depth
+from conceptsim.models.registry import build_model
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU())
+        self.b = nn.Conv2d(4, 2, 3, stride=2, padding=1)
+        self.pair = Pair()
+
+    def forward(self, x):
+        x = self.b(self.block(self.a(x)))
+        return self.pair(x)
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+def test_relative_depth_counts_executed_convs():
+    traced, total = trace_depth(Toy(), ["a", "block", "block.1", "b"], torch.zeros(1, 3, 8, 8))
+    assert total == 3
+    d = {t.name: (t.conv_position, t.relative_depth) for t in traced}
+    assert d["a"] == (1, 1 / 3)
+    assert d["block"] == (2, 2 / 3)  # a block takes the last conv that ran before its output
+    assert d["block.1"] == (2, 2 / 3)
+    assert d["b"] == (3, 1.0)
+
+
+def test_hooks_do_not_change_outputs_and_are_removed_on_error():
+    model = Toy().eval()
+    x = torch.randn(2, 3, 8, 8)
+    ref = model(x)[0]
+    with record_activations(model, ["a", "b"]) as rec:
+        out = model(x)[0]
+    assert torch.equal(ref, out) and rec["a"].shape == (2, 4, 8, 8)
+    with pytest.raises(RuntimeError, match="boom"):
+        with record_activations(model, ["a"]):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_non_tensor_output_is_rejected_by_rule():
+    model = Toy()
+    with pytest.raises(LayerOutputError, match="'pair' returned a tuple of 2 items"):
+        with record_activations(model, ["pair"]):
+            model(torch.zeros(1, 3, 8, 8))
+
+
+def test_capped_grid():
+    assert capped_grid((160, 160), 40) == (40, 40)
+    assert capped_grid((20, 20), 40) == (20, 20)
+    assert capped_grid((100, 50), 40) == (40, 20)
+
+
+@pytest.fixture(scope="module")
+def small_dataset_and_model():
+    from conceptsim import pipeline
+
+    loaded = build_model("mobilenet_v2_imagenet:random")
+    ds, source = pipeline.open_dataset("shapes", {"build": {"n": 24, "size": 96, "seed": 3}},
+                                       {"fractions": [0.6, 0.2, 0.2], "seed": 0, "min_area": 0.005},
+                                       loaded.preprocessing, 16)
+    return loaded, ds
+
+
+def test_extraction_store_roundtrip_reuse_and_staleness(small_dataset_and_model, tmp_path):
+    loaded, ds = small_dataset_and_model
+    layers = ["features.2", "features.14"]
+    path = tmp_path / "activations.zarr"
+    res = extract(loaded, ds, path, layers=layers, batch_size=5, grid_cap=10, progress=False)
+    assert not res.reused and res.n_images == len(ds)
+    store = ActivationStore(path)
+    a = store.activations("features.2")
+    assert a.shape == (len(ds), 24, 10, 10) and a.dtype == np.float16
+    assert store.activations("features.14").shape[-2:] == (7, 7)  # below the cap: native grid
+    assert store.masks.shape == (len(ds), len(ds.concepts), 16, 16)
+    assert store.attrs["weights_sha256"] == "random-init-seed-0"
+    # stored activations equal a direct forward pass, pooled to the cap
+    item = ds[0]
+    with record_activations(loaded.module, ["features.2"]) as rec, torch.no_grad():
+        loaded.module(item["image"][None])
+    direct = torch.nn.functional.adaptive_avg_pool2d(rec["features.2"], (10, 10))[0].numpy()
+    np.testing.assert_allclose(np.asarray(a[0], dtype=np.float32), direct, rtol=2e-3, atol=2e-3)
+    # targets are the masks area-averaged onto the stored grid
+    t = np.asarray(store.targets("features.2")[0], dtype=np.float32)
+    assert t.min() >= 0 and t.max() <= 1
+    # reuse when unchanged; recompute when an input changes (grid cap)
+    assert extract(loaded, ds, path, layers=layers, batch_size=5, grid_cap=10, progress=False).reused
+    res2 = extract(loaded, ds, path, layers=layers, batch_size=5, grid_cap=8, progress=False)
+    assert not res2.reused and ActivationStore(path).activations("features.2").shape[-1] == 8
+
+
+def test_corrupt_or_incomplete_store_is_detected(small_dataset_and_model, tmp_path):
+    loaded, ds = small_dataset_and_model
+    path = tmp_path / "s.zarr"
+    extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=6, progress=False)
+    (path / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="delete it to recompute"):
+        ActivationStore(path)
+    # extraction recomputes a broken store instead of reusing it
+    assert not extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=6, progress=False).reused
+    ActivationStore(path)
+
+
+def test_preprocessing_mismatch_is_an_error(small_dataset_and_model, tmp_path):
+    _, ds = small_dataset_and_model
+    other = build_model("yolov8n:random")
+    with pytest.raises(ValueError, match="does not match"):
+        extract(other, ds, tmp_path / "x.zarr", layers=["model.0"], progress=False)
