@@ -84,6 +84,7 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
     ds, source = open_dataset(dataset, dataset_options, split_options, loaded.preprocessing, opts["eval_grid"])
     chosen = probed_layers(model, layers, opts.get("max_layers", 0))
     meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed,
+            "annotation_file": str(source.annotation_file), "image_dir": str(source.image_dir),
             "min_area": split_options["min_area"], "split": dict(split_options)}
     result = extract(loaded, ds, store_path(study, dataset, model), layers=chosen,
                      batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
@@ -112,3 +113,38 @@ def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_o
     return run_comparison_stage(out, out, models=list(models), seed=seed,
                                 permutations=comparison_options["permutations"],
                                 bootstrap=comparison_options["bootstrap"])
+
+
+def concept_segmentations(study: str, dataset: str, model: str, layer: str | None = None, n: int = 4,
+                          concepts: Sequence[str] | None = None):
+    """Test images with one layer's Net2Vec segmentations and the true masks, for the overlay figure.
+
+    Returns ``(layer, images, predicted, truth, concept_names)``; ``layer`` defaults to the layer with the
+    best mean test IoU.
+    """
+    import pandas as pd
+
+    from conceptsim.concepts.vectors import ConceptVectors, segment, vector_path
+    from conceptsim.data.coco import ConceptDataset
+    from conceptsim.extraction.store import ActivationStore
+
+    store = ActivationStore(store_path(study, dataset, model))
+    out = model_results(study, dataset, model)
+    if layer is None:
+        q = pd.read_csv(out / "concept_quality.csv")
+        q = q[(q["method"] == "seg") & (q["metric"] == "set_iou")]
+        layer = str(q.groupby("layer")["value"].mean().idxmax())
+    vectors = ConceptVectors.load(vector_path(out / "vectors", "seg", layer))
+    names = list(concepts or vectors.concepts)
+    rows = store.split_index("test")
+    # prefer test images where the chosen concepts are present
+    cidx = [store.concept_names.index(c) for c in names]
+    order = np.argsort(-store.labels[rows][:, cidx].sum(1), kind="stable")
+    rows = np.sort(rows[order[:n]])
+    acts = np.asarray(store.activations(layer).get_orthogonal_selection((rows,)), dtype=np.float32)
+    prob = segment(vectors, acts, store.content_boxes[rows], store.input_size, store.eval_grid).numpy()
+    vidx = [vectors.concepts.index(c) for c in names]
+    truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
+    reader = ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]))
+    images = [reader.read_image(int(store.image_ids[r])) for r in rows]
+    return layer, images, prob[:, vidx] >= 0.5, truth, names

@@ -1,0 +1,128 @@
+"""End to end, offline: the default study in smoke mode through papermill, the strict book build, and
+the built site in headless Chromium. Slow (minutes); part of `make test`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """Run `conceptsim run studies/default.yml --smoke` into a fresh results folder."""
+    results = tmp_path_factory.mktemp("results")
+    env = {**os.environ, "CONCEPTSIM_RESULTS": str(results), "CONCEPTSIM_ROOT": str(ROOT)}
+    shutil.rmtree(ROOT / "book" / "results" / "default-smoke", ignore_errors=True)
+    cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/default.yml", "--smoke", "--jobs", "2", "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return results / "default-smoke", env
+
+
+def test_smoke_study_writes_documented_results(smoke_study):
+    out, _ = smoke_study
+    for ds in ("shapes", "photo-colors"):
+        q = pd.read_csv(out / ds / "ssd_mobilenet_v2_coco" / "concept_quality.csv")
+        for col in ("model", "layer", "relative_depth", "concept", "category", "method", "metric", "value",
+                    "ci_low", "ci_high", "control_value", "random_init_value", "represented", "n_test"):
+            assert col in q.columns
+        assert q["random_init_value"].notna().any()  # joined from the twin
+        sim = pd.read_csv(out / ds / "similarity.csv")
+        assert {"seg", "cls", "cka"} <= set(sim["method"])
+        assert {"ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet"} <= set(sim["model_a"])
+        findings = json.loads((out / ds / "findings.json").read_text())
+        assert findings
+    executed = sorted((ROOT / "book" / "results" / "default-smoke").rglob("*.ipynb"))
+    assert len(executed) == 2 * (6 * 2 + 2)
+
+
+def test_rerun_reuses_every_complete_run(smoke_study):
+    _, env = smoke_study
+    cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/default.yml", "--smoke", "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0 run(s) executed, 28 reused" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def built_book(smoke_study):
+    shutil.rmtree(ROOT / "_build", ignore_errors=True)
+    _, env = smoke_study
+    cmd = [str(VENV_BIN / "jupyter-book"), "build", ".", "--toc", "book/_generated/_toc.yml", "-W", "-n",
+           "--keep-going"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    index = ROOT / "_build" / "html" / "index.html"
+    assert index.exists()
+    return index
+
+
+def test_strict_book_build_contains_executed_notebooks(built_book):
+    html = built_book.parent
+    pages = list((html / "book" / "results" / "default-smoke").rglob("*.html"))
+    assert any(p.name == "04_compare_models.html" for p in pages)
+    assert (html / "_static" / "mathjax" / "tex-svg.js").exists()
+    findings = (html / "book" / "results" / "default-smoke" / "findings.html").read_text()
+    assert "p-value" in findings or "p =" in findings
+
+
+def _browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("chromium and chromedriver are required (Debian packages chromium, chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,900", "--allow-file-access-from-files"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@pytest.mark.parametrize("page", ["index.html", "book/methods.html",
+                                  "book/results/default-smoke/shapes/ssd_mobilenet_v2_coco/02_concepts.html"])
+def test_site_renders_in_chromium(built_book, page):
+    import time
+
+    shots = ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    browser = _browser()
+    try:
+        browser.get((built_book.parent / page).as_uri())
+        deadline = time.time() + 20
+        while time.time() < deadline:  # MathJax typesets asynchronously
+            if browser.execute_script("return document.readyState") == "complete" and browser.execute_script(
+                    "return !window.MathJax || !MathJax.startup || MathJax.startup.promise === undefined"
+                    " || document.querySelectorAll('mjx-container').length > 0"
+                    " || !document.body.innerText.includes('$$')"):
+                break
+            time.sleep(0.5)
+        title = browser.title
+        assert "conceptsim" in title
+        broken = browser.execute_script(
+            "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
+        assert broken == [], f"images that did not load on {page}: {broken}"
+        text = browser.execute_script("return document.querySelector('main') ? document.querySelector('main').innerText : document.body.innerText")
+        for delim in ("$$", "\\(", "\\[", "\\begin{"):
+            assert delim not in text, f"raw TeX {delim!r} left on {page}"
+        if page.endswith("methods.html"):
+            assert browser.execute_script("return document.querySelectorAll('mjx-container').length") > 0
+        if page.endswith("02_concepts.html"):
+            assert browser.execute_script("return document.images.length") >= 3
+        browser.save_screenshot(str(shots / (page.replace("/", "_").replace(".html", ".png"))))
+    finally:
+        browser.quit()
