@@ -4,8 +4,9 @@ Memory rule (documented in concept_stage.json per layer): a split is held as a f
 ``n x C x h x w x 4`` bytes fit in ``budget_bytes``; else as float16 (the store's own precision, so
 nothing is lost) when half of that fits, converted to float32 one batch at a time; else it is streamed
 from the Zarr store for every pass. The default study's largest layer (700 train images, 1,000 channels,
-40 x 40) needs 4.5 GB as float32 and 2.2 GB as float16, so with the default 3 GB budget it is kept as
-float16; a 256-channel 20 x 20 layer (0.29 GB) is kept as float32 and standardised once, in place.
+40 x 40) needs 4.5 GB as float32 and 2.2 GB as float16, so with the stage's default 4 GB budget (70 % for
+train) it is kept as float16; a 256-channel 20 x 20 layer (0.29 GB) is kept as float32 and standardised
+once, in place.
 
 Standardisation uses train-set channel statistics over all positions. Zero-variance rule: a channel whose
 train std is below ``1e-6`` (or not finite) gets std := 1, so after mean subtraction it is identically
