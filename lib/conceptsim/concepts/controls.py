@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,8 +61,12 @@ class Interval:
 
 
 def _ci(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with np.errstate(all="ignore"):
-        lo, hi = np.nanpercentile(samples, [2.5, 97.5], axis=0) if samples.size else (np.nan, np.nan)
+    """95 % percentile interval over resamples (axis 0), ignoring undefined resamples (no positive drawn)."""
+    if not samples.size:
+        return np.nan, np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, which is the answer
+        lo, hi = np.nanpercentile(samples, [2.5, 97.5], axis=0)
     return lo, hi
 
 

@@ -129,8 +129,12 @@ def probe_loss(z: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, kind: str)
 
 
 def to_eval_grid(logits: torch.Tensor, boxes: torch.Tensor, input_size: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
-    """Resample activation-grid logits onto the evaluation grid (bilinear, before any threshold)."""
-    return input_to_image_grid(logits, boxes.to(logits.device), input_size, grid)
+    """Resample activation-grid logits onto the evaluation grid (bilinear, before any threshold).
+
+    The boxes stay on the CPU: the geometry helper builds its affine grid there and moves it to the
+    logits' device itself.
+    """
+    return input_to_image_grid(logits, boxes.cpu(), input_size, grid)
 
 
 @torch.no_grad()
