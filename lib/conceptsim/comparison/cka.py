@@ -19,6 +19,7 @@ all layers cost one matrix product. Features are global-average-pooled activatio
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def gram(x: np.ndarray) -> np.ndarray:
@@ -75,21 +76,24 @@ def cka_matrices(grams: np.ndarray) -> dict[str, np.ndarray]:
     -------
     ``{"cka": L x L, "cka_debiased": L x L}``; NaN where a layer's features are constant.
     """
-    g = np.asarray(grams, dtype=np.float64)
+    # torch rather than numpy for the products: one thread pool for the whole stage (numpy's BLAS pool
+    # and torch's OpenMP pool spinning side by side on two cores slow both down)
+    g = torch.as_tensor(np.asarray(grams, dtype=np.float64))
     nl, n = g.shape[0], g.shape[1]
-    flat = np.stack([center_gram(k).ravel() for k in g])
-    inner = flat @ flat.T
+    centred = g - g.mean(dim=1, keepdim=True) - g.mean(dim=2, keepdim=True) + g.mean(dim=(1, 2), keepdim=True)
+    flat = centred.reshape(nl, -1)
+    inner = (flat @ flat.T).numpy()
     norm = np.sqrt(np.clip(np.diag(inner), 0.0, None))
+    ok = (norm[:, None] > 0) & (norm[None, :] > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cka = inner / (norm[:, None] * norm[None, :])
-    out = {"cka": np.where((norm[:, None] > 0) & (norm[None, :] > 0), cka, np.nan)}
+        out = {"cka": np.where(ok, inner / np.where(ok, norm[:, None] * norm[None, :], 1.0), np.nan)}
     if n >= 4:
-        zt = g.copy()
-        zt[:, np.arange(n), np.arange(n)] = 0.0
+        zt = g.clone()
+        zt[:, torch.arange(n), torch.arange(n)] = 0.0
         f = zt.reshape(nl, -1)
-        tot = zt.sum(axis=(1, 2))
-        rows = zt.sum(axis=2)
-        hsic = (f @ f.T + np.outer(tot, tot) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * rows @ rows.T) / (n * (n - 3))
+        tot = zt.sum(dim=(1, 2))
+        rows = zt.sum(dim=2)
+        hsic = ((f @ f.T + torch.outer(tot, tot) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * rows @ rows.T) / (n * (n - 3))).numpy()
         self_h = np.clip(np.diag(hsic), 0.0, None)
         den = np.sqrt(self_h[:, None] * self_h[None, :])
         with np.errstate(invalid="ignore", divide="ignore"):

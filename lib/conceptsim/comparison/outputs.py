@@ -131,7 +131,8 @@ def resampling_matrices(
     ``out[i, j] = sum_pq Ry[i, p] X[p, q] Rx[j, q]``. Two small matrix products are much faster than
     ``grid_sample`` when dozens of layers and concepts go through the same geometry. The matrices are read
     off the reference function itself (applied to one-hot columns / rows of width 1, where the other axis
-    is constant), so the geometry is defined in one place only and the two agree to rounding.
+    is constant; the other output axis then needs one sample only), so the geometry is defined in one
+    place and the two agree to rounding.
 
     Returns
     -------
@@ -140,10 +141,11 @@ def resampling_matrices(
     h, w = (int(s) for s in src_hw)
     gh, gw = (int(g) for g in grid)
     n = content_boxes.shape[0]
-    eye_h = torch.eye(h).reshape(1, h, h, 1).expand(n, h, h, 1)
-    eye_w = torch.eye(w).reshape(1, w, 1, w).expand(n, w, 1, w)
-    ry = input_to_image_grid(eye_h.contiguous(), content_boxes, input_size, (gh, gw))[:, :, :, 0]  # n x h x gh
-    rx = input_to_image_grid(eye_w.contiguous(), content_boxes, input_size, (gh, gw))[:, :, 0, :]  # n x w x gw
+    # Rows depend only on the output rows (an output grid of width 1 suffices) and vice versa.
+    eye_h = torch.eye(h).reshape(1, h, h, 1).expand(n, h, h, 1).contiguous()
+    eye_w = torch.eye(w).reshape(1, w, 1, w).expand(n, w, 1, w).contiguous()
+    ry = input_to_image_grid(eye_h, content_boxes, input_size, (gh, 1))[:, :, :, 0]  # n x h x gh
+    rx = input_to_image_grid(eye_w, content_boxes, input_size, (1, gw))[:, :, 0, :]  # n x w x gw
     return ry.transpose(1, 2).contiguous(), rx.transpose(1, 2).contiguous()
 
 
@@ -164,8 +166,9 @@ class OutputChunk:
     Attributes
     ----------
     rows : positions ``0..n_test-1`` of these images in the test split.
-    seg : ``L x n x K x gh x gw`` float32 segmentation logits on the evaluation grid (0 where a layer has no
-        vector for a concept; see :attr:`StudyOutputs.seg_available`).
+    seg : ``L x K x n x gh x gw`` float32 segmentation logits on the evaluation grid (``-30``, i.e. surely
+        negative, where a layer has no vector for a concept; see :attr:`StudyOutputs.seg_available`). The
+        tensor is a reused buffer, valid until the next chunk is requested.
     cls : ``L x n x K`` float32 classification logits.
     gap : per layer ``n x C`` global-average-pooled activations (float32).
     """
@@ -174,6 +177,10 @@ class OutputChunk:
     seg: torch.Tensor | None
     cls: torch.Tensor | None
     gap: list[torch.Tensor]
+
+
+#: logit written for concepts a layer has no vector for: sigmoid(-30) ~ 1e-13, so outputs are empty.
+MISSING_LOGIT = -30.0
 
 
 class StudyOutputs:
@@ -269,6 +276,7 @@ class StudyOutputs:
                 probes.append(probe)
                 cols.append(idx)
         self.use_seg, self.use_cls = seg, cls
+        self._mat_cache: dict = {}
 
     @property
     def depths(self) -> np.ndarray:
@@ -282,36 +290,78 @@ class StudyOutputs:
             block = arr[int(rows[0]) : int(rows[-1]) + 1]
         else:
             block = arr.get_orthogonal_selection((rows,))
-        return torch.from_numpy(np.asarray(block, dtype=np.float32))
+        # torch converts float16 with the CPU's vector instructions, numpy element by element
+        return torch.from_numpy(np.ascontiguousarray(block)).float()
 
-    def iter_chunks(self, chunk_images: int = 8) -> Iterator[OutputChunk]:
-        """Yield :class:`OutputChunk` for consecutive groups of at most ``chunk_images`` test images."""
+    def _resample(self, si: int, logits: torch.Tensor, rows: np.ndarray, out: torch.Tensor) -> None:
+        """Bilinear logits ``n x K' x h x w`` -> ``out`` (``K' x n x gh x gw``) on the evaluation grid."""
+        store = self.stores[si]
+        n, k, h, w = logits.shape
+        gh, gw = self.eval_grid
+        boxes = store.content_boxes[rows]
+        z = logits.transpose(0, 1)  # K' x n x h x w: the concept-major layout the Gram products need
+        if (boxes == boxes[0]).all():
+            ry, rx = self._matrices(si, boxes[0], h, w)
+            u = torch.matmul(z.reshape(k * n * h, w), rx.T).view(k * n, h, gw)
+            torch.bmm(ry.expand(k * n, gh, h), u, out=out.view(k * n, gh, gw))
+        else:  # letterboxed images of several shapes: one matrix pair per image
+            pairs = [self._matrices(si, b, h, w) for b in boxes]
+            ry = torch.stack([p[0] for p in pairs])
+            rx = torch.stack([p[1] for p in pairs])
+            out.copy_(torch.matmul(ry, torch.matmul(z, rx.transpose(1, 2))))
+
+    def _matrices(self, si: int, box: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (si, tuple(float(b) for b in box), h, w)
+        if key not in self._mat_cache:
+            ry, rx = resampling_matrices(
+                torch.from_numpy(np.asarray(box, dtype=np.float32)[None]), self.stores[si].input_size, (h, w), self.eval_grid
+            )
+            self._mat_cache[key] = (ry[0], rx[0])
+        return self._mat_cache[key]
+
+    def iter_chunks(self, chunk_images: int = 4, read_images: int = 32) -> Iterator[OutputChunk]:
+        """Yield :class:`OutputChunk` for consecutive groups of at most ``chunk_images`` test images.
+
+        Activations are read ``read_images`` at a time per layer (whole store chunks decompress once),
+        reduced to low-resolution logits and pooled features, and only then resampled to the evaluation
+        grid ``chunk_images`` at a time, so memory is about ``read_images`` images of activations plus
+        ``L x K x chunk_images x gh x gw`` float32.
+        """
         n_layers, k = len(self.layers), len(self.concepts)
         gh, gw = self.eval_grid
-        for start in range(0, self.n_test, max(1, int(chunk_images))):
-            pos = np.arange(start, min(self.n_test, start + max(1, int(chunk_images))))
-            rows = self.rows[pos]
-            n = len(rows)
-            seg = torch.zeros((n_layers, n, k, gh, gw), dtype=torch.float32) if self.use_seg else None
-            cls = torch.zeros((n_layers, n, k), dtype=torch.float32) if self.use_cls else None
-            gap: list[torch.Tensor] = []
-            mats: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        chunk_images = max(1, int(chunk_images))
+        read_images = max(chunk_images, int(read_images) // chunk_images * chunk_images)
+        flat = torch.empty(n_layers * k * chunk_images * gh * gw) if self.use_seg else None
+        for bstart in range(0, self.n_test, read_images):
+            bpos = np.arange(bstart, min(self.n_test, bstart + read_images))
+            brows = self.rows[bpos]
+            low: list[torch.Tensor | None] = []
+            gaps: list[torch.Tensor] = []
+            cls_block = torch.zeros((n_layers, len(bpos), k)) if self.use_cls else None
             for li in range(n_layers):
-                si = self._store_of[li]
-                store = self.stores[si]
-                acts = self.layer_activations(li, rows)
+                acts = self.layer_activations(li, brows)
                 g = acts.mean(dim=(2, 3))
-                gap.append(g)
-                if cls is not None:
-                    cls[li][:, self._cls_cols[li]] = self.cls_probes[li].vectors(g)
-                if seg is not None:
-                    h, w = acts.shape[2:]
-                    key = (si, h, w)
-                    if key not in mats:  # the geometry is shared by all layers of a model with one grid
-                        boxes = torch.from_numpy(store.content_boxes[rows].astype(np.float32))
-                        mats[key] = resampling_matrices(boxes, store.input_size, (h, w), (gh, gw))
-                    ry, rx = mats[key]
-                    logits = self.seg_probes[li].maps(acts)  # n x K' x h x w
-                    up = torch.matmul(torch.matmul(ry[:, None], logits), rx[:, None].transpose(2, 3))
-                    seg[li][:, self._seg_cols[li]] = up
-            yield OutputChunk(pos, seg, cls, gap)
+                gaps.append(g)
+                if cls_block is not None:
+                    cls_block[li][:, self._cls_cols[li]] = self.cls_probes[li].vectors(g)
+                low.append(self.seg_probes[li].maps(acts) if self.use_seg else None)
+                del acts
+            for cstart in range(0, len(bpos), chunk_images):
+                sl = slice(cstart, min(len(bpos), cstart + chunk_images))
+                n = sl.stop - sl.start
+                seg = None
+                if flat is not None:
+                    seg = flat[: n_layers * k * n * gh * gw].view(n_layers, k, n, gh, gw)
+                    for li in range(n_layers):
+                        cols = self._seg_cols[li]
+                        z = low[li][sl]
+                        if len(cols) == k and (cols == np.arange(k)).all():
+                            self._resample(self._store_of[li], z, brows[sl], seg[li])
+                        else:
+                            tmp = torch.empty((len(cols), n, gh, gw))
+                            self._resample(self._store_of[li], z, brows[sl], tmp)
+                            seg[li].fill_(MISSING_LOGIT)
+                            seg[li][torch.from_numpy(cols)] = tmp
+                yield OutputChunk(
+                    bpos[sl], seg, cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps]
+                )
