@@ -1,0 +1,91 @@
+"""S_seg / S_cls: exact values on known inputs, and the streamed Gram products against brute force."""
+
+import numpy as np
+import pytest
+import torch
+
+from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, iou_from_counts, set_iou
+
+
+def stream(logits: np.ndarray, chunk: int) -> dict:
+    """Feed ``N x L x K x gh x gw`` logits to a SegAccumulator ``chunk`` images at a time."""
+    n, L, K, gh, gw = logits.shape
+    acc = SegAccumulator(L, K, (gh, gw))
+    for s in range(0, n, chunk):
+        block = torch.from_numpy(logits[s : s + chunk]).permute(1, 2, 0, 3, 4).contiguous()
+        acc.update(block)
+    return acc.results()
+
+
+def test_set_iou_identical_disjoint_symmetric():
+    rng = np.random.default_rng(0)
+    a = rng.random((5, 8, 8)) > 0.6
+    b = rng.random((5, 8, 8)) > 0.3
+    assert set_iou(a, a) == 1.0
+    assert set_iou(a, ~a) == 0.0
+    assert set_iou(a, b) == set_iou(b, a)
+    assert np.isnan(set_iou(np.zeros(4), np.zeros(4)))
+
+
+def test_streamed_seg_matches_brute_force_and_is_chunk_invariant():
+    rng = np.random.default_rng(1)
+    n, L, K, gh, gw = 11, 5, 3, 6, 7
+    logits = rng.normal(0.0, 2.0, (n, L, K, gh, gw)).astype(np.float32)
+    logits[:, 1] = logits[:, 0]  # layer 1 identical to layer 0
+    logits[:, 2] = -logits[:, 0]  # layer 2 the complement of layer 0 (disjoint)
+    logits[:, 4, 1] = -5.0  # layer 4 predicts nothing for concept 1
+    res = stream(logits, 3)
+    binar = logits > 0
+    soft = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    for k in range(K):
+        for a in range(L):
+            for b in range(L):
+                ref = set_iou(binar[:, a, k], binar[:, b, k])
+                np.testing.assert_equal(res["seg"][k, a, b], ref) if np.isnan(ref) else None
+                if not np.isnan(ref):
+                    assert res["seg"][k, a, b] == pytest.approx(ref, abs=1e-12)
+                sa, sb = soft[:, a, k].ravel(), soft[:, b, k].ravel()
+                if sa.std() > 1e-6 and sb.std() > 1e-6:
+                    assert res["seg_pearson"][k, a, b] == pytest.approx(np.corrcoef(sa, sb)[0, 1], abs=2e-3)
+    assert np.all(res["seg"][:, 0, 1] == 1.0)
+    assert np.all(res["seg"][:, 0, 2] == 0.0)
+    np.testing.assert_array_equal(res["seg"], res["seg"].transpose(0, 2, 1))
+    assert np.isnan(res["seg_pearson"][1, 4, 0])  # constant soft mask: correlation undefined
+    assert res["seg"][1, 4, 0] == 0.0  # empty vs non-empty: IoU 0
+    again = stream(logits, 1)
+    np.testing.assert_array_equal(np.nan_to_num(again["seg"], nan=-1), np.nan_to_num(res["seg"], nan=-1))
+    np.testing.assert_array_equal(np.nan_to_num(again["seg_control"], nan=-1), np.nan_to_num(res["seg_control"], nan=-1))
+
+
+def test_seg_control_is_the_permutation_expectation():
+    rng = np.random.default_rng(2)
+    n, L, K, gh, gw = 12, 2, 1, 5, 5
+    logits = rng.normal(0.3, 1.0, (n, L, K, gh, gw)).astype(np.float32)
+    res = stream(logits, 4)
+    a, b = logits[:, 0, 0] > 0, logits[:, 1, 0] > 0
+    inter = [np.logical_and(a, b[rng.permutation(n)]).sum() for _ in range(4000)]
+    e = np.mean(inter)
+    expected = e / (a.sum() + b.sum() - e)
+    assert res["seg_control"][0, 0, 1] == pytest.approx(expected, rel=0.01)
+
+
+def test_cls_similarity_pearson_and_jaccard():
+    rng = np.random.default_rng(3)
+    L, N, K = 4, 30, 2
+    z = rng.normal(size=(L, N, K))
+    z[1] = 3.0 * z[0] + 1.0  # affine copy: Pearson 1
+    out = cls_similarity(z, np.random.default_rng(0))
+    for k in range(K):
+        np.testing.assert_allclose(out["cls"][k], np.corrcoef(z[:, :, k]), atol=1e-12)
+        pos = z[:, :, k] > 0
+        for a in range(L):
+            for b in range(L):
+                assert out["cls_jaccard"][k, a, b] == pytest.approx(set_iou(pos[a], pos[b]))
+    assert out["cls"][0, 0, 1] == pytest.approx(1.0)
+    assert np.all(np.abs(out["cls_control"]) < 0.7)
+    np.testing.assert_allclose(out["cls_control"], out["cls_control"].transpose(0, 2, 1))
+
+
+def test_iou_from_counts_empty_union_is_nan():
+    r = iou_from_counts(np.array([[0.0, 0.0], [0.0, 3.0]]), np.array([0.0, 3.0]))
+    assert np.isnan(r[0, 0]) and r[0, 1] == 0.0 and r[1, 1] == 1.0
