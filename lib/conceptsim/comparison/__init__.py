@@ -1,0 +1,18 @@
+"""Concept-output comparison of layers and models, the CKA baseline, and the tests of the two findings.
+
+- :mod:`~conceptsim.comparison.outputs` -- concept outputs of every probed layer on the shared test images,
+  streamed by image chunks (:class:`StudyOutputs`, :func:`load_vectors`);
+- :mod:`~conceptsim.comparison.similarity` -- S_seg, S_cls and secondary variants via exact Gram products;
+- :mod:`~conceptsim.comparison.cka` -- linear and debiased CKA;
+- :mod:`~conceptsim.comparison.findings` -- finding 1 / finding 2 statistics, permutation test, emergence depth;
+- :mod:`~conceptsim.comparison.stage` -- :func:`run_comparison_stage` writing ``similarity.csv``,
+  ``layer_similarity.csv`` and ``findings.json`` (schemas in its docstring);
+- :mod:`~conceptsim.comparison.figures` and :mod:`~conceptsim.comparison.report` -- figures and the
+  generated markdown of the Findings page;
+- :mod:`~conceptsim.comparison.synthetic` -- synthetic studies with planted concepts (tests, benchmark).
+"""
+
+from conceptsim.comparison.outputs import ComparisonError, StudyOutputs, load_vectors
+from conceptsim.comparison.stage import run_comparison_stage
+
+__all__ = ["ComparisonError", "StudyOutputs", "load_vectors", "run_comparison_stage"]

@@ -1,0 +1,179 @@
+"""Figures of the comparison stage; every function returns a matplotlib figure (the notebooks show them).
+
+- :func:`layer_heatmaps` -- layer x layer similarity of one model (or two) per concept category, beside CKA;
+- :func:`cross_model_matrix` -- one method's matrix between two models drawn on relative-depth axes;
+- :func:`emergence_plot` -- emergence depth of every concept for every model on one axis;
+- :func:`finding1_plot`, :func:`finding2_plot` -- the finding tests from ``findings.json``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def matrix(df: pd.DataFrame, model_a: str, model_b: str, method: str, concepts=None) -> tuple[np.ndarray, list, list]:
+    """Full matrix (rows: layers of ``model_a``, columns: layers of ``model_b``) from similarity rows.
+
+    ``df`` holds rows of ``similarity.csv`` or ``layer_similarity.csv`` (unordered pairs); the missing
+    orientation is filled by symmetry. With ``concepts`` (a list) the matrix is the mean over those concepts
+    of the per-concept rows.
+
+    Returns
+    -------
+    values, row depths (with layer names), column depths (with layer names).
+    """
+    d = df[df["method"] == method]
+    if concepts is not None:
+        d = d[d["concept"].isin(list(concepts))]
+    fwd = d[(d["model_a"] == model_a) & (d["model_b"] == model_b)]
+    rev = d[(d["model_a"] == model_b) & (d["model_b"] == model_a)].rename(
+        columns={"model_a": "model_b", "model_b": "model_a", "layer_a": "layer_b", "layer_b": "layer_a",
+                 "depth_a": "depth_b", "depth_b": "depth_a"}
+    )
+    both = pd.concat([fwd, rev], ignore_index=True).drop_duplicates(
+        subset=[c for c in ("concept", "layer_a", "layer_b") if c in fwd.columns]
+    )
+    if both.empty:
+        return np.zeros((0, 0)), [], []
+    piv = both.pivot_table(index=["depth_a", "layer_a"], columns=["depth_b", "layer_b"], values="value", aggfunc="mean")
+    piv = piv.sort_index(axis=0).sort_index(axis=1)
+    return piv.to_numpy(dtype=float), list(piv.index), list(piv.columns)
+
+
+def _edges(depths: list[float]) -> np.ndarray:
+    """Cell edges halfway between consecutive relative depths (first from 0, last to the last depth)."""
+    d = np.asarray(depths, dtype=float)
+    mid = (d[1:] + d[:-1]) / 2 if len(d) > 1 else np.array([])
+    lo = max(0.0, d[0] - (mid[0] - d[0] if len(mid) else 0.05))
+    hi = d[-1] + (d[-1] - mid[-1] if len(mid) else 0.05)
+    return np.concatenate([[lo], mid, [hi]])
+
+
+def _draw(ax, values, rows, cols, title, vmin=0.0, vmax=1.0, depth_axes=True):
+    if values.size == 0:
+        ax.set_axis_off()
+        ax.set_title(f"{title}\n(no values)")
+        return None
+    if depth_axes:
+        mesh = ax.pcolormesh(_edges([c[0] for c in cols]), _edges([r[0] for r in rows]), np.ma.masked_invalid(values),
+                             vmin=vmin, vmax=vmax, cmap="viridis")
+        ax.set_xlabel("relative depth")
+        ax.set_ylabel("relative depth")
+        ax.set_aspect("equal")
+    else:
+        mesh = ax.imshow(np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(cols)), [c[1] for c in cols], rotation=90, fontsize=6)
+        ax.set_yticks(range(len(rows)), [r[1] for r in rows], fontsize=6)
+    ax.set_title(title, fontsize=9)
+    return mesh
+
+
+def layer_heatmaps(
+    similarity: pd.DataFrame, model_a: str, model_b: str | None = None, method: str = "seg", cka: str = "cka"
+) -> Figure:
+    """Layer x layer heat maps: the concept-mean similarity per concept category, beside CKA.
+
+    Parameters
+    ----------
+    similarity : rows of ``similarity.csv``.
+    model_a, model_b : the models on the rows / columns (``model_b`` defaults to ``model_a``).
+    method : the concept method (``seg``, ``cls``, ``seg_pearson``, ``cls_jaccard``).
+    cka : the CKA variant drawn last.
+    """
+    model_b = model_b or model_a
+    conc = similarity[similarity["method"] == method]
+    cats = sorted(c for c in conc["category"].dropna().unique() if c != "")
+    panels = [(f"{method}: {cat}", method, sorted(conc[conc["category"] == cat]["concept"].unique())) for cat in cats]
+    panels.append((cka, cka, None))
+    fig = Figure(figsize=(3.2 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    mesh = None
+    for ax, (title, m, concepts) in zip(axes, panels):
+        values, rows, cols = matrix(similarity, model_a, model_b, m, concepts)
+        mesh = _draw(ax, values, rows, cols, title, depth_axes=False) or mesh
+    if mesh is not None:
+        fig.colorbar(mesh, ax=list(axes), shrink=0.8, label="similarity")
+    fig.suptitle(f"{model_a} × {model_b}" if model_b != model_a else model_a)
+    return fig
+
+
+def cross_model_matrix(similarity: pd.DataFrame, models: list[str], method: str = "seg", concepts=None) -> Figure:
+    """A grid of model x model matrices of one method on relative-depth axes (concept mean when given)."""
+    n = len(models)
+    fig = Figure(figsize=(2.6 * n, 2.6 * n), layout="constrained")
+    axes = fig.subplots(n, n, squeeze=False)
+    mesh = None
+    for i, ma in enumerate(models):
+        for j, mb in enumerate(models):
+            values, rows, cols = matrix(similarity, ma, mb, method, concepts)
+            mesh = _draw(axes[i, j], values, rows, cols, f"{ma} × {mb}") or mesh
+    if mesh is not None:
+        fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.6, label=method)
+    return fig
+
+
+def emergence_plot(findings: dict, method: str = "seg") -> Figure:
+    """Emergence depth (x) of every concept (rows) with one marker per model."""
+    concepts = findings["concepts"]
+    models = findings["models"]
+    fig = Figure(figsize=(6.5, 0.3 * len(concepts) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    depth = {(e["model"], e["concept"]): e["depth"] for e in findings["emergence"] if e["method"] == method}
+    markers = "osD^v<>pP*Xh"
+    for mi, m in enumerate(models):
+        ys = [ci + (mi - (len(models) - 1) / 2) * 0.08 for ci, c in enumerate(concepts) if depth.get((m, c)) is not None]
+        xs = [depth[(m, c)] for c in concepts if depth.get((m, c)) is not None]
+        ax.scatter(xs, ys, marker=markers[mi % len(markers)], label=m, alpha=0.5 if m.endswith(":random") else 0.9)
+    ax.set_yticks(range(len(concepts)), concepts, fontsize=7)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("emergence depth (relative depth at 90 % of the maximum quality)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"{findings['dataset']}: emergence depth ({method})")
+    return fig
+
+
+def finding1_plot(findings: dict, method: str = "seg") -> Figure:
+    """Best-match similarity per trained model pair: trained vs random-init twins vs control (with CIs)."""
+    pairs = [p for p in findings["pairs"] if p["kind"] == "trained" and method in p["finding1"]]
+    fig = Figure(figsize=(max(4.0, 1.4 * len(pairs) + 2), 3.6), layout="constrained")
+    ax = fig.subplots()
+    for off, key, label in ((-0.25, "trained", "trained"), (0.0, "random_twin", "random-init twins"),
+                            (0.25, "control", "shuffled control")):
+        means, lows, highs = [], [], []
+        for p in pairs:
+            s = p["finding1"][method][key]
+            means.append(np.nan if s["mean"] is None else s["mean"])
+            lows.append(np.nan if s["ci_low"] is None else s["mean"] - s["ci_low"])
+            highs.append(np.nan if s["ci_high"] is None else s["ci_high"] - s["mean"])
+        ax.bar(np.arange(len(pairs)) + off, means, width=0.25, yerr=[lows, highs], label=label, capsize=2)
+    ax.set_xticks(range(len(pairs)), [f"{p['model_a']}\nvs {p['model_b']}" for p in pairs], fontsize=7)
+    ax.set_ylabel(f"best-match {method} similarity")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{findings['dataset']}: finding 1 ({method})")
+    return fig
+
+
+def finding2_plot(findings: dict, method: str = "seg") -> Figure:
+    """Alignment error of every directed trained pair against its permutation-null mean."""
+    rows = []
+    for p in findings["pairs"]:
+        if p["kind"] != "trained" or method not in p["finding2"]:
+            continue
+        for d, (a, b) in (("a_to_b", (p["model_a"], p["model_b"])), ("b_to_a", (p["model_b"], p["model_a"]))):
+            r = p["finding2"][method][d]
+            if r["error"] is not None:
+                rows.append((f"{a}→{b}", r["error"], r["null_mean"], r["p_value"]))
+    fig = Figure(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.6), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r[1] for r in rows], width=0.4, label="observed")
+    ax.bar(x + 0.2, [r[2] for r in rows], width=0.4, label="permutation null mean", alpha=0.6)
+    for xi, r in zip(x, rows):
+        ax.text(xi - 0.2, r[1], f"p={r[3]:.2g}", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("mean |Δ relative depth|")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{findings['dataset']}: finding 2 ({method})")
+    return fig
