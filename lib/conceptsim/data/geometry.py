@@ -1,0 +1,180 @@
+"""Model-input geometry: one transform applied to images *and* masks so they stay aligned.
+
+A :class:`Preprocessing` maps an image of any size onto a model's input frame (stretch resize or
+letterbox), and normalises pixel values. The same geometry is applied to concept masks (nearest
+neighbour for binary masks at input resolution, area averaging for soft targets on an activation grid),
+and :meth:`Preprocessing.content_box` says where the image content lies inside the input frame, so that
+outputs on the input frame can be mapped back onto a grid over the *image* frame (the common grid that
+layers of different models are compared on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ResizeMode = Literal["stretch", "letterbox"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Input geometry and normalisation of a model.
+
+    Parameters
+    ----------
+    size : (height, width) of the model input.
+    resize : ``"stretch"`` resizes to ``size`` ignoring aspect ratio; ``"letterbox"`` keeps the aspect
+        ratio, scales the longer side to fit and pads the rest (centred) with ``pad_value``.
+    scale, mean, std : pixel normalisation ``((rgb_uint8 * scale) - mean) / std`` per channel.
+    channels : ``"RGB"`` or ``"BGR"`` channel order of the input tensor.
+    pad_value : padding pixel value on the 0-255 scale (before normalisation).
+    """
+
+    size: tuple[int, int]
+    resize: ResizeMode = "stretch"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channels: Literal["RGB", "BGR"] = "RGB"
+    pad_value: float = 114.0
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) <= 0:
+            raise ValueError(f"Preprocessing.size must be (height, width) > 0, got {self.size!r}")
+        if self.resize not in ("stretch", "letterbox"):
+            raise ValueError(f"Preprocessing.resize must be 'stretch' or 'letterbox', got {self.resize!r}")
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    # ------------------------------------------------------------------ geometry
+    def content_box(self, image_hw: Sequence[int]) -> tuple[float, float, float, float]:
+        """``(top, left, bottom, right)`` of the image content in input-frame pixels (floats)."""
+        h, w = int(image_hw[0]), int(image_hw[1])
+        H, W = self.size
+        if self.resize == "stretch":
+            return (0.0, 0.0, float(H), float(W))
+        r = min(H / h, W / w)
+        nh, nw = round(h * r), round(w * r)
+        top, left = (H - nh) // 2, (W - nw) // 2
+        return (float(top), float(left), float(top + nh), float(left + nw))
+
+    def _resized_hw(self, image_hw: Sequence[int]) -> tuple[int, int, int, int]:
+        t, l, b, r = self.content_box(image_hw)
+        return int(t), int(l), int(b - t), int(r - l)
+
+    def apply_image(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 ``H x W x 3`` RGB array -> normalised float tensor ``3 x size``.
+
+        Downscaling averages over each output pixel's area (anti-aliased), upscaling is bilinear; both
+        use pixel-centre alignment, the same convention as :meth:`apply_mask` and
+        :func:`input_to_image_grid`.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 HxWx3 RGB image, got shape {image.shape} dtype {image.dtype}")
+        top, left, nh, nw = self._resized_hw(image.shape[:2])
+        x = _resize(image.astype(np.float32), nh, nw, smooth=True)
+        if self.resize == "letterbox":
+            canvas = np.full((*self.size, 3), float(self.pad_value), dtype=np.float32)
+            canvas[top : top + nh, left : left + nw] = x
+            x = canvas
+        x = np.clip(x, 0, 255)
+        if self.channels == "BGR":
+            x = x[..., ::-1]
+        x = (x * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
+
+    def apply_mask(self, masks: np.ndarray) -> torch.Tensor:
+        """Binary masks ``K x H x W`` -> float masks ``K x size`` in the input frame (nearest; 0 in padding)."""
+        if masks.ndim != 3:
+            raise ValueError(f"expected masks of shape K x H x W, got {masks.shape}")
+        top, left, nh, nw = self._resized_hw(masks.shape[1:])
+        k = masks.shape[0]
+        out = np.zeros((k, *self.size), dtype=np.float32)
+        if k:
+            m = _resize(np.ascontiguousarray(masks.transpose(1, 2, 0)).astype(np.uint8), nh, nw, smooth=False)
+            out[:, top : top + nh, left : left + nw] = m.reshape(nh, nw, k).transpose(2, 0, 1)
+        return torch.from_numpy(out)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(**{**d, "size": tuple(d["size"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+
+def _resize(a: np.ndarray, h: int, w: int, smooth: bool) -> np.ndarray:
+    """Resize ``H x W (x C)`` with OpenCV: area averaging down / bilinear up, or nearest (pixel centres)."""
+    import cv2
+
+    if a.shape[:2] == (h, w):
+        return a.astype(np.float32) if smooth else a
+    if smooth:
+        down = h <= a.shape[0] and w <= a.shape[1]
+        interp = cv2.INTER_AREA if down else cv2.INTER_LINEAR
+    else:
+        interp = cv2.INTER_NEAREST_EXACT
+    # cv2 handles at most 512 channels per call; split wider stacks
+    if a.ndim == 3 and a.shape[2] > 512:
+        return np.concatenate([_resize(a[..., i : i + 512], h, w, smooth) for i in range(0, a.shape[2], 512)], axis=2)
+    out = cv2.resize(a, (w, h), interpolation=interp)
+    return out.reshape(h, w, -1) if a.ndim == 3 else out
+
+
+def area_pool(masks: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Area-average ``(..., H, W)`` masks onto ``grid`` (soft targets in [0, 1])."""
+    lead = masks.shape[:-2]
+    x = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+    y = F.adaptive_avg_pool2d(x, tuple(int(g) for g in grid))
+    return y.reshape(*lead, *y.shape[-2:])
+
+
+def input_to_image_grid(
+    maps: torch.Tensor, content_boxes: torch.Tensor, input_size: Sequence[int], grid: Sequence[int]
+) -> torch.Tensor:
+    """Resample maps on the input frame onto a ``grid`` over each image's content (bilinear).
+
+    Parameters
+    ----------
+    maps : ``N x K x h x w`` maps covering the whole input frame (any resolution, e.g. probe logits on an
+        activation grid).
+    content_boxes : ``N x 4`` (top, left, bottom, right) in input-frame pixels, from
+        :meth:`Preprocessing.content_box`.
+    input_size : (H, W) of the input frame.
+    grid : (gh, gw) of the output grid over the image frame.
+
+    Logits are resampled *before* any threshold, as methods.md requires.
+    """
+    n = maps.shape[0]
+    H, W = float(input_size[0]), float(input_size[1])
+    boxes = content_boxes.to(maps.dtype if maps.is_floating_point() else torch.float32)
+    top, left, bottom, right = boxes.unbind(1)
+    # affine theta maps output normalised coords [-1, 1] to input normalised coords (align_corners=False)
+    sy = (bottom - top) / H
+    sx = (right - left) / W
+    ty = (top + bottom) / H - 1.0
+    tx = (left + right) / W - 1.0
+    theta = torch.zeros(n, 2, 3, dtype=boxes.dtype)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    gh, gw = int(grid[0]), int(grid[1])
+    coords = F.affine_grid(theta, [n, maps.shape[1], gh, gw], align_corners=False)
+    return F.grid_sample(maps.float(), coords.to(maps.device), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def eval_grid(image_hw: Sequence[int], cap: int = 112) -> tuple[int, int]:
+    """The common evaluation grid: the mask grid scaled so that its longer side is at most ``cap``."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    r = min(1.0, cap / max(h, w))
+    return (max(1, round(h * r)), max(1, round(w * r)))
