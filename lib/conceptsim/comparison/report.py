@@ -148,7 +148,7 @@ def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg",
         if not any(m in p["finding1"] for p in doc["pairs"]):
             continue
         parts += [
-            f"#### {METHOD_NAMES.get(m, m).capitalize()}", summary_sentences(doc, m),
+            f"#### {METHOD_NAMES.get(m, m)[:1].upper()}{METHOD_NAMES.get(m, m)[1:]}", summary_sentences(doc, m),
             "**Finding 1 — best-match similarity per model pair** (mean over concepts, 95 % bootstrap interval)",
             finding1_table(doc, m), "Random-init twin pairs:", finding1_table(doc, m, kind="random"),
             "**Finding 2 — relative-depth alignment of best-matching layers**", finding2_table(doc, m),

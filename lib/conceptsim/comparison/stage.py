@@ -383,6 +383,7 @@ def run_comparison_stage(
     bootstrap: int = 1000,
     chunk_images: int = 4,
     grid4: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Path]:
     """Compare every pair of probed layers of ``models`` on one dataset and test the two findings.
 
@@ -397,12 +398,24 @@ def run_comparison_stage(
     chunk_images : test images per streaming step; memory is about
         ``chunk_images x layers x concepts x grid pixels x 4`` bytes.
     grid4 : also compute CKA on activations pooled to 4 x 4 (one extra read of the activations).
+    threads : torch threads for the stage (restored afterwards); ``None`` keeps the current setting. On a
+        machine shared with other busy processes one thread is much faster than two, because OpenMP
+        threads of the many short products wait for each other.
 
     Returns
     -------
     ``{"similarity": path, "layer_similarity": path, "findings": path}``.
     """
-    out_dir = Path(out_dir)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _run(Path(dataset_dir), Path(out_dir), models, seed, permutations, bootstrap, chunk_images, grid4)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4) -> dict[str, Path]:
     so = StudyOutputs(dataset_dir, models)
     quality = read_quality(so)
     sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4)
