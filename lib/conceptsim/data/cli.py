@@ -1,0 +1,101 @@
+"""``conceptsim data ...``: build, fetch and summarise datasets from the command line.
+
+:func:`register` adds the ``data`` command to the top-level parser's subparsers; every leaf sets
+``func`` to a function of the parsed arguments that returns the exit code (0 ok, 2 dataset error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from conceptsim.data.coco import DatasetError
+
+
+def _build(args: argparse.Namespace) -> int:
+    from conceptsim.data import registry
+
+    overrides = {k: getattr(args, k) for k in ("n", "size", "seed") if getattr(args, k) is not None}
+    if args.out is None:
+        src = registry.ensure_dataset(args.name, smoke=args.smoke, **overrides)
+        print(src.annotation_file)
+        return 0
+    params = registry.build_params(args.name, args.smoke, **overrides)
+    print(registry.DATASETS[args.name].build(Path(args.out), **params))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from conceptsim.data import registry
+
+    src = registry.ensure_dataset(args.name, root=args.root)
+    print(f"{src.annotation_file}\n{src.image_dir}\nsha256 {src.sha256}")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from conceptsim.data import registry
+    from conceptsim.data.summary import write_summary
+
+    if args.name in registry.DATASETS:
+        src = registry.ensure_dataset(args.name, smoke=args.smoke) if registry.DATASETS[args.name].kind == "embedded" \
+            else registry.ensure_dataset(args.name, root=args.root)
+    else:
+        src = Path(args.name)  # an annotation file
+    rows = write_summary(src, args.out, args.figure, max_images=args.max_images)
+    print(f"{args.out}: {len(rows)} rows" + (f"; figure {args.figure}" if args.figure else ""))
+    return 0
+
+
+def _guarded(func):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (DatasetError, KeyError, ValueError) as e:
+            print(f"conceptsim data: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``data {build,fetch,summary}`` to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
+    data = subparsers.add_parser("data", help="build, fetch and summarise concept datasets")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    b = sub.add_parser("build", help="build an embedded dataset (shapes, photo-colors)")
+    b.add_argument("name", choices=["shapes", "photo-colors"])
+    b.add_argument("--out", help="output folder (default: the cache, keyed by the parameters)")
+    b.add_argument("--n", type=int, help="number of images")
+    b.add_argument("--size", type=int, help="image side in pixels")
+    b.add_argument("--seed", type=int, help="random seed")
+    b.add_argument("--smoke", action="store_true", help="tiny smoke-run parameters")
+    b.set_defaults(func=_guarded(_build))
+
+    f = sub.add_parser("fetch", help="download a paper dataset or register a local copy")
+    f.add_argument("name", choices=["coco2017-val", "voc2012"])
+    f.add_argument("--root", help="an existing local copy")
+    f.set_defaults(func=_guarded(_fetch))
+
+    s = sub.add_parser("summary", help="write a dataset summary CSV (and an example figure)")
+    s.add_argument("name", help="a dataset name or a COCO annotation file")
+    s.add_argument("--out", required=True, help="CSV path")
+    s.add_argument("--figure", help="example figure path (.png, .svg, ...)")
+    s.add_argument("--smoke", action="store_true", help="embedded datasets: the smoke build")
+    s.add_argument("--root", help="online datasets: an existing local copy")
+    s.add_argument("--max-images", type=int, default=None, help="at most this many images per split")
+    s.set_defaults(func=_guarded(_summary))
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m conceptsim.data.cli data ...``) for use before the top-level CLI exists."""
+    parser = argparse.ArgumentParser(prog="conceptsim")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
