@@ -18,3 +18,14 @@ def network_cut():
     netguard.install()
     yield
     netguard.uninstall()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests with one torch thread (tiny tensors: a second thread only adds sync cost)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

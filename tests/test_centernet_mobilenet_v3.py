@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from conceptsim.extraction.hooks import record_activations
+
 from conceptsim.models import centernet_mobilenet_v3 as cn
 from conceptsim.models.weights import CARRIERS, is_fetched
 
@@ -108,17 +110,8 @@ def test_detect_equals_human_decoding(model, run, ref):
 
 def test_layers_exist_and_shapes_as_documented(model):
     assert 8 <= len(cn.DEFAULT_LAYERS) <= 20
-    seen = {}
-    hooks = [
-        model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
-        for name in cn.DEFAULT_LAYERS
-    ]
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, 3, 512, 512))
-    finally:
-        for h in hooks:
-            h.remove()
+    with record_activations(model, cn.DEFAULT_LAYERS) as seen, torch.no_grad():
+        out = model(torch.zeros(1, 3, 512, 512))
     for name in cn.DEFAULT_LAYERS:
         assert isinstance(seen[name], torch.Tensor) and seen[name].ndim == 4, name
         assert tuple(seen[name].shape[1:]) == cn.LAYER_SHAPES[name], name

@@ -14,13 +14,9 @@ from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.extraction.store import ActivationStore
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: a second OpenMP thread only adds synchronisation cost (and shared CI cores are busy)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+# tiny tensors: a second OpenMP thread only adds synchronisation cost
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

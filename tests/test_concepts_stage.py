@@ -17,12 +17,9 @@ from conceptsim.extraction.store import ActivationStore
 FAST = dict(bootstrap=200, batch_size=8, epochs=12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+# tiny tensors: a second OpenMP thread only adds synchronisation cost
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from conceptsim.extraction.hooks import record_activations
+
 from conceptsim.models import ssd_mobilenet_v2 as ssd
 from conceptsim.models.weights import WeightsError
 
@@ -100,18 +102,9 @@ def reference(opencv_net, model, batch):
 @pytest.fixture(scope="module")
 def ours(model, batch):
     _, x = batch
-    captured = {}
-    hooks = [
-        model.get_submodule(name).register_forward_hook(lambda mod, inp, out, n=name: captured.__setitem__(n, out))
-        for name in ssd.DEFAULT_LAYERS
-    ]
-    try:
-        with torch.no_grad():
-            heads = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured, heads
+    with record_activations(model, ssd.DEFAULT_LAYERS) as captured, torch.no_grad():
+        heads = model(x)
+    return dict(captured), heads
 
 
 def test_preprocessing_gives_minus_one_to_one():

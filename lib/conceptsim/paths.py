@@ -39,6 +39,11 @@ def results_dir() -> Path:
     return Path(env).resolve() if env else project_root() / "results"
 
 
+def model_dir_name(model: str) -> str:
+    """Folder name of a model's results: ``NAME:random`` is written ``NAME__random``."""
+    return model.replace(":", "__")
+
+
 def configure_environment() -> None:
     """Point ultralytics, matplotlib and Jupyter config dirs into the cache; keep ultralytics offline.
 

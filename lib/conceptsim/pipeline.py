@@ -13,11 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from conceptsim.paths import results_dir
-
-
-def model_dir_name(model: str) -> str:
-    return model.replace(":", "__")
+from conceptsim.paths import model_dir_name, results_dir
 
 
 def dataset_results(study: str, dataset: str) -> Path:

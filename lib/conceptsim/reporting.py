@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from conceptsim.atomic import write_text
+from conceptsim.comparison.report import table
 from conceptsim.paths import project_root, results_dir
 
 if TYPE_CHECKING:
@@ -42,12 +43,6 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write_reproducibility_page(study: "Study", records: list[dict], path: Path) -> Path:
     study_text = study.path.read_text() if study.path and study.path.exists() else yaml.safe_dump(study.raw)
     rows = [[r["id"], f"{r['seconds']:.1f}", r["notebook"]] for r in records]
@@ -63,10 +58,10 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
         "## Measured wall time of each run\n",
         "Times are those of the run's last complete execution, as recorded by the runner "
         f"(`results/{study.name}/_runs/`). Total: {total:.1f} s.\n",
-        _md_table(["run", "seconds", "notebook"], rows) if rows else "No run has completed yet.\n",
+        table(["run", "seconds", "notebook"], rows) if rows else "No run has completed yet.\n",
         "## Environment\n",
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}.\n",
-        _md_table(["package", "version"], [[k, v] for k, v in package_versions().items()]),
+        table(["package", "version"], [[k, v] for k, v in package_versions().items()]),
         "## Study file\n",
         "```yaml\n" + study_text.rstrip() + "\n```\n",
     ]

@@ -26,7 +26,7 @@ import nbformat
 import yaml
 
 from conceptsim.atomic import atomic_path, sha256_json, write_json, write_text
-from conceptsim.paths import project_root, results_dir
+from conceptsim.paths import model_dir_name, project_root, results_dir
 from conceptsim.study import Run, Study
 
 log = logging.getLogger("conceptsim.runner")
@@ -45,7 +45,7 @@ def run_slug(run: Run) -> str:
 
 
 def executed_path(run: Run) -> Path:
-    parts = [run.dataset] + ([run.model.replace(":", "__")] if run.model else [])
+    parts = [run.dataset] + ([model_dir_name(run.model)] if run.model else [])
     return book_results_dir(run.parameters["study"]).joinpath(*parts, run.notebook)
 
 

@@ -27,6 +27,7 @@ import torch
 from conceptsim.concepts.vectors import ConceptVectors, vector_path
 from conceptsim.data.geometry import input_to_image_grid
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
+from conceptsim.paths import model_dir_name
 
 SEG_KEYS = ("weight", "bias", "mean", "std", "concepts")
 CLS_KEYS = ("coef", "intercept", "mean", "std", "concepts")
@@ -34,11 +35,6 @@ CLS_KEYS = ("coef", "intercept", "mean", "std", "concepts")
 
 class ComparisonError(RuntimeError):
     """The inputs of the comparison stage are missing or inconsistent."""
-
-
-def model_dir_name(model: str) -> str:
-    """Directory name of a model (``:`` is not portable in paths, so ``NAME:random`` -> ``NAME__random``)."""
-    return model.replace(":", "__")
 
 
 def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.ndarray]:
