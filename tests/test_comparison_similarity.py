@@ -89,3 +89,23 @@ def test_cls_similarity_pearson_and_jaccard():
 def test_iou_from_counts_empty_union_is_nan():
     r = iou_from_counts(np.array([[0.0, 0.0], [0.0, 3.0]]), np.array([0.0, 3.0]))
     assert np.isnan(r[0, 0]) and r[0, 1] == 0.0 and r[1, 1] == 1.0
+
+
+def test_concept_vs_cka_agreement():
+    import pandas as pd
+
+    from conceptsim.comparison.similarity import concept_vs_cka
+
+    rows = []
+    layers = ["l1", "l2", "l3", "l4"]
+    for i, a in enumerate(layers):
+        for j, b in enumerate(layers[i:], start=i):
+            cka = 1.0 - 0.2 * (j - i)
+            rows.append(dict(concept="", method="cka", model_a="m", layer_a=a, model_b="m", layer_b=b, value=cka))
+            for c, off in (("red", 0.0), ("blue", 0.1)):
+                rows.append(dict(concept=c, method="seg", model_a="m", layer_a=a, model_b="m", layer_b=b,
+                                 value=cka - 0.3 - off))
+    out = concept_vs_cka(pd.DataFrame(rows))
+    assert len(out) == 1 and out["n_pairs"].iloc[0] == 6  # the diagonal is left out
+    assert out["spearman"].iloc[0] == pytest.approx(1.0)  # same ordering
+    assert out["mean_cka"].iloc[0] - out["mean_concept"].iloc[0] == pytest.approx(0.35)

@@ -178,3 +178,39 @@ def cls_similarity(logits: np.ndarray, rng: np.random.Generator) -> dict[str, np
     pos = (z > 0).astype(np.float64)
     jac = iou_from_counts(pos @ pos.transpose(0, 2, 1), pos.sum(axis=2))
     return {"cls": cls, "cls_control": control, "cls_jaccard": jac}
+
+
+def concept_vs_cka(similarity, method: str = "seg", cka: str = "cka"):
+    """Agreement of concept similarity and CKA over the distinct layer pairs of each model pair.
+
+    Parameters
+    ----------
+    similarity : rows of ``similarity.csv`` (a pandas DataFrame).
+    method : the concept method whose concept mean is compared (``seg`` or ``cls``).
+    cka : the CKA variant.
+
+    Returns
+    -------
+    DataFrame with one row per (model_a, model_b): ``n_pairs``, ``spearman`` (rank correlation of the
+    concept-mean similarity and CKA over layer pairs; NaN with fewer than 3 pairs), ``mean_concept``,
+    ``mean_cka`` and ``largest_gap`` (the layer pair where CKA exceeds the concept similarity the most,
+    or the reverse, as ``layer_a ~ layer_b (cka - concept)``).
+    """
+    import pandas as pd
+
+    keys = ["model_a", "layer_a", "model_b", "layer_b"]
+    off = similarity[~((similarity["model_a"] == similarity["model_b"]) & (similarity["layer_a"] == similarity["layer_b"]))]
+    concept = off[off["method"] == method].groupby(keys)["value"].mean().rename("concept")
+    rep = off[off["method"] == cka].set_index(keys)["value"].rename("cka")
+    both = pd.concat([concept, rep], axis=1).dropna().reset_index()
+    rows = []
+    for (ma, mb), g in both.groupby(["model_a", "model_b"], sort=True):
+        gap = (g["cka"] - g["concept"]).to_numpy()
+        i = int(np.argmax(np.abs(gap))) if len(g) else 0
+        rho = g["concept"].rank().corr(g["cka"].rank()) if len(g) >= 3 else float("nan")
+        rows.append({
+            "model_a": ma, "model_b": mb, "n_pairs": len(g), "spearman": rho,
+            "mean_concept": g["concept"].mean(), "mean_cka": g["cka"].mean(),
+            "largest_gap": f"{g['layer_a'].iloc[i]} ~ {g['layer_b'].iloc[i]} ({gap[i]:+.2f})" if len(g) else "",
+        })
+    return pd.DataFrame(rows)
