@@ -70,22 +70,55 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
 
 
 def write_findings_page(study: "Study", path: Path) -> Path | None:
-    """Per dataset, the findings rendered from ``findings.json`` (None when no dataset has one)."""
+    """Per dataset: the findings from ``findings.json``, their key figures, and where the concept view and
+    CKA disagree (None when no dataset has results)."""
     parts = []
     for ds in study.datasets:
         fj = results_dir() / study.name / ds / "findings.json"
         if fj.exists():
-            from conceptsim.comparison import report
-
-            parts.append(f"## Dataset `{ds}`\n\n" + report.findings_markdown(json.loads(fj.read_text())))
+            parts.append(f"## Dataset `{ds}`\n\n" + _dataset_findings(study, ds, fj, path.parent))
     if not parts:
         return None
     header = (
         f"# Measured findings: study `{study.name}`\n\n"
-        "Generated from each dataset's `findings.json` by the runner; nothing here is typed by hand.\n\n"
+        "Generated from each dataset's `findings.json` and `similarity.csv` by the runner; nothing here is "
+        "typed by hand.\n\n"
     )
     write_text(path, header + "\n".join(parts))
     return path
+
+
+def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_dir: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from conceptsim.comparison import figures, report
+    from conceptsim.comparison.similarity import concept_vs_cka
+
+    doc = json.loads(findings_json.read_text())
+    fig_dir = page_dir / dataset / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for name, make in (("finding1_seg", lambda: figures.finding1_plot(doc, "seg")),
+                       ("finding2_seg", lambda: figures.finding2_plot(doc, "seg")),
+                       ("emergence_seg", lambda: figures.emergence_plot(doc, "seg"))):
+        fig = make()
+        fig.savefig(fig_dir / f"{name}.png", dpi=90)
+        shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
+    sim = pd.read_csv(findings_json.parent / "similarity.csv", keep_default_na=False, na_values=[""])
+    trained = sim[~sim["model_a"].str.endswith(":random") & ~sim["model_b"].str.endswith(":random")]
+    agree = concept_vs_cka(trained, method="seg")
+    rows = [[f"{r.model_a} vs {r.model_b}", str(r.n_pairs), report.fmt(r.spearman), report.fmt(r.mean_concept),
+             report.fmt(r.mean_cka), r.largest_gap] for r in agree.itertuples()]
+    cka_text = (
+        "**Concept similarity against CKA** (trained models; rank correlation over layer pairs of the "
+        "concept-mean S_seg and linear CKA; the largest gap is CKA minus S_seg):\n\n"
+        + report.table(["models", "layer pairs", "Spearman", "mean S_seg", "mean CKA", "largest gap"], rows)
+        + "\n"
+    )
+    return report.findings_markdown(doc) + "\n\n**Key figures**\n\n" + "\n\n".join(shown) + "\n\n" + cka_text
 
 
 def dataset_index(study: "Study", dataset: str, runs: list["Run"]) -> str:
