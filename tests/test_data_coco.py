@@ -206,3 +206,16 @@ def test_corrupt_and_wrongly_sized_images(fake):
     Image.new("RGB", (10, 10)).save(fake.parent / "images" / "0005.png")
     with pytest.raises(DatasetError, match=r"image 5 file .*0005.png is 10x10, annotation says 60x40"):
         ds[ds.image_ids.index(5)]
+
+
+def test_area_fraction_grid_is_exact():
+    from conceptsim.data.coco import area_fraction_grid
+    from conceptsim.data.geometry import area_pool
+
+    m = (np.random.default_rng(0).random((3, 30, 40)) > 0.6).astype(np.uint8)
+    # where the grid divides the image, it is plain block averaging
+    assert torch.allclose(torch.from_numpy(area_fraction_grid(m, (10, 8))), area_pool(torch.from_numpy(m), (10, 8)), atol=1e-6)
+    # a 3 x 3 mask on a 2 x 2 grid: each cell holds 2.25 pixels; a single centre pixel puts 0.25 in each
+    one = np.zeros((1, 3, 3), np.uint8)
+    one[0, 1, 1] = 1
+    assert np.allclose(area_fraction_grid(one, (2, 2)), 0.25 / 2.25)

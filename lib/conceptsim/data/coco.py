@@ -28,7 +28,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
 from conceptsim.atomic import write_text
-from conceptsim.data.geometry import Preprocessing, area_pool
+from conceptsim.data.geometry import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class ConceptDataset(Dataset):
     preprocessing : the model's input geometry; default: a 224 x 224 letterbox (for inspection only; the
         pipeline always passes the model's own).
     eval_grid : ``(gh, gw)`` grid over the *image* frame for evaluation masks. A cell is 1 iff at least
-        half of its area is inside the mask (area average >= 0.5).
+        half of its area is inside the mask (exact area fraction >= 0.5, see :func:`area_fraction_grid`).
     max_images : keep at most this many images per split (the smallest ids); for smoke runs.
 
     Attributes
@@ -426,12 +426,47 @@ class ConceptDataset(Dataset):
         return {
             "image": pp.apply_image(image),
             "masks_input": pp.apply_mask(masks),
-            "masks_eval": (area_pool(torch.from_numpy(masks), self.eval_grid) >= 0.5).to(torch.uint8),
+            "masks_eval": torch.from_numpy((area_fraction_grid(masks, self.eval_grid) >= 0.5).astype(np.uint8)),
             "labels": torch.from_numpy(self.labels_of(iid)),
             "content_box": torch.tensor(pp.content_box(image.shape[:2]), dtype=torch.float32),
             "image_id": iid,
             "split": self._split_of[iid],
         }
+
+
+def _edge_positions(n: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cell edges ``i * n / cells`` split into an integer index and a fraction in [0, 1]."""
+    edges = np.arange(cells + 1) * (n / cells)
+    idx = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+    return idx, edges - idx
+
+
+def area_fraction_grid(masks: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+    """Exact area fraction of each cell of a ``grid`` laid over the image that ``K x H x W`` masks cover.
+
+    Cell edges may cut pixels; a cut pixel counts with the part of it inside the cell. The summed-area
+    table of a pixel-constant mask is bilinear inside every pixel, so bilinear interpolation of it at the
+    cell edges is exact; this is much cheaper than adaptive pooling onto a grid that does not divide the
+    image (whose bins also overlap).
+    """
+    k, h, w = masks.shape
+    gh, gw = int(grid[0]), int(grid[1])
+    out = np.zeros((k, gh, gw), np.float32)
+    present = np.flatnonzero(masks.reshape(k, -1).any(axis=1))  # most concepts are absent from an image
+    if present.size:
+        yi, fy = _edge_positions(h, gh)
+        xi, fx = _edge_positions(w, gw)
+        # summed-area table, one axis at a time: sample the row sums at the cell edges before summing
+        # along columns, so the second cumulative sum runs over gh + 1 rows instead of h
+        rows = np.zeros((present.size, h + 1, w), np.float64)
+        rows[:, 1:] = np.cumsum(masks[present], axis=1, dtype=np.int32)
+        rows = rows[:, yi] * (1 - fy)[:, None] + rows[:, yi + 1] * fy[:, None]
+        table = np.zeros((present.size, gh + 1, w + 1), np.float64)
+        table[:, :, 1:] = np.cumsum(rows, axis=2)
+        t = table[:, :, xi] * (1 - fx) + table[:, :, xi + 1] * fx
+        cells = t[:, 1:, 1:] - t[:, :-1, 1:] - t[:, 1:, :-1] + t[:, :-1, :-1]
+        out[present] = cells / ((h / gh) * (w / gw))
+    return out
 
 
 def collate(items: list[dict]) -> dict:
