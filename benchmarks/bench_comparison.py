@@ -1,0 +1,122 @@
+"""Comparison stage: wall time of all pairwise layer comparisons and the findings, over the default study.
+
+When the default study's concept results exist (``results/default/<dataset>/<model>/`` for every model
+and dataset) the stage runs on them, writing into the scratch folder. Otherwise it runs on a *synthetic
+study of the same size*: for each dataset the same number of test images and concepts, the same models
+(with twins) and, per model, the default probed layers with their real channel counts, stored grids
+(after the grid cap) and relative depths (read by tracing the models), the same evaluation grid and the
+study's permutation and bootstrap counts. Only the test images are built (the stage reads no others).
+The entry says which was measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from common import Context, default_study, entry
+
+NAME = "comparison"
+OPT_IN = False
+TARGET = 30.0
+
+
+def default_layout(study, grid_cap: int) -> dict:
+    """``{model: [(layer, relative depth, grid side, channels)]}`` of the study's models, from tracing."""
+    from conceptsim.extraction.extract import probe_layers
+    from conceptsim.models.registry import build_model
+    from conceptsim.pipeline import probed_layers
+
+    layout = {}
+    for name in study.models:
+        if name.endswith(":random"):
+            continue
+        loaded = build_model(name)
+        infos, _ = probe_layers(loaded, probed_layers(name, study.layers.get(name), study.sections["extraction"].get("max_layers", 0)), grid_cap)
+        # square grids in the synthetic builder: keep the larger side (never smaller than the real work)
+        layout[name] = [(i.name, i.relative_depth, max(i.grid), i.channels) for i in infos]
+        layout[f"{name}:random"] = layout[name]
+    return {m: layout[m] for m in study.models}
+
+
+def dataset_sizes(study) -> dict:
+    """Per dataset: (test images, concepts) of the default study's configuration."""
+    from conceptsim.data.coco import ConceptDataset
+    from conceptsim.pipeline import open_dataset
+
+    out = {}
+    for ds_name, opts in study.datasets.items():
+        ds, _ = open_dataset(ds_name, opts, study.sections["split"], None, study.sections["extraction"]["eval_grid"],
+                             split="test")
+        assert isinstance(ds, ConceptDataset)
+        out[ds_name] = (len(ds), [(c.name, c.category) for c in ds.concepts])
+    return out
+
+
+def real_results_exist(study) -> bool:
+    from conceptsim.pipeline import model_results
+
+    return all((model_results(study.name, d, m) / "concept_quality.csv").exists()
+               for d in study.datasets for m in study.models)
+
+
+def synthetic_study(ctx: Context, study, quick: bool) -> dict:
+    from conceptsim.comparison.synthetic import build_synthetic_study, default_size_models
+
+    ex = study.sections["extraction"]
+    if quick:
+        layout = default_size_models(n_models=2, n_layers=4, channels=8)
+        sizes = {"synthetic": (16, [("a", "colour"), ("b", "shape"), ("c", "texture")])}
+        grid = (16, 16)
+    else:
+        layout = default_layout(study, ex["grid_cap"])
+        sizes = dataset_sizes(study)
+        grid = (ex["eval_grid"], ex["eval_grid"])
+    dirs = {}
+    for ds_name, (n_test, concepts) in sizes.items():
+        root = ctx.scratch / "comparison" / ds_name
+        shutil.rmtree(root, ignore_errors=True)
+        t0 = time.perf_counter()
+        # the builder plants one concept per channel: a layer needs at least as many channels as concepts
+        fitted = {m: [(n, d, g, max(c, len(concepts))) for n, d, g, c in v] for m, v in layout.items()}
+        build_synthetic_study(root, fitted, n_images=n_test, test_fraction=1.0, concepts=concepts, eval_grid=grid,
+                              input_size=(300, 300), seed=0)
+        ctx.log(f"comparison: synthetic {ds_name} ({n_test} test images, {len(concepts)} concepts) built in "
+                f"{time.perf_counter() - t0:.1f} s")
+        dirs[ds_name] = (root, n_test, len(concepts))
+    return {"dirs": dirs, "models": list(layout), "layers": {m: len(v) for m, v in layout.items()}}
+
+
+def run(ctx: Context) -> list[dict]:
+    from conceptsim.comparison.stage import run_comparison_stage
+    from conceptsim.pipeline import dataset_results
+
+    study = default_study()
+    cmp = study.sections["comparison"]
+    perms, boot = (200, 50) if ctx.quick else (cmp["permutations"], cmp["bootstrap"])
+    if not ctx.quick and real_results_exist(study):
+        source = "default study results"
+        spec = {"dirs": {d: (dataset_results(study.name, d), None, None) for d in study.datasets},
+                "models": list(study.models), "layers": {}}
+    else:
+        source = ("synthetic study of the default study's size (the default study's concept results do not exist)"
+                  if not ctx.quick else "small synthetic study (quick)")
+        spec = synthetic_study(ctx, study, ctx.quick)
+    totals, per_ds = [], {d: [] for d in spec["dirs"]}
+    for _ in range(ctx.repeat):
+        total = 0.0
+        for ds_name, (root, _, _) in spec["dirs"].items():
+            out = ctx.scratch / "comparison-out" / ds_name
+            out.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            run_comparison_stage(root, out, models=spec["models"], seed=study.seed, permutations=perms, bootstrap=boot)
+            dt = time.perf_counter() - t0
+            per_ds[ds_name].append(dt)
+            total += dt
+        totals.append(total)
+        ctx.log(f"comparison: all datasets {total:.2f} s ({ {d: round(v[-1], 2) for d, v in per_ds.items()} })")
+    details = {"source": source, "datasets": {d: {"seconds": per_ds[d], "test_images": n, "concepts": k}
+                                              for d, (_, n, k) in spec["dirs"].items()},
+               "models": spec["models"], "layers_per_model": spec["layers"], "permutations": perms, "bootstrap": boot}
+    return [entry("comparison_stage/default", "Comparison stage, all datasets of the default study", "wall time", "s",
+                  totals, TARGET, "lower", details, benchmark=NAME, notes=source)]

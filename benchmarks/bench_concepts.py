@@ -1,0 +1,113 @@
+"""Joint vs one-at-a-time Net2Vec training of all concepts of a layer: speed-up and test IoU difference.
+
+Full run: real activations (``ssd_mobilenet_v2_coco`` on the ``shapes`` images, the default study's
+extraction settings; the store is kept in the scratch folder and reused while its key matches), one
+mid-depth layer, all concepts, the default study's probe settings. ``--quick``: a small planted store.
+Both trainings read the same standardised data through the concept stage's own loaders.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from common import Context, default_study, entry
+
+NAME = "concepts"
+OPT_IN = False
+SPEEDUP_TARGET = 10.0
+IOU_TARGET = 0.01
+
+
+def real_store(ctx: Context, model: str = "ssd_mobilenet_v2_coco", per_split: int = 40):
+    from conceptsim.pipeline import open_dataset, probed_layers
+    from conceptsim.extraction.extract import extract
+    from conceptsim.models.registry import build_model
+
+    study = default_study()
+    ex = study.sections["extraction"]
+    loaded = build_model(model, device=ex["device"])
+    ds, _ = open_dataset("shapes", {**study.datasets["shapes"], "max_images": per_split}, study.sections["split"],
+                         loaded.preprocessing, ex["eval_grid"])
+    path = ctx.scratch / f"concepts-{model}-{per_split}.zarr"
+    res = extract(loaded, ds, path, layers=probed_layers(model, study.layers.get(model)), batch_size=ex["batch_size"],
+                  num_workers=ex["num_workers"], grid_cap=ex["grid_cap"], dtype=ex["dtype"],
+                  metadata={"study": "benchmark-concepts", "dataset": "shapes"}, progress=False)
+    ctx.log(f"concepts: store {path.name} {'reused' if res.reused else f'extracted in {res.seconds:.1f} s'}")
+    return path
+
+
+def layer_inputs(store_path, layer: str | None):
+    """Train/val/test data of one layer exactly as the concept stage prepares them."""
+    import torch
+
+    from conceptsim.concepts.stage import load_layer, prepare, read_selected
+    from conceptsim.extraction.store import ActivationStore
+
+    store = ActivationStore(store_path)
+    names = store.layer_names
+    info = store.layer(layer or names[len(names) // 2])
+    inp, _ = prepare(store, None, 1, 0)
+    data = load_layer(inp, info, 3.0 * 2**30)
+    sel = np.flatnonzero(inp.include["seg"])
+    targets = torch.from_numpy(read_selected(store.targets(info.name), inp.rows["train"], inp.cidx[sel]))
+    return info, data, targets, inp.eval_sets["val"].subset(sel), inp.eval_sets["test"].subset(sel)
+
+
+def test_iou(probes, data, test_ev) -> np.ndarray:
+    import torch
+
+    from conceptsim.concepts.metrics import set_iou_from_counts
+    from conceptsim.concepts.net2vec import split_counts
+
+    counts = split_counts(torch.from_numpy(probes.weight), torch.from_numpy(probes.bias), data["test"], test_ev)
+    return np.nan_to_num(set_iou_from_counts(*counts), nan=0.0)
+
+
+def run(ctx: Context) -> list[dict]:
+    from conceptsim.concepts.net2vec import train_segmentation_probes, train_segmentation_probes_sequential
+
+    co = default_study().sections["concepts"]
+    if ctx.quick:
+        from conceptsim.concepts.synthetic import planted_store
+
+        path, _ = planted_store(ctx.scratch / "planted.zarr", n_split=(40, 12, 12), channels=16, grid=(8, 8), k=6)
+        kwargs = dict(loss=co["loss"], lr=co["lr"], epochs=4, patience=2)
+        source = "planted synthetic store (quick)"
+    else:
+        path = real_store(ctx)
+        kwargs = dict(loss=co["loss"], lr=co["lr"], epochs=co["epochs"], patience=co["patience"])
+        source = "ssd_mobilenet_v2_coco activations on shapes (real)"
+    info, data, targets, val_ev, test_ev = layer_inputs(path, None)
+    k = targets.shape[1]
+    # warm-up: first-call costs (kernels, allocator) would otherwise be charged to whichever runs first
+    train_segmentation_probes(data["train"], targets, data["val"], val_ev, **{**kwargs, "epochs": 1})
+    speedups, deltas, tj, ts = [], [], [], []
+    for i in range(ctx.repeat):
+        t = {}
+        for what in (("joint", "seq") if i % 2 == 0 else ("seq", "joint")):
+            t0 = time.perf_counter()
+            if what == "joint":
+                joint = train_segmentation_probes(data["train"], targets, data["val"], val_ev, **kwargs)
+            else:
+                seq = train_segmentation_probes_sequential(data["train"], targets, data["val"], val_ev, **kwargs)
+            t[what] = time.perf_counter() - t0
+        tj.append(t["joint"])
+        ts.append(t["seq"])
+        speedups.append(ts[-1] / tj[-1])
+        iou_j, iou_s = test_iou(joint, data, test_ev), test_iou(seq, data, test_ev)
+        deltas.append(float(np.max(np.abs(iou_j - iou_s))))
+        ctx.log(f"concepts {info.name}: joint {tj[-1]:.2f} s, sequential {ts[-1]:.2f} s, speed-up {speedups[-1]:.1f}x, "
+                f"max |dIoU| {deltas[-1]:.2e}")
+    details = {"source": source, "layer": info.name, "channels": info.channels, "grid": list(info.grid), "concepts": k,
+               "n_train": len(data["train"]), "joint_s": tj,
+               "sequential_s": ts, "epochs_run_joint": int(joint.epochs_run),
+               "probe_settings": kwargs, "mean_test_iou_joint": float(np.mean(iou_j))}
+    return [
+        entry("concepts_joint/speedup", "Joint vs one-at-a-time Net2Vec training: speed-up", "speed-up", "x",
+              speedups, SPEEDUP_TARGET, "higher", details, benchmark=NAME, notes=source),
+        entry("concepts_joint/iou_delta", "Joint vs one-at-a-time Net2Vec training: largest test IoU difference",
+              "max |dIoU|", "IoU", deltas, IOU_TARGET, "lower", {"layer": info.name, "concepts": k},
+              benchmark=NAME, notes=source),
+    ]

@@ -1,0 +1,122 @@
+"""Projection of the paper study (COCO val2017, 5,000 images, three detectors and their random-init
+twins, as in ``studies/paper.yml``) on one GPU, from rates measured here on the CPU.
+
+Method (every assumption is listed in the entry's ``details.assumptions`` and on the page):
+
+* forward pass: the CPU's achieved throughput (FLOP/s of the bare forward pass of the default models,
+  FLOPs counted with ``torch.utils.flop_counter`` at each model's input size, times from the extraction
+  benchmark) fixes nothing on the GPU; the GPU forward time is the paper models' FLOPs (counted the same
+  way on their random-init twins, which build offline) divided by an *assumed* effective GPU throughput;
+* extraction overhead beyond the forward pass (image/mask loading, hooks, pooling, Zarr writes) stays on
+  the CPU at the measured per-image rate, scaled by the pixel count of COCO images for the loading part
+  and by the number of probed layers for the rest; no overlap with the GPU is assumed (conservative);
+* concept stage: the measured marginal seconds per image and probed layer (memory benchmark, default
+  probe settings, on the CPU), times images x layers; on the GPU it is divided by an assumed speed-up;
+* comparison stage: the measured marginal seconds per test image and layer pair (memory benchmark,
+  CPU), times test images x layer pairs.
+"""
+
+from __future__ import annotations
+
+from common import Context, default_study, entry
+
+NAME = "projection"
+OPT_IN = False
+PAPER_MODELS = ("yolov5su", "ssd300_vgg16", "fasterrcnn_resnet50_fpn")
+N_IMAGES = 5000
+TEST_FRACTION = 0.2
+COCO_PIXELS = 640 * 480  # typical COCO val2017 image (most are 640 px on the long side)
+GPU_TFLOPS = 8.0  # assumed effective fp32 throughput of one GPU on these conv nets, batch 8
+GPU_CONCEPT_SPEEDUP = 10.0  # assumed GPU / 2-core CPU speed-up of the Net2Vec probe training
+
+
+def forward_flops(name: str) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from conceptsim.models.registry import build_model
+
+    loaded = build_model(name)
+    h, w = loaded.preprocessing.size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        loaded.features(torch.zeros(1, 3, h, w))
+    return float(counter.get_total_flops())
+
+
+def need(ctx: Context, key: str) -> dict:
+    if key not in ctx.previous:
+        raise RuntimeError(f"projection needs the entry {key!r}: run the benchmark that produces it first")
+    return ctx.previous[key]
+
+
+def run(ctx: Context) -> list[dict]:
+    from conceptsim.models.registry import parse_model_name
+
+    study = default_study()
+    ext = {k.split("/", 1)[1]: v["details"] for k, v in ctx.previous.items() if k.startswith("extraction_overhead/")}
+    if not ext:
+        raise RuntimeError("projection needs the extraction benchmark's entries")
+    mem_c = need(ctx, "memory_scaling/concepts")["details"]
+    mem_k = need(ctx, "memory_scaling/comparison")["details"]
+    # CPU achieved throughput of the forward pass, and CPU overhead per image and layer
+    cpu = {}
+    for name, d in ext.items():
+        flops = forward_flops(name)
+        cpu[name] = {"gflop_per_image": flops / 1e9, "cpu_gflops": flops / 1e9 / d["bare_s_per_image"],
+                     "loader_s_per_mpx": d["loader_s_per_image"] / (d["image_pixels"] / 1e6),
+                     "other_s_per_layer_image": max(0.0, d["extraction_s_per_image"] - d["bare_s_per_image"]
+                                                    - d["loader_s_per_image"]) / d["layers"]}
+        ctx.log(f"projection: {name} {flops / 1e9:.2f} GFLOP/image, CPU {cpu[name]['cpu_gflops']:.1f} GFLOP/s")
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    loader_s_per_mpx = med([c["loader_s_per_mpx"] for c in cpu.values()])
+    other_s = med([c["other_s_per_layer_image"] for c in cpu.values()])
+    concept_s = mem_c["seconds_per_image_marginal"] / mem_c["layers"]  # per image and layer, CPU (largest layers)
+    pair_layers = 16  # the memory benchmark's comparison layout: 2 models + twins, 4 layers each
+    compare_s = mem_k["seconds_per_image_marginal"] / (pair_layers * (pair_layers + 1) / 2)
+    models, total_layers = {}, 0
+    for name in PAPER_MODELS:
+        spec = parse_model_name(name)[0]
+        flops = forward_flops(f"{name}:random")
+        n_layers = len(spec.default_layers)
+        total_layers += 2 * n_layers  # the model and its twin
+        fwd = N_IMAGES * flops / (GPU_TFLOPS * 1e12)
+        over = N_IMAGES * (loader_s_per_mpx * COCO_PIXELS / 1e6 + other_s * n_layers)
+        conc = N_IMAGES * n_layers * concept_s
+        models[name] = {"gflop_per_image": flops / 1e9, "layers": n_layers,
+                        "input_size": list(spec.preprocessing.size),
+                        "extraction_forward_gpu_s": fwd, "extraction_cpu_overhead_s": over,
+                        "concepts_cpu_s": conc, "concepts_gpu_s": conc / GPU_CONCEPT_SPEEDUP,
+                        "cpu_forward_s_2cores": N_IMAGES * flops / 1e9 / med([c["cpu_gflops"] for c in cpu.values()])}
+    pairs = total_layers * (total_layers + 1) / 2
+    comparison = N_IMAGES * TEST_FRACTION * pairs * compare_s
+    per_model = sum(2 * (m["extraction_forward_gpu_s"] + m["extraction_cpu_overhead_s"] + m["concepts_gpu_s"])
+                    for m in models.values())
+    total_h = (per_model + comparison) / 3600
+    cpu_only_h = (sum(2 * (m["cpu_forward_s_2cores"] + m["extraction_cpu_overhead_s"] + m["concepts_cpu_s"])
+                      for m in models.values()) + comparison) / 3600
+    assumptions = [
+        f"COCO val2017: {N_IMAGES} images of about {COCO_PIXELS / 1e6:.2f} Mpx; test split {TEST_FRACTION:.0%}",
+        "three detectors and their random-init twins (6 extractions and concept stages), default probed layers, "
+        "grid cap 40, evaluation grid 112, default probe settings",
+        f"GPU forward pass at an assumed effective {GPU_TFLOPS:g} TFLOP/s (fp32, batch 8); FLOPs counted with "
+        "torch.utils.flop_counter on each model's feature forward at its input size",
+        "image/mask loading scales with pixel count, hook/pool/write overhead with the number of probed layers, both "
+        "at this machine's measured per-image CPU rates and not overlapped with the GPU (conservative)",
+        f"concept stage: measured CPU seconds per image and layer (on the largest-grid layers, so an upper bound), assumed {GPU_CONCEPT_SPEEDUP:g}x faster on the GPU; "
+        "cost taken as independent of the number of concepts (joint training)",
+        "comparison stage on the CPU at the measured seconds per test image and layer pair (all pairs of all "
+        "models' layers in one dataset); the fixed permutation/bootstrap cost is not included",
+        "one dataset (COCO); VOC 2012 would add a similar amount",
+    ]
+    details = {"models": models, "comparison_cpu_s": comparison, "total_layers": total_layers,
+               "layer_pairs": pairs, "cpu_measured": cpu, "rates": {
+                   "loader_s_per_mpx": loader_s_per_mpx, "hooks_pool_write_s_per_layer_image": other_s,
+                   "concepts_s_per_image_layer_cpu": concept_s, "comparison_s_per_test_image_pair_cpu": compare_s},
+               "gpu_tflops_assumed": GPU_TFLOPS, "gpu_concept_speedup_assumed": GPU_CONCEPT_SPEEDUP,
+               "sensitivity_hours": {"gpu_half_as_fast": (per_model + comparison + sum(
+                   2 * m["extraction_forward_gpu_s"] for m in models.values())) / 3600},
+               "cpu_only_hours_2_cores": cpu_only_h, "assumptions": assumptions}
+    return [entry("projection/paper_study_gpu", "Projected paper study (COCO val2017, 5,000 images, 3 detectors + "
+                  "twins) on one GPU", "wall time", "h", [total_h], None, "lower", details, benchmark=NAME,
+                  notes="projection, not a measurement")]
+

@@ -1,0 +1,222 @@
+"""The book's Performance page and its plots, generated from ``results.json`` (never edited by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import verdict
+
+PLOTS = ("targets.png", "extraction.png", "memory.png")
+
+# What profiling found behind a missed target (file, function, cause); shown next to the miss.
+CAUSES: dict[str, str] = {
+    "dataset_masks/shapes": (
+        "Profiled (cProfile, 150 images): RLE decoding is about 4 % of the time; the rest is the mask half of "
+        "`ConceptDataset.__getitem__` (`lib/conceptsim/data/coco.py`) working on dense masks of *all* 25 concepts "
+        "although an image holds about 6: `ConceptDataset.masks` fills a K x H x W array, then "
+        "`Preprocessing.apply_mask` (`lib/conceptsim/data/geometry.py`) converts all K planes to float32 and "
+        "resamples them (about 37 %), and `area_pool` converts them again and runs `adaptive_avg_pool2d` at the "
+        "non-integer 320 -> 112 ratio (about 46 %). Fix (library owner): transform only the present concepts' "
+        "planes (those whose RLE is not None) and scatter them into zeros, and convert to float once for both "
+        "transforms; this divides the work by about K / present = 4."
+    ),
+    **{f"extraction_overhead/{m}": (
+        "Profiled (cProfile, centernet, 24 images): beyond the forward pass, `extract` "
+        "(`lib/conceptsim/extraction/extract.py`) re-pools the full-resolution K x H x W input-frame masks "
+        "onto every layer's grid (`area_pool(masks_in, g)` in the `targets=` dict, about 11 % of the forward "
+        "time; many layers share a grid, so caching by grid, and pooling only present concepts, removes most "
+        "of it); `ConceptDataset.__getitem__`/`collate` build float32 K x 300 x 300 masks for all concepts "
+        "(about 10 %; serve uint8 and only present concepts); `StoreWriter.write_batch` "
+        "(`lib/conceptsim/extraction/store.py`) about 6 %: 16-image chunks written by 8-image batches are "
+        "compressed twice (read-modify-write), and `image_id`/`split`/`labels`/`content_box` are single "
+        "chunks rewritten on every batch; the hooks' own pooling (`pool_hook`) about 5 %."
+    ) for m in ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet")},
+}
+
+
+def fmt(x, unit: str = "") -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        s = f"{x:.3g}" if abs(x) < 100 else f"{x:,.0f}"
+    else:
+        s = str(x)
+    return f"{s} {unit}".strip() if unit and unit != "x" else (f"{s}×" if unit == "x" else s)
+
+
+def target_text(e: dict) -> str:
+    if e.get("target") is None:
+        return "–"
+    return ("≤ " if e["better"] == "lower" else "≥ ") + fmt(float(e["target"]), e["unit"])
+
+
+def plot_targets(entries: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [e for e in entries if e.get("target")]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    for i, e in enumerate(rows):
+        # "fraction of the budget used": < 1 is inside the target for both directions
+        frac = lambda v: v / e["target"] if e["better"] == "lower" else e["target"] / max(v, 1e-12)  # noqa: E731
+        m, lo, hi = frac(e["median"]), frac(e["min"]), frac(e["max"])
+        lo, hi = min(lo, hi), max(lo, hi)
+        ax.barh(i, m, color="tab:green" if e["passed"] else "tab:red", alpha=0.8)
+        ax.plot([lo, hi], [i, i], color="black", lw=1.5)
+    ax.axvline(1.0, color="black", ls="--", lw=1)
+    ax.set_yticks(range(len(rows)), [e["id"] for e in rows], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("measured / target (≥-targets inverted); < 1 meets the target; line: min–max")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_extraction(entries: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [e for e in entries if e["id"].startswith("extraction_overhead/")]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if rows:
+        x = np.arange(len(rows))
+        d = [e["details"] for e in rows]
+        ax.bar(x - 0.2, [v["bare_s_per_image"] * 1e3 for v in d], 0.4, label="bare forward")
+        ax.bar(x + 0.2, [v["extraction_s_per_image"] * 1e3 for v in d], 0.4, label="pipeline extraction")
+        ax.bar(x + 0.2, [v["loader_s_per_image"] * 1e3 for v in d], 0.4, label="of which data loading", color="tab:gray")
+        ax.set_xticks(x, [v["model"] for v in d], fontsize=8)
+        ax.set_ylabel("ms per image (median)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memory(entries: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [e for e in entries if e["id"].startswith("memory_scaling/")]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if rows:
+        x = np.arange(len(rows))
+        d = [e["details"] for e in rows]
+        ax.bar(x - 0.2, [np.median(v["peak_rss_mib_small"]) for v in d], 0.4, label="N images")
+        ax.bar(x + 0.2, [np.median(v["peak_rss_mib_large"]) for v in d], 0.4, label="4N images")
+        ax.set_xticks(x, [f"{v['stage']}\n(N={v['n_small']}, 4N={v['n_large']})" for v in d], fontsize=8)
+        ax.set_ylabel("peak RSS (MiB, VmHWM)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(entries: list[dict]) -> list[str]:
+    out = ["| Benchmark | Figure | Median | Spread (min – max, n) | Target | Verdict |",
+           "|---|---|---|---|---|---|"]
+    for e in entries:
+        status = verdict(e) if e.get("status") != "failed" else "FAILED (run incomplete)"
+        if e.get("quick"):
+            status += " (quick mode)"
+        out.append(f"| `{e['id']}` | {e['title']} | {fmt(e['median'], e['unit'])} | "
+                   f"{fmt(e['min'], e['unit'])} – {fmt(e['max'], e['unit'])}, {e['n']} | {target_text(e)} | {status} |")
+    return out
+
+
+def details_sections(by_id: dict) -> list[str]:
+    lines: list[str] = []
+    ext = [e for k, e in by_id.items() if k.startswith("extraction_overhead/")]
+    if ext:
+        lines += ["## Extraction overhead", "",
+                  "Pipeline extraction (loading images and masks, hooks, pooling to the grid cap, Zarr writes) over "
+                  "the bare forward pass of the same model on the same images, batch size and threads, interleaved. "
+                  "The bare pass gets its batches pre-loaded, so data loading counts as overhead.", "",
+                  "| Model | Images | Layers | Bare (ms/img) | Extraction (ms/img) | Loading (ms/img) | Ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in ext:
+            d = e["details"]
+            lines.append(f"| {d['model']} | {d['images']} | {d['layers']} | {d['bare_s_per_image'] * 1e3:.1f} | "
+                         f"{d['extraction_s_per_image'] * 1e3:.1f} | {d['loader_s_per_image'] * 1e3:.1f} | "
+                         f"{e['median']:.3f} |")
+        lines += ["", "![Extraction vs bare forward pass](_static/performance/extraction.png)", ""]
+    if "concepts_joint/speedup" in by_id:
+        d = by_id["concepts_joint/speedup"]["details"]
+        lines += ["## Joint vs one-at-a-time concept training", "",
+                  f"{d['source']}; layer `{d['layer']}` ({d['channels']} channels, grid {d['grid'][0]}×{d['grid'][1]}), "
+                  f"{d['concepts']} concepts, {d['n_train']} training images, settings {d['probe_settings']}. "
+                  f"Joint: {fmt(min(d['joint_s']), 's')} – {fmt(max(d['joint_s']), 's')}; one at a time: "
+                  f"{fmt(min(d['sequential_s']), 's')} – {fmt(max(d['sequential_s']), 's')}. "
+                  "The IoU difference is the largest over concepts of |test set IoU (joint) − test set IoU (separate)|.", ""]
+    if "comparison_stage/default" in by_id:
+        d = by_id["comparison_stage/default"]["details"]
+        per = "; ".join(f"{k}: {v['test_images'] if v['test_images'] is not None else '?'} test images, "
+                        f"{v['concepts'] if v['concepts'] is not None else '?'} concepts, median "
+                        f"{fmt(sorted(v['seconds'])[len(v['seconds']) // 2], 's')}" for k, v in d["datasets"].items())
+        lines += ["## Comparison stage", "", f"Measured on: **{d['source']}**. {per}. "
+                  f"{len(d['models'])} models; {d['permutations']} permutations, {d['bootstrap']} bootstrap resamples.", ""]
+    mem = [e for k, e in by_id.items() if k.startswith("memory_scaling/")]
+    if mem:
+        lines += ["## Memory scaling", "",
+                  "Each figure is measured in a fresh process; peak RSS is the process's own `VmHWM` (and "
+                  "`ru_maxrss`), nothing subtracted.", "",
+                  "| Stage | N | peak RSS at N (MiB) | 4N | peak RSS at 4N (MiB) | Ratio |", "|---|---|---|---|---|---|"]
+        for e in mem:
+            d = e["details"]
+            lines.append(f"| {d['stage']} | {d['n_small']} | {min(d['peak_rss_mib_small']):.0f} – {max(d['peak_rss_mib_small']):.0f} | "
+                         f"{d['n_large']} | {min(d['peak_rss_mib_large']):.0f} – {max(d['peak_rss_mib_large']):.0f} | {e['median']:.3f} |")
+        lines += ["", "![Peak memory at N and 4N images](_static/performance/memory.png)", ""]
+    if "projection/paper_study_gpu" in by_id:
+        e = by_id["projection/paper_study_gpu"]
+        d = e["details"]
+        lines += ["## Projection: the paper study on one GPU", "",
+                  f"**About {e['median']:.1f} hours** for COCO val2017 (5,000 images) with the three detectors and their "
+                  f"random-init twins; with a GPU half as fast, {d['sensitivity_hours']['gpu_half_as_fast']:.1f} h; on this "
+                  f"2-core CPU alone, about {d['cpu_only_hours_2_cores']:.0f} h. A projection, not a measurement.", "",
+                  "| Model | GFLOP/image | Layers | GPU forward (s) | CPU loading+writes (s) | Concepts, GPU (s) |",
+                  "|---|---|---|---|---|---|"]
+        for name, m in d["models"].items():
+            lines.append(f"| {name} | {m['gflop_per_image']:.1f} | {m['layers']} | {m['extraction_forward_gpu_s']:.0f} | "
+                         f"{m['extraction_cpu_overhead_s']:.0f} | {m['concepts_gpu_s']:.0f} |")
+        lines += ["", f"Comparison stage (CPU): {d['comparison_cpu_s']:.0f} s for {d['layer_pairs']:.0f} layer pairs. "
+                  "Each model row counts once; its random-init twin costs the same again.", "", "Assumptions:", ""]
+        lines += [f"- {a}" for a in d["assumptions"]] + [""]
+    return lines
+
+
+def write_page(data: dict, page: Path, static: Path) -> None:
+    from conceptsim.atomic import write_text
+
+    static.mkdir(parents=True, exist_ok=True)
+    order = ("dataset_masks", "extraction_overhead", "concepts_joint", "comparison_stage", "memory_scaling",
+             "end_to_end", "projection")
+    entries = sorted(data["entries"].values(),
+                     key=lambda e: (order.index(e["id"].split("/")[0]) if e["id"].split("/")[0] in order else 99, e["id"]))
+    by_id = {e["id"]: e for e in entries}
+    plot_targets(entries, static / "targets.png")
+    plot_extraction(entries, static / "extraction.png")
+    plot_memory(entries, static / "memory.png")
+    m = data.get("machine", {})
+    missed = [e for e in entries if e.get("passed") is False]
+    lines = ["# Performance", "",
+             "Generated by `make bench` (`benchmarks/run.py`) from `benchmarks/results.json`; do not edit by hand. "
+             "Every figure is a ratio or time measured within one run on this machine, the median of the "
+             "repetitions with its spread.", "",
+             f"Machine: {m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} with "
+             f"{m.get('torch_threads', '?')} threads; commit `{data.get('commit', '?')[:12]}`"
+             f"{' (library modified)' if data.get('library_dirty') else ''}; updated {data.get('updated', '?')}. "
+             "Each entry in `results.json` records its own machine, load average and commit.", "",
+             "## Targets", ""] + table(entries) + ["",
+             "![Measured figures against their targets](_static/performance/targets.png)", ""]
+    if missed:
+        lines += ["## Missed targets", ""]
+        for e in missed:
+            how = ("the run did not complete" if e.get("status") == "failed"
+                   else f"{fmt(e['median'], e['unit'])} against {target_text(e)}, missed by {abs(e['excess']) * 100:.0f} %")
+            lines.append(f"- `{e['id']}`: {how}. {CAUSES.get(e['id'], '')}".rstrip())
+        lines.append("")
+    lines += details_sections(by_id)
+    lines += ["## Reproduce", "", "```bash", "make bench                                   # all but the default study end to end",
+              ".venv/bin/python benchmarks/run.py --only extraction --repeat 5   # one benchmark",
+              ".venv/bin/python benchmarks/run.py --only end_to_end_default     # the default study (long)",
+              "```", ""]
+    write_text(page, "\n".join(lines))
