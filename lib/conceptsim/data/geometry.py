@@ -89,15 +89,21 @@ class Preprocessing:
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
 
     def apply_mask(self, masks: np.ndarray) -> torch.Tensor:
-        """Binary masks ``K x H x W`` -> float masks ``K x size`` in the input frame (nearest; 0 in padding)."""
+        """Binary masks ``K x H x W`` -> uint8 {0, 1} masks ``K x size`` in the input frame.
+
+        Nearest-neighbour at pixel centres; 0 in letterbox padding. Only the planes that hold any pixel
+        are resampled (an image shows few of a dataset's concepts).
+        """
         if masks.ndim != 3:
             raise ValueError(f"expected masks of shape K x H x W, got {masks.shape}")
         top, left, nh, nw = self._resized_hw(masks.shape[1:])
         k = masks.shape[0]
-        out = np.zeros((k, *self.size), dtype=np.float32)
-        if k:
-            m = _resize(np.ascontiguousarray(masks.transpose(1, 2, 0)).astype(np.uint8), nh, nw, smooth=False)
-            out[:, top : top + nh, left : left + nw] = m.reshape(nh, nw, k).transpose(2, 0, 1)
+        out = np.zeros((k, *self.size), dtype=np.uint8)
+        present = np.flatnonzero(masks.reshape(k, -1).any(axis=1)) if k else np.zeros(0, int)
+        if present.size:
+            planes = np.ascontiguousarray(masks[present].transpose(1, 2, 0)).astype(np.uint8)
+            m = _resize(planes, nh, nw, smooth=False).reshape(nh, nw, present.size)
+            out[present, top : top + nh, left : left + nw] = m.transpose(2, 0, 1)
         return torch.from_numpy(out)
 
     def to_dict(self) -> dict:
@@ -131,11 +137,19 @@ def _resize(a: np.ndarray, h: int, w: int, smooth: bool) -> np.ndarray:
 
 
 def area_pool(masks: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """Area-average ``(..., H, W)`` masks onto ``grid`` (soft targets in [0, 1])."""
+    """Area-average ``(..., H, W)`` masks onto ``grid`` (soft targets in [0, 1]).
+
+    Uses the same binning as the activations' pooling (``adaptive_avg_pool2d``), so targets and pooled
+    activations cover the same input pixels. All-zero planes are skipped (they pool to zero).
+    """
     lead = masks.shape[:-2]
-    x = masks.reshape(-1, 1, *masks.shape[-2:]).float()
-    y = F.adaptive_avg_pool2d(x, tuple(int(g) for g in grid))
-    return y.reshape(*lead, *y.shape[-2:])
+    x = masks.reshape(-1, *masks.shape[-2:])
+    grid = tuple(int(g) for g in grid)
+    out = torch.zeros((x.shape[0], *grid), dtype=torch.float32)
+    present = torch.nonzero(x.flatten(1).any(1)).flatten()
+    if present.numel():
+        out[present] = F.adaptive_avg_pool2d(x[present].float()[:, None], grid)[:, 0]
+    return out.reshape(*lead, *grid)
 
 
 def input_to_image_grid(

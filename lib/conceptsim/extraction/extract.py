@@ -131,8 +131,9 @@ def extract(
     device = next(model.module.parameters()).device
     bar = _progress(n, model.name, progress)
     with atomic_path(out_path) as tmp:
-        writer = StoreWriter(tmp, n_images=n, layers=infos, concepts=concepts,
-                             eval_grid=dataset.eval_grid, metadata=meta, dtype=dtype)
+        # chunks hold whole batches, so every chunk is compressed once (no read-modify-write)
+        writer = StoreWriter(tmp, n_images=n, layers=infos, concepts=concepts, eval_grid=dataset.eval_grid,
+                             metadata=meta, dtype=dtype, images_per_chunk=batch_size)
 
         def pool_hook(name: str, fmap: torch.Tensor) -> torch.Tensor:
             # pool inside the hook: the full-resolution map is freed at once (memory bounded by batch)
@@ -143,6 +144,8 @@ def extract(
                 images = batch["image"].to(device, non_blocking=True)
                 model.features(images)
                 masks_in = batch["masks_input"]
+                # layers share grids: pool the masks once per distinct grid
+                targets = {g: area_pool(masks_in, g).half().numpy() for g in set(grids.values())}
                 writer.write_batch(
                     image_ids=batch["image_id"].numpy(),
                     splits=list(batch["split"]),
@@ -150,7 +153,7 @@ def extract(
                     content_boxes=batch["content_box"].numpy(),
                     masks=batch["masks_eval"].numpy(),
                     activations={name: rec[name].numpy() for name in grids},
-                    targets={name: area_pool(masks_in, g).half().numpy() for name, g in grids.items()},
+                    targets={name: targets[g] for name, g in grids.items()},
                 )
                 rec.clear()
                 bar.update(len(images))

@@ -123,6 +123,8 @@ class StoreWriter:
             acts.create_array(layer.name, shape=(self.n, layer.channels, h, w), chunks=(c, layer.channels, h, w), dtype=dtype)
             tgts.create_array(layer.name, shape=(self.n, k, h, w), chunks=(c, k or 1, h, w), dtype="float16")
         self.cursor = 0
+        # per-image scalars are tiny: buffer them and write each array once in finish()
+        self._small: dict[str, list[np.ndarray]] = {"image_id": [], "split": [], "labels": [], "content_box": []}
 
     def write_batch(
         self,
@@ -140,10 +142,10 @@ class StoreWriter:
         if s.stop > self.n:
             raise StoreError(f"store {self.path}: batch overflows the {self.n} images it was created for")
         g = self.group
-        g["image_id"][s] = np.asarray(image_ids, dtype=np.int64)
-        g["split"][s] = np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8)
-        g["labels"][s] = np.asarray(labels, dtype=np.uint8)
-        g["content_box"][s] = np.asarray(content_boxes, dtype=np.float32)
+        self._small["image_id"].append(np.asarray(image_ids, dtype=np.int64))
+        self._small["split"].append(np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8))
+        self._small["labels"].append(np.asarray(labels, dtype=np.uint8))
+        self._small["content_box"].append(np.asarray(content_boxes, dtype=np.float32))
         g["masks"][s] = np.asarray(masks, dtype=np.uint8)
         for layer in self.layers:
             g["activations"][layer.name][s] = activations[layer.name]
@@ -153,6 +155,9 @@ class StoreWriter:
     def finish(self) -> None:
         if self.cursor != self.n:
             raise StoreError(f"store {self.path}: {self.cursor} of {self.n} images written")
+        for name, parts in self._small.items():
+            if parts:
+                self.group[name][:] = np.concatenate(parts)
         self.group.attrs["complete"] = True
 
 
