@@ -8,6 +8,16 @@ STUDY ?= studies/default.yml
 JOBS ?= 1
 export CONCEPTSIM_ROOT := $(CURDIR)
 export MPLBACKEND := Agg
+# nothing writes into $HOME: tool config and caches live in the project's git-ignored .cache/
+CACHE := $(CURDIR)/.cache
+export MPLCONFIGDIR := $(CACHE)/matplotlib
+export YOLO_CONFIG_DIR := $(CACHE)/ultralytics
+export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter/config
+export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
+export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
+export IPYTHONDIR := $(CACHE)/ipython
+export TORCH_HOME := $(CACHE)/torch
+export YOLO_OFFLINE := 1
 
 .PHONY: setup report study smoke book test bench clean-results
 
