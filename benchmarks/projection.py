@@ -10,10 +10,10 @@ Method (every assumption is listed in the entry's ``details.assumptions`` and on
 * extraction overhead beyond the forward pass (image/mask loading, hooks, pooling, Zarr writes) stays on
   the CPU at the measured per-image rate, scaled by the pixel count of COCO images for the loading part
   and by the number of probed layers for the rest; no overlap with the GPU is assumed (conservative);
-* concept stage: the measured marginal seconds per image and probed layer (memory benchmark, default
+* concept stage: the measured seconds per image and probed layer (memory benchmark at 4N images, default
   probe settings, on the CPU), times images x layers; on the GPU it is divided by an assumed speed-up;
-* comparison stage: the measured marginal seconds per test image and layer pair (memory benchmark,
-  CPU), times test images x layer pairs.
+* comparison stage: the measured seconds per test image, concept and layer pair (comparison benchmark,
+  CPU), times test images x concepts x layer pairs.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ def run(ctx: Context) -> list[dict]:
     if not ext:
         raise RuntimeError("projection needs the extraction benchmark's entries")
     mem_c = need(ctx, "memory_scaling/concepts")["details"]
-    mem_k = need(ctx, "memory_scaling/comparison")["details"]
     # CPU achieved throughput of the forward pass, and CPU overhead per image and layer
     cpu = {}
     for name, d in ext.items():
@@ -70,9 +69,16 @@ def run(ctx: Context) -> list[dict]:
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     loader_s_per_mpx = med([c["loader_s_per_mpx"] for c in cpu.values()])
     other_s = med([c["other_s_per_layer_image"] for c in cpu.values()])
-    concept_s = mem_c["seconds_per_image_marginal"] / mem_c["layers"]  # per image and layer, CPU (largest layers)
-    pair_layers = 16  # the memory benchmark's comparison layout: 2 models + twins, 4 layers each
-    compare_s = mem_k["seconds_per_image_marginal"] / (pair_layers * (pair_layers + 1) / 2)
+    # average rate at 4N (fixed start-up included: an upper bound; marginal rates are too noisy under load)
+    concept_s = sorted(mem_c["seconds_large"])[0] / mem_c["n_large"] / mem_c["layers"]  # per image and layer, CPU
+    cmp_d = need(ctx, "comparison_stage/default")["details"]
+    n_layers_default = sum(cmp_d["layers_per_model"].values())
+    big = max(cmp_d["datasets"].values(), key=lambda v: v["test_images"] or 0)
+    compare_s = (sorted(big["seconds"])[0] / big["test_images"] / big["concepts"]
+                 / (n_layers_default * (n_layers_default + 1) / 2))  # per test image, concept and layer pair
+    from conceptsim.data.fetch import COCO_CONCEPTS
+
+    n_concepts = len(COCO_CONCEPTS)
     models, total_layers = {}, 0
     for name in PAPER_MODELS:
         spec = parse_model_name(name)[0]
@@ -88,7 +94,7 @@ def run(ctx: Context) -> list[dict]:
                         "concepts_cpu_s": conc, "concepts_gpu_s": conc / GPU_CONCEPT_SPEEDUP,
                         "cpu_forward_s_2cores": N_IMAGES * flops / 1e9 / med([c["cpu_gflops"] for c in cpu.values()])}
     pairs = total_layers * (total_layers + 1) / 2
-    comparison = N_IMAGES * TEST_FRACTION * pairs * compare_s
+    comparison = N_IMAGES * TEST_FRACTION * pairs * n_concepts * compare_s
     per_model = sum(2 * (m["extraction_forward_gpu_s"] + m["extraction_cpu_overhead_s"] + m["concepts_gpu_s"])
                     for m in models.values())
     total_h = (per_model + comparison) / 3600
@@ -104,14 +110,17 @@ def run(ctx: Context) -> list[dict]:
         "at this machine's measured per-image CPU rates and not overlapped with the GPU (conservative)",
         f"concept stage: measured CPU seconds per image and layer (on the largest-grid layers, so an upper bound), assumed {GPU_CONCEPT_SPEEDUP:g}x faster on the GPU; "
         "cost taken as independent of the number of concepts (joint training)",
-        "comparison stage on the CPU at the measured seconds per test image and layer pair (all pairs of all "
-        "models' layers in one dataset); the fixed permutation/bootstrap cost is not included",
+        "concept stage rate: the memory benchmark's run at 4N images divided by images and layers (start-up "
+        "included, so an upper bound)",
+        "comparison stage on the CPU at the rate of the default-size comparison benchmark, per test image, concept "
+        f"and layer pair ({len(COCO_CONCEPTS)} COCO concepts, all pairs of all six models' layers); the work grows "
+        "with pairs x concepts x test images",
         "one dataset (COCO); VOC 2012 would add a similar amount",
     ]
     details = {"models": models, "comparison_cpu_s": comparison, "total_layers": total_layers,
                "layer_pairs": pairs, "cpu_measured": cpu, "rates": {
                    "loader_s_per_mpx": loader_s_per_mpx, "hooks_pool_write_s_per_layer_image": other_s,
-                   "concepts_s_per_image_layer_cpu": concept_s, "comparison_s_per_test_image_pair_cpu": compare_s},
+                   "concepts_s_per_image_layer_cpu": concept_s, "comparison_s_per_test_image_concept_pair_cpu": compare_s, "coco_concepts": n_concepts},
                "gpu_tflops_assumed": GPU_TFLOPS, "gpu_concept_speedup_assumed": GPU_CONCEPT_SPEEDUP,
                "sensitivity_hours": {"gpu_half_as_fast": (per_model + comparison + sum(
                    2 * m["extraction_forward_gpu_s"] for m in models.values())) / 3600},

@@ -31,6 +31,41 @@ CAUSES: dict[str, str] = {
         "compressed twice (read-modify-write), and `image_id`/`split`/`labels`/`content_box` are single "
         "chunks rewritten on every batch; the hooks' own pooling (`pool_hook`) about 5 %."
     ) for m in ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet")},
+    "concepts_joint/speedup": (
+        "Profiled (cProfile, joint training on the measured layer): almost all per-epoch work is linear in the "
+        "number of concepts K, so training K concepts together cannot save much more than the shared part. In "
+        "`train_segmentation_probes` (`lib/conceptsim/concepts/net2vec.py`) the per-epoch validation for early "
+        "stopping, `split_counts` (bilinear `to_eval_grid` of K logit maps per image to 112 x 112 via "
+        "`affine_grid`/`grid_sample`, then `iou_counts` in `concepts/metrics.py` summing K x 112 x 112 booleans), "
+        "is about 55 % of the joint time, and the K x C x P matmul, loss and backward about 40 %; only reading "
+        "and standardising the activations (`SplitData._batch`, about 4 %) is shared. Joint training also runs "
+        "until its slowest concept stops, while separate runs stop early one by one. Fixes (library owner): "
+        "evaluate the validation IoU with precomputed separable resampling matrices (as "
+        "`comparison.outputs.StudyOutputs._resample` does) instead of `affine_grid`/`grid_sample` per batch, and "
+        "count intersections/unions with one integer product per batch instead of boolean sums; even so the "
+        "speed-up is bounded by about K x (shared fraction), so the 10x target needs the evaluation to be a "
+        "small fraction of an epoch (e.g. validating every few epochs)."
+    ),
+    "memory_scaling/concepts": (
+        "By design of `load_layer` (`lib/conceptsim/concepts/stage.py`) / `SplitData` "
+        "(`concepts/layerdata.py`): a split's activations are held in memory (float32) whenever they fit "
+        "`memory_budget_gb` (3 GB by default), so peak memory grows with the number of images up to that budget "
+        "and only then is bounded (float16, then streaming). To meet the target at these sizes the budget "
+        "would have to be small (or streaming the default)."
+    ),
+    "memory_scaling/extraction": "Not profiled in this session (cause unknown).",
+    "memory_scaling/comparison": "Not profiled in this session (cause unknown).",
+    "comparison_stage/default": (
+        "Profiled (py-spy, the synthetic default-size study): the time is in `compute_similarities` "
+        "(`lib/conceptsim/comparison/stage.py`): `SegAccumulator.update` (`comparison/similarity.py`; the exact "
+        "int8 Gram product `int8_gram` about 33 %, the sigmoid / quantise / threshold passes over every pixel "
+        "about 30 %) and `StudyOutputs._resample` (`comparison/outputs.py`; resampling every layer's K logit "
+        "maps to the 112 x 112 grid, about 36 %). The work is K x (L+1)^2 x n_test x 112^2 for the Grams with L "
+        "the number of layers of all six models together, and K x L x n_test x 112^2 for the elementwise passes; "
+        "at the default study's size this is far beyond 30 s on two cores. Levers (library owner): compute the "
+        "elementwise passes once per layer in float16/int8 instead of float32 per concept, fuse sigmoid and "
+        "quantisation, and bit-pack the binarised masks so that the set-IoU intersections become popcounts."
+    ),
 }
 
 
