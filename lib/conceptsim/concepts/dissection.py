@@ -15,7 +15,9 @@ the order statistic of 0-based rank ``r = ceil(q (M - 1))`` among the ``M`` valu
   float16 storage resolution. The bound is returned per unit (``threshold_error``, 0 on the exact path).
 
 IoU. The unit's activation is resampled bilinearly onto the evaluation grid over the image, thresholded
-``> T_k``, and its set IoU with each concept mask is summed over images. A unit detects a concept when
+``> T_k``, and its set IoU with each concept mask is summed over images. The resampling uses the
+separable matrices of :class:`conceptsim.concepts.net2vec.Resampler`, and the ``units x concepts``
+intersections of a batch are one batched matrix product of the binarised unit maps and the masks. A unit detects a concept when
 IoU > 0.04. Unit labels (best concept per unit) use test IoU as Network Dissection does; the *best single
 unit per concept*, set beside the Net2Vec vector, is selected on val and reported on test.
 """
@@ -30,7 +32,7 @@ import torch
 import zarr
 
 from conceptsim.concepts.layerdata import rows_per_read
-from conceptsim.concepts.net2vec import EvalSet, to_eval_grid
+from conceptsim.concepts.net2vec import EvalSet
 from conceptsim.extraction.store import read_rows
 
 QUANTILE = 0.995
@@ -128,18 +130,24 @@ def unit_thresholds(
 def unit_iou_counts(
     batches: Iterable[tuple[np.ndarray, torch.Tensor]], thresholds: np.ndarray, ev: EvalSet
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Set-IoU numerators and denominators ``C x K`` of thresholded units vs concept masks, summed over images."""
-    thr = torch.as_tensor(thresholds, dtype=torch.float32).view(1, -1, 1, 1)
-    inter = union_u = union_c = 0
+    """Set-IoU numerators and denominators ``C x K`` of thresholded units vs concept masks, summed over images.
+
+    ``batches`` yields ``(positions in ev, B x C x h x w)``; the thresholds are in the same units as the
+    activations.
+    """
+    thr = torch.as_tensor(thresholds, dtype=torch.float32).view(1, -1, 1)
+    inter = union_u = 0
+    union_c = ev.areas.sum(0).double()
+    p_grid = int(np.prod(ev.grid))
     for pos, x in batches:
-        step = max(1, UPSAMPLED_FLOATS // (x.shape[1] * int(np.prod(ev.grid))))
+        resample = ev.resampler(x.shape[2:], x.device)
+        step = max(1, UPSAMPLED_FLOATS // (x.shape[1] * p_grid))
         for s in range(0, len(pos), step):
             p = pos[s : s + step]
-            units = (to_eval_grid(x[s : s + step], ev.boxes[p], ev.input_size, ev.grid) > thr).float()
-            masks = ev.masks[p].float()
-            inter = inter + torch.einsum("bupq,bkpq->uk", units, masks).double()
-            union_u = union_u + units.sum((0, 2, 3)).double()
-            union_c = union_c + masks.sum((0, 2, 3)).double()
+            units = (resample(x[s : s + step], p).flatten(2) > thr).float()  # B x C x P
+            masks = ev.masks[p].flatten(2).float()  # B x K x P
+            inter = inter + torch.bmm(units, masks.transpose(1, 2)).double().sum(0)
+            union_u = union_u + units.sum((0, 2)).double()
     inter = torch.as_tensor(inter).numpy()
-    union = union_u.numpy()[:, None] + union_c.numpy()[None, :] - inter
+    union = torch.as_tensor(union_u).numpy()[:, None] + union_c.numpy()[None, :] - inter
     return inter, union

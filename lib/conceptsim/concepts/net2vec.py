@@ -17,6 +17,12 @@ activations. Joint training is exactly K independent probes because
 Evaluation follows methods.md: logits are resampled bilinearly from the activation grid (input frame)
 onto the evaluation grid over the image (:func:`conceptsim.data.geometry.input_to_image_grid`), then
 thresholded at 0.5 on the sigmoid (logit > 0), and the set IoU is summed over images.
+
+Speed. The resampling is separable, so :class:`Resampler` applies it as two small matrix products with
+the matrices of :func:`conceptsim.comparison.outputs.resampling_matrices` (read off the reference function,
+equal to it up to float rounding; one matrix pair per distinct content box, built once per eval set and
+activation grid). Counting thresholds the logits at 0 (no sigmoid), and the union is
+``|B| + |m| - |B and m|`` with the mask areas ``|m|`` computed once per eval set.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from conceptsim.comparison.outputs import resampling_matrices
 from conceptsim.concepts.layerdata import SplitData
-from conceptsim.concepts.metrics import iou_counts, set_iou_from_counts
-from conceptsim.data.geometry import input_to_image_grid
+from conceptsim.concepts.metrics import set_iou_from_counts
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
 EVAL_BATCH = 32
@@ -51,13 +57,71 @@ class EvalSet:
     masks: torch.Tensor
     boxes: torch.Tensor
     input_size: tuple[int, int]
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def grid(self) -> tuple[int, int]:
         return tuple(self.masks.shape[-2:])
 
+    @property
+    def areas(self) -> torch.Tensor:
+        """Foreground pixel counts ``n x K`` (int64), computed once."""
+        if "areas" not in self._cache:
+            self._cache["areas"] = self.masks.flatten(2).sum(2)
+        return self._cache["areas"]
+
+    def resampler(self, src_hw: Sequence[int], device: str | torch.device = "cpu") -> "Resampler":
+        """The (cached) :class:`Resampler` from an ``src_hw`` activation grid onto this set's grid."""
+        key = ("resampler", tuple(int(s) for s in src_hw), str(device))
+        if key not in self._cache:
+            self._cache[key] = Resampler(self.boxes, self.input_size, src_hw, self.grid, device)
+        return self._cache[key]
+
     def subset(self, concepts: Sequence[int]) -> "EvalSet":
-        return EvalSet(self.masks[:, list(concepts)], self.boxes, self.input_size)
+        """The same images restricted to some concepts (resampling matrices are shared)."""
+        out = EvalSet(self.masks[:, list(concepts)], self.boxes, self.input_size)
+        out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
+        return out
+
+
+class Resampler:
+    """Bilinear resampling of activation-grid maps onto an evaluation grid, as separable matrix products.
+
+    Equals :func:`conceptsim.data.geometry.input_to_image_grid` up to float rounding. Images are grouped by content box; each distinct box
+    has one pair of matrices ``Ry`` (``gh x h``) and ``Rx`` (``gw x w``).
+
+    Parameters
+    ----------
+    boxes : ``n x 4`` content boxes of the images (positions as in the split).
+    input_size : (H, W) of the model input frame.
+    src_hw : (h, w) of the maps to resample. grid : (gh, gw) of the output.
+    device : where the matrices live (the maps' device).
+    """
+
+    def __init__(self, boxes: torch.Tensor, input_size: Sequence[int], src_hw: Sequence[int], grid: Sequence[int],
+                 device: str | torch.device = "cpu"):
+        uniq, inverse = np.unique(boxes.cpu().numpy(), axis=0, return_inverse=True)
+        ry, rx = resampling_matrices(torch.from_numpy(uniq), input_size, src_hw, grid)
+        self.ry, self.rxt = ry.to(device), rx.transpose(1, 2).contiguous().to(device)
+        self.group = inverse.reshape(-1)
+        self.grid = tuple(int(g) for g in grid)
+
+    def _one(self, z: torch.Tensor, g: int) -> torch.Tensor:
+        b, k, h, w = z.shape
+        u = torch.matmul(z.reshape(b * k * h, w), self.rxt[g]).view(b * k, h, -1)
+        return torch.matmul(self.ry[g], u).view(b, k, *self.grid)
+
+    def __call__(self, z: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
+        """Resample ``B x K x h x w`` maps of the images at split positions ``pos`` -> ``B x K x gh x gw``."""
+        groups = self.group[np.asarray(pos)]
+        first = int(groups[0]) if len(groups) else 0
+        if (groups == first).all():
+            return self._one(z.float(), first)
+        out = torch.empty((z.shape[0], z.shape[1], *self.grid), device=z.device)
+        for g in np.unique(groups):
+            sel = torch.from_numpy(np.flatnonzero(groups == g)).to(z.device)
+            out[sel] = self._one(z[sel].float(), int(g))
+        return out
 
 
 @dataclass
@@ -128,27 +192,32 @@ def probe_loss(z: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, kind: str)
     raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
 
 
-def to_eval_grid(logits: torch.Tensor, boxes: torch.Tensor, input_size: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
-    """Resample activation-grid logits onto the evaluation grid (bilinear, before any threshold).
+def threshold_counts(
+    maps: torch.Tensor, thresholds: torch.Tensor | float, masks: torch.Tensor, areas: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image intersection and union counts ``B x K`` of ``maps > thresholds`` vs bool ``masks``.
 
-    The boxes stay on the CPU: the geometry helper builds its affine grid there and moves it to the
-    logits' device itself.
+    ``areas`` are the masks' pixel counts ``B x K``; the union is ``|pred| + |mask| - |pred and mask|``.
     """
-    return input_to_image_grid(logits, boxes.cpu(), input_size, grid)
+    pred = maps > thresholds
+    inter = (pred & masks).flatten(2).sum(2)
+    return inter, pred.flatten(2).sum(2) + areas - inter
 
 
 @torch.no_grad()
 def split_counts(
     weight: torch.Tensor, bias: torch.Tensor, data: SplitData, ev: EvalSet, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image intersection and union counts (``n x K``) of thresholded probe outputs vs masks."""
+    """Per-image intersection and union counts (``n x K``, int64) of thresholded probe outputs vs masks."""
+    resample = ev.resampler(data.spatial, device)
+    areas = ev.areas.to(device)
     inter, union = [], []
     for pos, x in data.batches(EVAL_BATCH, device=device):
-        up = to_eval_grid(probe_logits(weight, bias, x), ev.boxes[pos], ev.input_size, ev.grid)
-        i, u = iou_counts(up > 0, ev.masks[pos].to(up.device))
-        inter.append(i)
-        union.append(u)
-    return np.concatenate(inter), np.concatenate(union)
+        p = torch.from_numpy(pos).to(device)
+        i, u = threshold_counts(resample(probe_logits(weight, bias, x), pos), 0.0, ev.masks[pos].to(device), areas[p])
+        inter.append(i.cpu())
+        union.append(u.cpu())
+    return torch.cat(inter).numpy().astype(np.int64), torch.cat(union).numpy().astype(np.int64)
 
 
 def foreground_alpha(targets: torch.Tensor) -> torch.Tensor:
