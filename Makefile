@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STUDY ?= studies/default.yml
-JOBS ?= 1
+JOBS ?= 2
 export CONCEPTSIM_ROOT := $(CURDIR)
 export MPLBACKEND := Agg
 # nothing writes into $HOME: tool config and caches live in the project's git-ignored .cache/

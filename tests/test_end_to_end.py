@@ -93,8 +93,17 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
-@pytest.mark.parametrize("page", ["index.html", "book/methods.html",
-                                  "book/results/default-smoke/shapes/ssd_mobilenet_v2_coco/02_concepts.html"])
+EXECUTED = "book/results/default-smoke/shapes"
+FIGURES_EXPECTED = {  # executed notebooks and the least number of figures each must show
+    f"{EXECUTED}/ssd_mobilenet_v2_coco/01_extract.html": 2,
+    f"{EXECUTED}/ssd_mobilenet_v2_coco/02_concepts.html": 3,
+    f"{EXECUTED}/03_compare_layers.html": 6,
+    f"{EXECUTED}/04_compare_models.html": 4,
+    "book/results/default-smoke/findings.html": 3,
+}
+
+
+@pytest.mark.parametrize("page", ["index.html", "book/methods.html", *FIGURES_EXPECTED])
 def test_site_renders_in_chromium(built_book, page):
     import time
 
@@ -121,8 +130,8 @@ def test_site_renders_in_chromium(built_book, page):
             assert delim not in text, f"raw TeX {delim!r} left on {page}"
         if page.endswith("methods.html"):
             assert browser.execute_script("return document.querySelectorAll('mjx-container').length") > 0
-        if page.endswith("02_concepts.html"):
-            assert browser.execute_script("return document.images.length") >= 3
+        if page in FIGURES_EXPECTED:
+            assert browser.execute_script("return document.images.length") >= FIGURES_EXPECTED[page]
         browser.save_screenshot(str(shots / (page.replace("/", "_").replace(".html", ".png"))))
     finally:
         browser.quit()
