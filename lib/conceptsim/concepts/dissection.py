@@ -37,7 +37,7 @@ from conceptsim.extraction.store import read_rows
 
 QUANTILE = 0.995
 DETECTOR_IOU = 0.04
-UPSAMPLED_FLOATS = 16 << 20  # bound on the upsampled batch (floats) in the IoU pass
+UPSAMPLED_FLOATS = 2 << 20  # bound on the upsampled batch (floats) in the IoU pass
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, torch.Tensor]]]
 
@@ -141,7 +141,7 @@ def unit_iou_counts(
     p_grid = int(np.prod(ev.grid))
     for pos, x in batches:
         resample = ev.resampler(x.shape[2:], x.device)
-        step = max(1, UPSAMPLED_FLOATS // (x.shape[1] * p_grid))
+        step = max(1, UPSAMPLED_FLOATS // (x.shape[1] * p_grid))  # bounds memory; small chunks stay in cache
         for s in range(0, len(pos), step):
             p = pos[s : s + step]
             units = (resample(x[s : s + step], p).flatten(2) > thr).float()  # B x C x P

@@ -67,7 +67,7 @@ class EvalSet:
     def areas(self) -> torch.Tensor:
         """Foreground pixel counts ``n x K`` (int64), computed once."""
         if "areas" not in self._cache:
-            self._cache["areas"] = self.masks.flatten(2).sum(2)
+            self._cache["areas"] = self.masks.flatten(2).sum(2, dtype=torch.int32)
         return self._cache["areas"]
 
     def resampler(self, src_hw: Sequence[int], device: str | torch.device = "cpu") -> "Resampler":
@@ -192,31 +192,43 @@ def probe_loss(z: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, kind: str)
     raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
 
 
+COUNT_FLOATS = 1 << 20  # upsampled floats per counting chunk: small enough to stay in cache
+
+
 def threshold_counts(
     maps: torch.Tensor, thresholds: torch.Tensor | float, masks: torch.Tensor, areas: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image intersection and union counts ``B x K`` of ``maps > thresholds`` vs bool ``masks``.
+    """Per-image intersection and union counts ``B x K`` (int32) of ``maps > thresholds`` vs bool ``masks``.
 
     ``areas`` are the masks' pixel counts ``B x K``; the union is ``|pred| + |mask| - |pred and mask|``.
+    Bool maps are summed as ``uint8`` into ``int32`` (no int64 copy of the maps).
     """
     pred = maps > thresholds
-    inter = (pred & masks).flatten(2).sum(2)
-    return inter, pred.flatten(2).sum(2) + areas - inter
+    inter = (pred & masks).view(torch.uint8).flatten(2).sum(2, dtype=torch.int32)
+    return inter, pred.view(torch.uint8).flatten(2).sum(2, dtype=torch.int32) + areas - inter
 
 
 @torch.no_grad()
 def split_counts(
     weight: torch.Tensor, bias: torch.Tensor, data: SplitData, ev: EvalSet, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image intersection and union counts (``n x K``, int64) of thresholded probe outputs vs masks."""
+    """Per-image intersection and union counts (``n x K``, int64) of thresholded probe outputs vs masks.
+
+    Logits are computed ``EVAL_BATCH`` images at a time, then resampled and counted in chunks of about
+    :data:`COUNT_FLOATS` upsampled values, so the large intermediates stay in cache.
+    """
     resample = ev.resampler(data.spatial, device)
     areas = ev.areas.to(device)
     inter, union = [], []
+    step = max(1, COUNT_FLOATS // (weight.shape[0] * int(np.prod(ev.grid))))
     for pos, x in data.batches(EVAL_BATCH, device=device):
-        p = torch.from_numpy(pos).to(device)
-        i, u = threshold_counts(resample(probe_logits(weight, bias, x), pos), 0.0, ev.masks[pos].to(device), areas[p])
-        inter.append(i.cpu())
-        union.append(u.cpu())
+        z = probe_logits(weight, bias, x)
+        for s in range(0, len(pos), step):
+            p = pos[s : s + step]
+            pt = torch.from_numpy(p).to(device)
+            i, u = threshold_counts(resample(z[s : s + step], p), 0.0, ev.masks[pt].to(device), areas[pt])
+            inter.append(i.cpu())
+            union.append(u.cpu())
     return torch.cat(inter).numpy().astype(np.int64), torch.cat(union).numpy().astype(np.int64)
 
 

@@ -259,16 +259,48 @@ def run_cls(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) 
     return [r for m, iv in ivs.items() for r in quality_rows(inp, info, "cls", m, iv, n_pos)]
 
 
-def run_dissection(inp: Inputs, info: LayerInfo, seg_iou: dict) -> tuple[list, dict, list]:
-    """Network Dissection on one layer: unit rows, the layer summary, best unit per concept."""
+def _dissection_batches(inp: Inputs, info: LayerInfo, data: dict | None):
+    """Activation batches for dissection, their units, and the map back to raw units.
+
+    When the layer's splits are in memory and together cover every image of the store, dissection works
+    on them in the standardised space (no second read of the store): ``(x - mean) / std`` is increasing
+    per unit (``std > 0``) and commutes with bilinear resampling (its weights sum to 1), so thresholds and
+    IoUs are those of the raw activations up to float rounding; thresholds and their error bounds are
+    mapped back with ``t * std + mean`` and ``err * std``. Otherwise the raw store is streamed.
+
+    Returns
+    -------
+    all_batches : callable giving a fresh iterable over all images; split_batches : split -> iterable;
+    to_raw : ``(thresholds, errors) -> (thresholds, errors)`` in raw activation units.
+    """
     act = inp.store.activations(info.name)
-    thr, err = dis.unit_thresholds(lambda: dis.raw_batches(act, np.arange(act.shape[0])), info.channels)
+    covered = data is not None and all(d.mode != "stream" for d in data.values()) and np.array_equal(
+        np.sort(np.concatenate([inp.rows[s] for s in SPLITS])), np.arange(act.shape[0]))
+    if not covered:
+        return (lambda: dis.raw_batches(act, np.arange(act.shape[0])),
+                lambda split: dis.raw_batches(act, inp.rows[split]), lambda t, e: (t, e))
+    bs = dis.rows_per_read(act)
+    st = data["train"].standardiser
+    mean, std = st.mean.astype(np.float64), st.std.astype(np.float64)
+    return (lambda: (b for s in SPLITS for b in data[s].batches(bs)), lambda split: data[split].batches(bs),
+            lambda t, e: (t * std + mean, e * std))
+
+
+def run_dissection(inp: Inputs, info: LayerInfo, seg_iou: dict, data: dict | None = None) -> tuple[list, dict, list]:
+    """Network Dissection on one layer: unit rows, the layer summary, best unit per concept.
+
+    ``data`` (the layer's standardised splits, optional) avoids re-reading the store; see
+    :func:`_dissection_batches`.
+    """
+    all_batches, split_batches, to_raw = _dissection_batches(inp, info, data)
+    thr_std, err_std = dis.unit_thresholds(all_batches, info.channels)
+    thr, err = to_raw(thr_std, err_std)
     sel = np.flatnonzero(inp.include["seg"])
     base = {"model": inp.store.model, "layer": info.name, "relative_depth": info.relative_depth,
             "probe_rank": info.probe_rank}
     iou = {}
     for split in ("val", "test"):
-        inter, union = dis.unit_iou_counts(dis.raw_batches(act, inp.rows[split]), thr, inp.eval_sets[split].subset(sel))
+        inter, union = dis.unit_iou_counts(split_batches(split), thr_std, inp.eval_sets[split].subset(sel))
         iou[split] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)  # C x K_sel
     units = []
     for u in range(info.channels):
@@ -327,11 +359,11 @@ def run_layer(inp: Inputs, info: LayerInfo, p: Params, methods, dissection: bool
         t = time.perf_counter()
         rows += run_cls(inp, info, data, p, vec_dir)
         rec["cls_s"] = time.perf_counter() - t
-    del data
     if dissection:
         t = time.perf_counter()
-        dis_parts = run_dissection(inp, info, seg_iou)
+        dis_parts = run_dissection(inp, info, seg_iou, data)
         rec["dissection_s"] = time.perf_counter() - t
+    del data
     rec["total_s"] = time.perf_counter() - t0
     return rows, dis_parts, rec
 
