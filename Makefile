@@ -22,6 +22,7 @@ export YOLO_OFFLINE := 1
 .PHONY: setup report study smoke book test bench clean-results
 
 $(STAMP): requirements.txt pyproject.toml
+	mkdir -p $(CACHE)/ipython $(CACHE)/matplotlib $(CACHE)/jupyter
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
