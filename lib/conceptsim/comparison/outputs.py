@@ -24,7 +24,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from conceptsim.concepts.vectors import ConceptVectors, vector_path
 from conceptsim.data.geometry import input_to_image_grid
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
 from conceptsim.paths import model_dir_name
@@ -58,6 +57,9 @@ def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.n
     ComparisonError
         When the file is missing, lacks a key, or its shapes disagree.
     """
+    # imported here: the concept stage imports this module's resampling matrices (no import cycle)
+    from conceptsim.concepts.vectors import ConceptVectors, vector_path
+
     if kind not in ("seg", "cls"):
         raise ValueError(f"kind must be 'seg' or 'cls', got {kind!r}")
     path = vector_path(Path(model_dir) / "vectors", kind, layer)
@@ -159,20 +161,55 @@ class ProbedLayer:
 class OutputChunk:
     """Outputs of all layers for ``rows`` (positions in the test split).
 
+    Segmentation logits stay at each layer's own resolution until asked for: :meth:`seg_map` resamples one
+    layer's map of one concept onto the evaluation grid (small enough to stay in cache while it is
+    consumed), :attr:`seg` all of them at once.
+
     Attributes
     ----------
     rows : positions ``0..n_test-1`` of these images in the test split.
-    seg : ``L x K x n x gh x gw`` float32 segmentation logits on the evaluation grid (``-30``, i.e. surely
-        negative, where a layer has no vector for a concept; see :attr:`StudyOutputs.seg_available`). The
-        tensor is a reused buffer, valid until the next chunk is requested.
+    low : per layer ``K' x n x h x w`` float32 segmentation logits on the layer's grid, concept-major
+        (``K'`` the concepts the layer has vectors for), or ``None`` without segmentation outputs.
     cls : ``L x n x K`` float32 classification logits.
     gap : per layer ``n x C`` global-average-pooled activations (float32).
     """
 
     rows: np.ndarray
-    seg: torch.Tensor | None
+    low: list[torch.Tensor] | None
     cls: torch.Tensor | None
     gap: list[torch.Tensor]
+    outputs: "StudyOutputs"
+
+    def seg_map(self, li: int, k: int, out: torch.Tensor) -> bool:
+        """Write layer ``li``'s logits of study concept ``k`` on the evaluation grid into ``out``.
+
+        ``out`` holds ``n * gh * gw`` float32 values (image-major). Returns ``False`` (and writes
+        :data:`MISSING_LOGIT`) when the layer has no vector for the concept.
+        """
+        so = self.outputs
+        pos = int(so.seg_position[li, k])
+        n = len(self.rows)
+        gh, gw = so.eval_grid
+        if pos < 0:
+            out.fill_(MISSING_LOGIT)
+            return False
+        z = self.low[li][pos : pos + 1].transpose(0, 1)  # n x 1 x h x w
+        so._resample(so._store_of[li], z, so.rows[self.rows], out.view(1, n, gh, gw))
+        return True
+
+    @property
+    def seg(self) -> torch.Tensor | None:
+        """``L x K x n x gh x gw`` float32 segmentation logits on the evaluation grid (``MISSING_LOGIT``,
+        i.e. surely negative, where a layer has no vector for a concept; see
+        :attr:`StudyOutputs.seg_available`)."""
+        if self.low is None:
+            return None
+        so = self.outputs
+        out = torch.empty((len(so.layers), len(so.concepts), len(self.rows), *so.eval_grid))
+        for li in range(out.shape[0]):
+            for k in range(out.shape[1]):
+                self.seg_map(li, k, out[li, k])
+        return out
 
 
 #: logit written for concepts a layer has no vector for: sigmoid(-30) ~ 1e-13, so outputs are empty.
@@ -272,6 +309,10 @@ class StudyOutputs:
                 probes.append(probe)
                 cols.append(idx)
         self.use_seg, self.use_cls = seg, cls
+        # seg_position[l, k]: row of study concept k in layer l's segmentation probe, -1 when it has none
+        self.seg_position = np.full((len(self.layers), k), -1, dtype=np.int64)
+        for li, cols in enumerate(self._seg_cols):
+            self.seg_position[li, cols] = np.arange(len(cols))
         self._mat_cache: dict = {}
 
     @property
@@ -315,23 +356,20 @@ class StudyOutputs:
             self._mat_cache[key] = (ry[0], rx[0])
         return self._mat_cache[key]
 
-    def iter_chunks(self, chunk_images: int = 4, read_images: int = 32) -> Iterator[OutputChunk]:
+    def iter_chunks(self, chunk_images: int = 16, read_images: int = 16) -> Iterator[OutputChunk]:
         """Yield :class:`OutputChunk` for consecutive groups of at most ``chunk_images`` test images.
 
-        Activations are read ``read_images`` at a time per layer (whole store chunks decompress once),
-        reduced to low-resolution logits and pooled features, and only then resampled to the evaluation
-        grid ``chunk_images`` at a time, so memory is about ``read_images`` images of activations plus
-        ``L x K x chunk_images x gh x gw`` float32.
+        Activations are read ``read_images`` at a time per layer (whole store chunks decompress once) and
+        reduced to low-resolution logits and pooled features, so memory is about ``read_images`` images of
+        one layer's activations plus the low-resolution logits of all layers for ``read_images`` images.
         """
         n_layers, k = len(self.layers), len(self.concepts)
-        gh, gw = self.eval_grid
         chunk_images = max(1, int(chunk_images))
         read_images = max(chunk_images, int(read_images) // chunk_images * chunk_images)
-        flat = torch.empty(n_layers * k * chunk_images * gh * gw) if self.use_seg else None
         for bstart in range(0, self.n_test, read_images):
             bpos = np.arange(bstart, min(self.n_test, bstart + read_images))
             brows = self.rows[bpos]
-            low: list[torch.Tensor | None] = []
+            low: list[torch.Tensor] = []
             gaps: list[torch.Tensor] = []
             cls_block = torch.zeros((n_layers, len(bpos), k)) if self.use_cls else None
             for li in range(n_layers):
@@ -340,24 +378,12 @@ class StudyOutputs:
                 gaps.append(g)
                 if cls_block is not None:
                     cls_block[li][:, self._cls_cols[li]] = self.cls_probes[li].vectors(g)
-                low.append(self.seg_probes[li].maps(acts) if self.use_seg else None)
+                if self.use_seg:  # concept-major: each concept's maps are one contiguous block
+                    low.append(self.seg_probes[li].maps(acts).transpose(0, 1).contiguous())
                 del acts
             for cstart in range(0, len(bpos), chunk_images):
                 sl = slice(cstart, min(len(bpos), cstart + chunk_images))
-                n = sl.stop - sl.start
-                seg = None
-                if flat is not None:
-                    seg = flat[: n_layers * k * n * gh * gw].view(n_layers, k, n, gh, gw)
-                    for li in range(n_layers):
-                        cols = self._seg_cols[li]
-                        z = low[li][sl]
-                        if len(cols) == k and (cols == np.arange(k)).all():
-                            self._resample(self._store_of[li], z, brows[sl], seg[li])
-                        else:
-                            tmp = torch.empty((len(cols), n, gh, gw))
-                            self._resample(self._store_of[li], z, brows[sl], tmp)
-                            seg[li].fill_(MISSING_LOGIT)
-                            seg[li][torch.from_numpy(cols)] = tmp
                 yield OutputChunk(
-                    bpos[sl], seg, cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps]
+                    bpos[sl], [z[:, sl] for z in low] if self.use_seg else None,
+                    cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps], self,
                 )

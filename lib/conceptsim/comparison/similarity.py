@@ -118,19 +118,44 @@ class SegAccumulator:
             ind = torch.zeros((L, L * n), dtype=torch.int8)
             for li in range(L):
                 ind[li, li * n : (li + 1) * n] = 1
-            self._buffers = {n: (torch.empty((L, m)), torch.empty((L, m), dtype=torch.bool), q, ind)}
+            self._buffers = {n: (torch.empty(m), torch.empty((L, m), dtype=torch.bool), q, ind)}
         return self._buffers[n]
 
     def update(self, seg: torch.Tensor) -> None:
         """Add one chunk of logits ``L x K x n x gh x gw`` (all layers, the same ``n`` images)."""
-        L, K, n = seg.shape[:3]
+
+        def fill(li: int, k: int, buf: torch.Tensor) -> torch.Tensor:
+            return seg[li, k].reshape(-1)
+
+        self.update_streamed(seg.shape[2], fill)
+
+    def update_streamed(self, n: int, fill) -> None:
+        """Add one chunk of ``n`` images whose logits are produced one layer and concept at a time.
+
+        Parameters
+        ----------
+        n : images in the chunk.
+        fill : ``fill(li, k, buf)`` returns the ``n * gh * gw`` logits of layer ``li`` and concept ``k``
+            (image-major, the same pixel order for every layer), either ``buf`` (a float32 scratch vector
+            of that size it may write into, and which is then overwritten here) or another tensor, or
+            ``None`` when the layer has no vector for the concept (an empty mask: all quantised values 0).
+
+        Each layer's map is quantised while it is in cache (sigmoid, scale and rounding on a vector of
+        ``n * gh * gw`` floats), so the float logits of all layers never make a round trip through memory;
+        only the int8 matrices of one concept are.
+        """
+        L = self.n_layers
         f, b, q, ind = self._buffers_for(n)
         half = torch.tensor(0.5)
-        for k in range(K):
-            x = seg[:, k].reshape(L, n * self.pixels)
-            torch.sigmoid(x, out=f)
-            torch.add(half, f, alpha=QUANT, out=f)  # + 0.5 then truncation = rounding (values are >= 0)
-            q[:L].copy_(f)
+        for k in range(self.inter.shape[0]):
+            for li in range(L):
+                x = fill(li, k, f)
+                if x is None:
+                    q[li].zero_()  # round(127 * sigmoid(logit)) of a surely negative logit
+                    continue
+                torch.sigmoid(x, out=f)
+                torch.add(half, f, alpha=QUANT, out=f)  # + 0.5 then truncation = rounding (values are >= 0)
+                q[li].copy_(f)
             # q >= 64 <=> sigmoid >= 0.5 <=> logit >= 0; comparing the int8 copy reads a quarter of the bytes
             torch.gt(q[:L], QUANT // 2, out=b)
             bi = b.view(torch.int8)

@@ -101,7 +101,7 @@ def quality_arrays(so: StudyOutputs, quality: pd.DataFrame, method: str) -> tupl
 
 
 def compute_similarities(
-    so: StudyOutputs, *, seed: int = 0, chunk_images: int = 4, read_images: int = 64, grid4: bool = True
+    so: StudyOutputs, *, seed: int = 0, chunk_images: int = 16, read_images: int = 16, grid4: bool = True
 ) -> dict[str, np.ndarray]:
     """All similarity matrices of a study: one streaming pass over the test images (+ one for grid-4 CKA).
 
@@ -116,7 +116,7 @@ def compute_similarities(
     gap = [None] * nl
     for chunk in so.iter_chunks(chunk_images, read_images):
         if seg_acc is not None:
-            seg_acc.update(chunk.seg)
+            seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: buf if c.seg_map(li, k, buf) else None)
         if chunk.cls is not None:
             cls_logits[:, chunk.rows] = chunk.cls.numpy()
         for li, g in enumerate(chunk.gap):
@@ -135,7 +135,7 @@ def compute_similarities(
     grams = np.stack([(lambda t: (t @ t.T).numpy())(torch.from_numpy(g)) for g in gap])
     out.update(cka_matrices(grams))
     if grid4:
-        out["cka_grid4"] = cka_matrices(grid4_grams(so, read_images))["cka"]
+        out["cka_grid4"] = cka_matrices(grid4_grams(so, max(read_images, 64)))["cka"]
     return out
 
 
@@ -381,7 +381,7 @@ def run_comparison_stage(
     seed: int = 0,
     permutations: int = 10000,
     bootstrap: int = 1000,
-    chunk_images: int = 4,
+    chunk_images: int = 16,
     grid4: bool = True,
     threads: int | None = None,
 ) -> dict[str, Path]:
@@ -395,8 +395,8 @@ def run_comparison_stage(
     seed : seeds the controls, bootstraps and permutations (same seed, same files).
     permutations : permutations of the finding-2 test.
     bootstrap : bootstrap resamples of the finding-1 intervals.
-    chunk_images : test images per streaming step; memory is about
-        ``chunk_images x layers x concepts x grid pixels x 4`` bytes.
+    chunk_images : test images per streaming step; memory is about ``chunk_images x layers x grid pixels
+        x 2`` bytes (one concept's int8 masks) plus the low-resolution logits of ``chunk_images`` images.
     grid4 : also compute CKA on activations pooled to 4 x 4 (one extra read of the activations).
     threads : torch threads for the stage (restored afterwards); ``None`` keeps the current setting. On a
         machine shared with other busy processes one thread is much faster than two, because OpenMP
