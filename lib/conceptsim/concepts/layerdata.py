@@ -6,7 +6,8 @@ nothing is lost) when half of that fits, converted to float32 one batch at a tim
 from the Zarr store for every pass. The default study's largest layer (700 train images, 1,000 channels,
 40 x 40) needs 4.5 GB as float32 and 2.2 GB as float16, so with the stage's default 4 GB budget (70 % for
 train) it is kept as float16; a 256-channel 20 x 20 layer (0.29 GB) is kept as float32 and standardised
-once, in place.
+once, in place. Held splits are stored channels-last (``torch.channels_last``), so that a batch is a
+``(B h w) x C`` matrix view for the probes' matrix products; batches keep that layout.
 
 Standardisation uses train-set channel statistics over all positions. Zero-variance rule: a channel whose
 train std is below ``1e-6`` (or not finite) gets std := 1, so after mean subtraction it is identically
@@ -95,7 +96,9 @@ class SplitData:
         self.data = None
         if self.mode != "stream":
             dtype = torch.float32 if self.mode == "float32" else torch.float16
-            self.data = torch.empty((n, self.c, *self.spatial), dtype=dtype)
+            # channels-last: a batch is then a (B h w) x C matrix view for the probe's matrix product
+            fmt = torch.channels_last if len(self.spatial) == 2 else torch.contiguous_format
+            self.data = torch.empty((n, self.c, *self.spatial), dtype=dtype, memory_format=fmt)
         self.standardiser: Standardiser | None = None
         self._standardised_in_place = False
         self._load(with_moments)

@@ -163,9 +163,15 @@ def deterministic(seed: int, device: str | torch.device = "cpu") -> Iterator[tor
 
 
 def probe_logits(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """1x1 convolution: ``B x C x h x w`` -> ``B x K x h x w`` logits."""
-    z = torch.matmul(weight, x.flatten(2)) + bias[:, None]
-    return z.view(x.shape[0], weight.shape[0], *x.shape[2:])
+    """1x1 convolution: ``B x C x h x w`` -> ``B x K x h x w`` logits.
+
+    Computed as one ``(B h w) x C`` by ``C x K`` matrix product. When ``x`` is stored channels-last (as
+    :class:`~conceptsim.concepts.layerdata.SplitData` holds it) the ``(B h w) x C`` operand is a view, so
+    neither the forward nor the weight gradient copies the activations.
+    """
+    b, c = x.shape[:2]
+    z = torch.addmm(bias, x.flatten(2).transpose(1, 2).reshape(-1, c), weight.t())  # (B h w) x K
+    return z.view(b, -1, weight.shape[0]).transpose(1, 2).view(b, weight.shape[0], *x.shape[2:])
 
 
 def probe_loss(z: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, kind: str) -> torch.Tensor:
