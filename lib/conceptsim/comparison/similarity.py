@@ -118,7 +118,7 @@ class SegAccumulator:
             ind = torch.zeros((L, L * n), dtype=torch.int8)
             for li in range(L):
                 ind[li, li * n : (li + 1) * n] = 1
-            self._buffers = {n: (torch.empty(m), torch.empty((L, m), dtype=torch.bool), q, ind)}
+            self._buffers = {n: (torch.empty(m), torch.empty((L, m), dtype=torch.int8), q, ind)}
         return self._buffers[n]
 
     def update(self, seg: torch.Tensor) -> None:
@@ -152,15 +152,16 @@ class SegAccumulator:
                 x = fill(li, k, f)
                 if x is None:
                     q[li].zero_()  # round(127 * sigmoid(logit)) of a surely negative logit
+                    b[li].zero_()
                     continue
                 torch.sigmoid(x, out=f)
                 torch.add(half, f, alpha=QUANT, out=f)  # + 0.5 then truncation = rounding (values are >= 0)
                 q[li].copy_(f)
-            # q >= 64 <=> sigmoid >= 0.5 <=> logit >= 0; comparing the int8 copy reads a quarter of the bytes
-            torch.gt(q[:L], QUANT // 2, out=b)
-            bi = b.view(torch.int8)
-            int8_gram(bi, out=self.inter[k])
-            int8_gram(ind, bi.view(L * n, self.pixels).T, out=self.count_map[k])
+                # q >= 64 <=> sigmoid >= 0.5 <=> logit >= 0, and for 0 <= q <= 127 that is bit 6: q >> 6 is
+                # the 0/1 mask, computed in int8 (no bool pass) while the row is in cache
+                torch.bitwise_right_shift(q[li], 6, out=b[li])
+            int8_gram(b, out=self.inter[k])
+            int8_gram(ind, b.view(L * n, self.pixels).T, out=self.count_map[k])
             int8_gram(q, out=self.soft_gram[k])
         self.n_images += n
 
