@@ -37,6 +37,8 @@ mean over the ``n_concepts`` concepts represented in *both* layers (``represente
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -114,6 +116,12 @@ def compute_similarities(
     seg_acc = SegAccumulator(nl, nk, so.eval_grid) if so.use_seg else None
     cls_logits = np.zeros((nl, n, nk), dtype=np.float32)
     gap = [None] * nl
+    # The grid-4 pass reads the activations once more: it runs in a second Python thread beside the main
+    # pass (torch releases the GIL), which keeps two cores busy without OpenMP teams of the many small
+    # products waiting for each other. It uses the caller's torch thread count.
+    pool = ThreadPoolExecutor(1) if grid4 else None
+    nthreads = torch.get_num_threads()
+    pending = pool.submit(_grid4_cka, so, max(read_images, 64), nthreads) if pool is not None else None
     for chunk in so.iter_chunks(chunk_images, read_images):
         if seg_acc is not None:
             seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: buf if c.seg_map(li, k, buf) else None)
@@ -134,9 +142,16 @@ def compute_similarities(
             out[key][~pair_mask(so.cls_available)] = np.nan
     grams = np.stack([(lambda t: (t @ t.T).numpy())(torch.from_numpy(g)) for g in gap])
     out.update(cka_matrices(grams))
-    if grid4:
-        out["cka_grid4"] = cka_matrices(grid4_grams(so, max(read_images, 64)))["cka"]
+    if pending is not None:
+        out["cka_grid4"] = pending.result()
+        pool.shutdown()
     return out
+
+
+def _grid4_cka(so: StudyOutputs, read_images: int, threads: int) -> np.ndarray:
+    """``cka_grid4`` matrix, in a worker thread with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
+    return cka_matrices(grid4_grams(so, read_images))["cka"]
 
 
 def pair_mask(available: np.ndarray) -> np.ndarray:
@@ -398,7 +413,9 @@ def run_comparison_stage(
     chunk_images : test images per streaming step; memory is about ``chunk_images x layers x grid pixels
         x 2`` bytes (one concept's int8 masks) plus the low-resolution logits of ``chunk_images`` images.
     grid4 : also compute CKA on activations pooled to 4 x 4 (one extra read of the activations).
-    threads : torch threads for the stage (restored afterwards); ``None`` keeps the current setting. On a
+    threads : torch threads per worker of the stage (restored afterwards); ``None`` takes
+        ``CONCEPTSIM_TORCH_THREADS`` when it is set to a positive number and otherwise 1 (the stage runs its
+        two reading passes in two Python threads, which keeps two cores busy). On a
         machine shared with other busy processes one thread is much faster than two, because OpenMP
         threads of the many short products wait for each other.
 
@@ -407,8 +424,9 @@ def run_comparison_stage(
     ``{"similarity": path, "layer_similarity": path, "findings": path}``.
     """
     previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(int(threads))
+    if threads is None:
+        threads = int(os.environ.get("CONCEPTSIM_TORCH_THREADS", "0") or 0) or 1
+    torch.set_num_threads(int(threads))
     try:
         return _run(Path(dataset_dir), Path(out_dir), models, seed, permutations, bootstrap, chunk_images, grid4)
     finally:
