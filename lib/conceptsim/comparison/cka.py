@@ -80,15 +80,23 @@ def cka_matrices(grams: np.ndarray) -> dict[str, np.ndarray]:
     # and torch's OpenMP pool spinning side by side on two cores slow both down)
     g = torch.as_tensor(np.asarray(grams, dtype=np.float64))
     nl, n = g.shape[0], g.shape[1]
-    centred = g - g.mean(dim=1, keepdim=True) - g.mean(dim=2, keepdim=True) + g.mean(dim=(1, 2), keepdim=True)
-    flat = centred.reshape(nl, -1)
+    # one scratch buffer of the size of the input serves both variants, filled one layer at a time, so
+    # memory is two L x n x n arrays (not five)
+    work = torch.empty_like(g)
+    for li in range(nl):
+        x = g[li]
+        torch.sub(x, x.mean(dim=0, keepdim=True), out=work[li])
+        work[li] -= x.mean(dim=1, keepdim=True)
+        work[li] += x.mean()
+    flat = work.reshape(nl, -1)
     inner = (flat @ flat.T).numpy()
     norm = np.sqrt(np.clip(np.diag(inner), 0.0, None))
     ok = (norm[:, None] > 0) & (norm[None, :] > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {"cka": np.where(ok, inner / np.where(ok, norm[:, None] * norm[None, :], 1.0), np.nan)}
     if n >= 4:
-        zt = g.clone()
+        zt = work
+        zt.copy_(g)
         zt[:, torch.arange(n), torch.arange(n)] = 0.0
         f = zt.reshape(nl, -1)
         tot = zt.sum(dim=(1, 2))

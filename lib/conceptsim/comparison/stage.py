@@ -129,7 +129,7 @@ def compute_similarities(
             cls_logits[:, chunk.rows] = chunk.cls.numpy()
         for li, g in enumerate(chunk.gap):
             if gap[li] is None:
-                gap[li] = np.zeros((n, g.shape[1]), dtype=np.float64)
+                gap[li] = np.zeros((n, g.shape[1]), dtype=np.float32)  # float64 only for the product
             gap[li][chunk.rows] = g.numpy()
     out: dict[str, np.ndarray] = {}
     if seg_acc is not None:
@@ -140,7 +140,11 @@ def compute_similarities(
         out.update(cls_similarity(cls_logits, rng_for(seed, "cls_control")))
         for key in ("cls", "cls_control", "cls_jaccard"):
             out[key][~pair_mask(so.cls_available)] = np.nan
-    grams = np.stack([(lambda t: (t @ t.T).numpy())(torch.from_numpy(g)) for g in gap])
+    grams = np.empty((nl, n, n))
+    for li, g in enumerate(gap):
+        t = torch.from_numpy(g).double()
+        torch.matmul(t, t.T, out=torch.from_numpy(grams[li]))
+        gap[li] = None  # the features are not needed any more
     out.update(cka_matrices(grams))
     if pending is not None:
         out["cka_grid4"] = pending.result()
@@ -162,15 +166,17 @@ def pair_mask(available: np.ndarray) -> np.ndarray:
 
 def grid4_grams(so: StudyOutputs, chunk_images: int) -> np.ndarray:
     """Gram matrices of activations pooled to 4 x 4, one layer at a time (memory: one layer's features)."""
-    grams = []
+    grams = np.empty((len(so.layers), so.n_test, so.n_test))
     for li in range(len(so.layers)):
-        feats = []
+        x = None
         for start in range(0, so.n_test, chunk_images):
             acts = so.layer_activations(li, so.rows[start : start + chunk_images])
-            feats.append(F.adaptive_avg_pool2d(acts, 4).reshape(len(acts), -1).double())
-        x = torch.cat(feats)
-        grams.append((x @ x.T).numpy())
-    return np.stack(grams)
+            pooled = F.adaptive_avg_pool2d(acts, 4).reshape(len(acts), -1)
+            if x is None:
+                x = torch.empty((so.n_test, pooled.shape[1]), dtype=torch.float64)
+            x[start : start + len(acts)] = pooled
+        torch.matmul(x, x.T, out=torch.from_numpy(grams[li]))
+    return grams
 
 
 def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFrame:
