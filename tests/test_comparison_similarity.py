@@ -7,10 +7,10 @@ import torch
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, iou_from_counts, set_iou
 
 
-def stream(logits: np.ndarray, chunk: int) -> dict:
+def stream(logits: np.ndarray, chunk: int, workers: int = 1) -> dict:
     """Feed ``N x L x K x gh x gw`` logits to a SegAccumulator ``chunk`` images at a time."""
     n, L, K, gh, gw = logits.shape
-    acc = SegAccumulator(L, K, (gh, gw))
+    acc = SegAccumulator(L, K, (gh, gw), workers=workers)
     for s in range(0, n, chunk):
         block = torch.from_numpy(logits[s : s + chunk]).permute(1, 2, 0, 3, 4).contiguous()
         acc.update(block)
@@ -109,3 +109,11 @@ def test_concept_vs_cka_agreement():
     assert len(out) == 1 and out["n_pairs"].iloc[0] == 6  # the diagonal is left out
     assert out["spearman"].iloc[0] == pytest.approx(1.0)  # same ordering
     assert out["mean_cka"].iloc[0] - out["mean_concept"].iloc[0] == pytest.approx(0.35)
+
+
+def test_streamed_seg_is_identical_with_two_workers():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 2.0, (9, 4, 5, 6, 7)).astype(np.float32)
+    one, two = stream(logits, 4), stream(logits, 4, workers=2)
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key])

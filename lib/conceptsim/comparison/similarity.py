@@ -95,9 +95,12 @@ class SegAccumulator:
     ----------
     n_layers, n_concepts : sizes of the study-wide layer and concept lists.
     grid : the evaluation grid ``(gh, gw)``.
+    workers : Python threads that share the concepts of a chunk (each with its own buffers; torch releases
+        the GIL, so two workers keep two cores busy without OpenMP teams of the many small products waiting
+        for each other). The results do not depend on it.
     """
 
-    def __init__(self, n_layers: int, n_concepts: int, grid: tuple[int, int]) -> None:
+    def __init__(self, n_layers: int, n_concepts: int, grid: tuple[int, int], workers: int = 1) -> None:
         L, K = n_layers, n_concepts
         self.n_layers = L
         self.pixels = int(grid[0]) * int(grid[1])
@@ -106,10 +109,11 @@ class SegAccumulator:
         self.count_map = torch.zeros((K, L, self.pixels), dtype=torch.int32)
         self.soft_gram = torch.zeros((K, L + 1, L + 1), dtype=torch.int64)
         self.n_images = 0
-        self._buffers: dict[int, tuple] = {}
+        self._buffers: dict[tuple[int, int], tuple] = {}
+        self.workers = max(1, min(int(workers), K))
 
-    def _buffers_for(self, n: int) -> tuple:
-        if n not in self._buffers:
+    def _buffers_for(self, n: int, worker: int = 0) -> tuple:
+        if (n, worker) not in self._buffers:
             L, m = self.n_layers, n * self.pixels
             # one extra row of ones makes the product also yield every layer's sum and the pixel count
             q = torch.empty((L + 1, m), dtype=torch.int8)
@@ -118,8 +122,10 @@ class SegAccumulator:
             ind = torch.zeros((L, L * n), dtype=torch.int8)
             for li in range(L):
                 ind[li, li * n : (li + 1) * n] = 1
-            self._buffers = {n: (torch.empty(m), torch.empty((L, m), dtype=torch.int8), q, ind)}
-        return self._buffers[n]
+            if any(key[0] != n for key in self._buffers):  # a new chunk size (the last chunk): drop the old
+                self._buffers = {}
+            self._buffers[n, worker] = (torch.empty(m), torch.empty((L, m), dtype=torch.int8), q, ind)
+        return self._buffers[n, worker]
 
     def update(self, seg: torch.Tensor) -> None:
         """Add one chunk of logits ``L x K x n x gh x gw`` (all layers, the same ``n`` images)."""
@@ -144,10 +150,29 @@ class SegAccumulator:
         ``n * gh * gw`` floats), so the float logits of all layers never make a round trip through memory;
         only the int8 matrices of one concept are.
         """
+        K = self.inter.shape[0]
+        buffers = [self._buffers_for(n, w) for w in range(self.workers)]
+        if self.workers == 1:
+            self._update_concepts(n, fill, range(K), buffers[0])
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            threads = torch.get_num_threads()
+            with ThreadPoolExecutor(self.workers) as pool:
+                jobs = [pool.submit(self._update_concepts, n, fill, range(w, K, self.workers), buffers[w], threads)
+                        for w in range(self.workers)]
+                for job in jobs:
+                    job.result()
+        self.n_images += n
+
+    def _update_concepts(self, n: int, fill, concepts, buffers: tuple, threads: int | None = None) -> None:
+        """The work of :meth:`update_streamed` for ``concepts``, in one worker's ``buffers``."""
+        if threads is not None:
+            torch.set_num_threads(threads)
         L = self.n_layers
-        f, b, q, ind = self._buffers_for(n)
+        f, b, q, ind = buffers
         half = torch.tensor(0.5)
-        for k in range(self.inter.shape[0]):
+        for k in concepts:
             for li in range(L):
                 x = fill(li, k, f)
                 if x is None:
@@ -163,7 +188,6 @@ class SegAccumulator:
             int8_gram(b, out=self.inter[k])
             int8_gram(ind, b.view(L * n, self.pixels).T, out=self.count_map[k])
             int8_gram(q, out=self.soft_gram[k])
-        self.n_images += n
 
     def results(self) -> dict[str, np.ndarray]:
         """``seg``, ``seg_control`` and ``seg_pearson`` as ``K x L x L`` arrays."""

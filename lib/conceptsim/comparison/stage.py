@@ -113,7 +113,7 @@ def compute_similarities(
     ``cls_jaccard`` and ``L x L`` arrays ``cka``, ``cka_debiased`` and ``cka_grid4``.
     """
     nl, nk, n = len(so.layers), len(so.concepts), so.n_test
-    seg_acc = SegAccumulator(nl, nk, so.eval_grid) if so.use_seg else None
+    seg_acc = SegAccumulator(nl, nk, so.eval_grid, workers=min(2, os.cpu_count() or 1)) if so.use_seg else None
     cls_logits = np.zeros((nl, n, nk), dtype=np.float32)
     gap = [None] * nl
     # The grid-4 pass reads the activations once more: it runs in a second Python thread beside the main
