@@ -29,12 +29,18 @@ def store_path(study: str, dataset: str, model: str) -> Path:
 
 
 def configure_threads() -> int:
-    """Honour ``CONCEPTSIM_TORCH_THREADS`` (set by ``--jobs``) so parallel runs don't oversubscribe."""
+    """Honour ``CONCEPTSIM_TORCH_THREADS`` (set by ``--jobs``) so parallel runs don't oversubscribe.
+
+    BLAS (numpy, scikit-learn) is held to one thread for the process: the stages call it on many small
+    problems, where extra BLAS threads only wait for each other.
+    """
     import torch
+    from threadpoolctl import threadpool_limits
 
     n = int(os.environ.get("CONCEPTSIM_TORCH_THREADS", "0") or 0)
     if n > 0:
         torch.set_num_threads(n)
+    threadpool_limits(limits=1, user_api="blas")
     return torch.get_num_threads()
 
 
