@@ -150,3 +150,29 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     reader = ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]))
     images = [reader.read_image(int(store.image_ids[r])) for r in rows]
     return layer, images, prob[:, vidx] >= 0.5, truth, names
+
+
+def dataset_summary(study: str, dataset: str, model: str):
+    """Summarise the images a study analysed on ``dataset`` (as stored for ``model``).
+
+    Writes ``results/<study>/<dataset>/dataset_summary.csv`` (images per split; per concept: images that
+    contain it per split and mean mask area) and ``dataset_examples.png`` (example masks per concept).
+    Returns ``(DataFrame, figure path)``.
+    """
+    import pandas as pd
+
+    from conceptsim.data.coco import ConceptDataset
+    from conceptsim.data.summary import write_summary
+    from conceptsim.extraction.store import ActivationStore
+
+    store = ActivationStore(store_path(study, dataset, model))
+    split = store.attrs["split"]
+    ds = ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]), split=None,
+                        split_seed=split["seed"], fractions=tuple(split["fractions"]), min_area=split["min_area"],
+                        max_images=int(np.bincount(store.splits).max()), concepts=store.concept_names)
+    if [int(i) for i in ds.image_ids] != sorted(int(i) for i in store.image_ids):
+        raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
+    out = dataset_results(study, dataset)
+    figure = out / "dataset_examples.png"
+    write_summary(ds, out / "dataset_summary.csv", figure)
+    return pd.read_csv(out / "dataset_summary.csv"), figure
