@@ -117,6 +117,13 @@ def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_o
                                 bootstrap=comparison_options["bootstrap"])
 
 
+def _stored_dataset(store, **kwargs):
+    """The dataset an activation store was extracted from (files recorded in its metadata)."""
+    from conceptsim.data.coco import ConceptDataset
+
+    return ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]), **kwargs)
+
+
 def concept_segmentations(study: str, dataset: str, model: str, layer: str | None = None, n: int = 4,
                           concepts: Sequence[str] | None = None):
     """Test images with one layer's Net2Vec segmentations and the true masks, for the overlay figure.
@@ -127,7 +134,6 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     import pandas as pd
 
     from conceptsim.concepts.vectors import ConceptVectors, segment, vector_path
-    from conceptsim.data.coco import ConceptDataset
     from conceptsim.extraction.store import ActivationStore
 
     store = ActivationStore(store_path(study, dataset, model))
@@ -147,7 +153,7 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     prob = segment(vectors, acts, store.content_boxes[rows], store.input_size, store.eval_grid).numpy()
     vidx = [vectors.concepts.index(c) for c in names]
     truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
-    reader = ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]))
+    reader = _stored_dataset(store)
     images = [reader.read_image(int(store.image_ids[r])) for r in rows]
     return layer, images, prob[:, vidx] >= 0.5, truth, names
 
@@ -161,15 +167,14 @@ def dataset_summary(study: str, dataset: str, model: str):
     """
     import pandas as pd
 
-    from conceptsim.data.coco import ConceptDataset
     from conceptsim.data.summary import write_summary
     from conceptsim.extraction.store import ActivationStore
 
     store = ActivationStore(store_path(study, dataset, model))
     split = store.attrs["split"]
-    ds = ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]), split=None,
-                        split_seed=split["seed"], fractions=tuple(split["fractions"]), min_area=split["min_area"],
-                        max_images=int(np.bincount(store.splits).max()), concepts=store.concept_names)
+    ds = _stored_dataset(store, split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
+                         min_area=split["min_area"], max_images=int(np.bincount(store.splits).max()),
+                         concepts=store.concept_names)
     if [int(i) for i in ds.image_ids] != sorted(int(i) for i in store.image_ids):
         raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
     out = dataset_results(study, dataset)

@@ -15,17 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import nbformat
 import yaml
 
-from conceptsim.atomic import atomic_path, sha256_json, write_json, write_text
+from conceptsim.atomic import sha256_json, write_json, write_text
 from conceptsim.paths import model_dir_name, project_root, results_dir
 from conceptsim.study import Run, Study
 

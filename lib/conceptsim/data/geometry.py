@@ -10,7 +10,7 @@ layers of different models are compared on).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
 import numpy as np

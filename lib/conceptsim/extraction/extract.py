@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from conceptsim.atomic import atomic_path, sha256_json
-from conceptsim.data.geometry import Preprocessing, area_pool
+from conceptsim.data.geometry import area_pool
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError, StoreWriter
 from conceptsim.models.depth import trace_depth
@@ -91,7 +90,7 @@ def extract(
     A complete store with the same key (model, weights, layers, preprocessing, dataset hash, images,
     cap, dtype, extra ``metadata``) is reused; any other store at that path is recomputed.
     """
-    from conceptsim.data.coco import collate, make_loader
+    from conceptsim.data.coco import make_loader
 
     ds_prep = getattr(dataset, "preprocessing", None)
     if ds_prep is not None and ds_prep != model.preprocessing:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -210,8 +210,9 @@ def _torchvision_preprocessing(size: int, mean, std, scale=1.0 / 255.0) -> Calla
     return lambda: Preprocessing(size=(size, size), resize="stretch", scale=scale, mean=mean, std=std)
 
 
-def _ultralytics_forward(model: nn.Module, x: torch.Tensor) -> Any:
-    return model(x)
+def _yolo_preprocessing() -> Preprocessing:
+    # ultralytics' own inference geometry: 640 x 640 letterbox, RGB scaled to [0, 1]
+    return Preprocessing(size=(640, 640), resize="letterbox", scale=1 / 255.0)
 
 
 def _torchvision_backbone(model: nn.Module, x: torch.Tensor) -> Any:
@@ -277,16 +278,15 @@ MODELS: dict[str, ModelSpec] = {
             "YOLOv5s-u (anchor-free head; ultralytics no longer ships the paper's anchor-based YOLOv5s, "
             "this variant keeps its backbone and neck)",
             "ultralytics yolov5su.pt (internet)", False, _build_ultralytics("yolov5su.yaml", "yolov5su.pt"),
-            lambda: Preprocessing(size=(640, 640), resize="letterbox", scale=1 / 255.0),
+            _yolo_preprocessing,
             lambda: tuple(f"model.{i}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 20, 23)),
-            feature_forward=_ultralytics_forward, full_forward=_ultralytics_forward, paper=True,
+            paper=True,
         ),
         ModelSpec(
             "yolov8n", "detector", "ultralytics", "YOLOv8n, COCO", "ultralytics yolov8n.pt (internet)", False,
             _build_ultralytics("yolov8n.yaml", "yolov8n.pt"),
-            lambda: Preprocessing(size=(640, 640), resize="letterbox", scale=1 / 255.0),
-            lambda: _YOLO_LAYERS, feature_forward=_ultralytics_forward, full_forward=_ultralytics_forward,
-            paper=True,
+            _yolo_preprocessing,
+            lambda: _YOLO_LAYERS, paper=True,
         ),
         ModelSpec(
             "ssd300_vgg16", "detector", "torchvision", "SSD300 with a VGG16 backbone, COCO_V1",
