@@ -1,8 +1,9 @@
 """Joint vs one-at-a-time Net2Vec training of all concepts of a layer: speed-up and test IoU difference.
 
 Full run: real activations (``ssd_mobilenet_v2_coco`` on the ``shapes`` images, the default study's
-extraction settings; the store is kept in the scratch folder and reused while its key matches), one
-mid-depth layer, all concepts, the default study's probe settings. ``--quick``: a small planted store.
+images per split and extraction settings: 300 / 240 / 240 train / val / test images; the store is kept
+in the scratch folder and reused while its key matches), one mid-depth layer, all concepts, the default
+study's probe settings. ``--quick``: a small planted store.
 Both trainings read the same standardised data through the concept stage's own loaders.
 """
 
@@ -20,13 +21,14 @@ SPEEDUP_TARGET = 10.0
 IOU_TARGET = 0.01
 
 
-def real_store(ctx: Context, model: str = "ssd_mobilenet_v2_coco", per_split: int = 40):
+def real_store(ctx: Context, model: str = "ssd_mobilenet_v2_coco", per_split: int | None = None):
     from conceptsim.pipeline import open_dataset, probed_layers
     from conceptsim.extraction.extract import extract
     from conceptsim.models.registry import build_model
 
     study = default_study()
     ex = study.sections["extraction"]
+    per_split = per_split or study.datasets["shapes"]["max_images"]
     loaded = build_model(model, device=ex["device"])
     ds, _ = open_dataset("shapes", {**study.datasets["shapes"], "max_images": per_split}, study.sections["split"],
                          loaded.preprocessing, ex["eval_grid"])

@@ -62,9 +62,11 @@ def run(ctx: Context) -> list[dict]:
     for name, d in ext.items():
         flops = forward_flops(name)
         cpu[name] = {"gflop_per_image": flops / 1e9, "cpu_gflops": flops / 1e9 / d["bare_s_per_image"],
-                     "loader_s_per_mpx": d["loader_s_per_image"] / (d["image_pixels"] / 1e6),
-                     "other_s_per_layer_image": max(0.0, d["extraction_s_per_image"] - d["bare_s_per_image"]
-                                                    - d["loader_s_per_image"]) / d["layers"]}
+                     # CPU-side data work per image: reading the image plus building its masks and targets
+                     "loader_s_per_mpx": (d["image_loading_s"] + d["cold"]["mask_store_s"]) / d["images"]
+                     / (d["image_pixels"] / 1e6),
+                     "other_s_per_layer_image": max(0.0, d["extraction_s_per_image"] - d["bare_s_per_image"])
+                     / d["layers"]}
         ctx.log(f"projection: {name} {flops / 1e9:.2f} GFLOP/image, CPU {cpu[name]['cpu_gflops']:.1f} GFLOP/s")
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     loader_s_per_mpx = med([c["loader_s_per_mpx"] for c in cpu.values()])

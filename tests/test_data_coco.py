@@ -219,3 +219,38 @@ def test_area_fraction_grid_is_exact():
     one = np.zeros((1, 3, 3), np.uint8)
     one[0, 1, 1] = 1
     assert np.allclose(area_fraction_grid(one, (2, 2)), 0.25 / 2.25)
+
+
+@pytest.mark.parametrize("size,resize,image_hw,grid", [
+    ((224, 224), "stretch", (320, 320), (28, 28)),  # down-scaling, grid divides the input
+    ((300, 300), "stretch", (320, 240), (19, 19)),  # adaptive bins that overlap
+    ((512, 512), "letterbox", (320, 400), (32, 32)),  # up-scaling with padding
+    ((224, 224), "letterbox", (100, 333), (7, 7)),
+])
+def test_mask_targets_equal_resample_then_pool(size, resize, image_hw, grid):
+    from conceptsim.data.geometry import Preprocessing, area_pool
+
+    pp = Preprocessing(size, resize=resize)
+    rng = np.random.default_rng(1)
+    m = (rng.random((4, *image_hw)) > 0.7).astype(np.uint8)
+    m[1] = 0  # an absent concept stays all-zero
+    two_step = area_pool(pp.apply_mask(m), grid).numpy()
+    direct = pp.mask_targets(m, grid)
+    assert direct.shape == (4, *grid) and not direct[1].any()
+    np.testing.assert_allclose(direct, two_step, atol=1e-6)
+
+
+def test_with_targets_serves_pooled_masks_without_images(fake):
+    from conceptsim.data.coco import make_loader
+    from conceptsim.data.geometry import area_pool
+
+    ds = ConceptDataset(fake, eval_grid=(8, 8))
+    b = next(iter(make_loader(ds.with_targets([(4, 4), (7, 7)]), batch_size=2)))
+    ref = next(iter(make_loader(ds, batch_size=2)))
+    assert "image" not in b and "masks_input" not in b and ds.target_grids == ()
+    for t, g in zip(b["targets"], [(4, 4), (7, 7)]):
+        assert t.dtype == torch.float16 and t.shape == (2, len(ds.concepts), *g)
+        np.testing.assert_allclose(t.float().numpy(), area_pool(ref["masks_input"], g).numpy(), atol=1e-3)
+    assert torch.equal(b["masks_eval"], ref["masks_eval"])
+    img = ds.images_only()[0]
+    assert torch.equal(img, ref["image"][0])

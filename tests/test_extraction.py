@@ -121,3 +121,102 @@ def test_preprocessing_mismatch_is_an_error(small_dataset_and_model, tmp_path):
     other = build_model("yolov8n:random")
     with pytest.raises(ValueError, match="does not match"):
         extract(other, ds, tmp_path / "x.zarr", layers=["model.0"], progress=False)
+
+
+def test_mask_store_is_shared_rebuilt_when_missing_and_targets_are_pooled_masks(small_dataset_and_model, tmp_path):
+    import shutil
+
+    from conceptsim.data.geometry import area_pool
+
+    loaded, ds = small_dataset_and_model
+    kw = dict(layers=["features.2", "features.14"], batch_size=5, grid_cap=10, progress=False, masks_dir=tmp_path / "m")
+    first = extract(loaded, ds, tmp_path / "a.zarr", **kw)
+    assert not first.masks_reused and first.mask_seconds > 0 and first.mask_store.parent == tmp_path / "m"
+    # another model with the same input geometry and grids (here: the same model, another study) reuses it
+    second = extract(loaded, ds, tmp_path / "b.zarr", metadata={"study": "other"}, **kw)
+    assert not second.reused and second.masks_reused and second.mask_store == first.mask_store
+    store = ActivationStore(tmp_path / "a.zarr")
+    assert "masks" not in store.group and "targets" not in store.group  # activations only
+    item = ds[3]
+    for layer in kw["layers"]:
+        grid = store.layer(layer).grid
+        want = area_pool(item["masks_input"], grid).numpy()
+        np.testing.assert_allclose(np.asarray(store.targets(layer)[3], np.float32), want, atol=1e-3)
+    assert np.array_equal(np.asarray(store.masks[3]), item["masks_eval"].numpy())
+    # a deleted mask store makes the activation store unusable, and the next extraction rebuilds only the masks
+    shutil.rmtree(first.mask_store)
+    with pytest.raises(StoreError, match="masks are missing or stale"):
+        ActivationStore(tmp_path / "a.zarr")
+    again = extract(loaded, ds, tmp_path / "a.zarr", **kw)
+    assert again.reused and not again.masks_reused
+    ActivationStore(tmp_path / "a.zarr")
+
+
+def test_extraction_chunking_does_not_change_the_store(small_dataset_and_model, tmp_path):
+    loaded, ds = small_dataset_and_model
+    kw = dict(layers=["features.4"], batch_size=3, grid_cap=6, progress=False, masks_dir=tmp_path / "m")
+    extract(loaded, ds, tmp_path / "a.zarr", images_per_chunk=4, **kw)  # chunks cut across batches
+    extract(loaded, ds, tmp_path / "b.zarr", images_per_chunk=100, **kw)
+    a, b = ActivationStore(tmp_path / "a.zarr"), ActivationStore(tmp_path / "b.zarr")
+    assert a.activations("features.4").chunks[0] == 4
+    assert np.array_equal(a.activations("features.4")[:], b.activations("features.4")[:])
+    assert np.array_equal(a.image_ids, ds.image_ids) and np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.content_boxes, b.content_boxes)
+
+
+def test_bare_forward_seconds_both_baselines(small_dataset_and_model):
+    from conceptsim.extraction.extract import bare_forward_seconds
+
+    loaded, ds = small_dataset_and_model
+    assert bare_forward_seconds(loaded, ds, 8) > 0
+    assert bare_forward_seconds(loaded, ds, 8, preloaded=True) > 0
+
+
+def test_background_threads_keep_order_and_raise_errors():
+    from conceptsim.extraction.background import BackgroundCalls, prefetched
+
+    with prefetched(range(20), lambda i: i * i, depth=2) as it:
+        assert list(it) == [i * i for i in range(20)]
+
+    def boom(i):
+        if i == 3:
+            raise ValueError("item 3 is bad")
+        return i
+
+    with pytest.raises(ValueError, match="item 3"), prefetched(range(10), boom) as it:
+        list(it)
+    with prefetched(range(1000)) as it:  # leaving early does not hang the producer
+        next(it)
+
+    seen = []
+    with BackgroundCalls(seen.append, depth=1) as calls:
+        for i in range(50):
+            calls.submit(i)
+    assert seen == list(range(50))
+
+    def fail(i):
+        raise OSError(f"disk full at {i}")
+
+    with pytest.raises(OSError, match="disk full at 0"), BackgroundCalls(fail) as calls:
+        calls.submit(0)
+
+
+def test_chunked_rows(tmp_path):
+    import zarr
+
+    from conceptsim.extraction.store import ChunkedRows
+
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    arr = g.create_array("x", shape=(10, 2), chunks=(4, 2), dtype="int64")
+    rows = ChunkedRows({"x": arr}, 10, 4)
+    data = np.arange(20).reshape(10, 2)
+    for s in (slice(0, 3), slice(3, 6), slice(6, 10)):
+        rows.append({"x": data[s]})
+    rows.finish()
+    assert np.array_equal(arr[:], data)
+    with pytest.raises(StoreError, match="rows given"):
+        ChunkedRows({"x": arr}, 10, 4).append({"x": np.zeros((11, 2))})
+    short = ChunkedRows({"x": arr}, 10, 4)
+    short.append({"x": data[:3]})
+    with pytest.raises(StoreError, match="3 of 10 rows"):
+        short.finish()

@@ -28,6 +28,11 @@ def store_path(study: str, dataset: str, model: str) -> Path:
     return model_results(study, dataset, model) / "activations.zarr"
 
 
+def masks_dir(study: str, dataset: str) -> Path:
+    """Where the mask stores of a (study, dataset) live: shared by every model with the same input geometry."""
+    return dataset_results(study, dataset) / "_masks"
+
+
 def configure_threads() -> int:
     """Honour ``CONCEPTSIM_TORCH_THREADS`` (set by ``--jobs``) so parallel runs don't oversubscribe.
 
@@ -90,7 +95,8 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
             "min_area": split_options["min_area"], "split": dict(split_options)}
     result = extract(loaded, ds, store_path(study, dataset, model), layers=chosen,
                      batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
-                     dtype=opts["dtype"], metadata=meta, force=force)
+                     dtype=opts["dtype"], metadata=meta, masks_dir=masks_dir(study, dataset),
+                     compression=opts["compression"], force=force)
     return result, loaded, ds
 
 

@@ -8,8 +8,10 @@ activations. Joint training is exactly K independent probes because
 * Adam is element-wise, so each row's update depends only on its own gradient history;
 * weights start at zero (the probe is convex in its parameters, so no random init is needed) and the
   batch order comes from a generator seeded by ``seed`` alone;
-* early stopping is per concept: each concept keeps its best-val-IoU row and is *frozen* (its later
-  updates ignored) once its own patience runs out; training ends when every concept is frozen.
+* early stopping is per concept: each concept keeps its best-val-IoU row and is *frozen* once its own
+  patience runs out; training ends when every concept is frozen. A frozen concept drops out of the
+  work: the forward pass, the loss and the validation counts run on the rows still training only
+  (their gradients are unchanged; the frozen rows get zero gradient and are never read again).
 
 :func:`train_segmentation_probes_sequential` runs the same function once per concept (the benchmark's
 "one at a time" baseline); it shares all code with the joint path.
@@ -132,7 +134,7 @@ class SegProbes:
     ----------
     weight : ``K x C``; bias : ``K``; best_epoch : ``K`` (1-based epoch of the kept weights);
     val_iou : ``K`` best validation set IoU; epochs_run : epochs actually trained;
-    history : per epoch, the ``K`` validation set IoUs.
+    history : per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen).
     """
 
     weight: np.ndarray
@@ -187,6 +189,10 @@ def probe_loss(z: torch.Tensor, t: torch.Tensor, alpha: torch.Tensor, kind: str)
     z, t = z.flatten(2), t.flatten(2).float()
     a = alpha.view(1, -1, 1)
     if kind == "balanced_bce":
+        if bool((a < 1).all()):
+            # one fused kernel: a t (-log s(z)) + (1-a)(1-t)(-log s(-z)) = (1-a) BCE(z, t; pos_weight a/(1-a))
+            per_sum = F.binary_cross_entropy_with_logits(z, t, weight=1 - a, pos_weight=a / (1 - a), reduction="sum")
+            return per_sum / (z.shape[0] * z.shape[2])
         per = -(a * t * F.logsigmoid(z) + (1 - a) * (1 - t) * F.logsigmoid(-z))
         return per.mean((0, 2)).sum()
     p = torch.sigmoid(z)
@@ -275,14 +281,27 @@ def train_segmentation_probes(
         best_epoch = np.zeros(k, dtype=int)
         active = np.ones(k, dtype=bool)
         history, epoch = [], 0
+        n_active = -1
         while epoch < epochs and active.any():
             epoch += 1
+            if active.sum() != n_active:  # compact onto the concepts still training
+                n_active = int(active.sum())
+                act = np.flatnonzero(active)
+                rows = torch.from_numpy(act).to(device)
+                everything = n_active == k
+                if everything:
+                    t_act, a_act, ev_act = targets, alpha, val_eval
+                else:
+                    t_act, a_act, ev_act = targets[:, torch.from_numpy(act)], alpha[rows], val_eval.subset(act)
             for pos, x in train.batches(batch_size, gen, device):
                 opt.zero_grad(set_to_none=True)
-                probe_loss(probe_logits(w, b, x), targets[pos].to(device), alpha, loss).backward()
+                wa, ba = (w, b) if everything else (w[rows], b[rows])
+                probe_loss(probe_logits(wa, ba, x), t_act[pos].to(device), a_act, loss).backward()
                 opt.step()
-            iou = np.nan_to_num(set_iou_from_counts(*split_counts(w.detach(), b.detach(), val, val_eval, device)), nan=0.0)
-            history.append(iou)
+            wa, ba = (w.detach(), b.detach()) if everything else (w.detach()[rows], b.detach()[rows])
+            iou = np.zeros(k)
+            iou[act] = np.nan_to_num(set_iou_from_counts(*split_counts(wa, ba, val, ev_act, device)), nan=0.0)
+            history.append(np.where(active, iou, np.nan))
             better = active & (iou > best)
             idx = torch.from_numpy(np.flatnonzero(better)).to(device)
             best_w[idx], best_b[idx] = w.detach()[idx], b.detach()[idx]

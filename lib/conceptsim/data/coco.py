@@ -14,6 +14,8 @@ It also holds the small COCO *writer* that the embedded builders share (:class:`
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import os
@@ -314,6 +316,7 @@ class ConceptDataset(Dataset):
         self.min_area = float(min_area)
         self.preprocessing = preprocessing or Preprocessing(size=(224, 224), resize="letterbox")
         self.eval_grid = (int(eval_grid[0]), int(eval_grid[1]))
+        self.target_grids: tuple[tuple[int, int], ...] = ()
 
         data = load_annotations(self.annotation_file)
         self._images = {int(im["id"]): im for im in data["images"]}
@@ -414,64 +417,104 @@ class ConceptDataset(Dataset):
         """Per concept, the fraction of the image its mask covers (from RLE areas)."""
         return self._area_fraction[int(image_id)]
 
+    def content_box_of(self, image_id: int) -> tuple[float, float, float, float]:
+        """Where the image lies in the model's input frame (see :meth:`Preprocessing.content_box`)."""
+        return self.preprocessing.content_box(self._hw(int(image_id)))
+
     def labels_of(self, image_id: int) -> np.ndarray:
         """Presence labels ``K`` uint8: mask area >= ``min_area`` x image area."""
         return (self._area_fraction[int(image_id)] >= self.min_area).astype(np.uint8)
 
+    def with_targets(self, grids: Sequence[Sequence[int]]) -> "ConceptDataset":
+        """This dataset serving soft targets on activation ``grids`` instead of input-size masks.
+
+        Items then hold ``targets``, a list with one float16 ``K x grid`` tensor per grid
+        (:meth:`Preprocessing.mask_targets`), and neither ``masks_input`` nor ``image``: the mask store
+        needs only the targets (computing them straight from the image-size masks is several times
+        cheaper) and the images are read by the forward loop.
+        """
+        out = copy.copy(self)
+        out.target_grids = tuple((int(g[0]), int(g[1])) for g in grids)
+        return out
+
+    def images_only(self) -> Dataset:
+        """The images of this dataset in the model's input geometry, without masks (the bare forward's input)."""
+        return _Images(self)
+
     def __getitem__(self, index: int) -> dict:
         iid = self.image_ids[index]
-        image = self.read_image(iid)
         masks = self.masks(iid)
         pp = self.preprocessing
+        spatial: dict[str, Any]
+        if self.target_grids:
+            spatial = {"targets": [torch.from_numpy(pp.mask_targets(masks, g).astype(np.float16)) for g in self.target_grids]}
+        else:
+            spatial = {"image": pp.apply_image(self.read_image(iid)), "masks_input": pp.apply_mask(masks)}
         return {
-            "image": pp.apply_image(image),
-            "masks_input": pp.apply_mask(masks),
+            **spatial,
             "masks_eval": torch.from_numpy((area_fraction_grid(masks, self.eval_grid) >= 0.5).astype(np.uint8)),
             "labels": torch.from_numpy(self.labels_of(iid)),
-            "content_box": torch.tensor(pp.content_box(image.shape[:2]), dtype=torch.float32),
+            "content_box": torch.tensor(self.content_box_of(iid), dtype=torch.float32),
             "image_id": iid,
             "split": self._split_of[iid],
         }
 
 
-def _edge_positions(n: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cell edges ``i * n / cells`` split into an integer index and a fraction in [0, 1]."""
+def overlap_matrix(n: int, cells: int) -> np.ndarray:
+    """``cells x n`` matrix: the fraction of cell ``i`` (edges ``i * n / cells``) that pixel ``j`` covers.
+
+    Rows sum to 1. A pixel cut by a cell edge counts with the part of it inside the cell.
+    """
     edges = np.arange(cells + 1) * (n / cells)
-    idx = np.minimum(np.floor(edges).astype(np.int64), n - 1)
-    return idx, edges - idx
+    lo, hi = edges[:-1, None], edges[1:, None]
+    px = np.arange(n)[None, :]
+    inside = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
+    return inside / (n / cells)
+
+
+@functools.lru_cache(maxsize=16)
+def _overlaps(h: int, w: int, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+    return overlap_matrix(h, gh), np.ascontiguousarray(overlap_matrix(w, gw).T)
 
 
 def area_fraction_grid(masks: np.ndarray, grid: Sequence[int]) -> np.ndarray:
     """Exact area fraction of each cell of a ``grid`` laid over the image that ``K x H x W`` masks cover.
 
-    Cell edges may cut pixels; a cut pixel counts with the part of it inside the cell. The summed-area
-    table of a pixel-constant mask is bilinear inside every pixel, so bilinear interpolation of it at the
-    cell edges is exact; this is much cheaper than adaptive pooling onto a grid that does not divide the
-    image (whose bins also overlap).
+    Cell edges may cut pixels; a cut pixel counts with the part of it inside the cell. A mask is
+    constant on pixels, so the fractions are ``Ay @ M @ Ax.T`` with the pixel/cell overlap matrices of
+    :func:`overlap_matrix` (float64): exact up to rounding, and much cheaper than adaptive pooling onto
+    a grid that does not divide the image (whose bins also overlap). Only masks with pixels are computed.
     """
     k, h, w = masks.shape
     gh, gw = int(grid[0]), int(grid[1])
     out = np.zeros((k, gh, gw), np.float32)
     present = np.flatnonzero(masks.reshape(k, -1).any(axis=1))  # most concepts are absent from an image
     if present.size:
-        yi, fy = _edge_positions(h, gh)
-        xi, fx = _edge_positions(w, gw)
-        # summed-area table, one axis at a time: sample the row sums at the cell edges before summing
-        # along columns, so the second cumulative sum runs over gh + 1 rows instead of h
-        rows = np.zeros((present.size, h + 1, w), np.float64)
-        rows[:, 1:] = np.cumsum(masks[present], axis=1, dtype=np.int32)
-        rows = rows[:, yi] * (1 - fy)[:, None] + rows[:, yi + 1] * fy[:, None]
-        table = np.zeros((present.size, gh + 1, w + 1), np.float64)
-        table[:, :, 1:] = np.cumsum(rows, axis=2)
-        t = table[:, :, xi] * (1 - fx) + table[:, :, xi + 1] * fx
-        cells = t[:, 1:, 1:] - t[:, :-1, 1:] - t[:, 1:, :-1] + t[:, :-1, :-1]
-        out[present] = cells / ((h / gh) * (w / gw))
+        ay, axt = _overlaps(h, w, gh, gw)
+        rows = np.matmul(ay, masks[present].astype(np.float64))  # p x gh x W
+        out[present] = np.matmul(rows, axt)
     return out
 
 
+class _Images(Dataset):
+    def __init__(self, dataset: ConceptDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        d = self.dataset
+        return d.preprocessing.apply_image(d.read_image(d.image_ids[index]))
+
+
 def collate(items: list[dict]) -> dict:
-    """Stack items of :class:`ConceptDataset` into a batch (``image_id`` -> int64 tensor, ``split`` -> list)."""
-    out = {k: torch.stack([it[k] for it in items]) for k in ("image", "masks_input", "masks_eval", "labels", "content_box")}
+    """Stack items of :class:`ConceptDataset` into a batch (``image_id`` -> int64 tensor, ``split`` -> list,
+    ``targets`` -> a list with one stacked tensor per grid)."""
+    keys = [k for k in ("image", "masks_input", "masks_eval", "labels", "content_box") if k in items[0]]
+    out = {k: torch.stack([it[k] for it in items]) for k in keys}
+    if "targets" in items[0]:
+        out["targets"] = [torch.stack([it["targets"][j] for it in items]) for j in range(len(items[0]["targets"]))]
     out["image_id"] = torch.tensor([it["image_id"] for it in items], dtype=torch.int64)
     out["split"] = [it["split"] for it in items]
     return out

@@ -10,6 +10,7 @@ layers of different models are compared on).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
@@ -106,6 +107,29 @@ class Preprocessing:
             out[present, top : top + nh, left : left + nw] = m.transpose(2, 0, 1)
         return torch.from_numpy(out)
 
+    def mask_targets(self, masks: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+        """Soft targets ``K x grid`` float32: ``area_pool(apply_mask(masks), grid)``, without the input-size masks.
+
+        Both steps are linear in the masks and separable, so the result is ``Ay @ M @ Ax.T`` with
+        matrices from the image size to the grid (see :meth:`target_matrices`); only planes that hold
+        any pixel are computed. Equal to the two-step form up to float rounding (tested).
+        """
+        if masks.ndim != 3:
+            raise ValueError(f"expected masks of shape K x H x W, got {masks.shape}")
+        k = masks.shape[0]
+        grid = (int(grid[0]), int(grid[1]))
+        out = np.zeros((k, *grid), dtype=np.float32)
+        present = np.flatnonzero(masks.reshape(k, -1).any(axis=1)) if k else np.zeros(0, int)
+        if present.size:
+            ay, axt = self.target_matrices(masks.shape[1:], grid)
+            out[present] = np.matmul(np.matmul(ay, masks[present].astype(np.float32)), axt)
+        return out
+
+    def target_matrices(self, image_hw: Sequence[int], grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``Ay`` (``gh x H``) and ``Ax.T`` (``W x gw``): nearest resampling into the input frame (as
+        :meth:`apply_mask`, zero in padding) followed by ``adaptive_avg_pool2d`` binning (as :func:`area_pool`)."""
+        return _target_matrices(self, (int(image_hw[0]), int(image_hw[1])), (int(grid[0]), int(grid[1])))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["size"] = list(self.size)
@@ -134,6 +158,22 @@ def _resize(a: np.ndarray, h: int, w: int, smooth: bool) -> np.ndarray:
         return np.concatenate([_resize(a[..., i : i + 512], h, w, smooth) for i in range(0, a.shape[2], 512)], axis=2)
     out = cv2.resize(a, (w, h), interpolation=interp)
     return out.reshape(h, w, -1) if a.ndim == 3 else out
+
+
+@functools.lru_cache(maxsize=64)
+def _target_matrices(pp: Preprocessing, image_hw: tuple[int, int], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    top, left, nh, nw = pp._resized_hw(image_hw)
+
+    def axis(n_image: int, n_content: int, offset: int, n_input: int, cells: int) -> np.ndarray:
+        # which image pixel each input pixel takes (the very resize apply_mask uses), as a one-hot matrix
+        src = _resize(np.arange(n_image, dtype=np.float32).reshape(n_image, 1), n_content, 1, smooth=False)
+        nearest = np.zeros((n_input, n_image), dtype=np.float32)
+        nearest[offset + np.arange(n_content), src.reshape(-1).astype(np.int64)] = 1.0
+        pool = F.adaptive_avg_pool1d(torch.eye(n_input)[None], cells)[0].T.numpy()  # cells x n_input
+        return pool @ nearest
+
+    H, W = pp.size
+    return axis(image_hw[0], nh, top, H, grid[0]), np.ascontiguousarray(axis(image_hw[1], nw, left, W, grid[1]).T)
 
 
 def area_pool(masks: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:

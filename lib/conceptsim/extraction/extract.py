@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from conceptsim.atomic import atomic_path, sha256_json
-from conceptsim.data.geometry import area_pool
+from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError, StoreWriter
 from conceptsim.models.depth import trace_depth
@@ -59,11 +60,21 @@ def probe_layers(model: LoadedModel, layers: Sequence[str] | None, grid_cap: int
 
 @dataclass
 class ExtractionResult:
+    """What :func:`extract` did.
+
+    ``seconds`` is the whole call; ``mask_seconds`` the part spent building the shared mask store (0 when
+    it was reused) and ``activation_seconds`` the forward passes with recording and writing.
+    """
+
     path: Path
     reused: bool
     n_images: int
     seconds: float
     images_per_second: float
+    mask_store: Path | None = None
+    masks_reused: bool = True
+    mask_seconds: float = 0.0
+    activation_seconds: float = 0.0
 
 
 def store_key(metadata: dict[str, Any]) -> str:
@@ -81,6 +92,9 @@ def extract(
     grid_cap: int = 40,
     dtype: str = "float16",
     metadata: dict[str, Any] | None = None,
+    masks_dir: str | Path | None = None,
+    images_per_chunk: int = 32,
+    compression: str = "zstd",
     force: bool = False,
     progress: bool = True,
 ) -> ExtractionResult:
@@ -89,8 +103,17 @@ def extract(
     ``dataset`` is a :class:`conceptsim.data.coco.ConceptDataset` built with this model's preprocessing.
     A complete store with the same key (model, weights, layers, preprocessing, dataset hash, images,
     cap, dtype, extra ``metadata``) is reused; any other store at that path is recomputed.
+
+    The concept masks and soft targets go to a shared mask store in ``masks_dir`` (default: a
+    ``_masks`` folder beside ``out_path``), built first unless one with the same key is there already
+    (:func:`conceptsim.extraction.maskstore.ensure_mask_store`); ``force`` rebuilds the activations only.
+    The forward loop then reads images only: the next batch is decoded in a prefetch thread and the
+    previous one written (``images_per_chunk`` images per Zarr chunk; ``compression`` ``"zstd"`` or
+    ``"none"``) in a writer thread while the model runs.
     """
-    from conceptsim.data.coco import make_loader
+    from torch.utils.data import DataLoader
+
+    from conceptsim.extraction.maskstore import ensure_mask_store
 
     ds_prep = getattr(dataset, "preprocessing", None)
     if ds_prep is not None and ds_prep != model.preprocessing:
@@ -100,8 +123,19 @@ def extract(
         )
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if compression not in ("zstd", "none"):
+        raise ValueError(f"compression must be 'zstd' or 'none', got {compression!r}")
+    if images_per_chunk < 1:
+        raise ValueError(f"images_per_chunk must be >= 1, got {images_per_chunk}")
     infos, total_convs = probe_layers(model, layers, grid_cap)
     concepts = [{"name": c.name, "category": c.category} for c in dataset.concepts]
+    out_path = Path(out_path)
+    t0 = time.perf_counter()
+    masks, masks_reused = ensure_mask_store(
+        dataset, [i.grid for i in infos], Path(masks_dir) if masks_dir else out_path.parent / "_masks",
+        dataset_sha256=(metadata or {}).get("dataset_sha256"), batch_size=batch_size, num_workers=num_workers,
+        progress=progress)
+    mask_seconds = time.perf_counter() - t0
     meta = dict(metadata or {})
     meta.update(
         model=model.name,
@@ -112,54 +146,60 @@ def extract(
         n_convs=total_convs,
         image_ids=[int(i) for i in dataset.image_ids],
         layers_requested=[i.name for i in infos],
+        mask_store_key=masks.attrs["key"],
+        compression=compression,
     )
     key = store_key({**meta, "concepts": concepts, "layers": [i.to_dict() for i in infos]})
     meta["key"] = key
-    out_path = Path(out_path)
-    t0 = time.perf_counter()
     if not force and out_path.exists():
         try:
             store = ActivationStore(out_path, expected_key=key)
-            return ExtractionResult(out_path, True, len(store.image_ids), 0.0, float("nan"))
+            return ExtractionResult(out_path, True, len(store.image_ids), time.perf_counter() - t0, float("nan"),
+                                    masks.path, masks_reused, mask_seconds, 0.0)
         except StoreError:
             pass  # stale or broken: recompute below
     n = len(dataset)
     grids = {i.name: i.grid for i in infos}
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
-    loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers)
     device = next(model.module.parameters()).device
+    ids = np.asarray(dataset.image_ids, dtype=np.int64)
+    splits = [dataset.split_of(i) for i in ids]
+    labels = np.stack([dataset.labels_of(i) for i in ids]) if n else np.zeros((0, len(concepts)), np.uint8)
+    boxes = np.array([dataset.content_box_of(i) for i in ids], dtype=np.float32).reshape(n, 4)
     bar = _progress(n, model.name, progress)
+    t1 = time.perf_counter()
     with atomic_path(out_path) as tmp:
-        # chunks hold whole batches, so every chunk is compressed once (no read-modify-write)
         writer = StoreWriter(tmp, n_images=n, layers=infos, concepts=concepts, eval_grid=dataset.eval_grid,
-                             metadata=meta, dtype=dtype, images_per_chunk=batch_size)
+                             metadata=meta, dtype=dtype, images_per_chunk=images_per_chunk, mask_store=masks,
+                             final_path=out_path, compression=compression)
 
         def pool_hook(name: str, fmap: torch.Tensor) -> torch.Tensor:
             # pool inside the hook: the full-resolution map is freed at once (memory bounded by batch)
-            return pool_to(fmap.float(), grids[name]).to(torch_dtype).cpu()
+            out = pool_to(fmap.float(), grids[name]).to(torch_dtype)
+            # never keep the model's own tensor: a later in-place op (e.g. ReLU) would change the record
+            return (out.clone() if out.data_ptr() == fmap.data_ptr() else out).cpu()
 
-        with record_activations(model.module, [i.name for i in infos], pool_hook, model.name) as rec, torch.no_grad():
-            for batch in loader:
-                images = batch["image"].to(device, non_blocking=True)
-                model.features(images)
-                masks_in = batch["masks_input"]
-                # layers share grids: pool the masks once per distinct grid
-                targets = {g: area_pool(masks_in, g).half().numpy() for g in set(grids.values())}
-                writer.write_batch(
-                    image_ids=batch["image_id"].numpy(),
-                    splits=list(batch["split"]),
-                    labels=batch["labels"].numpy(),
-                    content_boxes=batch["content_box"].numpy(),
-                    masks=batch["masks_eval"].numpy(),
-                    activations={name: rec[name].numpy() for name in grids},
-                    targets={name: targets[g] for name, g in grids.items()},
-                )
+        def write(s: slice, activations: dict) -> None:
+            writer.write_batch(image_ids=ids[s], splits=splits[s], labels=labels[s], content_boxes=boxes[s],
+                               activations=activations)
+
+        loader = DataLoader(dataset.images_only(), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        done = 0
+        with record_activations(model.module, [i.name for i in infos], pool_hook, model.name) as rec, \
+                helper_libraries_single_threaded(), prefetched(loader) as images, \
+                BackgroundCalls(write) as writes, torch.no_grad():
+            # three stages overlap: the next batch is decoded and the previous one written during a forward pass
+            for x in images:
+                model.features(x.to(device, non_blocking=True))
+                writes.submit(slice(done, done + len(x)), {name: rec[name].numpy() for name in grids})
                 rec.clear()
-                bar.update(len(images))
+                done += len(x)
+                bar.update(len(x))
         writer.finish()
     bar.close()
-    seconds = time.perf_counter() - t0
-    return ExtractionResult(out_path, False, n, seconds, n / seconds if seconds else float("nan"))
+    end = time.perf_counter()
+    return ExtractionResult(out_path, False, n, end - t0, n / (end - t0) if end > t0 else float("nan"),
+                            masks.path, masks_reused, mask_seconds, end - t1)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -168,15 +208,27 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=f"extract {desc}", unit="img", disable=not enabled, mininterval=2.0)
 
 
-def bare_forward_seconds(model: LoadedModel, dataset: Any, batch_size: int = 8) -> float:
-    """Wall time of the bare forward pass over ``dataset`` (the baseline of the overhead benchmark)."""
-    from conceptsim.data.coco import make_loader
+def bare_forward_seconds(model: LoadedModel, dataset: Any, batch_size: int = 8, *, preloaded: bool = False) -> float:
+    """Wall time of the bare forward pass over ``dataset``'s images (the overhead benchmark's baseline).
 
-    loader = make_loader(dataset, batch_size=batch_size, num_workers=0)
-    batches = [b["image"] for b in loader]
+    By default the images are read and pre-processed as part of the pass, by the dataset's own image
+    path in a prefetch thread, as any inference loop over images on disk does; no masks, hooks or
+    writes. With ``preloaded=True`` every batch is read into memory first and only the forward passes
+    are timed (the stricter baseline, which charges image decoding to the extraction).
+    """
+    from torch.utils.data import DataLoader
+
     device = next(model.module.parameters()).device
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for x in batches:
-            model.features(x.to(device))
-    return time.perf_counter() - t0
+    loader = DataLoader(dataset.images_only(), batch_size=batch_size, shuffle=False, num_workers=0)
+    with helper_libraries_single_threaded(), torch.no_grad():
+        if preloaded:
+            batches = list(loader)
+            t0 = time.perf_counter()
+            for x in batches:
+                model.features(x.to(device))
+            return time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with prefetched(loader) as images:
+            for x in images:
+                model.features(x.to(device, non_blocking=True))
+        return time.perf_counter() - t0

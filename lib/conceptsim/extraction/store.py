@@ -8,10 +8,14 @@ Layout (a Zarr v3 group, readable with plain ``zarr``, ``xarray`` or ``dask``)::
       split          (N,)            uint8   0 = train, 1 = val, 2 = test
       labels         (N, K)          uint8   image-level presence (mask area >= min_area)
       content_box    (N, 4)          float32 (top, left, bottom, right) of the image in the input frame
-      masks          (N, K, gh, gw)  uint8   binary concept masks on the evaluation grid (image frame)
       activations/<layer>  (N, C, h, w)  float16  layer output, average-pooled to at most ``grid_cap``
-      targets/<layer>      (N, K, h, w)  float16  concept masks area-averaged onto the same grid
-                                                   (input frame): Net2Vec's soft targets
+
+The concept masks on the evaluation grid (image frame, uint8) and Net2Vec's soft targets (the masks
+area-averaged onto each layer's grid, input frame, float16) do not depend on the model: they live in a
+shared mask store (:mod:`conceptsim.extraction.maskstore`) whose relative path and key are the
+attributes ``mask_store`` and ``mask_store_key``; :attr:`ActivationStore.masks` and
+:meth:`ActivationStore.targets` read them from there. (A store written without a mask store, e.g. the
+synthetic test stores, holds ``masks`` and ``targets/<layer>`` arrays itself.)
 
 All arrays are chunked by images. Metadata attributes: ``schema`` (version), ``model``, ``dataset``,
 ``study``, ``weights_sha256``, ``dataset_sha256``, ``preprocessing`` (dict), ``grid_cap``,
@@ -25,16 +29,22 @@ store that looks usable; a store whose ``key`` differs from the expected one is 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
+
+
+# activations: zstd level 0 halves the size of most layers for little CPU; "none" skips even that
+COMPRESSORS = {"zstd": lambda: [ZstdCodec(level=0)], "none": lambda: None}
 
 
 class StoreError(RuntimeError):
@@ -78,8 +88,55 @@ def _chunk(n: int, per_chunk: int) -> int:
     return max(1, min(n, per_chunk))
 
 
+class ChunkedRows:
+    """Appends rows (images) to several Zarr arrays, one whole chunk per write.
+
+    Rows are buffered until a chunk of ``per_chunk`` rows is full, so every chunk is encoded and written
+    once (Zarr's per-call cost is paid once per chunk, not per batch). Memory: at most one chunk plus
+    one batch per array.
+    """
+
+    def __init__(self, arrays: dict[str, zarr.Array], n_rows: int, per_chunk: int) -> None:
+        self.arrays, self.n, self.per_chunk = arrays, int(n_rows), int(per_chunk)
+        self.cursor = 0  # rows written
+        self._buf: dict[str, list[np.ndarray]] = {name: [] for name in arrays}
+        self._buffered = 0
+
+    def append(self, rows: dict[str, np.ndarray]) -> None:
+        b = len(next(iter(rows.values())))
+        if set(rows) != set(self.arrays):
+            raise StoreError(f"rows for {sorted(rows)} given, arrays are {sorted(self.arrays)}")
+        if self.cursor + self._buffered + b > self.n:
+            raise StoreError(f"{self.cursor + self._buffered + b} rows given for arrays of {self.n}")
+        for name, v in rows.items():
+            self._buf[name].append(np.asarray(v))
+        self._buffered += b
+        while self._buffered >= self.per_chunk:
+            self._flush(self.per_chunk)
+
+    def _flush(self, count: int) -> None:
+        s = slice(self.cursor, self.cursor + count)
+        for name, arr in self.arrays.items():
+            block = np.concatenate(self._buf[name]) if len(self._buf[name]) > 1 else self._buf[name][0]
+            arr[s] = block[:count]
+            self._buf[name] = [block[count:]] if len(block) > count else []
+        self.cursor += count
+        self._buffered -= count
+
+    def finish(self) -> None:
+        if self._buffered:
+            self._flush(self._buffered)
+        if self.cursor != self.n:
+            raise StoreError(f"{self.cursor} of {self.n} rows written")
+
+
 class StoreWriter:
-    """Creates the arrays of a new store and fills them batch by batch."""
+    """Creates the arrays of a new store and fills them batch by batch.
+
+    With a ``mask_store`` (the extraction's path) the store holds activations only and records the mask
+    store's path (relative to this store) and key; without one (synthetic stores) it holds ``masks`` and
+    ``targets/<layer>`` itself and :meth:`write_batch` needs them.
+    """
 
     def __init__(
         self,
@@ -92,7 +149,12 @@ class StoreWriter:
         metadata: dict[str, Any],
         dtype: str = "float16",
         images_per_chunk: int = 16,
+        mask_store: Any = None,
+        final_path: Path | None = None,
+        compression: str = "zstd",
     ) -> None:
+        if compression not in COMPRESSORS:
+            raise ValueError(f"compression must be one of {sorted(COMPRESSORS)}, got {compression!r}")
         self.path = Path(path)
         self.n = int(n_images)
         self.layers = list(layers)
@@ -106,25 +168,40 @@ class StoreWriter:
             layers=[layer.to_dict() for layer in self.layers],
             eval_grid=[int(x) for x in eval_grid],
             dtype=dtype,
+            compression=compression,
             complete=False,
         )
+        if mask_store is not None:
+            home = Path(final_path or self.path).resolve().parent
+            attrs.update(mask_store=os.path.relpath(Path(mask_store.path).resolve(), home), mask_store_key=mask_store.attrs["key"])
         g.attrs.update(attrs)
         self.group = g
         g.create_array("image_id", shape=(self.n,), chunks=(self.n or 1,), dtype="int64")
         g.create_array("split", shape=(self.n,), chunks=(self.n or 1,), dtype="uint8")
         g.create_array("labels", shape=(self.n, k), chunks=(self.n or 1, k or 1), dtype="uint8")
         g.create_array("content_box", shape=(self.n, 4), chunks=(self.n or 1, 4), dtype="float32")
-        gh, gw = (int(x) for x in eval_grid)
-        g.create_array("masks", shape=(self.n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")
         acts = g.create_group("activations")
-        tgts = g.create_group("targets")
+        arrays = {}
+        self.own_masks = mask_store is None
+        if self.own_masks:
+            gh, gw = (int(x) for x in eval_grid)
+            arrays["masks"] = g.create_array("masks", shape=(self.n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")
+            tgts = g.create_group("targets")
         for layer in self.layers:
             h, w = layer.grid
-            acts.create_array(layer.name, shape=(self.n, layer.channels, h, w), chunks=(c, layer.channels, h, w), dtype=dtype)
-            tgts.create_array(layer.name, shape=(self.n, k, h, w), chunks=(c, k or 1, h, w), dtype="float16")
-        self.cursor = 0
+            arrays[f"a/{layer.name}"] = acts.create_array(layer.name, shape=(self.n, layer.channels, h, w),
+                                                          chunks=(c, layer.channels, h, w), dtype=dtype,
+                                                          compressors=COMPRESSORS[compression]())
+            if self.own_masks:
+                arrays[f"t/{layer.name}"] = tgts.create_array(layer.name, shape=(self.n, k, h, w), chunks=(c, k or 1, h, w),
+                                                              dtype="float16")
+        self.rows = ChunkedRows(arrays, self.n, c)
         # per-image scalars are tiny: buffer them and write each array once in finish()
         self._small: dict[str, list[np.ndarray]] = {"image_id": [], "split": [], "labels": [], "content_box": []}
+
+    @property
+    def cursor(self) -> int:
+        return self.rows.cursor + self.rows._buffered
 
     def write_batch(
         self,
@@ -133,32 +210,51 @@ class StoreWriter:
         splits: Sequence[str],
         labels: np.ndarray,
         content_boxes: np.ndarray,
-        masks: np.ndarray,
         activations: dict[str, np.ndarray],
-        targets: dict[str, np.ndarray],
+        masks: np.ndarray | None = None,
+        targets: dict[str, np.ndarray] | None = None,
     ) -> None:
-        b = len(image_ids)
-        s = slice(self.cursor, self.cursor + b)
-        if s.stop > self.n:
+        if self.cursor + len(image_ids) > self.n:
             raise StoreError(f"store {self.path}: batch overflows the {self.n} images it was created for")
-        g = self.group
+        if self.own_masks and (masks is None or targets is None):
+            raise StoreError(f"store {self.path} holds its own masks: write_batch needs masks and targets")
         self._small["image_id"].append(np.asarray(image_ids, dtype=np.int64))
         self._small["split"].append(np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8))
         self._small["labels"].append(np.asarray(labels, dtype=np.uint8))
         self._small["content_box"].append(np.asarray(content_boxes, dtype=np.float32))
-        g["masks"][s] = np.asarray(masks, dtype=np.uint8)
-        for layer in self.layers:
-            g["activations"][layer.name][s] = activations[layer.name]
-            g["targets"][layer.name][s] = targets[layer.name]
-        self.cursor = s.stop
+        rows = {f"a/{layer.name}": activations[layer.name] for layer in self.layers}
+        if self.own_masks:
+            rows["masks"] = np.asarray(masks, dtype=np.uint8)
+            rows.update({f"t/{layer.name}": targets[layer.name] for layer in self.layers})
+        self.rows.append(rows)
 
     def finish(self) -> None:
         if self.cursor != self.n:
             raise StoreError(f"store {self.path}: {self.cursor} of {self.n} images written")
+        self.rows.finish()
         for name, parts in self._small.items():
             if parts:
                 self.group[name][:] = np.concatenate(parts)
         self.group.attrs["complete"] = True
+
+
+def open_checked(path: Path, what: str, schema: int, expected_key: str | None, missing_hint: str) -> tuple[zarr.Group, dict]:
+    """Open a store read-only and check it is complete, of ``schema`` and (optionally) of ``expected_key``."""
+    if not path.exists():
+        raise StoreError(f"{what} {path} does not exist; {missing_hint}")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:  # zarr raises several types for corrupt metadata
+        raise StoreError(f"{what} {path} is unreadable ({exc}); delete it to recompute") from exc
+    if attrs.get("schema") != schema or not attrs.get("complete"):
+        raise StoreError(
+            f"{what} {path} is incomplete or of another schema "
+            f"(schema={attrs.get('schema')}, complete={attrs.get('complete')}); delete it to recompute"
+        )
+    if expected_key is not None and attrs.get("key") != expected_key:
+        raise StoreError(f"{what} {path} was made for other inputs (key mismatch)")
+    return group, attrs
 
 
 class ActivationStore:
@@ -172,20 +268,8 @@ class ActivationStore:
 
     def __init__(self, path: str | Path, expected_key: str | None = None) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise StoreError(f"activation store {self.path} does not exist; run the extraction stage first")
-        try:
-            self.group = zarr.open_group(str(self.path), mode="r")
-            attrs = dict(self.group.attrs)
-        except Exception as exc:  # zarr raises several types for corrupt metadata
-            raise StoreError(f"activation store {self.path} is unreadable ({exc}); delete it to recompute") from exc
-        if attrs.get("schema") != SCHEMA_VERSION or not attrs.get("complete"):
-            raise StoreError(
-                f"activation store {self.path} is incomplete or of another schema "
-                f"(schema={attrs.get('schema')}, complete={attrs.get('complete')}); delete it to recompute"
-            )
-        if expected_key is not None and attrs.get("key") != expected_key:
-            raise StoreError(f"activation store {self.path} was made for other inputs (key mismatch)")
+        self.group, attrs = open_checked(self.path, "activation store", SCHEMA_VERSION, expected_key,
+                                         "run the extraction stage first")
         self.attrs = attrs
         self.layers = [LayerInfo.from_dict(d) for d in attrs["layers"]]
         self.concepts = [dict(c) for c in attrs["concepts"]]
@@ -196,6 +280,16 @@ class ActivationStore:
             self.content_boxes = np.asarray(self.group["content_box"][:])
         except Exception as exc:
             raise StoreError(f"activation store {self.path} is corrupt ({exc}); delete it to recompute") from exc
+        self.mask_store = None
+        if "mask_store" in attrs:
+            from conceptsim.extraction.maskstore import MaskStore
+
+            try:
+                self.mask_store = MaskStore(self.path.parent / attrs["mask_store"], expected_key=attrs["mask_store_key"])
+            except StoreError as exc:
+                raise StoreError(f"activation store {self.path}: its masks are missing or stale ({exc})") from exc
+            if not np.array_equal(self.mask_store.image_ids, self.image_ids):
+                raise StoreError(f"activation store {self.path}: mask store {self.mask_store.path} lists other images")
 
     # convenience ------------------------------------------------------------
     @property
@@ -239,12 +333,14 @@ class ActivationStore:
         return self.group["activations"][layer]
 
     def targets(self, layer: str) -> zarr.Array:
-        self.layer(layer)
+        info = self.layer(layer)
+        if self.mask_store is not None:
+            return self.mask_store.targets(info.grid)
         return self.group["targets"][layer]
 
     @property
     def masks(self) -> zarr.Array:
-        return self.group["masks"]
+        return self.mask_store.masks if self.mask_store is not None else self.group["masks"]
 
 
 def read_rows(array: zarr.Array, rows: np.ndarray, batch: int = 64):

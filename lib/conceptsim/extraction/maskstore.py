@@ -1,0 +1,158 @@
+"""Concept masks in a model's input geometry, computed once and shared by every model with that geometry.
+
+The masks an activation store needs do not depend on the model's weights: binary masks on the
+evaluation grid (image frame) and Net2Vec's soft targets on each activation grid (input frame). One
+mask store per (dataset images, concepts, pre-processing, evaluation grid, activation grids) holds them;
+a model and its random-init twin share it, and a re-extraction reuses it. An activation store records
+the mask store's relative path and key, and :class:`~conceptsim.extraction.store.ActivationStore`
+serves its ``masks`` and ``targets`` from there, so readers see one store.
+
+Layout (Zarr v3)::
+
+    <key>.zarr/
+      zarr.json                   attributes: schema, key, complete, concepts, eval_grid, grids, preprocessing
+      image_id   (N,)             int64   dataset image ids, in the activation stores' row order
+      masks      (N, K, gh, gw)   uint8   binary masks on the evaluation grid (cell >= half covered)
+      targets/<h>x<w> (N, K, h, w) float16 masks area-averaged onto an activation grid (input frame)
+
+Built under a temporary name; a complete store of the same key made meanwhile by another process (two
+extractions running in parallel) is kept, never replaced under a reader.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+
+from conceptsim.atomic import sha256_json
+from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
+from conceptsim.extraction.store import ChunkedRows, StoreError, open_checked
+
+MASK_SCHEMA = 1
+ROWS_PER_CHUNK = 64
+
+
+def grid_name(grid: Sequence[int]) -> str:
+    return f"{int(grid[0])}x{int(grid[1])}"
+
+
+def dataset_identity(dataset: Any, dataset_sha256: str | None = None) -> dict:
+    """What identifies the dataset's content: its hash when known, else the annotation file's path, size and mtime."""
+    ann = Path(dataset.annotation_file)
+    ident: dict[str, Any] = {"annotation_file": str(ann.resolve()), "image_dir": str(Path(dataset.image_dir).resolve())}
+    if dataset_sha256:
+        ident["dataset_sha256"] = dataset_sha256
+    else:
+        st = ann.stat()
+        ident["annotation_stat"] = [st.st_size, st.st_mtime_ns]
+    return ident
+
+
+def mask_store_key(dataset: Any, grids: Sequence[Sequence[int]], dataset_sha256: str | None = None) -> str:
+    return sha256_json({
+        "schema": MASK_SCHEMA,
+        "dataset": dataset_identity(dataset, dataset_sha256),
+        "image_ids": [int(i) for i in dataset.image_ids],
+        "concepts": [c.name for c in dataset.concepts],
+        "preprocessing": dataset.preprocessing.to_dict(),
+        "eval_grid": list(dataset.eval_grid),
+        "grids": sorted(grid_name(g) for g in grids),
+    })
+
+
+class MaskStore:
+    """Read access to a complete mask store (see the module docstring)."""
+
+    def __init__(self, path: str | Path, expected_key: str | None = None) -> None:
+        self.path = Path(path)
+        self.group, attrs = open_checked(self.path, "mask store", MASK_SCHEMA, expected_key,
+                                         "run the extraction stage again to rebuild it")
+        self.attrs = attrs
+        try:
+            self.image_ids = np.asarray(self.group["image_id"][:])
+        except Exception as exc:
+            raise StoreError(f"mask store {self.path} is corrupt ({exc}); delete it to recompute") from exc
+
+    @property
+    def masks(self) -> zarr.Array:
+        return self.group["masks"]
+
+    def targets(self, grid: Sequence[int]) -> zarr.Array:
+        name = grid_name(grid)
+        if name not in self.attrs["grids"]:
+            raise StoreError(f"mask store {self.path} has no targets on grid {name}; it has {self.attrs['grids']}")
+        return self.group["targets"][name]
+
+
+def ensure_mask_store(
+    dataset: Any, grids: Sequence[Sequence[int]], folder: str | Path, *, dataset_sha256: str | None = None,
+    batch_size: int = 16, num_workers: int = 0, progress: bool = True,
+) -> tuple[MaskStore, bool]:
+    """The mask store of ``dataset`` (a :class:`~conceptsim.data.coco.ConceptDataset`) and ``grids`` in ``folder``.
+
+    Reused when a complete store with the same key exists there, else built. Returns ``(store, reused)``.
+    """
+    from conceptsim.data.coco import make_loader
+
+    grids = sorted({(int(g[0]), int(g[1])) for g in grids})
+    key = mask_store_key(dataset, grids, dataset_sha256)
+    path = Path(folder) / f"{key[:20]}.zarr"
+    try:
+        return MaskStore(path, expected_key=key), True
+    except StoreError:
+        pass
+    n, k = len(dataset), len(dataset.concepts)
+    gh, gw = dataset.eval_grid
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        g = zarr.open_group(str(tmp), mode="w")
+        g.attrs.update(schema=MASK_SCHEMA, key=key, complete=False, concepts=[c.name for c in dataset.concepts],
+                       eval_grid=[gh, gw], grids=[grid_name(x) for x in grids],
+                       preprocessing=dataset.preprocessing.to_dict())
+        c = max(1, min(n, ROWS_PER_CHUNK))
+        g.create_array("image_id", shape=(n,), chunks=(n or 1,), dtype="int64")[:] = np.asarray(dataset.image_ids, np.int64)
+        arrays = {"masks": g.create_array("masks", shape=(n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")}
+        tg = g.create_group("targets")
+        for x in grids:
+            arrays[grid_name(x)] = tg.create_array(grid_name(x), shape=(n, k, *x), chunks=(c, k or 1, *x), dtype="float16")
+        rows = ChunkedRows(arrays, n, c)
+        loader = make_loader(dataset.with_targets(grids), batch_size=batch_size, num_workers=num_workers)
+        bar = _progress(n, progress)
+        with helper_libraries_single_threaded(), prefetched(loader) as batches, BackgroundCalls(rows.append) as writes:
+            for batch in batches:
+                parts = {grid_name(x): t.numpy() for x, t in zip(grids, batch["targets"])}
+                writes.submit({"masks": batch["masks_eval"].numpy(), **parts})
+                bar.update(len(batch["image_id"]))
+        rows.finish()
+        bar.close()
+        g.attrs["complete"] = True
+        g.attrs["build_seconds"] = round(time.perf_counter() - t0, 3)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # made meanwhile by a parallel run: keep a valid one, replace a broken one
+            try:
+                store = MaskStore(path, expected_key=key)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return store, True
+            except StoreError:
+                shutil.rmtree(path, ignore_errors=True)
+                os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MaskStore(path, expected_key=key), False
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="concept masks", unit="img", disable=not enabled, mininterval=2.0)
