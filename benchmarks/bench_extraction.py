@@ -59,7 +59,8 @@ def run(ctx: Context) -> list[dict]:
         cold_bare = bare_forward_seconds(loaded, ds, bs)
         cold = extract(loaded, ds, store, **kwargs)  # builds the mask store
         ratios, bares, exts, strict = [], [], [], []
-        for i in range(ctx.repeat):
+        # ratios of two ~equal times on a shared 2-core machine scatter by several per cent: 5 pairs at least
+        for i in range(ctx.repeat if ctx.quick else max(ctx.repeat, 5)):
             order = ("bare", "ext") if i % 2 == 0 else ("ext", "bare")
             t = {}
             for what in order:
