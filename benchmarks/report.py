@@ -21,22 +21,23 @@ CAUSES: dict[str, str] = {
         "transforms; this divides the work by about K / present = 4."
     ),
     **{f"extraction_overhead/{m}": (
-        "The first profile (cProfile, 24 images) found float32 masks of all concepts, per-layer target pooling "
-        "and read-modify-write chunks; those are fixed (uint8 masks resampled only where present, targets "
-        "pooled once per distinct grid, batch-aligned chunks, small arrays written once). What remains is "
-        "fixed per-image work that does not shrink with the model: reading and transforming the image and "
-        "masks in the main process (about 9 ms per image here, see the loading column) and the Zarr writes. "
-        "For a fast model (MobileNetV2: 10 ms per image forward) that doubles the time; for the detectors it "
-        "is within a few percent. Next lever: DataLoader workers so loading overlaps the forward pass "
-        "(`extraction.num_workers` in the study file), measured on an idle machine."
+        "Two profiles (cProfile per stage; CPU time per thread with os.times) drove the present design: on 2 "
+        "cores the forward pass keeps both cores busy, so every other CPU cycle adds to the wall time. The "
+        "concept masks and targets (about 8 ms of CPU per image when made per model) moved to the shared mask "
+        "store, built once per input geometry straight from the image-size masks by separable matrices "
+        "(`Preprocessing.mask_targets`, `extraction/maskstore.py`); images are decoded in a prefetch thread with "
+        "OpenCV and BLAS held to one thread (their pools spun while waiting and cost a third more CPU); writes "
+        "go to a writer thread, one whole 32-image chunk per Zarr call. What remains is the hooks' pooling and "
+        "the writes (zstd level 0; `extraction.compression: none` saves about 3 % on MobileNetV2 at twice the "
+        "disk). The ratio of two nearly equal times on a shared machine scatters by several per cent."
     ) for m in ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet")},
     "concepts_joint/speedup": (
-        "After the first profile the per-epoch validation was rewritten (separable resampling matrices shared "
-        "with the comparison stage, logits thresholded at 0, integer counts) and the probe made one matrix "
-        "product on channels-last data; both the joint and the one-at-a-time variant got faster, the ratio went "
-        "from 4.3x to 7.8x. Almost all remaining per-epoch work (the K x C x P products, loss and backward, "
-        "the K validation maps) is linear in the number of concepts K; only reading the activations is shared, "
-        "which bounds the ratio below 10x at this layer size."
+        "Almost all per-epoch work of the joint probe (the K x C x P products, loss and backward, the K "
+        "validation maps) is linear in the number of concepts K; only reading the activations is shared. A "
+        "concept whose early stopping has fired now leaves the joint computation (its rows are no longer in the "
+        "products, loss or validation counts) and the balanced BCE is one fused kernel. With few training "
+        "images (40 per split) the ratio stays below 10x (about 8.5x); at the default study's sizes it is "
+        "above."
     ),
     "memory_scaling/concepts": (
         "By design of `load_layer` (`lib/conceptsim/concepts/stage.py`) / `SplitData` "
@@ -51,10 +52,13 @@ CAUSES: dict[str, str] = {
         "development (outside this suite); most of it is per-notebook start-up (kernel, imports, model build) "
         "over 28 notebooks."
     ),
-    "memory_scaling/extraction": "Measured before the extraction fixes; not re-measured or profiled since.",
+    "memory_scaling/extraction": (
+        "Buffers are per batch or per chunk (prefetch and writer queues of two batches, one 32-image chunk per "
+        "array); the small growth between N and 4N images was not profiled."
+    ),
     "memory_scaling/comparison": (
-        "Measured before the comparison fixes; a later measurement outside this suite (in-place CKA "
-        "centring, one scratch array, no stacked float buffer) gave 1.09x (1575 -> 1720 MB)."
+        "Re-measured after the comparison fixes; the growth with the number of test images (concept outputs "
+        "and masks of the test split are held per layer pair) was not profiled further."
     ),
     "comparison_stage/default": (
         "Profiled (py-spy, the synthetic default-size study): the time is in `compute_similarities` "

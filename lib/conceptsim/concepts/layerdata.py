@@ -161,8 +161,7 @@ class SplitData:
             yield pos, self._batch(pos).to(device)
 
     def _batch(self, pos: np.ndarray) -> torch.Tensor:
-        if self.data is not None and self._standardised_in_place and len(pos) and pos[-1] - pos[0] == len(pos) - 1 \
-                and (len(pos) == 1 or (np.diff(pos) == 1).all()):
+        if self.data is not None and self._standardised_in_place and len(pos) and (np.diff(pos) == 1).all():
             return self.data[int(pos[0]) : int(pos[-1]) + 1]  # consecutive images: a view, no copy
         if self.data is not None:
             x = self.data[torch.from_numpy(pos)].float()

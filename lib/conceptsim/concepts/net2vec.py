@@ -237,7 +237,8 @@ def split_counts(
         z = probe_logits(weight, bias, x)
         for s in range(0, len(pos), step):
             p = pos[s : s + step]
-            pt = torch.from_numpy(p).to(device)
+            # evaluation batches are consecutive images: slice (a view) instead of gathering a copy
+            pt = slice(int(p[0]), int(p[-1]) + 1) if (np.diff(p) == 1).all() else torch.from_numpy(p).to(device)
             i, u = threshold_counts(resample(z[s : s + step], p), 0.0, ev.masks[pt].to(device), areas[pt])
             inter.append(i.cpu())
             union.append(u.cpu())
