@@ -18,7 +18,7 @@ Method (every assumption is listed in the entry's ``details.assumptions`` and on
 
 from __future__ import annotations
 
-from common import Context, default_study, entry
+from common import Context, entry
 
 NAME = "projection"
 OPT_IN = False
@@ -52,7 +52,6 @@ def need(ctx: Context, key: str) -> dict:
 def run(ctx: Context) -> list[dict]:
     from conceptsim.models.registry import parse_model_name
 
-    study = default_study()
     ext = {k.split("/", 1)[1]: v["details"] for k, v in ctx.previous.items() if k.startswith("extraction_overhead/")}
     if not ext:
         raise RuntimeError("projection needs the extraction benchmark's entries")

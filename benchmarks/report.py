@@ -10,16 +10,6 @@ PLOTS = ("targets.png", "extraction.png", "memory.png")
 
 # What profiling found behind a missed target (file, function, cause); shown next to the miss.
 CAUSES: dict[str, str] = {
-    "dataset_masks/shapes": (
-        "Profiled (cProfile, 150 images): RLE decoding is about 4 % of the time; the rest is the mask half of "
-        "`ConceptDataset.__getitem__` (`lib/conceptsim/data/coco.py`) working on dense masks of *all* 25 concepts "
-        "although an image holds about 6: `ConceptDataset.masks` fills a K x H x W array, then "
-        "`Preprocessing.apply_mask` (`lib/conceptsim/data/geometry.py`) converts all K planes to float32 and "
-        "resamples them (about 37 %), and `area_pool` converts them again and runs `adaptive_avg_pool2d` at the "
-        "non-integer 320 -> 112 ratio (about 46 %). Fix (library owner): transform only the present concepts' "
-        "planes (those whose RLE is not None) and scatter them into zeros, and convert to float once for both "
-        "transforms; this divides the work by about K / present = 4."
-    ),
     **{f"extraction_overhead/{m}": (
         "Two profiles (cProfile per stage; CPU time per thread with os.times) drove the present design: on 2 "
         "cores the forward pass keeps both cores busy, so every other CPU cycle adds to the wall time. The "
