@@ -87,17 +87,31 @@ def synthetic_study(ctx: Context, study, quick: bool) -> dict:
     return {"dirs": dirs, "models": list(layout), "layers": {m: len(v) for m, v in layout.items()}}
 
 
+def real_spec(study) -> dict:
+    """Sizes of the default study's own results: test images and concepts per dataset, layers per model."""
+    import json
+
+    from conceptsim.extraction.store import ActivationStore
+    from conceptsim.pipeline import dataset_results, store_path
+
+    dirs = {}
+    for d in study.datasets:
+        findings = json.loads((dataset_results(study.name, d) / "findings.json").read_text())
+        dirs[d] = (dataset_results(study.name, d), int(findings["n_test"]), len(findings["concepts"]))
+    first = next(iter(study.datasets))
+    layers = {m: len(ActivationStore(store_path(study.name, first, m)).layers) for m in study.models}
+    return {"dirs": dirs, "models": list(study.models), "layers": layers}
+
+
 def run(ctx: Context) -> list[dict]:
     from conceptsim.comparison.stage import run_comparison_stage
-    from conceptsim.pipeline import dataset_results
 
     study = default_study()
     cmp = study.sections["comparison"]
     perms, boot = (200, 50) if ctx.quick else (cmp["permutations"], cmp["bootstrap"])
     if not ctx.quick and real_results_exist(study):
         source = "default study results"
-        spec = {"dirs": {d: (dataset_results(study.name, d), None, None) for d in study.datasets},
-                "models": list(study.models), "layers": {}}
+        spec = real_spec(study)
     else:
         source = ("synthetic study of the default study's size (the default study's concept results do not exist)"
                   if not ctx.quick else "small synthetic study (quick)")

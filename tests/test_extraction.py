@@ -220,3 +220,25 @@ def test_chunked_rows(tmp_path):
     short.append({"x": data[:3]})
     with pytest.raises(StoreError, match="3 of 10 rows"):
         short.finish()
+
+
+def test_pool_to_matches_adaptive_pooling():
+    from conceptsim.extraction.extract import pool_to
+
+    x = torch.randn(2, 3, 32, 24)
+    for grid in [(8, 6), (7, 5), (32, 24), (16, 8)]:
+        assert torch.allclose(pool_to(x, grid), torch.nn.functional.adaptive_avg_pool2d(x, grid), atol=1e-6)
+
+
+def test_keep_freed_memory_is_idempotent_and_can_be_switched_off(monkeypatch):
+    import conceptsim.allocator as alloc
+
+    monkeypatch.setattr(alloc, "_applied", None)
+    monkeypatch.setenv("CONCEPTSIM_KEEP_FREED_MEMORY", "0")
+    assert alloc.keep_freed_memory() is False
+    monkeypatch.setattr(alloc, "_applied", None)
+    monkeypatch.delenv("CONCEPTSIM_KEEP_FREED_MEMORY")
+    first = alloc.keep_freed_memory()
+    assert alloc.keep_freed_memory() == first  # applied once
+    x = torch.ones(8, 64, 128, 128)  # a 33 MB tensor still allocates and computes correctly
+    assert float(x.sum()) == x.numel()

@@ -37,11 +37,15 @@ def configure_threads() -> int:
     """Honour ``CONCEPTSIM_TORCH_THREADS`` (set by ``--jobs``) so parallel runs don't oversubscribe.
 
     BLAS (numpy, scikit-learn) is held to one thread for the process: the stages call it on many small
-    problems, where extra BLAS threads only wait for each other.
+    problems, where extra BLAS threads only wait for each other. Freed memory is kept for reuse
+    (:func:`conceptsim.allocator.keep_freed_memory`).
     """
     import torch
     from threadpoolctl import threadpool_limits
 
+    from conceptsim.allocator import keep_freed_memory
+
+    keep_freed_memory()
     n = int(os.environ.get("CONCEPTSIM_TORCH_THREADS", "0") or 0)
     if n > 0:
         torch.set_num_threads(n)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from conceptsim.allocator import keep_freed_memory
 from conceptsim.atomic import atomic_path, sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.hooks import record_activations
@@ -36,9 +37,13 @@ def capped_grid(grid: Sequence[int], cap: int) -> tuple[int, int]:
 
 
 def pool_to(fmap: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    if tuple(fmap.shape[-2:]) == tuple(grid):
+    """Average-pool ``fmap`` onto ``grid`` (``adaptive_avg_pool2d`` bins; plain ``avg_pool2d`` when they tile)."""
+    (h, w), (gh, gw) = fmap.shape[-2:], (int(grid[0]), int(grid[1]))
+    if (h, w) == (gh, gw):
         return fmap
-    return F.adaptive_avg_pool2d(fmap, tuple(grid))
+    if h % gh == 0 and w % gw == 0:  # same bins, a faster kernel
+        return F.avg_pool2d(fmap, (h // gh, w // gw))
+    return F.adaptive_avg_pool2d(fmap, (gh, gw))
 
 
 def probe_layers(model: LoadedModel, layers: Sequence[str] | None, grid_cap: int) -> tuple[list[LayerInfo], int]:
@@ -115,6 +120,7 @@ def extract(
 
     from conceptsim.extraction.maskstore import ensure_mask_store
 
+    keep_freed_memory()
     ds_prep = getattr(dataset, "preprocessing", None)
     if ds_prep is not None and ds_prep != model.preprocessing:
         raise ValueError(
@@ -218,6 +224,7 @@ def bare_forward_seconds(model: LoadedModel, dataset: Any, batch_size: int = 8, 
     """
     from torch.utils.data import DataLoader
 
+    keep_freed_memory()
     device = next(model.module.parameters()).device
     loader = DataLoader(dataset.images_only(), batch_size=batch_size, shuffle=False, num_workers=0)
     with helper_libraries_single_threaded(), torch.no_grad():
