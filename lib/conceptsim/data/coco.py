@@ -30,7 +30,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
 from conceptsim.atomic import write_text
-from conceptsim.data.geometry import Preprocessing
+from conceptsim.data.geometry import Preprocessing, separable_planes
 
 log = logging.getLogger(__name__)
 
@@ -446,13 +446,18 @@ class ConceptDataset(Dataset):
         masks = self.masks(iid)
         pp = self.preprocessing
         spatial: dict[str, Any]
-        if self.target_grids:
-            spatial = {"targets": [torch.from_numpy(pp.mask_targets(masks, g).astype(np.float16)) for g in self.target_grids]}
+        if self.target_grids:  # the evaluation masks and every grid's targets in one pass over the present planes
+            hw = masks.shape[1:]
+            fractions, *targets = separable_planes(
+                masks, [(eval_matrices(hw, self.eval_grid), np.float64)]
+                + [(pp.target_matrices(hw, g), np.float32) for g in self.target_grids])
+            spatial = {"targets": [torch.from_numpy(t.astype(np.float16)) for t in targets]}
         else:
+            fractions = area_fraction_grid(masks, self.eval_grid)
             spatial = {"image": pp.apply_image(self.read_image(iid)), "masks_input": pp.apply_mask(masks)}
         return {
             **spatial,
-            "masks_eval": torch.from_numpy((area_fraction_grid(masks, self.eval_grid) >= 0.5).astype(np.uint8)),
+            "masks_eval": torch.from_numpy((fractions >= 0.5).astype(np.uint8)),
             "labels": torch.from_numpy(self.labels_of(iid)),
             "content_box": torch.tensor(self.content_box_of(iid), dtype=torch.float32),
             "image_id": iid,
@@ -472,6 +477,11 @@ def overlap_matrix(n: int, cells: int) -> np.ndarray:
     return inside / (n / cells)
 
 
+def eval_matrices(image_hw: Sequence[int], grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``Ay`` and ``Ax.T`` of :func:`area_fraction_grid` for an image size and grid (cached)."""
+    return _overlaps(int(image_hw[0]), int(image_hw[1]), int(grid[0]), int(grid[1]))
+
+
 @functools.lru_cache(maxsize=16)
 def _overlaps(h: int, w: int, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
     return overlap_matrix(h, gh), np.ascontiguousarray(overlap_matrix(w, gw).T)
@@ -485,15 +495,7 @@ def area_fraction_grid(masks: np.ndarray, grid: Sequence[int]) -> np.ndarray:
     :func:`overlap_matrix` (float64): exact up to rounding, and much cheaper than adaptive pooling onto
     a grid that does not divide the image (whose bins also overlap). Only masks with pixels are computed.
     """
-    k, h, w = masks.shape
-    gh, gw = int(grid[0]), int(grid[1])
-    out = np.zeros((k, gh, gw), np.float32)
-    present = np.flatnonzero(masks.reshape(k, -1).any(axis=1))  # most concepts are absent from an image
-    if present.size:
-        ay, axt = _overlaps(h, w, gh, gw)
-        rows = np.matmul(ay, masks[present].astype(np.float64))  # p x gh x W
-        out[present] = np.matmul(rows, axt)
-    return out
+    return separable_planes(masks, [(eval_matrices(masks.shape[1:], grid), np.float64)])[0]
 
 
 class _Images(Dataset):

@@ -114,16 +114,8 @@ class Preprocessing:
         matrices from the image size to the grid (see :meth:`target_matrices`); only planes that hold
         any pixel are computed. Equal to the two-step form up to float rounding (tested).
         """
-        if masks.ndim != 3:
-            raise ValueError(f"expected masks of shape K x H x W, got {masks.shape}")
-        k = masks.shape[0]
         grid = (int(grid[0]), int(grid[1]))
-        out = np.zeros((k, *grid), dtype=np.float32)
-        present = np.flatnonzero(masks.reshape(k, -1).any(axis=1)) if k else np.zeros(0, int)
-        if present.size:
-            ay, axt = self.target_matrices(masks.shape[1:], grid)
-            out[present] = np.matmul(np.matmul(ay, masks[present].astype(np.float32)), axt)
-        return out
+        return separable_planes(masks, [(self.target_matrices(masks.shape[1:], grid), np.float32)])[0]
 
     def target_matrices(self, image_hw: Sequence[int], grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``Ay`` (``gh x H``) and ``Ax.T`` (``W x gw``): nearest resampling into the input frame (as
@@ -158,6 +150,28 @@ def _resize(a: np.ndarray, h: int, w: int, smooth: bool) -> np.ndarray:
         return np.concatenate([_resize(a[..., i : i + 512], h, w, smooth) for i in range(0, a.shape[2], 512)], axis=2)
     out = cv2.resize(a, (w, h), interpolation=interp)
     return out.reshape(h, w, -1) if a.ndim == 3 else out
+
+
+def separable_planes(masks: np.ndarray, products: Sequence[tuple[tuple[np.ndarray, np.ndarray], type]]) -> list[np.ndarray]:
+    """``Ay @ M @ AxT`` for every ``((Ay, AxT), dtype)`` in ``products``, over ``K x H x W`` masks ``M``.
+
+    Each result is float32 ``K x gh x gw``; the products run in ``dtype`` on the planes that hold any
+    pixel only (an image shows few of a dataset's concepts), which are found and converted once for all.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"expected masks of shape K x H x W, got {masks.shape}")
+    k = masks.shape[0]
+    present = np.flatnonzero(masks.reshape(k, -1).any(axis=1)) if k else np.zeros(0, int)
+    planes: dict[type, np.ndarray] = {}
+    out = []
+    for (ay, axt), dtype in products:
+        res = np.zeros((k, ay.shape[0], axt.shape[1]), dtype=np.float32)
+        if present.size:
+            if dtype not in planes:
+                planes[dtype] = masks[present].astype(dtype)
+            res[present] = np.matmul(np.matmul(ay, planes[dtype]), axt)
+        out.append(res)
+    return out
 
 
 @functools.lru_cache(maxsize=64)

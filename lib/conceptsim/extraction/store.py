@@ -102,12 +102,17 @@ class ChunkedRows:
         self._buf: dict[str, list[np.ndarray]] = {name: [] for name in arrays}
         self._buffered = 0
 
+    @property
+    def count(self) -> int:
+        """Rows appended so far (written or buffered)."""
+        return self.cursor + self._buffered
+
     def append(self, rows: dict[str, np.ndarray]) -> None:
         b = len(next(iter(rows.values())))
         if set(rows) != set(self.arrays):
             raise StoreError(f"rows for {sorted(rows)} given, arrays are {sorted(self.arrays)}")
-        if self.cursor + self._buffered + b > self.n:
-            raise StoreError(f"{self.cursor + self._buffered + b} rows given for arrays of {self.n}")
+        if self.count + b > self.n:
+            raise StoreError(f"{self.count + b} rows given for arrays of {self.n}")
         for name, v in rows.items():
             self._buf[name].append(np.asarray(v))
         self._buffered += b
@@ -201,7 +206,7 @@ class StoreWriter:
 
     @property
     def cursor(self) -> int:
-        return self.rows.cursor + self.rows._buffered
+        return self.rows.count
 
     def write_batch(
         self,
