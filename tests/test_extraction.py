@@ -190,9 +190,10 @@ def test_background_threads_keep_order_and_raise_errors():
 
     seen = []
     with BackgroundCalls(seen.append, depth=1) as calls:
+        calls.submit_call(seen.append, "opened")  # another callable, in the same order
         for i in range(50):
             calls.submit(i)
-    assert seen == list(range(50))
+    assert seen == ["opened", *range(50)]
 
     def fail(i):
         raise OSError(f"disk full at {i}")
@@ -204,16 +205,21 @@ def test_background_threads_keep_order_and_raise_errors():
 def test_chunked_rows(tmp_path):
     import zarr
 
-    from conceptsim.extraction.store import ChunkedRows
+    from conceptsim.extraction.store import WRITE_EVERY_CHUNK, ChunkedRows
 
     g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     arr = g.create_array("x", shape=(10, 2), chunks=(4, 2), dtype="int64")
+    ids = g.create_array("ids", shape=(10,), chunks=(10,), dtype="int64")
     rows = ChunkedRows({"x": arr}, 10, 4)
     data = np.arange(20).reshape(10, 2)
     for s in (slice(0, 3), slice(3, 6), slice(6, 10)):
         rows.append({"x": data[s]})
-    rows.finish()
+    rows.finish(also=[(ids, slice(None), np.arange(10) * 7)])  # written in the same round as the last rows
     assert np.array_equal(arr[:], data)
+    assert np.array_equal(ids[:], np.arange(10) * 7)
+    zero = g.create_array("z", shape=(4, 2), chunks=(2, 2), dtype="float16", config=WRITE_EVERY_CHUNK)
+    zero[:] = 0  # chunks holding only the fill value are still written (no per-chunk scan)
+    assert sorted(p.name for p in (tmp_path / "g.zarr" / "z" / "c").iterdir()) == ["0", "1"]
     with pytest.raises(StoreError, match="rows given"):
         ChunkedRows({"x": arr}, 10, 4).append({"x": np.zeros((11, 2))})
     short = ChunkedRows({"x": arr}, 10, 4)

@@ -80,8 +80,9 @@ class prefetched:
 class BackgroundCalls:
     """Context manager running ``fn(*args, **kwargs)`` calls in order in one thread, ``depth`` queued at most.
 
-    :meth:`submit` returns at once (blocking only while ``depth`` calls wait); leaving the block waits
-    for every call and raises the first exception any of them raised (later calls are skipped).
+    :meth:`submit` returns at once (blocking only while ``depth`` calls wait); :meth:`submit_call` queues
+    another callable in the same order (e.g. opening what ``fn`` writes to). Leaving the block waits for
+    every call and raises the first exception any of them raised (later calls are skipped).
     """
 
     def __init__(self, fn: Callable[..., Any], depth: int = 2) -> None:
@@ -98,14 +99,17 @@ class BackgroundCalls:
                 return
             if self._error is None:
                 try:
-                    self._fn(*item[0], **item[1])
+                    item[0](*item[1], **item[2])
                 except BaseException as e:  # noqa: BLE001 - raised again in the caller
                     self._error = e
 
     def submit(self, *args, **kwargs) -> None:
+        self.submit_call(self._fn, *args, **kwargs)
+
+    def submit_call(self, fn: Callable[..., Any], *args, **kwargs) -> None:
         if self._error is not None:
             raise self._error
-        if not _put(self._q, (args, kwargs), self._stop):
+        if not _put(self._q, (fn, args, kwargs), self._stop):
             raise RuntimeError("background calls were stopped")
 
     def __enter__(self) -> "BackgroundCalls":

@@ -175,9 +175,13 @@ def extract(
     bar = _progress(n, model.name, progress)
     t1 = time.perf_counter()
     with atomic_path(out_path) as tmp:
-        writer = StoreWriter(tmp, n_images=n, layers=infos, concepts=concepts, eval_grid=dataset.eval_grid,
-                             metadata=meta, dtype=dtype, images_per_chunk=images_per_chunk, mask_store=masks,
-                             final_path=out_path, compression=compression)
+        writer: StoreWriter | None = None
+
+        def create() -> None:
+            nonlocal writer
+            writer = StoreWriter(tmp, n_images=n, layers=infos, concepts=concepts, eval_grid=dataset.eval_grid,
+                                 metadata=meta, dtype=dtype, images_per_chunk=images_per_chunk, mask_store=masks,
+                                 final_path=out_path, compression=compression)
 
         def pool_hook(name: str, fmap: torch.Tensor) -> torch.Tensor:
             # pool inside the hook: the full-resolution map is freed at once (memory bounded by batch)
@@ -195,6 +199,8 @@ def extract(
                 helper_libraries_single_threaded(), prefetched(loader) as images, \
                 BackgroundCalls(write) as writes, torch.no_grad():
             # three stages overlap: the next batch is decoded and the previous one written during a forward pass
+            # (the store itself is created in the writer thread while the first batch is decoded)
+            writes.submit_call(create)
             for x in images:
                 model.features(x.to(device, non_blocking=True))
                 writes.submit(slice(done, done + len(x)), {name: rec[name].numpy() for name in grids})

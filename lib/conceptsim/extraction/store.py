@@ -43,8 +43,15 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
 
 
-# activations: zstd level 0 halves the size of most layers for little CPU; "none" skips even that
-COMPRESSORS = {"zstd": lambda: [ZstdCodec(level=0)], "none": lambda: None}
+# activations: zstd level 1 stores real feature maps in about 2/3 of their size and, measured on CenterNet's
+# layers, compresses them as well as the library default (level 3) for a third less CPU; "none" skips it
+COMPRESSORS = {"zstd": lambda: [ZstdCodec(level=1)], "none": lambda: None}
+
+
+# Zarr by default scans every chunk before writing it, to skip chunks that hold only the fill value;
+# activations, masks and targets practically never do, and the scan cost five times the write itself
+# (44 MB of float16 activations: 0.17 s of CPU against 0.04 s for encoding and writing).
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
 class StoreError(RuntimeError):
@@ -88,6 +95,23 @@ def _chunk(n: int, per_chunk: int) -> int:
     return max(1, min(n, per_chunk))
 
 
+def write_together(assignments: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
+    """``array[selection] = value`` for every triple, as one batch of concurrent Zarr writes.
+
+    One round trip to Zarr's event loop instead of one per array, and the chunks of all arrays are
+    encoded in parallel by Zarr's thread pool.
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def write_all() -> None:
+        await asyncio.gather(*(array.async_array.setitem(sel, value) for array, sel, value in assignments))
+
+    if assignments:
+        sync(write_all())
+
+
 class ChunkedRows:
     """Appends rows (images) to several Zarr arrays, one whole chunk per write.
 
@@ -119,20 +143,25 @@ class ChunkedRows:
         while self._buffered >= self.per_chunk:
             self._flush(self.per_chunk)
 
-    def _flush(self, count: int) -> None:
+    def _flush(self, count: int, also: Sequence[tuple[zarr.Array, Any, np.ndarray]] = ()) -> None:
         s = slice(self.cursor, self.cursor + count)
+        blocks = []
         for name, arr in self.arrays.items():
             block = np.concatenate(self._buf[name]) if len(self._buf[name]) > 1 else self._buf[name][0]
-            arr[s] = block[:count]
+            blocks.append((arr, s, block[:count]))
             self._buf[name] = [block[count:]] if len(block) > count else []
+        write_together(blocks + list(also))
         self.cursor += count
         self._buffered -= count
 
-    def finish(self) -> None:
+    def finish(self, also: Sequence[tuple[zarr.Array, Any, np.ndarray]] = ()) -> None:
+        """Write the buffered rows, together with the writes in ``also`` (same form as :func:`write_together`)."""
+        if self.count != self.n:
+            raise StoreError(f"{self.count} of {self.n} rows given")
         if self._buffered:
-            self._flush(self._buffered)
-        if self.cursor != self.n:
-            raise StoreError(f"{self.cursor} of {self.n} rows written")
+            self._flush(self._buffered, also)
+        else:
+            write_together(also)
 
 
 class StoreWriter:
@@ -181,28 +210,30 @@ class StoreWriter:
             attrs.update(mask_store=os.path.relpath(Path(mask_store.path).resolve(), home), mask_store_key=mask_store.attrs["key"])
         g.attrs.update(attrs)
         self.group = g
-        g.create_array("image_id", shape=(self.n,), chunks=(self.n or 1,), dtype="int64")
-        g.create_array("split", shape=(self.n,), chunks=(self.n or 1,), dtype="uint8")
-        g.create_array("labels", shape=(self.n, k), chunks=(self.n or 1, k or 1), dtype="uint8")
-        g.create_array("content_box", shape=(self.n, 4), chunks=(self.n or 1, 4), dtype="float32")
+        # per-image scalars are tiny: buffered, and each array written once in finish()
+        self._small = {
+            name: (g.create_array(name, shape=(self.n, *tail), chunks=(self.n or 1, *(t or 1 for t in tail)), dtype=dt,
+                                  config=WRITE_EVERY_CHUNK), [])
+            for name, tail, dt in (("image_id", (), "int64"), ("split", (), "uint8"), ("labels", (k,), "uint8"),
+                                   ("content_box", (4,), "float32"))
+        }
         acts = g.create_group("activations")
         arrays = {}
         self.own_masks = mask_store is None
         if self.own_masks:
             gh, gw = (int(x) for x in eval_grid)
-            arrays["masks"] = g.create_array("masks", shape=(self.n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")
+            arrays["masks"] = g.create_array("masks", shape=(self.n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8",
+                                             config=WRITE_EVERY_CHUNK)
             tgts = g.create_group("targets")
         for layer in self.layers:
             h, w = layer.grid
             arrays[f"a/{layer.name}"] = acts.create_array(layer.name, shape=(self.n, layer.channels, h, w),
                                                           chunks=(c, layer.channels, h, w), dtype=dtype,
-                                                          compressors=COMPRESSORS[compression]())
+                                                          compressors=COMPRESSORS[compression](), config=WRITE_EVERY_CHUNK)
             if self.own_masks:
                 arrays[f"t/{layer.name}"] = tgts.create_array(layer.name, shape=(self.n, k, h, w), chunks=(c, k or 1, h, w),
-                                                              dtype="float16")
+                                                              dtype="float16", config=WRITE_EVERY_CHUNK)
         self.rows = ChunkedRows(arrays, self.n, c)
-        # per-image scalars are tiny: buffer them and write each array once in finish()
-        self._small: dict[str, list[np.ndarray]] = {"image_id": [], "split": [], "labels": [], "content_box": []}
 
     @property
     def cursor(self) -> int:
@@ -223,10 +254,10 @@ class StoreWriter:
             raise StoreError(f"store {self.path}: batch overflows the {self.n} images it was created for")
         if self.own_masks and (masks is None or targets is None):
             raise StoreError(f"store {self.path} holds its own masks: write_batch needs masks and targets")
-        self._small["image_id"].append(np.asarray(image_ids, dtype=np.int64))
-        self._small["split"].append(np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8))
-        self._small["labels"].append(np.asarray(labels, dtype=np.uint8))
-        self._small["content_box"].append(np.asarray(content_boxes, dtype=np.float32))
+        self._small["image_id"][1].append(np.asarray(image_ids, dtype=np.int64))
+        self._small["split"][1].append(np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8))
+        self._small["labels"][1].append(np.asarray(labels, dtype=np.uint8))
+        self._small["content_box"][1].append(np.asarray(content_boxes, dtype=np.float32))
         rows = {f"a/{layer.name}": activations[layer.name] for layer in self.layers}
         if self.own_masks:
             rows["masks"] = np.asarray(masks, dtype=np.uint8)
@@ -236,10 +267,8 @@ class StoreWriter:
     def finish(self) -> None:
         if self.cursor != self.n:
             raise StoreError(f"store {self.path}: {self.cursor} of {self.n} images written")
-        self.rows.finish()
-        for name, parts in self._small.items():
-            if parts:
-                self.group[name][:] = np.concatenate(parts)
+        # the last rows and the per-image arrays in one round of writes: this is the tail after the last batch
+        self.rows.finish(also=[(array, slice(None), np.concatenate(parts)) for array, parts in self._small.values() if parts])
         self.group.attrs["complete"] = True
 
 
