@@ -11,15 +11,16 @@ PLOTS = ("targets.png", "extraction.png", "memory.png")
 # What profiling found behind a missed target (file, function, cause); shown next to the miss.
 CAUSES: dict[str, str] = {
     **{f"extraction_overhead/{m}": (
-        "Two profiles (cProfile per stage; CPU time per thread with os.times) drove the present design: on 2 "
-        "cores the forward pass keeps both cores busy, so every other CPU cycle adds to the wall time. The "
-        "concept masks and targets (about 8 ms of CPU per image when made per model) moved to the shared mask "
-        "store, built once per input geometry straight from the image-size masks by separable matrices "
-        "(`Preprocessing.mask_targets`, `extraction/maskstore.py`); images are decoded in a prefetch thread with "
-        "OpenCV and BLAS held to one thread (their pools spun while waiting and cost a third more CPU); writes "
-        "go to a writer thread, one whole 32-image chunk per Zarr call. What remains is the hooks' pooling and "
-        "the writes (zstd level 0; `extraction.compression: none` saves about 3 % on MobileNetV2 at twice the "
-        "disk). The ratio of two nearly equal times on a shared machine scatters by several per cent."
+        "Profiles (cProfile per stage, time stamps per phase, and loops that add one part at a time to the bare "
+        "pass) drove the present design: on 2 cores the forward pass keeps both cores busy, so every other CPU "
+        "cycle adds to the wall time. The concept masks and targets are built once per input geometry into the "
+        "shared mask store (`extraction/maskstore.py`); images are decoded in a prefetch thread with OpenCV and "
+        "BLAS held to one thread; writes go to a writer thread, one whole 32-image chunk per array, all arrays "
+        "of a chunk in one concurrent Zarr round, without Zarr's per-chunk fill-value scan (which cost five "
+        "times the write itself), raw by default (`extraction.compression: zstd` saves a third of the disk for "
+        "2-4 % more time). What remains is the hooks' pooling (about 3 % on MobileNetV2), the writes and fixed "
+        "costs per call (the depth trace, store creation, the last chunk). The ratio of two nearly equal times "
+        "on a shared machine scatters by several per cent."
     ) for m in ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet")},
     "concepts_joint/speedup": (
         "Almost all per-epoch work of the joint probe (the K x C x P products, loss and backward, the K "
@@ -160,7 +161,8 @@ def details_sections(by_id: dict) -> list[str]:
     if ext:
         lines += ["## Extraction overhead", "",
                   "Pipeline extraction (the image loop plus hooks, pooling to the grid cap and Zarr writes) over the "
-                  "bare forward pass of the same model on the same images, batch size and threads, interleaved. Both "
+                  "bare forward pass of the same model on the same images (a real extraction of the default study: "
+                  "its dataset at the study's size), batch size and threads, interleaved. Both "
                   "read and pre-process the images in a prefetch thread. The concept masks and targets, which do not "
                   "depend on the model, come from the shared mask store: built by the first (cold) call, reused by the "
                   "timed ones, as by a random-init twin or a rerun. The cold call and the stricter ratio against a "
@@ -170,7 +172,7 @@ def details_sections(by_id: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|---|---|"]
         for e in ext:
             d = e["details"]
-            lines.append(f"| {d['model']} | {d['images']} | {d['layers']} | {d['bare_s_per_image'] * 1e3:.1f} | "
+            lines.append(f"| {d['model']} | {d['images']} ({d.get('dataset', 'shapes')}) | {d['layers']} | {d['bare_s_per_image'] * 1e3:.1f} | "
                          f"{d['extraction_s_per_image'] * 1e3:.1f} | {e['median']:.3f} | "
                          f"{d['ratio_vs_preloaded_forward']:.3f} | {d['cold']['extraction_s']:.2f} | "
                          f"{d['cold']['mask_store_s']:.2f} |")

@@ -152,13 +152,16 @@ def test_mask_store_is_shared_rebuilt_when_missing_and_targets_are_pooled_masks(
     ActivationStore(tmp_path / "a.zarr")
 
 
-def test_extraction_chunking_does_not_change_the_store(small_dataset_and_model, tmp_path):
+def test_extraction_chunking_and_compression_do_not_change_the_store(small_dataset_and_model, tmp_path):
     loaded, ds = small_dataset_and_model
     kw = dict(layers=["features.4"], batch_size=3, grid_cap=6, progress=False, masks_dir=tmp_path / "m")
     extract(loaded, ds, tmp_path / "a.zarr", images_per_chunk=4, **kw)  # chunks cut across batches
-    extract(loaded, ds, tmp_path / "b.zarr", images_per_chunk=100, **kw)
+    extract(loaded, ds, tmp_path / "b.zarr", images_per_chunk=100, compression="zstd", **kw)
     a, b = ActivationStore(tmp_path / "a.zarr"), ActivationStore(tmp_path / "b.zarr")
     assert a.activations("features.4").chunks[0] == 4
+    assert a.attrs["compression"] == "none" and not a.activations("features.4").compressors
+    assert b.attrs["compression"] == "zstd" and type(b.activations("features.4").compressors[0]).__name__ == "ZstdCodec"
+    assert a.attrs["key"] != b.attrs["key"]  # another setting, another store
     assert np.array_equal(a.activations("features.4")[:], b.activations("features.4")[:])
     assert np.array_equal(a.image_ids, ds.image_ids) and np.array_equal(a.labels, b.labels)
     assert np.array_equal(a.content_boxes, b.content_boxes)

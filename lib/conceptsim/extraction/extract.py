@@ -99,7 +99,7 @@ def extract(
     metadata: dict[str, Any] | None = None,
     masks_dir: str | Path | None = None,
     images_per_chunk: int = 32,
-    compression: str = "zstd",
+    compression: str = "none",
     force: bool = False,
     progress: bool = True,
 ) -> ExtractionResult:
@@ -113,8 +113,8 @@ def extract(
     ``_masks`` folder beside ``out_path``), built first unless one with the same key is there already
     (:func:`conceptsim.extraction.maskstore.ensure_mask_store`); ``force`` rebuilds the activations only.
     The forward loop then reads images only: the next batch is decoded in a prefetch thread and the
-    previous one written (``images_per_chunk`` images per Zarr chunk; ``compression`` ``"zstd"`` or
-    ``"none"``) in a writer thread while the model runs.
+    previous one written (``images_per_chunk`` images per Zarr chunk; ``compression`` ``"none"`` or
+    ``"zstd"``, see :data:`conceptsim.extraction.store.COMPRESSORS`) in a writer thread while the model runs.
     """
     from torch.utils.data import DataLoader
 
