@@ -208,7 +208,7 @@ def test_background_threads_keep_order_and_raise_errors():
 def test_chunked_rows(tmp_path):
     import zarr
 
-    from conceptsim.extraction.store import WRITE_EVERY_CHUNK, ChunkedRows
+    from conceptsim.extraction.store import ChunkedRows, write_together
 
     g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     arr = g.create_array("x", shape=(10, 2), chunks=(4, 2), dtype="int64")
@@ -220,8 +220,8 @@ def test_chunked_rows(tmp_path):
     rows.finish(also=[(ids, slice(None), np.arange(10) * 7)])  # written in the same round as the last rows
     assert np.array_equal(arr[:], data)
     assert np.array_equal(ids[:], np.arange(10) * 7)
-    zero = g.create_array("z", shape=(4, 2), chunks=(2, 2), dtype="float16", config=WRITE_EVERY_CHUNK)
-    zero[:] = 0  # chunks holding only the fill value are still written (no per-chunk scan)
+    zero = g.create_array("z", shape=(4, 2), chunks=(2, 2), dtype="float16")
+    write_together([(zero, slice(None), np.zeros((4, 2), np.float16))])  # fill-value chunks are still written
     assert sorted(p.name for p in (tmp_path / "g.zarr" / "z" / "c").iterdir()) == ["0", "1"]
     with pytest.raises(StoreError, match="rows given"):
         ChunkedRows({"x": arr}, 10, 4).append({"x": np.zeros((11, 2))})

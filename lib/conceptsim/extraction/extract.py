@@ -22,7 +22,7 @@ from conceptsim.allocator import keep_freed_memory
 from conceptsim.atomic import atomic_path, sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.hooks import record_activations
-from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError, StoreWriter
+from conceptsim.extraction.store import COMPRESSORS, ActivationStore, LayerInfo, StoreError, StoreWriter
 from conceptsim.models.depth import trace_depth
 from conceptsim.models.registry import LoadedModel
 
@@ -129,8 +129,8 @@ def extract(
         )
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
-    if compression not in ("zstd", "none"):
-        raise ValueError(f"compression must be 'zstd' or 'none', got {compression!r}")
+    if compression not in COMPRESSORS:
+        raise ValueError(f"compression must be one of {sorted(COMPRESSORS)}, got {compression!r}")
     if images_per_chunk < 1:
         raise ValueError(f"images_per_chunk must be >= 1, got {images_per_chunk}")
     infos, total_convs = probe_layers(model, layers, grid_cap)

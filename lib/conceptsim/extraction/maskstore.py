@@ -32,7 +32,7 @@ import zarr
 
 from conceptsim.atomic import sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
-from conceptsim.extraction.store import WRITE_EVERY_CHUNK, ChunkedRows, StoreError, open_checked
+from conceptsim.extraction.store import ChunkedRows, StoreError, open_checked
 
 MASK_SCHEMA = 1
 ROWS_PER_CHUNK = 64
@@ -120,12 +120,10 @@ def ensure_mask_store(
                        preprocessing=dataset.preprocessing.to_dict())
         c = max(1, min(n, ROWS_PER_CHUNK))
         g.create_array("image_id", shape=(n,), chunks=(n or 1,), dtype="int64")[:] = np.asarray(dataset.image_ids, np.int64)
-        arrays = {"masks": g.create_array("masks", shape=(n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8",
-                                                    config=WRITE_EVERY_CHUNK)}
+        arrays = {"masks": g.create_array("masks", shape=(n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")}
         tg = g.create_group("targets")
         for x in grids:
-            arrays[grid_name(x)] = tg.create_array(grid_name(x), shape=(n, k, *x), chunks=(c, k or 1, *x), dtype="float16",
-                                                         config=WRITE_EVERY_CHUNK)
+            arrays[grid_name(x)] = tg.create_array(grid_name(x), shape=(n, k, *x), chunks=(c, k or 1, *x), dtype="float16")
         rows = ChunkedRows(arrays, n, c)
         loader = make_loader(dataset.with_targets(grids), batch_size=batch_size, num_workers=num_workers)
         bar = _progress(n, progress)

@@ -44,14 +44,15 @@ SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
 
 
 # Activations: raw by default ("none"). "zstd" (level 1) stores real feature maps in 2/3 to 3/4 of their size,
-# as small as the library's default level 3 for a third less CPU, but on 2 cores the forward pass already
-# keeps busy its encoding still adds 2-4 % to the extraction's wall time (measured on the default models).
+# as small as the library's default level 3 for a third less CPU; but the forward pass already keeps 2 cores
+# busy, so the encoding still adds 2-4 % to the extraction's wall time (measured on the default models).
 COMPRESSORS = {"none": lambda: None, "zstd": lambda: [ZstdCodec(level=1)]}
 
 
 # Zarr by default scans every chunk before writing it, to skip chunks that hold only the fill value;
 # activations, masks and targets practically never do, and the scan cost five times the write itself
 # (44 MB of float16 activations: 0.17 s of CPU against 0.04 s for encoding and writing).
+# :func:`write_together` writes with this runtime setting.
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 
@@ -99,15 +100,16 @@ def _chunk(n: int, per_chunk: int) -> int:
 def write_together(assignments: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
     """``array[selection] = value`` for every triple, as one batch of concurrent Zarr writes.
 
-    One round trip to Zarr's event loop instead of one per array, and the chunks of all arrays are
-    encoded in parallel by Zarr's thread pool.
+    One round trip to Zarr's event loop instead of one per array, the chunks of all arrays encoded in
+    parallel by Zarr's thread pool, and no fill-value scan (:data:`WRITE_EVERY_CHUNK`).
     """
     import asyncio
 
     from zarr.core.sync import sync
 
     async def write_all() -> None:
-        await asyncio.gather(*(array.async_array.setitem(sel, value) for array, sel, value in assignments))
+        await asyncio.gather(*(array.async_array.with_config(WRITE_EVERY_CHUNK).setitem(sel, value)
+                               for array, sel, value in assignments))
 
     if assignments:
         sync(write_all())
@@ -213,27 +215,26 @@ class StoreWriter:
         self.group = g
         # per-image scalars are tiny: buffered, and each array written once in finish()
         self._small = {
-            name: (g.create_array(name, shape=(self.n, *tail), chunks=(self.n or 1, *(t or 1 for t in tail)), dtype=dt,
-                                  config=WRITE_EVERY_CHUNK), [])
+            name: g.create_array(name, shape=(self.n, *tail), chunks=(self.n or 1, *(t or 1 for t in tail)), dtype=dt)
             for name, tail, dt in (("image_id", (), "int64"), ("split", (), "uint8"), ("labels", (k,), "uint8"),
                                    ("content_box", (4,), "float32"))
         }
+        self._small_parts: dict[str, list[np.ndarray]] = {name: [] for name in self._small}
         acts = g.create_group("activations")
         arrays = {}
         self.own_masks = mask_store is None
         if self.own_masks:
             gh, gw = (int(x) for x in eval_grid)
-            arrays["masks"] = g.create_array("masks", shape=(self.n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8",
-                                             config=WRITE_EVERY_CHUNK)
+            arrays["masks"] = g.create_array("masks", shape=(self.n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")
             tgts = g.create_group("targets")
         for layer in self.layers:
             h, w = layer.grid
             arrays[f"a/{layer.name}"] = acts.create_array(layer.name, shape=(self.n, layer.channels, h, w),
                                                           chunks=(c, layer.channels, h, w), dtype=dtype,
-                                                          compressors=COMPRESSORS[compression](), config=WRITE_EVERY_CHUNK)
+                                                          compressors=COMPRESSORS[compression]())
             if self.own_masks:
                 arrays[f"t/{layer.name}"] = tgts.create_array(layer.name, shape=(self.n, k, h, w), chunks=(c, k or 1, h, w),
-                                                              dtype="float16", config=WRITE_EVERY_CHUNK)
+                                                              dtype="float16")
         self.rows = ChunkedRows(arrays, self.n, c)
 
     @property
@@ -255,10 +256,10 @@ class StoreWriter:
             raise StoreError(f"store {self.path}: batch overflows the {self.n} images it was created for")
         if self.own_masks and (masks is None or targets is None):
             raise StoreError(f"store {self.path} holds its own masks: write_batch needs masks and targets")
-        self._small["image_id"][1].append(np.asarray(image_ids, dtype=np.int64))
-        self._small["split"][1].append(np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8))
-        self._small["labels"][1].append(np.asarray(labels, dtype=np.uint8))
-        self._small["content_box"][1].append(np.asarray(content_boxes, dtype=np.float32))
+        self._small_parts["image_id"].append(np.asarray(image_ids, dtype=np.int64))
+        self._small_parts["split"].append(np.array([SPLIT_CODES[x] for x in splits], dtype=np.uint8))
+        self._small_parts["labels"].append(np.asarray(labels, dtype=np.uint8))
+        self._small_parts["content_box"].append(np.asarray(content_boxes, dtype=np.float32))
         rows = {f"a/{layer.name}": activations[layer.name] for layer in self.layers}
         if self.own_masks:
             rows["masks"] = np.asarray(masks, dtype=np.uint8)
@@ -269,7 +270,8 @@ class StoreWriter:
         if self.cursor != self.n:
             raise StoreError(f"store {self.path}: {self.cursor} of {self.n} images written")
         # the last rows and the per-image arrays in one round of writes: this is the tail after the last batch
-        self.rows.finish(also=[(array, slice(None), np.concatenate(parts)) for array, parts in self._small.values() if parts])
+        self.rows.finish(also=[(self._small[name], slice(None), np.concatenate(parts))
+                               for name, parts in self._small_parts.items() if parts])
         self.group.attrs["complete"] = True
 
 
