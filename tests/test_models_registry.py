@@ -5,7 +5,7 @@ import torch
 
 from conceptsim.extraction.hooks import UnknownLayerError, resolve_layers
 from conceptsim.models import registry
-from conceptsim.models.depth import trace_depth
+from conceptsim.extraction.depth import trace_depth
 from conceptsim.models.registry import (
     PretrainedWeightsUnavailable,
     UnknownModelError,

@@ -23,7 +23,7 @@ from conceptsim.atomic import atomic_path, sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.extraction.store import COMPRESSORS, ActivationStore, LayerInfo, StoreError, StoreWriter
-from conceptsim.models.depth import trace_depth
+from conceptsim.extraction.depth import trace_depth
 from conceptsim.models.registry import LoadedModel
 
 
