@@ -32,7 +32,7 @@ import zarr
 
 from conceptsim.atomic import sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
-from conceptsim.extraction.store import ChunkedRows, StoreError, open_checked
+from conceptsim.extraction.zarrio import ChunkedRows, StoreError, open_checked
 
 MASK_SCHEMA = 1
 ROWS_PER_CHUNK = 64
