@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conceptsim.comparison.outputs import ComparisonError, StudyOutputs, resampling_matrices
+from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
+from conceptsim.data.geometry import resampling_matrices
 from conceptsim.comparison.stage import run_comparison_stage
 from conceptsim.comparison.synthetic import build_synthetic_study
 from conceptsim.data.geometry import input_to_image_grid

@@ -24,7 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from conceptsim.data.geometry import input_to_image_grid
+from conceptsim.concepts.vectors import ConceptVectors, vector_path
+from conceptsim.data.geometry import resampling_matrices
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
 from conceptsim.paths import model_dir_name
 
@@ -57,9 +58,6 @@ def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.n
     ComparisonError
         When the file is missing, lacks a key, or its shapes disagree.
     """
-    # imported here: the concept stage imports this module's resampling matrices (no import cycle)
-    from conceptsim.concepts.vectors import ConceptVectors, vector_path
-
     if kind not in ("seg", "cls"):
         raise ValueError(f"kind must be 'seg' or 'cls', got {kind!r}")
     path = vector_path(Path(model_dir) / "vectors", kind, layer)
@@ -118,33 +116,6 @@ class LinearProbe:
     def vectors(self, feats: torch.Tensor) -> torch.Tensor:
         """``n x C`` features -> ``n x K`` logits."""
         return feats @ self.weight.T + self.bias
-
-
-def resampling_matrices(
-    content_boxes: torch.Tensor, input_size: Sequence[int], src_hw: Sequence[int], grid: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column matrices of :func:`input_to_image_grid` for maps of size ``src_hw``.
-
-    The resampling is bilinear along an axis-aligned box, hence separable:
-    ``out[i, j] = sum_pq Ry[i, p] X[p, q] Rx[j, q]``. Two small matrix products are much faster than
-    ``grid_sample`` when dozens of layers and concepts go through the same geometry. The matrices are read
-    off the reference function itself (applied to one-hot columns / rows of width 1, where the other axis
-    is constant; the other output axis then needs one sample only), so the geometry is defined in one
-    place and the two agree to rounding.
-
-    Returns
-    -------
-    Ry : ``n x gh x h``; Rx : ``n x gw x w``.
-    """
-    h, w = (int(s) for s in src_hw)
-    gh, gw = (int(g) for g in grid)
-    n = content_boxes.shape[0]
-    # Rows depend only on the output rows (an output grid of width 1 suffices) and vice versa.
-    eye_h = torch.eye(h).reshape(1, h, h, 1).expand(n, h, h, 1).contiguous()
-    eye_w = torch.eye(w).reshape(1, w, 1, w).expand(n, w, 1, w).contiguous()
-    ry = input_to_image_grid(eye_h, content_boxes, input_size, (gh, 1))[:, :, :, 0]  # n x h x gh
-    rx = input_to_image_grid(eye_w, content_boxes, input_size, (1, gw))[:, :, 0, :]  # n x w x gw
-    return ry.transpose(1, 2).contiguous(), rx.transpose(1, 2).contiguous()
 
 
 @dataclass(frozen=True)

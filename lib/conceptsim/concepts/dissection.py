@@ -16,7 +16,7 @@ the order statistic of 0-based rank ``r = ceil(q (M - 1))`` among the ``M`` valu
 
 IoU. The unit's activation is resampled bilinearly onto the evaluation grid over the image, thresholded
 ``> T_k``, and its set IoU with each concept mask is summed over images. The resampling uses the
-separable matrices of :class:`conceptsim.concepts.net2vec.Resampler`, and the ``units x concepts``
+separable matrices of :class:`conceptsim.data.geometry.Resampler`, and the ``units x concepts``
 intersections of a batch are one batched matrix product of the binarised unit maps and the masks. A unit detects a concept when
 IoU > 0.04. Unit labels (best concept per unit) use test IoU as Network Dissection does; the *best single
 unit per concept*, set beside the Net2Vec vector, is selected on val and reported on test.

@@ -20,8 +20,8 @@ Evaluation follows methods.md: logits are resampled bilinearly from the activati
 onto the evaluation grid over the image (:func:`conceptsim.data.geometry.input_to_image_grid`), then
 thresholded at 0.5 on the sigmoid (logit > 0), and the set IoU is summed over images.
 
-Speed. The resampling is separable, so :class:`Resampler` applies it as two small matrix products with
-the matrices of :func:`conceptsim.comparison.outputs.resampling_matrices` (read off the reference function,
+Speed. The resampling is separable, so :class:`~conceptsim.data.geometry.Resampler` applies it as two small
+matrix products with the matrices of :func:`conceptsim.data.geometry.resampling_matrices` (read off the reference function,
 equal to it up to float rounding; one matrix pair per distinct content box, built once per eval set and
 activation grid). Counting thresholds the logits at 0 (no sigmoid), and the union is
 ``|B| + |m| - |B and m|`` with the mask areas ``|m|`` computed once per eval set.
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conceptsim.comparison.outputs import resampling_matrices
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
+from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
 EVAL_BATCH = 32
@@ -83,46 +83,6 @@ class EvalSet:
         """The same images restricted to some concepts (resampling matrices are shared)."""
         out = EvalSet(self.masks[:, list(concepts)], self.boxes, self.input_size)
         out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
-        return out
-
-
-class Resampler:
-    """Bilinear resampling of activation-grid maps onto an evaluation grid, as separable matrix products.
-
-    Equals :func:`conceptsim.data.geometry.input_to_image_grid` up to float rounding. Images are grouped by content box; each distinct box
-    has one pair of matrices ``Ry`` (``gh x h``) and ``Rx`` (``gw x w``).
-
-    Parameters
-    ----------
-    boxes : ``n x 4`` content boxes of the images (positions as in the split).
-    input_size : (H, W) of the model input frame.
-    src_hw : (h, w) of the maps to resample. grid : (gh, gw) of the output.
-    device : where the matrices live (the maps' device).
-    """
-
-    def __init__(self, boxes: torch.Tensor, input_size: Sequence[int], src_hw: Sequence[int], grid: Sequence[int],
-                 device: str | torch.device = "cpu"):
-        uniq, inverse = np.unique(boxes.cpu().numpy(), axis=0, return_inverse=True)
-        ry, rx = resampling_matrices(torch.from_numpy(uniq), input_size, src_hw, grid)
-        self.ry, self.rxt = ry.to(device), rx.transpose(1, 2).contiguous().to(device)
-        self.group = inverse.reshape(-1)
-        self.grid = tuple(int(g) for g in grid)
-
-    def _one(self, z: torch.Tensor, g: int) -> torch.Tensor:
-        b, k, h, w = z.shape
-        u = torch.matmul(z.reshape(b * k * h, w), self.rxt[g]).view(b * k, h, -1)
-        return torch.matmul(self.ry[g], u).view(b, k, *self.grid)
-
-    def __call__(self, z: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
-        """Resample ``B x K x h x w`` maps of the images at split positions ``pos`` -> ``B x K x gh x gw``."""
-        groups = self.group[np.asarray(pos)]
-        first = int(groups[0]) if len(groups) else 0
-        if (groups == first).all():
-            return self._one(z.float(), first)
-        out = torch.empty((z.shape[0], z.shape[1], *self.grid), device=z.device)
-        for g in np.unique(groups):
-            sel = torch.from_numpy(np.flatnonzero(groups == g)).to(z.device)
-            out[sel] = self._one(z[sel].float(), int(g))
         return out
 
 

@@ -25,7 +25,7 @@ Memory and speed. A layer's splits are held in memory as float32 whenever they f
 example about 1.5x from 48 to 192 images) in exchange for standardising once and never re-reading the
 store. Network Dissection reuses those in-memory splits when they cover the whole store (see
 :func:`_dissection_batches`), and IoUs are counted on separable-matrix resamplings
-(:class:`conceptsim.concepts.net2vec.Resampler`).
+(:class:`conceptsim.data.geometry.Resampler`).
 
 Exclusions (reported, counted, never silent): a concept is not trained for a method when it has no
 positive pixels (seg) or lacks positives or negatives among the image labels (cls) in train, val or test.

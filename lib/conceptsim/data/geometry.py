@@ -241,6 +241,73 @@ def input_to_image_grid(
     return F.grid_sample(maps.float(), coords.to(maps.device), mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def resampling_matrices(
+    content_boxes: torch.Tensor, input_size: Sequence[int], src_hw: Sequence[int], grid: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column matrices of :func:`input_to_image_grid` for maps of size ``src_hw``.
+
+    The resampling is bilinear along an axis-aligned box, hence separable:
+    ``out[i, j] = sum_pq Ry[i, p] X[p, q] Rx[j, q]``. Two small matrix products are much faster than
+    ``grid_sample`` when dozens of layers and concepts go through the same geometry. The matrices are read
+    off the reference function itself (applied to one-hot columns / rows of width 1, where the other axis
+    is constant; the other output axis then needs one sample only), so the geometry is defined in one
+    place and the two agree to rounding.
+
+    Returns
+    -------
+    Ry : ``n x gh x h``; Rx : ``n x gw x w``.
+    """
+    h, w = (int(s) for s in src_hw)
+    gh, gw = (int(g) for g in grid)
+    n = content_boxes.shape[0]
+    # Rows depend only on the output rows (an output grid of width 1 suffices) and vice versa.
+    eye_h = torch.eye(h).reshape(1, h, h, 1).expand(n, h, h, 1).contiguous()
+    eye_w = torch.eye(w).reshape(1, w, 1, w).expand(n, w, 1, w).contiguous()
+    ry = input_to_image_grid(eye_h, content_boxes, input_size, (gh, 1))[:, :, :, 0]  # n x h x gh
+    rx = input_to_image_grid(eye_w, content_boxes, input_size, (1, gw))[:, :, 0, :]  # n x w x gw
+    return ry.transpose(1, 2).contiguous(), rx.transpose(1, 2).contiguous()
+
+
+class Resampler:
+    """Bilinear resampling of activation-grid maps onto an evaluation grid, as separable matrix products.
+
+    Equals :func:`conceptsim.data.geometry.input_to_image_grid` up to float rounding. Images are grouped by content box; each distinct box
+    has one pair of matrices ``Ry`` (``gh x h``) and ``Rx`` (``gw x w``).
+
+    Parameters
+    ----------
+    boxes : ``n x 4`` content boxes of the images (positions as in the split).
+    input_size : (H, W) of the model input frame.
+    src_hw : (h, w) of the maps to resample. grid : (gh, gw) of the output.
+    device : where the matrices live (the maps' device).
+    """
+
+    def __init__(self, boxes: torch.Tensor, input_size: Sequence[int], src_hw: Sequence[int], grid: Sequence[int],
+                 device: str | torch.device = "cpu"):
+        uniq, inverse = np.unique(boxes.cpu().numpy(), axis=0, return_inverse=True)
+        ry, rx = resampling_matrices(torch.from_numpy(uniq), input_size, src_hw, grid)
+        self.ry, self.rxt = ry.to(device), rx.transpose(1, 2).contiguous().to(device)
+        self.group = inverse.reshape(-1)
+        self.grid = tuple(int(g) for g in grid)
+
+    def _one(self, z: torch.Tensor, g: int) -> torch.Tensor:
+        b, k, h, w = z.shape
+        u = torch.matmul(z.reshape(b * k * h, w), self.rxt[g]).view(b * k, h, -1)
+        return torch.matmul(self.ry[g], u).view(b, k, *self.grid)
+
+    def __call__(self, z: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
+        """Resample ``B x K x h x w`` maps of the images at split positions ``pos`` -> ``B x K x gh x gw``."""
+        groups = self.group[np.asarray(pos)]
+        first = int(groups[0]) if len(groups) else 0
+        if (groups == first).all():
+            return self._one(z.float(), first)
+        out = torch.empty((z.shape[0], z.shape[1], *self.grid), device=z.device)
+        for g in np.unique(groups):
+            sel = torch.from_numpy(np.flatnonzero(groups == g)).to(z.device)
+            out[sel] = self._one(z[sel].float(), int(g))
+        return out
+
+
 def eval_grid(image_hw: Sequence[int], cap: int = 112) -> tuple[int, int]:
     """The common evaluation grid: the mask grid scaled so that its longer side is at most ``cap``."""
     h, w = int(image_hw[0]), int(image_hw[1])
