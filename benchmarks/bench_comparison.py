@@ -54,9 +54,9 @@ def dataset_sizes(study) -> dict:
 
 
 def real_results_exist(study) -> bool:
-    from conceptsim.pipeline import model_results
+    from conceptsim.paths import concept_quality_csv, model_results
 
-    return all((model_results(study.name, d, m) / "concept_quality.csv").exists()
+    return all(concept_quality_csv(model_results(study.name, d, m)).exists()
                for d in study.datasets for m in study.models)
 
 
@@ -92,11 +92,11 @@ def real_spec(study) -> dict:
     import json
 
     from conceptsim.extraction.store import ActivationStore
-    from conceptsim.pipeline import dataset_results, store_path
+    from conceptsim.paths import comparison_files, dataset_results, store_path
 
     dirs = {}
     for d in study.datasets:
-        findings = json.loads((dataset_results(study.name, d) / "findings.json").read_text())
+        findings = json.loads(comparison_files(dataset_results(study.name, d))["findings"].read_text())
         dirs[d] = (dataset_results(study.name, d), int(findings["n_test"]), len(findings["concepts"]))
     first = next(iter(study.datasets))
     layers = {m: len(ActivationStore(store_path(study.name, first, m)).layers) for m in study.models}

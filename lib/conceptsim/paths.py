@@ -1,4 +1,18 @@
-"""Where the project keeps its caches and results, and the environment that keeps $HOME clean."""
+"""Where the project keeps its caches and results, and the environment that keeps $HOME clean.
+
+Result layout (every stage, the runner, the book pages and the benchmarks build their paths here)::
+
+    results/<study>/                        study_results
+      _runs/<run>.json  _logs/<run>.log     run records and logs of the runner
+      <dataset>/                            dataset_results: cross-model results
+        _masks/                             mask stores, shared by the models of one input geometry
+        similarity.csv  layer_similarity.csv  findings.json     comparison stage
+        dataset_summary.csv  dataset_examples.png               dataset summary
+        <model_dir>/                        model_results; ``NAME:random`` is written ``NAME__random``
+          activations.zarr                  extraction stage
+          vectors/  concept_quality.csv  concept_stage.json  dissection*.csv    concept stage
+    book/results/<study>/                   book_results_dir: executed notebooks and generated pages
+"""
 
 from __future__ import annotations
 
@@ -42,6 +56,75 @@ def results_dir() -> Path:
 def model_dir_name(model: str) -> str:
     """Folder name of a model's results: ``NAME:random`` is written ``NAME__random``."""
     return model.replace(":", "__")
+
+
+# ----------------------------------------------------------------------------- result layout
+def study_results(study: str) -> Path:
+    return results_dir() / study
+
+
+def dataset_results(study: str, dataset: str) -> Path:
+    return study_results(study) / dataset
+
+
+def model_results(study: str, dataset: str, model: str) -> Path:
+    return dataset_results(study, dataset) / model_dir_name(model)
+
+
+def store_path(study: str, dataset: str, model: str) -> Path:
+    return activation_store(model_results(study, dataset, model))
+
+
+def masks_dir(study: str, dataset: str) -> Path:
+    """Where the mask stores of a (study, dataset) live: shared by every model with the same input geometry."""
+    return dataset_results(study, dataset) / "_masks"
+
+
+def runs_dir(study: str) -> Path:
+    return study_results(study) / "_runs"
+
+
+def logs_dir(study: str) -> Path:
+    return study_results(study) / "_logs"
+
+
+def book_results_dir(study: str) -> Path:
+    return project_root() / "book" / "results" / study
+
+
+# files of one model folder (``model_results``)
+def activation_store(model_dir: str | Path) -> Path:
+    return Path(model_dir) / "activations.zarr"
+
+
+def vectors_dir(model_dir: str | Path) -> Path:
+    return Path(model_dir) / "vectors"
+
+
+def concept_quality_csv(model_dir: str | Path) -> Path:
+    return Path(model_dir) / "concept_quality.csv"
+
+
+def concept_table_csv(model_dir: str | Path, table: str) -> Path:
+    """A further concept-stage table (``dissection``, ``dissection_summary``, ``dissection_best_unit``)."""
+    return Path(model_dir) / f"{table}.csv"
+
+
+def concept_stage_json(model_dir: str | Path) -> Path:
+    return Path(model_dir) / "concept_stage.json"
+
+
+# files of one dataset folder (``dataset_results``)
+def comparison_files(dataset_dir: str | Path) -> dict[str, Path]:
+    """The comparison stage's outputs: ``similarity``, ``layer_similarity`` and ``findings``."""
+    d = Path(dataset_dir)
+    return {"similarity": d / "similarity.csv", "layer_similarity": d / "layer_similarity.csv",
+            "findings": d / "findings.json"}
+
+
+def dataset_summary_files(dataset_dir: str | Path) -> tuple[Path, Path]:
+    """``(dataset_summary.csv, dataset_examples.png)`` of a dataset folder."""
+    return Path(dataset_dir) / "dataset_summary.csv", Path(dataset_dir) / "dataset_examples.png"
 
 
 def configure_environment() -> None:

@@ -1,8 +1,7 @@
 """Stage entry points that the notebooks call: each joins the data, model and stage modules.
 
-Result layout: ``results/<study>/<dataset>/<model_dir>/`` per (dataset, model), where ``model_dir`` is
-the model name with ``:`` replaced by ``__`` (``mobilenet_v2_imagenet__random``), and
-``results/<study>/<dataset>/`` for cross-model results.
+Result paths come from :mod:`conceptsim.paths` (``dataset_results``, ``model_results``, ``store_path`` and
+``masks_dir`` stay importable from here).
 """
 
 from __future__ import annotations
@@ -13,24 +12,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from conceptsim.paths import model_dir_name, results_dir
-
-
-def dataset_results(study: str, dataset: str) -> Path:
-    return results_dir() / study / dataset
-
-
-def model_results(study: str, dataset: str, model: str) -> Path:
-    return dataset_results(study, dataset) / model_dir_name(model)
-
-
-def store_path(study: str, dataset: str, model: str) -> Path:
-    return model_results(study, dataset, model) / "activations.zarr"
-
-
-def masks_dir(study: str, dataset: str) -> Path:
-    """Where the mask stores of a (study, dataset) live: shared by every model with the same input geometry."""
-    return dataset_results(study, dataset) / "_masks"
+from conceptsim.paths import (
+    concept_quality_csv,
+    dataset_results,
+    dataset_summary_files,
+    masks_dir,
+    model_results,
+    store_path,
+    vectors_dir,
+)
 
 
 def configure_threads() -> int:
@@ -109,7 +99,7 @@ def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept
     from conceptsim.concepts.stage import run_concept_stage
 
     out = model_results(study, dataset, model)
-    twin_csv = model_results(study, dataset, random_twin) / "concept_quality.csv" if random_twin else None
+    twin_csv = concept_quality_csv(model_results(study, dataset, random_twin)) if random_twin else None
     opts = dict(concept_options)
     return run_concept_stage(
         store_path(study, dataset, model), out, loss=opts["loss"], lr=opts["lr"], epochs=opts["epochs"],
@@ -149,10 +139,10 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     store = ActivationStore(store_path(study, dataset, model))
     out = model_results(study, dataset, model)
     if layer is None:
-        q = pd.read_csv(out / "concept_quality.csv")
+        q = pd.read_csv(concept_quality_csv(out))
         q = q[(q["method"] == "seg") & (q["metric"] == "set_iou")]
         layer = str(q.groupby("layer")["value"].mean().idxmax())
-    vectors = ConceptVectors.load(vector_path(out / "vectors", "seg", layer))
+    vectors = ConceptVectors.load(vector_path(vectors_dir(out), "seg", layer))
     names = list(concepts or vectors.concepts)
     rows = store.split_index("test")
     # prefer test images where the chosen concepts are present
@@ -187,7 +177,6 @@ def dataset_summary(study: str, dataset: str, model: str):
                          concepts=store.concept_names)
     if [int(i) for i in ds.image_ids] != sorted(int(i) for i in store.image_ids):
         raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
-    out = dataset_results(study, dataset)
-    figure = out / "dataset_examples.png"
-    write_summary(ds, out / "dataset_summary.csv", figure)
-    return pd.read_csv(out / "dataset_summary.csv"), figure
+    table, figure = dataset_summary_files(dataset_results(study, dataset))
+    write_summary(ds, table, figure)
+    return pd.read_csv(table), figure

@@ -15,7 +15,7 @@ import yaml
 
 from conceptsim.atomic import write_text
 from conceptsim.comparison.report import table
-from conceptsim.paths import project_root, results_dir
+from conceptsim.paths import comparison_files, dataset_results, project_root
 
 if TYPE_CHECKING:
     from conceptsim.study import Run, Study
@@ -74,7 +74,7 @@ def write_findings_page(study: "Study", path: Path) -> Path | None:
     CKA disagree (None when no dataset has results)."""
     parts = []
     for ds in study.datasets:
-        fj = results_dir() / study.name / ds / "findings.json"
+        fj = comparison_files(dataset_results(study.name, ds))["findings"]
         if fj.exists():
             parts.append(f"## Dataset `{ds}`\n\n" + _dataset_findings(study, ds, fj, path.parent))
     if not parts:
@@ -107,7 +107,7 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
         fig = make()
         fig.savefig(fig_dir / f"{name}.png", dpi=90)
         shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
-    sim = pd.read_csv(findings_json.parent / "similarity.csv", keep_default_na=False, na_values=[""])
+    sim = pd.read_csv(comparison_files(findings_json.parent)["similarity"], keep_default_na=False, na_values=[""])
     trained = sim[~sim["model_a"].str.endswith(":random") & ~sim["model_b"].str.endswith(":random")]
     agree = concept_vs_cka(trained, method="seg")
     rows = [[f"{r.model_a} vs {r.model_b}", str(r.n_pairs), report.fmt(r.spearman), report.fmt(r.mean_concept),

@@ -25,7 +25,7 @@ import nbformat
 import yaml
 
 from conceptsim.atomic import sha256_json, write_json, write_text
-from conceptsim.paths import model_dir_name, project_root, results_dir
+from conceptsim.paths import book_results_dir, logs_dir, model_dir_name, project_root, runs_dir
 from conceptsim.study import Run, Study
 
 log = logging.getLogger("conceptsim.runner")
@@ -33,10 +33,6 @@ log = logging.getLogger("conceptsim.runner")
 
 def notebooks_dir() -> Path:
     return project_root() / "notebooks"
-
-
-def book_results_dir(study: str) -> Path:
-    return project_root() / "book" / "results" / study
 
 
 def run_slug(run: Run) -> str:
@@ -49,11 +45,11 @@ def executed_path(run: Run) -> Path:
 
 
 def record_path(run: Run) -> Path:
-    return results_dir() / run.parameters["study"] / "_runs" / f"{run_slug(run)}.json"
+    return runs_dir(run.parameters["study"]) / f"{run_slug(run)}.json"
 
 
 def log_path(run: Run) -> Path:
-    return results_dir() / run.parameters["study"] / "_logs" / f"{run_slug(run)}.log"
+    return logs_dir(run.parameters["study"]) / f"{run_slug(run)}.log"
 
 
 def notebook_code_hash(path: Path) -> str:
@@ -264,7 +260,7 @@ def run_study(
 
 # ----------------------------------------------------------------------------- book pages and toc
 def load_records(study: str) -> list[dict]:
-    folder = results_dir() / study / "_runs"
+    folder = runs_dir(study)
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
 

@@ -27,7 +27,7 @@ import torch
 from conceptsim.concepts.vectors import ConceptVectors, vector_path
 from conceptsim.data.geometry import resampling_matrices
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
-from conceptsim.paths import model_dir_name
+from conceptsim.paths import activation_store, model_dir_name, vectors_dir
 
 SEG_KEYS = ("weight", "bias", "mean", "std", "concepts")
 CLS_KEYS = ("coef", "intercept", "mean", "std", "concepts")
@@ -60,7 +60,7 @@ def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.n
     """
     if kind not in ("seg", "cls"):
         raise ValueError(f"kind must be 'seg' or 'cls', got {kind!r}")
-    path = vector_path(Path(model_dir) / "vectors", kind, layer)
+    path = vector_path(vectors_dir(model_dir), kind, layer)
     if not path.exists():
         raise ComparisonError(f"concept vectors {path} do not exist; run the concept stage first")
     try:
@@ -206,7 +206,7 @@ class StudyOutputs:
             raise ComparisonError("no models to compare")
         self.stores: list[ActivationStore] = []
         for m in models:
-            path = self.dataset_dir / model_dir_name(m) / "activations.zarr"
+            path = activation_store(self.dataset_dir / model_dir_name(m))
             try:
                 self.stores.append(ActivationStore(path))
             except StoreError as exc:

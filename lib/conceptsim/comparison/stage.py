@@ -58,8 +58,9 @@ from conceptsim.comparison.findings import (
     permutation_test,
     rng_for,
 )
-from conceptsim.comparison.outputs import ComparisonError, StudyOutputs, model_dir_name
+from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
+from conceptsim.paths import comparison_files, concept_quality_csv, model_dir_name
 
 FINDINGS_SCHEMA = 1
 QUALITY_METRIC = {"seg": "set_iou", "cls": "ap"}
@@ -72,7 +73,7 @@ def read_quality(so: StudyOutputs) -> pd.DataFrame:
     """The ``concept_quality.csv`` rows of all models, checked for the columns the stage needs."""
     frames = []
     for m in so.models:
-        path = so.dataset_dir / model_dir_name(m) / "concept_quality.csv"
+        path = concept_quality_csv(so.dataset_dir / model_dir_name(m))
         if not path.exists():
             raise ComparisonError(f"{path} does not exist; run the concept stage first")
         df = pd.read_csv(path, keep_default_na=True)
@@ -444,11 +445,7 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     quality = read_quality(so)
     sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4)
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
-    paths = {
-        "similarity": out_dir / "similarity.csv",
-        "layer_similarity": out_dir / "layer_similarity.csv",
-        "findings": out_dir / "findings.json",
-    }
+    paths = comparison_files(out_dir)
     write_csv(paths["similarity"], similarity_frame(so, sims))
     write_csv(paths["layer_similarity"], layer_similarity_frame(so, sims, rep))
     doc = findings_document(so, sims, quality, seed=seed, permutations=permutations, bootstrap=bootstrap)

@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 
 from conceptsim.atomic import atomic_path
-from conceptsim.comparison.outputs import model_dir_name
 from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.data.geometry import area_pool
 from conceptsim.extraction.store import LayerInfo, StoreWriter
+from conceptsim.paths import activation_store, concept_quality_csv, model_dir_name, vectors_dir
 
 Signal = Callable[[str, int, float, int], float]
 
@@ -84,7 +84,7 @@ def build_synthetic_study(
     concept_list = [{"name": n, "category": c} for n, c in concepts]
     for model, layers in models.items():
         mdir = root / model_dir_name(model)
-        (mdir / "vectors").mkdir(parents=True, exist_ok=True)
+        vectors_dir(mdir).mkdir(parents=True, exist_ok=True)
         infos = [
             LayerInfo(name, "Conv2d", ch, (g, g), (g, g), i + 1, depth, (i + 1) / len(layers))
             for i, (name, depth, g, ch) in enumerate(layers)
@@ -105,13 +105,13 @@ def build_synthetic_study(
             w[np.arange(k), np.arange(k)] = gain
             std = np.ones(info.channels)
             mean = np.zeros(info.channels)
-            save_npz(vector_path(mdir / "vectors", "seg", info.name), weight=w, bias=np.full(k, -gain / 2), mean=mean,
+            save_npz(vector_path(vectors_dir(mdir), "seg", info.name), weight=w, bias=np.full(k, -gain / 2), mean=mean,
                      std=std, concepts=np.array([c[0] for c in concepts]))
             gap = a.mean(axis=(2, 3))
             gap_mean = (gap[: n_images - n_test] if n_test < n_images else gap).mean(axis=0)
-            save_npz(vector_path(mdir / "vectors", "cls", info.name), coef=w / gain, intercept=-gap_mean[:k], mean=mean,
+            save_npz(vector_path(vectors_dir(mdir), "cls", info.name), coef=w / gain, intercept=-gap_mean[:k], mean=mean,
                      std=std, concepts=np.array([c[0] for c in concepts]))
-        store_path = mdir / "activations.zarr"
+        store_path = activation_store(mdir)
         with atomic_path(store_path) as tmp:
             writer = StoreWriter(
                 tmp, n_images=n_images, layers=infos, concepts=concept_list, eval_grid=eval_grid,
@@ -130,7 +130,7 @@ def build_synthetic_study(
                      "method": method, "metric": metric, "value": s, "ci_low": s, "ci_high": s, "control_value": 0.0,
                      "random_init_value": np.nan, "represented": bool(s >= 0.5), "n_test": n_test}
                 )
-        with atomic_path(mdir / "concept_quality.csv") as tmp:
+        with atomic_path(concept_quality_csv(mdir)) as tmp:
             pd.DataFrame(quality).to_csv(tmp, index=False)
     return root
 

@@ -51,6 +51,7 @@ from conceptsim.concepts.net2vec import LOSSES, EvalSet, split_counts, train_seg
 from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.extraction.store import ActivationStore, LayerInfo, read_rows
+from conceptsim.paths import concept_quality_csv, concept_stage_json, concept_table_csv, vectors_dir
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -438,7 +439,7 @@ def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods
     store = ActivationStore(store_path)
     infos = [store.layer(name) for name in (layers or store.layer_names)]
     inp, report = prepare(store, concepts, bootstrap, seed)
-    vec_dir = out / "vectors"
+    vec_dir = vectors_dir(out)
     quality, units, summaries, best, timings = [], [], [], [], {}
     for info in infos:
         log.info("concept stage: %s layer %s", store.model, info.name)
@@ -454,10 +455,10 @@ def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods
     params = dict(store=str(store_path), layers=[i.name for i in infos], concepts=inp.names, **vars(p),
                   random_init_quality=random_init_quality, bootstrap=bootstrap, methods=list(methods),
                   dissection=dissection, memory_budget_gb=memory_budget_gb, threads=torch.get_num_threads())
-    write_json(out / "concept_stage.json", {"parameters": params, "store_key": store.attrs.get("key"),
+    write_json(concept_stage_json(out), {"parameters": params, "store_key": store.attrs.get("key"),
                                             "model": store.model, "dataset": store.dataset, **report,
                                             "layers": timings, "total_s": time.perf_counter() - t0})
-    paths["concept_stage"] = out / "concept_stage.json"
+    paths["concept_stage"] = concept_stage_json(out)
     return paths
 
 
@@ -466,8 +467,8 @@ def write_outputs(out: Path, quality: list, p: Params, twin: Path | None, dis_ta
     df = pd.DataFrame(quality, columns=QUALITY_COLUMNS)
     df["loss"], df["seed"] = p.loss, p.seed
     df = join_random_init(df, Path(twin) if twin is not None else None)
-    paths = {"concept_quality": write_csv(out / "concept_quality.csv", df.to_dict("records"), list(df.columns))}
+    paths = {"concept_quality": write_csv(concept_quality_csv(out), df.to_dict("records"), list(df.columns))}
     if dis_tables is not None:
         for name, rows in zip(("dissection", "dissection_summary", "dissection_best_unit"), dis_tables):
-            paths[name] = write_csv(out / f"{name}.csv", rows)
+            paths[name] = write_csv(concept_table_csv(out, name), rows)
     return paths
