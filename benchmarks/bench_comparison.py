@@ -24,18 +24,19 @@ TARGET = 30.0
 def default_layout(study, grid_cap: int) -> dict:
     """``{model: [(layer, relative depth, grid side, channels)]}`` of the study's models, from tracing."""
     from conceptsim.extraction.extract import probe_layers
+    from conceptsim.models.names import is_twin, twin_name
     from conceptsim.models.registry import build_model
     from conceptsim.pipeline import probed_layers
 
     layout = {}
     for name in study.models:
-        if name.endswith(":random"):
+        if is_twin(name):
             continue
         loaded = build_model(name)
         infos, _ = probe_layers(loaded, probed_layers(name, study.layers.get(name), study.sections["extraction"].get("max_layers", 0)), grid_cap)
         # square grids in the synthetic builder: keep the larger side (never smaller than the real work)
         layout[name] = [(i.name, i.relative_depth, max(i.grid), i.channels) for i in infos]
-        layout[f"{name}:random"] = layout[name]
+        layout[twin_name(name)] = layout[name]
     return {m: layout[m] for m in study.models}
 
 

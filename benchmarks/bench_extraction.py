@@ -37,13 +37,14 @@ def run(ctx: Context) -> list[dict]:
     from torch.utils.data import DataLoader
 
     from conceptsim.extraction.extract import bare_forward_seconds, extract
+    from conceptsim.models.names import is_twin
     from conceptsim.models.registry import build_model
     from conceptsim.pipeline import open_dataset, probed_layers
 
     study = default_study(smoke=ctx.quick)
     ex = study.sections["extraction"]
     ds_opts = study.datasets[DATASET]  # the study's own size: fixed costs weigh as in a real run
-    models = [m for m in study.models if not m.endswith(":random")]
+    models = [m for m in study.models if not is_twin(m)]
     if ctx.quick:
         models = ["mobilenet_v2_imagenet"]
     out = []

@@ -78,12 +78,13 @@ def run(ctx: Context) -> list[dict]:
     compare_s = (sorted(big["seconds"])[0] / big["test_images"] / big["concepts"]
                  / (n_layers_default * (n_layers_default + 1) / 2))  # per test image, concept and layer pair
     from conceptsim.data.fetch import COCO_CONCEPTS
+    from conceptsim.models.names import twin_name
 
     n_concepts = len(COCO_CONCEPTS)
     models, total_layers = {}, 0
     for name in PAPER_MODELS:
         spec = parse_model_name(name)[0]
-        flops = forward_flops(f"{name}:random")
+        flops = forward_flops(twin_name(name))
         n_layers = len(spec.default_layers)
         total_layers += 2 * n_layers  # the model and its twin
         fwd = N_IMAGES * flops / (GPU_TFLOPS * 1e12)

@@ -34,12 +34,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:
+    from conceptsim.models.names import twin_name
     from conceptsim.models.registry import MODELS
 
     for spec in MODELS.values():
         where = "offline" if spec.offline else "needs internet or a local file"
         print(f"{spec.name:30s} {spec.task:10s} {where:32s} {spec.description}")
-        print(f"{'':30s} weights: {spec.weights_source}; twin: {spec.name}:random")
+        print(f"{'':30s} weights: {spec.weights_source}; twin: {twin_name(spec.name)}")
     return 0
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from conceptsim.atomic import write_text
 from conceptsim.comparison.report import table
+from conceptsim.models.names import is_twin
 from conceptsim.paths import comparison_files, dataset_results, project_root
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
         fig.savefig(fig_dir / f"{name}.png", dpi=90)
         shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
     sim = pd.read_csv(comparison_files(findings_json.parent)["similarity"], keep_default_na=False, na_values=[""])
-    trained = sim[~sim["model_a"].str.endswith(":random") & ~sim["model_b"].str.endswith(":random")]
+    trained = sim[~sim["model_a"].map(is_twin) & ~sim["model_b"].map(is_twin)]
     agree = concept_vs_cka(trained, method="seg")
     rows = [[f"{r.model_a} vs {r.model_b}", str(r.n_pairs), report.fmt(r.spearman), report.fmt(r.mean_concept),
              report.fmt(r.mean_cka), r.largest_gap] for r in agree.itertuples()]

@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from conceptsim.models.registry import RANDOM_SUFFIX, UnknownModelError, parse_model_name
+from conceptsim.models.names import is_twin, twin_name
+from conceptsim.models.registry import UnknownModelError, parse_model_name
 
 
 class StudyError(ValueError):
@@ -108,8 +109,8 @@ class Study:
                     "extraction_options": self.sections["extraction"],
                 })
                 deps = [ex.id]
-                twin = model + RANDOM_SUFFIX
-                has_twin = not model.endswith(RANDOM_SUFFIX) and twin in self.models
+                twin = twin_name(model)
+                has_twin = not is_twin(model) and twin in self.models
                 if has_twin:
                     deps.append(f"concepts/{ds}/{twin}")
                 co = Run("concepts", ds, model, {
@@ -248,7 +249,7 @@ def validate_layers(study: Study) -> None:
 
     for model, names in study.layers.items():
         if names:
-            loaded = build_model(model if model.endswith(RANDOM_SUFFIX) else model + RANDOM_SUFFIX)
+            loaded = build_model(twin_name(model))
             try:
                 resolve_layers(loaded.module, names, model)
             except KeyError as exc:

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from conceptsim.models.names import is_twin
+
 
 def matrix(df: pd.DataFrame, model_a: str, model_b: str, method: str, concepts=None) -> tuple[np.ndarray, list, list]:
     """Full matrix (rows: layers of ``model_a``, columns: layers of ``model_b``) from similarity rows.
@@ -125,7 +127,7 @@ def emergence_plot(findings: dict, method: str = "seg") -> Figure:
     for mi, m in enumerate(models):
         ys = [ci + (mi - (len(models) - 1) / 2) * 0.08 for ci, c in enumerate(concepts) if depth.get((m, c)) is not None]
         xs = [depth[(m, c)] for c in concepts if depth.get((m, c)) is not None]
-        ax.scatter(xs, ys, marker=markers[mi % len(markers)], label=m, alpha=0.5 if m.endswith(":random") else 0.9)
+        ax.scatter(xs, ys, marker=markers[mi % len(markers)], label=m, alpha=0.5 if is_twin(m) else 0.9)
     ax.set_yticks(range(len(concepts)), concepts, fontsize=7)
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("emergence depth (relative depth at 90 % of the maximum quality)")

@@ -60,6 +60,7 @@ from conceptsim.comparison.findings import (
 )
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
+from conceptsim.models.names import base_name, is_twin, twin_name
 from conceptsim.paths import comparison_files, concept_quality_csv, model_dir_name
 
 FINDINGS_SCHEMA = 1
@@ -268,11 +269,6 @@ def layer_similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: d
     return df
 
 
-def base_name(model: str) -> str:
-    """Architecture name of a model: the name without the ``:random`` suffix."""
-    return model[: -len(":random")] if model.endswith(":random") else model
-
-
 def findings_document(
     so: StudyOutputs,
     sims: dict[str, np.ndarray],
@@ -311,11 +307,11 @@ def findings_document(
     for ma, mb in combinations(so.models, 2):
         if base_name(ma) == base_name(mb):
             continue
-        kind_a, kind_b = ma.endswith(":random"), mb.endswith(":random")
+        kind_a, kind_b = is_twin(ma), is_twin(mb)
         if kind_a != kind_b:
             continue
         entry = {"model_a": ma, "model_b": mb, "kind": "random" if kind_a else "trained", "finding1": {}, "finding2": {}}
-        twins = (f"{ma}:random", f"{mb}:random")
+        twins = (twin_name(ma), twin_name(mb))
         has_twins = not kind_a and all(t in by_model for t in twins)
         for method in ("seg", "cls"):
             if method not in sims:

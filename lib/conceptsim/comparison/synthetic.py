@@ -21,6 +21,7 @@ from conceptsim.atomic import atomic_path
 from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.data.geometry import area_pool
 from conceptsim.extraction.store import LayerInfo, StoreWriter
+from conceptsim.models.names import twin_name
 from conceptsim.paths import activation_store, concept_quality_csv, model_dir_name, vectors_dir
 
 Signal = Callable[[str, int, float, int], float]
@@ -145,5 +146,5 @@ def default_size_models(n_models: int = 3, n_layers: int = 12, channels: int = 6
             layers.append((f"block{i}", (i + 1) / n_layers, g, channels + 32 * (i // 4)))
         models[f"net{m}"] = layers
         if random_twins:
-            models[f"net{m}:random"] = layers
+            models[twin_name(f"net{m}")] = layers
     return models

@@ -26,10 +26,10 @@ from torch import nn
 from conceptsim.atomic import sha256_file
 from conceptsim.data.geometry import Preprocessing
 from conceptsim.models import weights as _weights
+from conceptsim.models.names import RANDOM_SUFFIX, base_name, is_twin
 from conceptsim.paths import weights_dir
 
 RANDOM_INIT_SEED = 0
-RANDOM_SUFFIX = ":random"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -316,7 +316,7 @@ def model_names(include_random: bool = True) -> list[str]:
 
 def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
     """``"NAME"`` or ``"NAME:random"`` -> (spec, random_init). Unknown names list the closest ones."""
-    base, random_init = (name[: -len(RANDOM_SUFFIX)], True) if name.endswith(RANDOM_SUFFIX) else (name, False)
+    base, random_init = base_name(name), is_twin(name)
     if base not in MODELS:
         close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.4)
         raise UnknownModelError(
