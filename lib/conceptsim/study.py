@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from conceptsim.concepts.net2vec import LOSSES
+from conceptsim.extraction.store import COMPRESSORS, STORE_DTYPES
 from conceptsim.models.names import is_twin, twin_name
 from conceptsim.models.registry import UnknownModelError, parse_model_name
 
@@ -48,10 +50,11 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
                  "dissection": True},
     "comparison": {"permutations": 10000, "bootstrap": 1000},
 }
+# the stages own their allowed values; the study file is checked against them
 ALLOWED = {
-    "extraction.dtype": ("float16", "float32"),
-    "extraction.compression": ("zstd", "none"),
-    "concepts.loss": ("balanced_bce", "net2vec_soft", "dice"),
+    "extraction.dtype": STORE_DTYPES,
+    "extraction.compression": tuple(COMPRESSORS),
+    "concepts.loss": LOSSES,
 }
 TOP_KEYS = {"name", "description", "seed", "datasets", "models", "layers", "smoke", *SECTION_DEFAULTS}
 DATASET_KEYS = {"build", "max_images", "root", "concepts"}

@@ -22,7 +22,7 @@ from conceptsim.allocator import keep_freed_memory
 from conceptsim.atomic import atomic_path, sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.hooks import record_activations
-from conceptsim.extraction.store import COMPRESSORS, ActivationStore, LayerInfo, StoreError, StoreWriter
+from conceptsim.extraction.store import COMPRESSORS, STORE_DTYPES, ActivationStore, LayerInfo, StoreError, StoreWriter
 from conceptsim.extraction.depth import trace_depth
 from conceptsim.models.registry import LoadedModel
 
@@ -127,8 +127,8 @@ def extract(
             f"dataset pre-processing {ds_prep} does not match {model.name}'s {model.preprocessing}; "
             "build the dataset with the model's preprocessing so masks stay aligned"
         )
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"dtype must be one of {list(STORE_DTYPES)}, got {dtype!r}")
     if compression not in COMPRESSORS:
         raise ValueError(f"compression must be one of {sorted(COMPRESSORS)}, got {compression!r}")
     if images_per_chunk < 1:

@@ -42,8 +42,8 @@ from conceptsim.extraction.maskstore import MaskStore
 from conceptsim.extraction.zarrio import ChunkedRows, StoreError, open_checked, read_rows, write_together
 
 # StoreError, read_rows, write_together and ChunkedRows live in zarrio; importable from here as before
-__all__ = ["COMPRESSORS", "ActivationStore", "ChunkedRows", "LayerInfo", "StoreError", "StoreWriter", "read_rows",
-           "write_together"]
+__all__ = ["COMPRESSORS", "STORE_DTYPES", "ActivationStore", "ChunkedRows", "LayerInfo", "StoreError", "StoreWriter",
+           "read_rows", "write_together"]
 
 SCHEMA_VERSION = 2
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -54,6 +54,9 @@ SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
 # as small as the library's default level 3 for a third less CPU; but the forward pass already keeps 2 cores
 # busy, so the encoding still adds 2-4 % to the extraction's wall time (measured on the default models).
 COMPRESSORS = {"none": lambda: None, "zstd": lambda: [ZstdCodec(level=1)]}
+
+#: the value types an activation store holds
+STORE_DTYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
