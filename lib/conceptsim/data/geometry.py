@@ -11,6 +11,7 @@ layers of different models are compared on).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
@@ -308,8 +309,10 @@ class Resampler:
         return out
 
 
-def eval_grid(image_hw: Sequence[int], cap: int = 112) -> tuple[int, int]:
-    """The common evaluation grid: the mask grid scaled so that its longer side is at most ``cap``."""
-    h, w = int(image_hw[0]), int(image_hw[1])
-    r = min(1.0, cap / max(h, w))
-    return (max(1, round(h * r)), max(1, round(w * r)))
+def capped_grid(grid: Sequence[int], cap: int) -> tuple[int, int]:
+    """The stored grid of a layer: its own grid scaled so that no side exceeds ``cap``."""
+    h, w = int(grid[0]), int(grid[1])
+    if max(h, w) <= cap:
+        return (h, w)
+    r = cap / max(h, w)
+    return (max(1, math.floor(h * r)), max(1, math.floor(w * r)))

@@ -8,7 +8,6 @@ without changing what a probe can express. The cap is a parameter and is recorde
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +19,14 @@ import torch.nn.functional as F
 
 from conceptsim.allocator import keep_freed_memory
 from conceptsim.atomic import atomic_path, sha256_json
+from conceptsim.data.geometry import capped_grid
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
+from conceptsim.extraction.depth import trace_depth
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.extraction.store import COMPRESSORS, STORE_DTYPES, ActivationStore, LayerInfo, StoreError, StoreWriter
-from conceptsim.extraction.depth import trace_depth
 from conceptsim.models.registry import LoadedModel
 
-
-def capped_grid(grid: Sequence[int], cap: int) -> tuple[int, int]:
-    """The stored grid of a layer: its own grid scaled so that no side exceeds ``cap``."""
-    h, w = int(grid[0]), int(grid[1])
-    if max(h, w) <= cap:
-        return (h, w)
-    r = cap / max(h, w)
-    return (max(1, math.floor(h * r)), max(1, math.floor(w * r)))
+__all__ = ["ExtractionResult", "bare_forward_seconds", "capped_grid", "extract", "pool_to", "probe_layers", "store_key"]
 
 
 def pool_to(fmap: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
