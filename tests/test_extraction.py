@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
+from conceptsim.extraction.depth import trace_depth
 from conceptsim.extraction.extract import capped_grid, extract, probe_layers
 from conceptsim.extraction.hooks import LayerOutputError, record_activations
 from conceptsim.extraction.store import ActivationStore, StoreError
-from conceptsim.extraction.depth import trace_depth
 from conceptsim.models.registry import build_model
 
 

