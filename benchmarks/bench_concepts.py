@@ -70,9 +70,9 @@ def test_iou(probes, data, test_ev) -> np.ndarray:
 def run(ctx: Context) -> list[dict]:
     from conceptsim.concepts.net2vec import train_segmentation_probes, train_segmentation_probes_sequential
 
-    from conceptsim.allocator import keep_freed_memory
+    from conceptsim.runtime import configure_process
 
-    keep_freed_memory()  # as in the pipeline's processes (pipeline.configure_threads)
+    configure_process()  # as in the pipeline's processes
     co = default_study().sections["concepts"]
     if ctx.quick:
         from conceptsim.concepts.synthetic import planted_store

@@ -52,9 +52,9 @@ def child_main(stage: str, per_split: int, scratch: str, quick: bool) -> dict:
     import logging
 
     logging.getLogger("conceptsim").setLevel(logging.ERROR)
-    from conceptsim.allocator import keep_freed_memory
+    from conceptsim.runtime import configure_process
 
-    keep_freed_memory()  # as in the pipeline's processes (pipeline.configure_threads)
+    configure_process()  # as in the pipeline's processes
     study = default_study(smoke=quick)
     scratch_p = Path(scratch)
     store = scratch_p / f"mem-{MODEL}-{per_split}.zarr"

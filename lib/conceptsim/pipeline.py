@@ -1,12 +1,12 @@
 """Stage entry points that the notebooks call: each joins the data, model and stage modules.
 
 Result paths come from :mod:`conceptsim.paths` (``dataset_results``, ``model_results``, ``store_path`` and
-``masks_dir`` stay importable from here).
+``masks_dir`` stay importable from here). Importing this module applies the process settings of
+:mod:`conceptsim.runtime` (allocator, torch and BLAS threads) once.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,26 +21,10 @@ from conceptsim.paths import (
     store_path,
     vectors_dir,
 )
+from conceptsim.runtime import configure_process
 
-
-def configure_threads() -> int:
-    """Honour ``CONCEPTSIM_TORCH_THREADS`` (set by ``--jobs``) so parallel runs don't oversubscribe.
-
-    BLAS (numpy, scikit-learn) is held to one thread for the process: the stages call it on many small
-    problems, where extra BLAS threads only wait for each other. Freed memory is kept for reuse
-    (:func:`conceptsim.allocator.keep_freed_memory`).
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from conceptsim.allocator import keep_freed_memory
-
-    keep_freed_memory()
-    n = int(os.environ.get("CONCEPTSIM_TORCH_THREADS", "0") or 0)
-    if n > 0:
-        torch.set_num_threads(n)
-    threadpool_limits(limits=1, user_api="blas")
-    return torch.get_num_threads()
+# the notebooks import this module first: their kernel process is tuned once, here
+configure_process()
 
 
 def spread(items: Sequence[str], k: int) -> list[str]:

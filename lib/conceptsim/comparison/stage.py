@@ -62,6 +62,7 @@ from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
 from conceptsim.models.names import base_name, is_twin, twin_name
 from conceptsim.paths import comparison_files, concept_quality_csv, model_dir_name
+from conceptsim.runtime import torch_threads_from_environment
 
 FINDINGS_SCHEMA = 1
 QUALITY_METRIC = {"seg": "set_iou", "cls": "ap"}
@@ -428,7 +429,7 @@ def run_comparison_stage(
     """
     previous = torch.get_num_threads()
     if threads is None:
-        threads = int(os.environ.get("CONCEPTSIM_TORCH_THREADS", "0") or 0) or 1
+        threads = torch_threads_from_environment() or 1
     torch.set_num_threads(int(threads))
     try:
         return _run(Path(dataset_dir), Path(out_dir), models, seed, permutations, bootstrap, chunk_images, grid4)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conceptsim.allocator import keep_freed_memory
 from conceptsim.atomic import atomic_path, sha256_json
 from conceptsim.data.geometry import capped_grid
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
@@ -25,6 +24,7 @@ from conceptsim.extraction.depth import trace_depth
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.extraction.store import COMPRESSORS, STORE_DTYPES, ActivationStore, LayerInfo, StoreError, StoreWriter
 from conceptsim.models.registry import LoadedModel
+from conceptsim.runtime import configure_process
 
 __all__ = ["ExtractionResult", "bare_forward_seconds", "capped_grid", "extract", "pool_to", "probe_layers", "store_key"]
 
@@ -113,7 +113,7 @@ def extract(
 
     from conceptsim.extraction.maskstore import ensure_mask_store
 
-    keep_freed_memory()
+    configure_process()
     ds_prep = getattr(dataset, "preprocessing", None)
     if ds_prep is not None and ds_prep != model.preprocessing:
         raise ValueError(
@@ -223,7 +223,7 @@ def bare_forward_seconds(model: LoadedModel, dataset: Any, batch_size: int = 8, 
     """
     from torch.utils.data import DataLoader
 
-    keep_freed_memory()
+    configure_process()
     device = next(model.module.parameters()).device
     loader = DataLoader(dataset.images_only(), batch_size=batch_size, shuffle=False, num_workers=0)
     with helper_libraries_single_threaded(), torch.no_grad():
