@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from conceptsim.atomic import atomic_path, sha256_file, sha256_json
-from conceptsim.data.coco import CocoWriter, DatasetError, DatasetSource
+from conceptsim.data.coco import DatasetError, DatasetSource
+from conceptsim.data.coco_writer import CocoWriter
 from conceptsim.paths import datasets_dir
 
 

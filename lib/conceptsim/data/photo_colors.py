@@ -40,7 +40,8 @@ from PIL import Image
 from skimage.measure import label as connected_components
 
 from conceptsim.atomic import atomic_path, sha256_file
-from conceptsim.data.coco import CocoWriter, DatasetError
+from conceptsim.data.coco import DatasetError
+from conceptsim.data.coco_writer import CocoWriter
 
 #: Broden's eleven colour concepts, in category-id order.
 COLOUR_NAMES = ("black", "blue", "brown", "green", "grey", "orange", "pink", "purple", "red", "white", "yellow")

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from conceptsim.atomic import atomic_path
-from conceptsim.data.coco import CocoWriter, encode_mask
+from conceptsim.data.coco_writer import CocoWriter, encode_mask
 from conceptsim.data.photo_colors import COLOUR_NAMES
 
 BUILDER_VERSION = 1
