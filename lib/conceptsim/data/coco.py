@@ -15,7 +15,6 @@ The small COCO *writer* that the embedded builders share is :mod:`conceptsim.dat
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
 from conceptsim.data.coco_writer import CocoWriter, encode_mask  # noqa: F401 (importable from here as before)
-from conceptsim.data.geometry import Preprocessing, separable_planes
+from conceptsim.data.geometry import Preprocessing, area_fraction_grid, eval_matrices, separable_planes
 
 log = logging.getLogger(__name__)
 
@@ -463,39 +462,6 @@ class ConceptDataset(Dataset):
             "image_id": iid,
             "split": self._split_of[iid],
         }
-
-
-def overlap_matrix(n: int, cells: int) -> np.ndarray:
-    """``cells x n`` matrix: the fraction of cell ``i`` (edges ``i * n / cells``) that pixel ``j`` covers.
-
-    Rows sum to 1. A pixel cut by a cell edge counts with the part of it inside the cell.
-    """
-    edges = np.arange(cells + 1) * (n / cells)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    px = np.arange(n)[None, :]
-    inside = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
-    return inside / (n / cells)
-
-
-def eval_matrices(image_hw: Sequence[int], grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """``Ay`` and ``Ax.T`` of :func:`area_fraction_grid` for an image size and grid (cached)."""
-    return _overlaps(int(image_hw[0]), int(image_hw[1]), int(grid[0]), int(grid[1]))
-
-
-@functools.lru_cache(maxsize=16)
-def _overlaps(h: int, w: int, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
-    return overlap_matrix(h, gh), np.ascontiguousarray(overlap_matrix(w, gw).T)
-
-
-def area_fraction_grid(masks: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-    """Exact area fraction of each cell of a ``grid`` laid over the image that ``K x H x W`` masks cover.
-
-    Cell edges may cut pixels; a cut pixel counts with the part of it inside the cell. A mask is
-    constant on pixels, so the fractions are ``Ay @ M @ Ax.T`` with the pixel/cell overlap matrices of
-    :func:`overlap_matrix` (float64): exact up to rounding, and much cheaper than adaptive pooling onto
-    a grid that does not divide the image (whose bins also overlap). Only masks with pixels are computed.
-    """
-    return separable_planes(masks, [(eval_matrices(masks.shape[1:], grid), np.float64)])[0]
 
 
 class _Images(Dataset):

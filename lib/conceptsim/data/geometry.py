@@ -309,6 +309,39 @@ class Resampler:
         return out
 
 
+def overlap_matrix(n: int, cells: int) -> np.ndarray:
+    """``cells x n`` matrix: the fraction of cell ``i`` (edges ``i * n / cells``) that pixel ``j`` covers.
+
+    Rows sum to 1. A pixel cut by a cell edge counts with the part of it inside the cell.
+    """
+    edges = np.arange(cells + 1) * (n / cells)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    px = np.arange(n)[None, :]
+    inside = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
+    return inside / (n / cells)
+
+
+def eval_matrices(image_hw: Sequence[int], grid: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``Ay`` and ``Ax.T`` of :func:`area_fraction_grid` for an image size and grid (cached)."""
+    return _overlaps(int(image_hw[0]), int(image_hw[1]), int(grid[0]), int(grid[1]))
+
+
+@functools.lru_cache(maxsize=16)
+def _overlaps(h: int, w: int, gh: int, gw: int) -> tuple[np.ndarray, np.ndarray]:
+    return overlap_matrix(h, gh), np.ascontiguousarray(overlap_matrix(w, gw).T)
+
+
+def area_fraction_grid(masks: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+    """Exact area fraction of each cell of a ``grid`` laid over the image that ``K x H x W`` masks cover.
+
+    Cell edges may cut pixels; a cut pixel counts with the part of it inside the cell. A mask is
+    constant on pixels, so the fractions are ``Ay @ M @ Ax.T`` with the pixel/cell overlap matrices of
+    :func:`overlap_matrix` (float64): exact up to rounding, and much cheaper than adaptive pooling onto
+    a grid that does not divide the image (whose bins also overlap). Only masks with pixels are computed.
+    """
+    return separable_planes(masks, [(eval_matrices(masks.shape[1:], grid), np.float64)])[0]
+
+
 def capped_grid(grid: Sequence[int], cap: int) -> tuple[int, int]:
     """The stored grid of a layer: its own grid scaled so that no side exceeds ``cap``."""
     h, w = int(grid[0]), int(grid[1])
