@@ -33,7 +33,8 @@ import zarr
 
 from conceptsim.concepts.layerdata import rows_per_read
 from conceptsim.concepts.net2vec import EvalSet
-from conceptsim.extraction.store import read_rows
+from conceptsim.data.coco import SPLITS
+from conceptsim.extraction.store import LayerInfo, read_rows
 
 QUANTILE = 0.995
 DETECTOR_IOU = 0.04
@@ -151,3 +152,70 @@ def unit_iou_counts(
     inter = torch.as_tensor(inter).numpy()
     union = torch.as_tensor(union_u).numpy()[:, None] + union_c.numpy()[None, :] - inter
     return inter, union
+
+
+# ----------------------------------------------------------------------------- one layer of the concept stage
+def dissection_batches(inp, info: LayerInfo, data: dict | None):
+    """Activation batches for dissection, their units, and the map back to raw units.
+
+    When the layer's splits are in memory and together cover every image of the store, dissection works
+    on them in the standardised space (no second read of the store): ``(x - mean) / std`` is increasing
+    per unit (``std > 0``) and commutes with bilinear resampling (its weights sum to 1), so thresholds and
+    IoUs are those of the raw activations up to float rounding; thresholds and their error bounds are
+    mapped back with ``t * std + mean`` and ``err * std``. Otherwise the raw store is streamed.
+
+    Returns
+    -------
+    all_batches : callable giving a fresh iterable over all images; split_batches : split -> iterable;
+    to_raw : ``(thresholds, errors) -> (thresholds, errors)`` in raw activation units.
+    """
+    act = inp.store.activations(info.name)
+    covered = data is not None and all(d.mode != "stream" for d in data.values()) and np.array_equal(
+        np.sort(np.concatenate([inp.rows[s] for s in SPLITS])), np.arange(act.shape[0]))
+    if not covered:
+        return (lambda: raw_batches(act, np.arange(act.shape[0])),
+                lambda split: raw_batches(act, inp.rows[split]), lambda t, e: (t, e))
+    bs = rows_per_read(act)
+    st = data["train"].standardiser
+    mean, std = st.mean.astype(np.float64), st.std.astype(np.float64)
+    return (lambda: (b for s in SPLITS for b in data[s].batches(bs)), lambda split: data[split].batches(bs),
+            lambda t, e: (t * std + mean, e * std))
+
+
+def run_dissection(inp, info: LayerInfo, seg_iou: dict, data: dict | None = None) -> tuple[list, dict, list]:
+    """Network Dissection on one layer: unit rows, the layer summary, best unit per concept.
+
+    ``inp`` is the concept stage's prepared inputs (:class:`conceptsim.concepts.stage.Inputs`).
+
+    ``data`` (the layer's standardised splits, optional) avoids re-reading the store; see
+    :func:`dissection_batches`.
+    """
+    all_batches, split_batches, to_raw = dissection_batches(inp, info, data)
+    thr_std, err_std = unit_thresholds(all_batches, info.channels)
+    thr, err = to_raw(thr_std, err_std)
+    sel = np.flatnonzero(inp.include["seg"])
+    base = {"model": inp.store.model, "layer": info.name, "relative_depth": info.relative_depth,
+            "probe_rank": info.probe_rank}
+    iou = {}
+    for split in ("val", "test"):
+        inter, union = unit_iou_counts(split_batches(split), thr_std, inp.eval_sets[split].subset(sel))
+        iou[split] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)  # C x K_sel
+    units = []
+    for u in range(info.channels):
+        best = int(np.argmax(iou["test"][u])) if len(sel) else -1
+        value = float(iou["test"][u, best]) if len(sel) else np.nan
+        units.append({**base, "unit": u, "threshold": float(thr[u]), "threshold_error": float(err[u]),
+                      "concept": inp.names[sel[best]] if len(sel) else "",
+                      "category": inp.categories[sel[best]] if len(sel) else "", "iou": value,
+                      "is_detector": bool(value > DETECTOR_IOU)})
+    det = [r for r in units if r["is_detector"]]
+    summary = {**base, "n_units": info.channels, "detector_units": len(det),
+               "unique_concepts": len({r["concept"] for r in det})}
+    best_units = []
+    for i, j in enumerate(sel):
+        u = int(np.argmax(iou["val"][:, i]))
+        best_units.append({**base, "concept": inp.names[j], "category": inp.categories[j], "unit": u,
+                           "val_iou": float(iou["val"][u, i]), "iou": float(iou["test"][u, i]),
+                           "is_detector": bool(iou["test"][u, i] > DETECTOR_IOU),
+                           "net2vec_iou": seg_iou.get(inp.names[j], np.nan)})
+    return units, summary, best_units

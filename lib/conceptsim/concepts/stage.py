@@ -24,8 +24,8 @@ Memory and speed. A layer's splits are held in memory as float32 whenever they f
 (:mod:`conceptsim.concepts.layerdata`), by design: peak memory then grows with the number of images (for
 example about 1.5x from 48 to 192 images) in exchange for standardising once and never re-reading the
 store. Network Dissection reuses those in-memory splits when they cover the whole store (see
-:func:`_dissection_batches`), and IoUs are counted on separable-matrix resamplings
-(:class:`conceptsim.data.geometry.Resampler`).
+:func:`conceptsim.concepts.dissection.dissection_batches`), and IoUs are counted on separable-matrix
+resamplings (:class:`conceptsim.data.geometry.Resampler`).
 
 Exclusions (reported, counted, never silent): a concept is not trained for a method when it has no
 positive pixels (seg) or lacks positives or negatives among the image labels (cls) in train, val or test.
@@ -50,11 +50,11 @@ from conceptsim.concepts.layerdata import SplitData, Standardiser
 from conceptsim.concepts.net2vec import LOSSES, EvalSet, split_counts, train_segmentation_probes
 from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.concepts.vectors import save_npz, vector_path
+from conceptsim.data.coco import SPLITS
 from conceptsim.extraction.store import ActivationStore, LayerInfo, read_rows
 from conceptsim.paths import concept_quality_csv, concept_stage_json, concept_table_csv, vectors_dir
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 METHODS = ("seg", "cls")
 
 
@@ -267,70 +267,6 @@ def run_cls(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) 
     return [r for m, iv in ivs.items() for r in quality_rows(inp, info, "cls", m, iv, n_pos)]
 
 
-def _dissection_batches(inp: Inputs, info: LayerInfo, data: dict | None):
-    """Activation batches for dissection, their units, and the map back to raw units.
-
-    When the layer's splits are in memory and together cover every image of the store, dissection works
-    on them in the standardised space (no second read of the store): ``(x - mean) / std`` is increasing
-    per unit (``std > 0``) and commutes with bilinear resampling (its weights sum to 1), so thresholds and
-    IoUs are those of the raw activations up to float rounding; thresholds and their error bounds are
-    mapped back with ``t * std + mean`` and ``err * std``. Otherwise the raw store is streamed.
-
-    Returns
-    -------
-    all_batches : callable giving a fresh iterable over all images; split_batches : split -> iterable;
-    to_raw : ``(thresholds, errors) -> (thresholds, errors)`` in raw activation units.
-    """
-    act = inp.store.activations(info.name)
-    covered = data is not None and all(d.mode != "stream" for d in data.values()) and np.array_equal(
-        np.sort(np.concatenate([inp.rows[s] for s in SPLITS])), np.arange(act.shape[0]))
-    if not covered:
-        return (lambda: dis.raw_batches(act, np.arange(act.shape[0])),
-                lambda split: dis.raw_batches(act, inp.rows[split]), lambda t, e: (t, e))
-    bs = dis.rows_per_read(act)
-    st = data["train"].standardiser
-    mean, std = st.mean.astype(np.float64), st.std.astype(np.float64)
-    return (lambda: (b for s in SPLITS for b in data[s].batches(bs)), lambda split: data[split].batches(bs),
-            lambda t, e: (t * std + mean, e * std))
-
-
-def run_dissection(inp: Inputs, info: LayerInfo, seg_iou: dict, data: dict | None = None) -> tuple[list, dict, list]:
-    """Network Dissection on one layer: unit rows, the layer summary, best unit per concept.
-
-    ``data`` (the layer's standardised splits, optional) avoids re-reading the store; see
-    :func:`_dissection_batches`.
-    """
-    all_batches, split_batches, to_raw = _dissection_batches(inp, info, data)
-    thr_std, err_std = dis.unit_thresholds(all_batches, info.channels)
-    thr, err = to_raw(thr_std, err_std)
-    sel = np.flatnonzero(inp.include["seg"])
-    base = {"model": inp.store.model, "layer": info.name, "relative_depth": info.relative_depth,
-            "probe_rank": info.probe_rank}
-    iou = {}
-    for split in ("val", "test"):
-        inter, union = dis.unit_iou_counts(split_batches(split), thr_std, inp.eval_sets[split].subset(sel))
-        iou[split] = np.where(union > 0, inter / np.maximum(union, 1), 0.0)  # C x K_sel
-    units = []
-    for u in range(info.channels):
-        best = int(np.argmax(iou["test"][u])) if len(sel) else -1
-        value = float(iou["test"][u, best]) if len(sel) else np.nan
-        units.append({**base, "unit": u, "threshold": float(thr[u]), "threshold_error": float(err[u]),
-                      "concept": inp.names[sel[best]] if len(sel) else "",
-                      "category": inp.categories[sel[best]] if len(sel) else "", "iou": value,
-                      "is_detector": bool(value > dis.DETECTOR_IOU)})
-    det = [r for r in units if r["is_detector"]]
-    summary = {**base, "n_units": info.channels, "detector_units": len(det),
-               "unique_concepts": len({r["concept"] for r in det})}
-    best_units = []
-    for i, j in enumerate(sel):
-        u = int(np.argmax(iou["val"][:, i]))
-        best_units.append({**base, "concept": inp.names[j], "category": inp.categories[j], "unit": u,
-                           "val_iou": float(iou["val"][u, i]), "iou": float(iou["test"][u, i]),
-                           "is_detector": bool(iou["test"][u, i] > dis.DETECTOR_IOU),
-                           "net2vec_iou": seg_iou.get(inp.names[j], np.nan)})
-    return units, summary, best_units
-
-
 def write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = None) -> Path:
     """Write rows atomically as CSV (an empty table keeps its header when ``columns`` is given)."""
     with atomic_path(path) as tmp:
@@ -369,7 +305,7 @@ def run_layer(inp: Inputs, info: LayerInfo, p: Params, methods, dissection: bool
         rec["cls_s"] = time.perf_counter() - t
     if dissection:
         t = time.perf_counter()
-        dis_parts = run_dissection(inp, info, seg_iou, data)
+        dis_parts = dis.run_dissection(inp, info, seg_iou, data)
         rec["dissection_s"] = time.perf_counter() - t
     del data
     rec["total_s"] = time.perf_counter() - t0
