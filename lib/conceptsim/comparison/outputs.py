@@ -24,13 +24,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from conceptsim.concepts.vectors import ConceptVectors, vector_path
+from conceptsim.concepts.vectors import VectorFileError, load_layer_vectors
 from conceptsim.data.geometry import resampling_matrices
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
 from conceptsim.paths import activation_store, model_dir_name, vectors_dir
-
-SEG_KEYS = ("weight", "bias", "mean", "std", "concepts")
-CLS_KEYS = ("coef", "intercept", "mean", "std", "concepts")
 
 
 class ComparisonError(RuntimeError):
@@ -56,31 +53,13 @@ def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.n
     Raises
     ------
     ComparisonError
-        When the file is missing, lacks a key, or its shapes disagree.
+        When the file is missing, lacks a key, or its shapes disagree (checked by
+        :func:`conceptsim.concepts.vectors.load_layer_vectors`).
     """
-    if kind not in ("seg", "cls"):
-        raise ValueError(f"kind must be 'seg' or 'cls', got {kind!r}")
-    path = vector_path(vectors_dir(model_dir), kind, layer)
-    if not path.exists():
-        raise ComparisonError(f"concept vectors {path} do not exist; run the concept stage first")
     try:
-        out = dict(ConceptVectors.load(path).arrays)
-    except Exception as exc:  # numpy raises several types for a damaged archive
-        raise ComparisonError(f"concept vectors {path} are unreadable ({exc})") from exc
-    missing = [k for k in (SEG_KEYS if kind == "seg" else CLS_KEYS) if k not in out]
-    if missing:
-        raise ComparisonError(f"concept vectors {path} lack keys {missing} (has {sorted(out)})")
-    w = out["weight" if kind == "seg" else "coef"]
-    b = out["bias" if kind == "seg" else "intercept"]
-    names = [str(c) for c in out["concepts"]]
-    k, c = w.shape if w.ndim == 2 else (-1, -1)
-    if w.ndim != 2 or b.shape != (k,) or len(names) != k or out["mean"].shape != (c,) or out["std"].shape != (c,):
-        raise ComparisonError(
-            f"concept vectors {path} have inconsistent shapes: weights {w.shape}, bias {b.shape}, "
-            f"{len(names)} concepts, mean {out['mean'].shape}, std {out['std'].shape}"
-        )
-    out["concepts"] = names
-    return out
+        return load_layer_vectors(vectors_dir(model_dir), layer, kind)
+    except VectorFileError as exc:
+        raise ComparisonError(str(exc)) from exc
 
 
 @dataclass(frozen=True)

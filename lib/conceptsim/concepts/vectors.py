@@ -33,6 +33,13 @@ import torch
 
 from conceptsim.atomic import atomic_path
 
+SEG_KEYS = ("weight", "bias", "mean", "std", "concepts")
+CLS_KEYS = ("coef", "intercept", "mean", "std", "concepts")
+
+
+class VectorFileError(RuntimeError):
+    """A concept-vector file is missing, unreadable, lacks a key, or its shapes disagree."""
+
 
 def vector_path(directory: str | Path, method: str, layer: str) -> Path:
     """``<directory>/<method>_<safe layer>.npz``."""
@@ -100,3 +107,34 @@ def segment(vectors: ConceptVectors, activations, boxes, input_size, grid) -> to
 
     logits = vectors.seg_logits(activations)
     return torch.sigmoid(input_to_image_grid(logits, torch.as_tensor(np.asarray(boxes, np.float32)), input_size, grid))
+
+
+def load_layer_vectors(directory: str | Path, layer: str, kind: str) -> dict:
+    """The arrays of one layer's ``kind`` (``"seg"`` or ``"cls"``) vector file in ``directory``, checked.
+
+    Returns a dict of arrays with ``concepts`` as a list of str; raises :class:`VectorFileError` when the
+    file is missing or unreadable, lacks one of :data:`SEG_KEYS` / :data:`CLS_KEYS`, or its shapes disagree.
+    """
+    if kind not in ("seg", "cls"):
+        raise ValueError(f"kind must be 'seg' or 'cls', got {kind!r}")
+    path = vector_path(directory, kind, layer)
+    if not path.exists():
+        raise VectorFileError(f"concept vectors {path} do not exist; run the concept stage first")
+    try:
+        out = dict(ConceptVectors.load(path).arrays)
+    except Exception as exc:  # numpy raises several types for a damaged archive
+        raise VectorFileError(f"concept vectors {path} are unreadable ({exc})") from exc
+    missing = [k for k in (SEG_KEYS if kind == "seg" else CLS_KEYS) if k not in out]
+    if missing:
+        raise VectorFileError(f"concept vectors {path} lack keys {missing} (has {sorted(out)})")
+    w = out["weight" if kind == "seg" else "coef"]
+    b = out["bias" if kind == "seg" else "intercept"]
+    names = [str(c) for c in out["concepts"]]
+    k, c = w.shape if w.ndim == 2 else (-1, -1)
+    if w.ndim != 2 or b.shape != (k,) or len(names) != k or out["mean"].shape != (c,) or out["std"].shape != (c,):
+        raise VectorFileError(
+            f"concept vectors {path} have inconsistent shapes: weights {w.shape}, bias {b.shape}, "
+            f"{len(names)} concepts, mean {out['mean'].shape}, std {out['std'].shape}"
+        )
+    out["concepts"] = names
+    return out
