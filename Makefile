@@ -1,4 +1,4 @@
-# One command from clone to report: `make report`; tests: `make test`; benchmarks: `make bench`.
+# One command from clone to report: `make report`; tests (ruff, then pytest): `make test`; benchmarks: `make bench`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -48,7 +48,9 @@ book: setup
 
 report: study book
 
+# lint failures fail the suite (rules in pyproject.toml)
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: setup

@@ -33,7 +33,8 @@ def default_layout(study, grid_cap: int) -> dict:
         if is_twin(name):
             continue
         loaded = build_model(name)
-        infos, _ = probe_layers(loaded, probed_layers(name, study.layers.get(name), study.sections["extraction"].get("max_layers", 0)), grid_cap)
+        chosen = probed_layers(name, study.layers.get(name), study.sections["extraction"].get("max_layers", 0))
+        infos, _ = probe_layers(loaded, chosen, grid_cap)
         # square grids in the synthetic builder: keep the larger side (never smaller than the real work)
         layout[name] = [(i.name, i.relative_depth, max(i.grid), i.channels) for i in infos]
         layout[twin_name(name)] = layout[name]

@@ -22,9 +22,9 @@ IOU_TARGET = 0.01
 
 
 def real_store(ctx: Context, model: str = "ssd_mobilenet_v2_coco", per_split: int | None = None):
-    from conceptsim.pipeline import open_dataset, probed_layers
     from conceptsim.extraction.extract import extract
     from conceptsim.models.registry import build_model
+    from conceptsim.pipeline import open_dataset, probed_layers
 
     study = default_study()
     ex = study.sections["extraction"]
@@ -69,7 +69,6 @@ def test_iou(probes, data, test_ev) -> np.ndarray:
 
 def run(ctx: Context) -> list[dict]:
     from conceptsim.concepts.net2vec import train_segmentation_probes, train_segmentation_probes_sequential
-
     from conceptsim.runtime import configure_process
 
     configure_process()  # as in the pipeline's processes

@@ -33,7 +33,6 @@ TARGET = 1.10
 
 def run(ctx: Context) -> list[dict]:
     import torch
-
     from torch.utils.data import DataLoader
 
     from conceptsim.extraction.extract import bare_forward_seconds, extract

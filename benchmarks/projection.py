@@ -110,7 +110,8 @@ def run(ctx: Context) -> list[dict]:
         "torch.utils.flop_counter on each model's feature forward at its input size",
         "image/mask loading scales with pixel count, hook/pool/write overhead with the number of probed layers, both "
         "at this machine's measured per-image CPU rates and not overlapped with the GPU (conservative)",
-        f"concept stage: measured CPU seconds per image and layer (on the largest-grid layers, so an upper bound), assumed {GPU_CONCEPT_SPEEDUP:g}x faster on the GPU; "
+        "concept stage: measured CPU seconds per image and layer (on the largest-grid layers, so an upper bound), "
+        f"assumed {GPU_CONCEPT_SPEEDUP:g}x faster on the GPU; "
         "cost taken as independent of the number of concepts (joint training)",
         "concept stage rate: the memory benchmark's run at 4N images divided by images and layers (start-up "
         "included, so an upper bound)",
@@ -122,7 +123,8 @@ def run(ctx: Context) -> list[dict]:
     details = {"models": models, "comparison_cpu_s": comparison, "total_layers": total_layers,
                "layer_pairs": pairs, "cpu_measured": cpu, "rates": {
                    "loader_s_per_mpx": loader_s_per_mpx, "hooks_pool_write_s_per_layer_image": other_s,
-                   "concepts_s_per_image_layer_cpu": concept_s, "comparison_s_per_test_image_concept_pair_cpu": compare_s, "coco_concepts": n_concepts},
+                   "concepts_s_per_image_layer_cpu": concept_s,
+                   "comparison_s_per_test_image_concept_pair_cpu": compare_s, "coco_concepts": n_concepts},
                "gpu_tflops_assumed": GPU_TFLOPS, "gpu_concept_speedup_assumed": GPU_CONCEPT_SPEEDUP,
                "sensitivity_hours": {"gpu_half_as_fast": (per_model + comparison + sum(
                    2 * m["extraction_forward_gpu_s"] for m in models.values())) / 3600},

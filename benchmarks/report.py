@@ -172,7 +172,8 @@ def details_sections(by_id: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|---|---|"]
         for e in ext:
             d = e["details"]
-            lines.append(f"| {d['model']} | {d['images']} ({d.get('dataset', 'shapes')}) | {d['layers']} | {d['bare_s_per_image'] * 1e3:.1f} | "
+            lines.append(f"| {d['model']} | {d['images']} ({d.get('dataset', 'shapes')}) | {d['layers']} | "
+                         f"{d['bare_s_per_image'] * 1e3:.1f} | "
                          f"{d['extraction_s_per_image'] * 1e3:.1f} | {e['median']:.3f} | "
                          f"{d['ratio_vs_preloaded_forward']:.3f} | {d['cold']['extraction_s']:.2f} | "
                          f"{d['cold']['mask_store_s']:.2f} |")

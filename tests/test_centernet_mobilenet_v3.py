@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from conceptsim.extraction.hooks import record_activations
-
 from conceptsim.models import centernet_mobilenet_v3 as cn
 from conceptsim.models.weights import CARRIERS, is_fetched
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
-from conceptsim.data.geometry import resampling_matrices
 from conceptsim.comparison.stage import run_comparison_stage
 from conceptsim.comparison.synthetic import build_synthetic_study
-from conceptsim.data.geometry import input_to_image_grid
+from conceptsim.data.geometry import input_to_image_grid, resampling_matrices
 
 PEAKS = (0.2, 0.5, 0.85)  # depth at which each planted concept is strongest
 

@@ -7,13 +7,10 @@ import torch
 from conceptsim.concepts import controls, stage
 from conceptsim.concepts.layerdata import SplitData, Standardiser
 from conceptsim.concepts.metrics import set_iou_from_counts
-from conceptsim.concepts.net2vec import (
-    EvalSet, probe_loss, split_counts, train_segmentation_probes, train_segmentation_probes_sequential)
+from conceptsim.concepts.net2vec import EvalSet, probe_loss, split_counts, train_segmentation_probes, train_segmentation_probes_sequential
 from conceptsim.concepts.synthetic import planted_store
 from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.extraction.store import ActivationStore
-
-
 
 # tiny tensors: a second OpenMP thread only adds synchronisation cost
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,6 @@ from conceptsim.data.coco import (
     ConceptDataset,
     DatasetError,
     DatasetSource,
-    collate,
     encode_mask,
     make_loader,
     split_assignment,

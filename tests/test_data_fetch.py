@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_coco import write_fake_coco
 
 from conceptsim.data import fetch
 from conceptsim.data.coco import ConceptDataset, DatasetError
 from conceptsim.data.fetch import DatasetUnavailable, Remote, convert_voc, download, fetch_coco2017_val, fetch_voc2012
+from test_data_coco import write_fake_coco
 
 
 @pytest.fixture

@@ -125,7 +125,8 @@ def test_site_renders_in_chromium(built_book, page):
         broken = browser.execute_script(
             "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
         assert broken == [], f"images that did not load on {page}: {broken}"
-        text = browser.execute_script("return document.querySelector('main') ? document.querySelector('main').innerText : document.body.innerText")
+        text = browser.execute_script(
+            "return document.querySelector('main') ? document.querySelector('main').innerText : document.body.innerText")
         for delim in ("$$", "\\(", "\\[", "\\begin{"):
             assert delim not in text, f"raw TeX {delim!r} left on {page}"
         if page.endswith("methods.html"):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from conceptsim.extraction.depth import trace_depth
-from conceptsim.extraction.extract import capped_grid, extract, probe_layers
+from conceptsim.extraction.extract import capped_grid, extract
 from conceptsim.extraction.hooks import LayerOutputError, record_activations
 from conceptsim.extraction.store import ActivationStore, StoreError
 from conceptsim.models.registry import build_model

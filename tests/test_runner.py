@@ -1,7 +1,6 @@
 """The study runner on a fake project whose notebooks are tiny: resumability, staleness, failures."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from conceptsim.extraction.hooks import record_activations
-
 from conceptsim.models import ssd_mobilenet_v2 as ssd
 from conceptsim.models.weights import WeightsError
 

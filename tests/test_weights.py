@@ -1,7 +1,6 @@
 """Pinned weight carriers: extraction from an archive, hash verification, offline failure."""
 
 import hashlib
-import io
 import zipfile
 
 import pytest

@@ -48,9 +48,10 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
     study_text = study.path.read_text() if study.path and study.path.exists() else yaml.safe_dump(study.raw)
     rows = [[r["id"], f"{r['seconds']:.1f}", r["notebook"]] for r in records]
     total = sum(r["seconds"] for r in records)
+    study_file = study.path.relative_to(project_root()) if study.path and study.path.is_relative_to(project_root()) else study.path
     text = [
         f"# Reproducibility record: study `{study.name}`\n",
-        f"Study file: `{study.path.relative_to(project_root()) if study.path and study.path.is_relative_to(project_root()) else study.path}`"
+        f"Study file: `{study_file}`"
         + (" (smoke mode: tiny parameters)" if study.smoke else "") + "\n",
         "## Commands\n",
         "```bash\nmake setup\n"

@@ -9,7 +9,8 @@ For a concept c and layers A, B on the shared test images (methods.md):
 - ``cls_jaccard``: Jaccard index of the sets of test images each layer predicts positive (logit > 0).
 
 Streaming: for each concept the binarised masks of *all* layers for an image chunk form one
-``L x (n * gh * gw)`` 0/1 matrix ``M`` (a pixel is positive where sigmoid(logit) >= 0.5, i.e. logit >= 0); one product ``M M^T`` adds the intersections of every layer pair (an exact
+``L x (n * gh * gw)`` 0/1 matrix ``M`` (a pixel is positive where sigmoid(logit) >= 0.5, i.e. logit >= 0);
+one product ``M M^T`` adds the intersections of every layer pair (an exact
 int8 product with int32 sums, accumulated in int64), and ``|A or B| = |A| + |B| - |A and B|``. The
 soft-mask Pearson statistics are accumulated the same way from soft masks quantised to 1/127 steps (see
 :class:`SegAccumulator` for the bound on the effect), with a row of ones that yields the sums.

@@ -45,7 +45,8 @@ import pandas as pd
 import torch
 
 from conceptsim.atomic import atomic_path, write_json
-from conceptsim.concepts import controls, dissection as dis
+from conceptsim.concepts import controls
+from conceptsim.concepts import dissection as dis
 from conceptsim.concepts.layerdata import SplitData, Standardiser
 from conceptsim.concepts.net2vec import LOSSES, EvalSet, split_counts, train_segmentation_probes
 from conceptsim.concepts.tcav import train_classification_probes
