@@ -1,11 +1,12 @@
-"""The stage notebooks are stored without outputs and have exactly one cell tagged `parameters`."""
+"""The stage notebooks are stored without outputs, have exactly one cell tagged `parameters`, and its values
+are those of the default study's first run of the stage."""
 
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conceptsim.study import NOTEBOOKS
+from conceptsim.study import NOTEBOOKS, load_study
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -24,3 +25,21 @@ def test_notebook_clean_and_parametrised(name):
 
 def test_every_notebook_in_the_folder_is_a_stage():
     assert sorted(p.name for p in NB_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS.values())
+
+
+def parameter_defaults(name: str) -> dict:
+    """The values the notebook's ``parameters`` cell assigns (the cell holds literals only)."""
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    values: dict = {}
+    exec(compile(cell.source, f"{name}:parameters", "exec"), {}, values)
+    return values
+
+
+@pytest.mark.parametrize("stage", sorted(NOTEBOOKS))
+def test_parameter_cell_is_the_default_studys_first_run(stage):
+    """Run by hand, a notebook does what the runner does for the default study's first run of its stage
+    (so it writes into the default study's folders with the same keys), and declares nothing else."""
+    study = load_study(Path(__file__).resolve().parents[1] / "studies" / "default.yml")
+    first = next(r for r in study.runs() if r.stage == stage)
+    assert parameter_defaults(NOTEBOOKS[stage]) == first.parameters

@@ -126,7 +126,8 @@ class Study:
             dparams = {**common, "dataset": ds, "models": list(self.models),
                        "comparison_options": self.sections["comparison"]}
             cl = Run("compare_layers", ds, None, dparams, tuple(concept_ids))
-            cm = Run("compare_models", ds, None, dparams, (cl.id,))
+            # notebook 04 only renders 03's results: no seed or comparison options
+            cm = Run("compare_models", ds, None, {"study": self.name, "dataset": ds, "models": list(self.models)}, (cl.id,))
             out += [cl, cm]
         return out
 
