@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conceptsim.comparison import concept_similarity
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, iou_from_counts, set_iou
 
 
@@ -117,3 +118,34 @@ def test_streamed_seg_is_identical_with_two_workers():
     one, two = stream(logits, 4), stream(logits, 4, workers=2)
     for key in one:
         np.testing.assert_array_equal(one[key], two[key])
+
+
+def test_streamed_stage_metrics_equal_the_reference_concept_similarity():
+    """The stage's streamed Gram products give, for every layer pair and concept, what the one-pair
+    reference ``concept_similarity`` gives (soft-mask Pearson within its quantisation bound)."""
+    rng = np.random.default_rng(7)
+    n, L, K, gh, gw = 9, 4, 2, 5, 6
+    seg = rng.normal(0.0, 2.0, (n, L, K, gh, gw)).astype(np.float32)
+    seg[:, 3, 0] = seg[:, 1, 0]
+    res = stream(seg, 4)
+    cls_logits = rng.normal(0.0, 1.0, (L, 30, K))
+    cls = cls_similarity(cls_logits, np.random.default_rng(0))
+    for k in range(K):
+        for a in range(L):
+            for b in range(L):
+                ref = concept_similarity(seg[:, a, k], seg[:, b, k], "seg")
+                assert res["seg"][k, a, b] == pytest.approx(ref, abs=1e-12)
+                ref = concept_similarity(seg[:, a, k], seg[:, b, k], "seg_pearson")
+                assert res["seg_pearson"][k, a, b] == pytest.approx(ref, abs=2e-3)
+                for method in ("cls", "cls_jaccard"):
+                    ref = concept_similarity(cls_logits[a, :, k], cls_logits[b, :, k], method)
+                    assert cls[method][k, a, b] == pytest.approx(ref, abs=1e-9)
+    assert res["seg"][0, 1, 3] == 1.0
+
+
+def test_concept_similarity_rejects_bad_input():
+    with pytest.raises(ValueError, match="method must be one of"):
+        concept_similarity(np.zeros(3), np.zeros(3), "cka")
+    with pytest.raises(ValueError, match="same shape"):
+        concept_similarity(np.zeros(3), np.zeros(4))
+    assert np.isnan(concept_similarity(np.full(5, -1.0), np.full(5, -2.0), "seg"))  # empty union

@@ -2,7 +2,8 @@
 
 - :mod:`~conceptsim.comparison.outputs` -- concept outputs of every probed layer on the shared test images,
   streamed by image chunks (:class:`StudyOutputs`, :func:`load_vectors`);
-- :mod:`~conceptsim.comparison.similarity` -- S_seg, S_cls and secondary variants via exact Gram products;
+- :mod:`~conceptsim.comparison.similarity` -- S_seg, S_cls and secondary variants: :func:`concept_similarity`
+  (one layer pair and concept, the reference) and the streamed exact Gram products of the stage;
 - :mod:`~conceptsim.comparison.cka` -- linear and debiased CKA;
 - :mod:`~conceptsim.comparison.findings` -- finding 1 / finding 2 statistics, permutation test, emergence depth;
 - :mod:`~conceptsim.comparison.stage` -- :func:`run_comparison_stage` writing ``similarity.csv``,
@@ -13,6 +14,7 @@
 """
 
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs, load_vectors
+from conceptsim.comparison.similarity import concept_similarity
 from conceptsim.comparison.stage import run_comparison_stage
 
-__all__ = ["ComparisonError", "StudyOutputs", "load_vectors", "run_comparison_stage"]
+__all__ = ["ComparisonError", "StudyOutputs", "concept_similarity", "load_vectors", "run_comparison_stage"]

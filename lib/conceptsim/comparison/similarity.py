@@ -265,3 +265,44 @@ def concept_vs_cka(similarity, method: str = "seg", cka: str = "cka"):
             "largest_gap": f"{g['layer_a'].iloc[i]} ~ {g['layer_b'].iloc[i]} ({gap[i]:+.2f})" if len(g) else "",
         })
     return pd.DataFrame(rows)
+
+
+SIMILARITY_METHODS = ("seg", "seg_pearson", "cls", "cls_jaccard")
+
+
+def concept_similarity(outputs_a, outputs_b, method: str = "seg") -> float:
+    """S(c; A, B) of one concept between two layers, from their outputs on the same test images.
+
+    The metric's front door and slow reference (plain numpy, one call per layer pair and concept); the
+    comparison stage computes the same numbers for all pairs at once with :class:`SegAccumulator` and
+    :func:`cls_similarity`.
+
+    Parameters
+    ----------
+    outputs_a, outputs_b : the concept's logits of layers A and B on the same images: ``N x gh x gw`` on
+        the evaluation grid for ``seg`` and ``seg_pearson``, ``N`` image logits for ``cls`` and
+        ``cls_jaccard``.
+    method : ``seg`` (set IoU of the masks ``logit >= 0`` pooled over all images and pixels),
+        ``seg_pearson`` (Pearson of ``sigmoid(logit)`` over all pixels), ``cls`` (Pearson of the image
+        logits) or ``cls_jaccard`` (Jaccard index of the images with ``logit > 0``).
+
+    Returns
+    -------
+    The similarity; NaN when it is undefined (empty union, constant input).
+    """
+    if method not in SIMILARITY_METHODS:
+        raise ValueError(f"method must be one of {SIMILARITY_METHODS}, got {method!r}")
+    a = np.asarray(outputs_a, dtype=np.float64)
+    b = np.asarray(outputs_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"outputs of the two layers must have the same shape, got {a.shape} and {b.shape}")
+    if method == "seg":
+        return set_iou(a >= 0, b >= 0)
+    if method == "cls_jaccard":
+        return set_iou(a > 0, b > 0)
+    if method == "seg_pearson":
+        a, b = 1.0 / (1.0 + np.exp(-a)), 1.0 / (1.0 + np.exp(-b))
+    a, b = a.ravel(), b.ravel()
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
