@@ -1,0 +1,58 @@
+"""Concept outputs of the comparison stage: vector files, folded probes, chunked reading."""
+
+import numpy as np
+import pytest
+import torch
+
+from conceptsim.comparison.outputs import ComparisonError, LinearProbe, StudyOutputs, load_vectors
+from conceptsim.comparison.synthetic import build_synthetic_study
+from conceptsim.concepts.vectors import save_npz, vector_path
+from conceptsim.paths import vectors_dir
+
+LAYERS = [("L0", 0.3, 4, 5), ("L1", 0.9, 2, 5)]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs") / "ds"
+    build_synthetic_study(root, {"a": LAYERS, "b": LAYERS}, n_images=12, seed=1)
+    return root
+
+
+def test_folded_probe_equals_standardised_probe():
+    rng = np.random.default_rng(0)
+    vec = {"weight": rng.normal(size=(3, 4)), "bias": rng.normal(size=3), "mean": rng.normal(size=4),
+           "std": np.array([1.5, 0.5, 0.0, 2.0]), "concepts": ["x", "y", "z"]}
+    probe = LinearProbe.from_vectors(vec, "seg")
+    acts = rng.normal(size=(2, 4, 3, 3))
+    std = np.where(vec["std"] > 0, vec["std"], 1.0)
+    z = (acts - vec["mean"][None, :, None, None]) / std[None, :, None, None]
+    ref = np.einsum("kc,nchw->nkhw", vec["weight"], z) + vec["bias"][None, :, None, None]
+    got = probe.maps(torch.from_numpy(acts.astype(np.float32))).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert probe.concepts == ("x", "y", "z")
+
+
+def test_chunk_size_does_not_change_the_outputs(study):
+    so = StudyOutputs(study, ["a", "b"])
+    whole = list(so.iter_chunks(chunk_images=so.n_test, read_images=so.n_test))
+    parts = list(so.iter_chunks(chunk_images=2, read_images=4))
+    assert sum(len(c.rows) for c in parts) == so.n_test and len(whole) == 1
+    np.testing.assert_allclose(torch.cat([c.cls for c in parts], dim=1).numpy(), whole[0].cls.numpy(), atol=1e-5)
+    np.testing.assert_allclose(torch.cat([c.seg for c in parts], dim=2).numpy(), whole[0].seg.numpy(), atol=1e-5)
+
+
+def test_damaged_vector_files_are_named(study, tmp_path):
+    mdir = tmp_path / "m"
+    vectors_dir(mdir).mkdir(parents=True)
+    path = vector_path(vectors_dir(mdir), "seg", "L0")
+    save_npz(path, weight=np.zeros((2, 3), np.float32), bias=np.zeros(2, np.float32),
+             mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), concepts=np.array(["a"]))
+    with pytest.raises(ComparisonError, match="inconsistent shapes"):
+        load_vectors(mdir, "L0", "seg")
+    save_npz(path, weight=np.zeros((2, 3), np.float32), concepts=np.array(["a", "b"]))
+    with pytest.raises(ComparisonError, match=r"lack keys \['bias', 'mean', 'std'\]"):
+        load_vectors(mdir, "L0", "seg")
+    with pytest.raises(ValueError, match="kind must be"):
+        load_vectors(mdir, "L0", "tcav")
+    assert load_vectors(study / "a", "L1", "cls")["concepts"] == ["sky", "dog", "red"]
