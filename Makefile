@@ -33,7 +33,7 @@ $(STAMP): requirements.txt pyproject.toml
 # idempotent: the install is stamped; weights and MathJax are verified by hash and fetched only if absent
 setup: $(STAMP)
 	$(VENV)/bin/conceptsim models fetch >/dev/null
-	$(PY) -m conceptsim.book_assets >/dev/null
+	$(PY) -m conceptsim.book.assets >/dev/null
 	@echo "setup complete: $(VENV)"
 
 study: setup

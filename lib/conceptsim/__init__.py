@@ -3,12 +3,14 @@
 The package is laid out as the pipeline runs:
 
 - :mod:`conceptsim.data` -- COCO-format concept datasets, embedded offline datasets, model-input geometry;
-- :mod:`conceptsim.models` -- model registry, pinned weights, relative depth;
-- :mod:`conceptsim.extraction` -- forward hooks and the Zarr activation store;
+- :mod:`conceptsim.models` -- model registry, pinned weights, model names and twins;
+- :mod:`conceptsim.extraction` -- forward hooks, relative depth and the Zarr activation and mask stores;
 - :mod:`conceptsim.concepts` -- Net2Vec segmentation probes, TCAV-style classification probes,
   Network Dissection, controls;
 - :mod:`conceptsim.comparison` -- concept-output similarity, CKA, the tests of the paper's findings;
-- :mod:`conceptsim.study` and :mod:`conceptsim.runner` -- study files and the papermill runner.
+- :mod:`conceptsim.study` and :mod:`conceptsim.runner` -- study files and the papermill runner;
+- :mod:`conceptsim.book` -- the generated book pages and the book's assets;
+- :mod:`conceptsim.paths` (result layout) and :mod:`conceptsim.runtime` (process tuning) -- infrastructure.
 """
 
 import os as _os

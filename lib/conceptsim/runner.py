@@ -270,7 +270,7 @@ def _rel(path: Path) -> str:
 
 def write_book_pages(study: Study) -> Path:
     """Write the study's generated pages and ``book/_generated/_toc.yml`` (base toc + what was run)."""
-    from conceptsim import reporting
+    from conceptsim.book import reporting
 
     root = project_root()
     out_dir = book_results_dir(study.name)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conceptsim import reporting
+from conceptsim.book import reporting
 from conceptsim.paths import comparison_files, dataset_results
 from conceptsim.study import Run, load_study
 
