@@ -65,6 +65,25 @@ CAUSES: dict[str, str] = {
 }
 
 
+# settings chosen from one-off measurements; the docstrings of the modules point here
+DESIGN_MEASUREMENTS = [
+    "## Design measurements", "",
+    "One-off measurements behind settings in the library (not re-measured by `make bench`; each names where "
+    "the setting lives).", "",
+    "- Allocator (`conceptsim.allocator`, applied by `conceptsim.runtime`): CenterNet at 512 x 512, batch 8, "
+    "120 images: 21.1 s wall (19.2 s user + 18.3 s system) with glibc's default `mmap` threshold; 11.7 s "
+    "(20.8 s user, 0.4 s system) with freed memory kept, the same results.",
+    "- Zarr writes (`conceptsim.extraction.zarrio.WRITE_EVERY_CHUNK`): the per-chunk fill-value scan cost "
+    "0.17 s of CPU on 44 MB of float16 activations, against 0.04 s for encoding and writing them.",
+    "- Activation compression (`conceptsim.extraction.store.COMPRESSORS`): zstd level 1 stores real feature "
+    "maps in 2/3 to 3/4 of their size and adds 2-4 % to the extraction's wall time on 2 cores (default models).",
+    "- Helper libraries during extraction (`conceptsim.extraction.background`): OpenCV's and BLAS's own thread "
+    "pools in the prefetch thread took about a third more CPU time for the same work on 2 cores.",
+    "- BLAS threads in the concept stage (`conceptsim.runtime`): Method B on a 1280-unit layer took 104 s with "
+    "BLAS threads and 11 s with one, with identical results.", "",
+]
+
+
 def fmt(x, unit: str = "") -> str:
     if x is None:
         return "–"
@@ -254,6 +273,7 @@ def write_page(data: dict, page: Path, static: Path) -> None:
             lines.append(f"- `{e['id']}`: {how}. {CAUSES.get(e['id'], '')}".rstrip())
         lines.append("")
     lines += details_sections(by_id)
+    lines += DESIGN_MEASUREMENTS
     lines += ["## Reproduce", "", "```bash", "make bench                                   # all but the default study end to end",
               ".venv/bin/python benchmarks/run.py --only extraction --repeat 5   # one benchmark",
               ".venv/bin/python benchmarks/run.py --only end_to_end_default     # the default study (long)",

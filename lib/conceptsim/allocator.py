@@ -2,10 +2,10 @@
 
 glibc serves allocations above a threshold (at most 32 MB) with fresh ``mmap`` regions and unmaps them
 on free, so a forward pass whose feature maps are tens of MB (CenterNet at 512 x 512, batch 8) pays page
-faults and kernel zeroing on every layer, every batch: measured here, as much system time as compute
-(21.1 s wall, 19.2 s user + 18.3 s system for 120 images). :func:`keep_freed_memory` turns ``mmap`` off
-for the heap allocator and raises the trim threshold to 1 GiB, so freed blocks are reused: the same pass
-then takes 11.7 s (20.8 s user, 0.4 s system), with the same results. Peak memory is unchanged (a block
+faults and kernel zeroing on every layer, every batch, as much system time as compute.
+:func:`keep_freed_memory` turns ``mmap`` off for the heap allocator and raises the trim threshold to
+1 GiB, so freed blocks are reused: the same pass then takes little system time and about half the wall
+time, with the same results (numbers: the book's Performance page, "Design measurements"). Peak memory is unchanged (a block
 is reused, not added); the process keeps up to 1 GiB of freed heap instead of returning it at once.
 
 Only glibc on Linux is affected; elsewhere, or with ``CONCEPTSIM_KEEP_FREED_MEMORY=0``, nothing changes.

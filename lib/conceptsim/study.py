@@ -13,7 +13,7 @@ A study (YAML) names datasets, models and stage parameters::
     extraction: {batch_size: 8, grid_cap: 40, eval_grid: 112, dtype: float16, device: cpu, num_workers: 0,
                  max_layers: 0,          # max_layers > 0 keeps that many default layers, evenly spread
                  compression: none}      # activations stored raw (none) or zstd-compressed (zstd: about 2/3
-                                         # of the disk, 2-4 % more extraction time on 2 cores)
+                                         # of the disk, a little more extraction time)
     concepts: {loss: balanced_bce, lr: 0.01, epochs: 30, patience: 5, bootstrap: 1000}
     comparison: {permutations: 10000, bootstrap: 1000}
     smoke: {...}                  # overrides merged in by --smoke (same keys as above)

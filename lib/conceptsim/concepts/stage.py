@@ -343,8 +343,8 @@ def run_concept_stage(
     threads : torch CPU threads for the stage (restored afterwards; default: leave as is). The probe's
         tensors are small, so on a shared, busy machine 1 thread can be several times faster than 2.
         BLAS (numpy, scikit-learn) is held to one thread throughout: the logistic-regression fits of
-        Method B are hundreds of small lbfgs problems whose BLAS threads only wait for each other (a
-        1280-unit layer took 104 s with BLAS threads and 11 s without, with identical results).
+        Method B are hundreds of small lbfgs problems whose BLAS threads only wait for each other
+        (Performance page, "Design measurements").
 
     Returns
     -------

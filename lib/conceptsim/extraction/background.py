@@ -129,7 +129,7 @@ def helper_libraries_single_threaded() -> Iterator[None]:
 
     The forward pass already keeps the cores busy with torch's threads; OpenCV's resize and numpy's
     matrix products in the prefetch thread would otherwise start thread pools of their own that spin
-    while waiting and, measured on 2 cores, take about a third more CPU time for the same work.
+    while waiting and take more CPU time for the same work (Performance page, "Design measurements").
     """
     import cv2
     from threadpoolctl import threadpool_limits

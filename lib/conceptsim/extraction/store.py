@@ -52,7 +52,8 @@ SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
 
 # Activations: raw by default ("none"). "zstd" (level 1) stores real feature maps in 2/3 to 3/4 of their size,
 # as small as the library's default level 3 for a third less CPU; but the forward pass already keeps 2 cores
-# busy, so the encoding still adds 2-4 % to the extraction's wall time (measured on the default models).
+# busy, so the encoding still adds a few per cent to the extraction's wall time (Performance page, "Design
+# measurements").
 COMPRESSORS = {"none": lambda: None, "zstd": lambda: [ZstdCodec(level=1)]}
 
 #: the value types an activation store holds
