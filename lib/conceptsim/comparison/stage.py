@@ -267,7 +267,6 @@ def run_comparison_stage(
     bootstrap: int = 1000,
     chunk_images: int = 16,
     grid4: bool = True,
-    threads: int | None = None,
 ) -> dict[str, Path]:
     """Compare every pair of probed layers of ``models`` on one dataset and test the two findings.
 
@@ -282,20 +281,18 @@ def run_comparison_stage(
     chunk_images : test images per streaming step; memory is about ``chunk_images x layers x grid pixels
         x 2`` bytes (one concept's int8 masks) plus the low-resolution logits of ``chunk_images`` images.
     grid4 : also compute CKA on activations pooled to 4 x 4 (one extra read of the activations).
-    threads : torch threads per worker of the stage (restored afterwards); ``None`` takes
-        ``CONCEPTSIM_TORCH_THREADS`` when it is set to a positive number and otherwise 1 (the stage runs its
-        two reading passes in two Python threads, which keeps two cores busy). On a
-        machine shared with other busy processes one thread is much faster than two, because OpenMP
-        threads of the many short products wait for each other.
+
+    Threads: torch runs ``CONCEPTSIM_TORCH_THREADS`` threads per worker of the stage when that is set to a
+    positive number and otherwise 1, restored afterwards (the stage runs its two reading passes in two Python
+    threads, which keeps two cores busy). On a machine shared with other busy processes one thread is much
+    faster than two, because OpenMP threads of the many short products wait for each other.
 
     Returns
     -------
     ``{"similarity": path, "layer_similarity": path, "findings": path}``.
     """
     previous = torch.get_num_threads()
-    if threads is None:
-        threads = torch_threads_from_environment() or 1
-    torch.set_num_threads(int(threads))
+    torch.set_num_threads(torch_threads_from_environment() or 1)
     try:
         return _run(Path(dataset_dir), Path(out_dir), models, seed, permutations, bootstrap, chunk_images, grid4)
     finally:

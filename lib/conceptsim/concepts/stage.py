@@ -54,6 +54,7 @@ from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.data.coco import SPLITS
 from conceptsim.extraction.store import ActivationStore, LayerInfo, read_rows
 from conceptsim.paths import concept_quality_csv, concept_stage_json, concept_table_csv, vectors_dir
+from conceptsim.runtime import configure_process
 
 log = logging.getLogger(__name__)
 METHODS = ("seg", "cls")
@@ -323,7 +324,7 @@ def run_concept_stage(
     concepts: Sequence[str] | None = None, loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30,
     patience: int = 5, batch_size: int = 32, seed: int = 0, device: str = "cpu",
     random_init_quality: Path | None = None, bootstrap: int = 1000, methods: Sequence[str] = ("seg", "cls"),
-    dissection: bool = True, memory_budget_gb: float = 4.0, threads: int | None = None,
+    dissection: bool = True, memory_budget_gb: float = 4.0,
 ) -> dict[str, Path]:
     """Train and evaluate concept vectors for every (layer, concept) of one store, with controls.
 
@@ -340,11 +341,11 @@ def run_concept_stage(
     bootstrap : number of bootstrap resamples of the test images.
     methods : any of ``("seg", "cls")``. dissection : run the Network Dissection baseline.
     memory_budget_gb : memory for holding a layer's activations (see :mod:`conceptsim.concepts.layerdata`).
-    threads : torch CPU threads for the stage (restored afterwards; default: leave as is). The probe's
-        tensors are small, so on a shared, busy machine 1 thread can be several times faster than 2.
-        BLAS (numpy, scikit-learn) is held to one thread throughout: the logistic-regression fits of
-        Method B are hundreds of small lbfgs problems whose BLAS threads only wait for each other
-        (Performance page, "Design measurements").
+
+    Threads come from the process settings (:func:`conceptsim.runtime.configure_process`, applied here if
+    it was not yet): BLAS (numpy, scikit-learn) is held to one thread, since the logistic-regression fits of
+    Method B are hundreds of small lbfgs problems whose BLAS threads only wait for each other (Performance
+    page, "Design measurements").
 
     Returns
     -------
@@ -356,17 +357,9 @@ def run_concept_stage(
         raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {methods!r}")
     if bootstrap < 1:
         raise ValueError(f"bootstrap must be >= 1, got {bootstrap}")
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    blas = threadpool_limits(limits=1, user_api="blas")
-    try:
-        return _run(Path(store_path), Path(out_dir), layers, concepts, bootstrap, seed, methods, dissection,
-                    memory_budget_gb, random_init_quality, Params(loss, lr, epochs, patience, batch_size, seed, device))
-    finally:
-        blas.restore_original_limits()
-        torch.set_num_threads(before)
+    configure_process()
+    return _run(Path(store_path), Path(out_dir), layers, concepts, bootstrap, seed, methods, dissection,
+                memory_budget_gb, random_init_quality, Params(loss, lr, epochs, patience, batch_size, seed, device))
 
 
 def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods, dissection, memory_budget_gb,
