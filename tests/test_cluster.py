@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
+import dask  # noqa: E402
 from distributed import LocalCluster  # noqa: E402
 from test_runner import ROOT, executions, fake_project, make_notebook  # noqa: E402,F401
 
@@ -98,6 +99,18 @@ def test_killed_worker_loses_only_its_run(fake_project, scheduler):
     assert runner.executed_path(concepts).exists()
 
 
+def test_run_whose_workers_keep_dying_fails_after_bounded_retries(fake_project):
+    root, study = fake_project
+    make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts",
+                  extra="import signal, time\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(30)\n")
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # read by the in-process scheduler
+        out = runner.run_study(study, progress=False, executor=DaskExecutor("local:2"))
+    assert [r["id"] for r in out.failed] == ["concepts/shapes/mobilenet_v2_imagenet"]
+    assert "its worker died each of the 2 times it ran" in out.failed[0]["error"]
+    assert set(out.skipped_dependency) == {"compare_layers/shapes", "compare_models/shapes"}
+    assert executions(root).count("concepts shapes") == 2
+
+
 def test_failure_keeps_traceback_and_skips_dependents(fake_project, scheduler, capsys):
     root, study = fake_project
     make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts",
@@ -179,5 +192,44 @@ def test_worker_that_cannot_see_results_fails_clearly(fake_project, capsys):
             worker.wait(30)
     err = capsys.readouterr().err
     assert code == 2
-    assert f"cannot see the results folder {results}" in err and "shared filesystem" in err
+    assert "worker tcp://" in err and f"cannot see the results folder {results}" in err and "shared filesystem" in err
     assert executions(root) == []
+
+
+def untimed(value):
+    """A JSON value without its timings (keys ending in _s, seconds, started, timings)."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items()
+                if not (k.endswith("_s") or "seconds" in k or k in ("started", "timings"))}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+@pytest.mark.slow
+def test_smoke_study_same_files_as_jobs(tmp_path):
+    """The default study in smoke mode with --jobs 2, then with --cluster local:2, into fresh results
+    folders: the same CSVs byte for byte, the same JSON (zarr metadata included) apart from timings, the
+    same run keys. Prints both wall times (run with -s)."""
+    walls = {}
+    for how in (["--jobs", "2"], ["--cluster", "local:2"]):
+        env = {**os.environ, "CONCEPTSIM_RESULTS": str(tmp_path / how[0][2:]), "CONCEPTSIM_ROOT": str(ROOT)}
+        cmd = [str(Path(sys.executable).parent / "conceptsim"), "run", "studies/default.yml", "--smoke", *how, "--quiet"]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+        walls[" ".join(how)] = round(time.monotonic() - t0, 1)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    print(f"\nsmoke study wall seconds: {walls}")
+    a, b = tmp_path / "jobs" / "default-smoke", tmp_path / "cluster" / "default-smoke"
+
+    def files(folder):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in (".csv", ".json"))
+
+    assert files(a) == files(b) and any(f.endswith("concept_quality.csv") for f in files(a))
+    for rel in files(a):
+        if rel.startswith("_runs"):
+            assert json.loads((a / rel).read_text())["key"] == json.loads((b / rel).read_text())["key"], rel
+        elif rel.endswith(".csv"):
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+        else:
+            assert untimed(json.loads((a / rel).read_text())) == untimed(json.loads((b / rel).read_text())), rel

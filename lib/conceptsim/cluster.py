@@ -34,7 +34,6 @@ from conceptsim.study import Run
 log = logging.getLogger("conceptsim.cluster")
 
 CONNECT_TIMEOUT_S = 5  # an unreachable scheduler fails the command after this long
-WORKER_WAIT_S = 120  # a scheduler with no worker yet (e.g. a batch queue) gets this long to get one
 CHECK_WAIT_S = 5  # how long a worker polls for the client's check file (shared filesystems cache lookups)
 GPU_STAGES = ("extract", "concepts")
 
@@ -105,7 +104,7 @@ def sees_shared_folders(settings: dict[str, str], check_file: str, token: str) -
     """None when this process sees the client's project checkout and results folder, else why not."""
     root = Path(settings["CONCEPTSIM_ROOT"])
     if not (root / "notebooks").is_dir():
-        return f"worker {worker_name()} sees no project checkout at {root} (no notebooks/ folder there)"
+        return f"sees no project checkout at {root} (no notebooks/ folder there)"
     deadline = time.monotonic() + CHECK_WAIT_S
     while True:
         try:
@@ -114,7 +113,7 @@ def sees_shared_folders(settings: dict[str, str], check_file: str, token: str) -
         except OSError:
             pass
         if time.monotonic() > deadline:
-            return (f"worker {worker_name()} cannot see the results folder {settings['CONCEPTSIM_RESULTS']}: "
+            return (f"cannot see the results folder {settings['CONCEPTSIM_RESULTS']}: "
                     f"the check file {check_file} the client wrote there is missing or different. Workers "
                     f"need the project checkout and the results folder on a shared filesystem, at the same path")
         time.sleep(0.5)
@@ -134,7 +133,7 @@ def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], 
     os.environ.update(settings)  # the kernel papermill starts inherits them
     problem = sees_shared_folders(settings, *check)
     if problem:
-        raise RunFailed(failure_record(run, key, problem))
+        raise RunFailed(failure_record(run, key, f"worker {worker_name()} {problem}"))
     if is_complete(run, key):  # recomputed after its worker died: this session already ran it
         record = json.loads(record_path(run).read_text())
         if record.get("started", 0) >= since:
@@ -194,6 +193,9 @@ class DaskExecutor:
                 if fut.status == "finished":
                     finish(fut.result())
                     continue
+                if fut.status == "cancelled":
+                    finish(failure_record(runs_by_id[rid], keys[rid], "cancelled on the cluster"))
+                    continue
                 exc = fut.exception()
                 if isinstance(exc, RunFailed) and exc.record["id"] == rid:
                     finish(exc.record)
@@ -202,7 +204,8 @@ class DaskExecutor:
                 elif isinstance(exc, KilledWorker):
                     finish(failure_record(runs_by_id[rid], keys[rid], (
                         f"its worker died each of the {exc.allowed_failures + 1} times it ran (Dask's "
-                        f"distributed.scheduler.allowed-failures); last worker {exc.last_worker.address}")))
+                        f"distributed.scheduler.allowed-failures); last worker "
+                        f"{getattr(exc.last_worker, 'address', exc.last_worker)}")))
                 else:
                     finish(failure_record(runs_by_id[rid], keys[rid], f"{type(exc).__name__}: {exc}"))
 
@@ -222,11 +225,9 @@ class DaskExecutor:
                 f"--cluster {self.address}: cannot reach a Dask scheduler there within {CONNECT_TIMEOUT_S} s "
                 f"({type(exc).__name__}: {exc}). Start one with `dask scheduler` and workers with "
                 f"`dask worker {self.address}`, or use --cluster local:N") from exc
-        try:
-            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-        except TimeoutError as exc:
-            raise ClusterError(f"--cluster {self.address}: no worker joined the scheduler within "
-                               f"{WORKER_WAIT_S} s") from exc
+        if not client.scheduler_info(n_workers=-1)["workers"]:  # e.g. batch jobs still queued
+            log.warning("--cluster %s: no worker has joined the scheduler yet; the runs wait for one "
+                        "(each worker is checked before its first run)", self.address)
         return client
 
     @staticmethod
@@ -241,12 +242,12 @@ class DaskExecutor:
 
     def _check_workers(self, client: Any, runs: list[Run], settings: dict[str, str],
                        check: tuple[str, str]) -> None:
-        problems = [p for p in client.run(sees_shared_folders, settings, *check).values() if p]
+        problems = [f"worker {w} {p}" for w, p in client.run(sees_shared_folders, settings, *check).items() if p]
         if problems:
             raise ClusterError(f"--cluster {self.address}: " + "; ".join(problems))
         gpu_runs = [r.id for r in runs if needs_gpu(r)]
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        if gpu_runs and not any(w.get("resources", {}).get("GPU") for w in workers):
+        if gpu_runs and workers and not any(w.get("resources", {}).get("GPU") for w in workers):
             raise ClusterError(
                 f"--cluster {self.address}: {len(gpu_runs)} run(s) need a GPU (the study's device is cuda), "
                 f"e.g. {gpu_runs[0]}, but no worker offers one; start GPU workers with "
