@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("distributed")
 
 import dask  # noqa: E402
-from distributed import LocalCluster  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
 from test_runner import ROOT, executions, fake_project, make_notebook  # noqa: E402,F401
 
 from conceptsim import cli, runner  # noqa: E402
@@ -45,7 +45,7 @@ if STAGE == "concepts" and not marker.exists():
 def scheduler():
     """One LocalCluster (2 process workers, one run each at a time) for the tests that join it by address."""
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
-                      dashboard_address=None) as cluster:
+                      dashboard_address=":0") as cluster:
         yield cluster.scheduler_address
 
 
@@ -180,12 +180,14 @@ def test_worker_that_cannot_see_results_fails_clearly(fake_project, capsys):
     probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {results}"], capture_output=True)
     if probe.returncode:
         pytest.skip(f"cannot mount in a new mount namespace: {probe.stderr.decode().strip()}")
-    with LocalCluster(n_workers=0, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as cluster:
         worker = subprocess.Popen(
             ["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {results} && exec {sys.executable} -m "
              f"distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 --no-dashboard --no-nanny"],
             env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            with Client(cluster) as client:
+                client.wait_for_workers(1, timeout=120)
             code = cli.main(["run", str(study_file(root)), "--cluster", cluster.scheduler_address, "--quiet"])
         finally:
             worker.terminate()

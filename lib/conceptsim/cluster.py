@@ -215,7 +215,7 @@ class DaskExecutor:
         if self.local_workers:
             cluster = stack.enter_context(LocalCluster(
                 n_workers=self.local_workers, threads_per_worker=1, processes=True, memory_limit=0,
-                resources={"GPU": 1}, dashboard_address=None, silence_logs=logging.ERROR,
+                resources={"GPU": 1}, dashboard_address=":0", silence_logs=logging.ERROR,
             ))
             return stack.enter_context(Client(cluster))
         try:
