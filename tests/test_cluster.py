@@ -17,7 +17,8 @@ pytest.importorskip("distributed")
 
 import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
-from test_runner import ROOT, executions, fake_project, make_notebook  # noqa: E402,F401
+import test_runner  # noqa: E402
+from test_runner import ROOT, executions, make_notebook  # noqa: E402
 
 from conceptsim import cli, runner  # noqa: E402
 from conceptsim.cluster import ClusterError, DaskExecutor, needs_gpu  # noqa: E402
@@ -39,6 +40,9 @@ if STAGE == "concepts" and not marker.exists():
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(30)  # ipykernel's parent poller ends this kernel once its worker is gone
 """
+
+
+fake_project = test_runner.fake_project  # the fake project (tiny notebooks) of the runner's tests
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +148,7 @@ def test_unreachable_scheduler_fails_at_once(fake_project, capsys):
     elapsed = time.monotonic() - t0
     err = capsys.readouterr().err
     assert code == 2 and elapsed < 20
-    assert f"cannot reach a Dask scheduler there" in err and f"tcp://127.0.0.1:{port}" in err
+    assert "cannot reach a Dask scheduler there" in err and f"tcp://127.0.0.1:{port}" in err
     assert executions(root) == []
 
 

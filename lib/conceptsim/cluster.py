@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
-from conceptsim.runner import execute_run, executed_path, is_complete, log_path, record_path
+from conceptsim.runner import execute_run, is_complete, log_path, record_path
 from conceptsim.study import Run
 
 log = logging.getLogger("conceptsim.cluster")
@@ -72,17 +72,15 @@ def usable_cpus() -> int:
 
 
 def failure_record(run: Run, key: str, error: str) -> dict[str, Any]:
-    """The record of a run that failed before or outside its notebook (no executed copy of its own)."""
-    out = executed_path(run)
+    """The record of a run that failed outside its notebook (no executed copy; the log of its last try)."""
     return {
         "id": run.id, "stage": run.stage, "dataset": run.dataset, "model": run.model, "key": key,
         "status": "failed", "error": error, "parameters": run.parameters, "notebook": run.notebook,
-        "executed_notebook": str(out) if out.exists() else None, "started": None, "seconds": 0.0,
+        "executed_notebook": None, "started": None, "seconds": 0.0,
         "log": str(log_path(run)) if log_path(run).exists() else None,
     }
 
 
-# ----------------------------------------------------------------------------- on the workers
 def client_settings() -> dict[str, str]:
     """The client's ``CONCEPTSIM_*`` environment with its project, results, cache and data folders resolved."""
     env = {k: v for k, v in os.environ.items() if k.startswith("CONCEPTSIM_")}
@@ -90,6 +88,8 @@ def client_settings() -> dict[str, str]:
                CONCEPTSIM_CACHE=str(cache_dir()), CONCEPTSIM_DATA=str(datasets_dir()))
     return env
 
+
+# ----------------------------------------------------------------------------- on the workers
 
 def worker_name() -> str:
     from distributed import get_worker
