@@ -169,6 +169,15 @@ def test_gpu_resource_only_for_cuda_extraction_and_concepts():
     assert not any(needs_gpu(r) for r in runs("cpu"))
 
 
+def test_cuda_study_on_a_cluster_without_gpu_workers_is_refused(fake_project, scheduler):
+    root, _ = fake_project
+    study = parse_study({"name": "fake", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"],
+                         "extraction": {"device": "cuda"}})
+    with pytest.raises(ClusterError, match=r"2 run\(s\) need a GPU .* no worker offers one"):
+        runner.run_study(study, progress=False, executor=DaskExecutor(scheduler))
+    assert executions(root) == []
+
+
 def test_jobs_path_imports_no_dask():
     code = "import sys; from conceptsim import cli, runner; cli.build_parser(); print('dask' in sys.modules or 'distributed' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
