@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from conceptsim.atomic import write_text
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
 from conceptsim.runner import execute_run, is_complete, log_path, record_path
 from conceptsim.study import Run
@@ -235,9 +236,8 @@ class DaskExecutor:
         """A fresh token in ``results/<study>/.cluster-check`` (a fixed name: a new name could hide behind
         a shared filesystem's cached lookups); workers must read it back."""
         path = results_dir() / study / ".cluster-check"
-        path.parent.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex
-        path.write_text(token)
+        write_text(path, token)
         return str(path), token
 
     def _check_workers(self, client: Any, runs: list[Run], settings: dict[str, str],
