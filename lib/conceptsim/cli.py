@@ -20,13 +20,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         only[k] = v
     study = load_study(args.study, smoke=args.smoke)
     validate_layers(study)
-    outcome = run_study(study, jobs=args.jobs, only=only, force=args.force, progress=not args.quiet)
+    if args.cluster:  # only this path imports Dask
+        from conceptsim.cluster import ClusterError, DaskExecutor
+
+        try:
+            outcome = run_study(study, only=only, force=args.force, progress=not args.quiet,
+                                executor=DaskExecutor(args.cluster))
+        except ClusterError as exc:
+            print(f"conceptsim run: error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        outcome = run_study(study, jobs=args.jobs, only=only, force=args.force, progress=not args.quiet)
     n_exec = len(outcome.executed)
     print(f"study {study.name}: {n_exec} run(s) executed, {len(outcome.skipped_complete)} reused (complete and unchanged)")
     if outcome.failed or outcome.skipped_dependency:
         for rec in outcome.failed:
-            print(f"FAILED {rec['id']}: {rec['error']}\n  executed notebook: {rec['executed_notebook']}\n  log: {rec['log']}",
-                  file=sys.stderr)
+            where = [f"\n  {label}: {rec[k]}" for k, label in (("executed_notebook", "executed notebook"), ("log", "log"))
+                     if rec.get(k)]
+            print(f"FAILED {rec['id']}: {rec['error']}" + "".join(where), file=sys.stderr)
         for rid in outcome.skipped_dependency:
             print(f"SKIPPED {rid}: a run it depends on failed", file=sys.stderr)
         return 1
@@ -81,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a study file with papermill (resumable)")
     r.add_argument("study", type=Path)
-    r.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes")
+    where = r.add_mutually_exclusive_group()
+    where.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes (default 1)")
+    where.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT",
+                       help="run on a Dask cluster: local:N starts N process workers here; an address joins a "
+                            "running scheduler (workers need the checkout and results on a shared filesystem)")
     r.add_argument("--only", action="append", metavar="KEY=VALUE", help="stage=, dataset= or model= filter")
     r.add_argument("--force", action="store_true", help="re-run even complete, unchanged runs")
     r.add_argument("--smoke", action="store_true", help="tiny parameters (the study's smoke section)")

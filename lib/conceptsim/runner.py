@@ -186,9 +186,15 @@ class StudyOutcome:
 
 
 def run_study(
-    study: Study, *, jobs: int = 1, only: dict[str, str] | None = None, force: bool = False, progress: bool = True
+    study: Study, *, jobs: int = 1, only: dict[str, str] | None = None, force: bool = False, progress: bool = True,
+    executor: Any = None,
 ) -> StudyOutcome:
-    """Execute the study's runs respecting dependencies; see the module docstring."""
+    """Execute the study's runs respecting dependencies; see the module docstring.
+
+    ``executor`` (e.g. :class:`conceptsim.cluster.DaskExecutor`) replaces the local process pool: its
+    ``execute(runs, keys, finish, skip)`` runs ``runs`` (in dependency order) and calls ``finish(record)``
+    for each executed run and ``skip(run_id)`` for each dependent of a failed one.
+    """
     from tqdm.auto import tqdm
 
     runs = select(study.runs(), only or {})
@@ -219,19 +225,24 @@ def run_study(
         bar.set_postfix_str(f"{rec['id']} {rec['status']} {rec['seconds']:.0f}s")
         bar.update(1)
 
+    def skip(rid: str) -> None:
+        todo.pop(rid, None)
+        failed.add(rid)
+        outcome.skipped_dependency.append(rid)
+        bar.update(1)
+
     def prune() -> None:
         changed = True
         while changed:
             changed = False
             for rid, r in list(todo.items()):
                 if blocked(r):
-                    del todo[rid]
-                    failed.add(rid)
-                    outcome.skipped_dependency.append(rid)
-                    bar.update(1)
+                    skip(rid)
                     changed = True
 
-    if jobs <= 1:
+    if executor is not None:
+        executor.execute(list(todo.values()), keys, finish, skip)
+    elif jobs <= 1:
         while todo:
             prune()
             nxt = next((r for r in todo.values() if ready(r)), None)

@@ -1,0 +1,254 @@
+"""A study's runs as tasks of a Dask cluster: ``conceptsim run STUDY.yml --cluster local:N | tcp://HOST:PORT``.
+
+Each run (one papermill execution, :func:`conceptsim.runner.execute_run`) is one Dask task; the runs it
+depends on are its Dask dependencies. Dask does the scheduling, the placement (extraction and concepts ask
+for ``resources={"GPU": 1}`` when the study's device is ``cuda``), the retries of a run whose worker died
+(at most ``distributed.scheduler.allowed-failures`` times, then the run fails with ``KilledWorker``) and
+the skipping of the dependents of a failed run (a failed run raises :class:`RunFailed`, which Dask hands to
+its dependents). The records, the resumability and the failure report are the runner's, as with ``--jobs``.
+
+Workers need the project checkout, the results folder and the cache at the client's paths (a shared
+filesystem); each task runs with the client's ``CONCEPTSIM_*`` settings. The client writes a check file
+into the results folder and every worker, at the start and before each run, must read it back; a worker
+that cannot fails with a message naming itself and the folder. A recomputed task (Dask recomputes a
+finished task whose small result was held by a worker that died) reuses the record its run wrote in this
+session instead of executing again. This module is imported only by ``--cluster``: ``--jobs`` needs no Dask.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from conceptsim.atomic import write_text
+from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
+from conceptsim.runner import execute_run, is_complete, log_path, record_path
+from conceptsim.study import Run
+
+log = logging.getLogger("conceptsim.cluster")
+
+CONNECT_TIMEOUT_S = 5  # an unreachable scheduler fails the command after this long
+CHECK_WAIT_S = 5  # how long a worker polls for the client's check file (shared filesystems cache lookups)
+GPU_STAGES = ("extract", "concepts")
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run the study: bad address, unreachable scheduler, no suitable worker."""
+
+
+class RunFailed(Exception):
+    """A run failed on a worker; carries its record (the failure report reads it, Dask passes it on to the
+    run's dependents, which therefore do not execute)."""
+
+    def __init__(self, record: dict[str, Any]):
+        super().__init__(record)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.args[0]
+
+    def __str__(self) -> str:
+        return f"{self.record['id']}: {self.record['error']}"
+
+
+def needs_gpu(run: Run) -> bool:
+    """Extraction and concepts of a study whose device is ``cuda`` ask their worker for a GPU."""
+    device = run.parameters.get("device") or run.parameters.get("extraction_options", {}).get("device", "cpu")
+    return run.stage in GPU_STAGES and str(device).startswith("cuda")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use (its affinity: a batch job's share, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def failure_record(run: Run, key: str, error: str) -> dict[str, Any]:
+    """The record of a run that failed outside its notebook (no executed copy; the log of its last try)."""
+    return {
+        "id": run.id, "stage": run.stage, "dataset": run.dataset, "model": run.model, "key": key,
+        "status": "failed", "error": error, "parameters": run.parameters, "notebook": run.notebook,
+        "executed_notebook": None, "started": None, "seconds": 0.0,
+        "log": str(log_path(run)) if log_path(run).exists() else None,
+    }
+
+
+def client_settings() -> dict[str, str]:
+    """The client's ``CONCEPTSIM_*`` environment with its project, results, cache and data folders resolved."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("CONCEPTSIM_")}
+    env.update(CONCEPTSIM_ROOT=str(project_root()), CONCEPTSIM_RESULTS=str(results_dir()),
+               CONCEPTSIM_CACHE=str(cache_dir()), CONCEPTSIM_DATA=str(datasets_dir()))
+    return env
+
+
+# ----------------------------------------------------------------------------- on the workers
+
+def worker_name() -> str:
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # not in a worker (tests calling the task function directly)
+        return f"pid {os.getpid()}"
+
+
+def sees_shared_folders(settings: dict[str, str], check_file: str, token: str) -> str | None:
+    """None when this process sees the client's project checkout and results folder, else why not."""
+    root = Path(settings["CONCEPTSIM_ROOT"])
+    if not (root / "notebooks").is_dir():
+        return f"sees no project checkout at {root} (no notebooks/ folder there)"
+    deadline = time.monotonic() + CHECK_WAIT_S
+    while True:
+        try:
+            if Path(check_file).read_text() == token:
+                return None
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return (f"cannot see the results folder {settings['CONCEPTSIM_RESULTS']}: "
+                    f"the check file {check_file} the client wrote there is missing or different. Workers "
+                    f"need the project checkout and the results folder on a shared filesystem, at the same path")
+        time.sleep(0.5)
+
+
+def worker_threads() -> int:
+    """Threads for one run on this worker: its CPUs shared by the runs it executes at once."""
+    from distributed import get_worker
+
+    return max(1, usable_cpus() // max(1, get_worker().state.nthreads))
+
+
+def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], check: tuple[str, str],
+             since: float, *dependencies: dict) -> dict[str, Any]:
+    """One run as a Dask task (``dependencies``: the records of the runs it depends on, there only to order
+    it). Returns the run's record; a failed run raises :class:`RunFailed`."""
+    os.environ.update(settings)  # the kernel papermill starts inherits them
+    problem = sees_shared_folders(settings, *check)
+    if problem:
+        raise RunFailed(failure_record(run, key, f"worker {worker_name()} {problem}"))
+    if is_complete(run, key):  # recomputed after its worker died: this session already ran it
+        record = json.loads(record_path(run).read_text())
+        if record.get("started", 0) >= since:
+            return record
+    try:
+        record = execute_run(run, key, threads or worker_threads())
+    except Exception as exc:  # outside the notebook (its own errors are in the record)
+        record = failure_record(run, key, f"{type(exc).__name__}: {exc}")
+    if record["status"] != "ok":
+        raise RunFailed(record)
+    return record
+
+
+# ----------------------------------------------------------------------------- on the client
+class DaskExecutor:
+    """Runs a study's runs on a Dask cluster; ``address`` is ``local:N`` (a ``LocalCluster`` of N process
+    workers on this machine) or a scheduler address (``tcp://HOST:8786``)."""
+
+    def __init__(self, address: str):
+        self.address = address.strip()
+        self.local_workers = 0
+        if self.address.startswith("local"):
+            n = self.address.partition(":")[2]
+            if not self.address.startswith("local:") or not n.isdigit() or int(n) < 1:
+                raise ClusterError(f"--cluster {address!r}: expected local:N with N >= 1 workers, "
+                                   "or a scheduler address such as tcp://HOST:8786")
+            self.local_workers = int(n)
+
+    def execute(self, runs: list[Run], keys: dict[str, str], finish: Callable[[dict], None],
+                skip: Callable[[str], None]) -> None:
+        """Submit ``runs`` (dependencies outside them are complete) and report each as it ends:
+        ``finish(record)`` for an executed run, ok or failed, ``skip(run_id)`` for a dependent of a failed run."""
+        if not runs:
+            return
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        since = time.time()
+        with ExitStack() as stack:
+            client = self._connect(stack)
+            check = self._write_check_file(runs[0].parameters["study"])
+            settings = client_settings()
+            self._check_workers(client, runs, settings, check)
+            threads = max(1, usable_cpus() // self.local_workers) if self.local_workers else None
+            token = uuid.uuid4().hex[:8]
+            futures: dict[str, Any] = {}
+            for run in runs:  # topological: a run's dependencies are submitted before it
+                deps = [futures[d] for d in run.depends_on if d in futures]
+                futures[run.id] = client.submit(
+                    run_task, run, keys[run.id], threads, settings, check, since, *deps,
+                    key=f"{run.stage}-{token}-{run.id}", resources={"GPU": 1} if needs_gpu(run) else None,
+                )
+            by_key = {f.key: rid for rid, f in futures.items()}
+            runs_by_id = {r.id: r for r in runs}
+            for fut in as_completed(list(futures.values())):
+                rid = by_key[fut.key]
+                if fut.status == "finished":
+                    finish(fut.result())
+                    continue
+                if fut.status == "cancelled":
+                    finish(failure_record(runs_by_id[rid], keys[rid], "cancelled on the cluster"))
+                    continue
+                exc = fut.exception()
+                if isinstance(exc, RunFailed) and exc.record["id"] == rid:
+                    finish(exc.record)
+                elif isinstance(exc, RunFailed) or (isinstance(exc, KilledWorker) and exc.task != fut.key):
+                    skip(rid)  # a run it depends on failed
+                elif isinstance(exc, KilledWorker):
+                    finish(failure_record(runs_by_id[rid], keys[rid], (
+                        f"its worker died each of the {exc.allowed_failures + 1} times it ran (Dask's "
+                        f"distributed.scheduler.allowed-failures); last worker "
+                        f"{getattr(exc.last_worker, 'address', exc.last_worker)}")))
+                else:
+                    finish(failure_record(runs_by_id[rid], keys[rid], f"{type(exc).__name__}: {exc}"))
+
+    def _connect(self, stack: ExitStack) -> Any:
+        from distributed import Client, LocalCluster
+
+        if self.local_workers:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=self.local_workers, threads_per_worker=1, processes=True, memory_limit=0,
+                resources={"GPU": 1}, dashboard_address=":0", silence_logs=logging.ERROR,
+            ))
+            return stack.enter_context(Client(cluster))
+        try:
+            client = stack.enter_context(Client(self.address, timeout=CONNECT_TIMEOUT_S))
+        except (OSError, ValueError) as exc:
+            raise ClusterError(
+                f"--cluster {self.address}: cannot reach a Dask scheduler there within {CONNECT_TIMEOUT_S} s "
+                f"({type(exc).__name__}: {exc}). Start one with `dask scheduler` and workers with "
+                f"`dask worker {self.address}`, or use --cluster local:N") from exc
+        if not client.scheduler_info(n_workers=-1)["workers"]:  # e.g. batch jobs still queued
+            log.warning("--cluster %s: no worker has joined the scheduler yet; the runs wait for one "
+                        "(each worker is checked before its first run)", self.address)
+        return client
+
+    @staticmethod
+    def _write_check_file(study: str) -> tuple[str, str]:
+        """A fresh token in ``results/<study>/.cluster-check`` (a fixed name: a new name could hide behind
+        a shared filesystem's cached lookups); workers must read it back."""
+        path = results_dir() / study / ".cluster-check"
+        token = uuid.uuid4().hex
+        write_text(path, token)
+        return str(path), token
+
+    def _check_workers(self, client: Any, runs: list[Run], settings: dict[str, str],
+                       check: tuple[str, str]) -> None:
+        problems = [f"worker {w} {p}" for w, p in client.run(sees_shared_folders, settings, *check).items() if p]
+        if problems:
+            raise ClusterError(f"--cluster {self.address}: " + "; ".join(problems))
+        gpu_runs = [r.id for r in runs if needs_gpu(r)]
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        if gpu_runs and workers and not any(w.get("resources", {}).get("GPU") for w in workers):
+            raise ClusterError(
+                f"--cluster {self.address}: {len(gpu_runs)} run(s) need a GPU (the study's device is cuda), "
+                f"e.g. {gpu_runs[0]}, but no worker offers one; start GPU workers with "
+                f"`dask worker {self.address} --nthreads 1 --resources GPU=1`")

@@ -1,0 +1,250 @@
+"""Runs of a study as tasks of a Dask cluster (LocalCluster, 2 process workers) on the fake project of
+test_runner (tiny notebooks, real papermill): same records and results as --jobs 2, a killed worker's run
+retried, failures and skipped dependents reported as with --jobs, unreachable scheduler and a worker that
+cannot see the results folder refused with a clear message."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+import test_runner  # noqa: E402
+from test_runner import ROOT, executions, make_notebook  # noqa: E402
+
+from conceptsim import cli, runner  # noqa: E402
+from conceptsim.cluster import ClusterError, DaskExecutor, needs_gpu  # noqa: E402
+from conceptsim.study import NOTEBOOKS, parse_study  # noqa: E402
+
+# every run writes a result file from its parameters (what --jobs and --cluster must agree on)
+RESULT = """
+res = pathlib.Path(os.environ.get("CONCEPTSIM_RESULTS") or os.environ["CONCEPTSIM_ROOT"] + "/results") / "fake" / (STAGE + "-" + dataset + ".json")
+res.parent.mkdir(parents=True, exist_ok=True)
+res.write_text(json.dumps({"stage": STAGE, "dataset": dataset, "seed": seed, "pid_free": True}, sort_keys=True))
+"""
+
+# the first concepts run kills the worker process executing it (the kernel's parent), once
+KILL = """
+import signal, time
+marker = pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "killed-once"
+if STAGE == "concepts" and not marker.exists():
+    marker.write_text(str(os.getppid()))
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)  # ipykernel's parent poller ends this kernel once its worker is gone
+"""
+
+
+fake_project = test_runner.fake_project  # the fake project (tiny notebooks) of the runner's tests
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One LocalCluster (2 process workers, one run each at a time) for the tests that join it by address."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
+                      dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
+def with_extra(root: Path, extra: str) -> None:
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(root / "notebooks" / name, stage, extra=extra)
+
+
+def result_files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*.json")) if "_runs" not in p.parts}
+
+
+def test_same_records_and_results_as_jobs(fake_project, monkeypatch):
+    root, study = fake_project
+    with_extra(root, RESULT)
+    by_jobs = runner.run_study(study, jobs=2, progress=False)
+    jobs_results, jobs_records = result_files(root / "results"), {
+        r.id: json.loads(runner.record_path(r).read_text()) for r in study.runs()}
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(root / "results-cluster"))
+    by_cluster = runner.run_study(study, progress=False, executor=DaskExecutor("local:2"))
+    assert not by_jobs.failed and not by_cluster.failed
+    assert sorted(r["id"] for r in by_cluster.executed) == sorted(r["id"] for r in by_jobs.executed)
+    assert result_files(root / "results-cluster") == jobs_results
+    for r in study.runs():
+        rec = json.loads(runner.record_path(r).read_text())
+        same = {k: v for k, v in rec.items() if k not in ("started", "seconds", "log")}
+        assert same == {k: v for k, v in jobs_records[r.id].items() if k not in ("started", "seconds", "log")}
+        assert rec["log"].startswith(str(root / "results-cluster"))
+    # a dependency ran before its dependents
+    order = {r["id"]: r["started"] for r in by_cluster.executed}
+    for r in study.runs():
+        assert all(order[d] < order[r.id] for d in r.depends_on)
+    # resumable as with --jobs: nothing left to do, so no cluster is even started
+    again = runner.run_study(study, progress=False, executor=DaskExecutor("local:2"))
+    assert again.executed == [] and len(again.skipped_complete) == 4
+
+
+def test_killed_worker_loses_only_its_run(fake_project, scheduler):
+    root, study = fake_project
+    with_extra(root, KILL)
+    t0 = time.time()
+    out = runner.run_study(study, progress=False, executor=DaskExecutor(scheduler))
+    assert (root / "killed-once").exists()  # a worker really was killed mid-run
+    assert not out.failed and not out.skipped_dependency and len(out.executed) == 4
+    ran = executions(root)
+    assert ran.count("concepts shapes") == 2  # the killed run, retried on a worker
+    assert ran.count("extract shapes") == 1  # its finished dependency was not executed again
+    concepts = next(r for r in study.runs() if r.stage == "concepts")
+    rec = json.loads(runner.record_path(concepts).read_text())
+    assert rec["status"] == "ok" and rec["started"] > t0
+    assert runner.executed_path(concepts).exists()
+
+
+def test_run_whose_workers_keep_dying_fails_after_bounded_retries(fake_project):
+    root, study = fake_project
+    make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts",
+                  extra="import signal, time\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(30)\n")
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):  # read by the in-process scheduler
+        out = runner.run_study(study, progress=False, executor=DaskExecutor("local:2"))
+    assert [r["id"] for r in out.failed] == ["concepts/shapes/mobilenet_v2_imagenet"]
+    assert "its worker died each of the 2 times it ran" in out.failed[0]["error"]
+    assert set(out.skipped_dependency) == {"compare_layers/shapes", "compare_models/shapes"}
+    assert executions(root).count("concepts shapes") == 2
+
+
+def test_failure_keeps_traceback_and_skips_dependents(fake_project, scheduler, capsys):
+    root, study = fake_project
+    make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts",
+                  extra='raise RuntimeError("planted failure in concepts")\n')
+    code = cli.main(["run", str(study_file(root)), "--cluster", scheduler, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "FAILED concepts/shapes/mobilenet_v2_imagenet: PapermillExecutionError" in err
+    assert "SKIPPED compare_layers/shapes" in err and "SKIPPED compare_models/shapes" in err
+    failed_run = next(r for r in study.runs() if r.stage == "concepts")
+    assert "planted failure in concepts" in runner.executed_path(failed_run).read_text()
+    assert not runner.record_path(failed_run).exists()
+    assert executions(root).count("extract shapes") == 1
+
+
+def study_file(root: Path) -> Path:
+    path = root / "fake.yml"
+    path.write_text("name: fake\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\n")
+    return path
+
+
+def test_unreachable_scheduler_fails_at_once(fake_project, capsys):
+    root, _ = fake_project
+    import socket
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    code = cli.main(["run", str(study_file(root)), "--cluster", f"tcp://127.0.0.1:{port}", "--quiet"])
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 20
+    assert "cannot reach a Dask scheduler there" in err and f"tcp://127.0.0.1:{port}" in err
+    assert executions(root) == []
+
+
+def test_bad_cluster_argument():
+    for bad in ("local", "local:0", "local:two", "locals:2"):
+        with pytest.raises(ClusterError, match="expected local:N"):
+            DaskExecutor(bad)
+    with pytest.raises(SystemExit):  # --jobs and --cluster exclude each other
+        cli.build_parser().parse_args(["run", "s.yml", "--jobs", "2", "--cluster", "local:2"])
+
+
+def test_gpu_resource_only_for_cuda_extraction_and_concepts():
+    def runs(device):
+        return parse_study({"name": "g", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"],
+                            "extraction": {"device": device}}).runs()
+
+    assert {r.stage for r in runs("cuda") if needs_gpu(r)} == {"extract", "concepts"}
+    assert not any(needs_gpu(r) for r in runs("cpu"))
+
+
+def test_cuda_study_on_a_cluster_without_gpu_workers_is_refused(fake_project, scheduler):
+    root, _ = fake_project
+    study = parse_study({"name": "fake", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"],
+                         "extraction": {"device": "cuda"}})
+    with pytest.raises(ClusterError, match=r"2 run\(s\) need a GPU .* no worker offers one"):
+        runner.run_study(study, progress=False, executor=DaskExecutor(scheduler))
+    assert executions(root) == []
+
+
+def test_jobs_path_imports_no_dask():
+    code = "import sys; from conceptsim import cli, runner; cli.build_parser(); print('dask' in sys.modules or 'distributed' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (a worker with its own mounts)")
+def test_worker_that_cannot_see_results_fails_clearly(fake_project, capsys):
+    """A worker in its own mount namespace with an empty tmpfs over the results folder."""
+    root, study = fake_project
+    results = root / "results"
+    results.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {results}"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"cannot mount in a new mount namespace: {probe.stderr.decode().strip()}")
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as cluster:
+        worker = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {results} && exec {sys.executable} -m "
+             f"distributed.cli.dask_worker {cluster.scheduler_address} --nthreads 1 --no-dashboard --no-nanny"],
+            env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with Client(cluster) as client:
+                client.wait_for_workers(1, timeout=120)
+            code = cli.main(["run", str(study_file(root)), "--cluster", cluster.scheduler_address, "--quiet"])
+        finally:
+            worker.terminate()
+            worker.wait(30)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "worker tcp://" in err and f"cannot see the results folder {results}" in err and "shared filesystem" in err
+    assert executions(root) == []
+
+
+def untimed(value):
+    """A JSON value without its timings (keys ending in _s, seconds, started, timings)."""
+    if isinstance(value, dict):
+        return {k: untimed(v) for k, v in value.items()
+                if not (k.endswith("_s") or "seconds" in k or k in ("started", "timings"))}
+    if isinstance(value, list):
+        return [untimed(v) for v in value]
+    return value
+
+
+@pytest.mark.slow
+def test_smoke_study_same_files_as_jobs(tmp_path):
+    """The default study in smoke mode with --jobs 2, then with --cluster local:2, into fresh results
+    folders: the same CSVs byte for byte, the same JSON (zarr metadata included) apart from timings, the
+    same run keys. Prints both wall times (run with -s)."""
+    walls = {}
+    for how in (["--jobs", "2"], ["--cluster", "local:2"]):
+        env = {**os.environ, "CONCEPTSIM_RESULTS": str(tmp_path / how[0][2:]), "CONCEPTSIM_ROOT": str(ROOT)}
+        cmd = [str(Path(sys.executable).parent / "conceptsim"), "run", "studies/default.yml", "--smoke", *how, "--quiet"]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+        walls[" ".join(how)] = round(time.monotonic() - t0, 1)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    print(f"\nsmoke study wall seconds: {walls}")
+    a, b = tmp_path / "jobs" / "default-smoke", tmp_path / "cluster" / "default-smoke"
+
+    def files(folder):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in (".csv", ".json"))
+
+    assert files(a) == files(b) and any(f.endswith("concept_quality.csv") for f in files(a))
+    for rel in files(a):
+        if rel.startswith("_runs"):
+            assert json.loads((a / rel).read_text())["key"] == json.loads((b / rel).read_text())["key"], rel
+        elif rel.endswith(".csv"):
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+        else:
+            assert untimed(json.loads((a / rel).read_text())) == untimed(json.loads((b / rel).read_text())), rel
