@@ -217,7 +217,7 @@ class Problems:
         where = str(self.path or "study")
         if len(self.messages) == 1:
             raise StudyError(f"{where}: {self.messages[0]}{note}")
-        lines = "\n".join(f"  - {m}" for m in self.messages)
+        lines = "\n".join("  - " + m.replace("\n", "\n    ") for m in self.messages)
         raise StudyError(f"{where}: {len(self.messages)} problems{note}:\n{lines}")
 
 
@@ -417,14 +417,19 @@ def _check_writable(p: Problems, study: str) -> None:
 
 
 def writable_problem(folder: Path) -> str | None:
-    """None if files can be created in ``folder`` (created if absent), else a one-line reason naming it."""
+    """None if files can be created in ``folder``, else a one-line reason naming it. Creates nothing: an
+    absent folder is judged by its nearest existing parent (a probe file is written there and removed)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create {folder}: {existing} is not a folder"
+    probe = existing / f".write-test-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        return f"cannot write to {exc.filename or folder}: {exc.strerror or exc}"
+        return f"cannot write to {existing}{'' if existing == folder else f' (to create {folder})'}: {exc.strerror or exc}"
     return None
 
 

@@ -197,7 +197,7 @@ def rle_problem(counts: Any, n_pixels: int) -> str | None:
 
 def _compressed_runs(text: str) -> list[int]:
     """Run lengths of COCO's compressed RLE string: per run, 5-bit groups (low first) in characters from '0'
-    (48), bit 0x20 set while more groups follow, bit 0x10 of the last group the sign; from the third run on,
+    (48), bit 0x20 set while more groups follow, bit 0x10 of the last group the sign; from the fourth run on,
     each value is the difference to the run two before."""
     runs: list[int] = []
     pos = 0
