@@ -4,7 +4,9 @@ Records. Each run's completion is recorded in ``results/<study>/_runs/<run>.json
 notebook and results are fully written (temporary name, then rename). A run is skipped when its key --
 the hash of its notebook's code cells, its parameters, the library's source and the keys of the runs it
 depends on -- equals the recorded one and its executed notebook exists; otherwise it and (through the key
-chain) its dependents run again. A killed run leaves no record and is redone.
+chain) its dependents run again. A run's record is removed when the run starts, so a killed run (forced or
+not) leaves no record and is redone; the temporary files it left (:func:`conceptsim.atomic.remove_debris`)
+are removed by the next run once their process is gone.
 
 Failures. A failing notebook keeps its executed copy with the traceback; runs that depend on it are
 skipped; :func:`run_study` reports them and the CLI exits non-zero naming the failed run.
