@@ -281,3 +281,20 @@ def test_models_commands(project, capsys):
     assert code == 2 and "unknown model 'resnet9000'" in err
     code, err = run_cli(["models", "fetch", "yolov8n"], capsys)
     assert code == 2 and "weights need internet or a local copy" in err
+
+
+def test_only_runs_that_will_execute_need_their_inputs(project, capsys, monkeypatch):
+    from test_runner import fake_execute
+
+    from conceptsim import runner
+    from conceptsim.study import load_study
+
+    path = study_file(project, VALID.replace("mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet"))
+    code, err = run_cli(["run", str(path), "--quiet"], capsys)
+    assert code == 2 and "model mobilenet_v2_imagenet: weight file" in err
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    runner.run_study(load_study(path), progress=False)  # as if extracted where the weights were
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert "0 run(s) executed, 4 reused" in capsys.readouterr().out
+    code, err = run_cli(["run", str(path), "--quiet", "--force"], capsys)  # --force re-runs, so needs them again
+    assert code == 2 and "model mobilenet_v2_imagenet: weight file" in err

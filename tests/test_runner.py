@@ -141,7 +141,6 @@ def dead_pid() -> int:
 def test_next_run_removes_debris_of_dead_processes_only(fake_project, monkeypatch):
     root, study = fake_project
     monkeypatch.setattr(runner, "execute_run", fake_execute)
-    monkeypatch.setenv("CONCEPTSIM_DATA", str(root / "datasets"))
     gone, alive = dead_pid(), os.getpid()
     model_dir = root / "results" / "fake" / "shapes" / "mobilenet_v2_imagenet"
     (model_dir / f".activations.zarr.tmp-{gone}" / "c").mkdir(parents=True)
@@ -150,12 +149,10 @@ def test_next_run_removes_debris_of_dead_processes_only(fake_project, monkeypatc
     nb_dir.mkdir(parents=True)
     (nb_dir / f".tmp-{gone}-01_extract.ipynb").write_text("{}")
     (nb_dir / f".tmp-{alive}-02_concepts.ipynb").write_text("{}")
-    (root / "datasets" / f".shapes-abc.tmp-{gone}").mkdir(parents=True)
     (model_dir / "keep.tmp-1").write_text("not ours")  # no leading dot: not a name this package writes
     runner.run_study(study, progress=False)
     assert not (model_dir / f".activations.zarr.tmp-{gone}").exists()
     assert not (nb_dir / f".tmp-{gone}-01_extract.ipynb").exists()
-    assert not (root / "datasets" / f".shapes-abc.tmp-{gone}").exists()
     assert (model_dir / f".activations.zarr.tmp-{alive}").exists() and (nb_dir / f".tmp-{alive}-02_concepts.ipynb").exists()
     assert (model_dir / "keep.tmp-1").exists()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from conceptsim.runner import run_study, select
+    from conceptsim.runner import pending, run_study, select
     from conceptsim.study import check_inputs, load_study
 
     only: dict[str, list[str]] = {}
@@ -20,7 +20,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 2
         only.setdefault(k, []).append(v)  # a key given twice matches either value
     study = load_study(args.study, smoke=args.smoke)
-    check_inputs(study, select(study.runs(), only))  # data, weights, device, output folders: all before any run
+    # data, weights, device, output folders of the runs that will execute: all checked before any run starts
+    check_inputs(study, pending(select(study.runs(), only), force=args.force))
     outcome = run_study(study, jobs=args.jobs, only=only, force=args.force, progress=not args.quiet)
     n_exec = len(outcome.executed)
     print(f"study {study.name}: {n_exec} run(s) executed, {len(outcome.skipped_complete)} reused (complete and unchanged)")

@@ -27,7 +27,7 @@ import nbformat
 import yaml
 
 from conceptsim.atomic import remove_debris, sha256_json, write_json, write_text
-from conceptsim.paths import datasets_dir, model_dir_name, project_root, results_dir
+from conceptsim.paths import model_dir_name, project_root, results_dir
 from conceptsim.study import Run, Study
 
 log = logging.getLogger("conceptsim.runner")
@@ -116,6 +116,14 @@ def is_complete(run: Run, key: str) -> bool:
     return data.get("key") == key and data.get("status") == "ok"
 
 
+def pending(runs: list[Run], force: bool = False) -> list[Run]:
+    """The runs that :func:`run_study` would execute (all of them under ``force``)."""
+    if force:
+        return list(runs)
+    keys = run_keys(runs)
+    return [r for r in runs if not is_complete(r, keys[r.id])]
+
+
 def select(runs: list[Run], only: dict[str, str | list[str]]) -> list[Run]:
     """Keep runs matching every key (keys: stage, dataset, model; a key given several values matches any
     of them) plus what they depend on."""
@@ -202,7 +210,7 @@ def run_study(
 
     runs = select(study.runs(), only or {})
     keys = run_keys(runs)
-    for folder in (results_dir() / study.name, book_results_dir(study.name), datasets_dir()):
+    for folder in (results_dir() / study.name, book_results_dir(study.name)):
         for path in remove_debris(folder):
             log.info("removed %s, left by a process that no longer runs", path)
     by_id = {r.id: r for r in runs}
