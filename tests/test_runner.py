@@ -80,6 +80,8 @@ def test_failure_keeps_traceback_and_skips_dependents(fake_project, monkeypatch)
     monkeypatch.setenv("FAKE_FAIL_STAGE", "concepts")
     out = runner.run_study(study, progress=False)
     assert [r["id"] for r in out.failed] == ["concepts/shapes/mobilenet_v2_imagenet"]
+    assert out.failed[0]["error"] == "RuntimeError: planted failure in concepts"  # one line for the console
+    assert "planted failure in concepts" in Path(out.failed[0]["log"]).read_text()  # the traceback: in the log
     assert set(out.skipped_dependency) == {"compare_layers/shapes", "compare_models/shapes"}
     failed_run = next(r for r in study.runs() if r.stage == "concepts")
     executed = runner.executed_path(failed_run).read_text()

@@ -172,7 +172,8 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
             kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()),
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        status, error = "failed", error_line(exc)
+        pm_log.exception("run %s failed", run.id)  # the full traceback goes to the run's log
     finally:
         pm_log.removeHandler(handler)
         handler.close()
@@ -189,6 +190,16 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
     else:
         record_path(run).unlink(missing_ok=True)
     return record
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for the console: a notebook's error name and value (its traceback is in the log and the copy)."""
+    if hasattr(exc, "ename") and hasattr(exc, "evalue"):  # papermill.PapermillExecutionError
+        text = f"{exc.ename}: {exc.evalue}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    lines = text.strip().splitlines()
+    return lines[0] + (" ..." if len(lines) > 1 else "") if lines else type(exc).__name__
 
 
 @dataclass

@@ -21,6 +21,9 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from conceptsim.concepts.net2vec import LOSSES
+from conceptsim.extraction.store import COMPRESSORS
+
 
 class StudyError(ValueError):
     """A study file is invalid or cannot run here; the message names the file, key, value and what is accepted."""
@@ -128,10 +131,10 @@ SECTIONS: dict[str, dict[str, tuple[Any, Rule]]] = {
         "device": ("cpu", DEVICE),
         "num_workers": (0, integer(0)),
         "max_layers": (0, integer(0)),
-        "compression": ("none", one_of("zstd", "none")),
+        "compression": ("none", one_of(*COMPRESSORS)),
     },
     "concepts": {
-        "loss": ("balanced_bce", one_of("balanced_bce", "net2vec_soft", "dice")),
+        "loss": ("balanced_bce", one_of(*LOSSES)),
         "lr": (0.01, number(0, low_open=True)),
         "epochs": (30, integer(1)),
         "patience": (5, integer(0)),
