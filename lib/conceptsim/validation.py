@@ -38,14 +38,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen[key]}); each key may appear once",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
             except TypeError:  # an unhashable key: the base class reports it
                 continue
-            if first != key_node.start_mark.line + 1:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {first}); each key may appear once",
-                    key_node.start_mark,
-                )
         return super().construct_mapping(node, deep=deep)
 
 
