@@ -44,7 +44,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 STUDY_CASES = {
     "epochs 0": (VALID + "concepts: {epochs: 0}\n", ["'concepts.epochs' is 0", "an integer >= 1"]),
     "duplicate key in a section": (VALID + "concepts:\n  epochs: 3\n  epochs: 5\n",
-                                   ["duplicate key 'epochs'", "line 6", "each key may appear once"]),
+                                   ["not valid YAML at line 7, column 3: duplicate key 'epochs' (first on line 6)", "each key may appear once"]),
     "duplicate top-level key": (VALID + "models: [ssd_mobilenet_v2_coco]\n", ["duplicate key 'models'", "first on line 4"]),
     "duplicate dataset": ("name: t\ndatasets:\n  shapes: {}\n  shapes: {max_images: 3}\nmodels: [yolov8n:random]\n",
                           ["duplicate key 'shapes'"]),

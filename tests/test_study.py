@@ -104,7 +104,7 @@ def test_every_problem_is_reported_at_once():
 def test_duplicate_keys_are_rejected_at_any_depth(tmp_path):
     path = tmp_path / "s.yml"
     path.write_text("name: t\ndatasets:\n  shapes:\n    build: {n: 5, n: 6}\nmodels: [yolov8n:random]\n")
-    with pytest.raises(StudyError, match=r"s.yml: not valid YAML .*duplicate key 'n' \(first on line 4\)"):
+    with pytest.raises(StudyError, match=r"s.yml: not valid YAML at line 4, column 19: duplicate key 'n' \(first on line 4\)"):
         load_study(path)
 
 

@@ -63,6 +63,11 @@ def load_yaml(path: Path) -> Any:
         raise StudyError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = f" ({exc.context})" if exc.context else ""
+        raise StudyError(f"{path}: not valid YAML{where}: {exc.problem}{context}") from None
     except yaml.YAMLError as exc:
         raise StudyError(f"{path}: not valid YAML ({exc})") from None
 
