@@ -190,8 +190,8 @@ def test_results_folder_that_cannot_be_written(project, capsys, monkeypatch):
 
 def test_read_only_results_folder(project, capsys, monkeypatch):
     ro = Path("/sys/conceptsim-results")  # sysfs refuses new files, even to root
-    if os.access("/sys", os.W_OK) and not Path("/sys/class").is_dir():
-        pytest.skip("no read-only folder available")
+    if not Path("/sys/class").is_dir():
+        pytest.skip("no sysfs here: no folder that refuses writes even to root")
     monkeypatch.setenv("CONCEPTSIM_RESULTS", str(ro))
     code, err = run_cli(["run", str(study_file(project, VALID))], capsys)
     assert code == 2 and "cannot write to /sys" in err and f"to create {ro / 't'}" in err
