@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_project(root: Path) -> Path:
+    """A project root in ``root`` that shares the repository's sources (symlinks) but owns its outputs:
+    ``results/``, ``book/results/``, ``book/_generated/`` and ``_build/`` are created there, never in the
+    user's checkout."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("notebooks", "studies", "lib", "pyproject.toml", "_config.yml", "_toc.yml"):
+        (root / name).symlink_to(ROOT / name)
+    (root / "book").mkdir()
+    for entry in (ROOT / "book").iterdir():
+        if entry.name not in ("results", "_generated"):
+            (root / "book" / entry.name).symlink_to(entry)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A temporary project root (see :func:`make_project`) set as CONCEPTSIM_ROOT, with its own results folder."""
+    root = make_project(tmp_path / "project")
+    monkeypatch.setenv("CONCEPTSIM_ROOT", str(root))
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(root / "results"))
+    monkeypatch.setenv("CONCEPTSIM_DATA", str(tmp_path / "datasets"))
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))  # no weights: what is missing is known
+    monkeypatch.chdir(root)
+    return root

@@ -17,16 +17,17 @@ pytest.importorskip("distributed")
 
 import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
-import test_runner  # noqa: E402
-from test_runner import ROOT, executions, make_notebook  # noqa: E402
 
+import test_runner  # noqa: E402
 from conceptsim import cli, runner  # noqa: E402
 from conceptsim.cluster import ClusterError, DaskExecutor, needs_gpu  # noqa: E402
 from conceptsim.study import NOTEBOOKS, parse_study  # noqa: E402
+from test_runner import ROOT, executions, make_notebook  # noqa: E402
 
 # every run writes a result file from its parameters (what --jobs and --cluster must agree on)
 RESULT = """
-res = pathlib.Path(os.environ.get("CONCEPTSIM_RESULTS") or os.environ["CONCEPTSIM_ROOT"] + "/results") / "fake" / (STAGE + "-" + dataset + ".json")
+results = os.environ.get("CONCEPTSIM_RESULTS") or os.environ["CONCEPTSIM_ROOT"] + "/results"
+res = pathlib.Path(results) / "fake" / (STAGE + "-" + dataset + ".json")
 res.parent.mkdir(parents=True, exist_ok=True)
 res.write_text(json.dumps({"stage": STAGE, "dataset": dataset, "seed": seed, "pid_free": True}, sort_keys=True))
 """
@@ -179,7 +180,8 @@ def test_cuda_study_on_a_cluster_without_gpu_workers_is_refused(fake_project, sc
 
 
 def test_jobs_path_imports_no_dask():
-    code = "import sys; from conceptsim import cli, runner; cli.build_parser(); print('dask' in sys.modules or 'distributed' in sys.modules)"
+    code = ("import sys; from conceptsim import cli, runner; cli.build_parser(); "
+            "print('dask' in sys.modules or 'distributed' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "False"
 

@@ -253,3 +253,39 @@ def test_with_targets_serves_pooled_masks_without_images(fake):
     assert torch.equal(b["masks_eval"], ref["masks_eval"])
     img = ds.images_only()[0]
     assert torch.equal(img, ref["image"][0])
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d["images"][1].update(file_name=d["images"][0]["file_name"]),
+         r"file '0001.png' is listed under two image ids, 1 and 2"),
+        (lambda d: d["categories"][3].update(name="car"), r"category name 'car' is used by two categories, ids 3 and 4"),
+        (lambda d: d["annotations"][3]["segmentation"].update(counts="1111"),
+         r"annotation 4 \(image 2, 0002.png\) has a corrupt RLE: its runs cover 5 pixels, the image has 2400"),
+        (lambda d: d["annotations"][3]["segmentation"].update(counts="PPPP"),
+         r"annotation 4 \(image 2, 0002.png\) has a corrupt RLE: the string ends inside a run length"),
+        (lambda d: d["annotations"][3]["segmentation"].update(counts="0\x7f"),
+         r"annotation 4 \(image 2, 0002.png\) has a corrupt RLE: character"),
+        (lambda d: d["annotations"][3]["segmentation"].update(counts=[10, -5, 2395]),
+         r"annotation 4 .* corrupt RLE: a negative run length"),
+        (lambda d: d["annotations"][3]["segmentation"].update(counts=[10, 20]),
+         r"annotation 4 .* corrupt RLE: its runs cover 30 pixels, the image has 2400"),
+    ],
+)
+def test_inconsistent_datasets_are_rejected_naming_file_and_record(fake, edit, match):
+    _edit(fake, edit)
+    with pytest.raises(DatasetError, match=match) as e:
+        ConceptDataset(fake)
+    assert str(fake) in str(e.value)
+
+
+def test_rle_check_agrees_with_pycocotools():
+    from conceptsim.data.coco import rle_problem
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = (int(x) for x in rng.integers(1, 40, 2))
+        rle = mask_utils.encode(np.asfortranarray((rng.random((h, w)) < rng.random()).astype(np.uint8)))
+        assert rle_problem(rle["counts"].decode(), h * w) is None
+        assert rle_problem(rle["counts"].decode(), h * w + 1) is not None

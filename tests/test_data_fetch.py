@@ -146,3 +146,27 @@ def test_pinned_sources():
     assert fetch.COCO_IMAGES.file_name == "val2017.zip" and len(fetch.COCO_ANNOTATIONS.md5) == 32
     assert fetch.VOC_TAR.file_name == "VOCtrainval_11-May-2012.tar"
     assert {"person", "vehicle", "animal"} <= set(fetch.COCO_CONCEPTS)
+
+
+def test_fetch_root_rejects_a_broken_annotation_file(offline, tmp_path, capsys):
+    from conceptsim.cli import main
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    ann = write_fake_coco(root, image_dir="val2017", ann_name="annotations/instances_val2017.json")
+    assert main(["data", "fetch", "coco2017-val", "--root", str(root)]) == 0
+    ann.write_text(ann.read_text()[:-40])  # truncated
+    assert main(["data", "fetch", "coco2017-val", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{ann}: malformed JSON" in err and "Traceback" not in err
+
+
+def test_unavailable_reason_without_downloading(offline, tmp_path):
+    from conceptsim.data.fetch import unavailable_reason
+
+    assert "instances_val2017.json" in unavailable_reason("coco2017-val", tmp_path / "nothing")
+    assert "VOCtrainval_11-May-2012.tar" in unavailable_reason("voc2012")
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    write_fake_coco(root, image_dir="val2017", ann_name="annotations/instances_val2017.json")
+    assert unavailable_reason("coco2017-val", root) is None

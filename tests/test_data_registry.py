@@ -84,3 +84,51 @@ def test_cli(cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("cut")))
     assert _cli(["data", "fetch", "voc2012"]) == 2
     assert "VOCtrainval_11-May-2012.tar" in capsys.readouterr().err
+
+
+def test_build_writes_a_manifest_checked_when_opened(cache):
+    from conceptsim.data.coco import DatasetError
+
+    a = registry.ensure_dataset("shapes", n=4, size=48)
+    meta = registry.read_marker(a.annotation_file.parent)
+    assert set(meta["files"]) == {"annotations.json", *(f"images/{i:06d}.jpg" for i in range(4))}
+    jpg = a.image_dir / "000002.jpg"
+    data = bytearray(jpg.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte in the middle: still decodes, to other pixels
+    jpg.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"000002.jpg \(image id 3\): sha256 \w+ differs from the build manifest"):
+        registry.ensure_dataset("shapes", n=4, size=48)
+    jpg.unlink()
+    with pytest.raises(DatasetError, match=r"000002.jpg: listed in the build manifest .* but missing"):
+        registry.ensure_dataset("shapes", n=4, size=48)
+
+
+def test_build_into_never_deletes_foreign_files(tmp_path):
+    from conceptsim.data.coco import DatasetError
+
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me")
+    (out / "sub" / "data.csv").write_text("1,2")
+    params = {"n": 3, "size": 48, "seed": 0}
+    with pytest.raises(DatasetError, match=r"mine is not empty and is not a previous shapes build \(2 other entries: "
+                                           r"notes.txt, sub/\).*--overwrite"):
+        registry.build_into("shapes", out, params)
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "sub" / "data.csv").exists()
+    told = []
+    registry.build_into("shapes", out, params, overwrite=True, report=told.append)
+    assert told == [f"--overwrite: removing 2 entries from {out}: notes.txt, sub/"]
+    assert not (out / "notes.txt").exists() and registry.read_marker(out)["name"] == "shapes"
+    # a previous build of the same dataset (and nothing else) is replaced without asking
+    registry.build_into("shapes", out, {**params, "n": 2})
+    assert registry.read_marker(out)["params"]["n"] == 2 and not (out / "images" / "000002.jpg").exists()
+    # ... but not when something foreign was added to it, nor by a different dataset
+    (out / "images" / "extra.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"1 other entries: images/extra.txt"):
+        registry.build_into("shapes", out, params)
+    (out / "images" / "extra.txt").unlink()
+    with pytest.raises(DatasetError, match="not a previous photo-colors build"):
+        registry.build_into("photo-colors", out, {"n": 2, "size": 32, "seed": 0})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="exists and is not a folder"):
+        registry.build_into("shapes", tmp_path / "file", params)

@@ -1,5 +1,8 @@
 """End to end, offline: the default study in smoke mode through papermill, the strict book build, and
-the built site in headless Chromium. Slow (minutes); part of `make test`."""
+the built site in headless Chromium. Slow (minutes); part of `make test`.
+
+Everything happens in a temporary project root (sources symlinked, see ``conftest.make_project``): the
+user's ``results/``, ``book/results/``, ``book/_generated/`` and ``_build/`` are never touched."""
 
 from __future__ import annotations
 
@@ -13,21 +16,41 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import make_project
+
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
+USER_FOLDERS = ("results", "book/results", "book/_generated", "_build")
+USER_FOLDERS_BEFORE: dict = {}
+
+
+def user_folders() -> dict[str, int]:
+    """Every file under the checkout's output folders with its modification time."""
+    return {str(p): p.stat().st_mtime_ns for f in USER_FOLDERS for p in (REPO / f).rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="module")
-def smoke_study(tmp_path_factory):
-    """Run `conceptsim run studies/default.yml --smoke` into a fresh results folder."""
-    results = tmp_path_factory.mktemp("results")
-    env = {**os.environ, "CONCEPTSIM_RESULTS": str(results), "CONCEPTSIM_ROOT": str(ROOT)}
-    shutil.rmtree(ROOT / "book" / "results" / "default-smoke", ignore_errors=True)
+def project(tmp_path_factory):
+    """The temporary project root and the environment that points the suite at it (weights: the real cache)."""
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project")
+    global USER_FOLDERS_BEFORE
+    USER_FOLDERS_BEFORE = user_folders()
+    env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_RESULTS": str(root / "results"),
+           "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE", str(REPO / ".cache"))}
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def smoke_study(project):
+    """Run `conceptsim run studies/default.yml --smoke` in the temporary project."""
+    root, env = project
     cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/default.yml", "--smoke", "--jobs", "2", "--quiet"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return results / "default-smoke", env
+    return root / "results" / "default-smoke", env
 
 
 def test_smoke_study_writes_documented_results(smoke_study):
@@ -43,27 +66,26 @@ def test_smoke_study_writes_documented_results(smoke_study):
         assert {"ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet"} <= set(sim["model_a"])
         findings = json.loads((out / ds / "findings.json").read_text())
         assert findings
-    executed = sorted((ROOT / "book" / "results" / "default-smoke").rglob("*.ipynb"))
+    executed = sorted((out.parents[1] / "book" / "results" / "default-smoke").rglob("*.ipynb"))
     assert len(executed) == 2 * (6 * 2 + 2)
 
 
 def test_rerun_reuses_every_complete_run(smoke_study):
-    _, env = smoke_study
+    out, env = smoke_study
     cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/default.yml", "--smoke", "--quiet"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=out.parents[1], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "0 run(s) executed, 28 reused" in proc.stdout
 
 
 @pytest.fixture(scope="module")
-def built_book(smoke_study):
-    shutil.rmtree(ROOT / "_build", ignore_errors=True)
-    _, env = smoke_study
+def built_book(smoke_study, project):
+    root, env = project
     cmd = [str(VENV_BIN / "jupyter-book"), "build", ".", "--toc", "book/_generated/_toc.yml", "-W", "-n",
            "--keep-going"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    index = ROOT / "_build" / "html" / "index.html"
+    index = root / "_build" / "html" / "index.html"
     assert index.exists()
     return index
 
@@ -107,7 +129,7 @@ FIGURES_EXPECTED = {  # executed notebooks and the least number of figures each 
 def test_site_renders_in_chromium(built_book, page):
     import time
 
-    shots = ROOT / "_build" / "screenshots"
+    shots = built_book.parents[1] / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     browser = _browser()
     try:
@@ -136,3 +158,7 @@ def test_site_renders_in_chromium(built_book, page):
         browser.save_screenshot(str(shots / (page.replace("/", "_").replace(".html", ".png"))))
     finally:
         browser.quit()
+
+
+def test_user_folders_are_untouched(built_book):
+    assert user_folders() == USER_FOLDERS_BEFORE

@@ -1,11 +1,13 @@
 """The study runner on a fake project whose notebooks are tiny: resumability, staleness, failures."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conceptsim import runner
@@ -78,6 +80,8 @@ def test_failure_keeps_traceback_and_skips_dependents(fake_project, monkeypatch)
     monkeypatch.setenv("FAKE_FAIL_STAGE", "concepts")
     out = runner.run_study(study, progress=False)
     assert [r["id"] for r in out.failed] == ["concepts/shapes/mobilenet_v2_imagenet"]
+    assert out.failed[0]["error"] == "RuntimeError: planted failure in concepts"  # one line for the console
+    assert "planted failure in concepts" in Path(out.failed[0]["log"]).read_text()  # the traceback: in the log
     assert set(out.skipped_dependency) == {"compare_layers/shapes", "compare_models/shapes"}
     failed_run = next(r for r in study.runs() if r.stage == "concepts")
     executed = runner.executed_path(failed_run).read_text()
@@ -113,3 +117,94 @@ def test_parallel_jobs(fake_project):
     root, study = fake_project
     out = runner.run_study(study, jobs=2, progress=False)
     assert not out.failed and len(out.executed) == 4
+
+
+def fake_execute(run, key, threads=None):
+    """Stand-in for execute_run without a kernel: writes the executed copy and the completion record."""
+    out = runner.executed_path(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(new_notebook(cells=[new_code_cell("pass")]), out)
+    record = {"id": run.id, "stage": run.stage, "dataset": run.dataset, "model": run.model, "key": key,
+              "status": "ok", "error": None, "parameters": run.parameters, "notebook": run.notebook,
+              "executed_notebook": str(out), "started": 0, "seconds": 0.0, "log": ""}
+    runner.write_json(runner.record_path(run), record)
+    return record
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_run_removes_debris_of_dead_processes_only(fake_project, monkeypatch):
+    root, study = fake_project
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    gone, alive = dead_pid(), os.getpid()
+    model_dir = root / "results" / "fake" / "shapes" / "mobilenet_v2_imagenet"
+    (model_dir / f".activations.zarr.tmp-{gone}" / "c").mkdir(parents=True)
+    (model_dir / f".activations.zarr.tmp-{alive}").mkdir(parents=True)
+    nb_dir = root / "book" / "results" / "fake" / "shapes" / "mobilenet_v2_imagenet"
+    nb_dir.mkdir(parents=True)
+    (nb_dir / f".tmp-{gone}-01_extract.ipynb").write_text("{}")
+    (nb_dir / f".tmp-{alive}-02_concepts.ipynb").write_text("{}")
+    (model_dir / "keep.tmp-1").write_text("not ours")  # no leading dot: not a name this package writes
+    runner.run_study(study, progress=False)
+    assert not (model_dir / f".activations.zarr.tmp-{gone}").exists()
+    assert not (nb_dir / f".tmp-{gone}-01_extract.ipynb").exists()
+    assert (model_dir / f".activations.zarr.tmp-{alive}").exists() and (nb_dir / f".tmp-{alive}-02_concepts.ipynb").exists()
+    assert (model_dir / "keep.tmp-1").exists()
+
+
+def test_forced_run_loses_its_record_before_it_starts(fake_project, monkeypatch):
+    import papermill
+
+    root, study = fake_project
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    runner.run_study(study, progress=False)
+    extract = next(r for r in study.runs() if r.stage == "extract")
+    assert runner.record_path(extract).exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("CONCEPTSIM_ROOT", str(root))
+    seen = []
+
+    def killed(*a, **k):  # the process dies while the notebook runs
+        seen.append(runner.record_path(extract).exists())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(study, force=True, progress=False)
+    assert seen == [False] and not runner.record_path(extract).exists()
+    keys = runner.run_keys(study.runs())
+    assert not runner.is_complete(extract, keys[extract.id])  # so the next run redoes it
+
+
+def test_toc_lists_every_study_with_results(fake_project, monkeypatch):
+    root, study = fake_project
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    other = parse_study({"name": "other", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"]})
+    runner.run_study(study, progress=False)
+    runner.run_study(other, progress=False)
+    toc = (root / "book" / "_generated" / "_toc.yml").read_text()
+    captions = [p["caption"] for p in yaml.safe_load(toc)["parts"]]
+    for name in ("fake", "other"):
+        assert f"Executed notebooks: study '{name}'" in captions
+        assert f"book/results/{name}/shapes/mobilenet_v2_imagenet/01_extract" in toc
+        assert f"book/results/{name}/reproducibility" in toc
+    shutil.rmtree(root / "book" / "results" / "fake")  # a study whose pages are gone drops out
+    runner.write_toc()
+    captions = [p["caption"] for p in yaml.safe_load((root / "book" / "_generated" / "_toc.yml").read_text())["parts"]]
+    assert "Executed notebooks: study 'fake'" not in captions and "Executed notebooks: study 'other'" in captions
+
+
+def test_only_with_a_repeated_key_matches_either_value():
+    study = parse_study({"name": "f", "datasets": {"shapes": {}},
+                         "models": ["mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco"]})
+    chosen = runner.select(study.runs(), {"stage": ["extract"], "model": ["mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco"]})
+    assert {r.id for r in chosen} == {"extract/shapes/mobilenet_v2_imagenet", "extract/shapes/ssd_mobilenet_v2_coco"}
+    with pytest.raises(ValueError, match="--only model=nope: no such model"):
+        runner.select(study.runs(), {"model": ["mobilenet_v2_imagenet", "nope"]})

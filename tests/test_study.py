@@ -85,3 +85,32 @@ def test_unknown_layer_is_rejected_before_running(tmp_path):
 def test_missing_study_file():
     with pytest.raises(StudyError, match="does not exist"):
         load_study("nope.yml")
+
+
+def test_every_problem_is_reported_at_once():
+    raw = minimal(concepts={"epochs": 0, "lr": -1, "patience": -2}, extraction={"batch_size": 0, "device": "tpu"},
+                  datasets={"shapes": {"build": {"n": 5, "colour": "red"}, "root": "/x"}})
+    with pytest.raises(StudyError) as err:
+        parse_study(raw, Path("bad.yml"))
+    msg = str(err.value)
+    assert msg.startswith("bad.yml: 7 problems:")
+    for words in ("'concepts.epochs' is 0; accepted: an integer >= 1", "'concepts.lr' is -1; accepted: a number > 0",
+                  "'concepts.patience' is -2; accepted: an integer >= 0", "'extraction.batch_size' is 0",
+                  "'extraction.device' is 'tpu'; accepted: cpu, cuda, cuda:N", "unknown key(s) ['colour'] in 'datasets.shapes.build'",
+                  "'datasets.shapes.root' does not apply"):
+        assert words in msg
+
+
+def test_duplicate_keys_are_rejected_at_any_depth(tmp_path):
+    path = tmp_path / "s.yml"
+    path.write_text("name: t\ndatasets:\n  shapes:\n    build: {n: 5, n: 6}\nmodels: [yolov8n:random]\n")
+    with pytest.raises(StudyError, match=r"s.yml: not valid YAML at line 4, column 19: duplicate key 'n' \(first on line 4\)"):
+        load_study(path)
+
+
+def test_runs_receive_validated_parameters_with_defaults():
+    s = parse_study(minimal(concepts={"epochs": 3}, extraction={"device": "cuda:1"}))
+    co = next(r for r in s.runs() if r.stage == "concepts")
+    assert co.parameters["concept_options"] == {"loss": "balanced_bce", "lr": 0.01, "epochs": 3, "patience": 5,
+                                               "bootstrap": 1000, "dissection": True}
+    assert co.parameters["device"] == "cuda:1"

@@ -74,3 +74,43 @@ def test_pinned_files_verify_in_this_checkout():
         for wf in carrier.files:
             assert len(wf.sha256) == 64 and wf.size > 0
             weights.weight_file(carrier.key, wf.name)  # make setup fetched them; raises on mismatch
+
+
+def test_derived_weights_are_verified_against_the_recorded_hash(tmp_path):
+    import torch
+
+    path = tmp_path / "converted" / "model.pt"
+    sources = {"graph.pb": "ab" * 32}
+    assert weights.load_derived(path, sources) is None  # nothing cached yet
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    weights.save_derived(path, state, sources)
+    assert torch.equal(weights.load_derived(path, sources)["w"], state["w"])
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x01  # one flipped bit
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"model.pt has sha256 \w+, but .*model.pt.sha256.json records"):
+        weights.load_derived(path, sources)
+    weights.save_derived(path, state, sources)
+    with pytest.raises(WeightsError, match="was made from"):
+        weights.load_derived(path, {"graph.pb": "cd" * 32})
+    weights.hash_record_path(path).unlink()
+    assert weights.load_derived(path, sources) is None  # a file without its record is never trusted
+
+
+def test_converted_ssd_cache_is_reconverted_when_corrupted(tmp_path, monkeypatch):
+    import torch
+
+    from conceptsim.models import ssd_mobilenet_v2 as ssd
+
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))
+    conversions = []
+    monkeypatch.setattr(ssd, "source_files", lambda: None)
+    monkeypatch.setattr(ssd, "read_opencv_net", lambda: "net")
+    monkeypatch.setattr(ssd, "state_dict_from_opencv", lambda net: conversions.append(net) or {"w": torch.ones(4)})
+    assert torch.equal(ssd.load_pretrained_state()["w"], torch.ones(4)) and len(conversions) == 1
+    ssd.load_pretrained_state()
+    assert len(conversions) == 1  # the verified cache is used
+    path = ssd.converted_weights_path()
+    torch.save({"w": torch.zeros(4)}, path)  # a changed cache file, its record untouched
+    assert torch.equal(ssd.load_pretrained_state()["w"], torch.ones(4)) and len(conversions) == 2
+    assert weights.load_derived(path, {f.name: f.sha256 for f in weights.CARRIERS[ssd.CARRIER].files}) is not None

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,3 +74,55 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+# temporary names written by this package, each carrying the writer's process id:
+# ``.<name>.tmp-<pid>`` / ``.<name>.old-<pid>`` (atomic_path), ``.tmp-<pid>-<name>`` (executed notebooks),
+# ``.write-test-<pid>`` (writability probes)
+_DEBRIS = re.compile(r"^\..+\.(?:tmp|old)-(?P<a>\d+)$|^\.tmp-(?P<b>\d+)-.+$|^\.write-test-(?P<c>\d+)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one we may not signal counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def debris_pid(name: str) -> int | None:
+    """The writer's process id if ``name`` is one of this package's temporary names, else None."""
+    m = _DEBRIS.match(name)
+    return int(m.group("a") or m.group("b") or m.group("c")) if m else None
+
+
+def remove_debris(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders under ``folder`` whose writing process is gone.
+
+    Only names of :data:`_DEBRIS`'s forms are touched, and only when their process id is not running
+    (a live writer's temporaries are left alone). Zarr stores are not descended into. Returns what was removed.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in list(dirnames) + filenames:
+            pid = debris_pid(name)
+            if pid is None or pid_alive(pid):
+                continue
+            path = Path(dirpath) / name
+            try:
+                _remove(path)
+            except FileNotFoundError:  # removed meanwhile by another cleaner
+                continue
+            removed.append(path)
+            if name in dirnames:
+                dirnames.remove(name)
+        dirnames[:] = [d for d in dirnames if not d.endswith(".zarr") and debris_pid(d) is None]
+    return removed

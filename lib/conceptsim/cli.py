@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from conceptsim.runner import run_study
-    from conceptsim.study import load_study, validate_layers
+    from conceptsim.runner import pending, run_study, select
+    from conceptsim.study import check_inputs, load_study
 
-    only = {}
+    only: dict[str, list[str]] = {}
     for item in args.only or []:
-        if "=" not in item:
-            print(f"conceptsim run: --only expects KEY=VALUE, got {item!r}", file=sys.stderr)
+        k, sep, v = item.partition("=")
+        if not sep or not k or not v:
+            print(f"conceptsim run: --only expects KEY=VALUE (stage=, dataset= or model=), got {item!r}", file=sys.stderr)
             return 2
-        k, v = item.split("=", 1)
-        only[k] = v
+        only.setdefault(k, []).append(v)  # a key given twice matches either value
     study = load_study(args.study, smoke=args.smoke)
-    validate_layers(study)
+    # data, weights, device, output folders of the runs that will execute: all checked before any run starts
+    check_inputs(study, pending(select(study.runs(), only), force=args.force))
     if args.cluster:  # only this path imports Dask
         from conceptsim.cluster import ClusterError, DaskExecutor
 
@@ -86,6 +88,17 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conceptsim", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,11 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a study file with papermill (resumable)")
     r.add_argument("study", type=Path)
     where = r.add_mutually_exclusive_group()
-    where.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes (default 1)")
+    where.add_argument("--jobs", type=positive_int, default=1, help="independent runs in parallel processes (>= 1)")
     where.add_argument("--cluster", metavar="local:N|tcp://HOST:PORT",
                        help="run on a Dask cluster: local:N starts N process workers here; an address joins a "
                             "running scheduler (workers need the checkout and results on a shared filesystem)")
-    r.add_argument("--only", action="append", metavar="KEY=VALUE", help="stage=, dataset= or model= filter")
+    r.add_argument("--only", action="append", metavar="KEY=VALUE",
+                   help="stage=, dataset= or model= filter; repeat a key to accept several values")
     r.add_argument("--force", action="store_true", help="re-run even complete, unchanged runs")
     r.add_argument("--smoke", action="store_true", help="tiny parameters (the study's smoke section)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -136,6 +150,31 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyError, UnknownModelError, WeightsError, ValueError, FileNotFoundError, KeyError) as exc:
         print(f"conceptsim: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, permission: one line naming the path
+        log = _write_traceback(args)
+        where = exc.filename or "a file"
+        print(f"conceptsim: error: {where}: {exc.strerror or exc} (traceback in {log})", file=sys.stderr)
+        return 1
+
+
+def _write_traceback(args: argparse.Namespace) -> str:
+    """Write the current exception's traceback to a log file; returns its path (the cache's, else the temp folder's)."""
+    import tempfile
+    import time
+    import traceback
+
+    from conceptsim.paths import cache_dir
+
+    text = f"conceptsim {' '.join(sys.argv[1:])}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n{traceback.format_exc()}"
+    name = f"conceptsim-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (cache_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+            return str(folder / name)
+        except OSError:
+            continue
+    return "(no writable folder for a log)"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Records. Each run's completion is recorded in ``results/<study>/_runs/<run>.json
 notebook and results are fully written (temporary name, then rename). A run is skipped when its key --
 the hash of its notebook's code cells, its parameters, the library's source and the keys of the runs it
 depends on -- equals the recorded one and its executed notebook exists; otherwise it and (through the key
-chain) its dependents run again. A killed run leaves no record and is redone.
+chain) its dependents run again. A run's record is removed when the run starts, so a killed run (forced or
+not) leaves no record and is redone; the temporary files it left (:func:`conceptsim.atomic.remove_debris`)
+are removed by the next run once their process is gone.
 
 Failures. A failing notebook keeps its executed copy with the traceback; runs that depend on it are
 skipped; :func:`run_study` reports them and the CLI exits non-zero naming the failed run.
@@ -24,8 +26,8 @@ from typing import Any
 import nbformat
 import yaml
 
-from conceptsim.atomic import sha256_json, write_json, write_text
-from conceptsim.paths import book_results_dir, logs_dir, model_dir_name, project_root, runs_dir
+from conceptsim.atomic import remove_debris, sha256_json, write_json, write_text
+from conceptsim.paths import book_results_dir, logs_dir, model_dir_name, project_root, results_dir, runs_dir
 from conceptsim.study import Run, Study
 
 log = logging.getLogger("conceptsim.runner")
@@ -110,18 +112,28 @@ def is_complete(run: Run, key: str) -> bool:
     return data.get("key") == key and data.get("status") == "ok"
 
 
-def select(runs: list[Run], only: dict[str, str]) -> list[Run]:
-    """Keep runs matching every ``KEY=VALUE`` (keys: stage, dataset, model) plus what they depend on."""
+def pending(runs: list[Run], force: bool = False) -> list[Run]:
+    """The runs that :func:`run_study` would execute (all of them under ``force``)."""
+    if force:
+        return list(runs)
+    keys = run_keys(runs)
+    return [r for r in runs if not is_complete(r, keys[r.id])]
+
+
+def select(runs: list[Run], only: dict[str, str | list[str]]) -> list[Run]:
+    """Keep runs matching every key (keys: stage, dataset, model; a key given several values matches any
+    of them) plus what they depend on."""
     allowed = {"stage", "dataset", "model"}
     bad = set(only) - allowed
     if bad:
         raise ValueError(f"--only accepts keys {sorted(allowed)}, got {sorted(bad)}")
+    wanted = {k: {v} if isinstance(v, str) else set(v) for k, v in only.items()}
     by_id = {r.id: r for r in runs}
-    for key, value in only.items():
-        values = {getattr(r, key) for r in runs}
-        if value not in values:
-            raise ValueError(f"--only {key}={value}: no such {key} in the study; accepted: {sorted(v for v in values if v)}")
-    chosen = {r.id for r in runs if all(getattr(r, k) == v for k, v in only.items())}
+    for key, values in wanted.items():
+        present = {getattr(r, key) for r in runs}
+        for value in sorted(values - present):
+            raise ValueError(f"--only {key}={value}: no such {key} in the study; accepted: {sorted(v for v in present if v)}")
+    chosen = {r.id for r in runs if all(getattr(r, k) in v for k, v in wanted.items())}
     stack = list(chosen)
     while stack:
         for d in by_id[stack.pop()].depends_on:
@@ -138,6 +150,7 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS"):
             os.environ[var] = str(threads)
+    record_path(run).unlink(missing_ok=True)  # executing means not complete: a kill from here on redoes the run
     out = executed_path(run)
     out.parent.mkdir(parents=True, exist_ok=True)
     logfile = log_path(run)
@@ -155,7 +168,8 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
             kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()),
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        status, error = "failed", error_line(exc)
+        pm_log.exception("run %s failed", run.id)  # the full traceback goes to the run's log
     finally:
         pm_log.removeHandler(handler)
         handler.close()
@@ -172,6 +186,16 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
     else:
         record_path(run).unlink(missing_ok=True)
     return record
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for the console: a notebook's error name and value (its traceback is in the log and the copy)."""
+    if hasattr(exc, "ename") and hasattr(exc, "evalue"):  # papermill.PapermillExecutionError
+        text = f"{exc.ename}: {exc.evalue}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    lines = text.strip().splitlines()
+    return lines[0] + (" ..." if len(lines) > 1 else "") if lines else type(exc).__name__
 
 
 @dataclass
@@ -199,6 +223,9 @@ def run_study(
 
     runs = select(study.runs(), only or {})
     keys = run_keys(runs)
+    for folder in (results_dir() / study.name, book_results_dir(study.name)):
+        for path in remove_debris(folder):
+            log.info("removed %s, left by a process that no longer runs", path)
     by_id = {r.id: r for r in runs}
     outcome = StudyOutcome()
     todo: dict[str, Run] = {}
@@ -279,18 +306,20 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(project_root()).with_suffix(""))
 
 
+TOC_PART = "_toc_part.yml"
+
+
 def write_book_pages(study: Study) -> Path:
-    """Write the study's generated pages and ``book/_generated/_toc.yml`` (base toc + what was run)."""
+    """Write the study's generated pages and its part of the table of contents, then ``book/_generated/_toc.yml``
+    (the base toc plus every study that has executed notebooks, see :func:`write_toc`)."""
     from conceptsim.book import reporting
 
-    root = project_root()
     out_dir = book_results_dir(study.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {r["id"]: r for r in load_records(study.name) if r.get("status") == "ok"}
     runs = [r for r in study.runs() if r.id in records and executed_path(r).exists()]
     reporting.write_reproducibility_page(study, [records[r.id] for r in runs], out_dir / "reproducibility.md")
     findings_page = reporting.write_findings_page(study, out_dir / "findings.md")
-    base = yaml.safe_load((root / "_toc.yml").read_text())
     chapters = []
     for ds in study.datasets:
         ds_runs = [r for r in runs if r.dataset == ds]
@@ -299,14 +328,37 @@ def write_book_pages(study: Study) -> Path:
         index = out_dir / ds / "index.md"
         write_text(index, reporting.dataset_index(study, ds, ds_runs))
         chapters.append({"file": _rel(index), "sections": [{"file": _rel(executed_path(r))} for r in ds_runs]})
-    for part in base.get("parts", []):
-        for ch in part.get("chapters", []):
-            if ch.get("file") == "book/findings" and findings_page is not None:
-                ch.setdefault("sections", []).append({"file": _rel(findings_page)})
-            if ch.get("file") == "book/reproducibility":
-                ch.setdefault("sections", []).append({"file": _rel(out_dir / "reproducibility.md")})
-    if chapters:
-        base.setdefault("parts", []).append({"caption": f"Executed notebooks: study '{study.name}'", "chapters": chapters})
+    part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
+            "findings": _rel(findings_page) if findings_page is not None else None}
+    write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))
+    return write_toc()
+
+
+def write_toc() -> Path:
+    """``book/_generated/_toc.yml``: the base toc, plus, for every study with executed notebooks (sorted by
+    name), its findings and reproducibility pages and a part with its notebooks."""
+    root = project_root()
+    base = yaml.safe_load((root / "_toc.yml").read_text())
+    parts = []
+    for part_file in sorted((root / "book" / "results").glob(f"*/{TOC_PART}")):
+        part = yaml.safe_load(part_file.read_text()) or {}
+        chapters = [ch for ch in part.get("chapters", []) if _page_exists(root, ch["file"])]
+        for ch in chapters:
+            ch["sections"] = [sec for sec in ch.get("sections", []) if _page_exists(root, sec["file"])]
+        if chapters:
+            parts.append((part, chapters))
+    for part, chapters in parts:
+        for p in base.get("parts", []):
+            for ch in p.get("chapters", []):
+                if ch.get("file") == "book/findings" and part.get("findings") and _page_exists(root, part["findings"]):
+                    ch.setdefault("sections", []).append({"file": part["findings"]})
+                if ch.get("file") == "book/reproducibility" and _page_exists(root, part["reproducibility"]):
+                    ch.setdefault("sections", []).append({"file": part["reproducibility"]})
+        base.setdefault("parts", []).append({"caption": f"Executed notebooks: study '{part['study']}'", "chapters": chapters})
     toc = root / "book" / "_generated" / "_toc.yml"
     write_text(toc, "# generated by conceptsim run; do not edit\n" + yaml.safe_dump(base, sort_keys=False))
     return toc
+
+
+def _page_exists(root: Path, rel: str) -> bool:
+    return any((root / rel).with_suffix(ext).is_file() for ext in (".md", ".ipynb"))

@@ -22,14 +22,17 @@ def _build(args: argparse.Namespace) -> int:
         print(src.annotation_file)
         return 0
     params = registry.build_params(args.name, args.smoke, **overrides)
-    print(registry.DATASETS[args.name].build(Path(args.out), **params))
+    report = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    print(registry.build_into(args.name, Path(args.out), params, overwrite=args.overwrite, report=report))
     return 0
 
 
 def _fetch(args: argparse.Namespace) -> int:
     from conceptsim.data import registry
+    from conceptsim.data.coco import load_annotations
 
     src = registry.ensure_dataset(args.name, root=args.root)
+    load_annotations(src.annotation_file)  # accept no copy whose annotation file is broken
     print(f"{src.annotation_file}\n{src.image_dir}\nsha256 {src.sha256}")
     return 0
 
@@ -71,6 +74,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--size", type=int, help="image side in pixels")
     b.add_argument("--seed", type=int, help="random seed")
     b.add_argument("--smoke", action="store_true", help="tiny smoke-run parameters")
+    b.add_argument("--overwrite", action="store_true",
+                   help="--out: delete a non-empty folder's contents even if it is not a previous build (lists them)")
     b.set_defaults(func=_guarded(_build))
 
     f = sub.add_parser("fetch", help="download a paper dataset or register a local copy")

@@ -85,9 +85,10 @@ class DatasetSource:
 def load_annotations(annotation_file: str | os.PathLike) -> dict:
     """Read and validate a COCO instances JSON.
 
-    Checks: JSON syntax; ``images``/``annotations``/``categories`` lists; unique image and category ids;
-    every annotation names a known image and category; segmentations are polygons inside the image (within
-    :data:`POLYGON_TOLERANCE_PX`) or RLEs of the image's size.
+    Checks: JSON syntax; ``images``/``annotations``/``categories`` lists; unique image ids and file names
+    (one file under two ids could land in two splits); unique category ids and names; every annotation
+    names a known image and category; segmentations are polygons inside the image (within
+    :data:`POLYGON_TOLERANCE_PX`) or RLEs of the image's size whose run lengths cover it exactly.
 
     Raises
     ------
@@ -107,6 +108,7 @@ def load_annotations(annotation_file: str | os.PathLike) -> dict:
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{path}: missing or non-list key {key!r}")
     images: dict[int, dict] = {}
+    by_file: dict[str, int] = {}
     for im in data["images"]:
         try:
             iid, w, h, fname = int(im["id"]), int(im["width"]), int(im["height"]), str(im["file_name"])
@@ -114,16 +116,24 @@ def load_annotations(annotation_file: str | os.PathLike) -> dict:
             raise DatasetError(f"{path}: image entry {im!r} lacks id/width/height/file_name ({e})") from e
         if iid in images:
             raise DatasetError(f"{path}: duplicate image id {iid}")
+        if fname in by_file:
+            raise DatasetError(f"{path}: file {fname!r} is listed under two image ids, {by_file[fname]} and {iid}")
+        by_file[fname] = iid
         if w <= 0 or h <= 0:
             raise DatasetError(f"{path}: image {iid} ({fname}) has size {w}x{h}")
         images[iid] = im
     cats: dict[int, dict] = {}
+    cat_names: dict[str, int] = {}
     for c in data["categories"]:
-        if "id" not in c or "name" not in c:
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise DatasetError(f"{path}: category entry {c!r} lacks id/name")
         if int(c["id"]) in cats:
             raise DatasetError(f"{path}: duplicate category id {c['id']}")
+        if c["name"] in cat_names:
+            raise DatasetError(
+                f"{path}: category name {c['name']!r} is used by two categories, ids {cat_names[c['name']]} and {c['id']}")
         cats[int(c["id"])] = c
+        cat_names[c["name"]] = int(c["id"])
     for ann in data["annotations"]:
         _validate_annotation(path, ann, images, cats)
     return data
@@ -157,8 +167,57 @@ def _validate_annotation(path: Path, ann: dict, images: Mapping[int, dict], cats
             raise DatasetError(
                 f"{path}: annotation {aid} has an RLE of size {seg.get('size')!r}, image {ann['image_id']} is {[h, w]}"
             )
+        problem = rle_problem(seg["counts"], h * w)
+        if problem:
+            raise DatasetError(
+                f"{path}: annotation {aid} (image {ann['image_id']}, {im['file_name']}) has a corrupt RLE: {problem}")
     else:
         raise DatasetError(f"{path}: annotation {aid} has no polygon or RLE segmentation")
+
+
+def rle_problem(counts: Any, n_pixels: int) -> str | None:
+    """Why RLE ``counts`` (a list of run lengths, or COCO's compressed string) cannot describe ``n_pixels``
+    pixels; None when the runs are non-negative and cover them exactly."""
+    if isinstance(counts, str):
+        try:
+            runs = _compressed_runs(counts)
+        except ValueError as exc:
+            return str(exc)
+    elif isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        runs = counts
+    else:
+        return "counts must be a list of integers or a compressed string"
+    if any(r < 0 for r in runs):
+        return "a negative run length"
+    if sum(runs) != n_pixels:
+        return f"its runs cover {sum(runs)} pixels, the image has {n_pixels}"
+    return None
+
+
+def _compressed_runs(text: str) -> list[int]:
+    """Run lengths of COCO's compressed RLE string: per run, 5-bit groups (low first) in characters from '0'
+    (48), bit 0x20 set while more groups follow, bit 0x10 of the last group the sign; from the fourth run on,
+    each value is the difference to the run two before."""
+    runs: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise ValueError("the string ends inside a run length")
+            code = ord(text[pos]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"character {text[pos]!r} at {pos} is not part of the encoding")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            pos += 1
+            shift += 5
+            if not more and code & 0x10:
+                value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
 
 
 def annotation_rle(ann: dict, height: int, width: int) -> dict:

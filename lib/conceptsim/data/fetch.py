@@ -149,6 +149,9 @@ def _offline_message(name: str, remotes: list[Remote], base: Path, layout: str) 
 
 
 # ---------------------------------------------------------------------------------------------- COCO
+COCO_LAYOUT = "annotations/instances_val2017.json and val2017/*.jpg"
+
+
 def _coco_layout(root: Path) -> tuple[Path, Path] | None:
     ann, images = root / "annotations" / "instances_val2017.json", root / "val2017"
     return (ann, images) if ann.is_file() and images.is_dir() else None
@@ -169,7 +172,7 @@ def fetch_coco2017_val(root: str | os.PathLike | None = None, opener: Callable =
     ``root`` must hold ``annotations/instances_val2017.json`` and ``val2017/*.jpg`` (the layout of the
     unpacked official archives). Without ``root`` the archives are downloaded (pinned MD5) and unpacked.
     """
-    layout = "annotations/instances_val2017.json and val2017/*.jpg"
+    layout = COCO_LAYOUT
     if root is not None:
         found = _coco_layout(Path(root))
         if not found:
@@ -200,6 +203,7 @@ def fetch_coco2017_val(root: str | os.PathLike | None = None, opener: Callable =
 
 # ---------------------------------------------------------------------------------------------- VOC
 VOC_PARTS = ("JPEGImages", "SegmentationObject", "SegmentationClass", "ImageSets/Segmentation")
+VOC_LAYOUT = "VOCdevkit/VOC2012/{" + ",".join(VOC_PARTS) + "}"
 
 
 def find_voc_dir(root: Path) -> Path | None:
@@ -269,7 +273,7 @@ def fetch_voc2012(root: str | os.PathLike | None = None, opener: Callable = urll
     ``root`` may be the ``VOC2012`` folder, its parent, or the folder holding ``VOCdevkit``. Without it
     the official tar is downloaded (pinned MD5) into ``datasets_dir()/voc2012``.
     """
-    layout = "VOCdevkit/VOC2012/{" + ",".join(VOC_PARTS) + "}"
+    layout = VOC_LAYOUT
     if root is not None:
         voc = find_voc_dir(Path(root))
         if voc is None:
@@ -299,3 +303,28 @@ def fetch_voc2012(root: str | os.PathLike | None = None, opener: Callable = urll
         convert_voc(voc, out)
     src = _fetched_source("voc2012", out, voc / "JPEGImages", VOC_CONCEPTS, str(voc.resolve()))
     return src
+
+
+# ---------------------------------------------------------------------------------------------- availability
+def unavailable_reason(name: str, root: str | os.PathLike | None = None) -> str | None:
+    """Why ``name`` (coco2017-val, voc2012) cannot be had here, without downloading anything; None if it can.
+
+    A ``root`` must have the dataset's layout; without one the cache (unpacked, or the archives in
+    ``downloads/``) or a reachable download host will do.
+    """
+    if name == "coco2017-val":
+        remotes, layout, present = [COCO_ANNOTATIONS, COCO_IMAGES], COCO_LAYOUT, lambda d: _coco_layout(d) is not None
+    elif name == "voc2012":
+        remotes, layout, present = [VOC_TAR], VOC_LAYOUT, lambda d: find_voc_dir(d) is not None
+    else:
+        raise KeyError(f"{name!r} is not a fetched dataset")
+    if root is not None:
+        return None if present(Path(root)) else f"{root}: not a {name} copy; expected {layout} (root:)"
+    base = datasets_dir() / name
+    if present(base) or all((base / "downloads" / r.file_name).is_file() for r in remotes):
+        return None
+    try:
+        check_online(remotes[-1].url)
+    except DatasetUnavailable as e:
+        return _offline_message(name, remotes, base, layout) + f" ({e})"
+    return None

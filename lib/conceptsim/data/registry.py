@@ -2,8 +2,13 @@
 
 Embedded datasets are built into ``datasets_dir()/<name>-<paramhash>/`` (the hash covers the builder's
 name, version and parameters), so a different parameter set never reuses a stale build and the same one
-is built once. A build happens in a temporary folder that is renamed into place; ``build.json`` is written
-last, and a folder without it counts as incomplete and is rebuilt.
+is built once. A build happens in a temporary folder that is renamed into place together with its
+``build.json`` (name, version, parameters and a sha256 manifest of every file it wrote); a folder without
+it counts as incomplete and is rebuilt. Opening a build checks its files against the manifest.
+
+``conceptsim data build NAME --out DIR`` writes into a folder the user chose: :func:`build_into` replaces
+it only when it is empty or holds a previous build of the same dataset and nothing else; anything else
+needs ``overwrite=True``, and the caller is told what is removed.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from conceptsim.atomic import sha256_file, sha256_json, write_json
+from conceptsim.atomic import atomic_path, sha256_file, sha256_json, write_json
 from conceptsim.data import fetch, photo_colors, shapes
-from conceptsim.data.coco import DatasetSource
+from conceptsim.data.coco import DatasetError, DatasetSource
 from conceptsim.paths import datasets_dir
 
 
@@ -32,6 +37,7 @@ class DatasetSpec:
     description : one line for listings and the book.
     build : ``build(out_dir, **params) -> annotation file`` (embedded) or ``fetch(root) -> DatasetSource``.
     defaults, smoke : build parameters of a full and of a smoke run (embedded only).
+    limits : build parameter -> (lowest, highest or None) accepted value (embedded only).
     version : builder version, part of the cache key.
     concept_categories, concepts : passed on to :class:`DatasetSource`.
     """
@@ -45,6 +51,7 @@ class DatasetSpec:
     version: int = 1
     concept_categories: dict = field(default_factory=dict)
     concepts: dict | None = None
+    limits: dict = field(default_factory=dict)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -52,11 +59,13 @@ DATASETS: dict[str, DatasetSpec] = {
         "shapes", "embedded", "synthetic composites of textured backgrounds and coloured/textured shapes, exact masks",
         shapes.build_shapes, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
         shapes.BUILDER_VERSION, {name: sup for name, sup in shapes.categories()},
+        limits={"n": (1, None), "size": (32, None), "seed": (0, None)},
     ),
     "photo-colors": DatasetSpec(
         "photo-colors", "embedded", "crops of real photos shipped in packages, per-pixel Broden colour names",
         photo_colors.build_photo_colors, {"n": 400, "size": 224, "seed": 0}, {"n": 40, "size": 96, "seed": 0},
         photo_colors.BUILDER_VERSION, {c: "colour" for c in photo_colors.COLOUR_NAMES},
+        limits={"n": (1, None), "size": (16, None), "seed": (0, None), "min_region": (0, 1)},
     ),
     "coco2017-val": DatasetSpec(
         "coco2017-val", "online", "COCO val2017 instance masks (person, vehicles, animals)",
@@ -76,11 +85,20 @@ def _spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def build_parameters(name: str) -> dict:
+    """The build parameters of an embedded dataset and their builder defaults (``out_dir``/``workers`` excluded:
+    ``workers`` changes speed, not output, so it is no build parameter nor part of the cache key)."""
+    spec = _spec(name)
+    if spec.kind != "embedded":
+        return {}
+    sig = inspect.signature(spec.build).parameters
+    return {k: p.default for k, p in sig.items() if k not in ("out_dir", "workers")}
+
+
 def build_params(name: str, smoke: bool = False, **overrides) -> dict:
     """The full parameter set of an embedded build (defaults or smoke values, then ``overrides``)."""
     spec = _spec(name)
-    # ``workers`` changes speed, not output, so it is no build parameter (nor part of the cache key)
-    unknown = set(overrides) - (set(inspect.signature(spec.build).parameters) - {"out_dir", "workers"})
+    unknown = set(overrides) - set(build_parameters(name))
     if spec.kind != "embedded" or unknown:
         raise ValueError(f"dataset {name!r} takes no build parameters {sorted(unknown or overrides)}")
     return {**(spec.smoke if smoke else spec.defaults), **overrides}
@@ -90,6 +108,100 @@ def dataset_dir(name: str, params: dict) -> Path:
     """Cache folder of an embedded build: ``datasets_dir()/<name>-<12 hex of the parameter hash>``."""
     key = sha256_json({"name": name, "version": _spec(name).version, "params": params})[:12]
     return datasets_dir() / f"{name}-{key}"
+
+
+MARKER = "build.json"
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def _build(name: str, out: Path, params: dict) -> Path:
+    """Build into ``out`` (replaced atomically, together with its ``build.json`` and manifest)."""
+    spec = _spec(name)
+    with atomic_path(out) as tmp:
+        spec.build(tmp, **params)
+        write_json(tmp / MARKER, {"name": name, "version": spec.version, "params": params,
+                                  "annotations_sha256": sha256_file(tmp / "annotations.json"),
+                                  "files": _manifest(tmp)})
+    return out / "annotations.json"
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The ``build.json`` of a complete build in ``folder`` (None when absent, unreadable or pre-manifest)."""
+    try:
+        meta = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("files"), dict) else None
+
+
+def verify_build(folder: Path, meta: dict) -> None:
+    """Check every file of a build against its manifest; a missing or changed file is a DatasetError naming it."""
+    for rel, digest in meta["files"].items():
+        f = folder / rel
+        if not f.is_file():
+            raise DatasetError(f"{f}: listed in the build manifest {folder / MARKER} but missing; "
+                               f"delete {folder} and build it again")
+        got = sha256_file(f)
+        if got != digest:
+            raise DatasetError(f"{f}{_image_record(folder, rel)}: sha256 {got} differs from the build manifest "
+                               f"{folder / MARKER} ({digest}); the file was modified or corrupted. "
+                               f"Delete {folder} and build it again")
+
+
+def _image_record(folder: Path, rel: str) -> str:
+    try:
+        images = json.loads((folder / "annotations.json").read_text())["images"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    ids = [im.get("id") for im in images if f"images/{im.get('file_name')}" == rel]
+    return f" (image id {ids[0]})" if ids else ""
+
+
+def build_into(name: str, out: str | os.PathLike, params: dict, overwrite: bool = False,
+               report: Callable[[str], None] = print) -> Path:
+    """Build an embedded dataset into a folder the user chose; never removes what a build did not make.
+
+    ``out`` may be absent, empty, or a previous build of the same dataset holding nothing but its own
+    files. Otherwise :class:`DatasetError` is raised unless ``overwrite``, in which case ``report`` is
+    told what is removed before anything is.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder; choose another --out")
+    foreign = _foreign_entries(name, out) if out.is_dir() else []
+    if foreign:
+        listing = ", ".join(str(p.relative_to(out)) + ("/" if p.is_dir() else "") for p in foreign[:10])
+        more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        if not overwrite:
+            raise DatasetError(
+                f"{out} is not empty and is not a previous {name} build ({len(foreign)} other entries: "
+                f"{listing}{more}); choose an empty or new folder, or pass --overwrite to delete its contents")
+        report(f"--overwrite: removing {len(foreign)} entries from {out}: {listing}{more}")
+    return _build(name, out, params)
+
+
+def _foreign_entries(name: str, out: Path) -> list[Path]:
+    """Entries of ``out`` that a previous ``name`` build did not write (all of them if it is no such build)."""
+    entries = sorted(out.iterdir())
+    meta = read_marker(out)
+    if meta is None or meta.get("name") != name:
+        return entries
+    ours = set(meta["files"]) | {MARKER}
+    files = [p for p in sorted(out.rglob("*")) if not p.is_dir()]
+    dirs = [p for p in sorted(out.rglob("*")) if p.is_dir()]
+    foreign = [p for p in files if p.relative_to(out).as_posix() not in ours]
+    foreign += [d for d in dirs if not any(f.startswith(d.relative_to(out).as_posix() + "/") for f in ours)]
+    return foreign
+
+
+def unavailable_reason(name: str, root: str | os.PathLike | None = None) -> str | None:
+    """Why dataset ``name`` cannot be had here (None: present, buildable or downloadable)."""
+    spec = _spec(name)
+    return fetch.unavailable_reason(name, root) if spec.kind == "online" else None
 
 
 def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | None = None, **params) -> DatasetSource:
@@ -107,6 +219,8 @@ def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | Non
     ------
     conceptsim.data.fetch.DatasetUnavailable
         An online dataset is absent and cannot be downloaded; the message says which files to place where.
+    DatasetError
+        A built file differs from the build's manifest (names the file and the image).
     """
     spec = _spec(name)
     if spec.kind == "online":
@@ -117,11 +231,12 @@ def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | Non
         raise ValueError(f"dataset {name!r} is built, not fetched: root= does not apply")
     full = build_params(name, smoke, **params)
     out = dataset_dir(name, full)
-    marker = out / "build.json"
-    if not marker.is_file():
-        ann = spec.build(out, **full)
-        write_json(marker, {"name": name, "version": spec.version, "params": full, "annotations_sha256": sha256_file(ann)})
-    meta = json.loads(marker.read_text())
+    meta = read_marker(out)
+    if meta is None:
+        _build(name, out, full)
+        meta = read_marker(out)
+    else:
+        verify_build(out, meta)
     return DatasetSource(
         name=name, annotation_file=out / "annotations.json", image_dir=out / "images",
         sha256=sha256_json({"annotations": meta["annotations_sha256"], "params": full}),

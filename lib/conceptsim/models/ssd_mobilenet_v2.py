@@ -389,20 +389,29 @@ def converted_weights_path() -> Path:
 
 
 def load_pretrained_state() -> dict[str, torch.Tensor]:
-    """The converted state dict: from the cache if present, else converted from the graph and cached.
+    """The converted state dict: from the cache if present and intact, else converted from the graph and cached.
 
     The source files are hash-verified either way, so a cache can only be used while the pinned graph is
-    present and intact.
+    present and intact. The cache's own sha256 is recorded at conversion time
+    (:func:`conceptsim.models.weights.save_derived`) and verified before every load; a cache that fails
+    the check (or has no record) is converted again, with a warning naming the file.
     """
-    from conceptsim.atomic import atomic_path
+    import logging
+
+    from conceptsim.models.weights import CARRIERS, WeightsError, load_derived, save_derived
 
     source_files()  # verify the pinned originals even when the cache exists
     path = converted_weights_path()
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
+    sources = {f.name: f.sha256 for f in CARRIERS[CARRIER].files}
+    try:
+        state = load_derived(path, sources)
+    except WeightsError as exc:
+        logging.getLogger(__name__).warning("%s; converting the pinned graph again", exc)
+        state = None
+    if state is not None:
+        return state
     state = state_dict_from_opencv(read_opencv_net())
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_derived(path, state, sources)
     return state
 
 

@@ -128,12 +128,62 @@ def weight_file(carrier_key: str, name: str) -> Path:
     return path
 
 
+def is_fetched_file(carrier: Carrier, wf: WeightFile, out: Path | None = None) -> bool:
+    """The file is in place with its pinned size (the hash is verified when it is loaded)."""
+    p = (out or carrier_dir(carrier)) / wf.name
+    return p.is_file() and p.stat().st_size == wf.size
+
+
 def is_fetched(carrier: Carrier, out: Path | None = None) -> bool:
-    for wf in carrier.files:
-        p = (out or carrier_dir(carrier)) / wf.name
-        if not p.exists() or p.stat().st_size != wf.size:
-            return False
-    return True
+    return all(is_fetched_file(carrier, wf, out) for wf in carrier.files)
+
+
+# ----------------------------------------------------------------------------- derived caches
+def hash_record_path(path: Path) -> Path:
+    """The sidecar that records a derived weight file's sha256: ``<file>.sha256.json``."""
+    return path.with_name(path.name + ".sha256.json")
+
+
+def save_derived(path: Path, state: dict, sources: dict[str, str]) -> Path:
+    """Save a state dict derived from pinned files, with its sha256 (and the sources' hashes) recorded beside it.
+
+    The file is written first, the record last (both atomically): a file without a record is never trusted.
+    """
+    import torch
+
+    from conceptsim.atomic import write_json
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    write_json(hash_record_path(path), {"file": path.name, "sha256": sha256_file(path), "sources": sources})
+    return path
+
+
+def load_derived(path: Path, sources: dict[str, str]) -> dict | None:
+    """The state dict at ``path`` if its sha256 matches the recorded one (and was derived from ``sources``).
+
+    Returns ``None`` when the file or its record is absent; raises :class:`WeightsError` naming the file when
+    the content or the sources differ from the record (a corrupted or foreign cache). Loaded with
+    ``weights_only=True``.
+    """
+    import json
+
+    import torch
+
+    record = hash_record_path(path)
+    if not path.is_file() or not record.is_file():
+        return None
+    try:
+        meta = json.loads(record.read_text())
+        recorded, recorded_sources = meta["sha256"], meta["sources"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"hash record {record} of derived weight file {path} is unreadable ({exc})") from None
+    digest = sha256_file(path)
+    if digest != recorded:
+        raise WeightsError(f"derived weight file {path} has sha256 {digest}, but {record} records {recorded}")
+    if recorded_sources != sources:
+        raise WeightsError(f"derived weight file {path} was made from {recorded_sources}, not the pinned {sources}")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def fetch_carrier(

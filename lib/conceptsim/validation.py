@@ -1,0 +1,456 @@
+"""One validation pass over a study file, before anything runs.
+
+:func:`validate_study` checks the whole mapping -- keys, types, ranges, allowed values, per-dataset
+parameters -- and reports *every* problem at once, each naming the file, the key, the value and what is
+accepted. :func:`check_inputs` then checks what the selected runs need from this machine (data, weight
+files, the device, writable output folders), again all at once, so a study that cannot run fails before
+the first notebook starts. :func:`load_yaml` reads study files with a loader that rejects duplicate keys.
+
+The schema is data (:data:`SECTIONS`, :data:`DATASET_RULES`): a new option is one entry with its default
+and its rule; a new check on the whole study is one function called from :func:`validate_study`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from conceptsim.concepts.net2vec import LOSSES
+from conceptsim.extraction.store import COMPRESSORS, STORE_DTYPES
+from conceptsim.models.names import twin_name
+
+
+class StudyError(ValueError):
+    """A study file is invalid or cannot run here; the message names the file, key, value and what is accepted."""
+
+
+# ----------------------------------------------------------------------------------------------- YAML
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a mapping holding the same key twice (YAML says keys are unique)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {seen[key]}); each key may appear once",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file; every failure (missing, unreadable, not UTF-8, bad syntax, duplicate key) is a StudyError."""
+    if not path.exists():
+        raise StudyError(f"study file {path} does not exist")
+    if not path.is_file():
+        raise StudyError(f"study file {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyError(f"{path}: not a UTF-8 text file ({exc})") from None
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context = f" ({exc.context})" if exc.context else ""
+        raise StudyError(f"{path}: not valid YAML{where}: {exc.problem}{context}") from None
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{path}: not valid YAML ({exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    """A predicate on a value and the words that say what it accepts."""
+
+    accepted: str
+    ok: Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(low: int | None = None) -> Rule:
+    return Rule("an integer" + (f" >= {low}" if low is not None else ""), lambda v: _is_int(v) and (low is None or v >= low))
+
+
+def number(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Rule:
+    if high is None:
+        words = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        words = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def ok(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    return Rule(words, ok)
+
+
+def one_of(*values: str) -> Rule:
+    return Rule(f"one of {list(values)}", lambda v: isinstance(v, str) and v in values)
+
+
+BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
+DEVICE = Rule("cpu, cuda, cuda:N (N a GPU index) or auto",
+              lambda v: isinstance(v, str) and re.fullmatch(r"cpu|cuda|cuda:\d+|auto", v) is not None)
+FRACTIONS = Rule(
+    "three non-negative numbers summing to 1 (train, val, test)",
+    lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(f) and f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
+)
+
+#: Every stage option: name -> (default, rule). The one place where options, defaults and accepted values live.
+SECTIONS: dict[str, dict[str, tuple[Any, Rule]]] = {
+    "split": {
+        "fractions": ([0.6, 0.2, 0.2], FRACTIONS),
+        "seed": (0, integer(0)),
+        "min_area": (0.005, number(0, 1, high_open=True)),
+    },
+    "extraction": {
+        "batch_size": (8, integer(1)),
+        "grid_cap": (40, integer(1)),
+        "eval_grid": (112, integer(1)),
+        "dtype": ("float16", one_of(*STORE_DTYPES)),
+        "device": ("cpu", DEVICE),
+        "num_workers": (0, integer(0)),
+        "max_layers": (0, integer(0)),
+        "compression": ("none", one_of(*COMPRESSORS)),
+    },
+    "concepts": {
+        "loss": ("balanced_bce", one_of(*LOSSES)),
+        "lr": (0.01, number(0, low_open=True)),
+        "epochs": (30, integer(1)),
+        "patience": (5, integer(0)),
+        "bootstrap": (1000, integer(1)),
+        "dissection": (True, BOOLEAN),
+    },
+    "comparison": {
+        "permutations": (10000, integer(1)),
+        "bootstrap": (1000, integer(1)),
+    },
+}
+SECTION_DEFAULTS = {s: {k: d for k, (d, _) in opts.items()} for s, opts in SECTIONS.items()}
+
+TOP_RULES: dict[str, Rule] = {
+    "name": Rule("a simple identifier (letters, digits, - and _)",
+                 lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None),
+    "description": Rule("text", lambda v: isinstance(v, str)),
+    "seed": integer(0),
+}
+TOP_KEYS = {*TOP_RULES, "datasets", "models", "layers", "smoke", *SECTIONS}
+REQUIRED = ("name", "datasets", "models")
+
+CONCEPTS_RULE = Rule(
+    "null, a list of category or supercategory names, or a mapping concept -> category name(s) "
+    "or {categories: [...], category: ...}",
+    lambda v: v is None
+    or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+    or (isinstance(v, dict) and all(isinstance(k, str) and _concept_definition(d) for k, d in v.items())),
+)
+
+
+def _concept_definition(d: Any) -> bool:
+    if isinstance(d, str):
+        return True
+    if isinstance(d, list):
+        return bool(d) and all(isinstance(x, str) for x in d)
+    if isinstance(d, dict):
+        return set(d) <= {"categories", "category"} and _concept_definition(d.get("categories", "x")) \
+            and isinstance(d.get("category", ""), str)
+    return False
+
+
+#: Per-dataset options (any dataset): name -> rule. ``build`` and ``root`` depend on the dataset's kind.
+DATASET_RULES: dict[str, Rule] = {
+    "max_images": Rule("a positive integer or null (all images)", lambda v: v is None or (_is_int(v) and v >= 1)),
+    "concepts": CONCEPTS_RULE,
+}
+DATASET_KEYS = {*DATASET_RULES, "build", "root"}
+
+
+# ----------------------------------------------------------------------------------------------- problems
+class Problems:
+    """Collects every problem of one file, then raises them together."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    def bad_value(self, key: str, value: Any, accepted: str) -> None:
+        self.add(f"'{key}' is {value!r}; accepted: {accepted}")
+
+    def unknown_keys(self, where: str, got: Iterable, allowed: Iterable) -> list:
+        unknown = sorted((k for k in got if k not in set(allowed)), key=str)
+        if unknown:
+            self.add(f"unknown key(s) {unknown} in {where}; accepted keys: {sorted(allowed)}")
+        return unknown
+
+    def mapping(self, key: str, value: Any) -> dict | None:
+        """``value`` if it is a mapping (``None`` counts as empty), else record a problem and return None."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.bad_value(key, value, "a mapping (key: value, ...)")
+            return None
+        return value
+
+    def raise_if_any(self, note: str = "") -> None:
+        if not self.messages:
+            return
+        where = str(self.path or "study")
+        if len(self.messages) == 1:
+            raise StudyError(f"{where}: {self.messages[0]}{note}")
+        lines = "\n".join("  - " + m.replace("\n", "\n    ") for m in self.messages)
+        raise StudyError(f"{where}: {len(self.messages)} problems{note}:\n{lines}")
+
+
+# ----------------------------------------------------------------------------------------------- the study
+def _deep_merge(base: dict, over: dict) -> dict:
+    import copy
+
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def validate_study(raw: Any, path: Path | None = None, smoke: bool = False) -> dict[str, Any]:
+    """Validate a study mapping; return its normalised parts or raise :class:`StudyError` listing every problem.
+
+    Returns a dict with ``name`` (``-smoke`` appended under ``smoke``), ``description``, ``seed``,
+    ``datasets`` (name -> options), ``models``, ``layers`` and ``sections`` (defaults filled in).
+    """
+    p = Problems(path)
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path or 'study'}: a study file must be a YAML mapping (name:, datasets:, models:, ...), "
+                         f"got {type(raw).__name__}")
+    p.unknown_keys("the study", raw, TOP_KEYS)
+    for req in REQUIRED:
+        if req not in raw:
+            p.add(f"missing required key '{req}'")
+    if smoke:
+        over = p.mapping("smoke", raw.get("smoke"))
+        if over:
+            bad = p.unknown_keys("'smoke'", over, TOP_KEYS - {"smoke", "name"})
+            raw = _deep_merge(raw, {k: v for k, v in over.items() if k not in bad})
+    for key, rule in TOP_RULES.items():
+        if key in raw and not rule.ok(raw[key]):
+            p.bad_value(key, raw[key], rule.accepted)
+    datasets = _check_datasets(p, raw.get("datasets")) if "datasets" in raw else {}
+    models = _check_models(p, raw.get("models")) if "models" in raw else []
+    layers = _check_layers(p, raw.get("layers"), models)
+    sections = {name: _check_section(p, name, raw.get(name)) for name in SECTIONS}
+    p.raise_if_any()
+    name = raw["name"] + ("-smoke" if smoke else "")  # smoke results never mix with the full study's
+    return {"name": name, "description": str(raw.get("description", "")), "seed": raw.get("seed", 0),
+            "datasets": datasets, "models": models, "layers": layers, "sections": sections}
+
+
+def _check_section(p: Problems, name: str, values: Any) -> dict:
+    values = p.mapping(name, values)
+    if values is None:
+        return dict(SECTION_DEFAULTS[name])
+    p.unknown_keys(f"'{name}'", values, SECTIONS[name])
+    for key, value in values.items():
+        if key in SECTIONS[name]:
+            rule = SECTIONS[name][key][1]
+            if not rule.ok(value):
+                p.bad_value(f"{name}.{key}", value, rule.accepted)
+    return {**SECTION_DEFAULTS[name], **{k: v for k, v in values.items() if k in SECTIONS[name]}}
+
+
+def _check_datasets(p: Problems, datasets: Any) -> dict:
+    from conceptsim.data.registry import DATASETS
+
+    if not isinstance(datasets, dict) or not datasets:
+        p.bad_value("datasets", datasets, f"a non-empty mapping of dataset name -> options; datasets: {sorted(DATASETS)}")
+        return {}
+    out = {}
+    for ds, opts in datasets.items():
+        if ds not in DATASETS:
+            p.add(f"unknown dataset {ds!r} in 'datasets'; accepted: {sorted(DATASETS)}")
+            continue
+        opts = p.mapping(f"datasets.{ds}", opts)
+        if opts is None:
+            continue
+        spec = DATASETS[ds]
+        p.unknown_keys(f"'datasets.{ds}'", opts, DATASET_KEYS)
+        for key, rule in DATASET_RULES.items():
+            if key in opts and not rule.ok(opts[key]):
+                p.bad_value(f"datasets.{ds}.{key}", opts[key], rule.accepted)
+        if "root" in opts:
+            if spec.kind != "online":
+                p.add(f"'datasets.{ds}.root' does not apply: {ds} is built here, not fetched (root: is accepted "
+                      f"for {sorted(n for n, s in DATASETS.items() if s.kind == 'online')})")
+            elif not isinstance(opts["root"], str) or not opts["root"]:
+                p.bad_value(f"datasets.{ds}.root", opts["root"], "the path of a local copy (text)")
+        if "build" in opts:
+            _check_build(p, ds, spec, opts["build"])
+        out[ds] = opts
+    return out
+
+
+def build_rules(ds: str) -> dict[str, Rule]:
+    """Rules of an embedded dataset's build parameters: the builder's defaults give the type, its limits the range."""
+    from conceptsim.data.registry import DATASETS, build_parameters
+
+    rules = {}
+    for key, default in build_parameters(ds).items():
+        low, high = DATASETS[ds].limits.get(key, (None, None))
+        if isinstance(default, float):
+            rules[key] = number(low if low is not None else -math.inf, high)
+        else:
+            rules[key] = integer(low)
+            if high is not None:
+                rules[key] = Rule(f"an integer in [{low}, {high}]", lambda v, lo=low, hi=high: _is_int(v) and lo <= v <= hi)
+    return rules
+
+
+def _check_build(p: Problems, ds: str, spec, build: Any) -> None:
+    if spec.kind != "embedded":
+        p.add(f"'datasets.{ds}.build' does not apply: {ds} is fetched, not built (use root: for a local copy)")
+        return
+    build = p.mapping(f"datasets.{ds}.build", build)
+    if build is None:
+        return
+    rules = build_rules(ds)
+    p.unknown_keys(f"'datasets.{ds}.build'", build, rules)
+    for key, value in build.items():
+        if key in rules and not rules[key].ok(value):
+            p.bad_value(f"datasets.{ds}.build.{key}", value, rules[key].accepted)
+
+
+def _check_models(p: Problems, models: Any) -> list[str]:
+    from conceptsim.models.registry import UnknownModelError, parse_model_name
+
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        p.bad_value("models", models, "a non-empty list of model names (`conceptsim models list`)")
+        return []
+    twice = sorted({m for m in models if models.count(m) > 1})
+    if twice:
+        p.add(f"'models' lists {twice} more than once")
+    for m in models:
+        try:
+            parse_model_name(m)
+        except UnknownModelError as exc:
+            p.add(f"in 'models': {exc}")
+    return list(dict.fromkeys(models))
+
+
+def _check_layers(p: Problems, layers: Any, models: list[str]) -> dict[str, list[str]]:
+    layers = p.mapping("layers", layers)
+    if layers is None:
+        return {}
+    out = {}
+    for m, names in layers.items():
+        if m not in models:
+            p.add(f"'layers' names model {m!r}, which is not in 'models' {models}")
+        elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            p.bad_value(f"layers.{m}", names, "a list of dotted module paths (`conceptsim models layers NAME`)")
+        else:
+            out[m] = list(names)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- this machine
+def check_inputs(study, runs: Iterable | None = None) -> None:
+    """Check that the runs (default: all of the study's) can run here; raise one StudyError listing every gap.
+
+    Checked: each extraction's dataset is present or obtainable (online datasets: a local copy, or the
+    network), each pretrained model's weight files are in place, a CUDA device exists when one is asked
+    for, the output folders are writable, and custom layer names exist in their models.
+    """
+    from conceptsim.data.registry import unavailable_reason
+    from conceptsim.models.registry import missing_weights
+
+    runs = list(study.runs() if runs is None else runs)
+    p = Problems(study.path)
+    extractions = [r for r in runs if r.stage == "extract"]
+    for ds in dict.fromkeys(r.dataset for r in extractions):
+        reason = unavailable_reason(ds, study.datasets[ds].get("root"))
+        if reason:
+            p.add(f"dataset {ds}: {reason}")
+    for model in dict.fromkeys(r.model for r in extractions):
+        for gap in missing_weights(model):
+            p.add(f"model {model}: {gap}")
+    if extractions or any(r.stage == "concepts" for r in runs):
+        _check_device(p, study.sections["extraction"]["device"])
+    _check_writable(p, study.name)
+    p.raise_if_any(" (nothing was started)")
+    validate_layers(study)
+
+
+def _check_device(p: Problems, device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.add(f"'extraction.device' is {device!r} but CUDA is not available here; accepted here: cpu (or auto)")
+        elif ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            p.add(f"'extraction.device' is {device!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def _check_writable(p: Problems, study: str) -> None:
+    from conceptsim.paths import project_root, results_dir
+
+    for folder in (results_dir() / study, project_root() / "book" / "results" / study, project_root() / "book" / "_generated"):
+        problem = writable_problem(folder)
+        if problem:
+            p.add(problem)
+
+
+def writable_problem(folder: Path) -> str | None:
+    """None if files can be created in ``folder``, else a one-line reason naming it. Creates nothing: an
+    absent folder is judged by its nearest existing parent (a probe file is written there and removed)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create {folder}: {existing} is not a folder"
+    probe = existing / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot write to {existing}{'' if existing == folder else f' (to create {folder})'}: {exc.strerror or exc}"
+    return None
+
+
+def validate_layers(study) -> None:
+    """Check every custom layer name against the built model (the random-init twin: no weights needed)."""
+    from conceptsim.extraction.hooks import resolve_layers
+    from conceptsim.models.registry import build_model
+
+    for model, names in study.layers.items():
+        if names:
+            loaded = build_model(twin_name(model))
+            try:
+                resolve_layers(loaded.module, names, model)
+            except KeyError as exc:
+                raise StudyError(f"{study.path or 'study'}: in 'layers.{model}': {exc}") from None

@@ -1,0 +1,300 @@
+"""A catalogue of bad inputs walked through the ``conceptsim`` command (in-process): each must give one clear
+message naming the file, key or path, the value and what is accepted -- never a traceback, never work
+that starts and fails later, never a lost file. Add a case whenever a new bad input is found.
+
+Every test works in a temporary project root (``project`` fixture): the user's results, book and cache
+are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conceptsim.cli import main
+
+VALID = """\
+name: t
+datasets:
+  shapes: {build: {n: 6, size: 48}}
+models: [mobilenet_v2_imagenet:random]
+"""
+
+
+def study_file(root: Path, text: str, name: str = "s.yml") -> Path:
+    path = root / name
+    path.write_text(text)
+    return path
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+# --------------------------------------------------------------------------------------- study files
+# (study text, words the error must contain): every case must fail in validation, before any run
+STUDY_CASES = {
+    "epochs 0": (VALID + "concepts: {epochs: 0}\n", ["'concepts.epochs' is 0", "an integer >= 1"]),
+    "duplicate key in a section": (VALID + "concepts:\n  epochs: 3\n  epochs: 5\n",
+                                   ["not valid YAML at line 7, column 3: duplicate key 'epochs' (first on line 6)",
+                                    "each key may appear once"]),
+    "duplicate top-level key": (VALID + "models: [ssd_mobilenet_v2_coco]\n", ["duplicate key 'models'", "first on line 4"]),
+    "duplicate dataset": ("name: t\ndatasets:\n  shapes: {}\n  shapes: {max_images: 3}\nmodels: [yolov8n:random]\n",
+                          ["duplicate key 'shapes'"]),
+    "batch_size 0": (VALID + "extraction: {batch_size: 0}\n", ["'extraction.batch_size' is 0", ">= 1"]),
+    "negative lr": (VALID + "concepts: {lr: -1}\n", ["'concepts.lr' is -1", "a number > 0"]),
+    "lr nan": (VALID + "concepts: {lr: .nan}\n", ["'concepts.lr' is nan", "a number > 0"]),
+    "lr as text": (VALID + "concepts: {lr: fast}\n", ["'concepts.lr' is 'fast'", "a number > 0"]),
+    "negative patience": (VALID + "concepts: {patience: -1}\n", ["'concepts.patience' is -1", ">= 0"]),
+    "bootstrap 0": (VALID + "concepts: {bootstrap: 0}\n", ["'concepts.bootstrap' is 0", ">= 1"]),
+    "permutations 0": (VALID + "comparison: {permutations: 0}\n", ["'comparison.permutations' is 0", ">= 1"]),
+    "dissection as text": (VALID + "concepts: {dissection: 'yes'}\n", ["'concepts.dissection' is 'yes'", "true or false"]),
+    "device tpu": (VALID + "extraction: {device: tpu}\n", ["'extraction.device' is 'tpu'", "cpu, cuda, cuda:N"]),
+    "device cuda:x": (VALID + "extraction: {device: 'cuda:x'}\n", ["'extraction.device' is 'cuda:x'"]),
+    "dtype float64": (VALID + "extraction: {dtype: float64}\n", ["'extraction.dtype' is 'float64'", "float16", "float32"]),
+    "compression gzip": (VALID + "extraction: {compression: gzip}\n", ["'extraction.compression'", "zstd"]),
+    "num_workers -1": (VALID + "extraction: {num_workers: -1}\n", ["'extraction.num_workers' is -1"]),
+    "unknown build key": (VALID.replace("{n: 6, size: 48}", "{n: 6, colour: red}"),
+                          ["unknown key(s) ['colour'] in 'datasets.shapes.build'", "'n'", "'seed'", "'size'"]),
+    "build n 0": (VALID.replace("n: 6", "n: 0"), ["'datasets.shapes.build.n' is 0", ">= 1"]),
+    "build size too small": (VALID.replace("size: 48", "size: 8"), ["'datasets.shapes.build.size' is 8", ">= 32"]),
+    "build seed text": (VALID.replace("n: 6", "n: 6, seed: x"), ["'datasets.shapes.build.seed' is 'x'"]),
+    "build not a mapping": (VALID.replace("{build: {n: 6, size: 48}}", "{build: 5}"),
+                            ["'datasets.shapes.build' is 5", "a mapping"]),
+    "root on an embedded dataset": (VALID.replace("{build: {n: 6, size: 48}}", "{root: /data/shapes}"),
+                                    ["'datasets.shapes.root' does not apply", "coco2017-val", "voc2012"]),
+    "build on a fetched dataset": ("name: t\ndatasets: {coco2017-val: {build: {n: 3}}}\nmodels: [yolov8n:random]\n",
+                                   ["'datasets.coco2017-val.build' does not apply", "root:"]),
+    "unknown dataset option": (VALID.replace("{build: {n: 6, size: 48}}", "{maximages: 3}"),
+                               ["unknown key(s) ['maximages'] in 'datasets.shapes'", "max_images"]),
+    "max_images 0": (VALID.replace("{build: {n: 6, size: 48}}", "{max_images: 0}"),
+                     ["'datasets.shapes.max_images' is 0", "positive integer"]),
+    "concepts not a list": (VALID.replace("{build: {n: 6, size: 48}}", "{concepts: 5}"),
+                            ["'datasets.shapes.concepts' is 5", "category"]),
+    "unknown dataset": (VALID.replace("shapes:", "imagenet:"), ["unknown dataset 'imagenet'", "photo-colors"]),
+    "datasets a list": (VALID.replace("  shapes: {build: {n: 6, size: 48}}", "  - shapes"),
+                        ["'datasets' is ['shapes']", "a non-empty mapping"]),
+    "models a string": (VALID.replace("[mobilenet_v2_imagenet:random]", "mobilenet_v2_imagenet"),
+                        ["'models' is 'mobilenet_v2_imagenet'", "list of model names"]),
+    "model twice": (VALID.replace("[mobilenet_v2_imagenet:random]", "[yolov8n:random, yolov8n:random]"),
+                    ["lists ['yolov8n:random'] more than once"]),
+    "unknown model": (VALID.replace("mobilenet_v2_imagenet:random", "resnet9000"), ["unknown model 'resnet9000'"]),
+    "layers of a model not in the study": (VALID + "layers: {yolov8n: [model.1]}\n", ["'layers' names model 'yolov8n'"]),
+    "layers not a list": (VALID + "layers: {'mobilenet_v2_imagenet:random': features.1}\n",
+                          ["'layers.mobilenet_v2_imagenet:random' is 'features.1'", "list of dotted module paths"]),
+    "fractions as text": (VALID + "split: {fractions: [a, b, c]}\n", ["'split.fractions' is ['a', 'b', 'c']", "summing to 1"]),
+    "fractions not summing to 1": (VALID + "split: {fractions: [0.5, 0.5, 0.5]}\n", ["'split.fractions'", "summing to 1"]),
+    "min_area 1.5": (VALID + "split: {min_area: 1.5}\n", ["'split.min_area' is 1.5", "[0, 1)"]),
+    "negative seed": (VALID + "seed: -1\n", ["'seed' is -1", ">= 0"]),
+    "float seed": (VALID + "seed: 1.5\n", ["'seed' is 1.5", "an integer"]),
+    "name with a space": (VALID.replace("name: t", "name: my study"), ["'name' is 'my study'", "simple identifier"]),
+    "section not a mapping": (VALID + "concepts: [1, 2]\n", ["'concepts' is [1, 2]", "a mapping"]),
+    "unknown section key": (VALID + "extraction: {batchsize: 4}\n", ["unknown key(s) ['batchsize'] in 'extraction'", "batch_size"]),
+    "unknown top-level key": (VALID + "colour: red\n", ["unknown key(s) ['colour'] in the study", "accepted keys"]),
+    "non-text key": (VALID + "1: x\n", ["unknown key(s) [1] in the study"]),
+    "missing models": ("name: t\ndatasets: {shapes: {}}\n", ["missing required key 'models'"]),
+    "a list, not a mapping": ("- name: t\n", ["must be a YAML mapping", "got list"]),
+    "empty file": ("", ["must be a YAML mapping", "got NoneType"]),
+    "bad YAML": ("name: t\n  datasets: : :\n", ["not valid YAML"]),
+    "tab indentation": ("name: t\ndatasets:\n\tshapes: {}\n", ["not valid YAML"]),
+    "several mistakes at once": (VALID + "concepts: {epochs: 0, lr: -1}\nextraction: {device: tpu}\n",
+                                 ["3 problems", "'concepts.epochs' is 0", "'concepts.lr' is -1", "'extraction.device' is 'tpu'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STUDY_CASES))
+def test_bad_study_file(project, capsys, case):
+    text, words = STUDY_CASES[case]
+    path = study_file(project, text)
+    code, err = run_cli(["run", str(path)], capsys)
+    assert code == 2, err
+    assert str(path) in err
+    for w in words:
+        assert w in err, f"{case}: {w!r} not in {err!r}"
+    assert not (project / "results").exists() and not (project / "book" / "results").exists()
+
+
+def test_bad_smoke_section(project, capsys):
+    path = study_file(project, VALID + "smoke: {concepts: {epochs: 0}, colour: red}\n")
+    code, err = run_cli(["run", str(path), "--smoke"], capsys)
+    assert code == 2 and "'concepts.epochs' is 0" in err and "unknown key(s) ['colour'] in 'smoke'" in err
+    code, err = run_cli(["run", str(study_file(project, VALID + "smoke: [1]\n")), "--smoke"], capsys)
+    assert code == 2 and "'smoke' is [1]" in err
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p / "missing.yml", ["does not exist"]),
+    (lambda p: (p / "adir").mkdir() or p / "adir", ["is not a file"]),
+    (lambda p: [(p / "bin.yml").write_bytes(b"name: \xff\xfe\n"), p / "bin.yml"][1], ["not a UTF-8 text file"]),
+])
+def test_unreadable_study_file(project, capsys, make, words):
+    path = make(project)
+    code, err = run_cli(["run", str(path)], capsys)
+    assert code == 2 and str(path) in err
+    for w in words:
+        assert w in err
+
+
+# --------------------------------------------------------------------------------------- this machine
+def test_paper_smoke_offline_fails_at_once_listing_everything_missing(project, capsys):
+    code, err = run_cli(["run", "studies/paper.yml", "--smoke"], capsys)
+    assert code == 2
+    assert "5 problems (nothing was started)" in err
+    for words in ("dataset coco2017-val", "val2017.zip", "dataset voc2012", "VOCtrainval_11-May-2012.tar",
+                  "model yolov5su", "yolov5su.pt", "model ssd300_vgg16", "ssd300_vgg16_coco-b556d3b4.pth",
+                  "model fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"):
+        assert words in err
+    assert "model yolov5su:random" not in err  # twins need no files
+    assert not (project / "results").exists() and not (project / "book" / "results").exists()
+
+
+def test_missing_offline_weights_are_listed_before_any_run(project, capsys):
+    code, err = run_cli(["run", "studies/default.yml", "--smoke", "--only", "dataset=shapes"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    for model in ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet"):
+        assert f"model {model}: weight file" in err and "conceptsim models fetch" in err
+    assert "dataset shapes" not in err  # built on demand
+
+
+def test_local_root_without_the_layout(project, capsys, tmp_path):
+    path = study_file(project, f"name: t\ndatasets: {{coco2017-val: {{root: {tmp_path / 'nothing'}}}}}\n"
+                               "models: [yolov8n:random]\n")
+    code, err = run_cli(["run", str(path)], capsys)
+    assert code == 2 and f"dataset coco2017-val: {tmp_path / 'nothing'}: not a coco2017-val copy" in err
+    assert "annotations/instances_val2017.json" in err
+
+
+def test_cuda_requested_without_cuda(project, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = run_cli(["run", str(study_file(project, VALID + "extraction: {device: cuda}\n"))], capsys)
+    assert code == 2 and "'extraction.device' is 'cuda' but CUDA is not available here" in err
+
+
+def test_results_folder_that_cannot_be_written(project, capsys, monkeypatch):
+    (project / "afile").write_text("x")
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(project / "afile" / "results"))
+    code, err = run_cli(["run", str(study_file(project, VALID))], capsys)
+    assert code == 2 and f"cannot create {project / 'afile' / 'results' / 't'}: {project / 'afile'} is not a folder" in err
+    assert (project / "afile").read_text() == "x"
+
+
+def test_read_only_results_folder(project, capsys, monkeypatch):
+    ro = Path("/sys/conceptsim-results")  # sysfs refuses new files, even to root
+    if not Path("/sys/class").is_dir():
+        pytest.skip("no sysfs here: no folder that refuses writes even to root")
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(ro))
+    code, err = run_cli(["run", str(study_file(project, VALID))], capsys)
+    assert code == 2 and "cannot write to /sys" in err and f"to create {ro / 't'}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_os_error_during_a_run_is_one_line_with_the_traceback_in_a_log(project, capsys, monkeypatch):
+    from conceptsim import runner
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device", str(project / "results" / "t" / "x.csv"))
+
+    monkeypatch.setattr(runner, "run_study", disk_full)
+    code, err = run_cli(["run", str(study_file(project, VALID))], capsys)
+    assert code == 1
+    line = err.strip()
+    assert "\n" not in line
+    assert line.startswith(f"conceptsim: error: {project / 'results' / 't' / 'x.csv'}: No space left on device (traceback in ")
+    log = Path(line.rsplit("(traceback in ", 1)[1].rstrip(")"))
+    assert log.is_relative_to(Path(os.environ["CONCEPTSIM_CACHE"])) and "Traceback" in log.read_text()
+    assert "disk_full" in log.read_text()
+
+
+# --------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize("argv, words", [
+    (["--jobs", "0"], ["--jobs", "expected a whole number >= 1, got 0"]),
+    (["--jobs", "-1"], ["--jobs", "expected a whole number >= 1, got -1"]),
+    (["--jobs", "two"], ["--jobs", "expected a whole number >= 1, got 'two'"]),
+    (["--only", "colour"], ["--only expects KEY=VALUE", "'colour'"]),
+    (["--only", "stage="], ["--only expects KEY=VALUE", "'stage='"]),
+    (["--only", "colour=red"], ["--only accepts keys", "colour"]),
+    (["--only", "stage=training"], ["--only stage=training: no such stage", "extract"]),
+    (["--only", "model=a", "--only", "model=mobilenet_v2_imagenet:random"], ["--only model=a: no such model"]),
+])
+def test_bad_run_options(project, capsys, argv, words):
+    code, err = run_cli(["run", str(study_file(project, VALID)), *argv], capsys)
+    assert code == 2
+    for w in words:
+        assert w in err
+    assert not (project / "results").exists()
+
+
+# --------------------------------------------------------------------------------------- data commands
+def test_data_build_out_refuses_a_folder_it_did_not_make(project, capsys, tmp_path):
+    out = tmp_path / "precious"
+    (out / "thesis").mkdir(parents=True)
+    (out / "thesis" / "chapter1.tex").write_text("years of work")
+    code, err = run_cli(["data", "build", "shapes", "--out", str(out), "--n", "2", "--size", "48"], capsys)
+    assert code == 2 and f"{out} is not empty and is not a previous shapes build (1 other entries: thesis/)" in err
+    assert "--overwrite" in err and (out / "thesis" / "chapter1.tex").read_text() == "years of work"
+    code, err = run_cli(["data", "build", "shapes", "--out", str(out), "--n", "2", "--size", "48", "--overwrite"], capsys)
+    assert code == 0 and f"--overwrite: removing 1 entries from {out}: thesis/" in err
+    assert not (out / "thesis").exists() and (out / "annotations.json").is_file()
+    code, err = run_cli(["data", "build", "shapes", "--out", str(out), "--n", "3", "--size", "48"], capsys)
+    assert code == 0 and err == ""  # a previous build of the same dataset is replaced silently
+
+
+def test_data_build_bad_parameters(project, capsys, tmp_path):
+    code, err = run_cli(["data", "build", "shapes", "--out", str(tmp_path / "o"), "--n", "0"], capsys)
+    assert code == 2 and "shapes needs n >= 1" in err
+    code, err = run_cli(["data", "build", "imagenet"], capsys)
+    assert code == 2 and "invalid choice: 'imagenet'" in err
+
+
+def test_data_fetch_root_that_is_no_copy(project, capsys, tmp_path):
+    code, err = run_cli(["data", "fetch", "coco2017-val", "--root", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "not a COCO val2017 copy" in err and "instances_val2017.json" in err
+
+
+def test_data_fetch_root_with_duplicate_files(project, capsys, tmp_path):
+    import json
+
+    from test_data_coco import write_fake_coco
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    ann = write_fake_coco(root, image_dir="val2017", ann_name="annotations/instances_val2017.json")
+    data = json.loads(ann.read_text())
+    data["images"][2]["file_name"] = data["images"][0]["file_name"]
+    ann.write_text(json.dumps(data))
+    code, err = run_cli(["data", "fetch", "coco2017-val", "--root", str(root)], capsys)
+    assert code == 2 and f"{ann}: file '0001.png' is listed under two image ids, 1 and 3" in err
+
+
+def test_models_commands(project, capsys):
+    code, err = run_cli(["models", "layers", "resnet9000"], capsys)
+    assert code == 2 and "unknown model 'resnet9000'" in err
+    code, err = run_cli(["models", "fetch", "yolov8n"], capsys)
+    assert code == 2 and "weights need internet or a local copy" in err
+
+
+def test_only_runs_that_will_execute_need_their_inputs(project, capsys, monkeypatch):
+    from conceptsim import runner
+    from conceptsim.study import load_study
+    from test_runner import fake_execute
+
+    path = study_file(project, VALID.replace("mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet"))
+    code, err = run_cli(["run", str(path), "--quiet"], capsys)
+    assert code == 2 and "model mobilenet_v2_imagenet: weight file" in err
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    runner.run_study(load_study(path), progress=False)  # as if extracted where the weights were
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert "0 run(s) executed, 4 reused" in capsys.readouterr().out
+    code, err = run_cli(["run", str(path), "--quiet", "--force"], capsys)  # --force re-runs, so needs them again
+    assert code == 2 and "model mobilenet_v2_imagenet: weight file" in err
