@@ -82,8 +82,10 @@ def _browser():
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail("chromium and chromedriver are required (Debian packages chromium, chromium-driver)")
+    missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found on PATH: the browser test needs them. `make setup` installs "
+                    "them when run as root; otherwise: sudo apt-get install chromium chromium-driver")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
