@@ -114,3 +114,16 @@ def test_parallel_jobs(fake_project):
     root, study = fake_project
     out = runner.run_study(study, jobs=2, progress=False)
     assert not out.failed and len(out.executed) == 4
+
+
+def test_progress_reports_runs_and_estimate_and_kernel_is_quiet(fake_project, capfd):
+    _, study = fake_project
+    runner.run_study(study, progress=True)
+    first = capfd.readouterr().err
+    assert "started extract/shapes/mobilenet_v2_imagenet | study fake:" in first
+    assert "no estimate yet" in first  # no earlier records
+    assert "without encryption" not in first  # kernel sockets are CurveZMQ-encrypted
+    runner.run_study(study, progress=True, force=True)
+    again = capfd.readouterr().err
+    assert "left; about" in again  # estimated from the first run's records
+    assert "without encryption" not in again

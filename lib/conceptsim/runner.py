@@ -138,6 +138,7 @@ def select(runs: list[Run], only: dict[str, str]) -> list[Run]:
 def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any]:
     """Execute one run's notebook (in this process's papermill) and record it. Returns the record."""
     import papermill
+    from traitlets.config import Config
 
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS"):
@@ -157,6 +158,9 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
         papermill.execute_notebook(
             str(notebooks_dir() / run.notebook), str(tmp), parameters=run.parameters,
             kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()),
+            # the kernel manager provisions CurveZMQ keys (ipykernel's kernelspec declares curve support):
+            # encrypted sockets, and no "running over TCP without encryption" warning from every kernel
+            config=Config({"KernelManager": {"transport_encryption": "auto"}}),
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -193,7 +197,7 @@ def run_study(
     study: Study, *, jobs: int = 1, only: dict[str, str] | None = None, force: bool = False, progress: bool = True
 ) -> StudyOutcome:
     """Execute the study's runs respecting dependencies; see the module docstring."""
-    from tqdm.auto import tqdm
+    from conceptsim.progress import StudyProgress, expected_seconds
 
     runs = select(study.runs(), only or {})
     keys = run_keys(runs)
@@ -205,8 +209,8 @@ def run_study(
             outcome.skipped_complete.append(r.id)
         else:
             todo[r.id] = r
-    bar = tqdm(total=len(runs), initial=len(outcome.skipped_complete), desc=f"study {study.name}",
-               unit="run", disable=not progress)
+    bar = StudyProgress(study.name, total=len(runs), skipped=len(outcome.skipped_complete), jobs=jobs,
+                        expected=expected_seconds(load_records(study.name), todo), enabled=progress).start()
     done_ok = set(outcome.skipped_complete)
     failed: set[str] = set()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
@@ -220,8 +224,7 @@ def run_study(
     def finish(rec: dict) -> None:
         outcome.executed.append(rec)
         (done_ok if rec["status"] == "ok" else failed).add(rec["id"])
-        bar.set_postfix_str(f"{rec['id']} {rec['status']} {rec['seconds']:.0f}s")
-        bar.update(1)
+        bar.finished(rec["id"], rec["status"] == "ok", rec["seconds"])
 
     def prune() -> None:
         changed = True
@@ -232,7 +235,7 @@ def run_study(
                     del todo[rid]
                     failed.add(rid)
                     outcome.skipped_dependency.append(rid)
-                    bar.update(1)
+                    bar.skipped_dependency(rid)
                     changed = True
 
     if jobs <= 1:
@@ -242,6 +245,7 @@ def run_study(
             if nxt is None:
                 break
             del todo[nxt.id]
+            bar.started(nxt.id)
             finish(execute_run(nxt, keys[nxt.id]))
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -250,6 +254,7 @@ def run_study(
                 prune()
                 for r in [r for r in todo.values() if ready(r)][: jobs - len(running)]:
                     del todo[r.id]
+                    bar.started(r.id)
                     running[pool.submit(execute_run, r, keys[r.id], threads)] = r.id
                 if not running:
                     break
