@@ -62,6 +62,13 @@ def test_resume_skip_and_stale_rerun(fake_project):
         assert rec["status"] == "ok" and rec["seconds"] > 0
     toc = (root / "book" / "_generated" / "_toc.yml").read_text()
     assert "book/results/fake/shapes/mobilenet_v2_imagenet/01_extract" in toc
+    # the navigation names the model and dataset of every executed page
+    assert "title: 'Activation extraction: mobilenet_v2_imagenet on shapes'" in toc
+    assert "title: 'Layer comparison: shapes'" in toc
+    # the executed copy shows the injected parameters, the defaults cell is removed from the page
+    nb = nbformat.read(runner.executed_path(study.runs()[0]), as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert "remove-cell" in tags[0] and "parameters-note" in tags[1] and "injected-parameters" in tags[2]
     assert (root / "book" / "results" / "fake" / "reproducibility.md").exists()
 
     again = runner.run_study(study, progress=False)

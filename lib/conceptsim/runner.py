@@ -140,6 +140,8 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
     import papermill
     from traitlets.config import Config
 
+    from conceptsim import reporting
+
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS"):
             os.environ[var] = str(threads)
@@ -168,6 +170,7 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
         pm_log.removeHandler(handler)
         handler.close()
     if tmp.exists():
+        reporting.label_parameter_cells(tmp)
         os.replace(tmp, out)  # a failed notebook keeps its executed copy with the traceback
     record = {
         "id": run.id, "stage": run.stage, "dataset": run.dataset, "model": run.model, "key": key,
@@ -296,7 +299,8 @@ def write_book_pages(study: Study) -> Path:
             continue
         index = out_dir / ds / "index.md"
         write_text(index, reporting.dataset_index(study, ds, ds_runs))
-        chapters.append({"file": _rel(index), "sections": [{"file": _rel(executed_path(r))} for r in ds_runs]})
+        chapters.append({"file": _rel(index), "title": f"Dataset {ds}",
+                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r)} for r in ds_runs]})
     for part in base.get("parts", []):
         for ch in part.get("chapters", []):
             if ch.get("file") == "book/findings" and findings_page is not None:
