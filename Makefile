@@ -59,5 +59,9 @@ test: setup
 bench: setup
 	$(PY) benchmarks/run.py
 
+# JupyterLab on the project's kernel, opening the results explorer (notebooks/explore.ipynb)
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --KernelManager.transport_encryption=auto notebooks/explore.ipynb
+
 clean-results:
 	rm -rf results book/results book/_generated _build

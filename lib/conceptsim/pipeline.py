@@ -143,7 +143,7 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     """
     import pandas as pd
 
-    from conceptsim.concepts.vectors import ConceptVectors, segment, vector_path
+    from conceptsim.concepts.vectors import ConceptVectors, vector_path
     from conceptsim.extraction.store import ActivationStore
 
     store = ActivationStore(store_path(study, dataset, model))
@@ -152,20 +152,30 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
         q = pd.read_csv(out / "concept_quality.csv")
         q = q[(q["method"] == "seg") & (q["metric"] == "set_iou")]
         layer = str(q.groupby("layer")["value"].mean().idxmax())
-    vectors = ConceptVectors.load(vector_path(out / "vectors", "seg", layer))
-    names = list(concepts or vectors.concepts)
+    names = list(concepts or ConceptVectors.load(vector_path(out / "vectors", "seg", layer)).concepts)
     rows = store.split_index("test")
     # prefer test images where the chosen concepts are present
     cidx = [store.concept_names.index(c) for c in names]
     order = np.argsort(-store.labels[rows][:, cidx].sum(1), kind="stable")
     rows = np.sort(rows[order[:n]])
-    acts = np.asarray(store.activations(layer).get_orthogonal_selection((rows,)), dtype=np.float32)
-    prob = segment(vectors, acts, store.content_boxes[rows], store.input_size, store.eval_grid).numpy()
-    vidx = [vectors.concepts.index(c) for c in names]
     truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
     reader = _stored_dataset(store)
     images = [reader.read_image(int(store.image_ids[r])) for r in rows]
-    return layer, images, prob[:, vidx] >= 0.5, truth, names
+    return layer, images, layer_segmentation(store, out, layer, rows, names), truth, names
+
+
+def layer_segmentation(store, model_out: Path, layer: str, rows: np.ndarray, concepts: Sequence[str]) -> np.ndarray:
+    """Binary Net2Vec segmentations ``len(rows) x len(concepts) x gh x gw`` of one layer on stored images
+    (the layer's stored activations and vectors; threshold 0.5 on the evaluation grid)."""
+    from conceptsim.concepts.vectors import ConceptVectors, segment, vector_path
+
+    vectors = ConceptVectors.load(vector_path(model_out / "vectors", "seg", layer))
+    missing = [c for c in concepts if c not in vectors.concepts]
+    if missing:
+        raise ValueError(f"layer {layer} of {model_out} has no segmentation vector for {missing}; it has {vectors.concepts}")
+    acts = np.asarray(store.activations(layer).get_orthogonal_selection((rows,)), dtype=np.float32)
+    prob = segment(vectors, acts, store.content_boxes[rows], store.input_size, store.eval_grid).numpy()
+    return prob[:, [vectors.concepts.index(c) for c in concepts]] >= 0.5
 
 
 def dataset_summary(study: str, dataset: str, model: str):
