@@ -7,12 +7,14 @@ cost of only running every model once over its images on every core. 1.0 is that
 The breakdown sums, over the study's runs (``results/<study>/_runs/*.json``: wall ``seconds`` and the
 executed notebook), what each part cost, from papermill's per-cell timings
 (``metadata.papermill.duration`` of every executed cell) and the concept stage's own timings
-(``concept_stage.json``: per layer ``load_s``, ``seg_s``, ``cls_s``, ``dissection_s``):
+(``concept_stage.json``: per layer ``load_s``, ``seg_s``, ``cls_s``, ``dissection_s``;
+``extraction_timings.json``, written by ``pipeline.run_extraction``):
 
 - ``kernel start-up``: a run's wall time minus the time of its cells (kernel launch, papermill, writing);
 - ``imports``: the first code cell after the parameters (imports and thread set-up);
-- ``extraction``: the cell calling ``pipeline.run_extraction`` (model build, dataset opening, forward
-  passes with hooks, writes);
+- ``model build``, ``dataset opening``, ``extraction: mask store``, ``extraction: forward passes and
+  writes``: the cell calling ``pipeline.run_extraction``, split by ``extraction_timings.json``; what is
+  left of the cell stays ``extraction``;
 - ``concepts: <part>``: the cell calling ``pipeline.run_concepts``, split by ``concept_stage.json`` into
   loading activations, ``seg``, ``cls``, dissection, and the rest (bootstrap tables, writes);
 - ``dataset summary``, ``comparison``: the cells calling ``pipeline.dataset_summary`` /
@@ -28,11 +30,14 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-PARTS = ("kernel start-up", "imports", "extraction", "concepts: loading activations", "concepts: seg",
+PARTS = ("kernel start-up", "imports", "model build", "dataset opening", "extraction: mask store",
+         "extraction: forward passes and writes", "extraction", "concepts: loading activations", "concepts: seg",
          "concepts: cls", "concepts: dissection", "concepts: other", "dataset summary", "comparison",
          "figures and tables", "book build")
 STAGE_CALLS = (("run_extraction", "extraction"), ("run_concepts", "concepts"), ("dataset_summary", "dataset summary"),
                ("run_comparison", "comparison"))
+EXTRACTION_TIMINGS = (("model_build_s", "model build"), ("dataset_open_s", "dataset opening"),
+                      ("mask_store_s", "extraction: mask store"), ("activations_s", "extraction: forward passes and writes"))
 CONCEPT_TIMINGS = (("load_s", "concepts: loading activations"), ("seg_s", "concepts: seg"), ("cls_s", "concepts: cls"),
                    ("dissection_s", "concepts: dissection"))
 
@@ -69,16 +74,27 @@ def split_concepts(seconds: float, stage_json: dict) -> dict[str, float]:
     return dict(out)
 
 
+def split_extraction(seconds: float, timings: dict) -> dict[str, float]:
+    """The extraction cell's seconds split by ``extraction_timings.json``; the rest stays ``extraction``."""
+    out = {name: float(timings[key]) for key, name in EXTRACTION_TIMINGS if timings.get(key) is not None}
+    out["extraction"] = max(0.0, seconds - sum(out.values()))
+    return out
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def run_parts(record: dict, project_root: Path, study_results: Path) -> dict[str, float]:
     """Seconds per part of one recorded run; they sum to its wall time."""
     nb_path = Path(record["executed_notebook"])
     nb = json.loads((nb_path if nb_path.is_absolute() else project_root / nb_path).read_text())
     parts = cell_parts(nb)
+    model_results = study_results / record["dataset"] / (record.get("model") or "").replace(":", "__")
     if "concepts" in parts:
-        model_dir = (record.get("model") or "").replace(":", "__")
-        stage_file = study_results / record["dataset"] / model_dir / "concept_stage.json"
-        stage = json.loads(stage_file.read_text()) if stage_file.exists() else {}
-        parts.update(split_concepts(parts.pop("concepts"), stage))
+        parts.update(split_concepts(parts.pop("concepts"), _json(model_results / "concept_stage.json")))
+    if "extraction" in parts:
+        parts.update(split_extraction(parts.pop("extraction"), _json(model_results / "extraction_timings.json")))
     parts["kernel start-up"] = max(0.0, float(record["seconds"]) - sum(parts.values()))
     return parts
 

@@ -8,11 +8,13 @@ the model name with ``:`` replaced by ``__`` (``mobilenet_v2_imagenet__random``)
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from conceptsim.atomic import write_json
 from conceptsim.paths import model_dir_name, results_dir
 
 
@@ -91,8 +93,11 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
     from conceptsim.models.registry import build_model
 
     opts = extraction_options
+    t0 = time.perf_counter()
     loaded = build_model(model, device=opts["device"])
+    t1 = time.perf_counter()
     ds, source = open_dataset(dataset, dataset_options, split_options, loaded.preprocessing, opts["eval_grid"])
+    t2 = time.perf_counter()
     chosen = probed_layers(model, layers, opts.get("max_layers", 0))
     meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed,
             "annotation_file": str(source.annotation_file), "image_dir": str(source.image_dir),
@@ -101,6 +106,10 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
                      batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
                      dtype=opts["dtype"], metadata=meta, masks_dir=masks_dir(study, dataset),
                      compression=opts["compression"], force=force)
+    # where the run's time went (the study-efficiency benchmark splits the extraction cell by it)
+    write_json(model_results(study, dataset, model) / "extraction_timings.json", {
+        "model_build_s": t1 - t0, "dataset_open_s": t2 - t1, "mask_store_s": result.mask_seconds,
+        "activations_s": result.activation_seconds, "extract_s": result.seconds, "reused": result.reused})
     return result, loaded, ds
 
 
