@@ -19,7 +19,7 @@ export IPYTHONDIR := $(CACHE)/ipython
 export TORCH_HOME := $(CACHE)/torch
 export YOLO_OFFLINE := 1
 
-.PHONY: setup report study smoke book test bench clean-results
+.PHONY: setup system-tools report study smoke book test bench lab clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	mkdir -p $(CACHE)/ipython $(CACHE)/matplotlib $(CACHE)/jupyter
@@ -30,8 +30,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (conceptsim)" >/dev/null
 	touch $(STAMP)
 
+# npm, chromium and chromedriver: installed with apt-get when missing and run as root; otherwise the script
+# stops naming the one command to run
+system-tools:
+	@bash scripts/system-tools.sh
+
 # idempotent: the install is stamped; weights and MathJax are verified by hash and fetched only if absent
-setup: $(STAMP)
+setup: system-tools $(STAMP)
 	$(VENV)/bin/conceptsim models fetch >/dev/null
 	$(PY) -m conceptsim.book.assets >/dev/null
 	@echo "setup complete: $(VENV)"
@@ -55,6 +60,10 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# JupyterLab on the project's kernel, opening the results explorer (notebooks/explore.ipynb)
+lab: setup
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --KernelManager.transport_encryption=auto notebooks/explore.ipynb
 
 clean-results:
 	rm -rf results book/results book/_generated _build

@@ -5,8 +5,8 @@ Set-up (weights fetched, datasets built) is excluded: the run shares the project
 reused from earlier runs and the project's own ``results/`` and ``book/`` are not touched. The runner
 uses the default ``--jobs 1``.
 
-``end_to_end`` runs the smoke study (target 3 min); ``end_to_end_default`` the default study
-(target 15 min; long, so opt-in: ``benchmarks/run.py --only end_to_end_default``).
+``end_to_end`` runs the smoke study (target 3 min); ``bench_end_to_end_default`` the default study
+(target 15 min) with the study efficiency and its breakdown.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ def sandbox(scratch, label: str):
     return root
 
 
-def measure(ctx: Context, smoke: bool, timeout: float) -> dict:
+def measure(ctx: Context, smoke: bool, timeout: float, jobs: int = 1) -> dict:
     label = "smoke" if smoke else "default"
     root = sandbox(ctx.scratch, label)
     env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_CACHE": str(cache_dir()),
            "CONCEPTSIM_RESULTS": str(root / "results"), "MPLBACKEND": "Agg"}
     cmd = [str(ROOT / ".venv" / "bin" / "conceptsim") if (ROOT / ".venv/bin/conceptsim").exists() else PY,
-           "run", "studies/default.yml"] + (["--smoke"] if smoke else []) + ["--quiet"]
+           "run", "studies/default.yml"] + (["--smoke"] if smoke else []) + ["--quiet", "--jobs", str(jobs)]
     if cmd[0] == PY:
         cmd[1:1] = ["-m", "conceptsim.cli"]
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common import verdict
 
-PLOTS = ("targets.png", "extraction.png", "memory.png")
+PLOTS = ("targets.png", "extraction.png", "memory.png", "breakdown.png")
 
 # What profiling found behind a missed target (file, function, cause); shown next to the miss.
 CAUSES: dict[str, str] = {
@@ -162,6 +162,54 @@ def plot_memory(entries: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_breakdown(entries: list[dict], path: Path) -> bool:
+    """The default study's time by part (summed over its runs) beside its wall time and forward-pass floor;
+    False (and no file) when no default-study measurement has a breakdown."""
+    import matplotlib.pyplot as plt
+
+    e = next((e for e in entries if e["id"] == "end_to_end/efficiency" and e["details"].get("breakdown")), None)
+    if e is None:
+        return False
+    d = e["details"]
+    parts = d["breakdown"]["parts"]
+    names = list(parts)[::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(names) + 1.6))
+    ax.barh(range(len(names)), [parts[n] for n in names], color="tab:blue")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.axvline(d["wall_s"], color="black", lw=1.2, label=f"study wall time ({d['jobs']} jobs)")
+    ax.axvline(d["forward_floor_s"], color="tab:green", ls="--", lw=1.2,
+               label=f"Σ bare forward ÷ {d['cores']} cores")
+    ax.set_xlabel("seconds (parts summed over the study's runs; runs overlap with several jobs)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def efficiency_section(by_id: dict) -> list[str]:
+    e = by_id.get("end_to_end/efficiency")
+    if e is None or not e["details"].get("breakdown"):
+        return []
+    d = e["details"]
+    b = d["breakdown"]
+    lines = ["## The default study: efficiency and breakdown", "",
+             f"Study efficiency **{e['median']:.2f}** (target ≤ {e['target']:.1f}): wall time {fmt(d['wall_s'], 's')} "
+             f"(`conceptsim run studies/default.yml --jobs {d['jobs']}`) over the forward-pass floor "
+             f"{fmt(d['forward_floor_s'], 's')} = Σ single-threaded bare forward passes of every (dataset, model) over "
+             f"the dataset's images ({fmt(sum(d['bare_forward_s'].values()), 's')}) ÷ {d['cores']} cores. "
+             f"{b['runs']} runs; per run, kernel start-up {fmt(b['kernel_start_up_per_run'], 's')} and imports "
+             f"{fmt(b['imports_per_run'], 's')}"
+             + (f"; book build {fmt(d['book_build_s'], 's')}." if d.get("book_build_s") is not None else "."), "",
+             "| Part | Seconds (summed over runs) | Share of run-seconds |", "|---|---|---|"]
+    total = sum(v for k, v in b["parts"].items() if k != "book build") or 1.0
+    for part, seconds in b["parts"].items():
+        share = "–" if part == "book build" else f"{100 * seconds / total:.0f} %"
+        lines.append(f"| {part} | {fmt(seconds)} | {share} |")
+    lines += ["", "![Default study: time by part](_static/performance/breakdown.png)", ""]
+    return lines
+
+
 def table(entries: list[dict]) -> list[str]:
     out = ["| Benchmark | Figure | Median | Spread (min – max, n) | Target | Verdict |",
            "|---|---|---|---|---|---|"]
@@ -253,6 +301,7 @@ def write_page(data: dict, page: Path, static: Path) -> None:
     plot_targets(entries, static / "targets.png")
     plot_extraction(entries, static / "extraction.png")
     plot_memory(entries, static / "memory.png")
+    plot_breakdown(entries, static / "breakdown.png")
     m = data.get("machine", {})
     missed = [e for e in entries if e.get("passed") is False]
     lines = ["# Performance", "",
@@ -272,10 +321,11 @@ def write_page(data: dict, page: Path, static: Path) -> None:
                    else f"{fmt(e['median'], e['unit'])} against {target_text(e)}, missed by {abs(e['excess']) * 100:.0f} %")
             lines.append(f"- `{e['id']}`: {how}. {CAUSES.get(e['id'], '')}".rstrip())
         lines.append("")
+    lines += efficiency_section(by_id)
     lines += details_sections(by_id)
     lines += DESIGN_MEASUREMENTS
-    lines += ["## Reproduce", "", "```bash", "make bench                                   # all but the default study end to end",
+    lines += ["## Reproduce", "", "```bash", "make bench                                   # everything, the default study included (long)",
               ".venv/bin/python benchmarks/run.py --only extraction --repeat 5   # one benchmark",
-              ".venv/bin/python benchmarks/run.py --only end_to_end_default     # the default study (long)",
+              ".venv/bin/python benchmarks/run.py --only end_to_end_default     # the default study, efficiency and breakdown",
               "```", ""]
     write_text(page, "\n".join(lines))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run.py [--quick] [--only NAME ...] [--repeat K] [--out DIR]
 
 Benchmarks (``--only`` takes these names): extraction, concepts, comparison, memory, dataset,
-end_to_end, end_to_end_default (opt-in: only when named), projection (uses the entries of extraction
+end_to_end, end_to_end_default (the default study with the study efficiency and its breakdown), projection (uses the entries of extraction
 and memory, from this run or the stored results). Entries of earlier runs that were not re-measured are
 kept, so a partial run updates only what it measured.
 

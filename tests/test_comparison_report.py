@@ -45,3 +45,32 @@ def test_figures_render(run):
         fig.savefig(__import__("io").BytesIO(), format="png")
     values, rows, cols = figures.matrix(sim, "b", "a", "cka")
     assert values.shape == (2, 2) and rows[0][1] == "m1"
+
+
+def _text_boxes(fig):
+    """Window extents of every non-empty title and axis label of a drawn figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    canvas.draw()  # constrained layout settles on the second pass
+    renderer = fig.canvas.get_renderer()
+    texts = [fig._suptitle] if fig._suptitle else []
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text() and t.get_visible()]
+
+
+def test_cross_model_titles_are_legible_with_long_model_names(run):
+    _, sim = run
+    long = {"a": "centernet_mobilenet_v3_coco", "b": "ssd_mobilenet_v2_coco", "a:random": "centernet_mobilenet_v3_coco:random"}
+    sim = sim.assign(model_a=sim["model_a"].map(lambda m: long.get(m, m)), model_b=sim["model_b"].map(lambda m: long.get(m, m)))
+    fig = figures.cross_model_matrix(sim, list(long.values()))
+    boxes = _text_boxes(fig)
+    assert any("ssd_mobilenet" in t for t, _ in boxes)  # the models are named
+    width, height = fig.bbox.width, fig.bbox.height
+    for i, (ta, a) in enumerate(boxes):
+        assert a.x0 >= -1 and a.y0 >= -1 and a.x1 <= width + 1 and a.y1 <= height + 1, f"{ta!r} outside the figure"
+        for tb, b in boxes[i + 1:]:
+            assert not a.overlaps(b), f"{ta!r} overlaps {tb!r}"
+    assert figures.wrap_name("centernet_mobilenet_v3_coco") == "centernet_\nmobilenet_v3_\ncoco"

@@ -104,8 +104,10 @@ def _browser():
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail("chromium and chromedriver are required (Debian packages chromium, chromium-driver)")
+    missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found on PATH: the browser test needs them. `make setup` installs "
+                    "them when run as root; otherwise: sudo apt-get install chromium chromium-driver")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -162,3 +164,64 @@ def test_site_renders_in_chromium(built_book, page):
 
 def test_user_folders_are_untouched(built_book):
     assert user_folders() == USER_FOLDERS_BEFORE
+
+
+def _settled(browser, timeout: float = 20) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and browser.execute_script("return document.readyState") != "complete":
+        time.sleep(0.2)
+
+
+WARNING_TEXT = r"\b[A-Z][A-Za-z0-9]*Warning\b|warnings\.warn|Traceback \(most recent call last\)"
+
+
+def test_every_page_reads_clean_in_chromium(built_book):
+    """Every built page: tables rendered as tables (no raw `|---|` pipe text), no warning text or stderr
+    stream in notebook outputs, every navigation entry of an executed page names its model or dataset;
+    a screenshot of the Findings page is saved as `_build/findings.png` for a person to look at."""
+    import re
+
+    html = built_book.parent
+    pages = sorted(p for p in html.rglob("*.html") if "_static" not in p.parts and p.name not in ("genindex.html", "search.html"))
+    executed = [p for p in pages if "default-smoke" in p.parts and p.stem[:2].isdigit()]
+    assert executed, "no executed notebook pages were built"
+    problems = []
+    browser = _browser()
+    try:
+        for page in pages:
+            browser.get(page.as_uri())
+            _settled(browser)
+            rel = page.relative_to(html).as_posix()
+            main = browser.execute_script("const m = document.querySelector('main'); return m ? m.innerText : ''")
+            if re.search(r"\|\s*-{3,}\s*\|", main):
+                problems.append(f"{rel}: raw Markdown table text")
+            outputs = browser.execute_script(
+                "return Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText).join('\\n')")
+            found = re.search(WARNING_TEXT, outputs)
+            if found:
+                problems.append(f"{rel}: warning text in a notebook output: {found.group(0)!r}")
+            if browser.execute_script("return document.querySelectorAll('.cell_output .stderr, .output.stderr').length"):
+                problems.append(f"{rel}: a stderr stream in a notebook output")
+            if page in executed:  # .../default-smoke/<dataset>[/<model dir>]/NN_stage.html
+                nav = browser.execute_script(
+                    "const a = document.querySelectorAll('.bd-sidebar-primary a.current, .bd-sidebar a.current');"
+                    " return a.length ? a[a.length - 1].innerText : ''")
+                where = page.relative_to(html / "book" / "results" / "default-smoke").parts[:-1]
+                names = [where[0]] + [part.replace("__", ":") for part in where[1:]]
+                if not all(n in nav for n in names):
+                    problems.append(f"{rel}: navigation entry {nav!r} does not name {' and '.join(names)}")
+            if rel == "book/results/default-smoke/findings.html":
+                browser.set_window_size(1280, max(900, browser.execute_script("return document.body.scrollHeight")))
+                browser.save_screenshot(str(html.parent / "findings.png"))  # the temporary project's _build/
+                browser.set_window_size(1280, 900)
+                wide = browser.execute_script(
+                    "return Array.from(document.querySelectorAll('main table')).filter(t => t.scrollWidth > t.clientWidth + 1"
+                    " && getComputedStyle(t).overflowX !== 'auto' && getComputedStyle(t.parentElement).overflowX !== 'auto').length")
+                if wide:
+                    problems.append(f"{rel}: {wide} wide table(s) cut off instead of scrolling")
+    finally:
+        browser.quit()
+    assert (html.parent / "findings.png").exists()
+    assert not problems, "\n".join(problems)

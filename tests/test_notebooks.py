@@ -23,8 +23,11 @@ def test_notebook_clean_and_parametrised(name):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
 
 
+INTERACTIVE = ("explore.ipynb",)  # for JupyterLab (`make lab`), not run by the study runner
+
+
 def test_every_notebook_in_the_folder_is_a_stage():
-    assert sorted(p.name for p in NB_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS.values())
+    assert sorted(p.name for p in NB_DIR.glob("*.ipynb")) == sorted([*NOTEBOOKS.values(), *INTERACTIVE])
 
 
 def parameter_defaults(name: str) -> dict:
@@ -43,3 +46,10 @@ def test_parameter_cell_is_the_default_studys_first_run(stage):
     study = load_study(Path(__file__).resolve().parents[1] / "studies" / "default.yml")
     first = next(r for r in study.runs() if r.stage == stage)
     assert parameter_defaults(NOTEBOOKS[stage]) == first.parameters
+
+
+@pytest.mark.parametrize("name", INTERACTIVE)
+def test_interactive_notebooks_are_clean(name):
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert nb.metadata["kernelspec"]["name"] == "python3"

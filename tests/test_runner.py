@@ -63,6 +63,13 @@ def test_resume_skip_and_stale_rerun(fake_project):
         assert rec["status"] == "ok" and rec["seconds"] > 0
     toc = (root / "book" / "_generated" / "_toc.yml").read_text()
     assert "book/results/fake/shapes/mobilenet_v2_imagenet/01_extract" in toc
+    # the navigation names the model and dataset of every executed page
+    assert "title: 'Activation extraction: mobilenet_v2_imagenet on shapes'" in toc
+    assert "title: 'Layer comparison: shapes'" in toc
+    # the executed copy shows the injected parameters, the defaults cell is removed from the page
+    nb = nbformat.read(runner.executed_path(study.runs()[0]), as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert "remove-cell" in tags[0] and "parameters-note" in tags[1] and "injected-parameters" in tags[2]
     assert (root / "book" / "results" / "fake" / "reproducibility.md").exists()
 
     again = runner.run_study(study, progress=False)
@@ -208,3 +215,16 @@ def test_only_with_a_repeated_key_matches_either_value():
     assert {r.id for r in chosen} == {"extract/shapes/mobilenet_v2_imagenet", "extract/shapes/ssd_mobilenet_v2_coco"}
     with pytest.raises(ValueError, match="--only model=nope: no such model"):
         runner.select(study.runs(), {"model": ["mobilenet_v2_imagenet", "nope"]})
+
+
+def test_progress_reports_runs_and_estimate_and_kernel_is_quiet(fake_project, capfd):
+    _, study = fake_project
+    runner.run_study(study, progress=True)
+    first = capfd.readouterr().err
+    assert "started extract/shapes/mobilenet_v2_imagenet | study fake:" in first
+    assert "no estimate yet" in first  # no earlier records
+    assert "without encryption" not in first  # kernel sockets are CurveZMQ-encrypted
+    runner.run_study(study, progress=True, force=True)
+    again = capfd.readouterr().err
+    assert "left; about" in again  # estimated from the first run's records
+    assert "without encryption" not in again

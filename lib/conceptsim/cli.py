@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage=, dataset= or model= filter; repeat a key to accept several values")
     r.add_argument("--force", action="store_true", help="re-run even complete, unchanged runs")
     r.add_argument("--smoke", action="store_true", help="tiny parameters (the study's smoke section)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", help="no progress display (for batch use; the summary is still printed)")
     r.set_defaults(func=_cmd_run)
 
     m = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)

@@ -110,6 +110,11 @@ def concept_table_csv(model_dir: str | Path, table: str) -> Path:
     return Path(model_dir) / f"{table}.csv"
 
 
+def extraction_timings_json(model_dir: str | Path) -> Path:
+    """Per-phase wall times of one extraction (model build, dataset, mask store, forward passes and writes)."""
+    return Path(model_dir) / "extraction_timings.json"
+
+
 def concept_stage_json(model_dir: str | Path) -> Path:
     return Path(model_dir) / "concept_stage.json"
 

@@ -7,15 +7,18 @@ Result paths come from :mod:`conceptsim.paths` (``dataset_results``, ``model_res
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from conceptsim.atomic import write_json
 from conceptsim.paths import (
     concept_quality_csv,
     dataset_results,
     dataset_summary_files,
+    extraction_timings_json,
     masks_dir,
     model_results,
     store_path,
@@ -65,8 +68,11 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
     from conceptsim.models.registry import build_model
 
     opts = extraction_options
+    t0 = time.perf_counter()
     loaded = build_model(model, device=opts["device"])
+    t1 = time.perf_counter()
     ds, source = open_dataset(dataset, dataset_options, split_options, loaded.preprocessing, opts["eval_grid"])
+    t2 = time.perf_counter()
     chosen = probed_layers(model, layers, opts.get("max_layers", 0))
     meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed,
             "annotation_file": str(source.annotation_file), "image_dir": str(source.image_dir),
@@ -75,6 +81,10 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
                      batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
                      dtype=opts["dtype"], metadata=meta, masks_dir=masks_dir(study, dataset),
                      compression=opts["compression"], force=force)
+    # where the run's time went (the study-efficiency benchmark splits the extraction cell by it)
+    write_json(extraction_timings_json(model_results(study, dataset, model)), {
+        "model_build_s": t1 - t0, "dataset_open_s": t2 - t1, "mask_store_s": result.mask_seconds,
+        "activations_s": result.activation_seconds, "extract_s": result.seconds, "reused": result.reused})
     return result, loaded, ds
 
 
@@ -117,7 +127,7 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     """
     import pandas as pd
 
-    from conceptsim.concepts.vectors import ConceptVectors, segment, vector_path
+    from conceptsim.concepts.vectors import ConceptVectors, vector_path
     from conceptsim.extraction.store import ActivationStore
 
     store = ActivationStore(store_path(study, dataset, model))
@@ -126,20 +136,30 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
         q = pd.read_csv(concept_quality_csv(out))
         q = q[(q["method"] == "seg") & (q["metric"] == "set_iou")]
         layer = str(q.groupby("layer")["value"].mean().idxmax())
-    vectors = ConceptVectors.load(vector_path(vectors_dir(out), "seg", layer))
-    names = list(concepts or vectors.concepts)
+    names = list(concepts or ConceptVectors.load(vector_path(vectors_dir(out), "seg", layer)).concepts)
     rows = store.split_index("test")
     # prefer test images where the chosen concepts are present
     cidx = [store.concept_names.index(c) for c in names]
     order = np.argsort(-store.labels[rows][:, cidx].sum(1), kind="stable")
     rows = np.sort(rows[order[:n]])
-    acts = np.asarray(store.activations(layer).get_orthogonal_selection((rows,)), dtype=np.float32)
-    prob = segment(vectors, acts, store.content_boxes[rows], store.input_size, store.eval_grid).numpy()
-    vidx = [vectors.concepts.index(c) for c in names]
     truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
     reader = _stored_dataset(store)
     images = [reader.read_image(int(store.image_ids[r])) for r in rows]
-    return layer, images, prob[:, vidx] >= 0.5, truth, names
+    return layer, images, layer_segmentation(store, out, layer, rows, names), truth, names
+
+
+def layer_segmentation(store, model_out: Path, layer: str, rows: np.ndarray, concepts: Sequence[str]) -> np.ndarray:
+    """Binary Net2Vec segmentations ``len(rows) x len(concepts) x gh x gw`` of one layer on stored images
+    (the layer's stored activations and vectors; threshold 0.5 on the evaluation grid)."""
+    from conceptsim.concepts.vectors import ConceptVectors, segment, vector_path
+
+    vectors = ConceptVectors.load(vector_path(vectors_dir(model_out), "seg", layer))
+    missing = [c for c in concepts if c not in vectors.concepts]
+    if missing:
+        raise ValueError(f"layer {layer} of {model_out} has no segmentation vector for {missing}; it has {vectors.concepts}")
+    acts = np.asarray(store.activations(layer).get_orthogonal_selection((rows,)), dtype=np.float32)
+    prob = segment(vectors, acts, store.content_boxes[rows], store.input_size, store.eval_grid).numpy()
+    return prob[:, [vectors.concepts.index(c) for c in concepts]] >= 0.5
 
 
 def dataset_summary(study: str, dataset: str, model: str):

@@ -146,6 +146,9 @@ def select(runs: list[Run], only: dict[str, str | list[str]]) -> list[Run]:
 def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any]:
     """Execute one run's notebook (in this process's papermill) and record it. Returns the record."""
     import papermill
+    from traitlets.config import Config
+
+    from conceptsim import reporting
 
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS"):
@@ -166,6 +169,9 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
         papermill.execute_notebook(
             str(notebooks_dir() / run.notebook), str(tmp), parameters=run.parameters,
             kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()),
+            # the kernel manager provisions CurveZMQ keys (ipykernel's kernelspec declares curve support):
+            # encrypted sockets, and no "running over TCP without encryption" warning from every kernel
+            config=Config({"KernelManager": {"transport_encryption": "auto"}}),
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         status, error = "failed", error_line(exc)
@@ -174,6 +180,7 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
         pm_log.removeHandler(handler)
         handler.close()
     if tmp.exists():
+        reporting.label_parameter_cells(tmp)
         os.replace(tmp, out)  # a failed notebook keeps its executed copy with the traceback
     record = {
         "id": run.id, "stage": run.stage, "dataset": run.dataset, "model": run.model, "key": key,
@@ -219,7 +226,7 @@ def run_study(
     ``execute(runs, keys, finish, skip)`` runs ``runs`` (in dependency order) and calls ``finish(record)``
     for each executed run and ``skip(run_id)`` for each dependent of a failed one.
     """
-    from tqdm.auto import tqdm
+    from conceptsim.progress import StudyProgress, expected_seconds
 
     runs = select(study.runs(), only or {})
     keys = run_keys(runs)
@@ -234,8 +241,8 @@ def run_study(
             outcome.skipped_complete.append(r.id)
         else:
             todo[r.id] = r
-    bar = tqdm(total=len(runs), initial=len(outcome.skipped_complete), desc=f"study {study.name}",
-               unit="run", disable=not progress)
+    bar = StudyProgress(study.name, total=len(runs), skipped=len(outcome.skipped_complete), jobs=jobs,
+                        expected=expected_seconds(load_records(study.name), todo), enabled=progress).start()
     done_ok = set(outcome.skipped_complete)
     failed: set[str] = set()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
@@ -249,14 +256,13 @@ def run_study(
     def finish(rec: dict) -> None:
         outcome.executed.append(rec)
         (done_ok if rec["status"] == "ok" else failed).add(rec["id"])
-        bar.set_postfix_str(f"{rec['id']} {rec['status']} {rec['seconds']:.0f}s")
-        bar.update(1)
+        bar.finished(rec["id"], rec["status"] == "ok", rec["seconds"])
 
     def skip(rid: str) -> None:
         todo.pop(rid, None)
         failed.add(rid)
         outcome.skipped_dependency.append(rid)
-        bar.update(1)
+        bar.skipped_dependency(rid)
 
     def prune() -> None:
         changed = True
@@ -276,6 +282,7 @@ def run_study(
             if nxt is None:
                 break
             del todo[nxt.id]
+            bar.started(nxt.id)
             finish(execute_run(nxt, keys[nxt.id]))
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -284,6 +291,7 @@ def run_study(
                 prune()
                 for r in [r for r in todo.values() if ready(r)][: jobs - len(running)]:
                     del todo[r.id]
+                    bar.started(r.id)
                     running[pool.submit(execute_run, r, keys[r.id], threads)] = r.id
                 if not running:
                     break
@@ -327,7 +335,8 @@ def write_book_pages(study: Study) -> Path:
             continue
         index = out_dir / ds / "index.md"
         write_text(index, reporting.dataset_index(study, ds, ds_runs))
-        chapters.append({"file": _rel(index), "sections": [{"file": _rel(executed_path(r))} for r in ds_runs]})
+        chapters.append({"file": _rel(index), "title": f"Dataset {ds}",
+                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r)} for r in ds_runs]})
     part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
             "findings": _rel(findings_page) if findings_page is not None else None}
     write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))

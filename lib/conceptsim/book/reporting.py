@@ -123,9 +123,35 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
     return report.findings_markdown(doc) + "\n\n**Key figures**\n\n" + "\n\n".join(shown) + "\n\n" + cka_text
 
 
+def page_title(run: "Run") -> str:
+    """The navigation title of an executed notebook: its stage, and the model and dataset it is about."""
+    return f"{STAGE_TITLES[run.stage]}: " + (f"{run.model} on {run.dataset}" if run.model else run.dataset)
+
+
 def dataset_index(study: "Study", dataset: str, runs: list["Run"]) -> str:
     lines = [f"# Dataset `{dataset}`\n", f"Executed notebooks of study `{study.name}` on dataset `{dataset}`.\n"]
-    for r in runs:
-        title = STAGE_TITLES[r.stage] + (f", model `{r.model}`" if r.model else "")
-        lines.append(f"- {title}")
+    lines += [f"- {page_title(r)}" for r in runs]
     return "\n".join(lines) + "\n"
+
+
+INJECTED_NOTE = ("The parameters this run used, passed by the study runner (`conceptsim run`); the notebook's "
+                 "own defaults cell is hidden on this page.")
+
+
+def label_parameter_cells(path: Path) -> bool:
+    """Make an executed notebook show the parameters that ran: hide the defaults cell (tag ``remove-cell``)
+    and put a note before papermill's ``injected-parameters`` cell. Returns whether the notebook changed
+    (not when it has no injected cell, or was labelled already)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    injected = next((i for i, t in enumerate(tags) if "injected-parameters" in t), None)
+    if injected is None or any("parameters-note" in t for t in tags):
+        return False
+    for cell, t in zip(nb.cells, tags):
+        if "parameters" in t and "remove-cell" not in t:
+            cell.metadata["tags"] = [*t, "remove-cell"]
+    nb.cells.insert(injected, nbformat.v4.new_markdown_cell(INJECTED_NOTE, metadata={"tags": ["parameters-note"]}))
+    nbformat.write(nb, path)
+    return True

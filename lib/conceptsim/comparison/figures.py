@@ -56,7 +56,7 @@ def _edges(depths: list[float]) -> np.ndarray:
 def _draw(ax, values, rows, cols, title, vmin=0.0, vmax=1.0, depth_axes=True):
     if values.size == 0:
         ax.set_axis_off()
-        ax.set_title(f"{title}\n(no values)")
+        ax.set_title(f"{title}\n(no values)" if title else "")
         return None
     if depth_axes:
         mesh = ax.pcolormesh(_edges([c[0] for c in cols]), _edges([r[0] for r in rows]), np.ma.masked_invalid(values),
@@ -101,18 +101,41 @@ def layer_heatmaps(
     return fig
 
 
+def wrap_name(name: str, width: int = 16) -> str:
+    """A model name broken into lines of at most ``width`` characters at its underscores (for axis titles)."""
+    lines: list[str] = []
+    for part in name.replace("_", "_\x00").split("\x00"):
+        if lines and len(lines[-1]) + len(part) <= width:
+            lines[-1] += part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
 def cross_model_matrix(similarity: pd.DataFrame, models: list[str], method: str = "seg", concepts=None) -> Figure:
-    """A grid of model x model matrices of one method on relative-depth axes (concept mean when given)."""
+    """A grid of model x model matrices of one method on relative-depth axes (concept mean when given).
+
+    Rows are model A (named at the left of each row), columns model B (named above each column), so no
+    panel carries a title of its own and long model names never run into each other.
+    """
     n = len(models)
-    fig = Figure(figsize=(2.6 * n, 2.6 * n), layout="constrained")
+    fig = Figure(figsize=(2.6 * n + 0.8, 2.6 * n + 0.6), layout="constrained")
     axes = fig.subplots(n, n, squeeze=False)
     mesh = None
     for i, ma in enumerate(models):
         for j, mb in enumerate(models):
+            ax = axes[i, j]
             values, rows, cols = matrix(similarity, ma, mb, method, concepts)
-            mesh = _draw(axes[i, j], values, rows, cols, f"{ma} × {mb}") or mesh
+            mesh = _draw(ax, values, rows, cols, "") or mesh
+            ax.set_xlabel("relative depth" if i == n - 1 and values.size else "", fontsize=8)
+            ax.set_ylabel(f"{wrap_name(ma)}\nrelative depth" if j == 0 else "", fontsize=8)
+            if i == 0:
+                ax.set_title(wrap_name(mb), fontsize=8)
+            elif values.size == 0:
+                ax.set_title("(no values)", fontsize=8)
     if mesh is not None:
         fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.6, label=method)
+    fig.suptitle(f"{method}: rows model A (left), columns model B (top)", fontsize=10)
     return fig
 
 

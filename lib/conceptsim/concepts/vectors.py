@@ -83,7 +83,8 @@ class ConceptVectors:
         """``(x - mean) / std`` on ``N x C (x h x w)`` raw activations."""
         x = torch.as_tensor(np.asarray(x, dtype=np.float32))
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - torch.from_numpy(self["mean"]).view(shape)) / torch.from_numpy(self["std"]).view(shape)
+        mean, std = (torch.from_numpy(np.asarray(self[k], dtype=np.float32)).view(shape) for k in ("mean", "std"))
+        return (x - mean) / std  # float32 whatever the file stores (synthetic vectors are float64)
 
     def seg_logits(self, activations) -> torch.Tensor:
         """Method A logits ``N x K x h x w`` of raw activations ``N x C x h x w`` (activation grid)."""

@@ -1,0 +1,202 @@
+"""Live progress of ``conceptsim run``: which runs execute and for how long, what is done, skipped and left,
+and an estimate of the time left from the recorded wall times of earlier runs of the same study.
+
+The estimate. A run's expected time is its own last recorded time (``results/<study>/_runs/<run>.json``,
+field ``seconds``); a run never recorded takes the mean recorded time of its stage; a stage never recorded
+has no estimate, and then none is shown ("no estimate yet"). The time left is the end of a greedy schedule
+of the runs still to do on ``jobs`` workers, each worker first finishing its running run (expected time
+minus elapsed, at least zero); dependencies between runs are ignored, so with several workers it is a lower
+bound.
+
+The display. On a terminal one block of lines is redrawn every second (a summary line, then one line per
+executing run); elsewhere (a log file, CI) one line is printed whenever a run starts or ends. ``enabled=False``
+(``--quiet``) prints nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def stage_of(run_id: str) -> str:
+    """The stage of a run id ``stage/dataset[/model]``."""
+    return run_id.split("/", 1)[0]
+
+
+def expected_seconds(records: Iterable[dict], run_ids: Iterable[str]) -> dict[str, float | None]:
+    """Expected wall time of each run from earlier complete runs' records (see the module docstring)."""
+    own: dict[str, float] = {}
+    by_stage: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        if rec.get("status", "ok") != "ok" or not isinstance(rec.get("seconds"), (int, float)) or "id" not in rec:
+            continue
+        own[rec["id"]] = float(rec["seconds"])
+        by_stage[rec.get("stage") or stage_of(rec["id"])].append(float(rec["seconds"]))
+    out: dict[str, float | None] = {}
+    for rid in run_ids:
+        stage = by_stage.get(stage_of(rid))
+        out[rid] = own.get(rid, sum(stage) / len(stage) if stage else None)
+    return out
+
+
+def time_left(pending: Iterable[float], running: Iterable[float], jobs: int) -> float:
+    """End of a greedy schedule: ``jobs`` workers, busy for the ``running`` remainders, take the ``pending``
+    runs in order, each on the worker free first."""
+    free = sorted(max(0.0, r) for r in running)
+    workers = max(1, jobs)
+    free = (free + [0.0] * workers)[:max(workers, len(free))]
+    for seconds in pending:
+        free.sort()
+        free[0] += max(0.0, seconds)
+    return max(free) if free else 0.0
+
+
+@dataclass
+class StudyProgress:
+    """Counts and clocks of one study run; :meth:`lines` renders them, :meth:`start` shows them live."""
+
+    study: str
+    total: int
+    skipped: int = 0
+    jobs: int = 1
+    expected: dict[str, float | None] = field(default_factory=dict)
+    enabled: bool = True
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    clock: Callable[[], float] = time.monotonic
+    done: int = 0
+    failed: int = 0
+    blocked: int = 0
+    running: dict[str, float] = field(default_factory=dict)
+    last: str = ""
+
+    # ------------------------------------------------------------------ state
+    @property
+    def left(self) -> int:
+        return self.total - self.skipped - self.done - self.failed - self.blocked - len(self.running)
+
+    def started(self, run_id: str) -> None:
+        with self._lock:
+            self.running[run_id] = self.clock()
+        self._event(f"started {run_id}")
+
+    def finished(self, run_id: str, ok: bool, seconds: float) -> None:
+        with self._lock:
+            self.running.pop(run_id, None)
+            if ok:
+                self.done += 1
+            else:
+                self.failed += 1
+            self.expected.pop(run_id, None)
+        self._event(f"{'finished' if ok else 'FAILED'} {run_id} in {format_duration(seconds)}")
+
+    def skipped_dependency(self, run_id: str) -> None:
+        with self._lock:
+            self.blocked += 1
+            self.expected.pop(run_id, None)
+        self._event(f"skipped {run_id}: a run it depends on failed")
+
+    def estimate(self, pending: Iterable[str] | None = None) -> float | None:
+        """Seconds left (None when a run still to do has no expected time). ``pending`` defaults to every
+        run with an expected-time entry that is not running."""
+        now = self.clock()
+        if pending is None:
+            pending = [rid for rid in self.expected if rid not in self.running]
+        pending = list(pending)
+        need = pending + list(self.running)
+        if any(self.expected.get(rid) is None for rid in need):
+            return None
+        remaining = [self.expected[rid] - (now - t0) for rid, t0 in self.running.items()]
+        return time_left([self.expected[rid] for rid in pending], remaining, self.jobs)
+
+    # ------------------------------------------------------------------ text
+    def summary(self) -> str:
+        parts = [f"{self.done} done", f"{self.skipped} skipped (complete)"]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        if self.blocked:
+            parts.append(f"{self.blocked} skipped (failed dependency)")
+        parts += [f"{len(self.running)} running", f"{self.left} left"]
+        tail = ""
+        if self.left + len(self.running):
+            eta = self.estimate()
+            tail = f"about {format_duration(eta)} left" if eta is not None else "no estimate yet"
+        return f"study {self.study}: " + ", ".join(parts) + (f"; {tail}" if tail else "")
+
+    def lines(self) -> list[str]:
+        now = self.clock()
+        out = [self.summary()]
+        for rid, t0 in self.running.items():
+            exp = self.expected.get(rid)
+            out.append(f"  {rid}: {format_duration(now - t0)}" + (f" of about {format_duration(exp)}" if exp else ""))
+        return out
+
+    # ------------------------------------------------------------------ output
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._drawn = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.live = self.enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def start(self) -> StudyProgress:
+        """Print the first state; on a terminal, redraw it every second until :meth:`close`."""
+        if not self.enabled:
+            return self
+        if self.live:
+            self._thread = threading.Thread(target=self._tick, name="conceptsim-progress", daemon=True)
+            self._thread.start()
+        else:
+            self._print(self.summary())
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self.enabled:
+            if self.live:
+                self._redraw()
+            else:
+                self._print(self.summary())
+
+    def _event(self, what: str) -> None:
+        self.last = what
+        if not self.enabled:
+            return
+        if self.live:
+            self._redraw()
+        else:
+            self._print(f"{what} | {self.summary()}")
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self._redraw()
+
+    def _redraw(self) -> None:
+        with self._lock:
+            text = self.lines()
+            up = f"\x1b[{self._drawn}F" if self._drawn else ""
+            self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in text) + "\x1b[J")
+            self.stream.flush()
+            self._drawn = len(text)
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            print(line, file=self.stream, flush=True)
