@@ -148,7 +148,7 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
     import papermill
     from traitlets.config import Config
 
-    from conceptsim import reporting
+    from conceptsim.book import reporting
 
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS"):

@@ -3,7 +3,7 @@
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
-from conceptsim.reporting import INJECTED_NOTE, label_parameter_cells, page_title
+from conceptsim.book.reporting import INJECTED_NOTE, label_parameter_cells, page_title
 from conceptsim.study import parse_study
 
 
