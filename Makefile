@@ -35,9 +35,10 @@ $(STAMP): requirements.txt pyproject.toml
 system-tools:
 	@bash scripts/system-tools.sh
 
-# idempotent: the install is stamped; weights and MathJax are verified by hash and fetched only if absent
+# idempotent: the install is stamped; weights, emoji packages and MathJax are verified by hash and fetched only if absent
 setup: system-tools $(STAMP)
 	$(VENV)/bin/conceptsim models fetch >/dev/null
+	$(VENV)/bin/conceptsim data fetch-icons >/dev/null
 	$(PY) -m conceptsim.book.assets >/dev/null
 	@echo "setup complete: $(VENV)"
 

@@ -20,7 +20,7 @@ def cache(monkeypatch, tmp_path):
 
 
 def test_registry_names():
-    assert set(registry.DATASETS) == {"shapes", "photo-colors", "coco2017-val", "voc2012"}
+    assert set(registry.DATASETS) == {"shapes", "photo-colors", "coco-icons", "coco2017-val", "voc2012"}
 
 
 def test_ensure_dataset_builds_once_keyed_by_params(cache):

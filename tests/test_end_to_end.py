@@ -55,7 +55,7 @@ def smoke_study(project):
 
 def test_smoke_study_writes_documented_results(smoke_study):
     out, _ = smoke_study
-    for ds in ("shapes", "photo-colors"):
+    for ds in ("shapes", "photo-colors", "coco-icons"):
         q = pd.read_csv(out / ds / "ssd_mobilenet_v2_coco" / "concept_quality.csv")
         for col in ("model", "layer", "relative_depth", "concept", "category", "method", "metric", "value",
                     "ci_low", "ci_high", "control_value", "random_init_value", "represented", "n_test"):
@@ -67,7 +67,7 @@ def test_smoke_study_writes_documented_results(smoke_study):
         findings = json.loads((out / ds / "findings.json").read_text())
         assert findings
     executed = sorted((out.parents[1] / "book" / "results" / "default-smoke").rglob("*.ipynb"))
-    assert len(executed) == 2 * (6 * 2 + 2)
+    assert len(executed) == 3 * (6 * 2 + 2)
 
 
 def test_rerun_reuses_every_complete_run(smoke_study):
@@ -75,7 +75,7 @@ def test_rerun_reuses_every_complete_run(smoke_study):
     cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/default.yml", "--smoke", "--quiet"]
     proc = subprocess.run(cmd, cwd=out.parents[1], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "0 run(s) executed, 28 reused" in proc.stdout
+    assert "0 run(s) executed, 42 reused" in proc.stdout
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ def minimal(**over):
 
 def test_default_and_paper_studies_are_valid():
     default = load_study(ROOT / "studies" / "default.yml")
-    assert set(default.datasets) == {"shapes", "photo-colors"}
+    assert set(default.datasets) == {"shapes", "photo-colors", "coco-icons"}
+    assert default.datasets["coco-icons"]["split"] == {"by": "style", "test": ["noto"], "val": ["twemoji"]}
     assert len(default.models) == 6 and all(m + ":random" in default.models for m in default.models if ":" not in m)
     paper = load_study(ROOT / "studies" / "paper.yml")
     assert {"yolov5su", "ssd300_vgg16", "fasterrcnn_resnet50_fpn"} <= set(paper.models)
@@ -61,6 +62,10 @@ def test_runs_and_dependencies():
         (minimal(split={"fractions": [0.5, 0.5, 0.5]}), ["split.fractions"]),
         (minimal(layers={"yolov8n": ["model.1"]}), ["layers", "yolov8n"]),
         (minimal(datasets={"shapes": {"max_images": -3}}), ["max_images"]),
+        (minimal(datasets={"coco-icons": {"split": {"by": "style", "holdout": ["noto"]}}}),
+         ["datasets.coco-icons.split", "holdout", "test: [values]"]),
+        (minimal(datasets={"coco-icons": {"split": "by-style"}}), ["datasets.coco-icons.split", "random"]),
+        (minimal(datasets={"photo-colors": {"bootstrap_by": 3}}), ["datasets.photo-colors.bootstrap_by"]),
         ({"name": "t", "models": ["yolov8n"]}, ["missing required key", "datasets"]),
     ],
 )

@@ -7,6 +7,7 @@ Result paths come from :mod:`conceptsim.paths` (``dataset_results``, ``model_res
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,7 +59,19 @@ def open_dataset(dataset: str, dataset_options: dict, split_options: dict, prepr
         source, concepts=opts.get("concepts"), split=split, split_seed=split_options["seed"],
         fractions=tuple(split_options["fractions"]), min_area=split_options["min_area"],
         preprocessing=preprocessing, eval_grid=(eval_grid, eval_grid), max_images=opts.get("max_images"),
+        split_by=opts.get("split"),
     ), source
+
+
+def bootstrap_groups(annotation_file, field: str | None) -> dict[str, str] | None:
+    """Image id (as text) -> the value of image field ``field`` (the concept stage's bootstrap groups)."""
+    if not field:
+        return None
+    images = json.loads(Path(annotation_file).read_text())["images"]
+    missing = [im["id"] for im in images if field not in im]
+    if missing:
+        raise ValueError(f"{annotation_file}: bootstrap_by {field!r}, but images {missing[:5]} have no such field")
+    return {str(im["id"]): str(im[field]) for im in images}
 
 
 def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], dataset_options: dict,
@@ -76,7 +89,8 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
     chosen = probed_layers(model, layers, opts.get("max_layers", 0))
     meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed,
             "annotation_file": str(source.annotation_file), "image_dir": str(source.image_dir),
-            "min_area": split_options["min_area"], "split": dict(split_options)}
+            "min_area": split_options["min_area"], "split": dict(split_options), "split_by": ds.split_rule,
+            "bootstrap_groups": bootstrap_groups(source.annotation_file, (dataset_options or {}).get("bootstrap_by"))}
     result = extract(loaded, ds, store_path(study, dataset, model), layers=chosen,
                      batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
                      dtype=opts["dtype"], metadata=meta, masks_dir=masks_dir(study, dataset),
@@ -178,7 +192,7 @@ def dataset_summary(study: str, dataset: str, model: str):
     split = store.attrs["split"]
     ds = _stored_dataset(store, split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
                          min_area=split["min_area"], max_images=int(np.bincount(store.splits).max()),
-                         concepts=store.concept_names)
+                         concepts=store.concept_names, split_by=store.attrs.get("split_by") or "random")
     if [int(i) for i in ds.image_ids] != sorted(int(i) for i in store.image_ids):
         raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
     table, figure = dataset_summary_files(dataset_results(study, dataset))

@@ -7,6 +7,9 @@ A study (YAML) names datasets, models and stage parameters::
     seed: 0
     datasets:                     # dataset name -> options
       shapes: {build: {n: 1200, size: 320}, max_images: null}
+      coco-icons: {split: {by: style, test: [noto], val: [twemoji]}}   # split: whole groups of images
+                                  # (conceptsim.data.splits); 'random' = by image; default: the dataset's own
+      photo-colors: {bootstrap_by: source}   # the concept stage's bootstrap resamples source photos
     models: [ssd_mobilenet_v2_coco, ssd_mobilenet_v2_coco:random]
     layers: {}                    # optional: model name -> list of dotted module paths
     split: {fractions: [0.6, 0.2, 0.2], seed: 0, min_area: 0.005}

@@ -184,9 +184,23 @@ def _concept_definition(d: Any) -> bool:
 
 
 #: Per-dataset options (any dataset): name -> rule. ``build`` and ``root`` depend on the dataset's kind.
+def _split_rule_ok(v: Any) -> bool:
+    from conceptsim.data.splits import check_split
+
+    try:
+        check_split(v)
+    except ValueError:
+        return False
+    return True
+
+
 DATASET_RULES: dict[str, Rule] = {
     "max_images": Rule("a positive integer or null (all images)", lambda v: v is None or (_is_int(v) and v >= 1)),
     "concepts": CONCEPTS_RULE,
+    "split": Rule("'random', or {by: an image field (style, background, source), test: [values], val: [values]} "
+                  "with test/val optional and disjoint (see conceptsim.data.splits)", _split_rule_ok),
+    "bootstrap_by": Rule("an image field whose values group the test images (e.g. source), or null",
+                         lambda v: v is None or (isinstance(v, str) and bool(v))),
 }
 DATASET_KEYS = {*DATASET_RULES, "build", "root"}
 
@@ -325,6 +339,9 @@ def build_rules(ds: str) -> dict[str, Rule]:
         low, high = DATASETS[ds].limits.get(key, (None, None))
         if isinstance(default, float):
             rules[key] = number(low if low is not None else -math.inf, high)
+        elif default is None:  # a subset by name (coco-icons styles, categories); the builder checks the names
+            rules[key] = Rule("a list of names, or null (all)",
+                              lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)))
         else:
             rules[key] = integer(low)
             if high is not None:

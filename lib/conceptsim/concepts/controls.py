@@ -4,7 +4,10 @@
   images* within a split with a seeded permutation, and the identical probe pipeline runs on them; its
   test quality (against the true test masks) is the chance level for that concept and layer.
 * Bootstrap (:func:`bootstrap_indices`): ``B`` resamples of the test images with replacement, seeded; the
-  same resamples are used for a probe and its control (a *paired* bootstrap).
+  same resamples are used for a probe and its control (a *paired* bootstrap). When the test images come in
+  groups (crops of one source photo), a two-stage cluster bootstrap: the groups are resampled with
+  replacement, then the ``n`` images are drawn from the drawn groups' images, so the interval carries the
+  variation between groups and not only between images.
 * Represented (:func:`summarise`): the 95 % percentile interval of ``quality - control`` over the paired
   resamples lies entirely above zero.
 """
@@ -38,10 +41,24 @@ def shuffle_permutation(n: int, seed: int) -> np.ndarray:
     return perm
 
 
-def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    """``resamples x n`` image indices drawn with replacement (seeded)."""
+def bootstrap_indices(n: int, resamples: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """``resamples x n`` image indices drawn with replacement (seeded).
+
+    ``groups`` (``n`` labels): per resample, draw as many groups as there are, with replacement, and then
+    ``n`` images with replacement from the images of the drawn groups (a group drawn twice counts twice).
+    """
     rng = np.random.default_rng(seed + BOOTSTRAP_SEED_OFFSET)
-    return rng.integers(0, n, size=(resamples, n))
+    if groups is None:
+        return rng.integers(0, n, size=(resamples, n))
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ValueError(f"bootstrap groups must label the {n} test images, got {len(groups)} labels")
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    out = np.empty((resamples, n), dtype=np.int64)
+    for b in range(resamples):
+        pool = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        out[b] = pool[rng.integers(0, len(pool), n)]
+    return out
 
 
 @dataclass

@@ -157,8 +157,10 @@ def prepare(store: ActivationStore, concepts, bootstrap: int, seed: int) -> tupl
                             boxes[rows[s]], store.input_size) for s in ("val", "test")}
     include, reasons = exclusions(areas, labels, wanted)
     cats = {c["name"]: c.get("category", "") for c in store.concepts}
+    group_of = store.attrs.get("bootstrap_groups")  # image id -> group (e.g. source photo), see pipeline
+    groups = None if not group_of else np.array([str(group_of[str(int(i))]) for i in store.image_ids[rows["test"]]])
     inputs = Inputs(store, cidx, wanted, [cats[c] for c in wanted], rows, eval_sets, labels, include, reasons,
-                    controls.bootstrap_indices(len(rows["test"]), bootstrap, seed))
+                    controls.bootstrap_indices(len(rows["test"]), bootstrap, seed, groups))
     report = {
         "excluded": reasons,
         "n_excluded": {m: len(r) for m, r in reasons.items()},

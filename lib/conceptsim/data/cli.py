@@ -17,6 +17,11 @@ def _build(args: argparse.Namespace) -> int:
     from conceptsim.data import registry
 
     overrides = {k: getattr(args, k) for k in ("n", "size", "seed") if getattr(args, k) is not None}
+    for k in ("styles", "categories"):
+        if getattr(args, k, None):
+            if args.name != "coco-icons":
+                raise ValueError(f"--{k} applies to coco-icons only, not {args.name}")
+            overrides[k] = [v.strip() for v in getattr(args, k).split(",") if v.strip()]
     if args.out is None:
         src = registry.ensure_dataset(args.name, smoke=args.smoke, **overrides)
         print(src.annotation_file)
@@ -34,6 +39,14 @@ def _fetch(args: argparse.Namespace) -> int:
     src = registry.ensure_dataset(args.name, root=args.root)
     load_annotations(src.annotation_file)  # accept no copy whose annotation file is broken
     print(f"{src.annotation_file}\n{src.image_dir}\nsha256 {src.sha256}")
+    return 0
+
+
+def _fetch_icons(args: argparse.Namespace) -> int:
+    from conceptsim.data.icon_sources import fetch_icon_packages
+
+    for p in fetch_icon_packages(args.packages or None):
+        print(p)
     return 0
 
 
@@ -67,8 +80,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     data = subparsers.add_parser("data", help="build, fetch and summarise concept datasets")
     sub = data.add_subparsers(dest="data_command", required=True)
 
-    b = sub.add_parser("build", help="build an embedded dataset (shapes, photo-colors)")
-    b.add_argument("name", choices=["shapes", "photo-colors"])
+    b = sub.add_parser("build", help="build an embedded dataset (shapes, photo-colors, coco-icons)")
+    b.add_argument("name", choices=["shapes", "photo-colors", "coco-icons"])
     b.add_argument("--out", help="output folder (default: the cache, keyed by the parameters)")
     b.add_argument("--n", type=int, help="number of images")
     b.add_argument("--size", type=int, help="image side in pixels")
@@ -76,12 +89,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="tiny smoke-run parameters")
     b.add_argument("--overwrite", action="store_true",
                    help="--out: delete a non-empty folder's contents even if it is not a previous build (lists them)")
+    b.add_argument("--styles", help="coco-icons: comma-separated art styles (default: all)")
+    b.add_argument("--categories", help="coco-icons: comma-separated COCO category names (default: all)")
     b.set_defaults(func=_guarded(_build))
 
     f = sub.add_parser("fetch", help="download a paper dataset or register a local copy")
     f.add_argument("name", choices=["coco2017-val", "voc2012"])
     f.add_argument("--root", help="an existing local copy")
     f.set_defaults(func=_guarded(_fetch))
+
+    fi = sub.add_parser("fetch-icons", help="download the pinned emoji packages of coco-icons (npm) and verify them")
+    fi.add_argument("packages", nargs="*", help="package keys (default: all)")
+    fi.set_defaults(func=_guarded(_fetch_icons))
 
     s = sub.add_parser("summary", help="write a dataset summary CSV (and an example figure)")
     s.add_argument("name", help="a dataset name or a COCO annotation file")

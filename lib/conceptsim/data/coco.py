@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from conceptsim.data.coco_writer import CocoWriter, encode_mask  # noqa: F401 (importable from here as before)
 from conceptsim.data.geometry import Preprocessing, area_fraction_grid, eval_matrices, separable_planes
+from conceptsim.data.splits import check_split, grouped_assignment
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class DatasetSource:
     concepts : default concept definition (``None``: every category is a concept; otherwise concept
         name -> list of category names).
     params : the build parameters (empty for fetched data).
+    split : the dataset's default split rule (:func:`conceptsim.data.splits.check_split`; ``None``: random).
     """
 
     name: str
@@ -79,6 +81,7 @@ class DatasetSource:
     concept_categories: dict = field(default_factory=dict)
     concepts: dict | None = None
     params: dict = field(default_factory=dict)
+    split: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -322,6 +325,9 @@ class ConceptDataset(Dataset):
     concepts : see :func:`resolve_concepts`; default: the source's default concepts, else all categories.
     split : ``"train"``, ``"val"``, ``"test"`` or ``None`` (all images).
     split_seed, fractions : the split (see :func:`split_assignment`).
+    split_by : a grouped split rule (:mod:`conceptsim.data.splits`, e.g. ``{"by": "style", "test": [...],
+        "val": [...]}``), ``"random"`` for the random split by image, or ``None``: the source's default
+        rule (random for a bare annotation file).
     min_area : presence label rule: ``labels[k] = 1`` iff the concept's mask covers at least
         ``min_area`` of the image area (at full resolution).
     preprocessing : the model's input geometry; default: a 224 x 224 letterbox (for inspection only; the
@@ -352,9 +358,11 @@ class ConceptDataset(Dataset):
         preprocessing: Preprocessing | None = None,
         eval_grid: Sequence[int] = (112, 112),
         max_images: int | None = None,
+        split_by: Mapping | str | None = None,
     ) -> None:
         if isinstance(source_or_annotation_file, DatasetSource):
             src = source_or_annotation_file
+            split_by = split_by if split_by is not None else src.split
             self.annotation_file = Path(src.annotation_file)
             image_dir = image_dir if image_dir is not None else src.image_dir
             concepts = concepts if concepts is not None else src.concepts
@@ -379,7 +387,14 @@ class ConceptDataset(Dataset):
         data = load_annotations(self.annotation_file)
         self._images = {int(im["id"]): im for im in data["images"]}
         all_concepts = resolve_concepts(data, concepts, overrides, str(self.annotation_file))
-        self._split_of = split_assignment(self._images, split_seed, fractions)
+        self.split_rule = check_split(split_by, "split_by")
+        if self.split_rule is None:
+            self._split_of = split_assignment(self._images, split_seed, fractions)
+        else:
+            try:
+                self._split_of = grouped_assignment(self._images, self.split_rule, split_seed, fractions, str(self.annotation_file))
+            except ValueError as e:
+                raise DatasetError(str(e)) from e
         per_split = {
             s: sorted(i for i, t in self._split_of.items() if t == s)[: max_images or None] for s in SPLITS
         }

@@ -1,0 +1,199 @@
+"""Sanity figures of the ``coco-icons`` dataset for its book page (run by hand; see ``book/datasets/coco-icons.md``).
+
+``python -m conceptsim.coco_icons_report [--n N --size S --seed K --out DIR]`` builds (or reuses) the
+dataset and writes into ``DIR`` (default ``book/datasets/coco-icons``):
+
+- ``examples.png``: example images per style, beside them the instance masks in colour;
+- ``counts.csv``: images per concept and split under the style-held-out split of the default study;
+- ``detector_recall.csv`` and ``detector_recall.png``: the COCO detectors' own ``detect()`` at score
+  >= 0.3 on the images of each style: the fraction of instances found (a detection of the right class with
+  box IoU >= 0.5 against the visible mask's box) and the fraction found by class alone (a detection of the
+  right class anywhere in the image).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from conceptsim.paths import project_root
+
+DETECTORS = ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco")
+#: The split the default study uses (see studies/default.yml).
+STYLE_SPLIT = {"by": "style", "test": ["noto"], "val": ["twemoji"]}
+
+
+def _coco(annotation_file):
+    from pycocotools.coco import COCO
+
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(annotation_file))
+
+
+def example_figure(annotation_file: str | Path, path: str | Path, per_style: int = 3) -> Path:
+    """Per style (rows), ``per_style`` images and their instance masks (each instance one colour)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    coco = _coco(annotation_file)
+    image_dir = Path(annotation_file).parent / "images"
+    styles = sorted({im["style"] for im in coco.imgs.values()})
+    fig, axes = plt.subplots(len(styles), 2 * per_style, figsize=(2 * per_style * 1.6, len(styles) * 1.7), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    for r, style in enumerate(styles):
+        ids = sorted(i for i, im in coco.imgs.items() if im["style"] == style)[:per_style]
+        for k, iid in enumerate(ids):
+            rgb = np.asarray(Image.open(image_dir / coco.imgs[iid]["file_name"]).convert("RGB"))
+            over = (rgb * 0.25).astype(np.uint8)
+            names = []
+            for j, ann in enumerate(coco.loadAnns(coco.getAnnIds(imgIds=[iid]))):
+                m = coco.annToMask(ann).astype(bool)
+                over[m] = (np.array(palette(j % 10)[:3]) * 255).astype(np.uint8)
+                names.append(coco.cats[ann["category_id"]]["name"])
+            axes[r, 2 * k].imshow(rgb)
+            axes[r, 2 * k + 1].imshow(over)
+            axes[r, 2 * k + 1].set_title(", ".join(names), fontsize=6)
+        axes[r, 0].set_ylabel(style, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+def split_counts(annotation_file: str | Path, split_by=STYLE_SPLIT, seed: int = 0,
+                 fractions: Sequence[float] = (0.6, 0.2, 0.2)):
+    """Images and instances per concept (categories and supercategory groups) and split."""
+    import pandas as pd
+
+    from conceptsim.data.coco import split_assignment
+    from conceptsim.data.coco_icons import concepts
+    from conceptsim.data.icon_sources import category
+    from conceptsim.data.splits import check_split, grouped_assignment
+
+    coco = _coco(annotation_file)
+    rule = check_split(split_by)
+    split = grouped_assignment(coco.imgs, rule, seed, fractions) if rule else split_assignment(coco.imgs, seed, fractions)
+    names = {c["id"]: c["name"] for c in coco.cats.values()}
+    cats = [category(n) for n in names.values()]
+    rows = []
+    for concept, members in concepts(cats).items():
+        for s in ("train", "val", "test"):
+            anns = [a for a in coco.anns.values() if names[a["category_id"]] in members and split[a["image_id"]] == s]
+            rows.append({"concept": concept, "split": s, "images": len({a["image_id"] for a in anns}), "instances": len(anns)})
+    return pd.DataFrame(rows)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``a`` (N x 4) with ``b`` (M x 4), both x1 y1 x2 y2."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def detector_recall(annotation_file: str | Path, models: Sequence[str] = DETECTORS, score_threshold: float = 0.3,
+                    iou: float = 0.5, max_images_per_style: int | None = None, batch_size: int = 8):
+    """Per model and style: instances, the fraction found with IoU >= ``iou``, the fraction found by class."""
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    from conceptsim.models.registry import build_model
+
+    coco = _coco(annotation_file)
+    image_dir = Path(annotation_file).parent / "images"
+    styles = sorted({im["style"] for im in coco.imgs.values()})
+    chosen = [i for s in styles for i in sorted(i for i, im in coco.imgs.items() if im["style"] == s)[:max_images_per_style]]
+    rows = []
+    for name in models:
+        loaded = build_model(name)
+        spec, pp = loaded.spec, loaded.preprocessing
+        loaded.module.eval()
+        found = {s: [0, 0, 0] for s in styles}  # instances, found by box, found by class
+        for start in range(0, len(chosen), batch_size):
+            ids = chosen[start : start + batch_size]
+            rgbs = [np.asarray(Image.open(image_dir / coco.imgs[i]["file_name"]).convert("RGB")) for i in ids]
+            with torch.no_grad():
+                dets = spec.detect(loaded.module, torch.stack([pp.apply_image(x) for x in rgbs]), score_threshold=score_threshold)
+            for iid, rgb, det in zip(ids, rgbs, dets):
+                top, left, bottom, right = pp.content_box(rgb.shape[:2])
+                boxes = det["boxes"].numpy().astype(np.float64)
+                if boxes.size and boxes.max() <= 1.5:  # normalised to the input frame (SSD)
+                    boxes = boxes * np.array([pp.size[1], pp.size[0], pp.size[1], pp.size[0]])
+                # input frame -> image pixels
+                sx, sy = (right - left) / rgb.shape[1], (bottom - top) / rgb.shape[0]
+                boxes = (boxes - np.array([left, top, left, top])) / np.array([sx, sy, sx, sy])
+                labels = [spec.label_name(int(k)) for k in det["labels"]]
+                style = coco.imgs[iid]["style"]
+                for ann in coco.loadAnns(coco.getAnnIds(imgIds=[iid])):
+                    cname = coco.cats[ann["category_id"]]["name"]
+                    x, y, w, h = ann["bbox"]
+                    same = np.array([lab == cname for lab in labels], bool)
+                    found[style][0] += 1
+                    found[style][2] += bool(same.any())
+                    if same.any():
+                        found[style][1] += bool((_iou(np.array([[x, y, x + w, y + h]], float), boxes[same]) >= iou).any())
+        for s, (n, box, cls) in found.items():
+            rows.append({"model": name, "style": s, "instances": n, "recall_iou": box / max(n, 1),
+                         "recall_class": cls / max(n, 1), "score_threshold": score_threshold, "iou": iou})
+    return pd.DataFrame(rows)
+
+
+def recall_figure(table, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    piv = table.pivot(index="style", columns="model", values="recall_iou")
+    ax = piv.plot.bar(figsize=(6.5, 3.4), rot=20, ylim=(0, 1))
+    ax.set_ylabel("instance recall")
+    ax.set_title(f"detect() at score ≥ {table['score_threshold'].iloc[0]:g}: right class, box IoU ≥ {table['iou'].iloc[0]:g}",
+                 fontsize=9)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+    return Path(path)
+
+
+def write_sanity(out: str | Path | None = None, n: int = 240, size: int = 320, seed: int = 0,
+                 max_images_per_style: int | None = 40) -> Path:
+    """Build (or reuse) ``coco-icons`` with these parameters and write the sanity figures into ``out``."""
+    from conceptsim.data.registry import ensure_dataset
+
+    out = Path(out) if out else project_root() / "book" / "datasets" / "coco-icons"
+    out.mkdir(parents=True, exist_ok=True)
+    src = ensure_dataset("coco-icons", n=n, size=size, seed=seed)
+    example_figure(src.annotation_file, out / "examples.png")
+    counts = split_counts(src.annotation_file)
+    wide = counts.pivot(index="concept", columns="split", values="images")[["train", "val", "test"]]
+    wide.reindex(counts["concept"].unique()).to_csv(out / "counts.csv")
+    rec = detector_recall(src.annotation_file, max_images_per_style=max_images_per_style)
+    rec.to_csv(out / "detector_recall.csv", index=False, float_format="%.3f")
+    recall_figure(rec, out / "detector_recall.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conceptsim.coco_icons_report", description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=240)
+    p.add_argument("--size", type=int, default=320)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images-per-style", type=int, default=40)
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    print(write_sanity(a.out, a.n, a.size, a.seed, a.max_images_per_style))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""``coco-icons``: COCO object categories drawn in several emoji art styles, pasted on real photos.
+
+Every image is a crop of a real photo or texture shipped in an installed package (scikit-image,
+matplotlib, scikit-learn) with 1-4 emoji of COCO categories composited over it. The emoji come from pinned
+npm packages (:mod:`conceptsim.data.icon_sources`), rasterised by resvg (``resvg-py``); an image's emoji
+all come from one *style* (Fluent modern, Fluent flat, OpenMoji, OpenMoji outline, Noto, Twemoji), so a
+split that holds whole styles out measures transfer to an unseen style.
+
+Per object: a category (uniform), one of its emoji (uniform), a size of 10-60 % of the image side, a
+rotation of up to +-30 degrees, a mirror flip (p = 0.5) and, for half of the objects, a random hue
+rotation, so that colour does not predict the class. Objects are alpha-composited in order (later ones
+occlude earlier ones). The mask of an instance is where its *visible* alpha -- its alpha times the
+transparency of everything composited above it -- exceeds 0.5; an object left less than
+:data:`MIN_VISIBLE` visible is not drawn.
+
+Backgrounds are partitioned between styles (:func:`background_groups`): every background source photo
+belongs to exactly one style, so holding styles out also holds their backgrounds out.
+
+Image records carry ``style`` and ``background`` (the source photo's file name); categories keep their
+COCO 2017 ``id``, ``name`` and ``supercategory``; every instance names its ``emoji`` (code point).
+Image ``i`` is drawn from ``numpy.random.default_rng([seed, i])`` alone; the same seed gives byte-identical
+files whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from conceptsim.atomic import atomic_path, sha256_file
+from conceptsim.data import icon_sources
+from conceptsim.data.coco import DatasetError
+from conceptsim.data.coco_writer import CocoWriter, encode_mask
+from conceptsim.data.icon_sources import CATEGORIES, STYLES, IconSourceError
+from conceptsim.data.photo_colors import _load_photo, random_crop
+
+BUILDER_VERSION = 1
+SCALE = (0.10, 0.60)  # icon side, fraction of the image side
+MAX_ROTATION = 30.0  # degrees
+HUE_FRACTION = 0.5  # objects whose hue is rotated
+MIN_VISIBLE = 0.3  # an object left less visible than this (fraction of its own mask) is not drawn
+RENDER_FRACTION = 0.5  # icons are rasterised once at this fraction of the image side, then resampled
+JPEG_QUALITY = 95
+#: Background source photos without COCO objects in them, in the order they are dealt to styles.
+BACKGROUNDS = (
+    ("skimage", "rocket.jpg"), ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+    ("skimage", "hubble_deep_field.jpg"), ("skimage", "retina.jpg"), ("skimage", "ihc.png"),
+    ("skimage", "brick.png"), ("skimage", "grass.png"), ("skimage", "gravel.png"), ("skimage", "moon.png"),
+    ("skimage", "coins.png"), ("skimage", "cell.png"), ("skimage", "text.png"), ("skimage", "page.png"),
+)
+
+
+def background_path(package: str, name: str) -> Path:
+    if package == "skimage":
+        import skimage.data
+
+        return Path(skimage.data.data_dir) / name
+    import sklearn.datasets
+
+    return Path(sklearn.datasets.__file__).parent / "images" / name
+
+
+def background_groups(styles: Sequence[str]) -> dict[str, list[Path]]:
+    """Style -> its background photos: :data:`BACKGROUNDS` dealt round-robin, so the groups are disjoint."""
+    paths = [background_path(*b) for b in BACKGROUNDS]
+    for p in paths:
+        if not p.is_file():
+            raise DatasetError(f"{p}: background photo missing (is its package installed?)")
+    return {s: paths[k::len(styles)] for k, s in enumerate(styles)}
+
+
+def check_selection(styles: Sequence[str] | None, categories: Sequence[str] | None) -> tuple[list[str], list]:
+    """Validate and order the chosen styles and categories (``None``: all); unknown names are errors."""
+    try:
+        styles = list(STYLES) if styles is None else [icon_sources.style(s).name for s in styles]
+        cats = list(CATEGORIES) if categories is None else [icon_sources.category(c) for c in categories]
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if not styles or not cats or len(set(styles)) != len(styles) or len({c.name for c in cats}) != len(cats):
+        raise ValueError(f"coco-icons needs distinct, non-empty styles and categories, got {styles} and "
+                         f"{[c.name for c in cats]}")
+    if len(styles) > len(BACKGROUNDS):
+        raise ValueError(f"coco-icons has {len(BACKGROUNDS)} background photos, too few for {len(styles)} styles")
+    return styles, sorted(cats, key=lambda c: c.id)
+
+
+# ---------------------------------------------------------------------------------------------- icons
+def rasterise(svg: bytes, px: int, what: str) -> np.ndarray:
+    """An SVG document fitted into a ``px x px`` box (aspect kept, centred): uint8 RGBA (resvg).
+
+    ``what`` names the icon in errors.
+    """
+    import resvg_py
+
+    def render(**fit) -> np.ndarray:
+        png = resvg_py.svg_to_bytes(svg_string=svg.decode("utf-8"), **fit)
+        with Image.open(io.BytesIO(bytes(png))) as im:
+            return np.asarray(im.convert("RGBA"))
+
+    try:
+        rgba = render(width=px)
+        if rgba.shape[0] > px:
+            rgba = render(height=px)
+    except Exception as e:  # resvg raises plain exceptions for unparsable SVG
+        raise IconSourceError(f"{what}: SVG could not be rendered ({type(e).__name__}: {e})") from e
+    h, w = rgba.shape[:2]
+    if h > px or w > px or not (rgba[..., 3] > 127).any():
+        raise IconSourceError(f"{what}: SVG rendered to an empty or wrongly sized picture ({w} x {h})")
+    out = np.zeros((px, px, 4), np.uint8)
+    out[(px - h) // 2 : (px - h) // 2 + h, (px - w) // 2 : (px - w) // 2 + w] = rgba
+    return out
+
+
+def _render_job(job: tuple[bytes, int, str]) -> np.ndarray:
+    return rasterise(*job)
+
+
+def icon_bank(styles: Sequence[str], cats: Sequence, px: int, pool=None) -> dict[tuple[str, str], np.ndarray]:
+    """``(style, code) -> RGBA`` of every emoji of ``cats`` that the styles draw, rasterised at ``px``.
+
+    The SVGs are read here (each package's tarball once); only the rasterising goes to ``pool``.
+    """
+    keys, jobs = [], []
+    for s in styles:
+        spec = icon_sources.PACKAGES[STYLES[s].package].spec
+        for c in cats:
+            drawn = [(e, icon_sources.svg_of(s, e)) for e in c.emoji]
+            drawn = [(e, svg) for e, svg in drawn if svg is not None]
+            if not drawn:
+                raise IconSourceError(f"style {s!r} draws no emoji of category {c.name!r}")
+            keys += [(s, e.code) for e, _ in drawn]
+            jobs += [(svg, px, f"{s} emoji {e.code} ({e.name}) from {spec}") for e, svg in drawn]
+    arrays = pool.map(_render_job, jobs, chunksize=4) if pool is not None else [_render_job(j) for j in jobs]
+    return dict(zip(keys, arrays))
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+def transform_icon(icon: np.ndarray, side: int, angle: float, flip: bool, hue: float | None) -> np.ndarray:
+    """Resize to ``side``, mirror, rotate by ``angle`` degrees (canvas grows), rotate hue by ``hue`` (0-1)."""
+    im = Image.fromarray(icon, "RGBA")
+    if flip:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if hue is not None:
+        hsv = np.array(im.convert("RGB").convert("HSV"))
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(hue * 256))) % 256
+        rgb = Image.fromarray(hsv, "HSV").convert("RGB")
+        im = Image.merge("RGBA", (*rgb.split(), im.getchannel("A")))
+    # premultiplied alpha while resampling, so transparent pixels' colours do not bleed into the edges
+    im = im.convert("RGBa").resize((side, side), Image.Resampling.BILINEAR)
+    im = im.rotate(angle, Image.Resampling.BICUBIC, expand=True).convert("RGBA")
+    return np.asarray(im)
+
+
+def visible_alpha(alphas: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per layer (bottom first), its alpha times the transparency of every layer above it."""
+    out = [None] * len(alphas)
+    through = np.ones_like(alphas[0]) if alphas else None
+    for i in range(len(alphas) - 1, -1, -1):
+        out[i] = alphas[i] * through
+        through = through * (1.0 - alphas[i])
+    return out
+
+
+def place_objects(seed: int, index: int, size: int, styles: Sequence[str], cats: Sequence,
+                  bank: dict) -> tuple[np.random.Generator, str, list[dict]]:
+    """Draw image ``index``'s style and objects; each object gets its full-canvas ``rgb`` and ``alpha``."""
+    rng = np.random.default_rng([seed, index])
+    style_name = styles[index % len(styles)]
+    objects = []
+    for _ in range(int(rng.integers(1, 5))):
+        cat = cats[int(rng.integers(len(cats)))]
+        codes = [code for (s, code) in bank if s == style_name and code in {e.code for e in cat.emoji}]
+        code = codes[int(rng.integers(len(codes)))]
+        side = max(4, int(round(rng.uniform(*SCALE) * size)))
+        angle = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
+        flip = bool(rng.random() < 0.5)
+        hue = float(rng.uniform(0.1, 0.9)) if rng.random() < HUE_FRACTION else None
+        cx, cy = rng.uniform(side / 2, size - side / 2, 2)
+        rgba = transform_icon(bank[(style_name, code)], side, angle, flip, hue)
+        h, w = rgba.shape[:2]
+        x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
+        alpha = np.zeros((size, size), np.float32)
+        rgb = np.zeros((size, size, 3), np.float32)
+        ys, xs = slice(max(y0, 0), min(y0 + h, size)), slice(max(x0, 0), min(x0 + w, size))
+        src = rgba[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+        alpha[ys, xs] = src[..., 3] / 255.0
+        rgb[ys, xs] = src[..., :3]
+        objects.append({"category": cat, "emoji": code, "alpha": alpha, "rgb": rgb, "hue_rotated": hue is not None})
+    return rng, style_name, objects
+
+
+def render_image(seed: int, index: int, size: int, styles: Sequence[str], cats: Sequence, bank: dict,
+                 groups: dict[str, list[Path]]) -> tuple[np.ndarray, str, str, list[dict]]:
+    """Image ``index``: RGB uint8, its style, its background's file name, and its drawn objects with masks.
+
+    Each returned object holds ``category``, ``emoji``, ``hue_rotated``, ``alpha`` (its own alpha on the
+    canvas), ``visible`` (visible alpha) and ``mask`` (``visible > 0.5``).
+    """
+    rng, style_name, objects = place_objects(seed, index, size, styles, cats, bank)
+    photos = groups[style_name]
+    photo = photos[int(rng.integers(len(photos)))]
+    canvas = random_crop(_load_photo(str(photo)), size, rng).astype(np.float32)
+    while True:  # drop objects that would be mostly hidden, until every drawn one is visible enough
+        vis = visible_alpha([o["alpha"] for o in objects])
+        ok = [(v > 0.5).sum() >= MIN_VISIBLE * max((o["alpha"] > 0.5).sum(), 1) and (v > 0.5).any()
+              for v, o in zip(vis, objects)]
+        if all(ok):
+            break
+        objects = [o for o, good in zip(objects, ok) if good]
+    for o, v in zip(objects, vis):
+        a = o["alpha"][..., None]
+        canvas = canvas * (1.0 - a) + o["rgb"] * a
+        o["visible"] = v
+        o["mask"] = v > 0.5
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return image, style_name, photo.name, objects
+
+
+# worker state, set before the pool forks (see build_coco_icons)
+_STATE: dict = {}
+
+
+def _render_and_save(index: int) -> tuple[str, str, str, list[tuple[int, str, bool, dict]]]:
+    st = _STATE
+    image, style_name, background, objects = render_image(
+        st["seed"], index, st["size"], st["styles"], st["cats"], st["bank"], st["groups"])
+    fname = f"{index:06d}.jpg"
+    Image.fromarray(image).save(Path(st["image_dir"]) / fname, quality=JPEG_QUALITY, subsampling=0)
+    return fname, style_name, background, [(o["category"].id, o["emoji"], o["hue_rotated"], encode_mask(o["mask"]))
+                                           for o in objects]
+
+
+def category_table(cats: Sequence) -> list[dict]:
+    return [{"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in cats]
+
+
+def concepts(cats: Sequence = CATEGORIES) -> dict[str, list[str]]:
+    """Default concepts: every category, plus each supercategory with two or more categories (its group)."""
+    groups: dict[str, list[str]] = {}
+    for c in cats:
+        groups.setdefault(c.supercategory, []).append(c.name)
+    out = {c.name: [c.name] for c in cats}
+    out.update({sup: names for sup, names in groups.items() if len(names) > 1 and sup not in out})
+    return out
+
+
+def concepts_of_build(params: dict) -> dict[str, list[str]]:
+    """The default concepts of a build with these parameters (its ``categories``, default all)."""
+    return concepts(check_selection(None, params.get("categories"))[1])
+
+
+def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320, seed: int = 0,
+                     styles: Sequence[str] | None = None, categories: Sequence[str] | None = None,
+                     workers: int | None = None) -> Path:
+    """Build the ``coco-icons`` dataset into ``out_dir``; returns its annotation file.
+
+    Parameters
+    ----------
+    out_dir : target folder, replaced atomically (built in a temporary sibling, then renamed).
+    n, size : number of images and their side in pixels (images are dealt to styles round-robin).
+    seed : see the module docstring.
+    styles, categories : subsets by name (default: every style of :data:`icon_sources.STYLES` and every
+        category of :data:`icon_sources.CATEGORIES`); an unknown name is an error naming it.
+    workers : processes (default: up to 2, 1 for small ``n``); output does not depend on it.
+
+    Raises
+    ------
+    IconSourceError
+        An icon package is missing (the message names it and the command that fetches it), does not match
+        its pinned hash, or holds an SVG that cannot be rendered (named by style and code point).
+    """
+    if n < 1 or size < 64:
+        raise ValueError(f"coco-icons needs n >= 1 and size >= 64, got n={n} size={size}")
+    style_list, cats = check_selection(styles, categories)
+    for key in sorted({STYLES[s].package for s in style_list}):
+        icon_sources.package_path(key)  # a missing or altered package fails here, before any work
+    groups = background_groups(style_list)
+    out_dir = Path(out_dir)
+    params = {"n": int(n), "size": int(size), "seed": int(seed), "styles": style_list, "categories": [c.name for c in cats]}
+    pkgs = sorted({STYLES[s].package for s in style_list})
+    info = {
+        "generator": "conceptsim.data.coco_icons", "version": BUILDER_VERSION, "params": params,
+        "icon_packages": [{"package": icon_sources.PACKAGES[k].spec, "sha256": icon_sources.PACKAGES[k].sha256,
+                           "licence": icon_sources.PACKAGES[k].licence,
+                           "attribution": icon_sources.PACKAGES[k].attribution} for k in pkgs],
+        "styles": {s: {"package": icon_sources.PACKAGES[STYLES[s].package].spec,
+                       "backgrounds": [p.name for p in groups[s]]} for s in style_list},
+        "backgrounds": [{"file": p.name, "sha256": sha256_file(p)} for s in style_list for p in groups[s]],
+    }
+    writer = CocoWriter([(c.name, c.supercategory) for c in cats], info)
+    writer.categories = category_table(cats)  # COCO's own ids, not 1..K
+    writer.cat_id = {c.name: c.id for c in cats}
+    name_of = {c.id: c.name for c in cats}
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if n >= 100 else 1
+    px = max(32, int(math.ceil(RENDER_FRACTION * size)))
+    with atomic_path(out_dir) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        ctx = multiprocessing.get_context("fork")
+        pool = ctx.Pool(workers) if workers > 1 else None
+        try:
+            bank = icon_bank(style_list, cats, px, pool)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+        _STATE.update(seed=int(seed), size=int(size), styles=style_list, cats=cats, bank=bank, groups=groups,
+                      image_dir=str(tmp / "images"))
+        try:
+            if workers > 1:
+                with ctx.Pool(workers) as pool:
+                    results = list(pool.imap(_render_and_save, range(n), chunksize=16))
+            else:
+                results = [_render_and_save(i) for i in range(n)]
+        finally:
+            _STATE.clear()
+        for fname, style_name, background, instances in results:
+            iid = writer.add_image(fname, size, size)
+            writer.images[-1].update(style=style_name, background=background)
+            for cid, code, hue_rotated, rle in instances:
+                writer.add_rle(iid, name_of[cid], rle)
+                writer.annotations[-1].update(emoji=code, hue_rotated=hue_rotated)
+        writer.write(tmp / "annotations.json")
+    return out_dir / "annotations.json"

@@ -1,0 +1,198 @@
+"""The ``coco-icons`` builder: the reviewed emoji table, exact visible masks, determinism, COCO validity,
+grouped splits (by style, background, source photo), licences, and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from conceptsim.data import coco_icons, icon_sources
+from conceptsim.data.coco import ConceptDataset, DatasetError
+from conceptsim.data.icon_sources import CATEGORIES, PACKAGES, STYLES, IconSourceError
+from conceptsim.data.splits import check_split, grouped_assignment
+
+ROOT = Path(__file__).resolve().parents[1]
+FEW_STYLES = ["twemoji", "openmoji-outline", "noto"]
+FEW_CATS = ["person", "car", "dog", "cup", "clock"]
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("icons") / "a"
+    return coco_icons.build_coco_icons(out, n=18, size=96, seed=3, styles=FEW_STYLES, categories=FEW_CATS, workers=1)
+
+
+def test_mapping_table_is_coco():
+    assert len(CATEGORIES) >= 30 and len(STYLES) >= 5
+    ids = [c.id for c in CATEGORIES]
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)
+    known = {"person": (1, "person"), "car": (3, "vehicle"), "dog": (18, "animal"), "cup": (47, "kitchen"),
+             "pizza": (59, "food"), "tv": (72, "electronic"), "teddy bear": (88, "indoor")}
+    by_name = {c.name: c for c in CATEGORIES}
+    assert {n: (by_name[n].id, by_name[n].supercategory) for n in known} == known
+    codes = [e.code for c in CATEGORIES for e in c.emoji]
+    assert len(set(codes)) == len(codes), "an emoji depicts two categories"
+    assert all(e.name and all(len(p) >= 4 for p in e.code.split("-")) for c in CATEGORIES for e in c.emoji)
+    assert {e.name for e in by_name["car"].emoji} >= {"automobile", "taxi", "police car", "racing car"}
+
+
+def test_every_style_draws_every_emoji():
+    missing = [(s, e.name) for s in STYLES for c in CATEGORIES for e in c.emoji if icon_sources.svg_of(s, e) is None]
+    assert not missing
+
+
+def test_masks_are_the_visible_icon_pixels():
+    styles, cats = coco_icons.check_selection(FEW_STYLES, FEW_CATS)
+    bank = coco_icons.icon_bank(styles, cats, 48)
+    groups = coco_icons.background_groups(styles)
+    seen_occlusion = False
+    for index in range(12):
+        image, style, background, objects = coco_icons.render_image(5, index, 96, styles, cats, bank, groups)
+        assert image.shape == (96, 96, 3) and style == styles[index % len(styles)]
+        assert background in {p.name for p in groups[style]}
+        # composite one indicator channel per object with the same alpha-over: its weight is what stays visible
+        weight = np.zeros((len(objects), 96, 96))
+        for k, o in enumerate(objects):
+            weight *= 1.0 - o["alpha"][None]
+            weight[k] += o["alpha"]
+        for k, o in enumerate(objects):
+            assert np.array_equal(o["mask"], weight[k] > 0.5)
+            assert o["mask"].any() and not (o["mask"] & (o["alpha"] <= 0.5)).any()
+            seen_occlusion |= bool(((o["alpha"] > 0.5) & ~o["mask"]).any())
+        masks = np.stack([o["mask"] for o in objects])
+        assert masks.sum(0).max() <= 1  # a pixel shows at most one object
+    assert seen_occlusion
+
+
+def test_build_is_deterministic_and_valid_coco(small_build, tmp_path):
+    again = coco_icons.build_coco_icons(tmp_path / "b", n=18, size=96, seed=3, styles=FEW_STYLES,
+                                        categories=FEW_CATS, workers=2)
+    assert small_build.read_bytes() == again.read_bytes()
+    files = sorted((small_build.parent / "images").iterdir())
+    assert len(files) == 18
+    assert all(f.read_bytes() == (again.parent / "images" / f.name).read_bytes() for f in files)
+    coco = COCO(str(small_build))
+    d = json.loads(small_build.read_text())
+    assert [(c["id"], c["name"], c["supercategory"]) for c in d["categories"]] == [
+        (1, "person", "person"), (3, "car", "vehicle"), (18, "dog", "animal"), (47, "cup", "kitchen"), (85, "clock", "indoor")]
+    assert {im["style"] for im in d["images"]} == set(FEW_STYLES)
+    assert all(im["background"] for im in d["images"])
+    for iid in coco.imgs:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[iid]))
+        assert 1 <= len(anns) <= 4
+        for a in anns:
+            assert coco.annToMask(a).sum() == a["area"] > 0 and a["emoji"]
+    assert {p["package"] for p in d["info"]["icon_packages"]} == {"@twemoji/svg@15.0.0", "openmoji@17.0.0", "@svgmoji/noto@3.2.0"}
+
+
+def test_split_by_style_holds_out_styles_and_backgrounds(small_build):
+    rule = {"by": "style", "test": ["noto"], "val": ["twemoji"]}
+    ds = ConceptDataset(small_build, split_by=rule, min_area=0.0)
+    d = json.loads(small_build.read_text())
+    images = {im["id"]: im for im in d["images"]}
+    style_of = {s: {images[i]["style"] for i in images if ds.split_of(i) == s} for s in ("train", "val", "test")}
+    assert style_of == {"train": {"openmoji-outline"}, "val": {"twemoji"}, "test": {"noto"}}
+    bg = {s: {images[i]["background"] for i in images if ds.split_of(i) == s} for s in ("train", "val", "test")}
+    assert not (bg["train"] & bg["test"]) and not (bg["train"] & bg["val"]) and not (bg["val"] & bg["test"])
+    random_split = ConceptDataset(small_build, split_by="random", min_area=0.0)
+    assert {images[i]["style"] for i in images if random_split.split_of(i) == "test"} != {"noto"}
+
+
+def test_split_by_background_and_group_random_split(small_build):
+    d = json.loads(small_build.read_text())
+    images = {im["id"]: im for im in d["images"]}
+    split = grouped_assignment(images, {"by": "background"}, seed=0)
+    groups = {s: {images[i]["background"] for i in images if split[i] == s} for s in ("train", "val", "test")}
+    assert all(groups.values()) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+
+
+def test_photo_colors_splits_by_source_photo(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_DATA", str(tmp_path))
+    from conceptsim.data.registry import ensure_dataset
+
+    src = ensure_dataset("photo-colors", n=40, size=32, seed=0)
+    assert src.split["by"] == "source"
+    ds = ConceptDataset(src, min_area=0.0)
+    d = json.loads(Path(src.annotation_file).read_text())
+    photo = {im["id"]: im["source"] for im in d["images"]}
+    by_split = {s: {photo[i] for i in photo if ds.split_of(i) == s} for s in ("train", "val", "test")}
+    assert all(by_split.values())
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["train"] & by_split["val"])
+    assert not (by_split["val"] & by_split["test"])
+
+
+def test_bad_split_rules_are_named(small_build):
+    with pytest.raises(DatasetError, match=r"blob.*no image has"):
+        ConceptDataset(small_build, split_by={"by": "style", "test": ["blob"]})
+    with pytest.raises(DatasetError, match="has no 'colour' field"):
+        ConceptDataset(small_build, split_by={"by": "colour"})
+    with pytest.raises(ValueError, match=r"\['noto'\] are in both test and val"):
+        check_split({"by": "style", "test": ["noto"], "val": ["noto"]})
+    with pytest.raises(ValueError, match="unknown key"):
+        check_split({"by": "style", "train": ["noto"]})
+
+
+def test_unknown_style_and_category_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown coco-icons style 'watercolour'"):
+        coco_icons.build_coco_icons(tmp_path / "x", n=2, size=64, styles=["watercolour"])
+    with pytest.raises(ValueError, match="unknown coco-icons category 'fire hydrant'"):
+        coco_icons.build_coco_icons(tmp_path / "x", n=2, size=64, categories=["car", "fire hydrant"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_package_names_it_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(IconSourceError, match=r"@twemoji/svg@15\.0\.0 is missing.*conceptsim data fetch-icons"):
+        coco_icons.build_coco_icons(tmp_path / "x", n=2, size=64, styles=["twemoji"])
+    bad = tmp_path / "bad-cache" / "icons" / PACKAGES["twemoji-svg"].file_name
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not the pinned tarball")
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "bad-cache"))
+    with pytest.raises(IconSourceError, match="expected the pinned"):
+        coco_icons.build_coco_icons(tmp_path / "x", n=2, size=64, styles=["twemoji"])
+
+
+def test_corrupt_svg_is_named():
+    with pytest.raises(IconSourceError, match=r"noto emoji 1F697.*could not be rendered"):
+        coco_icons.rasterise(b"<svg xmlns='http://www.w3.org/2000/svg'><path d=", 32, "noto emoji 1F697 (automobile)")
+    with pytest.raises(IconSourceError, match="empty"):
+        coco_icons.rasterise(b"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 8 8'/>", 32, "blank")
+
+
+def test_licence_attributions_present():
+    page = (ROOT / "book" / "datasets" / "coco-icons.md").read_text()
+    for pkg in PACKAGES.values():
+        assert pkg.licence and pkg.attribution
+        assert pkg.spec in page and pkg.licence.replace("-", " ").split()[0] in page.replace("-", " ")
+    for needle in ("OpenMoji", "CC BY-SA 4.0", "Twemoji", "CC BY 4.0", "Noto Emoji", "Apache", "Fluent Emoji", "MIT"):
+        assert needle in page
+
+
+def test_cli_errors_name_the_input(capsys):
+    from conceptsim.data.cli import main
+
+    assert main(["data", "build", "coco-icons", "--out", "/nonexistent/x", "--n", "2", "--styles", "noto,sketch"]) == 2
+    assert "unknown coco-icons style 'sketch'" in capsys.readouterr().err
+
+
+def test_fetch_icons_verifies_present_packages_without_downloading(monkeypatch):
+    monkeypatch.setattr(icon_sources.shutil, "which", lambda name: None)  # npm would be needed to download
+    paths = icon_sources.fetch_icon_packages(["twemoji-svg"])
+    assert paths == [icon_sources.package_path("twemoji-svg")]
+    with pytest.raises(KeyError, match="unknown icon package"):
+        icon_sources.fetch_icon_packages(["blobmoji"])
+
+
+def test_listed_values_a_small_build_lacks_are_skipped_but_an_empty_split_is_an_error():
+    images = {i: {"file_name": f"{i}.jpg", "source": s} for i, s in enumerate(["a", "a", "b", "c", "d"])}
+    split = grouped_assignment(images, {"by": "source", "test": ["b", "zz"], "val": ["c"]})
+    assert split == {0: "train", 1: "train", 2: "test", 3: "val", 4: "train"}
+    with pytest.raises(ValueError, match=r"\['zz'\] for test that no image has"):
+        grouped_assignment(images, {"by": "source", "test": ["zz"], "val": ["c"]})
+    with pytest.raises(ValueError, match="no value for train"):
+        grouped_assignment(images, {"by": "source", "test": ["a", "b"], "val": ["c", "d"]})
+
