@@ -196,3 +196,12 @@ def test_listed_values_a_small_build_lacks_are_skipped_but_an_empty_split_is_an_
     with pytest.raises(ValueError, match="no value for train"):
         grouped_assignment(images, {"by": "source", "test": ["a", "b"], "val": ["c", "d"]})
 
+
+
+def test_study_check_names_missing_icon_packages(tmp_path, monkeypatch):
+    from conceptsim.data.registry import unavailable_reason
+
+    assert unavailable_reason("coco-icons") is None
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path))
+    reason = unavailable_reason("coco-icons")
+    assert "fluentui-emoji@1.3.0 is missing" in reason and "conceptsim data fetch-icons" in reason

@@ -76,6 +76,17 @@ def background_groups(styles: Sequence[str]) -> dict[str, list[Path]]:
     return {s: paths[k::len(styles)] for k, s in enumerate(styles)}
 
 
+def missing_sources(styles: Sequence[str] | None = None) -> str | None:
+    """Why a build cannot start here (a missing or altered icon package, with the fix), or None."""
+    problems = []
+    for key in sorted({STYLES[s].package for s in (styles or STYLES)}):
+        try:
+            icon_sources.package_path(key)
+        except IconSourceError as e:
+            problems.append(str(e))
+    return "; ".join(problems) or None
+
+
 def check_selection(styles: Sequence[str] | None, categories: Sequence[str] | None) -> tuple[list[str], list]:
     """Validate and order the chosen styles and categories (``None``: all); unknown names are errors."""
     try:

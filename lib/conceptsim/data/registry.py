@@ -56,6 +56,7 @@ class DatasetSpec:
     concepts: dict | Callable | None = None
     limits: dict = field(default_factory=dict)
     split: dict | None = None
+    missing: Callable[[], str | None] | None = None  # embedded: why its sources are absent here (None: present)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -78,7 +79,7 @@ DATASETS: dict[str, DatasetSpec] = {
         "coco-icons", "embedded", "COCO object categories as emoji art in six styles on real photos, exact masks",
         coco_icons.build_coco_icons, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
         coco_icons.BUILDER_VERSION, fetch.object_categories(coco_icons.concepts()), coco_icons.concepts_of_build,
-        limits={"n": (1, None), "size": (64, None), "seed": (0, None)},
+        limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
     ),
     "coco2017-val": DatasetSpec(
         "coco2017-val", "online", "COCO val2017 instance masks (person, vehicles, animals)",
@@ -214,7 +215,9 @@ def _foreign_entries(name: str, out: Path) -> list[Path]:
 def unavailable_reason(name: str, root: str | os.PathLike | None = None) -> str | None:
     """Why dataset ``name`` cannot be had here (None: present, buildable or downloadable)."""
     spec = _spec(name)
-    return fetch.unavailable_reason(name, root) if spec.kind == "online" else None
+    if spec.kind == "online":
+        return fetch.unavailable_reason(name, root)
+    return spec.missing() if spec.missing else None
 
 
 def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | None = None, **params) -> DatasetSource:
