@@ -14,7 +14,7 @@ def test_dataset_index_lists_each_run_with_its_stage_title(tmp_path):
     runs = [r for r in study.runs() if r.dataset == "shapes"][:3]
     text = reporting.dataset_index(study, "shapes", runs)
     assert text.startswith("# Dataset `shapes`")
-    assert "- Activation extraction, model `ssd_mobilenet_v2_coco`" in text
+    assert "- Activation extraction: ssd_mobilenet_v2_coco on shapes" in text
     assert "- Concept learning, model `ssd_mobilenet_v2_coco`" in text
     assert reporting.dataset_index(study, "x", [Run("compare_models", "x", None, {})]).endswith(
         "- Model comparison and findings\n")
