@@ -15,9 +15,9 @@ def test_dataset_index_lists_each_run_with_its_stage_title(tmp_path):
     text = reporting.dataset_index(study, "shapes", runs)
     assert text.startswith("# Dataset `shapes`")
     assert "- Activation extraction: ssd_mobilenet_v2_coco on shapes" in text
-    assert "- Concept learning, model `ssd_mobilenet_v2_coco`" in text
+    assert "- Concept learning: ssd_mobilenet_v2_coco on shapes" in text
     assert reporting.dataset_index(study, "x", [Run("compare_models", "x", None, {})]).endswith(
-        "- Model comparison and findings\n")
+        "- Model comparison and findings: x\n")
 
 
 def test_findings_page_is_absent_without_results_and_read_from_findings_json(tmp_path, monkeypatch):
