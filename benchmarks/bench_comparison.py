@@ -81,8 +81,9 @@ def synthetic_study(ctx: Context, study, quick: bool) -> dict:
         t0 = time.perf_counter()
         # the builder plants one concept per channel: a layer needs at least as many channels as concepts
         fitted = {m: [(n, d, g, max(c, len(concepts))) for n, d, g, c in v] for m, v in layout.items()}
-        build_synthetic_study(root, fitted, n_images=n_test, test_fraction=1.0, concepts=concepts, eval_grid=grid,
-                              input_size=(300, 300), seed=0)
+        # as many val images as test images (the default split is 0.6 / 0.2 / 0.2): the stage selects on val
+        build_synthetic_study(root, fitted, n_images=2 * n_test, test_fraction=0.5, val_fraction=0.5,
+                              concepts=concepts, eval_grid=grid, input_size=(300, 300), seed=0)
         ctx.log(f"comparison: synthetic {ds_name} ({n_test} test images, {len(concepts)} concepts) built in "
                 f"{time.perf_counter() - t0:.1f} s")
         dirs[ds_name] = (root, n_test, len(concepts))

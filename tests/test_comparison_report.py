@@ -24,11 +24,23 @@ def test_markdown_carries_the_json_numbers(run):
     doc, _ = run
     md = report.findings_markdown(doc)
     f1 = doc["pairs"][0]["finding1"]["seg"]
-    assert report.fmt_ci(f1["trained"]) in md
-    assert "| a vs b |" in md and "Finding 2" in md and "emergence" in md.lower()
-    assert "a → b" in report.finding2_table(doc)
+    assert f1["status"] == "tested"
+    assert report.fmt_ci(f1["test"]) in md and f"{f1['test']['p_holm']:.3g}" in md
+    assert "| a vs b |" in md and "Finding 2" in md and "emergence" in md.lower() and "Holm" in md
+    f2 = doc["pairs"][0]["finding2"]["seg"]
+    assert report.fmt(f2["oracle"]["error"]) in report.finding2_table(doc)
     assert "sky" in report.finding1_concepts_table(doc, "a", "b")
+    assert "not testable here" not in report.finding1_table(doc)
     assert report.fmt_p(1 / 201, 200) == "≤ 0.005"
+
+
+def test_untestable_finding_is_said_so(run):
+    doc, _ = run
+    doc = json.loads(json.dumps(doc))
+    f1 = doc["pairs"][0]["finding1"]["seg"]
+    f1.update(status="not testable here", holds=None, test=None, per_category={}, per_concept=[], reason="twins as good")
+    assert "not testable here" in report.finding1_table(doc)
+    assert "not testable here" in report.summary_sentences(doc)
 
 
 def test_figures_render(run):

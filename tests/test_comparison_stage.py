@@ -16,22 +16,27 @@ PEAKS = (0.2, 0.5, 0.85)  # depth at which each planted concept is strongest
 
 
 def depth_signal(model, i, depth, c):
-    if model.endswith(":random"):
+    if ":random" in model:
         return 0.1
     return float(np.exp(-(((depth - PEAKS[c]) / 0.12) ** 2)))
 
 
-def layers(n):
-    grids = (8, 8, 4, 4, 4, 2, 2, 2, 2, 2, 2, 2)
+def trained_share(model, i, depth, c):
+    """Trained models share part of their errors (planted agreement beyond accuracy); twins do not."""
+    return 0.0 if ":random" in model else 0.4 * depth_signal(model, i, depth, c)
+
+
+def layers(n, grids=(8, 8, 4, 4, 4, 2, 2, 2, 2, 2, 2, 2)):
     return [(f"L{i}", (i + 1) / n, grids[i], 5) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic") / "ds"
-    models = {"deep": layers(10), "shallow": layers(6)}
+    # one grid for every layer: the resolution-only oracle cannot tell depths apart
+    models = {"deep": layers(10, (4,) * 10), "shallow": layers(6, (4,) * 6)}
     models.update({f"{m}:random": v for m, v in list(models.items())})
-    build_synthetic_study(root, models, n_images=60, signal=depth_signal, noise=0.5, seed=3)
+    build_synthetic_study(root, models, n_images=80, signal=depth_signal, shared=trained_share, noise=0.5, seed=3)
     out = root / "out"
     paths = run_comparison_stage(root, out, models=list(models), permutations=2000, bootstrap=300, seed=5)
     return root, models, paths
@@ -43,9 +48,10 @@ def test_similarity_schema_and_identities(study):
     for col in ("concept", "category", "method", "model_a", "layer_a", "depth_a", "model_b", "layer_b", "depth_b",
                 "value", "control", "n_test"):
         assert col in df.columns
-    assert set(df["method"]) == {"seg", "seg_pearson", "cls", "cls_jaccard", "cka", "cka_debiased", "cka_grid4"}
-    assert (df["n_test"] == 30).all()
-    diag = df[(df.model_a == df.model_b) & (df.layer_a == df.layer_b) & df.value.notna()]
+    assert set(df["method"]) == {"seg", "seg_kappa", "seg_obs_exp", "seg_pearson", "cls", "cls_partial",
+                                 "cls_jaccard", "cka", "cka_debiased", "cka_grid4"}
+    assert (df["n_test"] == 40).all()
+    diag = df[(df.model_a == df.model_b) & (df.layer_a == df.layer_b) & df.value.notna() & (df.method != "seg_obs_exp")]
     assert np.allclose(diag["value"], 1.0)
     n_layers = sum(len(v) for v in models.values())
     assert (df["method"] == "cka").sum() == n_layers * (n_layers + 1) // 2
@@ -59,21 +65,57 @@ def test_similarity_schema_and_identities(study):
 def test_findings_known_answers(study):
     _, _, paths = study
     doc = json.loads(paths["findings"].read_text())
+    assert doc["schema"] == 2 and doc["selected_on"] == "val" and doc["n_val"] == 20
     pairs = {(p["model_a"], p["model_b"]): p for p in doc["pairs"]}
-    assert set(pairs) == {("deep", "shallow"), ("deep:random", "shallow:random")}
+    assert set(pairs) == {("deep", "shallow")}  # one entry per trained pair; the twins sit inside it
     trained = pairs[("deep", "shallow")]
-    assert trained["kind"] == "trained"
+    assert trained["twins_a"] == ["deep:random"] and trained["twins_b"] == ["shallow:random"]
     f1 = trained["finding1"]["seg"]
-    assert f1["trained"]["n"] == 3 and f1["twins_available"]
-    assert f1["trained"]["mean"] > f1["random_twin"]["mean"] and f1["trained"]["mean"] > f1["control"]["mean"]
+    assert f1["status"] == "tested" and f1["selected_on"] == "val" and f1["method"] == "seg_kappa"
+    assert f1["n_learned"] == 3 and f1["test"]["n"] == 3
+    # planted shared errors in the trained models only: trained agree beyond accuracy, twins do not
+    assert f1["trained"]["mean"] > 0.2 and abs(f1["twin"]["mean"]) < 0.15
+    assert f1["test"]["ci_low"] > 0 and f1["test"]["p_holm"] >= f1["test"]["p_value"]
     assert f1["holds"] is True
-    f2 = trained["finding2"]["seg"]["a_to_b"]
-    assert f2["error"] < f2["null_mean"] and f2["p_value"] < 0.05
-    assert pairs[("deep:random", "shallow:random")]["finding2"]["seg"]["a_to_b"]["n_matches"] == 0
-    em = {(e["model"], e["concept"], e["method"]): e["depth"] for e in doc["emergence"]}
-    assert em[("deep", "sky", "seg")] == pytest.approx(0.2)
-    assert em[("shallow", "red", "seg")] == pytest.approx(5 / 6)
-    assert em[("deep:random", "sky", "seg")] is None
+    # the selected pairs are the planted peaks (sky at 0.2, dog at 0.5, red at 0.85)
+    sel = {r["concept"]: (r["layer_a"], r["layer_b"]) for r in f1["per_concept"]}
+    assert sel["sky"] == ("deep/L1", "shallow/L0") and sel["red"][0] in ("deep/L7", "deep/L8")
+    f2 = trained["finding2"]["seg"]
+    assert f2["status"] == "tested" and f2["test"]["family"] is True
+    assert f2["test"]["error"] < f2["test"]["null_mean"] and f2["test"]["p_value"] < 0.05
+    # one grid everywhere: the oracle matches every layer equally, so its error is far from the trained one
+    assert f2["oracle"]["error"] > f2["test"]["error"] + 0.1 and f2["diff_oracle"]["ci_high"] < 0
+    assert f2["twins"] is None  # the twins represent nothing here
+    assert f2["predictors"]["best"] == "relative_depth" and f2["holds"] is True
+    assert doc["family_size"] == sum(1 for _ in __import__("conceptsim.comparison.multiplicity", fromlist=["x"])
+                                     .family_entries(doc))
+    em = {(e["model"], e["concept"], e["method"]): e for e in doc["emergence"]}
+    assert em[("deep", "sky", "seg")]["depth"] == pytest.approx(0.2)
+    assert em[("deep", "sky", "seg")]["selected_on"] == "val"
+    assert em[("shallow", "red", "seg")]["depth"] == pytest.approx(5 / 6)
+    assert em[("deep:random", "sky", "seg")]["depth"] is None
+
+
+def test_twins_as_good_as_trained_is_not_testable(tmp_path):
+    root = tmp_path / "ds"
+    spec = {"a": layers(3, (4, 4, 4)), "b": layers(3, (4, 4, 4))}
+    spec.update({f"{m}:random": v for m, v in list(spec.items())})
+    build_synthetic_study(root, spec, n_images=24, seed=1)  # the same signal everywhere, twins included
+    paths = run_comparison_stage(root, tmp_path / "out", models=list(spec), permutations=100, bootstrap=50)
+    f1 = json.loads(paths["findings"].read_text())["pairs"][0]["finding1"]["seg"]
+    assert f1["status"] == "not testable here" and f1["holds"] is None and f1["n_learned"] == 0
+    assert "twins represent" in f1["reason"]
+
+
+def test_resolution_only_alignment_is_not_counted(tmp_path):
+    """Flat concept signal, grids that shrink with depth: matches follow the grid, like the oracle's."""
+    root = tmp_path / "ds"
+    spec = {"a": layers(6, (16, 16, 8, 8, 4, 4)), "b": layers(4, (16, 8, 4, 4))}
+    build_synthetic_study(root, spec, n_images=40, eval_grid=(16, 16), noise=0.8, seed=2)
+    paths = run_comparison_stage(root, tmp_path / "out", models=list(spec), permutations=300, bootstrap=200)
+    f2 = json.loads(paths["findings"].read_text())["pairs"][0]["finding2"]["seg"]
+    assert f2["status"] == "tested"
+    assert f2["diff_oracle"]["ci_high"] >= 0 and f2["holds"] is False
 
 
 def test_same_seed_same_files(study, tmp_path):
@@ -120,3 +162,21 @@ def test_missing_inputs_are_clear(tmp_path):
     (tmp_path / "ds" / "a" / "vectors" / "cls_L1.npz").unlink()
     with pytest.raises(ComparisonError, match="run the concept stage"):
         StudyOutputs(tmp_path / "ds", ["a"])
+
+
+def test_positive_control_recovers_shared_blocks(tmp_path):
+    """Models named like the registry's shared-backbone pair: matches of corresponding blocks are counted."""
+    root = tmp_path / "ds"
+    spec = {"ssd_mobilenet_v2_coco": [("blocks.0", 0.15, 4, 5), ("blocks.5", 0.5, 4, 5), ("blocks.12", 0.85, 4, 5)],
+            "mobilenet_v2_imagenet": [("features.1", 0.2, 4, 5), ("features.6", 0.5, 4, 5), ("features.13", 0.8, 4, 5)]}
+    build_synthetic_study(root, spec, n_images=40, signal=lambda m, i, d, c: 1.0, noise=0.5, seed=4,
+                          shared=lambda m, i, d, c: float(np.exp(-(((d - PEAKS[c]) / 0.12) ** 2))))
+    paths = run_comparison_stage(root, tmp_path / "out", models=list(spec), permutations=100, bootstrap=50)
+    doc = json.loads(paths["findings"].read_text())
+    ctl = {c["method"]: c for c in doc["positive_control"]}
+    seg = ctl["seg_kappa"]
+    assert seg["corresponding"] == {"blocks.0": "features.1", "blocks.5": "features.6", "blocks.12": "features.13"}
+    assert seg["selected_on"] == "val" and seg["n"] == 18 and seg["chance"] == pytest.approx(1 / 3)
+    assert seg["rate"] > 0.6
+    # no twins in this study: finding 1 cannot be tested, and says so
+    assert doc["pairs"][0]["finding1"]["seg"]["status"] == "not testable here"

@@ -119,3 +119,12 @@ def test_runs_receive_validated_parameters_with_defaults():
     assert co.parameters["concept_options"] == {"loss": "balanced_bce", "lr": 0.01, "epochs": 3, "patience": 5,
                                                "bootstrap": 1000, "dissection": True}
     assert co.parameters["device"] == "cuda:1"
+def test_twin_seeds_are_models_of_the_study():
+    models = ["mobilenet_v2_imagenet", "mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet:random@1"]
+    s = parse_study(minimal(models=models), Path("t.yml"))
+    runs = {r.id: r for r in s.runs()}
+    assert "extract/shapes/mobilenet_v2_imagenet:random@1" in runs
+    assert runs["concepts/shapes/mobilenet_v2_imagenet"].parameters["random_twin"] == "mobilenet_v2_imagenet:random"
+    assert runs["concepts/shapes/mobilenet_v2_imagenet:random@1"].parameters["random_twin"] == ""
+    with pytest.raises(StudyError, match="random@SEED"):
+        parse_study(minimal(models=["mobilenet_v2_imagenet:random@one"]), Path("t.yml"))

@@ -5,7 +5,13 @@
 - :mod:`~conceptsim.comparison.similarity` -- S_seg, S_cls and secondary variants: :func:`concept_similarity`
   (one layer pair and concept, the reference) and the streamed exact Gram products of the stage;
 - :mod:`~conceptsim.comparison.cka` -- linear and debiased CKA;
-- :mod:`~conceptsim.comparison.findings` -- finding 1 / finding 2 statistics, permutation test, emergence depth;
+- :mod:`~conceptsim.comparison.agreement` -- agreement beyond accuracy (``seg_kappa``, ``cls_partial``);
+- :mod:`~conceptsim.comparison.learned` -- finding 1: learned-concept filter, val selection, hierarchical
+  bootstrap; :mod:`~conceptsim.comparison.alignment` -- finding 2: one combined depth test, oracle and twin
+  nulls, predictors, positive control; :mod:`~conceptsim.comparison.multiplicity` -- Holm;
+- :mod:`~conceptsim.comparison.document` -- ``findings.json`` (selection on val, report on test);
+- :mod:`~conceptsim.comparison.findings` -- shared helpers (seeded generators, emergence depth) and the
+  first-version finding statistics;
 - :mod:`~conceptsim.comparison.stage` -- :func:`run_comparison_stage` writing ``similarity.csv``,
   ``layer_similarity.csv`` and ``findings.json`` (schemas in its docstring);
 - :mod:`~conceptsim.comparison.figures` and :mod:`~conceptsim.comparison.report` -- figures and the

@@ -153,51 +153,64 @@ def emergence_plot(findings: dict, method: str = "seg") -> Figure:
         ax.scatter(xs, ys, marker=markers[mi % len(markers)], label=m, alpha=0.5 if is_twin(m) else 0.9)
     ax.set_yticks(range(len(concepts)), concepts, fontsize=7)
     ax.set_xlim(0, 1.02)
-    ax.set_xlabel("emergence depth (relative depth at 90 % of the maximum quality)")
+    ax.set_xlabel("emergence depth (relative depth at 90 % of the maximum val quality)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{findings['dataset']}: emergence depth ({method})")
     return fig
 
 
 def finding1_plot(findings: dict, method: str = "seg") -> Figure:
-    """Best-match similarity per trained model pair: trained vs random-init twins vs control (with CIs)."""
-    pairs = [p for p in findings["pairs"] if p["kind"] == "trained" and method in p["finding1"]]
+    """Agreement beyond accuracy of the val-selected best pair per trained model pair: trained vs twins,
+    with the interval of the difference; pairs that cannot be tested are labelled so."""
+    pairs = [p for p in findings["pairs"] if method in p["finding1"]]
     fig = Figure(figsize=(max(4.0, 1.4 * len(pairs) + 2), 3.6), layout="constrained")
     ax = fig.subplots()
-    for off, key, label in ((-0.25, "trained", "trained"), (0.0, "random_twin", "random-init twins"),
-                            (0.25, "control", "shuffled control")):
-        means, lows, highs = [], [], []
-        for p in pairs:
-            s = p["finding1"][method][key]
-            means.append(np.nan if s["mean"] is None else s["mean"])
-            lows.append(np.nan if s["ci_low"] is None else s["mean"] - s["ci_low"])
-            highs.append(np.nan if s["ci_high"] is None else s["ci_high"] - s["mean"])
-        ax.bar(np.arange(len(pairs)) + off, means, width=0.25, yerr=[lows, highs], label=label, capsize=2)
-    ax.set_xticks(range(len(pairs)), [f"{p['model_a']}\nvs {p['model_b']}" for p in pairs], fontsize=7)
-    ax.set_ylabel(f"best-match {method} similarity")
+    x = np.arange(len(pairs))
+
+    def val(d, key="mean"):
+        return np.nan if not d or d.get(key) is None else d[key]
+
+    fs = [p["finding1"][method] for p in pairs]
+    ax.bar(x - 0.2, [val(f.get("trained")) for f in fs], width=0.4, label="trained")
+    ax.bar(x + 0.2, [val(f.get("twin")) for f in fs], width=0.4, label="random-init twins", alpha=0.7)
+    for xi, f in zip(x, fs):
+        t = f.get("test")
+        if f.get("status") != "tested" or not t:
+            ax.text(xi, 0, "not testable here", ha="center", va="bottom", fontsize=6, rotation=90)
+            continue
+        ph = t.get("p_holm")
+        ax.text(xi, max(val(f.get("trained")), val(f.get("twin")), 0), f"Δ={t['mean']:.2f}\n[{t['ci_low']:.2f}, "
+                f"{t['ci_high']:.2f}]\np_Holm={ph:.2g}" if ph is not None else "", ha="center", va="bottom", fontsize=6)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(x, [f"{p['model_a']}\nvs {p['model_b']}" for p in pairs], fontsize=7)
+    ax.set_ylabel(f"{findings.get('primary', {}).get(method, method)} (val-selected pair, test)")
     ax.legend(fontsize=7)
     ax.set_title(f"{findings['dataset']}: finding 1 ({method})")
     return fig
 
 
 def finding2_plot(findings: dict, method: str = "seg") -> Figure:
-    """Alignment error of every directed trained pair against its permutation-null mean."""
+    """Alignment error of every trained pair (one combined test) beside the permutation null, the
+    resolution-only oracle and the twins."""
     rows = []
     for p in findings["pairs"]:
-        if p["kind"] != "trained" or method not in p["finding2"]:
+        f = p["finding2"].get(method)
+        if not f or f.get("status") != "tested":
             continue
-        for d, (a, b) in (("a_to_b", (p["model_a"], p["model_b"])), ("b_to_a", (p["model_b"], p["model_a"]))):
-            r = p["finding2"][method][d]
-            if r["error"] is not None:
-                rows.append((f"{a}→{b}", r["error"], r["null_mean"], r["p_value"]))
-    fig = Figure(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.6), layout="constrained")
+        t = f["test"]
+        rows.append((f"{p['model_a']}\nvs {p['model_b']}", t["error"], t["null_mean"],
+                     (f.get("oracle") or {}).get("error"), (f.get("twins") or {}).get("error"), t.get("p_holm")))
+    fig = Figure(figsize=(max(4.0, 1.3 * len(rows) + 2), 3.6), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r[1] for r in rows], width=0.4, label="observed")
-    ax.bar(x + 0.2, [r[2] for r in rows], width=0.4, label="permutation null mean", alpha=0.6)
+    for i, (label, alpha) in enumerate((("observed", 1.0), ("permutation null mean", 0.6),
+                                        ("resolution-only oracle", 0.6), ("random-init twins", 0.6))):
+        ax.bar(x + (i - 1.5) * 0.2, [np.nan if r[1 + i] is None else r[1 + i] for r in rows], width=0.2,
+               label=label, alpha=alpha)
     for xi, r in zip(x, rows):
-        ax.text(xi - 0.2, r[1], f"p={r[3]:.2g}", ha="center", va="bottom", fontsize=6)
-    ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right", fontsize=7)
+        if r[5] is not None:
+            ax.text(xi - 0.3, r[1], f"p_Holm={r[5]:.2g}", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, [r[0] for r in rows], fontsize=7)
     ax.set_ylabel("mean |Δ relative depth|")
     ax.legend(fontsize=7)
     ax.set_title(f"{findings['dataset']}: finding 2 ({method})")

@@ -1,4 +1,9 @@
-"""Statistics that test the paper's two findings (methods.md, "Testing the two findings").
+"""Statistics that test the paper's two findings (methods.md, "Testing the two findings"): first version.
+
+The stage now reports the second version (:mod:`conceptsim.comparison.document`, with
+:mod:`~conceptsim.comparison.learned` and :mod:`~conceptsim.comparison.alignment`); this module keeps the
+shared helpers (:func:`rng_for`, :func:`finite_or_none`, :func:`emergence_depth`) and the first-version
+statistics below as documented alternatives.
 
 Finding 1 -- similar concepts regardless of architecture. For a pair of models with different
 architectures and a concept c, the *best-match similarity* is the largest S(c; a, b) over all layer pairs
@@ -27,16 +32,13 @@ none of the model's layers.
 from __future__ import annotations
 
 import zlib
-from itertools import combinations
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from conceptsim.comparison.outputs import StudyOutputs
-from conceptsim.models.names import base_name, is_twin, twin_name
 
-FINDINGS_SCHEMA = 1
 QUALITY_METRIC = {"seg": "set_iou", "cls": "ap"}
 
 
@@ -264,111 +266,3 @@ def quality_arrays(so: StudyOutputs, quality: pd.DataFrame, method: str) -> tupl
             value[li, ki] = v
             rep[li, ki] = r
     return value, rep
-
-
-def findings_document(
-    so: StudyOutputs,
-    sims: dict[str, np.ndarray],
-    quality: pd.DataFrame,
-    *,
-    seed: int = 0,
-    permutations: int = 10000,
-    bootstrap: int = 1000,
-) -> dict:
-    """The content of ``findings.json``.
-
-    Structure::
-
-        {"schema", "dataset", "models", "concepts", "categories", "n_test", "seed", "permutations",
-         "bootstrap", "notes",
-         "pairs": [{"model_a", "model_b", "kind": "trained" | "random",
-                    "finding1": {"seg" | "cls": {"per_concept": [{concept, value, random_twin, control,
-                                  layer_a, layer_b}], "trained" | "random_twin" | "control" | "diff_control" |
-                                  "diff_random_twin": {mean, ci_low, ci_high, n}, "twins_available", "holds"}},
-                    "finding2": {"seg" | "cls": {"a_to_b" | "b_to_a": {error, null_mean, p_value,
-                                  n_matches, n_concepts, per_concept: {concept: {error, p_value}}}}}}],
-         "emergence": [{"model", "concept", "category", "method", "depth", "max_quality",
-                        "represented_any"}]}
-
-    ``kind`` is ``trained`` for two trained models and ``random`` for two random-init twins; pairs of the
-    same architecture (a model and its own twin) are not included. Numbers that are undefined are null.
-    """
-    layer_names = [f"{pl.model}/{pl.layer}" for pl in so.layers]
-    by_model = {m: np.array([pl.index for pl in so.layers if pl.model == m], dtype=np.int64) for m in so.models}
-    depths = so.depths
-    rep = {}
-    qual = {}
-    for method in ("seg", "cls"):
-        qual[method], rep[method] = quality_arrays(so, quality, method)
-    pairs = []
-    for ma, mb in combinations(so.models, 2):
-        if base_name(ma) == base_name(mb):
-            continue
-        kind_a, kind_b = is_twin(ma), is_twin(mb)
-        if kind_a != kind_b:
-            continue
-        entry = {"model_a": ma, "model_b": mb, "kind": "random" if kind_a else "trained", "finding1": {}, "finding2": {}}
-        twins = (twin_name(ma), twin_name(mb))
-        has_twins = not kind_a and all(t in by_model for t in twins)
-        for method in ("seg", "cls"):
-            if method not in sims:
-                continue
-            entry["finding1"][method] = finding1(
-                sims[method], sims[f"{method}_control"], by_model[ma], by_model[mb], rep[method], so.concepts,
-                rng_for(seed, "finding1", method, ma, mb),
-                twin_sim=sims[method] if has_twins else None,
-                twin_layers=(by_model[twins[0]], by_model[twins[1]]) if has_twins else None,
-                n_boot=bootstrap, layer_names=layer_names,
-            )
-            f2 = {}
-            for direction, (x, y) in (("a_to_b", (ma, mb)), ("b_to_a", (mb, ma))):
-                a_idx, b_pos, k = depth_matches(sims[method], by_model[x], by_model[y], rep[method])
-                res = permutation_test(
-                    depths[a_idx], b_pos, k, depths[by_model[y]], rng_for(seed, "finding2", method, x, y), permutations
-                )
-                res["per_concept"] = {
-                    so.concepts[ki]: {"error": e, "p_value": p} for ki, (e, p) in res["per_concept"].items()
-                }
-                f2[direction] = res
-            entry["finding2"][method] = f2
-        pairs.append(entry)
-    emergence = []
-    for m in so.models:
-        idx = by_model[m]
-        for method in ("seg", "cls"):
-            for k, c in enumerate(so.concepts):
-                q = qual[method][idx, k]
-                any_rep = bool(rep[method][idx, k].any())
-                emergence.append(
-                    {
-                        "model": m, "concept": c, "category": so.categories[c], "method": method,
-                        "depth": finite_or_none(emergence_depth(depths[idx], q)) if any_rep else None,
-                        "max_quality": finite_or_none(np.nanmax(q)) if np.isfinite(q).any() else None,
-                        "represented_any": any_rep,
-                    }
-                )
-    return {
-        "schema": FINDINGS_SCHEMA,
-        "dataset": so.stores[0].dataset,
-        "models": so.models,
-        "concepts": so.concepts,
-        "categories": so.categories,
-        "n_test": so.n_test,
-        "seed": int(seed),
-        "permutations": int(permutations),
-        "bootstrap": int(bootstrap),
-        "notes": {
-            "finding1": "best-match similarity over all layer pairs of the two models, for concepts represented "
-            "in at least one layer of each trained model; mean over concepts with a percentile bootstrap "
-            "interval over concepts; holds when the intervals of trained - control and trained - random twin "
-            "both lie above zero",
-            "control": "seg: exact expectation of the set IoU over random permutations of B's test images; "
-            "cls: Pearson with B's test logits permuted once (seeded), symmetrised",
-            "finding2": "mean over concepts of |depth(a) - depth(best B layer)| over represented layers; null: "
-            "B's depths permuted over B's probed layers; p = (1 + #null <= observed) / (1 + permutations)",
-            "emergence": "smallest relative depth where test quality (seg: set IoU, cls: AP) reaches 90 % of the "
-            "model's maximum; null when the concept is represented in none of the model's layers",
-        },
-        "pairs": pairs,
-        "emergence": emergence,
-    }

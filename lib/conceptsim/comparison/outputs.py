@@ -129,6 +129,29 @@ class OutputChunk:
     cls: torch.Tensor | None
     gap: list[torch.Tensor]
     outputs: "StudyOutputs"
+    truth: torch.Tensor | None = None  # K x n x gh x gw uint8 ground-truth masks on the evaluation grid
+    oracle_low: list[torch.Tensor] | None = None  # per oracle grid: K x n x h x w logits of the pooled truth
+
+    def truth_map(self, k: int, out: torch.Tensor) -> bool:
+        """Write the ground-truth mask of concept ``k`` as surely positive / negative logits into ``out``."""
+        t = self.truth[k].reshape(-1)
+        torch.mul(t.float(), -2.0 * MISSING_LOGIT, out=out)
+        out.add_(MISSING_LOGIT)
+        return True
+
+    def oracle_map(self, oi: int, k: int, out: torch.Tensor) -> bool:
+        """Write the resolution-only oracle ``oi`` of concept ``k`` on the evaluation grid into ``out``.
+
+        The oracle is the ground-truth mask area-pooled to a layer grid (the store's soft targets), brought
+        back to the evaluation grid by the same bilinear resampling as a layer's logits and thresholded at
+        0.5: what a perfect probe limited to that grid would output.
+        """
+        so = self.outputs
+        n = len(self.rows)
+        gh, gw = so.eval_grid
+        z = self.oracle_low[oi][k : k + 1].transpose(0, 1)  # n x 1 x h x w
+        so._resample(so.oracles[oi][0], z, so.rows[self.rows], out.view(1, n, gh, gw))
+        return True
 
     def seg_map(self, li: int, k: int, out: torch.Tensor) -> bool:
         """Write layer ``li``'s logits of study concept ``k`` on the evaluation grid into ``out``.
@@ -178,7 +201,8 @@ class StudyOutputs:
     """
 
     def __init__(
-        self, dataset_dir: str | Path, models: Sequence[str], *, split: str = "test", seg: bool = True, cls: bool = True
+        self, dataset_dir: str | Path, models: Sequence[str], *, split: str = "test", seg: bool = True, cls: bool = True,
+        truth: bool = False, oracles: bool = False,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         if not models:
@@ -232,6 +256,8 @@ class StudyOutputs:
         # no vector for is marked unavailable and its similarities are NaN.
         self.seg_available = np.zeros((len(self.layers), k), dtype=bool)
         self.cls_available = np.zeros((len(self.layers), k), dtype=bool)
+        # val quality the concept stage stored with the vectors (seg: val set IoU, cls: val AP), NaN if absent
+        self.val_quality = {kind: np.full((len(self.layers), k), np.nan) for kind in ("seg", "cls")}
         self._seg_cols: list[np.ndarray] = []
         self._cls_cols: list[np.ndarray] = []
         for li, pl in enumerate(self.layers):
@@ -244,7 +270,8 @@ class StudyOutputs:
                     probes.append(None)
                     cols.append(np.zeros(0, dtype=np.int64))
                     continue
-                probe = LinearProbe.from_vectors(load_vectors(mdir, pl.layer, kind), kind)
+                vec = load_vectors(mdir, pl.layer, kind)
+                probe = LinearProbe.from_vectors(vec, kind)
                 channels = self._layer_info[li].channels
                 if probe.weight.shape[1] != channels:
                     raise ComparisonError(
@@ -256,6 +283,9 @@ class StudyOutputs:
                     raise ComparisonError(f"{kind} vectors of {pl.model}/{pl.layer} name unknown concepts {unknown}")
                 idx = np.array([self.concepts.index(c) for c in probe.concepts], dtype=np.int64)
                 avail[li, idx] = True
+                val_key = "val_iou" if kind == "seg" else "val_ap"
+                if val_key in vec and np.shape(vec[val_key]) == (len(idx),):
+                    self.val_quality[kind][li, idx] = np.asarray(vec[val_key], dtype=np.float64)
                 probes.append(probe)
                 cols.append(idx)
         self.use_seg, self.use_cls = seg, cls
@@ -264,6 +294,26 @@ class StudyOutputs:
         for li, cols in enumerate(self._seg_cols):
             self.seg_position[li, cols] = np.arange(len(cols))
         self._mat_cache: dict = {}
+        self.split = split
+        self.labels = ref.labels[self.rows]  # N x K presence labels of the compared images
+        # ground truth and resolution-only oracles (one per store and distinct layer grid), read per block
+        self.use_truth = bool(truth or oracles) and seg
+        self.oracles: list[tuple[int, str, tuple[int, int]]] = []
+        self.oracle_of = np.full(len(self.layers), -1, dtype=np.int64)
+        if oracles and seg:
+            # one oracle per input geometry and grid: a model and its twins share it
+            geometry = {}
+            for si, st in enumerate(self.stores):
+                geo = (tuple(st.input_size), st.content_boxes.tobytes())
+                geometry.setdefault(geo, si)
+            seen: dict[tuple, int] = {}
+            for li, info in enumerate(self._layer_info):
+                st = self.stores[self._store_of[li]]
+                key = (geometry[(tuple(st.input_size), st.content_boxes.tobytes())], tuple(int(g) for g in info.grid))
+                if key not in seen:
+                    seen[key] = len(self.oracles)
+                    self.oracles.append((self._store_of[li], info.name, key[1]))
+                self.oracle_of[li] = seen[key]
 
     @property
     def depths(self) -> np.ndarray:
@@ -272,13 +322,18 @@ class StudyOutputs:
     def layer_activations(self, li: int, rows: np.ndarray) -> torch.Tensor:
         """float32 activations ``n x C x h x w`` of study layer ``li`` for store rows ``rows``."""
         store = self.stores[self._store_of[li]]
-        arr = store.activations(self.layers[li].layer)
-        if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
-            block = arr[int(rows[0]) : int(rows[-1]) + 1]
-        else:
-            block = arr.get_orthogonal_selection((rows,))
         # torch converts float16 with the CPU's vector instructions, numpy element by element
-        return torch.from_numpy(np.ascontiguousarray(block)).float()
+        return torch.from_numpy(_read_block(store.activations(self.layers[li].layer), rows)).float()
+
+    def truth_block(self, rows: np.ndarray) -> torch.Tensor:
+        """``K x n x gh x gw`` uint8 ground-truth masks of store rows ``rows`` on the evaluation grid."""
+        return torch.from_numpy(_read_block(self.stores[0].masks, rows)).transpose(0, 1).contiguous()
+
+    def oracle_block(self, oi: int, rows: np.ndarray) -> torch.Tensor:
+        """``K x n x h x w`` logits of oracle ``oi``: the pooled truth minus 0.5, scaled (positive = marked)."""
+        si, layer, _ = self.oracles[oi]
+        t = torch.from_numpy(_read_block(self.stores[si].targets(layer), rows)).float()
+        return ((t - 0.5) * 20.0).transpose(0, 1).contiguous()
 
     def _resample(self, si: int, logits: torch.Tensor, rows: np.ndarray, out: torch.Tensor) -> None:
         """Bilinear logits ``n x K' x h x w`` -> ``out`` (``K' x n x gh x gw``) on the evaluation grid."""
@@ -331,9 +386,19 @@ class StudyOutputs:
                 if self.use_seg:  # concept-major: each concept's maps are one contiguous block
                     low.append(self.seg_probes[li].maps(acts).transpose(0, 1).contiguous())
                 del acts
+            truth = self.truth_block(brows) if self.use_truth else None
+            oracle = [self.oracle_block(oi, brows) for oi in range(len(self.oracles))]
             for cstart in range(0, len(bpos), chunk_images):
                 sl = slice(cstart, min(len(bpos), cstart + chunk_images))
                 yield OutputChunk(
                     bpos[sl], [z[:, sl] for z in low] if self.use_seg else None,
                     cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps], self,
+                    truth[:, sl] if truth is not None else None, [o[:, sl] for o in oracle],
                 )
+
+
+def _read_block(arr, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted) of a Zarr array: one slice when they are consecutive."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return np.ascontiguousarray(arr[int(rows[0]) : int(rows[-1]) + 1])
+    return np.ascontiguousarray(arr.get_orthogonal_selection((rows,)))

@@ -31,6 +31,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from conceptsim.comparison.agreement import seg_kappa_matrices
+
 
 def set_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Set IoU of two binary arrays of the same shape (all test images and pixels together)."""
@@ -99,29 +101,44 @@ class SegAccumulator:
     workers : Python threads that share the concepts of a chunk (each with its own buffers; torch releases
         the GIL, so two workers keep two cores busy without OpenMP teams of the many small products waiting
         for each other). The results do not depend on it.
+    track : per concept index, ``P x 2`` row pairs whose *per-image* intersections, sizes and true
+        positives are also kept (for the image bootstrap of agreement beyond accuracy); needs ``truth_row``.
+    truth_row : the row that carries the ground-truth mask (see :mod:`conceptsim.comparison.agreement`).
+    moment_rows : the leading rows that also enter the permuted-image control and the soft-mask Pearson
+        (default all; the truth and oracle rows after the layers need only intersections); 0 skips both
+        (the val pass, which only selects layers).
     """
 
-    def __init__(self, n_layers: int, n_concepts: int, grid: tuple[int, int], workers: int = 1) -> None:
+    def __init__(self, n_layers: int, n_concepts: int, grid: tuple[int, int], workers: int = 1, *,
+                 track: dict[int, np.ndarray] | None = None, truth_row: int | None = None,
+                 moment_rows: int | None = None) -> None:
         L, K = n_layers, n_concepts
         self.n_layers = L
+        self.moment_rows = Lm = L if moment_rows is None else max(0, min(int(moment_rows), L))
         self.pixels = int(grid[0]) * int(grid[1])
         self.inter = torch.zeros((K, L, L), dtype=torch.int64)
         # counts of images per pixel never exceed the test set size: int32 halves the accumulation traffic
-        self.count_map = torch.zeros((K, L, self.pixels), dtype=torch.int32)
-        self.soft_gram = torch.zeros((K, L + 1, L + 1), dtype=torch.int64)
+        self.count_map = torch.zeros((K, Lm, self.pixels), dtype=torch.int32)
+        self.soft_gram = torch.zeros((K, Lm + 1, Lm + 1), dtype=torch.int64)
         self.n_images = 0
         self._buffers: dict[tuple[int, int], tuple] = {}
         self.workers = max(1, min(int(workers), K))
+        if track and truth_row is None:
+            raise ValueError("per-image tracking of layer pairs needs the truth row (truth_row)")
+        self.truth_row = truth_row
+        self.track = {int(k): np.asarray(p, dtype=np.int64).reshape(-1, 2) for k, p in (track or {}).items()}
+        self._per_image: dict[int, list] = {k: [] for k, p in self.track.items() if len(p)}
 
     def _buffers_for(self, n: int, worker: int = 0) -> tuple:
         if (n, worker) not in self._buffers:
-            L, m = self.n_layers, n * self.pixels
-            # one extra row of ones makes the product also yield every layer's sum and the pixel count
-            q = torch.empty((L + 1, m), dtype=torch.int8)
-            q[L] = 1
+            L, Lm, m = self.n_layers, self.moment_rows, n * self.pixels
+            # one extra row of ones makes the product also yield every layer's sum and the pixel count; a
+            # scratch row quantises the rows that take no part in the soft-mask moments
+            q = torch.empty((Lm + 2, m), dtype=torch.int8)
+            q[Lm] = 1
             # block indicator: (S @ B)[l, p] = number of images of the chunk that layer l marks at pixel p
-            ind = torch.zeros((L, L * n), dtype=torch.int8)
-            for li in range(L):
+            ind = torch.zeros((Lm, Lm * n), dtype=torch.int8)
+            for li in range(Lm):
                 ind[li, li * n : (li + 1) * n] = 1
             if any(key[0] != n for key in self._buffers):  # a new chunk size (the last chunk): drop the old
                 self._buffers = {}
@@ -170,38 +187,68 @@ class SegAccumulator:
         """The work of :meth:`update_streamed` for ``concepts``, in one worker's ``buffers``."""
         if threads is not None:
             torch.set_num_threads(threads)
-        L = self.n_layers
+        L, Lm = self.n_layers, self.moment_rows
         f, b, q, ind = buffers
+        qm = q[: Lm + 1]  # the moment rows and the row of ones
         half = torch.tensor(0.5)
         for k in concepts:
             for li in range(L):
+                qrow = q[li] if li < Lm else q[Lm + 1]
                 x = fill(li, k, f)
                 if x is None:
-                    q[li].zero_()  # round(127 * sigmoid(logit)) of a surely negative logit
+                    qrow.zero_()  # round(127 * sigmoid(logit)) of a surely negative logit
                     b[li].zero_()
                     continue
                 torch.sigmoid(x, out=f)
                 torch.add(half, f, alpha=QUANT, out=f)  # + 0.5 then truncation = rounding (values are >= 0)
-                q[li].copy_(f)
+                qrow.copy_(f)
                 # q >= 64 <=> sigmoid >= 0.5 <=> logit >= 0, and for 0 <= q <= 127 that is bit 6: q >> 6 is
                 # the 0/1 mask, computed in int8 (no bool pass) while the row is in cache
-                torch.bitwise_right_shift(q[li], 6, out=b[li])
+                torch.bitwise_right_shift(qrow, 6, out=b[li])
             int8_gram(b, out=self.inter[k])
-            int8_gram(ind, b.view(L * n, self.pixels).T, out=self.count_map[k])
-            int8_gram(q, out=self.soft_gram[k])
+            if k in self._per_image:
+                self._per_image[k].append(self._image_counts(b.view(L, n, self.pixels), self.track[k]))
+            if Lm:
+                int8_gram(ind, b[:Lm].reshape(Lm * n, self.pixels).T, out=self.count_map[k])
+                int8_gram(qm, out=self.soft_gram[k])
+
+    def _image_counts(self, b: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
+        """Per-image ``[|A and B|, |A|, |B|, |A and M|, |B and M|, |M|]`` of ``pairs``: ``n x P x 6`` int64."""
+        t = b[self.truth_row]
+        rows = np.unique(pairs)
+        size = {int(r): b[r].sum(dim=1, dtype=torch.int64) for r in rows}
+        tp = {int(r): (b[r] * t).sum(dim=1, dtype=torch.int64) for r in rows}
+        m = t.sum(dim=1, dtype=torch.int64)
+        out = torch.empty((b.shape[1], len(pairs), 6), dtype=torch.int64)
+        for j, (ra, rb) in enumerate(pairs):
+            out[:, j, 0] = (b[ra] * b[rb]).sum(dim=1, dtype=torch.int64)
+            out[:, j, 1], out[:, j, 2] = size[int(ra)], size[int(rb)]
+            out[:, j, 3], out[:, j, 4] = tp[int(ra)], tp[int(rb)]
+            out[:, j, 5] = m
+        return out.numpy()
+
+    def per_image(self) -> dict[int, np.ndarray]:
+        """Per tracked concept, ``N x P x 6`` per-image counts of its tracked pairs (see ``track``)."""
+        return {k: np.concatenate(v, axis=0) for k, v in self._per_image.items() if v}
 
     def results(self) -> dict[str, np.ndarray]:
-        """``seg``, ``seg_control`` and ``seg_pearson`` as ``K x L x L`` arrays."""
+        """``seg`` (``K x L x L``, all rows), ``seg_control`` and ``seg_pearson`` (``K x Lm x Lm``, the moment
+        rows; absent without them), and with a truth row ``seg_kappa`` and ``seg_obs_exp``
+        (:func:`seg_kappa_matrices`, all rows)."""
         inter = self.inter.double().numpy()
         sizes = np.diagonal(inter, axis1=1, axis2=2).copy()
         seg = iou_from_counts(inter, sizes)
-        c = self.count_map.double()
-        expected = torch.bmm(c, c.transpose(1, 2)).numpy() / max(self.n_images, 1)
-        control = iou_from_counts(expected, sizes)
-        g = self.soft_gram.double().numpy()
-        L = self.n_layers
-        pearson = pearson_from_moments(g[0, L, L], g[:, L, :L], g[:, :L, :L])
-        return {"seg": seg, "seg_control": control, "seg_pearson": pearson}
+        out = {"seg": seg}
+        Lm = self.moment_rows
+        if Lm:
+            c = self.count_map.double()
+            expected = torch.bmm(c, c.transpose(1, 2)).numpy() / max(self.n_images, 1)
+            out["seg_control"] = iou_from_counts(expected, sizes[:, :Lm])
+            g = self.soft_gram.double().numpy()
+            out["seg_pearson"] = pearson_from_moments(g[0, Lm, Lm], g[:, Lm, :Lm], g[:, :Lm, :Lm])
+        if self.truth_row is not None:
+            out["seg_kappa"], out["seg_obs_exp"] = seg_kappa_matrices(inter, self.truth_row, self.n_images * self.pixels)
+        return out
 
 
 def cls_similarity(logits: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:

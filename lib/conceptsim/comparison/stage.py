@@ -13,11 +13,15 @@ similarities are symmetric, so the other orientation has the same value). Column
 =============  =======================================================================================
 concept        concept name; empty for the CKA methods
 category       the concept's category (store metadata); empty for CKA
-method         ``seg`` (set IoU of binarised masks), ``seg_pearson`` (Pearson of soft masks), ``cls``
-               (Pearson of logits over images), ``cls_jaccard`` (Jaccard of predicted-positive images),
+method         ``seg`` (set IoU of binarised masks), ``seg_kappa`` (agreement beyond accuracy: observed
+               overlap against the overlap of probes erring independently given the true mask, kappa-like,
+               see :mod:`conceptsim.comparison.agreement`), ``seg_obs_exp`` (observed / expected overlap),
+               ``seg_pearson`` (Pearson of soft masks), ``cls`` (Pearson of logits over images),
+               ``cls_partial`` (partial correlation of the logits given the label),
+               ``cls_jaccard`` (Jaccard of predicted-positive images),
                ``cka`` (linear CKA, GAP features), ``cka_debiased`` (debiased linear CKA, GAP features),
                ``cka_grid4`` (linear CKA, activations average-pooled to 4 x 4 and flattened)
-model_a/b      model display names (``NAME`` or ``NAME:random``)
+model_a/b      model display names (``NAME``, ``NAME:random`` or ``NAME:random@SEED``)
 layer_a/b      probed layer names
 depth_a/b      relative depths of the layers
 value          the similarity (empty = undefined, e.g. a union of empty masks or a constant output)
@@ -32,7 +36,7 @@ mean over the ``n_concepts`` concepts represented in *both* layers (``represente
 ``cls`` quality rows), ``control`` the mean chance value over the same concepts; CKA rows are copied with
 ``n_concepts`` empty.
 
-``findings.json`` -- see :func:`conceptsim.comparison.findings.findings_document`.
+``findings.json`` -- see :mod:`conceptsim.comparison.document` (selection on val, the tests, Holm).
 """
 
 from __future__ import annotations
@@ -48,14 +52,17 @@ import torch
 import torch.nn.functional as F
 
 from conceptsim.atomic import atomic_path, write_json
+from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices
-from conceptsim.comparison.findings import findings_document, quality_arrays, rng_for
+from conceptsim.comparison.document import findings_document, plan_findings
+from conceptsim.comparison.findings import quality_arrays, rng_for
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
 from conceptsim.paths import comparison_files, concept_quality_csv, model_dir_name
 from conceptsim.runtime import torch_threads_from_environment
 
-CONCEPT_METHODS = {"seg": "seg", "seg_pearson": "seg", "cls": "cls", "cls_jaccard": "cls"}
+CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg", "cls": "cls",
+                   "cls_partial": "cls", "cls_jaccard": "cls"}
 CKA_METHODS = ("cka", "cka_debiased", "cka_grid4")
 QUALITY_COLUMNS = ("model", "layer", "relative_depth", "concept", "method", "metric", "value", "represented")
 
@@ -79,49 +86,90 @@ def read_quality(so: StudyOutputs) -> pd.DataFrame:
 
 
 def compute_similarities(
-    so: StudyOutputs, *, seed: int = 0, chunk_images: int = 16, read_images: int = 16, grid4: bool = True
+    so: StudyOutputs, *, seed: int = 0, chunk_images: int = 16, read_images: int = 16, grid4: bool = True,
+    cka: bool = True, track: dict[int, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """All similarity matrices of a study: one streaming pass over the test images (+ one for grid-4 CKA).
+    """All similarity matrices of a study: one streaming pass over the compared images (+ one for grid-4 CKA).
+
+    When ``so`` reads the ground truth (``StudyOutputs(truth=True)``) the truth mask is one more row of the
+    segmentation accumulator and the resolution-only oracles (``oracles=True``) further rows, so agreement
+    beyond accuracy and the oracle's matrices come from the same pass.
+
+    Parameters
+    ----------
+    cka : compute the CKA matrices, the permuted-image control and the soft-mask Pearson (off for the val
+        pass, which only selects layers).
+    track : per concept, ``P x 2`` study layer pairs whose per-image segmentation counts are kept
+        (``seg_image_counts``, for the image bootstrap of finding 1).
 
     Returns
     -------
     ``K x L x L`` arrays ``seg``, ``seg_control``, ``seg_pearson``, ``cls``, ``cls_control``,
-    ``cls_jaccard`` and ``L x L`` arrays ``cka``, ``cka_debiased`` and ``cka_grid4``.
+    ``cls_jaccard``, ``cls_partial``, with the truth also ``seg_kappa`` and ``seg_obs_exp``, with oracles
+    ``oracle_seg_kappa`` (the oracle of each layer's grid against the oracle of the other's, ``K x L x L``);
+    ``L x L`` arrays ``cka``, ``cka_debiased`` and ``cka_grid4``; ``seg_image_counts`` (concept -> ``N x P x
+    6``) when ``track`` is given.
     """
     nl, nk, n = len(so.layers), len(so.concepts), so.n_test
-    seg_acc = SegAccumulator(nl, nk, so.eval_grid, workers=min(2, os.cpu_count() or 1)) if so.use_seg else None
+    n_or = len(so.oracles)
+    rows_total = nl + (1 + n_or if so.use_truth else 0)
+    seg_acc = None
+    if so.use_seg:
+        seg_acc = SegAccumulator(rows_total, nk, so.eval_grid, workers=min(2, os.cpu_count() or 1),
+                                 track=track, truth_row=nl if so.use_truth else None, moment_rows=nl if cka else 0)
     cls_logits = np.zeros((nl, n, nk), dtype=np.float32)
-    gap = [None] * nl
+    gap = [None] * nl if cka else None
     # The grid-4 pass reads the activations once more: it runs in a second Python thread beside the main
     # pass (torch releases the GIL), which keeps two cores busy without OpenMP teams of the many small
     # products waiting for each other. It uses the caller's torch thread count.
-    pool = ThreadPoolExecutor(1) if grid4 else None
+    pool = ThreadPoolExecutor(1) if (grid4 and cka) else None
     nthreads = torch.get_num_threads()
     pending = pool.submit(_grid4_cka, so, max(read_images, 64), nthreads) if pool is not None else None
+
+    def fill(chunk, li: int, k: int, buf: torch.Tensor):
+        if li < nl:
+            return buf if chunk.seg_map(li, k, buf) else None
+        if li == nl:
+            return buf if chunk.truth_map(k, buf) else None
+        return buf if chunk.oracle_map(li - nl - 1, k, buf) else None
+
     for chunk in so.iter_chunks(chunk_images, read_images):
         if seg_acc is not None:
-            seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: buf if c.seg_map(li, k, buf) else None)
+            seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: fill(c, li, k, buf))
         if chunk.cls is not None:
             cls_logits[:, chunk.rows] = chunk.cls.numpy()
-        for li, g in enumerate(chunk.gap):
-            if gap[li] is None:
-                gap[li] = np.zeros((n, g.shape[1]), dtype=np.float32)  # float64 only for the product
-            gap[li][chunk.rows] = g.numpy()
+        if gap is not None:
+            for li, g in enumerate(chunk.gap):
+                if gap[li] is None:
+                    gap[li] = np.zeros((n, g.shape[1]), dtype=np.float32)  # float64 only for the product
+                gap[li][chunk.rows] = g.numpy()
     out: dict[str, np.ndarray] = {}
     if seg_acc is not None:
-        out.update(seg_acc.results())
-        for key in ("seg", "seg_control", "seg_pearson"):
+        full = seg_acc.results()
+        layers = slice(0, nl)
+        for key, value in full.items():
+            out[key] = value[:, layers, layers].copy()
+        keys = ["seg", "seg_control", "seg_pearson", "seg_kappa", "seg_obs_exp"]
+        for key in (k for k in keys if k in out):
             out[key][~pair_mask(so.seg_available)] = np.nan
+        if n_or:
+            o = nl + 1 + so.oracle_of
+            out["oracle_seg_kappa"] = full["seg_kappa"][:, o[:, None], o[None, :]]
+        if track:
+            out["seg_image_counts"] = seg_acc.per_image()
     if so.use_cls:
         out.update(cls_similarity(cls_logits, rng_for(seed, "cls_control")))
-        for key in ("cls", "cls_control", "cls_jaccard"):
+        out["cls_partial"] = partial_correlation(cls_logits.transpose(2, 0, 1), so.labels)
+        out["cls_logits"] = cls_logits
+        for key in ("cls", "cls_control", "cls_jaccard", "cls_partial"):
             out[key][~pair_mask(so.cls_available)] = np.nan
-    grams = np.empty((nl, n, n))
-    for li, g in enumerate(gap):
-        t = torch.from_numpy(g).double()
-        torch.matmul(t, t.T, out=torch.from_numpy(grams[li]))
-        gap[li] = None  # the features are not needed any more
-    out.update(cka_matrices(grams))
+    if gap is not None:
+        grams = np.empty((nl, n, n))
+        for li, g in enumerate(gap):
+            t = torch.from_numpy(g).double()
+            torch.matmul(t, t.T, out=torch.from_numpy(grams[li]))
+            gap[li] = None  # the features are not needed any more
+        out.update(cka_matrices(grams))
     if pending is not None:
         out["cka_grid4"] = pending.result()
         pool.shutdown()
@@ -163,7 +211,7 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
     names = np.array([pl.layer for pl in so.layers], dtype=object)
     depths = so.depths
     frames = []
-    for method in ("seg", "seg_pearson", "cls", "cls_jaccard"):
+    for method in CONCEPT_METHODS:
         if method not in sims:
             continue
         values = sims[method][:, ia, ib]
@@ -267,6 +315,8 @@ def run_comparison_stage(
     bootstrap: int = 1000,
     chunk_images: int = 16,
     grid4: bool = True,
+    select_split: str = "val",
+    min_concepts: int = 3,
 ) -> dict[str, Path]:
     """Compare every pair of probed layers of ``models`` on one dataset and test the two findings.
 
@@ -281,6 +331,10 @@ def run_comparison_stage(
     chunk_images : test images per streaming step; memory is about ``chunk_images x layers x grid pixels
         x 2`` bytes (one concept's int8 masks) plus the low-resolution logits of ``chunk_images`` images.
     grid4 : also compute CKA on activations pooled to 4 x 4 (one extra read of the activations).
+    select_split : where layer pairs, depth matches and emergence depths are chosen (``"val"``, the default;
+        ``"test"`` is the pre-review behaviour, kept as an alternative). Without val images the stage
+        selects on test and ``findings.json`` says so (``selected_on``).
+    min_concepts : finding 1 is "not testable here" with fewer concepts passing the learned-concept filter.
 
     Threads: torch runs ``CONCEPTSIM_TORCH_THREADS`` threads per worker of the stage when that is set to a
     positive number and otherwise 1, restored afterwards (the stage runs its two reading passes in two Python
@@ -294,19 +348,41 @@ def run_comparison_stage(
     previous = torch.get_num_threads()
     torch.set_num_threads(torch_threads_from_environment() or 1)
     try:
-        return _run(Path(dataset_dir), Path(out_dir), models, seed, permutations, bootstrap, chunk_images, grid4)
+        return _run(Path(dataset_dir), Path(out_dir), models, seed, permutations, bootstrap, chunk_images, grid4,
+                    select_split, min_concepts)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4) -> dict[str, Path]:
-    so = StudyOutputs(dataset_dir, models)
+def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4, select_split="val",
+         min_concepts=3) -> dict[str, Path]:
+    so = StudyOutputs(dataset_dir, models, truth=True, oracles=True)
     quality = read_quality(so)
-    sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4)
+    # 1. selection matrices on val (agreement beyond accuracy and the oracle's); no CKA, no grid-4 pass
+    n_val = len(so.stores[0].split_index("val"))
+    if select_split == "val" and n_val > 0:
+        so_val = StudyOutputs(dataset_dir, models, split="val", truth=True, oracles=True)
+        select = compute_similarities(so_val, seed=seed, chunk_images=chunk_images, grid4=False, cka=False)
+        selected_on = "val"
+    elif select_split in ("val", "test"):
+        select, selected_on = None, "test"  # no val images: select on test (recorded in findings.json)
+    else:
+        raise ValueError(f"select_split must be 'val' or 'test', got {select_split!r}")
+    # 2. the val-selected finding-1 pairs are followed per image in the test pass
+    plans, track = plan_findings(so, quality, select) if select is not None else (None, None)
+    # 3. one pass over the test images
+    sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
+    if select is None:
+        select = sims
+        plans, track = plan_findings(so, quality, select)
+        if track:  # selection on test: the tracked pairs are known only now (a second, rare pass)
+            sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
+    sims["seg_track"] = track
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
     paths = comparison_files(out_dir)
     write_csv(paths["similarity"], similarity_frame(so, sims))
     write_csv(paths["layer_similarity"], layer_similarity_frame(so, sims, rep))
-    doc = findings_document(so, sims, quality, seed=seed, permutations=permutations, bootstrap=bootstrap)
+    doc = findings_document(so, sims, select, quality, plans, seed=seed, permutations=permutations,
+                            bootstrap=bootstrap, selected_on=selected_on, n_val=n_val, min_concepts=min_concepts)
     write_json(paths["findings"], doc)
     return paths

@@ -5,7 +5,15 @@ the layer grid) + noise`` (plus pure-noise channels), and its concept vectors re
 (segmentation: weight ``gain`` on the channel with bias ``-gain/2``; classification: the GAP of the
 channel minus its mean). ``signal(model, layer_index, relative_depth, concept_index)`` therefore decides how
 well each layer represents each concept, and the layer's ``concept_quality.csv`` marks the concept
-represented when the signal is at least ``0.5``.
+represented when the signal is at least ``0.5`` (its interval is the signal +- 0.05, so a trained layer
+"beats its twin" when their signals differ by more than 0.1).
+
+Known answers for agreement beyond accuracy: the noise of each model is independent, so two layers on the
+evaluation grid's own resolution err independently given the truth (``seg_kappa`` about 0 however strong
+the signal); ``shared(model, layer_index, relative_depth, concept_index)`` adds that weight times a
+noise field common to all models (one per layer grid; a planted shared error: ``seg_kappa`` > 0 between
+layers that share it).
+Coarser layer grids share the errors their resolution makes (what the resolution-only oracle measures).
 """
 
 from __future__ import annotations
@@ -48,10 +56,12 @@ def build_synthetic_study(
     *,
     n_images: int = 40,
     test_fraction: float = 0.5,
+    val_fraction: float = 0.25,
     concepts: Sequence[tuple[str, str]] = (("sky", "scene"), ("dog", "object"), ("red", "colour")),
     eval_grid: Sequence[int] = (16, 16),
     input_size: Sequence[int] = (32, 32),
     signal: Signal | None = None,
+    shared: Signal | None = None,
     noise: float = 0.3,
     extra_channels: int = 2,
     seed: int = 0,
@@ -65,7 +75,9 @@ def build_synthetic_study(
     models : model name -> list of ``(layer name, relative depth, grid side, channels)``; channels must be
         at least the number of concepts.
     signal : strength of concept k in a layer (default: 1 everywhere).
-    noise : standard deviation of the activation noise.
+    shared : weight of the noise field common to all models in concept k's channel (default: 0).
+    noise : standard deviation of the activation noise (independent per model).
+    test_fraction, val_fraction : shares of the images in the test and val splits (the rest is train).
     image_ids : override the image ids (to build deliberately mismatched stores).
 
     Returns
@@ -77,11 +89,16 @@ def build_synthetic_study(
     k = len(concepts)
     masks = blob_masks(rng, n_images, k, eval_grid)
     n_test = int(round(n_images * test_fraction))
-    splits = ["train"] * (n_images - n_test) + ["test"] * n_test
+    n_val = int(round(n_images * val_fraction))
+    n_train = n_images - n_test - n_val
+    if n_train < 0:
+        raise ValueError(f"test_fraction {test_fraction} + val_fraction {val_fraction} exceed 1")
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     ids = np.arange(n_images) if image_ids is None else np.asarray(image_ids)
     labels = (masks.reshape(n_images, k, -1).mean(axis=2) >= 0.005).astype(np.uint8)
     boxes = np.tile(np.array([0, 0, *input_size], dtype=np.float32), (n_images, 1))
     signal = signal or (lambda m, i, d, c: 1.0)
+    shared = shared or (lambda m, i, d, c: 0.0)
     concept_list = [{"name": n, "category": c} for n, c in concepts]
     for model, layers in models.items():
         mdir = root / model_dir_name(model)
@@ -94,10 +111,13 @@ def build_synthetic_study(
         acts, targets, rows = {}, {}, []
         for li, info in enumerate(infos):
             pooled = area_pool(torch.from_numpy(masks).float(), info.grid).numpy()  # n x k x g x g
+            # the shared noise field: one per layer grid, the same for every model (unit variance per cell)
+            common_pooled = np.random.default_rng([seed, 7, *info.grid]).standard_normal(
+                (n_images, k, *info.grid), dtype=np.float32)
             a = noise * mrng.standard_normal((n_images, info.channels, *info.grid), dtype=np.float32)
             for c in range(k):
                 s = signal(model, li, info.relative_depth, c)
-                a[:, c] += s * pooled[:, c]
+                a[:, c] += s * pooled[:, c] + shared(model, li, info.relative_depth, c) * common_pooled[:, c]
                 rows.append((model, info.name, info.relative_depth, concepts[c][0], concepts[c][1], s))
             acts[info.name] = a.astype(np.float16)
             targets[info.name] = pooled.astype(np.float16)
@@ -106,12 +126,13 @@ def build_synthetic_study(
             w[np.arange(k), np.arange(k)] = gain
             std = np.ones(info.channels)
             mean = np.zeros(info.channels)
+            val_quality = np.array([signal(model, li, info.relative_depth, c) for c in range(k)], dtype=np.float64)
             save_npz(vector_path(vectors_dir(mdir), "seg", info.name), weight=w, bias=np.full(k, -gain / 2), mean=mean,
-                     std=std, concepts=np.array([c[0] for c in concepts]))
+                     std=std, concepts=np.array([c[0] for c in concepts]), val_iou=val_quality)
             gap = a.mean(axis=(2, 3))
-            gap_mean = (gap[: n_images - n_test] if n_test < n_images else gap).mean(axis=0)
+            gap_mean = gap[: n_train or n_images].mean(axis=0)
             save_npz(vector_path(vectors_dir(mdir), "cls", info.name), coef=w / gain, intercept=-gap_mean[:k], mean=mean,
-                     std=std, concepts=np.array([c[0] for c in concepts]))
+                     std=std, concepts=np.array([c[0] for c in concepts]), val_ap=val_quality)
         store_path = activation_store(mdir)
         with atomic_path(store_path) as tmp:
             writer = StoreWriter(
@@ -128,7 +149,8 @@ def build_synthetic_study(
             for method, metric in (("seg", "set_iou"), ("cls", "ap")):
                 quality.append(
                     {"model": m, "layer": layer, "relative_depth": depth, "concept": c, "category": cat,
-                     "method": method, "metric": metric, "value": s, "ci_low": s, "ci_high": s, "control_value": 0.0,
+                     "method": method, "metric": metric, "value": s, "ci_low": s - 0.05, "ci_high": s + 0.05,
+                     "control_value": 0.0,
                      "random_init_value": np.nan, "represented": bool(s >= 0.5), "n_test": n_test}
                 )
         with atomic_path(concept_quality_csv(mdir)) as tmp:

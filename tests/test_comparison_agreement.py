@@ -1,0 +1,112 @@
+"""Agreement beyond accuracy: seg_kappa / seg_obs_exp and cls_partial have known answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from conceptsim.comparison.agreement import kappa_from_sums, partial_correlation, seg_kappa_matrices
+from conceptsim.comparison.similarity import SegAccumulator, set_iou
+
+
+def probe(truth: np.ndarray, miss: float, false_pos: float, rng, shared: np.ndarray | None = None) -> np.ndarray:
+    """A mask that errs independently given the truth (``shared`` errors flipped on top)."""
+    u = rng.random(truth.shape)
+    out = np.where(truth, u >= miss, u < false_pos)
+    if shared is not None:
+        out = np.where(shared, ~truth, out)
+    return out
+
+
+def kappa(a, b, m):
+    a, b, m = (np.asarray(x, bool).ravel() for x in (a, b, m))
+    return kappa_from_sums((a & b).sum(), a.sum(), b.sum(), (a & m).sum(), (b & m).sum(), m.sum(), m.size)
+
+
+@pytest.mark.parametrize("miss,false_pos", [(0.3, 0.2), (0.05, 0.02), (0.01, 0.005)])
+def test_conditionally_independent_probes_score_zero_however_accurate(miss, false_pos):
+    rng = np.random.default_rng(0)
+    truth = rng.random((100, 40, 40)) < 0.3
+    a, b = probe(truth, miss, false_pos, rng), probe(truth, miss, false_pos, rng)
+    k, ratio = kappa(a, b, truth)
+    assert abs(k) < 0.02 and abs(ratio - 1) < 0.02
+    # raw set IoU is high only because both are accurate
+    if miss <= 0.05:
+        assert set_iou(a, b) > 0.8
+
+
+def test_copies_score_one_and_disjoint_errors_score_negative():
+    rng = np.random.default_rng(1)
+    truth = rng.random((50, 30, 30)) < 0.4
+    a = probe(truth, 0.2, 0.1, rng)
+    assert kappa(a, a, truth)[0] == pytest.approx(1.0)
+    # errors that avoid each other (disjoint error sets) agree less than chance given the truth
+    u = rng.random(truth.shape)
+    a, b = truth ^ (u < 0.1), truth ^ ((u >= 0.1) & (u < 0.2))
+    k, ratio = kappa(a, b, truth)
+    assert k < -0.05 and ratio < 1
+
+
+def test_planted_shared_errors_are_found_and_grow_with_sharing():
+    rng = np.random.default_rng(2)
+    truth = rng.random((150, 32, 32)) < 0.3
+    ks = []
+    for share in (0.0, 0.02, 0.05, 0.1):
+        shared = rng.random(truth.shape) < share
+        a = probe(truth, 0.1, 0.05, rng, shared)
+        b = probe(truth, 0.1, 0.05, rng, shared)
+        ks.append(kappa(a, b, truth)[0])
+    assert abs(ks[0]) < 0.02
+    assert ks[1] > 0.05 and np.all(np.diff(ks) > 0)
+
+
+def test_perfect_or_empty_probe_is_undefined():
+    truth = np.zeros((4, 8, 8), bool)
+    truth[:, 2:5, 2:5] = True
+    assert np.isnan(kappa(truth, truth, truth)[0])
+    assert np.isnan(kappa(np.zeros_like(truth), truth, truth)[0])
+
+
+def test_accumulator_with_truth_row_matches_direct_counts():
+    rng = np.random.default_rng(3)
+    n, grid = 12, (10, 10)
+    truth = rng.random((n, 2, *grid)) < 0.3
+    probes = [np.stack([probe(truth[:, k], 0.2, 0.1, rng) for k in range(2)], 1) for _ in range(3)]
+    rows = probes + [truth]
+    logits = torch.from_numpy(np.stack([np.where(r, 5.0, -5.0) for r in rows]).astype(np.float32))  # R x n x K
+    logits = logits.permute(0, 2, 1, 3, 4).contiguous()  # R x K x n x gh x gw
+    acc = SegAccumulator(4, 2, grid, track={1: np.array([[0, 1], [2, 0]])}, truth_row=3)
+    acc.update(logits[:, :, :5])
+    acc.update(logits[:, :, 5:])
+    res = acc.results()
+    for k in range(2):
+        for i in range(3):
+            for j in range(3):
+                want = kappa(rows[i][:, k], rows[j][:, k], truth[:, k])
+                np.testing.assert_allclose(res["seg_kappa"][k, i, j], want[0], rtol=1e-12, equal_nan=True)
+                np.testing.assert_allclose(res["seg_obs_exp"][k, i, j], want[1], rtol=1e-12, equal_nan=True)
+    counts = acc.per_image()[1]
+    assert counts.shape == (n, 2, 6)
+    pooled = counts.sum(axis=0)
+    direct = seg_kappa_matrices(acc.inter.double().numpy(), 3, n * 100)[0][1]
+    np.testing.assert_allclose(kappa_from_sums(*pooled.T[:5], pooled[:, 5], n * 100)[0], [direct[0, 1], direct[2, 0]])
+    with pytest.raises(ValueError, match="truth_row"):
+        SegAccumulator(2, 1, grid, track={0: np.array([[0, 1]])})
+
+
+def test_partial_correlation_given_the_label():
+    rng = np.random.default_rng(4)
+    n = 4000
+    y = rng.random(n) < 0.4
+    shared = rng.standard_normal(n)
+    a = 3 * y + rng.standard_normal(n)
+    b = 3 * y + rng.standard_normal(n)
+    c = 3 * y + 0.6 * shared + 0.8 * rng.standard_normal(n)
+    d = -1 * y + 0.6 * shared + 0.8 * rng.standard_normal(n)
+    logits = np.stack([a, b, c, d])[None]  # K=1 x L x N
+    r = partial_correlation(logits, y[:, None])[0]
+    assert np.corrcoef(a, b)[0, 1] > 0.6  # raw correlation through the label
+    assert abs(r[0, 1]) < 0.05
+    assert r[2, 3] == pytest.approx(0.36, abs=0.05)
+    assert r[0, 0] == pytest.approx(1.0)
+    const = np.stack([3.0 * y, a])[None]  # a layer constant within classes: undefined
+    assert np.isnan(partial_correlation(const, y[:, None])[0, 0, 1])

@@ -1,0 +1,95 @@
+"""Finding-2 statistics (combined matches, both nulls, predictors, positive control) and finding-1 bootstrap."""
+
+import numpy as np
+import pytest
+
+from conceptsim.comparison.alignment import (
+    block_recovery,
+    combined_matches,
+    paired_concept_difference,
+    permutation_test,
+    predictor_agreement,
+)
+from conceptsim.comparison.learned import hierarchical_bootstrap, image_weights, partial_replicates
+
+
+def aligned_matrix(depths_a, depths_b, k=3):
+    """Agreement that falls with the depth difference: the best match is the nearest relative depth."""
+    d = np.concatenate([depths_a, depths_b])
+    s = 1.0 - np.abs(d[:, None] - d[None, :])
+    return np.repeat(s[None], k, axis=0)
+
+
+def test_combined_test_pools_both_directions_and_detects_alignment():
+    da, db = np.linspace(0.1, 1, 8), np.linspace(0.2, 1, 5)
+    la, lb = np.arange(8), np.arange(8, 13)
+    sim = aligned_matrix(da, db)
+    rep = np.ones((13, 3), bool)
+    m = combined_matches(sim, la, lb, rep)
+    assert len(m) == 3 * (8 + 5)  # every represented layer of both models, every concept
+    res = permutation_test(m, la, lb, np.concatenate([da, db]), np.random.default_rng(0), n_perm=500)
+    assert res["p_value"] < 0.01 and res["error"] < 0.1 < res["null_mean"] and res["n_concepts"] == 3
+
+
+def test_unaligned_matches_are_not_significant():
+    rng = np.random.default_rng(1)
+    da, db = np.linspace(0.1, 1, 8), np.linspace(0.2, 1, 5)
+    la, lb = np.arange(8), np.arange(8, 13)
+    sim = rng.random((4, 13, 13))
+    m = combined_matches(sim, la, lb, np.ones((13, 4), bool))
+    res = permutation_test(m, la, lb, np.concatenate([da, db]), np.random.default_rng(2), n_perm=500)
+    assert res["p_value"] > 0.05
+
+
+def test_oracle_ties_share_a_match_and_difference_has_an_interval():
+    # A's layers 0,1 and B's layers 2,3 all share one grid: the oracle cannot tell them apart
+    depths = np.array([0.2, 0.9, 0.25, 0.95])
+    la, lb = np.array([0, 1]), np.array([2, 3])
+    oracle = np.ones((2, 4, 4))
+    mo = combined_matches(oracle, la, lb, np.ones((4, 2), bool), ties=True)
+    assert np.allclose(mo.weight, 0.5)
+    trained = combined_matches(aligned_matrix(depths[:2], depths[2:], k=2), la, lb, np.ones((4, 2), bool))
+    d = paired_concept_difference(trained, mo, depths, np.random.default_rng(0), n_boot=200)
+    assert d["mean"] < -0.3 and d["ci_high"] < 0 and d["n"] == 2
+
+
+def test_predictors_name_the_coordinate_that_matches():
+    da, db = np.linspace(0.1, 1, 8), np.linspace(0.2, 1, 5)
+    la, lb = np.arange(8), np.arange(8, 13)
+    m = combined_matches(aligned_matrix(da, db), la, lb, np.ones((13, 3), bool))
+    rel = np.concatenate([da, db])
+    shuffled = np.random.default_rng(0).permutation(rel)
+    out = predictor_agreement(m, {"relative_depth": rel, "stride": shuffled})
+    assert out["best"] == "relative_depth" and out["spearman"]["relative_depth"] > 0.9
+
+
+def test_block_recovery_counts_corresponding_blocks():
+    la, lb = np.arange(3), np.arange(3, 6)
+    sim = np.zeros((1, 6, 6))
+    for a, b in ((0, 3), (1, 4), (2, 3)):  # layer 2's best match is not its block (5)
+        sim[0, a, b] = sim[0, b, a] = 1.0
+    res = block_recovery(sim, la, lb, np.ones((6, 1), bool), {0: 3, 1: 4, 2: 5})
+    assert res["n"] == 6 and res["chance"] == pytest.approx(1 / 3)
+    assert res["hits"] == 4 and res["rate"] == pytest.approx(4 / 6)  # 0->3, 1->4, 3->0, 4->1
+
+
+def test_hierarchical_bootstrap_and_weighted_partial():
+    rng = np.random.default_rng(3)
+    reps = rng.normal(0.3, 0.05, size=(400, 6))
+    out = hierarchical_bootstrap(reps, np.full(6, 0.3), rng)
+    assert out["ci_low"] > 0.15 and out["p_value"] < 0.01 and out["n"] == 6
+    null = hierarchical_bootstrap(rng.normal(0.0, 0.05, size=(400, 6)), np.zeros(6), rng)
+    assert null["p_value"] > 0.2
+    # image weights of all ones reproduce the plain partial correlation
+    n = 300
+    y = rng.random(n) < 0.5
+    x = 2 * y + rng.standard_normal(n)
+    z = 2 * y + 0.5 * (x - 2 * y) + rng.standard_normal(n)
+    f = partial_replicates(x[None], z[None], y)
+    w = image_weights(rng, 50, n)
+    assert w.shape == (50, n) and np.allclose(w.sum(axis=1), n)
+    r1 = f(np.ones((1, n)))[0, 0]
+    res = [x[y] - x[y].mean(), x[~y] - x[~y].mean()]
+    rz = [z[y] - z[y].mean(), z[~y] - z[~y].mean()]
+    want = np.corrcoef(np.concatenate(res), np.concatenate(rz))[0, 1]
+    assert r1 == pytest.approx(want)

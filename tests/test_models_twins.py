@@ -1,0 +1,100 @@
+"""Random-init twins: names with seeds, and every probed layer of every registry twin carries signal."""
+
+import numpy as np
+import pytest
+import torch
+
+from conceptsim.concepts.stage import DegenerateLayerError, check_constant_channels
+from conceptsim.extraction.hooks import record_activations
+from conceptsim.models.registry import UnknownModelError, build_model, parse_model_name, shared_blocks
+from conceptsim.models.names import base_name, is_twin, split_twin_name, twin_name, twin_names
+from conceptsim.models.twins import calibration_images
+
+REGISTRY_TWINS = ["ssd_mobilenet_v2_coco:random", "centernet_mobilenet_v3_coco:random", "mobilenet_v2_imagenet:random"]
+FLOAT16_TINY = 6.1e-5  # smallest normal float16
+FLOAT16_MAX = 65504.0
+
+
+def test_twin_names_with_seeds():
+    assert split_twin_name("m") == ("m", False, 0)
+    assert split_twin_name("m:random") == ("m", True, 0)
+    assert split_twin_name("m:random@3") == ("m", True, 3)
+    assert twin_name("m") == "m:random" and twin_name("m", 2) == "m:random@2" and twin_name("m:random@2") == "m:random"
+    assert twin_names("m", 3) == ["m:random", "m:random@1", "m:random@2"]
+    assert is_twin("m:random@1") and not is_twin("m") and base_name("m:random@7") == "m"
+    with pytest.raises(ValueError, match="NAME:random@SEED"):
+        split_twin_name("m:random@x")
+    spec, random_init = parse_model_name("mobilenet_v2_imagenet:random@4")
+    assert spec.name == "mobilenet_v2_imagenet" and random_init
+    with pytest.raises(UnknownModelError, match="NAME:random@SEED"):
+        parse_model_name("mobilenet_v2_imagenet:random@")
+
+
+def test_twin_seeds_differ_and_repeat():
+    a, b, a2 = (build_model(n) for n in ("mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet:random@1",
+                                          "mobilenet_v2_imagenet:random"))
+    w = "features.0.0.weight"
+    assert not torch.equal(a.module.state_dict()[w], b.module.state_dict()[w])
+    for (_, pa), (_, pb) in zip(a.module.state_dict().items(), a2.module.state_dict().items()):
+        assert torch.equal(pa, pb)
+    assert b.weights_sha256 == "random-init-v2-seed-1"
+
+
+def test_calibration_images_are_seeded_and_image_like():
+    a, b = calibration_images((64, 48), 3, 0), calibration_images((64, 48), 3, 0)
+    assert a.shape == (3, 64, 48, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, calibration_images((64, 48), 3, 1))
+    # smooth like photographs: neighbouring pixels are strongly correlated
+    x = a[0, :, :, 0].astype(float)
+    assert np.corrcoef(x[:, :-1].ravel(), x[:, 1:].ravel())[0, 1] > 0.5
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from PIL import Image
+
+    from conceptsim.data.photo_colors import source_photos
+
+    return [np.asarray(Image.open(p).convert("RGB")) for p in source_photos()]
+
+
+@pytest.mark.slow  # builds the three registry twins and runs them on 12 photos (about 20 s CPU each)
+@pytest.mark.parametrize("name", REGISTRY_TWINS)
+def test_every_probed_twin_layer_carries_signal_on_real_photos(name, photos):
+    """No constant channel (a 1 x 1 map may have a rare dead unit) and per-channel spreads well inside
+    float16's normal range, on the real photos that ship with the installed packages."""
+    loaded = build_model(name)
+    x = torch.stack([loaded.preprocessing.apply_image(p) for p in photos])
+    layers = loaded.spec.default_layers
+    with torch.no_grad(), record_activations(loaded.module, layers, model_name=name) as rec:
+        loaded.features(x)
+        acts = {k: v.float() for k, v in rec.items()}
+    for layer in layers:
+        a = acts[layer]
+        sd = a.transpose(0, 1).reshape(a.shape[1], -1).std(dim=1)
+        constant = int((sd == 0).sum())
+        allowed = int(0.01 * a.shape[1]) if a.shape[-2:] == (1, 1) else 0
+        assert constant <= allowed, f"{name} {layer}: {constant} of {a.shape[1]} channels constant"
+        live = sd[sd > 0]
+        assert live.min() > 100 * FLOAT16_TINY, f"{name} {layer}: smallest channel spread {live.min():.2e}"
+        assert a.abs().max() < FLOAT16_MAX / 100, f"{name} {layer}: values up to {a.abs().max():.2e}"
+
+
+def test_constant_channels_fail_loudly_in_twins():
+    with pytest.raises(DegenerateLayerError, match="320 of 320 channels"):
+        check_constant_channels("ssd_mobilenet_v2_coco:random", "blocks.16", 320, 320, "error_for_twins")
+    check_constant_channels("ssd_mobilenet_v2_coco", "blocks.16", 320, 320, "error_for_twins")  # trained: recorded
+    check_constant_channels("m:random@2", "l", 1, 320, "error_for_twins")  # one dead unit: a warning
+    with pytest.raises(DegenerateLayerError):
+        check_constant_channels("m", "l", 30, 320, "error")
+    check_constant_channels("m:random", "l", 320, 320, "allow")
+    with pytest.raises(ValueError, match="constant_channels"):
+        check_constant_channels("m", "l", 0, 3, "sometimes")
+
+
+def test_shared_backbone_blocks():
+    ssd = shared_blocks("ssd_mobilenet_v2_coco", "mobilenet_v2_imagenet:random")
+    assert ssd["blocks.0"] == "features.1" and ssd["last_conv"] == "features.18"
+    assert ssd["blocks.13.expand"] == "features.14.conv.0"
+    assert shared_blocks("mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco")["features.17"] == "blocks.16"
+    assert shared_blocks("centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet") == {}
