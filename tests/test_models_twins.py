@@ -6,8 +6,8 @@ import torch
 
 from conceptsim.concepts.stage import DegenerateLayerError, check_constant_channels
 from conceptsim.extraction.hooks import record_activations
-from conceptsim.models.registry import UnknownModelError, build_model, parse_model_name, shared_blocks
 from conceptsim.models.names import base_name, is_twin, split_twin_name, twin_name, twin_names
+from conceptsim.models.registry import UnknownModelError, build_model, parse_model_name, shared_blocks
 from conceptsim.models.twins import calibration_images
 
 REGISTRY_TWINS = ["ssd_mobilenet_v2_coco:random", "centernet_mobilenet_v3_coco:random", "mobilenet_v2_imagenet:random"]

@@ -63,8 +63,8 @@ from conceptsim.comparison.learned import (
 )
 from conceptsim.comparison.multiplicity import annotate_holm
 from conceptsim.comparison.outputs import StudyOutputs
-from conceptsim.models.registry import shared_blocks
 from conceptsim.models.names import split_twin_name
+from conceptsim.models.registry import shared_blocks
 
 FINDINGS_SCHEMA = 2
 #: the primary comparison of each method (agreement beyond accuracy) and its raw counterpart

@@ -27,8 +27,7 @@ from torch import nn
 from conceptsim.atomic import sha256_file
 from conceptsim.data.geometry import Preprocessing
 from conceptsim.models import weights as _weights
-from conceptsim.models.names import RANDOM_SUFFIX, base_name, is_twin, split_twin_name
-from conceptsim.models.names import DEFAULT_TWIN_SEED
+from conceptsim.models.names import DEFAULT_TWIN_SEED, RANDOM_SUFFIX, split_twin_name
 from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin
 from conceptsim.paths import weights_dir
 

@@ -75,7 +75,8 @@ def calibrate(module: nn.Module, batch: torch.Tensor, forward=None) -> None:
     Modules with batch norm get that batch's statistics; convolutions with a bias that no batch norm
     follows -- the graphs with folded batch norm -- get their output standardised per channel, folded into
     weight and bias, except convolutions on pooled ``1 x 1`` maps (squeeze-excitation), which no batch norm
-    ever followed: standardising their few values per channel would saturate the gates on real images. ``forward(module, x)`` runs the model (default ``module(x)``).
+    ever followed: standardising their few values per channel would saturate the gates on real images.
+    ``forward(module, x)`` runs the model (default ``module(x)``).
     """
     forward = forward or (lambda m, x: m(x))
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
