@@ -93,3 +93,11 @@ def test_hierarchical_bootstrap_and_weighted_partial():
     rz = [z[y] - z[y].mean(), z[~y] - z[~y].mean()]
     want = np.corrcoef(np.concatenate(res), np.concatenate(rz))[0, 1]
     assert r1 == pytest.approx(want)
+
+
+def test_group_bootstrap_resamples_whole_groups():
+    groups = np.array(["a", "a", "b", "b", "b", "c"])
+    w = image_weights(np.random.default_rng(0), 200, 6, groups)
+    assert w.shape == (200, 6)
+    assert np.array_equal(w[:, 0], w[:, 1]) and np.array_equal(w[:, 2], w[:, 4])  # one multiplicity per group
+    assert np.allclose(w[:, [0, 2, 5]].sum(axis=1), 3)  # three groups drawn per replicate

@@ -159,7 +159,9 @@ def _finding1(so: StudyOutputs, plan: PairPlan, sims: dict, rng_seed: int, n_boo
     names = [f"{pl.model}/{pl.layer}" for pl in so.layers]
     cat = so.categories
     twins_ok = bool(plan.seeds)
+    groups = bootstrap_groups(so)
     out = {"method": primary, "selected_on": selected_on, "n_learned": len(plan.concepts),
+           "bootstrap_unit": "image" if groups is None else "group (bootstrap_groups of the store)",
            "learned": plan.learned, "twin_seeds": plan.seeds}
     if not twins_ok or len(plan.concepts) < min_concepts:
         reason = ("no random-init twins of both models in the study" if not twins_ok else
@@ -169,7 +171,7 @@ def _finding1(so: StudyOutputs, plan: PairPlan, sims: dict, rng_seed: int, n_boo
                     "test": None, "per_category": {}})
         return out
     rng = rng_for(rng_seed, "finding1", method, plan.model_a, plan.model_b)
-    w = image_weights(rng, n_boot, so.n_test)
+    w = image_weights(rng, n_boot, so.n_test, bootstrap_groups(so))
     counts = sims.get("seg_image_counts", {})
     per, reps, obs = [], [], []
     for k in plan.concepts:
@@ -213,6 +215,14 @@ def _finding1(so: StudyOutputs, plan: PairPlan, sims: dict, rng_seed: int, n_boo
             rng_seed, "finding1-category", c, method, plan.model_a, plan.model_b)), "family": False}
     out["status"] = "tested"
     return out
+
+
+def bootstrap_groups(so: StudyOutputs) -> np.ndarray | None:
+    """Per compared image its resampling group (e.g. source photo) from the store's ``bootstrap_groups``."""
+    group_of = so.stores[0].attrs.get("bootstrap_groups")
+    if not group_of:
+        return None
+    return np.array([str(group_of.get(str(int(i)), f"image-{int(i)}")) for i in so.image_ids])
 
 
 def _coords(so: StudyOutputs) -> dict[str, np.ndarray]:

@@ -11,7 +11,8 @@
 3. Statistic: that pair's agreement beyond accuracy on *test* (``seg_kappa`` / ``cls_partial``), trained
    pair minus twin pair (mean over twin seeds), averaged over concepts.
 4. Interval and p-value (:func:`hierarchical_bootstrap`): each replicate resamples concepts and test images
-   (crossed: one image draw serves every concept); the statistic is recomputed from the resampled
+   (crossed: one image draw serves every concept; whole source photos where the store names them,
+   ``bootstrap_groups``); the statistic is recomputed from the resampled
    per-image sufficient statistics. Percentile interval; one-sided p = (1 + #{replicates <= 0}) / (1 + B).
    Reported overall and per concept category.
 """
@@ -73,12 +74,21 @@ def select_pair(val: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[in
     return int(rows[i]), int(cols[j])
 
 
-def image_weights(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
-    """``B x n`` multiplicities of a bootstrap resample of ``n`` images per replicate."""
-    draws = rng.integers(0, n, size=(n_boot, n))
-    w = np.zeros((n_boot, n))
-    np.add.at(w, (np.repeat(np.arange(n_boot), n), draws.ravel()), 1.0)
-    return w
+def image_weights(rng: np.random.Generator, n_boot: int, n: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """``B x n`` multiplicities of a bootstrap resample of ``n`` images per replicate.
+
+    With ``groups`` (one label per image, e.g. the source photo of a crop) whole groups are resampled: an
+    image's multiplicity is the number of times its group was drawn.
+    """
+    if groups is None:
+        draws = rng.integers(0, n, size=(n_boot, n))
+        w = np.zeros((n_boot, n))
+        np.add.at(w, (np.repeat(np.arange(n_boot), n), draws.ravel()), 1.0)
+        return w
+    _, inv = np.unique(np.asarray(groups), return_inverse=True)
+    g = int(inv.max()) + 1
+    counts = image_weights(rng, n_boot, g)  # B x G multiplicities of the groups
+    return counts[:, inv]
 
 
 def seg_kappa_replicates(counts: np.ndarray, pixels_per_image: int) -> Callable[[np.ndarray], np.ndarray]:
