@@ -4,7 +4,6 @@ goes through extraction, concepts and comparison with every declared model kind 
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pandas as pd
 import pytest
@@ -50,9 +49,9 @@ def study_run(tmp_path_factory):
     """Every run of the study through the library calls the notebooks make."""
     from conceptsim import pipeline
     from conceptsim.models import registry
-    from conceptsim.validation import check_inputs
     from conceptsim.runner import topological
     from conceptsim.study import load_study
+    from conceptsim.validation import check_inputs
 
     root = tmp_path_factory.mktemp("own")
     threads = torch.get_num_threads()
@@ -119,15 +118,17 @@ def _break(study_path, edit):
     ("missing image", r"'datasets.my_data.coco.images': image 107 of .*instances.json \(000000000107.jpg\) is not in"),
     ("bad polygon", r"'datasets.my_data.coco.annotations': .*instances.json: annotation 2 has a polygon with 5 coordinates"),
     ("unknown category id", r"'datasets.my_data.coco.annotations': .*instances.json: annotation 3 names unknown category id 999"),
-    ("unknown category in concepts", r"'datasets.my_data.concepts' \(.*instances.json\): concept 'wheeled' names unknown categories \['tram'\]"),
-    ("empty after min_area", r"'datasets.my_data.concepts' \(.*instances.json\): concept\(s\) \['pet'\] cover at least split.min_area = 0.05 of no image"),
+    ("unknown category in concepts",
+     r"'datasets.my_data.concepts' \(.*instances.json\): concept 'wheeled' names unknown categories \['tram'\]"),
+    ("empty after min_area",
+     r"'datasets.my_data.concepts' \(.*instances.json\): concept\(s\) \['pet'\] cover at least split.min_area = 0.05 of no image"),
     ("unknown key", r"unknown key\(s\) \['colour'\] in 'datasets.my_data'"),
     ("missing annotations", r"'datasets.my_data.coco.annotations': file .*nowhere.json does not exist"),
 ])
 def test_dataset_errors_name_file_and_field(case, match, tmp_path):
     from conceptsim.models import registry
-    from conceptsim.validation import check_inputs
     from conceptsim.study import StudyError, load_study
+    from conceptsim.validation import check_inputs
 
     text = STUDY
     if case == "unknown category in concepts":
@@ -189,8 +190,8 @@ def test_readme_example_writes_a_valid_dataset_and_study(tmp_path):
     from pathlib import Path
 
     from conceptsim.models import registry
-    from conceptsim.validation import check_inputs
     from conceptsim.study import load_study
+    from conceptsim.validation import check_inputs
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Your own model and data", 1)[1].split("\n## ", 1)[0]

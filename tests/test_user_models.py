@@ -8,7 +8,6 @@ import textwrap
 import pytest
 import torch
 
-from formats import TINY_YOLO, write_python_model
 from conceptsim.cli import main
 from conceptsim.models import registry
 from conceptsim.models.registry import PretrainedWeightsUnavailable, build_model
@@ -22,6 +21,7 @@ from conceptsim.models.user_models import (
     register,
     weights_record,
 )
+from formats import TINY_YOLO, write_python_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,8 +225,8 @@ def test_study_declares_models_twins_layers_and_device(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the guard where CUDA is absent")
 def test_cuda_asked_for_and_absent_stops_before_any_run(tmp_path):
     from conceptsim import pipeline
-    from conceptsim.validation import check_inputs
     from conceptsim.study import StudyError, load_study
+    from conceptsim.validation import check_inputs
 
     (tmp_path / "s.yml").write_text("name: g\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\ndevice: cuda\n")
     study = load_study(tmp_path / "s.yml")
