@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from conceptsim.preflight import apply_roots, keep_random_twins
     from conceptsim.runner import pending, run_study, select
     from conceptsim.study import check_inputs, load_study
 
@@ -19,7 +20,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"conceptsim run: --only expects KEY=VALUE (stage=, dataset= or model=), got {item!r}", file=sys.stderr)
             return 2
         only.setdefault(k, []).append(v)  # a key given twice matches either value
+    roots = dict(item.split("=", 1) for item in args.root or [] if "=" in item)
+    if len(roots) != len(args.root or []):
+        print(f"conceptsim run: --root expects DATASET=DIR, got {args.root}", file=sys.stderr)
+        return 2
     study = load_study(args.study, smoke=args.smoke)
+    apply_roots(study, roots)
+    if args.twins_only:
+        keep_random_twins(study)
     # data, weights, device, output folders of the runs that will execute: all checked before any run starts
     check_inputs(study, pending(select(study.runs(), only), force=args.force))
     if args.cluster:  # only this path imports Dask
@@ -60,10 +68,18 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 def _cmd_models_layers(args: argparse.Namespace) -> int:
     from conceptsim.extraction.extract import probe_layers
     from conceptsim.models.registry import build_model
+    from conceptsim.models.user_models import choose_layers, parse_model_arg, register
 
-    loaded = build_model(args.name, device=args.device)
-    infos, total = probe_layers(loaded, args.layers or None, grid_cap=10**9)
-    print(f"{args.name}: {total} Conv2d modules executed; input {loaded.preprocessing.size}")
+    name, spec = parse_model_arg(args.name)
+    if spec is not None:
+        register(name, spec)
+    loaded = build_model(name, device=args.device)
+    choice = "**" if args.all else args.layers[0] if args.layers and len(args.layers) == 1 and (
+        args.layers[0] == "auto" or any(ch in args.layers[0] for ch in "*?[")) else args.layers
+    infos, total = probe_layers(loaded, choose_layers(loaded.spec, loaded.module, choice), grid_cap=10**9)
+    prep = loaded.preprocessing
+    print(f"{loaded.name}: {total} Conv2d modules executed; input {prep.size} ({prep.resize}); "
+          f"weights: {loaded.weights_sha256}")
     print(f"{'layer':34s} {'module':22s} {'output (C, H, W)':20s} {'conv pos':>8s} {'rel. depth':>10s}")
     for i in infos:
         shape = f"({i.channels}, {i.native_grid[0]}, {i.native_grid[1]})"
@@ -115,16 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-run even complete, unchanged runs")
     r.add_argument("--smoke", action="store_true", help="tiny parameters (the study's smoke section)")
     r.add_argument("--quiet", action="store_true", help="no progress display (for batch use; the summary is still printed)")
+    r.add_argument("--root", action="append", metavar="DATASET=DIR", help="a local copy of a downloadable dataset")
+    r.add_argument("--twins-only", action="store_true",
+                   help="run only the random-init twins (rehearse a study before its trained weights are here)")
     r.set_defaults(func=_cmd_run)
 
     m = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
     ml = m.add_parser("list", help="list registry models")
     ml.set_defaults(func=_cmd_models_list)
-    mla = m.add_parser("layers", help="probed layers with shapes and relative depth")
-    mla.add_argument("name")
-    mla.add_argument("--layers", nargs="*", help="other dotted module paths")
-    mla.add_argument("--device", default="cpu")
-    mla.set_defaults(func=_cmd_models_layers)
+    for command in ("layers", "inspect"):
+        mla = m.add_parser(command, help="probed layers with shapes and relative depth, for a registry name or a "
+                                         "model spec such as '{torchvision: resnet18}'")
+        mla.add_argument("name", metavar="SPEC", help="NAME, NAME:random, or a YAML spec '{KIND: ..., ...}'")
+        mla.add_argument("--layers", nargs="*", help="dotted module paths, a glob pattern or 'auto'")
+        mla.add_argument("--all", action="store_true", help="every module with a feature-map output")
+        mla.add_argument("--device", default="cpu")
+        mla.set_defaults(func=_cmd_models_layers)
     mf = m.add_parser("fetch", help="download pinned offline weights into the cache")
     mf.add_argument("names", nargs="*")
     mf.set_defaults(func=_cmd_models_fetch)

@@ -27,10 +27,10 @@ STYLE_SPLIT = {"by": "style", "test": ["noto"], "val": ["twemoji"]}
 
 
 def _coco(annotation_file):
-    from pycocotools.coco import COCO
-
     import contextlib
     import io
+
+    from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(annotation_file))

@@ -52,9 +52,13 @@ def open_dataset(dataset: str, dataset_options: dict, split_options: dict, prepr
     """The dataset (built or fetched if needed) served in a model's input geometry."""
     from conceptsim.data.coco import ConceptDataset
     from conceptsim.data.registry import ensure_dataset
+    from conceptsim.data.user_datasets import is_user_dataset, user_source
 
     opts = dict(dataset_options or {})
-    source = ensure_dataset(dataset, root=opts.get("root"), **(opts.get("build") or {}))
+    if is_user_dataset(opts):
+        source = user_source(dataset, opts)
+    else:
+        source = ensure_dataset(dataset, root=opts.get("root"), **(opts.get("build") or {}))
     return ConceptDataset(
         source, concepts=opts.get("concepts"), split=split, split_seed=split_options["seed"],
         fractions=tuple(split_options["fractions"]), min_area=split_options["min_area"],
@@ -74,23 +78,39 @@ def bootstrap_groups(annotation_file, field: str | None) -> dict[str, str] | Non
     return {str(im["id"]): str(im[field]) for im in images}
 
 
-def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], dataset_options: dict,
-                   split_options: dict, extraction_options: dict, seed: int, force: bool = False):
-    """Build model and dataset, extract every probed layer into the store. Returns (result, model, ds)."""
+def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str] | str, dataset_options: dict,
+                   split_options: dict, extraction_options: dict, seed: int, force: bool = False,
+                   model_spec: dict | None = None):
+    """Build model and dataset, extract every probed layer into the store. Returns (result, model, ds).
+
+    ``model_spec``: the spec of a model declared in the study file (``conceptsim.models.user_models``);
+    ``layers`` may be a list, empty (the model's default), ``"auto"`` or a glob pattern.
+    """
     from conceptsim.extraction.extract import extract
+    from conceptsim.models.names import base_name
     from conceptsim.models.registry import build_model
+    from conceptsim.models.user_models import choose_layers, register
 
     opts = extraction_options
     t0 = time.perf_counter()
+    if model_spec:
+        register(base_name(model), model_spec)
     loaded = build_model(model, device=opts["device"])
     t1 = time.perf_counter()
     ds, source = open_dataset(dataset, dataset_options, split_options, loaded.preprocessing, opts["eval_grid"])
     t2 = time.perf_counter()
+    if isinstance(layers, str):
+        layers = choose_layers(loaded.spec, loaded.module, layers)
     chosen = probed_layers(model, layers, opts.get("max_layers", 0))
     meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed,
             "annotation_file": str(source.annotation_file), "image_dir": str(source.image_dir),
             "min_area": split_options["min_area"], "split": dict(split_options), "split_by": ds.split_rule,
             "bootstrap_groups": bootstrap_groups(source.annotation_file, (dataset_options or {}).get("bootstrap_by"))}
+    if model_spec:  # the results say what the model is and whether it has trained weights
+        meta["model_spec"] = dict(model_spec)
+    concepts = (dataset_options or {}).get("concepts") or source.concepts
+    if isinstance(concepts, dict):  # named groups of categories: the summary needs the definition
+        meta["concept_definition"] = {"concepts": concepts, "concept_categories": dict(source.concept_categories)}
     result = extract(loaded, ds, store_path(study, dataset, model), layers=chosen,
                      batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
                      dtype=opts["dtype"], metadata=meta, masks_dir=masks_dir(study, dataset),
@@ -105,7 +125,9 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str], 
 def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept_options: dict,
                  device: str, seed: int) -> dict:
     from conceptsim.concepts.stage import run_concept_stage
+    from conceptsim.models.registry import resolve_device
 
+    device = str(resolve_device(device))  # CUDA asked for but absent: a clear error, before any work
     out = model_results(study, dataset, model)
     twin_csv = concept_quality_csv(model_results(study, dataset, random_twin)) if random_twin else None
     opts = dict(concept_options)
@@ -126,9 +148,15 @@ def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_o
 
 
 def _stored_dataset(store, **kwargs):
-    """The dataset an activation store was extracted from (files recorded in its metadata)."""
-    from conceptsim.data.coco import ConceptDataset
+    """The dataset an activation store was extracted from (files and concept groups in its metadata)."""
+    from conceptsim.data.coco import ConceptDataset, DatasetSource
 
+    definition = store.attrs.get("concept_definition")
+    if definition and "concepts" in kwargs:
+        source = DatasetSource(store.attrs.get("dataset", ""), Path(store.attrs["annotation_file"]),
+                               Path(store.attrs["image_dir"]), "", definition["concept_categories"])
+        kwargs["concepts"] = {c: definition["concepts"][c] for c in kwargs["concepts"]}
+        return ConceptDataset(source, **kwargs)
     return ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]), **kwargs)
 
 

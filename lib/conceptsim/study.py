@@ -10,8 +10,10 @@ A study (YAML) names datasets, models and stage parameters::
       coco-icons: {split: {by: style, test: [noto], val: [twemoji]}}   # split: whole groups of images
                                   # (conceptsim.data.splits); 'random' = by image; default: the dataset's own
       photo-colors: {bootstrap_by: source}   # the concept stage's bootstrap resamples source photos
-    models: [ssd_mobilenet_v2_coco, ssd_mobilenet_v2_coco:random]
-    layers: {}                    # optional: model name -> list of dotted module paths
+      my_data: {coco: {images: DIR, annotations: FILE}, concepts: [...]}   # data.user_datasets
+    models: [ssd_mobilenet_v2_coco, ssd_mobilenet_v2_coco:random]   # or NAME: SPEC (models.user_models)
+    layers: {}                    # optional: model name -> list of dotted module paths, a glob or "auto"
+    device: cpu                   # extraction and concept learning (also accepted as extraction.device)
     split: {fractions: [0.6, 0.2, 0.2], seed: 0, min_area: 0.005}
     extraction: {batch_size: 8, grid_cap: 40, eval_grid: 112, dtype: float16, device: cpu, num_workers: 0,
                  max_layers: 0,          # max_layers > 0 keeps that many default layers, evenly spread
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptsim import validation
-from conceptsim.models.names import is_twin, twin_name
+from conceptsim.models.names import base_name, is_twin, twin_name
 from conceptsim.validation import StudyError, check_inputs, load_yaml, validate_layers, validate_study
 
 __all__ = ["Run", "Study", "StudyError", "parse_study", "load_study", "check_inputs", "validate_layers", "NOTEBOOKS"]
@@ -80,6 +82,12 @@ class Study:
     path: Path | None = None
     smoke: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
+    model_specs: dict[str, dict] = field(default_factory=dict)  # models declared in the study file
+
+    @property
+    def device(self) -> str:
+        """The one device of the study: extraction and concept learning run on it."""
+        return self.sections["extraction"]["device"]
 
     def runs(self) -> list[Run]:
         """Expand into runs; each gets only the parameters its stage uses (so its key is exact)."""
@@ -88,10 +96,12 @@ class Study:
         for ds, ds_opts in self.datasets.items():
             concept_ids = []
             for model in self.models:
+                user_spec = self.model_specs.get(base_name(model))
                 ex = Run("extract", ds, model, {
                     **common, "dataset": ds, "model": model, "layers": self.layers.get(model, []),
                     "dataset_options": ds_opts, "split_options": self.sections["split"],
                     "extraction_options": self.sections["extraction"],
+                    "model_spec": user_spec or {},  # a model declared in the study file (empty: a registry model)
                 })
                 deps = [ex.id]
                 twin = twin_name(model)
@@ -101,7 +111,7 @@ class Study:
                 co = Run("concepts", ds, model, {
                     **common, "dataset": ds, "model": model, "random_twin": twin if has_twin else "",
                     "concept_options": self.sections["concepts"],
-                    "device": self.sections["extraction"]["device"],
+                    "device": self.device,
                 }, tuple(deps))
                 out += [ex, co]
                 concept_ids.append(co.id)
@@ -122,7 +132,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, smoke: bool = Fal
     raise :class:`StudyError` listing every problem."""
     v = validate_study(raw, path, smoke)
     return Study(v["name"], v["description"], v["seed"], v["datasets"], v["models"], v["layers"], v["sections"],
-                 path, smoke, raw)
+                 path, smoke, raw, v["model_specs"])
 
 
 def load_study(path: str | Path, smoke: bool = False) -> Study:

@@ -160,7 +160,7 @@ TOP_RULES: dict[str, Rule] = {
     "description": Rule("text", lambda v: isinstance(v, str)),
     "seed": integer(0),
 }
-TOP_KEYS = {*TOP_RULES, "datasets", "models", "layers", "smoke", *SECTIONS}
+TOP_KEYS = {*TOP_RULES, "device", "datasets", "models", "layers", "smoke", *SECTIONS}
 REQUIRED = ("name", "datasets", "models")
 
 CONCEPTS_RULE = Rule(
@@ -276,14 +276,32 @@ def validate_study(raw: Any, path: Path | None = None, smoke: bool = False) -> d
     for key, rule in TOP_RULES.items():
         if key in raw and not rule.ok(raw[key]):
             p.bad_value(key, raw[key], rule.accepted)
-    datasets = _check_datasets(p, raw.get("datasets")) if "datasets" in raw else {}
-    models = _check_models(p, raw.get("models")) if "models" in raw else []
+    base_dir = path.resolve().parent if path else None  # declared models' and datasets' paths are relative to it
+    datasets = _check_datasets(p, raw.get("datasets"), base_dir) if "datasets" in raw else {}
+    models, model_specs = _check_models(p, raw.get("models"), base_dir) if "models" in raw else ([], {})
     layers = _check_layers(p, raw.get("layers"), models)
     sections = {name: _check_section(p, name, raw.get(name)) for name in SECTIONS}
+    _check_device_key(p, raw, sections)
     p.raise_if_any()
     name = raw["name"] + ("-smoke" if smoke else "")  # smoke results never mix with the full study's
     return {"name": name, "description": str(raw.get("description", "")), "seed": raw.get("seed", 0),
-            "datasets": datasets, "models": models, "layers": layers, "sections": sections}
+            "datasets": datasets, "models": models, "layers": layers, "sections": sections,
+            "model_specs": model_specs}
+
+
+def _check_device_key(p: Problems, raw: dict, sections: dict) -> None:
+    """Top-level ``device`` is the study's one device (extraction and concepts): ``extraction.device``'s alias."""
+    if "device" not in raw:
+        return
+    device = raw["device"]
+    given = (raw.get("extraction") or {}).get("device") if isinstance(raw.get("extraction"), dict) else None
+    if not DEVICE.ok(device):
+        p.bad_value("device", device, DEVICE.accepted)
+    elif given is not None and given != device:
+        p.add(f"'device' ({device!r}) and 'extraction.device' ({given!r}) differ; give one device "
+              "(extraction and concept learning both use it)")
+    else:
+        sections["extraction"]["device"] = device
 
 
 def _check_section(p: Problems, name: str, values: Any) -> dict:
@@ -299,16 +317,25 @@ def _check_section(p: Problems, name: str, values: Any) -> dict:
     return {**SECTION_DEFAULTS[name], **{k: v for k, v in values.items() if k in SECTIONS[name]}}
 
 
-def _check_datasets(p: Problems, datasets: Any) -> dict:
+def _check_datasets(p: Problems, datasets: Any, base_dir: Path | None = None) -> dict:
+    from conceptsim.data.coco import DatasetError
     from conceptsim.data.registry import DATASETS
+    from conceptsim.data.user_datasets import is_user_dataset, parse_dataset
 
     if not isinstance(datasets, dict) or not datasets:
         p.bad_value("datasets", datasets, f"a non-empty mapping of dataset name -> options; datasets: {sorted(DATASETS)}")
         return {}
     out = {}
     for ds, opts in datasets.items():
+        if is_user_dataset(opts):  # the user's own COCO-format folder
+            try:
+                out[ds] = parse_dataset(ds, opts, base_dir)
+            except DatasetError as exc:
+                p.add(str(exc))
+            continue
         if ds not in DATASETS:
-            p.add(f"unknown dataset {ds!r} in 'datasets'; accepted: {sorted(DATASETS)}")
+            p.add(f"unknown dataset {ds!r} in 'datasets'; accepted: {sorted(DATASETS)} or your own "
+                  "{coco: {images: DIR, annotations: FILE}}")
             continue
         opts = p.mapping(f"datasets.{ds}", opts)
         if opts is None:
@@ -363,12 +390,18 @@ def _check_build(p: Problems, ds: str, spec, build: Any) -> None:
             p.bad_value(f"datasets.{ds}.build.{key}", value, rules[key].accepted)
 
 
-def _check_models(p: Problems, models: Any) -> list[str]:
+def _check_models(p: Problems, models: Any, base_dir: Path | None = None) -> tuple[list[str], dict[str, dict]]:
     from conceptsim.models.registry import UnknownModelError, parse_model_name
+    from conceptsim.models.user_models import UserModelError, declared_models
 
-    if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
-        p.bad_value("models", models, "a non-empty list of model names (`conceptsim models list`)")
-        return []
+    if not isinstance(models, list) or not models:
+        p.bad_value("models", models, "a non-empty list of model names (`conceptsim models list`) or NAME: SPEC mappings")
+        return [], {}
+    try:  # registry names, twins, and NAME: SPEC mappings (registered in this process)
+        models, specs = declared_models(models, base_dir)
+    except UserModelError as exc:
+        p.add(str(exc))
+        return [], {}
     twice = sorted({m for m in models if models.count(m) > 1})
     if twice:
         p.add(f"'models' lists {twice} more than once")
@@ -377,7 +410,7 @@ def _check_models(p: Problems, models: Any) -> list[str]:
             parse_model_name(m)
         except UnknownModelError as exc:
             p.add(f"in 'models': {exc}")
-    return list(dict.fromkeys(models))
+    return list(dict.fromkeys(models)), specs
 
 
 def _check_layers(p: Problems, layers: Any, models: list[str]) -> dict[str, list[str]]:
@@ -388,8 +421,11 @@ def _check_layers(p: Problems, layers: Any, models: list[str]) -> dict[str, list
     for m, names in layers.items():
         if m not in models:
             p.add(f"'layers' names model {m!r}, which is not in 'models' {models}")
+        elif isinstance(names, str) and (names == "auto" or "*" in names or "?" in names):
+            out[m] = names  # "auto" or a glob (models.user_models.choose_layers)
         elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            p.bad_value(f"layers.{m}", names, "a list of dotted module paths (`conceptsim models layers NAME`)")
+            p.bad_value(f"layers.{m}", names, "a list of dotted module paths, a glob pattern or 'auto' "
+                                              "(`conceptsim models inspect SPEC`)")
         else:
             out[m] = list(names)
     return out
@@ -403,23 +439,39 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
     network), each pretrained model's weight files are in place, a CUDA device exists when one is asked
     for, the output folders are writable, and custom layer names exist in their models.
     """
+    from conceptsim.data.coco import DatasetError
     from conceptsim.data.registry import unavailable_reason
+    from conceptsim.data.user_datasets import is_user_dataset, validate_dataset
     from conceptsim.models.registry import missing_weights
 
     runs = list(study.runs() if runs is None else runs)
     p = Problems(study.path)
     extractions = [r for r in runs if r.stage == "extract"]
     for ds in dict.fromkeys(r.dataset for r in extractions):
+        if is_user_dataset(study.datasets[ds]):  # every image, annotation and concept of the user's folder
+            try:
+                validate_dataset(ds, study.datasets[ds], study.sections["split"])
+            except DatasetError as exc:
+                p.add(str(exc))
+            continue
         reason = unavailable_reason(ds, study.datasets[ds].get("root"))
         if reason:
             p.add(f"dataset {ds}: {reason}")
+    gaps = False
     for model in dict.fromkeys(r.model for r in extractions):
         for gap in missing_weights(model):
             p.add(f"model {model}: {gap}")
+            gaps = True
     if extractions or any(r.stage == "concepts" for r in runs):
         _check_device(p, study.sections["extraction"]["device"])
     _check_writable(p, study.name)
-    p.raise_if_any(" (nothing was started)")
+    try:
+        p.raise_if_any(" (nothing was started)")
+    except StudyError as exc:
+        if not gaps:
+            raise
+        raise StudyError(f"{exc}\n(to rehearse the study's path before the trained weights are here: "
+                         "conceptsim run ... --twins-only)") from None
     validate_layers(study)
 
 
@@ -463,11 +515,12 @@ def validate_layers(study) -> None:
     """Check every custom layer name against the built model (the random-init twin: no weights needed)."""
     from conceptsim.extraction.hooks import resolve_layers
     from conceptsim.models.registry import build_model
+    from conceptsim.models.user_models import UserModelError, choose_layers
 
     for model, names in study.layers.items():
         if names:
             loaded = build_model(twin_name(model))
             try:
-                resolve_layers(loaded.module, names, model)
-            except KeyError as exc:
+                resolve_layers(loaded.module, choose_layers(loaded.spec, loaded.module, names), model)
+            except (KeyError, UserModelError) as exc:
                 raise StudyError(f"{study.path or 'study'}: in 'layers.{model}': {exc}") from None

@@ -61,6 +61,7 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
         "Times are those of the run's last complete execution, as recorded by the runner "
         f"(`results/{study.name}/_runs/`). Total: {total:.1f} s.\n",
         table(["run", "seconds", "notebook"], rows) if rows else "No run has completed yet.\n",
+        *_declared_models_section(study),
         "## Environment\n",
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}.\n",
         table(["package", "version"], [[k, v] for k, v in package_versions().items()]),
@@ -69,6 +70,22 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
     ]
     write_text(path, "\n".join(text))
     return path
+
+
+def _declared_models_section(study: "Study") -> list[str]:
+    """The models declared in the study file: each spec and the sha256 of its weights (or random init)."""
+    specs = getattr(study, "model_specs", None) or {}
+    if not specs:
+        return []
+    from conceptsim.models.user_models import describe_spec, weights_record
+
+    rows = [[f"`{name}`", f"`{describe_spec(spec)}`", weights_record(spec)] for name, spec in specs.items()]
+    return [
+        "## Models declared in the study file\n",
+        "Each model's spec as the runs received it (paths resolved) and the sha256 of its weight file; a model "
+        "declared without weights is randomly initialised, and its results are those of an untrained network.\n",
+        table(["model", "spec", "weights"], rows),
+    ]
 
 
 def write_findings_page(study: "Study", path: Path) -> Path | None:

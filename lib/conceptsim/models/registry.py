@@ -184,10 +184,11 @@ def _ultralytics_how(weights_file: str) -> str:
     return f"download {weights_file} from the ultralytics assets release on a machine with internet"
 
 
-def _ultralytics_untrusted(path: Path) -> str:
+def ultralytics_untrusted(path: Path) -> str:
+    """Why an ultralytics checkpoint is not loaded while CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS is not 1."""
     return (f"{path} is an ultralytics checkpoint, a pickled model object that cannot be loaded with "
-            "weights_only=True; verify its sha256 against the ultralytics release and then set "
-            "CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1 to load it")
+            f"weights_only=True; verify its sha256 (`sha256sum {path}`) against the one published with the "
+            "release you downloaded it from, and then set CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1 to load it")
 
 
 def _ultralytics_gaps(weights_file: str) -> Callable[[], list[str]]:
@@ -196,7 +197,7 @@ def _ultralytics_gaps(weights_file: str) -> Callable[[], list[str]]:
         if not path.is_file():
             return [_unavailable(weights_file, _ultralytics_how(weights_file))]
         if os.environ.get("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS") != "1":
-            return [_ultralytics_untrusted(path)]
+            return [ultralytics_untrusted(path)]
         return []
 
     return gaps
@@ -226,7 +227,7 @@ def _build_ultralytics(cfg: str, weights_file: str) -> Callable[[bool], tuple[nn
             return YOLO(cfg).model, ""
         path = _local_or_explain(weights_file, _ultralytics_how(weights_file))
         if os.environ.get("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS") != "1":
-            raise PretrainedWeightsUnavailable(_ultralytics_untrusted(path))
+            raise PretrainedWeightsUnavailable(ultralytics_untrusted(path))
         return YOLO(str(path)).model, sha256_file(path)
 
     return build
@@ -381,8 +382,20 @@ def shared_blocks(model_a: str, model_b: str) -> dict[str, str]:
     return ssd if (a, b) == pair else {v: k for k, v in ssd.items()}
 
 
+#: Models declared in a study file (``conceptsim.models.user_models``), registered for this process only.
+USER_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Make a study-declared model resolvable by name in this process (a registry name cannot be reused)."""
+    if spec.name in MODELS:
+        raise UnknownModelError(f"model name {spec.name!r} is a registry model; choose another name for your model")
+    USER_MODELS[spec.name] = spec
+    return spec
+
+
 def model_names(include_random: bool = True) -> list[str]:
-    names = list(MODELS)
+    names = list(MODELS) + list(USER_MODELS)
     return names + [n + RANDOM_SUFFIX for n in names] if include_random else names
 
 
@@ -395,6 +408,8 @@ def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
         base, random_init, _ = split_twin_name(name)
     except ValueError as exc:
         raise UnknownModelError(str(exc)) from None
+    if base in USER_MODELS:
+        return USER_MODELS[base], random_init
     if base not in MODELS:
         close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.4)
         raise UnknownModelError(

@@ -1,0 +1,253 @@
+"""Models declared in a study file: each kind builds, reads its preprocessing, has a twin, default layers,
+hashes and loads weights safely; bad specs name the key."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from conceptsim.cli import main
+from conceptsim.models import registry
+from conceptsim.models.registry import PretrainedWeightsUnavailable, build_model
+from conceptsim.models.user_models import (
+    UserModelError,
+    auto_layers,
+    choose_layers,
+    layer_candidates,
+    parse_model_arg,
+    parse_spec,
+    register,
+    weights_record,
+)
+from formats import TINY_YOLO, write_python_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _forget_declared_models():
+    yield
+    registry.USER_MODELS.clear()
+
+
+# ----------------------------------------------------------------------------------------- torchvision
+def test_torchvision_name_twin_layers_and_weights(tmp_path):
+    spec = parse_spec("my_resnet", {"torchvision": "resnet18", "num_classes": 5, "input_size": 64})
+    s = register("my_resnet", spec)
+    assert s.preprocessing.size == (64, 64) and s.preprocessing.mean == registry.IMAGENET_MEAN
+    assert s.default_layers == ("maxpool", "layer1", "layer2", "layer3", "layer4")  # stem and stage outputs
+    twin = build_model("my_resnet:random")
+    assert twin.module.fc.out_features == 5 and twin.weights_sha256 == "random-init-seed-0"
+    # no weights file: randomly initialised, deterministically, and the hash says so
+    plain = build_model("my_resnet")
+    assert plain.weights_sha256.startswith("random-init") and "no weights file" in plain.weights_sha256
+    assert "randomly initialised" in weights_record(spec)
+    # a state_dict saved by the user loads with weights_only and is hashed
+    trained = {k: v + 1.0 if v.is_floating_point() else v for k, v in twin.module.state_dict().items()}
+    torch.save(trained, tmp_path / "w.pth")
+    spec_w = parse_spec("my_resnet_w", {"torchvision": "resnet18", "num_classes": 5, "input_size": 64,
+                                        "weights": "w.pth"}, base_dir=tmp_path)
+    register("my_resnet_w", spec_w)
+    loaded = build_model("my_resnet_w")
+    assert torch.equal(loaded.module.state_dict()["fc.weight"], trained["fc.weight"])
+    from conceptsim.atomic import sha256_file
+
+    assert loaded.weights_sha256 == sha256_file(tmp_path / "w.pth") == weights_record(spec_w).split()[-1]
+
+
+def test_torchvision_detector_preprocessing_from_its_transform():
+    s = register("my_ssdlite", parse_spec("my_ssdlite", {"torchvision": "ssdlite320_mobilenet_v3_large", "num_classes": 3}))
+    prep = s.preprocessing
+    assert prep.size == (320, 320) and prep.mean == (0.5, 0.5, 0.5) and prep.std == (0.5, 0.5, 0.5)
+    assert s.task == "detector" and all(n.startswith("backbone.") for n in s.default_layers)
+
+
+def test_weights_that_do_not_fit_or_are_pickles_name_the_key(tmp_path):
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pth")  # a whole module: not weights_only-loadable
+    for f, match in (("other.pth", "does not fit the model"), ("pickled.pth", "weights_only=True")):
+        register("m", parse_spec("m", {"torchvision": "resnet18", "weights": f}, base_dir=tmp_path))
+        with pytest.raises(UserModelError, match=match) as err:
+            build_model("m")
+        assert "'weights'" in str(err.value) and f in str(err.value)
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"tensorflow": "x"}, r"'models.bad' must have exactly one of the keys"),
+    ({"torchvision": "resnet18", "python": "a:b"}, "exactly one of the keys"),
+    ({"torchvision": "resnet18", "colour": 1}, r"unknown key\(s\) \['colour'\] in 'models.bad'"),
+    ({"torchvision": "resnet_18"}, r"'models.bad.torchvision': 'resnet_18' is not a torchvision model.*did you mean"),
+    ({"torchvision": "resnet18", "weights": "missing.pth"}, r"'models.bad.weights': file .*missing.pth does not exist"),
+    ({"torchvision": "resnet18", "num_classes": "7"}, r"'models.bad.num_classes' must be a positive integer"),
+    ({"python": "mynets.tiny"}, r"'models.bad.python' must be 'package.module:function'"),
+    ({"ultralytics": "nothing.pt"}, r"'models.bad.ultralytics': file .* does not exist"),
+    ("resnet18", r"'models.bad' must be a mapping"),
+])
+def test_bad_specs_name_the_key(raw, match, tmp_path):
+    with pytest.raises(UserModelError, match=match):
+        parse_spec("bad", raw, base_dir=tmp_path)
+
+
+def test_registry_names_cannot_be_redeclared():
+    from conceptsim.models.user_models import declared_models
+
+    with pytest.raises(UserModelError, match="is a registry model"):
+        declared_models([{"yolov8n": {"torchvision": "resnet18"}}])
+
+
+# ----------------------------------------------------------------------------------------- ultralytics
+def test_ultralytics_yaml_and_checkpoint_behind_the_trust_setting(tmp_path, monkeypatch):
+    (tmp_path / "tiny.yaml").write_text(TINY_YOLO)
+    s = register("tiny_yolo", parse_spec("tiny_yolo", {"ultralytics": "tiny.yaml", "input_size": 60}, base_dir=tmp_path))
+    prep = s.preprocessing
+    assert prep.resize == "letterbox" and prep.size == (64, 64)  # rounded up to the stride (16)
+    assert s.default_layers == tuple(f"model.{i}" for i in range(7))
+    yolo = build_model("tiny_yolo")
+    assert yolo.weights_sha256.startswith("random-init")
+    # a checkpoint written by ultralytics itself
+    from ultralytics import YOLO
+
+    torch.manual_seed(1)
+    YOLO(str(tmp_path / "tiny.yaml")).save(str(tmp_path / "best.pt"))
+    register("my_yolo", parse_spec("my_yolo", {"ultralytics": "best.pt", "input_size": 64}, base_dir=tmp_path))
+    monkeypatch.delenv("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS", raising=False)
+    with pytest.raises(PretrainedWeightsUnavailable, match="sha256sum .*best.pt.*CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1"):
+        build_model("my_yolo")
+    monkeypatch.setenv("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS", "1")
+    trained, twin = build_model("my_yolo"), build_model("my_yolo:random")
+    from conceptsim.atomic import sha256_file
+
+    assert trained.weights_sha256 == sha256_file(tmp_path / "best.pt")
+    w = "model.0.conv.weight"
+    assert trained.module.state_dict()[w].shape == twin.module.state_dict()[w].shape
+    assert not torch.equal(trained.module.state_dict()[w].float(), twin.module.state_dict()[w].float())
+
+
+# ----------------------------------------------------------------------------------------- python
+def test_python_builder_preprocessing_weights_and_errors(tmp_path):
+    write_python_model(tmp_path)
+    s = register("tiny", parse_spec("tiny", {"python": "mynets.tiny:build"}, base_dir=tmp_path))
+    prep = s.preprocessing
+    assert prep.size == (40, 40) and prep.resize == "letterbox" and prep.mean == (0.5, 0.5, 0.5)
+    assert s.default_layers == ("1", "2", "3", "4")  # after the first ReLU, then each block
+    twin = build_model("tiny:random")
+    torch.save(twin.module.state_dict(), tmp_path / "tiny.pth")
+    register("tiny_w", parse_spec("tiny_w", {"python": "mynets.tiny:build", "weights": "tiny.pth", "input_size": 32},
+                                  base_dir=tmp_path))
+    loaded = build_model("tiny_w")
+    assert loaded.preprocessing.size == (32, 32) and len(loaded.weights_sha256) == 64
+    register("nomod", parse_spec("nomod", {"python": "mynets.tiny:not_a_module"}, base_dir=tmp_path))
+    with pytest.raises(UserModelError, match="returned int, not an nn.Module"):
+        build_model("nomod")
+    register("noimp", parse_spec("noimp", {"python": "yournets.tiny:build"}, base_dir=tmp_path))
+    with pytest.raises(UserModelError, match="cannot import 'yournets.tiny'"):
+        build_model("noimp")
+
+
+# ----------------------------------------------------------------------------------------- layers
+def test_layer_choice_auto_pattern_and_list():
+    net = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1), torch.nn.ReLU())
+                                for i in range(12)])
+    cands = layer_candidates(net, torch.zeros(1, 3, 16, 16))
+    assert [c[1] for c in cands] == sorted(c[1] for c in cands)
+    assert auto_layers(cands, n=4) == ["0", "4", "7", "11"]  # block outputs, evenly spread over 12 convolutions
+    assert auto_layers(cands, n=30) == [str(i) for i in range(12)]
+    s = register("tv", parse_spec("tv", {"torchvision": "resnet18", "input_size": 64}))
+    module = build_model("tv:random").module
+    assert choose_layers(s, module, "layer*.0") == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    below = choose_layers(s, module, "layer4.**")
+    assert below[0] == "layer4.0.conv1" and below[-1] == "layer4.1" and "layer4.0.downsample.0" in below
+    assert all(n.startswith("layer4.") for n in below)
+    assert choose_layers(s, module, ["layer2"]) == ["layer2"]
+    assert choose_layers(s, module, None) == list(s.default_layers)
+    with pytest.raises(UserModelError, match="matches no module"):
+        choose_layers(s, module, "head.*")
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def test_models_inspect_prints_the_layer_table_for_a_spec(capsys):
+    assert main(["models", "inspect", "my_net: {torchvision: resnet18, input_size: 64}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("my_net: 20 Conv2d modules executed; input (64, 64) (stretch); weights: random-init")
+    assert "rel. depth" in out[1] and len(out) == 2 + 5
+    assert out[-1].split()[0] == "layer4" and out[-1].split()[-1] == "1.000"
+    assert main(["models", "inspect", "{torchvision: resnet18, input_size: 64}", "--layers", "layer?"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]] == [f"layer{i}" for i in range(1, 5)]
+    assert main(["models", "inspect", "{torchvision: resnet_18}"]) == 2
+    assert "'model.user_model.torchvision': 'resnet_18' is not a torchvision model" in capsys.readouterr().err
+
+
+def test_parse_model_arg_keeps_registry_names():
+    assert parse_model_arg("yolov8n:random") == ("yolov8n:random", None)
+    name, spec = parse_model_arg("{torchvision: resnet18}")
+    assert name == "user_model" and spec == {"torchvision": "resnet18"}
+
+
+# ----------------------------------------------------------------------------------------- study
+def test_study_declares_models_twins_layers_and_device(tmp_path):
+    from conceptsim.study import StudyError, load_study
+
+    write_python_model(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(TINY_YOLO)
+    text = textwrap.dedent("""\
+        name: mine
+        datasets: {shapes: {}}
+        models:
+          - my_resnet: {torchvision: resnet18, input_size: 64}
+          - my_resnet:random
+          - my_yolo: {ultralytics: tiny.yaml}
+          - my_net: {python: "mynets.tiny:build"}
+        layers: {my_yolo: "model.*", my_net: auto}
+        device: cpu
+        """)
+    (tmp_path / "s.yml").write_text(text)
+    study = load_study(tmp_path / "s.yml")
+    assert study.models == ["my_resnet", "my_resnet:random", "my_yolo", "my_net"] and study.device == "cpu"
+    ex = {r.id: r.parameters for r in study.runs() if r.stage == "extract"}
+    assert ex["extract/shapes/my_resnet:random"]["model_spec"] == {"torchvision": "resnet18", "input_size": 64}
+    assert ex["extract/shapes/my_yolo"]["model_spec"]["ultralytics"] == str(tmp_path / "tiny.yaml")
+    assert ex["extract/shapes/my_yolo"]["layers"] == "model.*"
+    co = {r.id: r.parameters for r in study.runs() if r.stage == "concepts"}
+    assert co["concepts/shapes/my_resnet"]["random_twin"] == "my_resnet:random"
+    for bad, match in (
+        (text.replace("  - my_resnet:random\n", "  - other:random\n"), "unknown model 'other:random'"),
+        (text.replace("input_size: 64}", "input_size: 64, colour: red}"), r"unknown key\(s\) \['colour'\] in 'models.my_resnet'"),
+        (text.replace("device: cpu", "device: gpu"), "'device' is 'gpu'; accepted: cpu, cuda"),
+        (text.replace("device: cpu", "device: cpu\nextraction: {device: cuda}"), "'device' .* and 'extraction.device' .* differ"),
+    ):
+        (tmp_path / "bad.yml").write_text(bad)
+        with pytest.raises(StudyError, match=match):
+            load_study(tmp_path / "bad.yml")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the guard where CUDA is absent")
+def test_cuda_asked_for_and_absent_stops_before_any_run(tmp_path):
+    from conceptsim import pipeline
+    from conceptsim.study import StudyError, load_study
+    from conceptsim.validation import check_inputs
+
+    (tmp_path / "s.yml").write_text("name: g\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\ndevice: cuda\n")
+    study = load_study(tmp_path / "s.yml")
+    assert {r.parameters.get("device") for r in study.runs() if r.stage == "concepts"} == {"cuda"}
+    with pytest.raises(StudyError, match="'extraction.device' is 'cuda' but CUDA is not available here"):
+        check_inputs(study)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        pipeline.run_concepts("g", "shapes", "m", "", {}, "cuda", 0)
+
+
+def test_reproducibility_page_lists_declared_models_and_hashes(tmp_path):
+    from conceptsim.atomic import sha256_file
+    from conceptsim.book.reporting import write_reproducibility_page
+    from conceptsim.study import load_study
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pth")
+    (tmp_path / "s.yml").write_text(
+        "name: r\ndatasets: {shapes: {}}\nmodels:\n  - a: {torchvision: resnet18, weights: w.pth}\n"
+        "  - b: {torchvision: resnet18}\n")
+    page = write_reproducibility_page(load_study(tmp_path / "s.yml"), [], tmp_path / "r.md").read_text()
+    section = page.split("## Models declared in the study file")[1].split("## Environment")[0]
+    assert f"sha256 {sha256_file(tmp_path / 'w.pth')}" in section and "`a`" in section
+    assert "`b`" in section and "none: randomly initialised (seed 0)" in section
+    assert f"weights: {tmp_path / 'w.pth'}" in section
