@@ -113,3 +113,19 @@ def test_estimate_counts_pending_runs_on_jobs_workers(jobs):
     p = make(Clock(), expected={f"extract/s/{i}": 30.0 for i in range(3)})
     p.jobs = jobs
     assert p.estimate() == (90.0 if jobs == 1 else 30.0)
+
+
+def test_first_run_of_a_study_learns_from_its_own_finished_runs():
+    """Without records, a run's expectation is the mean of the finished runs of its stage in this session."""
+    clock = Clock()
+    p = make(clock, expected={"extract/s/a": None, "extract/s/b": None, "concepts/s/a": None})
+    assert p.estimate() is None
+    p.started("extract/s/a")
+    clock.t += 30
+    p.finished("extract/s/a", True, 30.0)
+    assert p.estimate() is None  # no concept run has finished yet
+    p.expected["concepts/s/a"] = 50.0
+    assert p.estimate() == pytest.approx(80.0)  # extract/s/b (30, learnt) then concepts/s/a (50) on one worker
+    p.started("extract/s/b")
+    clock.t += 10
+    assert "extract/s/b: 10 s of about 30 s" in "\n".join(p.lines())

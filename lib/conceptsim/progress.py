@@ -84,6 +84,7 @@ class StudyProgress:
     blocked: int = 0
     running: dict[str, float] = field(default_factory=dict)
     last: str = ""
+    observed: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # this session, by stage
 
     # ------------------------------------------------------------------ state
     @property
@@ -100,6 +101,7 @@ class StudyProgress:
             self.running.pop(run_id, None)
             if ok:
                 self.done += 1
+                self.observed[stage_of(run_id)].append(float(seconds))
             else:
                 self.failed += 1
             self.expected.pop(run_id, None)
@@ -118,11 +120,19 @@ class StudyProgress:
         if pending is None:
             pending = [rid for rid in self.expected if rid not in self.running]
         pending = list(pending)
-        need = pending + list(self.running)
-        if any(self.expected.get(rid) is None for rid in need):
+        expect = {rid: self.expected_for(rid) for rid in pending + list(self.running)}
+        if any(v is None for v in expect.values()):
             return None
-        remaining = [self.expected[rid] - (now - t0) for rid, t0 in self.running.items()]
-        return time_left([self.expected[rid] for rid in pending], remaining, self.jobs)
+        remaining = [expect[rid] - (now - t0) for rid, t0 in self.running.items()]
+        return time_left([expect[rid] for rid in pending], remaining, self.jobs)
+
+    def expected_for(self, run_id: str) -> float | None:
+        """The recorded expectation, else the mean of this session's finished runs of the same stage."""
+        exp = self.expected.get(run_id)
+        if exp is None:
+            seen = self.observed.get(stage_of(run_id))
+            exp = sum(seen) / len(seen) if seen else None
+        return exp
 
     # ------------------------------------------------------------------ text
     def summary(self) -> str:
@@ -142,7 +152,7 @@ class StudyProgress:
         now = self.clock()
         out = [self.summary()]
         for rid, t0 in self.running.items():
-            exp = self.expected.get(rid)
+            exp = self.expected_for(rid)
             out.append(f"  {rid}: {format_duration(now - t0)}" + (f" of about {format_duration(exp)}" if exp else ""))
         return out
 
