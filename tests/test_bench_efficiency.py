@@ -131,8 +131,9 @@ def test_run_extraction_records_where_its_time_went(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path))
     loaded = types.SimpleNamespace(preprocessing="pre")
     monkeypatch.setattr(registry, "build_model", lambda name, device: loaded)
-    source = types.SimpleNamespace(sha256="s", annotation_file="a", image_dir="i")
-    monkeypatch.setattr(pipeline, "open_dataset", lambda *a, **k: ("ds", source))
+    source = types.SimpleNamespace(sha256="s", annotation_file="a", image_dir="i", concepts=["red"])
+    dataset = types.SimpleNamespace(split_rule="random")
+    monkeypatch.setattr(pipeline, "open_dataset", lambda *a, **k: (dataset, source))
     result = types.SimpleNamespace(mask_seconds=1.5, activation_seconds=7.0, seconds=9.0, reused=False)
 
     def fake_extract(model, ds, path, **kw):

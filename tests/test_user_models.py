@@ -11,6 +11,7 @@ import torch
 from conceptsim.cli import main
 from conceptsim.models import registry
 from conceptsim.models.registry import PretrainedWeightsUnavailable, build_model
+from conceptsim.models.twins import TWIN_INIT_VERSION
 from conceptsim.models.user_models import (
     UserModelError,
     auto_layers,
@@ -39,7 +40,7 @@ def test_torchvision_name_twin_layers_and_weights(tmp_path):
     assert s.preprocessing.size == (64, 64) and s.preprocessing.mean == registry.IMAGENET_MEAN
     assert s.default_layers == ("maxpool", "layer1", "layer2", "layer3", "layer4")  # stem and stage outputs
     twin = build_model("my_resnet:random")
-    assert twin.module.fc.out_features == 5 and twin.weights_sha256 == "random-init-seed-0"
+    assert twin.module.fc.out_features == 5 and twin.weights_sha256 == f"random-init-v{TWIN_INIT_VERSION}-seed-0"
     # no weights file: randomly initialised, deterministically, and the hash says so
     plain = build_model("my_resnet")
     assert plain.weights_sha256.startswith("random-init") and "no weights file" in plain.weights_sha256
