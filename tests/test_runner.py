@@ -42,6 +42,8 @@ def fake_project(tmp_path, monkeypatch):
     shutil.copy(ROOT / "_toc.yml", tmp_path / "_toc.yml")
     monkeypatch.setenv("CONCEPTSIM_ROOT", str(tmp_path))
     monkeypatch.delenv("CONCEPTSIM_RESULTS", raising=False)
+    # the checkout's cache (weights fetched by make setup): the CLI's pre-run check looks for them there
+    monkeypatch.setenv("CONCEPTSIM_CACHE", os.environ.get("CONCEPTSIM_CACHE") or str(ROOT / ".cache"))
     study = parse_study({"name": "fake", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"]})
     return tmp_path, study
 
