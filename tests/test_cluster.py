@@ -22,6 +22,7 @@ import test_runner  # noqa: E402
 from conceptsim import cli, runner  # noqa: E402
 from conceptsim.cluster import ClusterError, DaskExecutor, needs_gpu  # noqa: E402
 from conceptsim.study import NOTEBOOKS, parse_study  # noqa: E402
+from conftest import make_project  # noqa: E402
 from test_runner import ROOT, executions, make_notebook  # noqa: E402
 
 # every run writes a result file from its parameters (what --jobs and --cluster must agree on)
@@ -123,7 +124,7 @@ def test_failure_keeps_traceback_and_skips_dependents(fake_project, scheduler, c
     code = cli.main(["run", str(study_file(root)), "--cluster", scheduler, "--quiet"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "FAILED concepts/shapes/mobilenet_v2_imagenet: PapermillExecutionError" in err
+    assert "FAILED concepts/shapes/mobilenet_v2_imagenet: RuntimeError: planted failure in concepts" in err
     assert "SKIPPED compare_layers/shapes" in err and "SKIPPED compare_models/shapes" in err
     failed_run = next(r for r in study.runs() if r.stage == "concepts")
     assert "planted failure in concepts" in runner.executed_path(failed_run).read_text()
@@ -225,19 +226,24 @@ def untimed(value):
 
 @pytest.mark.slow
 def test_smoke_study_same_files_as_jobs(tmp_path):
-    """The default study in smoke mode with --jobs 2, then with --cluster local:2, into fresh results
-    folders: the same CSVs byte for byte, the same JSON (zarr metadata included) apart from timings, the
-    same run keys. Prints both wall times (run with -s)."""
+    """The default study's smoke mode on one dataset (shapes: every model, twin and stage) with --jobs 2,
+    then with --cluster local:2, each in its own temporary project: the same CSVs byte for byte, the same
+    JSON (zarr metadata included) apart from timings, the same run keys. Both wall times are printed (-s)
+    and written to ``walls.json`` beside the projects."""
     walls = {}
     for how in (["--jobs", "2"], ["--cluster", "local:2"]):
-        env = {**os.environ, "CONCEPTSIM_RESULTS": str(tmp_path / how[0][2:]), "CONCEPTSIM_ROOT": str(ROOT)}
-        cmd = [str(Path(sys.executable).parent / "conceptsim"), "run", "studies/default.yml", "--smoke", *how, "--quiet"]
+        root = make_project(tmp_path / how[0][2:])
+        env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_RESULTS": str(root / "results"),
+               "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE") or str(ROOT / ".cache")}
+        cmd = [str(Path(sys.executable).parent / "conceptsim"), "run", "studies/default.yml", "--smoke",
+               "--only", "dataset=shapes", *how, "--quiet"]
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=3600)
         walls[" ".join(how)] = round(time.monotonic() - t0, 1)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    print(f"\nsmoke study wall seconds: {walls}")
-    a, b = tmp_path / "jobs" / "default-smoke", tmp_path / "cluster" / "default-smoke"
+    print(f"\nsmoke study (shapes) wall seconds: {walls}")
+    (tmp_path / "walls.json").write_text(json.dumps(walls))
+    a, b = tmp_path / "jobs" / "results" / "default-smoke", tmp_path / "cluster" / "results" / "default-smoke"
 
     def files(folder):
         return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in (".csv", ".json"))
