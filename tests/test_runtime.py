@@ -28,3 +28,24 @@ def test_importing_pipeline_tunes_the_process_once():
     assert got["at_import"] == 2
     assert got["torch"] == 3  # the second call left the later choice alone
     assert got["blas"] and all(n == 1 for n in got["blas"])
+
+
+def test_library_notes_print_as_plain_output_not_stderr(capsys):
+    """In a notebook a concept exclusion is a line of the page, not a stderr stream (the browser test
+    rejects stderr in outputs)."""
+    import logging
+
+    from conceptsim import runtime
+
+    logger = logging.getLogger("conceptsim")
+    before = list(logger.handlers)
+    logger.handlers[:] = [h for h in before if not getattr(h, "conceptsim_notes", False)]  # one bound to this stdout
+    try:
+        runtime.notes_to_stdout()
+        runtime.notes_to_stdout()  # idempotent: one handler
+        assert sum(getattr(h, "conceptsim_notes", False) for h in logger.handlers) == 1
+        logging.getLogger("conceptsim.data.coco").warning("concept %r excluded", "green")
+        out, err = capsys.readouterr()
+        assert "note: concept 'green' excluded" in out and "excluded" not in err
+    finally:
+        logger.handlers[:] = before

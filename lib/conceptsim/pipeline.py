@@ -25,10 +25,12 @@ from conceptsim.paths import (
     store_path,
     vectors_dir,
 )
-from conceptsim.runtime import configure_process
+from conceptsim.runtime import configure_process, notes_to_stdout
 
-# the notebooks import this module first: their kernel process is tuned once, here
+# the notebooks import this module first: their kernel process is tuned once, here, and the library's
+# notes (log records) print as plain output lines of the page
 configure_process()
+notes_to_stdout()
 
 
 def spread(items: Sequence[str], k: int) -> list[str]:

@@ -15,7 +15,9 @@ directly (:func:`conceptsim.extraction.extract.extract`) call it themselves. Cal
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -28,6 +30,18 @@ _configured = False
 def torch_threads_from_environment() -> int:
     """``CONCEPTSIM_TORCH_THREADS`` as a number (0 when unset or empty)."""
     return int(os.environ.get("CONCEPTSIM_TORCH_THREADS", "0") or 0)
+
+
+def notes_to_stdout() -> None:
+    """Show the library's notes (``conceptsim.*`` log records that reach its logger, warnings by default: e.g. a concept excluded
+    for lack of positives) as plain output lines: in a notebook they are part of the page, not a red stderr
+    stream that reads as a failure. Idempotent; a handler the user configured is kept."""
+    logger = logging.getLogger("conceptsim")
+    if not any(getattr(h, "conceptsim_notes", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        handler.conceptsim_notes = True
+        logger.addHandler(handler)  # with a handler in the chain, logging's stderr fallback stays silent
 
 
 def configure_process() -> None:
