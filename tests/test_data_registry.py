@@ -55,8 +55,18 @@ def test_smoke_parameters_and_bad_arguments(cache):
 
 
 def test_summary_csv_and_figure(cache, tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
     src = registry.ensure_dataset("shapes", n=10, size=48)
-    rows = write_summary(src, tmp_path / "s.csv", tmp_path / "s.png", examples=2, max_concepts=3)
+    previous = matplotlib.get_backend()
+    plt.switch_backend("svg")  # stands in for a notebook's inline backend
+    try:
+        rows = write_summary(src, tmp_path / "s.csv", tmp_path / "s.png", examples=2, max_concepts=3)
+        # the caller's backend and pyplot figures are left alone (notebook 01 shows figures after it)
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
+    finally:
+        plt.switch_backend(previous)
     with open(tmp_path / "s.csv") as f:
         table = list(csv.DictReader(f))
     assert tuple(table[0]) == COLUMNS and len(table) == len(rows)

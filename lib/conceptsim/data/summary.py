@@ -91,14 +91,14 @@ def example_images(ds: ConceptDataset, k: int, count: int) -> list[int]:
 
 def write_example_figure(ds: ConceptDataset, figure_path: str | os.PathLike, examples: int = 3, max_concepts: int = 16) -> Path:
     """A grid: one row per concept, ``examples`` images with the concept's mask tinted and outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a figure outside pyplot: drawing it neither switches the caller's backend (a notebook's inline one)
+    # nor leaves a figure for the caller's next plt.show()
+    from matplotlib.figure import Figure
 
     figure_path = Path(figure_path)
     concepts = ds.concepts[:max_concepts]
-    fig, axes = plt.subplots(len(concepts), examples, figsize=(2.0 * examples, 2.0 * len(concepts)), squeeze=False)
+    fig = Figure(figsize=(2.0 * examples, 2.0 * len(concepts)))
+    axes = fig.subplots(len(concepts), examples, squeeze=False)
     for k, c in enumerate(concepts):
         ids = example_images(ds, k, examples)
         for j in range(examples):
@@ -117,5 +117,4 @@ def write_example_figure(ds: ConceptDataset, figure_path: str | os.PathLike, exa
     fig.tight_layout()
     with atomic_path(figure_path) as tmp:
         fig.savefig(tmp, format=figure_path.suffix.lstrip(".") or "png", dpi=100)
-    plt.close(fig)
     return figure_path
