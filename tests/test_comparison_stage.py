@@ -107,6 +107,29 @@ def test_twins_as_good_as_trained_is_not_testable(tmp_path):
     assert "twins represent" in f1["reason"]
 
 
+def test_reuse_only_with_the_same_concept_stages_and_parameters(tmp_path):
+    from conceptsim.paths import concept_stage_json, model_dir_name
+
+    root = tmp_path / "ds"
+    spec = {"a": layers(2, (4, 4)), "b": layers(2, (4, 4))}
+    build_synthetic_study(root, spec, n_images=24, seed=1)
+    args = dict(models=list(spec), permutations=50, bootstrap=20)
+    first = run_comparison_stage(root, tmp_path / "out", reuse=True, **args)
+    stamp = first["findings"].stat().st_mtime_ns
+    # without the concept stages' records there is nothing to be sure of: computed again
+    assert run_comparison_stage(root, tmp_path / "out", reuse=True, **args)["findings"].stat().st_mtime_ns != stamp
+    for m in spec:
+        concept_stage_json(root / model_dir_name(m)).write_text(json.dumps({"identity": f"concepts-of-{m}"}))
+    first = run_comparison_stage(root, tmp_path / "out", reuse=True, **args)
+    stamp = {k: p.stat().st_mtime_ns for k, p in first.items()}
+    again = run_comparison_stage(root, tmp_path / "out", reuse=True, **args)
+    assert again == first and {k: p.stat().st_mtime_ns for k, p in again.items()} == stamp
+    concept_stage_json(root / "b").write_text(json.dumps({"identity": "concepts-of-b, recomputed"}))
+    assert run_comparison_stage(root, tmp_path / "out", reuse=True, **args)["findings"].stat().st_mtime_ns != stamp["findings"]
+    stamp = first["findings"].stat().st_mtime_ns
+    assert run_comparison_stage(root, tmp_path / "out", reuse=True, **{**args, "seed": 1})["findings"].stat().st_mtime_ns != stamp
+
+
 def test_resolution_only_alignment_is_not_counted(tmp_path):
     """Flat concept signal, grids that shrink with depth: matches follow the grid, like the oracle's."""
     root = tmp_path / "ds"

@@ -87,6 +87,26 @@ def test_same_seed_identical_csv_and_random_init_join(run):
     np.testing.assert_array_equal(b["random_init_value"].to_numpy(), a["value"].to_numpy())
 
 
+def test_reuse_returns_stored_results_only_when_store_parameters_and_code_match(run, tmp_path):
+    path, _, _ = run
+    out = tmp_path / "reuse"
+    first = run_concept_stage(path, out, reuse=True, dissection=False, **FAST)
+    stamp = {k: p.stat().st_mtime_ns for k, p in first.items()}
+    again = run_concept_stage(path, out, reuse=True, dissection=False, **FAST)
+    assert again == first and {k: p.stat().st_mtime_ns for k, p in again.items()} == stamp  # nothing rewritten
+    # another parameter, a removed output, or reuse off: computed again
+    changed = run_concept_stage(path, out, reuse=True, dissection=False, **{**FAST, "bootstrap": 100})
+    record = json.loads(changed["concept_stage"].read_text())
+    assert record["parameters"]["bootstrap"] == 100 and changed["concept_quality"].stat().st_mtime_ns != stamp["concept_quality"]
+    stamp = changed["concept_stage"].stat().st_mtime_ns
+    next(p for k, p in changed.items() if k.startswith("seg_")).unlink()  # one layer's vectors
+    rerun = run_concept_stage(path, out, reuse=True, dissection=False, **{**FAST, "bootstrap": 100})
+    assert all(p.exists() for p in rerun.values()) and rerun["concept_stage"].stat().st_mtime_ns != stamp
+    stamp = rerun["concept_stage"].stat().st_mtime_ns
+    run_concept_stage(path, out, dissection=False, **{**FAST, "bootstrap": 100})
+    assert rerun["concept_stage"].stat().st_mtime_ns != stamp
+
+
 def test_geometry_disagreement_is_an_error(tmp_path):
     path, _ = planted_store(tmp_path / "bad.zarr", n_split=(10, 5, 5))
     g = zarr.open_group(str(path), mode="r+")

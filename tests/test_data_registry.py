@@ -61,10 +61,11 @@ def test_summary_csv_and_figure(cache, tmp_path):
     src = registry.ensure_dataset("shapes", n=10, size=48)
     previous = matplotlib.get_backend()
     plt.switch_backend("svg")  # stands in for a notebook's inline backend
+    figures_before = plt.get_fignums()  # other tests may have left pyplot figures open
     try:
         rows = write_summary(src, tmp_path / "s.csv", tmp_path / "s.png", examples=2, max_concepts=3)
         # the caller's backend and pyplot figures are left alone (notebook 01 shows figures after it)
-        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures_before
     finally:
         plt.switch_backend(previous)
     with open(tmp_path / "s.csv") as f:

@@ -59,7 +59,7 @@ def test_random_twin_is_deterministic_and_differs_from_trained():
     w = "features.0.0.weight"
     assert not torch.equal(a.module.state_dict()[w], trained.module.state_dict()[w])
     assert trained.weights_sha256.startswith("b0353104")
-    assert a.weights_sha256 == "random-init-v2-seed-0"
+    assert a.weights_sha256 == "random-init-v3-seed-0"
 
 
 def test_mobilenet_pretrained_classifies_a_real_photo():

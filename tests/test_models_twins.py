@@ -8,7 +8,7 @@ from conceptsim.concepts.stage import DegenerateLayerError, check_constant_chann
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.models.names import base_name, is_twin, split_twin_name, twin_name, twin_names
 from conceptsim.models.registry import UnknownModelError, build_model, parse_model_name, shared_blocks
-from conceptsim.models.twins import calibration_images
+from conceptsim.models.twins import calibrate, calibration_images
 
 REGISTRY_TWINS = ["ssd_mobilenet_v2_coco:random", "centernet_mobilenet_v3_coco:random", "mobilenet_v2_imagenet:random"]
 FLOAT16_TINY = 6.1e-5  # smallest normal float16
@@ -37,7 +37,7 @@ def test_twin_seeds_differ_and_repeat():
     assert not torch.equal(a.module.state_dict()[w], b.module.state_dict()[w])
     for (_, pa), (_, pb) in zip(a.module.state_dict().items(), a2.module.state_dict().items()):
         assert torch.equal(pa, pb)
-    assert b.weights_sha256 == "random-init-v2-seed-1"
+    assert b.weights_sha256 == "random-init-v3-seed-1"
 
 
 def test_calibration_images_are_seeded_and_image_like():
@@ -47,6 +47,23 @@ def test_calibration_images_are_seeded_and_image_like():
     # smooth like photographs: neighbouring pixels are strongly correlated
     x = a[0, :, :, 0].astype(float)
     assert np.corrcoef(x[:, :-1].ravel(), x[:, 1:].ravel())[0, 1] > 0.5
+
+
+def test_calibration_standardises_a_convolution_that_reduces_a_map_to_one_pixel_but_not_squeeze_excitation():
+    """Without batch norm (VGG, folded graphs) every biased convolution is standardised on the batch, also
+    one whose output is 1 x 1 (SSD300's last extra layer); a convolution reading a pooled 1 x 1 map
+    (squeeze-excitation) keeps its weights."""
+    torch.manual_seed(0)
+    reduce = torch.nn.Conv2d(4, 8, 3)  # 3 x 3 -> 1 x 1
+    excite = torch.nn.Conv2d(8, 8, 1)  # 1 x 1 -> 1 x 1
+    net = torch.nn.Sequential(reduce, torch.nn.ReLU(), excite)
+    before = excite.weight.clone()
+    batch = torch.randn(32, 4, 3, 3) * 3 + 2
+    calibrate(net, batch)
+    out = reduce(batch).flatten(1)
+    assert torch.allclose(out.mean(0), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(out.std(0), torch.ones(8), atol=1e-4)
+    assert torch.equal(excite.weight, before)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +105,12 @@ def test_constant_channels_fail_loudly_in_twins():
     with pytest.raises(DegenerateLayerError):
         check_constant_channels("m", "l", 30, 320, "error")
     check_constant_channels("m:random", "l", 320, 320, "allow")
+    # few values per channel (a 1 x 1 map on 6 train images): a few units zero on all of them by chance
+    check_constant_channels("m:random", "extra.4", 9, 256, "error_for_twins", observations=6)
+    with pytest.raises(DegenerateLayerError, match="at most 2 allowed"):
+        check_constant_channels("m:random", "extra.4", 9, 256, "error_for_twins", observations=6 * 49)
+    with pytest.raises(DegenerateLayerError, match="128 of 256"):
+        check_constant_channels("m:random", "extra.4", 128, 256, "error_for_twins", observations=6)
     with pytest.raises(ValueError, match="constant_channels"):
         check_constant_channels("m", "l", 0, 3, "sometimes")
 

@@ -76,6 +76,40 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
 
 
+def library_hash() -> str:
+    """Hash of the source of every module of this package: results computed by other code are stale."""
+    root = Path(__file__).resolve().parent
+    files = sorted(root.rglob("*.py"))
+    return sha256_json([(str(p.relative_to(root)), p.read_text()) for p in files])
+
+
+def stage_identity(**what: Any) -> str:
+    """Identity of a stage's results: a hash of what determines them and of the library's code."""
+    return sha256_json({"inputs": what, "library": library_hash()})
+
+
+def reusable_outputs(record: Path, identity: str) -> dict[str, Path] | None:
+    """The outputs listed in a stage's JSON ``record`` if it was written with ``identity`` and every one of
+    them still exists; otherwise None (absent, unreadable or stale record, or an output removed since).
+
+    A stage writes its record last (``{"identity": ..., "outputs": {name: path relative to the record's
+    folder}, ...}``), so a record's presence means the outputs it lists were complete.
+    """
+    try:
+        data = json.loads(Path(record).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("identity") != identity or not isinstance(data.get("outputs"), dict):
+        return None
+    outputs = {str(k): Path(record).parent / str(v) for k, v in data["outputs"].items()}
+    return outputs if all(p.exists() for p in outputs.values()) else None
+
+
+def relative_outputs(paths: dict[str, Path], folder: Path) -> dict[str, str]:
+    """``paths`` relative to ``folder`` (the form :func:`reusable_outputs` reads)."""
+    return {k: os.path.relpath(v, folder) for k, v in paths.items()}
+
+
 # temporary names written by this package, each carrying the writer's process id:
 # ``.<name>.tmp-<pid>`` / ``.<name>.old-<pid>`` (atomic_path), ``.tmp-<pid>-<name>`` (executed notebooks),
 # ``.write-test-<pid>`` (writability probes)

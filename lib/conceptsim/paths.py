@@ -127,6 +127,11 @@ def comparison_files(dataset_dir: str | Path) -> dict[str, Path]:
             "findings": d / "findings.json"}
 
 
+def comparison_stage_json(dataset_dir: str | Path) -> Path:
+    """The comparison stage's record (what its outputs were computed from), written after them."""
+    return Path(dataset_dir) / "comparison_stage.json"
+
+
 def dataset_summary_files(dataset_dir: str | Path) -> tuple[Path, Path]:
     """``(dataset_summary.csv, dataset_examples.png)`` of a dataset folder."""
     return Path(dataset_dir) / "dataset_summary.csv", Path(dataset_dir) / "dataset_examples.png"

@@ -136,7 +136,7 @@ def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept
     return run_concept_stage(
         store_path(study, dataset, model), out, loss=opts["loss"], lr=opts["lr"], epochs=opts["epochs"],
         patience=opts["patience"], bootstrap=opts["bootstrap"], dissection=opts["dissection"], seed=seed,
-        device=device, random_init_quality=twin_csv,
+        device=device, random_init_quality=twin_csv, reuse=True,
     )
 
 
@@ -146,7 +146,7 @@ def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_o
     out = dataset_results(study, dataset)
     return run_comparison_stage(out, out, models=list(models), seed=seed,
                                 permutations=comparison_options["permutations"],
-                                bootstrap=comparison_options["bootstrap"])
+                                bootstrap=comparison_options["bootstrap"], reuse=True)
 
 
 def _stored_dataset(store, **kwargs):

@@ -26,7 +26,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from conceptsim.atomic import remove_debris, sha256_json, write_json, write_text
+from conceptsim.atomic import library_hash, remove_debris, sha256_json, write_json, write_text
 from conceptsim.paths import book_results_dir, logs_dir, model_dir_name, project_root, results_dir, runs_dir
 from conceptsim.study import Run, Study
 
@@ -59,12 +59,6 @@ def notebook_code_hash(path: Path) -> str:
     nb = nbformat.read(path, as_version=4)
     cells = [(c.cell_type, c.source, sorted(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
     return sha256_json(cells)
-
-
-def library_hash() -> str:
-    root = Path(__file__).resolve().parent
-    files = sorted(p for p in root.rglob("*.py"))
-    return sha256_json([(str(p.relative_to(root)), p.read_text()) for p in files])
 
 
 def run_keys(runs: list[Run]) -> dict[str, str]:

@@ -37,10 +37,14 @@ mean over the ``n_concepts`` concepts represented in *both* layers (``represente
 ``n_concepts`` empty.
 
 ``findings.json`` -- see :mod:`conceptsim.comparison.document` (selection on val, the tests, Holm).
+
+``comparison_stage.json`` -- written last: the stage's identity (parameters, the concept stages' identities,
+the library code) and the three outputs, read by ``reuse=True``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,14 +55,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from conceptsim.atomic import atomic_path, write_json
+from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, sha256_file, stage_identity, write_json
 from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices
 from conceptsim.comparison.document import findings_document, plan_findings
 from conceptsim.comparison.findings import quality_arrays, rng_for
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
-from conceptsim.paths import comparison_files, concept_quality_csv, model_dir_name
+from conceptsim.paths import comparison_files, comparison_stage_json, concept_quality_csv, concept_stage_json, model_dir_name
 from conceptsim.runtime import torch_threads_from_environment
 
 CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg", "cls": "cls",
@@ -317,6 +321,7 @@ def run_comparison_stage(
     grid4: bool = True,
     select_split: str = "val",
     min_concepts: int = 3,
+    reuse: bool = False,
 ) -> dict[str, Path]:
     """Compare every pair of probed layers of ``models`` on one dataset and test the two findings.
 
@@ -335,6 +340,9 @@ def run_comparison_stage(
         ``"test"`` is the pre-review behaviour, kept as an alternative). Without val images the stage
         selects on test and ``findings.json`` says so (``selected_on``).
     min_concepts : finding 1 is "not testable here" with fewer concepts passing the learned-concept filter.
+    reuse : return the outputs already in ``out_dir`` without recomputing when ``comparison_stage.json``
+        says they were computed with the same parameters and library code from the same concept-stage
+        results (each model's ``concept_stage.json``, byte for byte); anything else recomputes.
 
     Threads: torch runs ``CONCEPTSIM_TORCH_THREADS`` threads per worker of the stage when that is set to a
     positive number and otherwise 1, restored afterwards (the stage runs its two reading passes in two Python
@@ -345,13 +353,34 @@ def run_comparison_stage(
     -------
     ``{"similarity": path, "layer_similarity": path, "findings": path}``.
     """
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    records = [concept_stage_json(dataset_dir / model_dir_name(m)) for m in models]
+    identity = stage_identity(
+        models=list(models), seed=seed, permutations=permutations, bootstrap=bootstrap, chunk_images=chunk_images,
+        grid4=grid4, select_split=select_split, min_concepts=min_concepts,
+        concept_stages=[concept_stage_identity(r) for r in records])
+    record = comparison_stage_json(out_dir)
+    known_inputs = all(r.exists() for r in records)  # without the concept stages' records nothing is reused
+    if reuse and known_inputs and (done := reusable_outputs(record, identity)) is not None:
+        return done
     previous = torch.get_num_threads()
     torch.set_num_threads(torch_threads_from_environment() or 1)
     try:
-        return _run(Path(dataset_dir), Path(out_dir), models, seed, permutations, bootstrap, chunk_images, grid4,
-                    select_split, min_concepts)
+        paths = _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4, select_split,
+                     min_concepts)
     finally:
         torch.set_num_threads(previous)
+    write_json(record, {"identity": identity, "outputs": relative_outputs(paths, out_dir)})
+    return paths
+
+
+def concept_stage_identity(record: Path) -> str | None:
+    """The identity a model's concept stage recorded (its store, parameters and code), else the record's
+    hash (an older record), or None without one."""
+    try:
+        return json.loads(record.read_text()).get("identity") or sha256_file(record)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4, select_split="val",

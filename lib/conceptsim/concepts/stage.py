@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from conceptsim.atomic import atomic_path, write_json
+from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, sha256_file, stage_identity, write_json
 from conceptsim.concepts import controls
 from conceptsim.concepts import dissection as dis
 from conceptsim.concepts.layerdata import SplitData, Standardiser
@@ -75,18 +75,27 @@ CONSTANT_CHANNEL_POLICIES = ("error_for_twins", "error", "allow")
 #: share of constant channels a checked layer may have: single dead ReLU units of a 1 x 1 map are possible
 #: in a healthy twin (a unit that is negative on every image); a collapsed layer has most channels constant
 MAX_CONSTANT_FRACTION = 0.01
+#: with few values per channel (train images x stored grid pixels) a healthy ReLU unit is zero on all of them
+#: by chance: at 1 x 1 and 6 train images about 3 % of SSD300's last layer (the paper smoke rehearsal)
+FEW_OBSERVATIONS = 64
+FEW_OBSERVATIONS_CONSTANT_FRACTION = 0.10
 
 
 def check_constant_channels(model: str, layer: str, n_constant: int, channels: int, policy: str,
-                            max_fraction: float = MAX_CONSTANT_FRACTION) -> None:
+                            max_fraction: float | None = None, observations: int | None = None) -> None:
     """Fail loudly when a layer has constant channels where ``policy`` forbids them.
 
     A twin is initialised so that every layer carries signal (:mod:`conceptsim.models.twins`); constant
     channels there mean the initialisation collapsed (values below float16's range or dead units), which
     would make the twin's layer look uninformative for the wrong reason. Trained models may have dead units,
     so by default only twins are checked. More than ``max_fraction`` of the channels is an error; fewer are
-    logged (and recorded in ``concept_stage.json`` as ``n_constant_channels``).
+    logged (and recorded in ``concept_stage.json`` as ``n_constant_channels``). ``max_fraction`` defaults to
+    :data:`MAX_CONSTANT_FRACTION`, or :data:`FEW_OBSERVATIONS_CONSTANT_FRACTION` when a channel has fewer
+    than :data:`FEW_OBSERVATIONS` ``observations`` (values on the train images).
     """
+    if max_fraction is None:
+        few = observations is not None and observations < FEW_OBSERVATIONS
+        max_fraction = FEW_OBSERVATIONS_CONSTANT_FRACTION if few else MAX_CONSTANT_FRACTION
     if policy not in CONSTANT_CHANNEL_POLICIES:
         raise ValueError(f"constant_channels must be one of {CONSTANT_CHANNEL_POLICIES}, got {policy!r}")
     from conceptsim.models.names import is_twin
@@ -97,7 +106,8 @@ def check_constant_channels(model: str, layer: str, n_constant: int, channels: i
                     channels)
     elif checked and n_constant > 0:
         raise DegenerateLayerError(
-            f"{model} layer {layer}: {n_constant} of {channels} channels are constant on the train images; a "
+            f"{model} layer {layer}: {n_constant} of {channels} channels are constant on the train images (at "
+            f"most {int(max_fraction * channels)} allowed); a "
             "random-init twin must carry signal in every layer (see conceptsim.models.twins); re-extract the "
             "twin with the current initialisation, or pass constant_channels='allow' to accept it"
         )
@@ -338,7 +348,7 @@ def run_layer(inp: Inputs, info: LayerInfo, p: Params, methods, dissection: bool
     rec = {"memory_mode": {s: d.mode for s, d in data.items()}, "n_constant_channels": data["train"].moments.n_constant,
            "load_s": time.perf_counter() - t0}
     check_constant_channels(inp.store.model, info.name, int(rec["n_constant_channels"]), info.channels,
-                            p.constant_channels)
+                            p.constant_channels, observations=data["train"].count)
     rows, seg_iou, dis_parts = [], {}, None
     if "seg" in methods:
         t = time.perf_counter()
@@ -369,7 +379,7 @@ def run_concept_stage(
     patience: int = 5, batch_size: int = 32, seed: int = 0, device: str = "cpu",
     random_init_quality: Path | None = None, bootstrap: int = 1000, methods: Sequence[str] = ("seg", "cls"),
     dissection: bool = True, memory_budget_gb: float = 4.0,
-    constant_channels: str = "error_for_twins",
+    constant_channels: str = "error_for_twins", reuse: bool = False,
 ) -> dict[str, Path]:
     """Train and evaluate concept vectors for every (layer, concept) of one store, with controls.
 
@@ -388,6 +398,11 @@ def run_concept_stage(
     memory_budget_gb : memory for holding a layer's activations (see :mod:`conceptsim.concepts.layerdata`).
     constant_channels : ``error_for_twins`` (default: a twin layer with a channel constant on train is a
         :class:`DegenerateLayerError`), ``error`` (any model) or ``allow``.
+    reuse : return the outputs already in ``out_dir`` without recomputing when ``concept_stage.json`` says
+        they were computed from the same store (its key), the same parameters, the same twin table and the
+        same library code (:func:`conceptsim.atomic.stage_identity`); anything else recomputes. The
+        pipeline's notebooks reuse, so a stage notebook opened in JupyterLab with the default study's
+        parameters shows the stored results instead of computing them a second time.
 
     Threads come from the process settings (:func:`conceptsim.runtime.configure_process`, applied here if
     it was not yet): BLAS (numpy, scikit-learn) is held to one thread, since the logistic-regression fits of
@@ -407,13 +422,22 @@ def run_concept_stage(
     if constant_channels not in CONSTANT_CHANNEL_POLICIES:
         raise ValueError(f"constant_channels must be one of {CONSTANT_CHANNEL_POLICIES}, got {constant_channels!r}")
     configure_process()
+    p = Params(loss, lr, epochs, patience, batch_size, seed, device, constant_channels)
+    twin = Path(random_init_quality) if random_init_quality is not None else None
+    identity = stage_identity(
+        store_key=ActivationStore(store_path).attrs.get("key"), layers=list(layers or []),
+        concepts=list(concepts or []), params=vars(p), bootstrap=bootstrap, methods=list(methods),
+        dissection=dissection, memory_budget_gb=memory_budget_gb,
+        twin_quality=sha256_file(twin) if twin is not None and twin.exists() else None)
+    if reuse and (done := reusable_outputs(concept_stage_json(out_dir), identity)) is not None:
+        log.info("concept stage: reusing the results in %s (same store, parameters and code)", out_dir)
+        return {**done, "concept_stage": concept_stage_json(out_dir)}
     return _run(Path(store_path), Path(out_dir), layers, concepts, bootstrap, seed, methods, dissection,
-                memory_budget_gb, random_init_quality, Params(loss, lr, epochs, patience, batch_size, seed, device,
-                                                              constant_channels))
+                memory_budget_gb, random_init_quality, p, identity)
 
 
 def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods, dissection, memory_budget_gb,
-         random_init_quality, p: Params) -> dict[str, Path]:
+         random_init_quality, p: Params, identity: str) -> dict[str, Path]:
     """The body of :func:`run_concept_stage` once parameters are checked."""
     t0 = time.perf_counter()
     store = ActivationStore(store_path)
@@ -437,7 +461,8 @@ def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods
                   dissection=dissection, memory_budget_gb=memory_budget_gb, threads=torch.get_num_threads())
     write_json(concept_stage_json(out), {"parameters": params, "store_key": store.attrs.get("key"),
                                             "model": store.model, "dataset": store.dataset, **report,
-                                            "layers": timings, "total_s": time.perf_counter() - t0})
+                                            "layers": timings, "total_s": time.perf_counter() - t0,
+                                            "identity": identity, "outputs": relative_outputs(paths, out)})
     paths["concept_stage"] = concept_stage_json(out)
     return paths
 

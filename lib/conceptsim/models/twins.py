@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 #: bump when the twin construction changes (it is part of the twins' weight identity and store keys)
-TWIN_INIT_VERSION = 2
+TWIN_INIT_VERSION = 3
 
 
 @torch.no_grad()
@@ -74,16 +74,18 @@ def calibrate(module: nn.Module, batch: torch.Tensor, forward=None) -> None:
 
     Modules with batch norm get that batch's statistics; convolutions with a bias that no batch norm
     follows -- the graphs with folded batch norm -- get their output standardised per channel, folded into
-    weight and bias, except convolutions on pooled ``1 x 1`` maps (squeeze-excitation), which no batch norm
-    ever followed: standardising their few values per channel would saturate the gates on real images.
+    weight and bias, except convolutions that read pooled ``1 x 1`` maps (squeeze-excitation), which no batch
+    norm ever followed: standardising their few values per channel would saturate the gates on real images.
+    A convolution that *reduces* a larger map to ``1 x 1`` (SSD300's last extra layer) is standardised like
+    any other: left at step 1, a share of its ReLU units is negative on every image (constant channels).
     ``forward(module, x)`` runs the model (default ``module(x)``).
     """
     forward = forward or (lambda m, x: m(x))
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     handles = []
     if not bns:
-        def fold(conv: nn.Conv2d, _inputs, output: torch.Tensor) -> torch.Tensor | None:
-            if output.shape[-2:] == (1, 1):
+        def fold(conv: nn.Conv2d, inputs, output: torch.Tensor) -> torch.Tensor | None:
+            if inputs[0].shape[-2:] == (1, 1):
                 return None  # squeeze-excitation on pooled features: never batch-normalised, keeps step 1
             mean = output.mean(dim=(0, 2, 3))
             std = output.std(dim=(0, 2, 3)).clamp_min(1e-6)
