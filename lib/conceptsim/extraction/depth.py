@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from conceptsim.extraction.hooks import as_feature_map, resolve_layers
+from conceptsim.models.trace import trace_conv_positions
 
 
 @dataclass(frozen=True)
@@ -35,39 +36,10 @@ def trace_depth(
 ) -> tuple[list[TracedLayer], int]:
     """Run one forward pass and return per-layer depth records and the number of executed Conv2d."""
     probed = resolve_layers(model, layers, model_name)
-    order: dict[nn.Module, int] = {}
-    layer_pos: dict[str, int] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-
-    def conv_hook(module, _i, _o):
-        if module not in order:
-            order[module] = len(order) + 1
-
-    def layer_hook(name):
-        def hook(module, _i, output):
-            if name not in layer_pos:  # first execution defines the position
-                # a Conv2d's own hook may run after this one (registration order); count it explicitly
-                if isinstance(module, nn.Conv2d) and module not in order:
-                    order[module] = len(order) + 1
-                layer_pos[name] = order.get(module, len(order)) if isinstance(module, nn.Conv2d) else len(order)
-                shapes[name] = tuple(as_feature_map(name, output).shape[1:])
-            return None
-
-        return hook
-
-    try:
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                handles.append(m.register_forward_hook(conv_hook))
-        for name, m in probed.items():
-            handles.append(m.register_forward_hook(layer_hook(name)))
-        with torch.no_grad():
-            (forward or (lambda mod, x: mod(x)))(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-    total = len(order)
+    traced, total = trace_conv_positions(model, probed, example,
+                                         lambda name, output: tuple(as_feature_map(name, output).shape[1:]), forward)
+    layer_pos = {n: t.position for n, t in traced.items()}
+    shapes = {n: t.summary for n, t in traced.items()}
     missing = [n for n in layers if n not in layer_pos]
     if missing:
         raise RuntimeError(f"{model_name}: layers {missing} did not run in the forward pass")

@@ -54,6 +54,7 @@ from conceptsim.models.registry import (
     ModelSpec,
     PretrainedWeightsUnavailable,
 )
+from conceptsim.models.trace import trace_conv_positions
 
 KINDS = ("torchvision", "ultralytics", "python")
 KIND_KEYS = {
@@ -337,37 +338,14 @@ def layer_candidates(module: nn.Module, example: torch.Tensor,
     """Modules that produce one 4-D feature map per forward pass, in execution order.
 
     Each is ``(name, conv_position, (C, H, W))``: the number of Conv2d modules executed when its output
-    was produced (its relative-depth numerator, as in :mod:`conceptsim.models.depth`).
+    was produced (its relative-depth numerator, :mod:`conceptsim.models.trace`).
     """
-    order: dict[nn.Module, int] = {}
-    seen: dict[str, list] = {}
-    handles = []
+    def shape(_name, out):
+        return tuple(out.shape[1:]) if isinstance(out, torch.Tensor) and out.dim() == 4 else None
 
-    def conv_hook(m, _i, _o):
-        order.setdefault(m, len(order) + 1)
-
-    def hook(name):
-        def record(m, _i, out):
-            if isinstance(m, nn.Conv2d):
-                order.setdefault(m, len(order) + 1)
-            shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) and out.dim() == 4 else None
-            seen.setdefault(name, []).append((len(order), shape))
-        return record
-
-    try:
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                handles.append(m.register_forward_hook(conv_hook))
-        for name, m in module.named_modules():
-            if name:
-                handles.append(m.register_forward_hook(hook(name)))
-        with torch.no_grad():
-            (forward or (lambda mod, x: mod(x)))(module, example)
-    finally:
-        for h in handles:
-            h.remove()
-    out = [(n, calls[0][0], calls[0][1]) for n, calls in seen.items()
-           if len(calls) == 1 and calls[0][1] is not None and calls[0][0] > 0 and min(calls[0][1][1:]) >= 2]
+    traced, _ = trace_conv_positions(module, {n: m for n, m in module.named_modules() if n}, example, shape, forward)
+    out = [(n, t.position, t.summary) for n, t in traced.items()
+           if t.calls == 1 and t.summary is not None and t.position > 0 and min(t.summary[1:]) >= 2]
     return sorted(out, key=lambda r: r[1])
 
 
