@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conceptsim.comparison import concept_similarity
-from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, iou_from_counts, set_iou
+from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, int8_gram, iou_from_counts, set_iou
 
 
 def stream(logits: np.ndarray, chunk: int, workers: int = 1) -> dict:
@@ -149,3 +149,18 @@ def test_concept_similarity_rejects_bad_input():
     with pytest.raises(ValueError, match="same shape"):
         concept_similarity(np.zeros(3), np.zeros(4))
     assert np.isnan(concept_similarity(np.full(5, -1.0), np.full(5, -2.0), "seg"))  # empty union
+
+
+@pytest.mark.parametrize("high", [2, 128])  # 0/1 masks (float32 path) and quantised soft masks (float64 path)
+def test_int8_gram_is_exact_integer_arithmetic(high):
+    """The floating-point product equals the int64 one to the last unit, across column blocks, for sums far
+    beyond float32's exact range (127 * 127 * 100000 > 2**30)."""
+    g = torch.Generator().manual_seed(high)
+    a = torch.randint(0, high, (5, 100_000), dtype=torch.int8, generator=g)
+    b = torch.randint(0, high, (3, 100_000), dtype=torch.int8, generator=g)
+    want = a.long() @ b.long().T
+    assert torch.equal(int8_gram(a, b), want)
+    assert torch.equal(int8_gram(a), a.long() @ a.long().T)
+    out = torch.ones((5, 3), dtype=torch.int64)
+    int8_gram(a, b, out=out, max_cols=40_000)  # accumulates into out
+    assert torch.equal(out, want + 1)
