@@ -51,16 +51,26 @@ CAUSES: dict[str, str] = {
         "Re-measured after the comparison fixes; the growth with the number of test images (concept outputs "
         "and masks of the test split are held per layer pair) was not profiled further."
     ),
+    **{k: (
+        "From the study's own breakdown (run records, executed notebooks, `concept_stage.json`; figure "
+        "below): of 3,788 run-seconds over 42 runs (two at a time), the concept stage takes 1,666 (Method A "
+        "segmentation probes 928, Method B classification probes 441, Network Dissection 297), extraction 1,164 "
+        "(close to its bare-forward share), kernel start-up and imports 417 (about 10 s per notebook), figures "
+        "and tables 185, the comparison 86. Levers, largest first: fewer epochs or a closed-form start for the "
+        "segmentation probes, one warm kernel per worker, and the comparison levers above."
+    ) for k in ("end_to_end/default", "end_to_end/efficiency")},
     "comparison_stage/default": (
-        "Profiled (py-spy, the synthetic default-size study): the time is in `compute_similarities` "
-        "(`lib/conceptsim/comparison/stage.py`): `SegAccumulator.update` (`comparison/similarity.py`; the exact "
-        "int8 Gram product `int8_gram` about 33 %, the sigmoid / quantise / threshold passes over every pixel "
-        "about 30 %) and `StudyOutputs._resample` (`comparison/outputs.py`; resampling every layer's K logit "
-        "maps to the 112 x 112 grid, about 36 %). The work is K x (L+1)^2 x n_test x 112^2 for the Grams with L "
-        "the number of layers of all six models together, and K x L x n_test x 112^2 for the elementwise passes; "
-        "at the default study's size this is far beyond 30 s on two cores. Levers (library owner): compute the "
-        "elementwise passes once per layer in float16/int8 instead of float32 per concept, fuse sigmoid and "
-        "quantisation, and bit-pack the binarised masks so that the set-IoU intersections become popcounts."
+        "Profiled (cProfile, one worker, the default study's photo-colors results, after the Gram products "
+        "moved from `torch._int_mm` to exact floating-point products, 20x faster on this AVX2 CPU): about "
+        "half of `compute_similarities` (`lib/conceptsim/comparison/stage.py`) is `StudyOutputs.iter_chunks` "
+        "(`comparison/outputs.py`), mostly Zarr reads of every probed layer's activations (the val and test "
+        "rows are spread over the 32-image chunks, so each pass reads whole chunks) and the probes' low-"
+        "resolution maps; a third is `SegAccumulator._update_concepts` (`comparison/similarity.py`: "
+        "resampling to the evaluation grid, sigmoid and quantisation per layer and concept, the Gram "
+        "products about 13 %); the findings (permutation tests, bootstraps) and the CSVs take a few seconds. "
+        "The val pass that selects layer pairs repeats the reading and streaming work. Levers: read each "
+        "chunk once for both passes, keep the low-resolution maps of both splits, fewer oracle rows, or "
+        "`select_split: test` (no val pass)."
     ),
 }
 
