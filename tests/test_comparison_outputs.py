@@ -56,3 +56,23 @@ def test_damaged_vector_files_are_named(study, tmp_path):
     with pytest.raises(ValueError, match="kind must be"):
         load_vectors(mdir, "L0", "tcav")
     assert load_vectors(study / "a", "L1", "cls")["concepts"] == ["sky", "dog", "red"]
+
+
+def test_chunk_blocks_read_every_stored_chunk_once():
+    from conceptsim.comparison.outputs import chunk_blocks
+
+    interleaved = np.arange(4, 200, 6)  # one row in six, as the test split of a store written image by image
+    for rows, chunk, want in ((interleaved, 32, 16), (np.arange(360, 480), 32, 16), (np.arange(5), 32, 16)):
+        blocks = chunk_blocks(rows, chunk, want)
+        assert np.array_equal(np.concatenate(blocks), np.arange(len(rows)))  # every position once, in order
+        chunks = [set(rows[b] // chunk) for b in blocks]
+        assert all(not (a & b) for i, a in enumerate(chunks) for b in chunks[i + 1:])  # no chunk in two blocks
+        assert all(len(b) >= want for b in blocks[:-1])
+    assert chunk_blocks(np.array([], dtype=np.int64), 32, 16) == []
+
+
+def test_blocks_follow_store_chunks(study):
+    so = StudyOutputs(study, ["a", "b"])
+    assert so.chunk_rows == 12  # 16 images per chunk, capped at the store's 12 images
+    blocks = so.read_blocks(4)
+    assert np.array_equal(np.concatenate(blocks), np.arange(so.n_test))

@@ -164,3 +164,22 @@ def test_int8_gram_is_exact_integer_arithmetic(high):
     out = torch.ones((5, 3), dtype=torch.int64)
     int8_gram(a, b, out=out, max_cols=40_000)  # accumulates into out
     assert torch.equal(out, want + 1)
+
+
+def test_oracle_rows_skip_only_the_products_nobody_reads():
+    """With ``oracle_rows`` the layer block and the truth/oracle block are exactly the full products."""
+    rng = np.random.default_rng(4)
+    n, L, K, gh, gw = 9, 7, 2, 5, 6  # rows: 4 layers, the truth (row 4), 2 oracles
+    logits = rng.normal(0.0, 2.0, (n, L, K, gh, gw)).astype(np.float32)
+    results = []
+    for oracle_rows in (0, 2):
+        acc = SegAccumulator(L, K, (gh, gw), truth_row=4, moment_rows=4, oracle_rows=oracle_rows)
+        for s in range(0, n, 4):
+            acc.update(torch.from_numpy(logits[s : s + 4]).permute(1, 2, 0, 3, 4).contiguous())
+        results.append(acc.inter.numpy().copy())
+    full, split = results
+    np.testing.assert_array_equal(split[:, :5, :5], full[:, :5, :5])
+    np.testing.assert_array_equal(split[:, 4:, 4:], full[:, 4:, 4:])
+    assert not split[:, :4, 5:].any() and full[:, :4, 5:].any()
+    with pytest.raises(ValueError, match="truth row"):
+        SegAccumulator(L, K, (gh, gw), truth_row=3, oracle_rows=2)

@@ -289,3 +289,17 @@ def test_rle_check_agrees_with_pycocotools():
         rle = mask_utils.encode(np.asfortranarray((rng.random((h, w)) < rng.random()).astype(np.uint8)))
         assert rle_problem(rle["counts"].decode(), h * w) is None
         assert rle_problem(rle["counts"].decode(), h * w + 1) is not None
+
+
+def test_all_splits_are_served_split_major(tmp_path):
+    """Without ``split`` the images come train, val, test (each sorted): one contiguous run per split in a store."""
+    from conceptsim.data.shapes import build_shapes
+
+    ann = build_shapes(tmp_path / "s", n=30, size=64, seed=0)
+    ds = ConceptDataset(ann, min_area=0.0)
+    order = [ds.split_of(i) for i in ds.image_ids]
+    codes = [("train", "val", "test").index(s) for s in order]
+    assert codes == sorted(codes) and len(set(order)) == 3
+    for s in ("train", "val", "test"):
+        part = [i for i in ds.image_ids if ds.split_of(i) == s]
+        assert part == sorted(part) == ConceptDataset(ann, split=s, min_area=0.0).image_ids

@@ -205,3 +205,19 @@ def test_study_check_names_missing_icon_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path))
     reason = unavailable_reason("coco-icons")
     assert "fluentui-emoji@1.3.0 is missing" in reason and "conceptsim data fetch-icons" in reason
+
+
+def test_concept_category_is_the_coco_supercategory(small_build):
+    from conceptsim.data.registry import DATASETS
+
+    from conceptsim.data.coco import DatasetSource
+
+    src = DatasetSource("coco-icons", small_build, small_build.parent / "images", "test",
+                        concept_categories=DATASETS["coco-icons"].concept_categories,
+                        concepts=coco_icons.concepts_of_build({"categories": FEW_CATS}))
+    ds = ConceptDataset(src, split_by="random", min_area=0.0)
+    got = {c.name: c.category for c in ds.concepts}
+    assert got["car"] == "vehicle" and got["dog"] == "animal" and got["cup"] == "kitchen"
+    assert got["person"] == "person" and got["clock"] == "indoor"
+    assert set(coco_icons.concept_categories()) >= {c.name for c in CATEGORIES} | {"vehicle", "animal", "food"}
+    assert coco_icons.concept_categories()["vehicle"] == "vehicle"

@@ -223,7 +223,7 @@ def dataset_summary(study: str, dataset: str, model: str):
     ds = _stored_dataset(store, split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
                          min_area=split["min_area"], max_images=int(np.bincount(store.splits).max()),
                          concepts=store.concept_names, split_by=store.attrs.get("split_by") or "random")
-    if [int(i) for i in ds.image_ids] != sorted(int(i) for i in store.image_ids):
+    if sorted(int(i) for i in ds.image_ids) != sorted(int(i) for i in store.image_ids):
         raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
     table, figure = dataset_summary_files(dataset_results(study, dataset))
     write_summary(ds, table, figure)

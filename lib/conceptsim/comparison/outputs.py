@@ -361,18 +361,26 @@ class StudyOutputs:
             self._mat_cache[key] = (ry[0], rx[0])
         return self._mat_cache[key]
 
+    @property
+    def chunk_rows(self) -> int:
+        """Images per stored chunk (of the first store's first probed layer; 1 for an empty store)."""
+        st = self.stores[0]
+        return int(st.activations(st.layers[0].name).chunks[0]) if st.layers else 1
+
+    def read_blocks(self, read_images: int) -> list[np.ndarray]:
+        """Positions of the compared images in blocks that cover whole stored chunks (:func:`chunk_blocks`)."""
+        return chunk_blocks(self.rows, self.chunk_rows, read_images)
+
     def iter_chunks(self, chunk_images: int = 16, read_images: int = 16) -> Iterator[OutputChunk]:
         """Yield :class:`OutputChunk` for consecutive groups of at most ``chunk_images`` test images.
 
-        Activations are read ``read_images`` at a time per layer (whole store chunks decompress once) and
-        reduced to low-resolution logits and pooled features, so memory is about ``read_images`` images of
+        Activations are read per layer in blocks of at least ``read_images`` images that cover whole store
+        chunks (:meth:`read_blocks`: each chunk is decoded once per pass) and reduced to low-resolution logits and pooled features, so memory is about ``read_images`` images of
         one layer's activations plus the low-resolution logits of all layers for ``read_images`` images.
         """
         n_layers, k = len(self.layers), len(self.concepts)
         chunk_images = max(1, int(chunk_images))
-        read_images = max(chunk_images, int(read_images) // chunk_images * chunk_images)
-        for bstart in range(0, self.n_test, read_images):
-            bpos = np.arange(bstart, min(self.n_test, bstart + read_images))
+        for bpos in self.read_blocks(max(chunk_images, int(read_images))):
             brows = self.rows[bpos]
             low: list[torch.Tensor] = []
             gaps: list[torch.Tensor] = []
@@ -395,6 +403,31 @@ class StudyOutputs:
                     cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps], self,
                     truth[:, sl] if truth is not None else None, [o[:, sl] for o in oracle],
                 )
+
+
+def chunk_blocks(rows: np.ndarray, chunk_rows: int, read_images: int) -> list[np.ndarray]:
+    """Positions ``0..len(rows)-1`` of sorted store ``rows``, in blocks that each cover whole stored chunks.
+
+    A block holds the rows of one or more consecutive chunks of ``chunk_rows`` store rows (at least
+    ``read_images`` positions when there are that many left), so a pass that reads block by block reads
+    and decodes every chunk once, however the split's rows fall on the chunks (interleaved splits in
+    stores written before split-major order, or a split starting mid-chunk).
+    """
+    rows = np.asarray(rows)
+    if not len(rows):
+        return []
+    chunk_of = rows // max(1, int(chunk_rows))
+    runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(chunk_of)) + 1)
+    blocks, current, size = [], [], 0
+    for run in runs:
+        current.append(run)
+        size += len(run)
+        if size >= read_images:
+            blocks.append(np.concatenate(current))
+            current, size = [], 0
+    if current:
+        blocks.append(np.concatenate(current))
+    return blocks
 
 
 def _read_block(arr, rows: np.ndarray) -> np.ndarray:

@@ -115,12 +115,19 @@ class SegAccumulator:
     moment_rows : the leading rows that also enter the permuted-image control and the soft-mask Pearson
         (default all; the truth and oracle rows after the layers need only intersections); 0 skips both
         (the val pass, which only selects layers).
+    oracle_rows : the last rows (after the truth row, which must come right before them) are compared only
+        with each other and with the truth row: their intersections with the other rows are not computed
+        and stay 0 (the resolution-only oracles, a third of the rows of the default study's Gram products).
     """
 
     def __init__(self, n_layers: int, n_concepts: int, grid: tuple[int, int], workers: int = 1, *,
                  track: dict[int, np.ndarray] | None = None, truth_row: int | None = None,
-                 moment_rows: int | None = None) -> None:
+                 moment_rows: int | None = None, oracle_rows: int = 0) -> None:
         L, K = n_layers, n_concepts
+        self.oracle_rows = int(oracle_rows)
+        if self.oracle_rows and truth_row != L - self.oracle_rows - 1:
+            raise ValueError(f"oracle_rows={oracle_rows} needs the truth row right before them (row {L - oracle_rows - 1}), "
+                             f"got truth_row={truth_row}")
         self.n_layers = L
         self.moment_rows = Lm = L if moment_rows is None else max(0, min(int(moment_rows), L))
         self.pixels = int(grid[0]) * int(grid[1])
@@ -140,9 +147,8 @@ class SegAccumulator:
     def _buffers_for(self, n: int, worker: int = 0) -> tuple:
         if (n, worker) not in self._buffers:
             L, Lm, m = self.n_layers, self.moment_rows, n * self.pixels
-            # one extra row of ones makes the product also yield every layer's sum and the pixel count; a
-            # scratch row quantises the rows that take no part in the soft-mask moments
-            q = torch.empty((Lm + 2, m), dtype=torch.int8)
+            # one extra row of ones makes the product also yield every layer's sum and the pixel count
+            q = torch.empty((Lm + 1, m), dtype=torch.int8)
             q[Lm] = 1
             if any(key[0] != n for key in self._buffers):  # a new chunk size (the last chunk): drop the old
                 self._buffers = {}
@@ -197,8 +203,14 @@ class SegAccumulator:
         half = torch.tensor(0.5)
         for k in concepts:
             for li in range(L):
-                qrow = q[li] if li < Lm else q[Lm + 1]
                 x = fill(li, k, f)
+                if li >= Lm:  # no soft moments for this row: only its 0/1 mask (logit >= 0), no sigmoid
+                    if x is None:
+                        b[li].zero_()
+                    else:
+                        torch.ge(x, 0.0, out=b[li].view(torch.bool))
+                    continue
+                qrow = q[li]
                 if x is None:
                     qrow.zero_()  # round(127 * sigmoid(logit)) of a surely negative logit
                     b[li].zero_()
@@ -209,7 +221,14 @@ class SegAccumulator:
                 # q >= 64 <=> sigmoid >= 0.5 <=> logit >= 0, and for 0 <= q <= 127 that is bit 6: q >> 6 is
                 # the 0/1 mask, computed in int8 (no bool pass) while the row is in cache
                 torch.bitwise_right_shift(qrow, 6, out=b[li])
-            int8_gram(b, out=self.inter[k])
+            if self.oracle_rows:  # two diagonal blocks that share the truth row, counted once
+                t = self.truth_row
+                int8_gram(b[: t + 1], out=self.inter[k][: t + 1, : t + 1])
+                g = int8_gram(b[t:])
+                g[0, 0] = 0
+                self.inter[k][t:, t:] += g
+            else:
+                int8_gram(b, out=self.inter[k])
             if k in self._per_image:
                 self._per_image[k].append(self._image_counts(b.view(L, n, self.pixels), self.track[k]))
             if Lm:

@@ -62,6 +62,7 @@ from conceptsim.comparison.document import findings_document, plan_findings
 from conceptsim.comparison.findings import quality_arrays, rng_for
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
+from conceptsim.extraction.background import prefetched
 from conceptsim.paths import comparison_files, comparison_stage_json, concept_quality_csv, concept_stage_json, model_dir_name
 from conceptsim.runtime import torch_threads_from_environment
 
@@ -120,7 +121,8 @@ def compute_similarities(
     seg_acc = None
     if so.use_seg:
         seg_acc = SegAccumulator(rows_total, nk, so.eval_grid, workers=min(2, os.cpu_count() or 1),
-                                 track=track, truth_row=nl if so.use_truth else None, moment_rows=nl if cka else 0)
+                                 track=track, truth_row=nl if so.use_truth else None, moment_rows=nl if cka else 0,
+                                 oracle_rows=n_or if so.use_truth else 0)
     cls_logits = np.zeros((nl, n, nk), dtype=np.float32)
     gap = [None] * nl if cka else None
     # The grid-4 pass reads the activations once more: it runs in a second Python thread beside the main
@@ -137,16 +139,10 @@ def compute_similarities(
             return buf if chunk.truth_map(k, buf) else None
         return buf if chunk.oracle_map(li - nl - 1, k, buf) else None
 
-    for chunk in so.iter_chunks(chunk_images, read_images):
-        if seg_acc is not None:
-            seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: fill(c, li, k, buf))
-        if chunk.cls is not None:
-            cls_logits[:, chunk.rows] = chunk.cls.numpy()
-        if gap is not None:
-            for li, g in enumerate(chunk.gap):
-                if gap[li] is None:
-                    gap[li] = np.zeros((n, g.shape[1]), dtype=np.float32)  # float64 only for the product
-                gap[li][chunk.rows] = g.numpy()
+    # the next block's reads and low-resolution maps are prepared in a thread while this one accumulates
+    with prefetched(so.iter_chunks(chunk_images, read_images), depth=2) as chunks:
+        for chunk in chunks:
+            _accumulate(chunk, seg_acc, fill, cls_logits, gap, n)
     out: dict[str, np.ndarray] = {}
     if seg_acc is not None:
         full = seg_acc.results()
@@ -180,6 +176,19 @@ def compute_similarities(
     return out
 
 
+def _accumulate(chunk, seg_acc, fill, cls_logits: np.ndarray, gap: list | None, n: int) -> None:
+    """Add one chunk of outputs to the accumulators of :func:`compute_similarities`."""
+    if seg_acc is not None:
+        seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: fill(c, li, k, buf))
+    if chunk.cls is not None:
+        cls_logits[:, chunk.rows] = chunk.cls.numpy()
+    if gap is not None:
+        for li, g in enumerate(chunk.gap):
+            if gap[li] is None:
+                gap[li] = np.zeros((n, g.shape[1]), dtype=np.float32)  # float64 only for the product
+            gap[li][chunk.rows] = g.numpy()
+
+
 def _grid4_cka(so: StudyOutputs, read_images: int, threads: int) -> np.ndarray:
     """``cka_grid4`` matrix, in a worker thread with ``threads`` torch threads."""
     torch.set_num_threads(threads)
@@ -197,12 +206,12 @@ def grid4_grams(so: StudyOutputs, chunk_images: int) -> np.ndarray:
     grams = np.empty((len(so.layers), so.n_test, so.n_test))
     for li in range(len(so.layers)):
         x = None
-        for start in range(0, so.n_test, chunk_images):
-            acts = so.layer_activations(li, so.rows[start : start + chunk_images])
+        for pos in so.read_blocks(chunk_images):
+            acts = so.layer_activations(li, so.rows[pos])
             pooled = F.adaptive_avg_pool2d(acts, 4).reshape(len(acts), -1)
             if x is None:
                 x = torch.empty((so.n_test, pooled.shape[1]), dtype=torch.float64)
-            x[start : start + len(acts)] = pooled
+            x[torch.from_numpy(pos)] = pooled.double()
         torch.matmul(x, x.T, out=torch.from_numpy(grams[li]))
     return grams
 

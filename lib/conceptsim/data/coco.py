@@ -342,7 +342,9 @@ class ConceptDataset(Dataset):
     excluded_concepts : concepts dropped because some split has no positive image, each a dict with
         ``concept``, ``split`` and ``reason``. The check covers all three splits, so every split of one
         configuration serves the same concepts.
-    image_ids : sorted ids of this split's images.
+    image_ids : ids of the served images: with ``split``, that split's ids sorted; without, split-major
+        (train, then val, then test, each sorted), so that each split is one contiguous run of rows in
+        the activation stores and a pass over one split reads only its own store chunks.
     """
 
     def __init__(
@@ -418,7 +420,7 @@ class ConceptDataset(Dataset):
         self.concepts = [all_concepts[k] for k in keep]
         self._rles = {i: [rles[i][k] for k in keep] for i in used}
         self._area_fraction = {i: a[keep] for i, a in self._area_fraction.items()}
-        self.image_ids = sorted(per_split[split]) if split else used
+        self.image_ids = list(per_split[split]) if split else [i for s in SPLITS for i in per_split[s]]
         for iid in self.image_ids:
             f = self.image_dir / self._images[iid]["file_name"]
             if not f.is_file():

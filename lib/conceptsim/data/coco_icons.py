@@ -262,6 +262,13 @@ def concepts(cats: Sequence = CATEGORIES) -> dict[str, list[str]]:
     return out
 
 
+def concept_categories(cats: Sequence = CATEGORIES) -> dict[str, str]:
+    """Concept -> concept category: a category's COCO supercategory; a supercategory group, itself."""
+    out = {c.name: c.supercategory for c in cats}
+    out.update({c.supercategory: c.supercategory for c in cats if c.supercategory not in out})
+    return out
+
+
 def concepts_of_build(params: dict) -> dict[str, list[str]]:
     """The default concepts of a build with these parameters (its ``categories``, default all)."""
     return concepts(check_selection(None, params.get("categories"))[1])

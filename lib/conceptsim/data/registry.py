@@ -78,7 +78,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "coco-icons": DatasetSpec(
         "coco-icons", "embedded", "COCO object categories as emoji art in six styles on real photos, exact masks",
         coco_icons.build_coco_icons, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
-        coco_icons.BUILDER_VERSION, fetch.object_categories(coco_icons.concepts()), coco_icons.concepts_of_build,
+        coco_icons.BUILDER_VERSION, coco_icons.concept_categories(), coco_icons.concepts_of_build,
         limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
     ),
     "coco2017-val": DatasetSpec(

@@ -32,7 +32,7 @@ import zarr
 
 from conceptsim.atomic import sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
-from conceptsim.extraction.zarrio import ChunkedRows, StoreError, open_checked
+from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked
 
 MASK_SCHEMA = 1
 ROWS_PER_CHUNK = 64
@@ -78,16 +78,17 @@ class MaskStore:
             self.image_ids = np.asarray(self.group["image_id"][:])
         except Exception as exc:
             raise StoreError(f"mask store {self.path} is corrupt ({exc}); delete it to recompute") from exc
+        self._array = ArrayHandles(self.group)
 
     @property
     def masks(self) -> zarr.Array:
-        return self.group["masks"]
+        return self._array("masks")
 
     def targets(self, grid: Sequence[int]) -> zarr.Array:
         name = grid_name(grid)
         if name not in self.attrs["grids"]:
             raise StoreError(f"mask store {self.path} has no targets on grid {name}; it has {self.attrs['grids']}")
-        return self.group["targets"][name]
+        return self._array("targets", name)
 
 
 def ensure_mask_store(

@@ -39,7 +39,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from conceptsim.extraction.maskstore import MaskStore
-from conceptsim.extraction.zarrio import ChunkedRows, StoreError, open_checked, read_rows, write_together
+from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked, read_rows, write_together
 
 # StoreError, read_rows, write_together and ChunkedRows live in zarrio; importable from here as before
 __all__ = ["COMPRESSORS", "STORE_DTYPES", "ActivationStore", "ChunkedRows", "LayerInfo", "StoreError", "StoreWriter",
@@ -228,6 +228,7 @@ class ActivationStore:
             self.content_boxes = np.asarray(self.group["content_box"][:])
         except Exception as exc:
             raise StoreError(f"activation store {self.path} is corrupt ({exc}); delete it to recompute") from exc
+        self._array = ArrayHandles(self.group)
         self.mask_store = None
         if "mask_store" in attrs:
             try:
@@ -276,14 +277,14 @@ class ActivationStore:
 
     def activations(self, layer: str) -> zarr.Array:
         self.layer(layer)
-        return self.group["activations"][layer]
+        return self._array("activations", layer)
 
     def targets(self, layer: str) -> zarr.Array:
         info = self.layer(layer)
         if self.mask_store is not None:
             return self.mask_store.targets(info.grid)
-        return self.group["targets"][layer]
+        return self._array("targets", layer)
 
     @property
     def masks(self) -> zarr.Array:
-        return self.mask_store.masks if self.mask_store is not None else self.group["masks"]
+        return self.mask_store.masks if self.mask_store is not None else self._array("masks")

@@ -1,6 +1,6 @@
 """Zarr plumbing shared by the activation store and the mask store.
 
-Errors (:class:`StoreError`), opening a finished store with its checks (:func:`open_checked`), batched
+Errors (:class:`StoreError`), array handles opened once (:class:`ArrayHandles`), opening a finished store with its checks (:func:`open_checked`), batched
 concurrent writes (:func:`write_together`, :class:`ChunkedRows`) and bounded reads (:func:`read_rows`).
 Both :mod:`conceptsim.extraction.store` and :mod:`conceptsim.extraction.maskstore` build on this module;
 neither imports the other's internals.
@@ -25,6 +25,27 @@ WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 
 class StoreError(RuntimeError):
     """A store is missing, incomplete, corrupt, or was made for other inputs."""
+
+
+class ArrayHandles:
+    """The arrays of one opened store group, each opened once.
+
+    Opening a Zarr array reads and parses its metadata (milliseconds); readers that ask for the same
+    arrays block after block (the comparison stage) keep the handles instead.
+    """
+
+    def __init__(self, group: zarr.Group) -> None:
+        self.group = group
+        self._open: dict[tuple[str, ...], zarr.Array] = {}
+
+    def __call__(self, *path: str) -> zarr.Array:
+        """The array at ``group[path[0]][path[1]]...`` (names may contain any character but ``/``)."""
+        if path not in self._open:
+            node = self.group
+            for part in path:
+                node = node[part]
+            self._open[path] = node
+        return self._open[path]
 
 
 def write_together(assignments: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
