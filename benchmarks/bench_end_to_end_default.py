@@ -10,6 +10,11 @@ One run on one machine, so that the ratio holds when the machine is slow:
 
 The efficiency is ``wall ÷ (Σ bare forward ÷ cores)``; the breakdown (``efficiency.study_breakdown``) comes
 from the sandbox's run records, executed notebooks and ``concept_stage.json`` files.
+
+The bare forward passes take about half as long as the study itself. With ``BENCH_REUSE_FLOOR=1`` step 3 is
+skipped when an earlier entry on the same machine (CPU model and core count) measured the same (dataset,
+model) pairs: its figures are reused and the entry says so (``bare_forward_from``, the commit they were
+measured at). The forward passes depend on the models and the images only, not on the suite's code.
 """
 
 from __future__ import annotations
@@ -66,6 +71,25 @@ def bare_forward_all(smoke: bool = False) -> dict[str, float]:
     return out
 
 
+def reused_floor(ctx: Context, cores: int) -> dict[str, float] | None:
+    """The bare forward seconds of the previous default-study entry, when ``BENCH_REUSE_FLOOR=1`` and that
+    entry was measured on this machine (CPU, cores) for the same (dataset, model) pairs; else ``None``."""
+    if os.environ.get("BENCH_REUSE_FLOOR") != "1":
+        return None
+    prev = ctx.previous.get("end_to_end/default")
+    if not prev or not (prev.get("details") or {}).get("bare_forward_s"):
+        return None
+    from common import machine
+
+    here, there = machine(), prev.get("machine") or {}
+    if any(here.get(k) != there.get(k) for k in ("cpu_model", "cores")):
+        return None
+    study = default_study()
+    wanted = {f"{d}/{m}" for d in study.datasets for m in study.models}
+    bare = prev["details"]["bare_forward_s"]
+    return dict(bare) if set(bare) == wanted else None
+
+
 def run(ctx: Context) -> list[dict]:
     run_ = measure(ctx, smoke=False, timeout=3 * 3600, jobs=JOBS)
     root = Path(run_["sandbox"])
@@ -73,11 +97,16 @@ def run(ctx: Context) -> list[dict]:
     wall = run_["seconds"]
     book_s, book_rc = book_build_seconds(root) if ok else (None, None)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ctx.log("bare forward passes of every (dataset, model), one thread")
-    bare = bare_forward_all()
+    bare, bare_from = reused_floor(ctx, cores), None
+    if bare is not None:
+        bare_from = ctx.previous["end_to_end/default"]["commit"]
+        ctx.log(f"bare forward passes reused from the entry measured at {bare_from[:7]} (BENCH_REUSE_FLOOR)")
+    else:
+        ctx.log("bare forward passes of every (dataset, model), one thread")
+        bare = bare_forward_all()
     breakdown = study_breakdown(root / "results" / "default", root, book_s) if ok else {}
     details = {"jobs": JOBS, "cores": cores, "wall_s": wall, "book_build_s": book_s, "book_build_rc": book_rc,
-               "bare_forward_s": bare, "forward_floor_s": forward_floor(bare, cores), "breakdown": breakdown,
+               "bare_forward_s": bare, "bare_forward_from": bare_from, "forward_floor_s": forward_floor(bare, cores), "breakdown": breakdown,
                "exit_code": run_["rc"], "output_tail": run_["tail"]}
     wall_entry = entry("end_to_end/default", "Default study, end to end after set-up", "wall time", "s", [wall],
                        TARGETS[False], "lower", details, benchmark=NAME,
