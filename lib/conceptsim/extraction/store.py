@@ -4,7 +4,7 @@ Layout (a Zarr v3 group, readable with plain ``zarr``, ``xarray`` or ``dask``)::
 
     activations.zarr/
       zarr.json                      group attributes = store metadata (see below)
-      image_id       (N,)            int64   dataset image ids, in extraction order
+      image_id       (N,)            int64   dataset image ids, in extraction order (split-major)
       split          (N,)            uint8   0 = train, 1 = val, 2 = test
       labels         (N, K)          uint8   image-level presence (mask area >= min_area)
       content_box    (N, 4)          float32 (top, left, bottom, right) of the image in the input frame
@@ -17,7 +17,9 @@ attributes ``mask_store`` and ``mask_store_key``; :attr:`ActivationStore.masks` 
 :meth:`ActivationStore.targets` read them from there. (A store written without a mask store, e.g. the
 synthetic test stores, holds ``masks`` and ``targets/<layer>`` arrays itself.)
 
-All arrays are chunked by images. Metadata attributes: ``schema`` (version), ``model``, ``dataset``,
+All arrays are chunked by images; the pipeline's datasets serve their images split-major (train, val,
+test), so each split is one contiguous run of rows and a pass over one split reads only its own chunks.
+Metadata attributes: ``schema`` (version), ``model``, ``dataset``,
 ``study``, ``weights_sha256``, ``dataset_sha256``, ``preprocessing`` (dict), ``grid_cap``,
 ``eval_grid``, ``min_area``, ``seed``, ``dtype``, ``concepts`` (list of {name, category}), ``layers``
 (list of {name, module_type, channels, grid, native_grid, conv_position, relative_depth, probe_rank}),
