@@ -11,10 +11,13 @@ One run on one machine, so that the ratio holds when the machine is slow:
 The efficiency is ``wall ÷ (Σ bare forward ÷ cores)``; the breakdown (``efficiency.study_breakdown``) comes
 from the sandbox's run records, executed notebooks and ``concept_stage.json`` files.
 
-The bare forward passes take about half as long as the study itself. With ``BENCH_REUSE_FLOOR=1`` step 3 is
-skipped when an earlier entry on the same machine (CPU model and core count) measured the same (dataset,
-model) pairs: its figures are reused and the entry says so (``bare_forward_from``, the commit they were
-measured at). The forward passes depend on the models and the images only, not on the suite's code.
+The bare forward passes are always measured in the same invocation as the study: the previous session
+reused them from an entry of the "same" machine (CPU model and core count) and the figures were off by a
+factor of two, because two machines of one CPU model were not equally fast. With ``BENCH_REUSE_STUDY=1``
+steps 1 and 2 are skipped instead when the previous ``end_to_end/default`` entry was measured, with a clean
+library, at a commit with the same library, notebooks, study file and requirements as this one
+(:data:`STUDY_INPUTS`) and its sandbox is still there: its wall time, book build and breakdown are reused,
+the floor is measured now, and the entry says so (``study_from``: when that entry was measured).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench_end_to_end import TARGETS, measure
-from common import ROOT, Context, default_study, entry
+from common import ROOT, Context, default_study, entry, git_commit
 from efficiency import forward_floor, study_breakdown, study_efficiency
 
 NAME = "end_to_end_default"
@@ -71,42 +74,53 @@ def bare_forward_all(smoke: bool = False) -> dict[str, float]:
     return out
 
 
-def reused_floor(ctx: Context, cores: int) -> dict[str, float] | None:
-    """The bare forward seconds of the previous default-study entry, when ``BENCH_REUSE_FLOOR=1`` and that
-    entry was measured on this machine (CPU, cores) for the same (dataset, model) pairs; else ``None``."""
-    if os.environ.get("BENCH_REUSE_FLOOR") != "1":
+#: what the default study's outcome depends on besides the machine
+STUDY_INPUTS = ("lib", "notebooks", "studies/default.yml", "requirements.txt", "pyproject.toml")
+
+
+def same_study_code(commit_a: str, commit_b: str) -> bool:
+    """Whether two commits hold the same :data:`STUDY_INPUTS` (``git diff --quiet``)."""
+    r = subprocess.run(["git", "diff", "--quiet", commit_a, commit_b, "--", *STUDY_INPUTS], cwd=ROOT,
+                       capture_output=True)
+    return r.returncode == 0
+
+
+def reused_study(ctx: Context) -> dict | None:
+    """The study half (wall, book build, sandbox) of the previous default-study entry, when
+    ``BENCH_REUSE_STUDY=1`` and that entry was measured at this commit with a clean library; else ``None``."""
+    if os.environ.get("BENCH_REUSE_STUDY") != "1":
         return None
     prev = ctx.previous.get("end_to_end/default")
-    if not prev or not (prev.get("details") or {}).get("bare_forward_s"):
+    if not prev or prev.get("library_dirty") or not same_study_code(prev.get("commit", ""), git_commit()["commit"]):
         return None
-    from common import machine
-
-    here, there = machine(), prev.get("machine") or {}
-    if any(here.get(k) != there.get(k) for k in ("cpu_model", "cores")):
+    d = prev.get("details") or {}
+    sandbox = ctx.scratch / "e2e-default"
+    if d.get("exit_code") != 0 or not (sandbox / "results" / "default").is_dir():
         return None
-    study = default_study()
-    wanted = {f"{d}/{m}" for d in study.datasets for m in study.models}
-    bare = prev["details"]["bare_forward_s"]
-    return dict(bare) if set(bare) == wanted else None
+    return {"rc": 0, "seconds": d["wall_s"], "tail": d.get("output_tail", ""), "sandbox": str(sandbox),
+            "book": (d.get("book_build_s"), d.get("book_build_rc")), "from": prev.get("measured_at")}
 
 
 def run(ctx: Context) -> list[dict]:
-    run_ = measure(ctx, smoke=False, timeout=3 * 3600, jobs=JOBS)
+    run_ = reused_study(ctx)
+    if run_ is not None:
+        ctx.log(f"study wall time and sandbox reused from the entry of {run_['from']} (BENCH_REUSE_STUDY)")
+    else:
+        run_ = measure(ctx, smoke=False, timeout=3 * 3600, jobs=JOBS)
     root = Path(run_["sandbox"])
     ok = run_["rc"] == 0
     wall = run_["seconds"]
-    book_s, book_rc = book_build_seconds(root) if ok else (None, None)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    bare, bare_from = reused_floor(ctx, cores), None
-    if bare is not None:
-        bare_from = ctx.previous["end_to_end/default"]["commit"]
-        ctx.log(f"bare forward passes reused from the entry measured at {bare_from[:7]} (BENCH_REUSE_FLOOR)")
+    if "book" in run_:
+        book_s, book_rc = run_["book"]
     else:
-        ctx.log("bare forward passes of every (dataset, model), one thread")
-        bare = bare_forward_all()
+        book_s, book_rc = book_build_seconds(root) if ok else (None, None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ctx.log("bare forward passes of every (dataset, model), one thread")
+    bare = bare_forward_all()
     breakdown = study_breakdown(root / "results" / "default", root, book_s) if ok else {}
     details = {"jobs": JOBS, "cores": cores, "wall_s": wall, "book_build_s": book_s, "book_build_rc": book_rc,
-               "bare_forward_s": bare, "bare_forward_from": bare_from, "forward_floor_s": forward_floor(bare, cores), "breakdown": breakdown,
+               "bare_forward_s": bare, "study_from": run_.get("from"), "forward_floor_s": forward_floor(bare, cores),
+               "breakdown": breakdown,
                "exit_code": run_["rc"], "output_tail": run_["tail"]}
     wall_entry = entry("end_to_end/default", "Default study, end to end after set-up", "wall time", "s", [wall],
                        TARGETS[False], "lower", details, benchmark=NAME,
