@@ -208,9 +208,8 @@ def test_study_check_names_missing_icon_packages(tmp_path, monkeypatch):
 
 
 def test_concept_category_is_the_coco_supercategory(small_build):
-    from conceptsim.data.registry import DATASETS
-
     from conceptsim.data.coco import DatasetSource
+    from conceptsim.data.registry import DATASETS
 
     src = DatasetSource("coco-icons", small_build, small_build.parent / "images", "test",
                         concept_categories=DATASETS["coco-icons"].concept_categories,

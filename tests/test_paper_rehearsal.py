@@ -100,6 +100,10 @@ def test_paper_smoke_rehearsal_through_every_notebook_and_the_book(copies, tmp_p
         out = results / "paper-smoke" / ds
         for m in PAPER_MODELS:
             assert (out / f"{m}__random" / "concept_quality.csv").is_file()
+            # the smoke study turns Network Dissection off: no unit tables, and the notebook says so
+            assert not (out / f"{m}__random" / "dissection.csv").exists()
+            concepts_nb = book_results / ds / f"{m}__random" / "02_concepts.ipynb"
+            assert "Network Dissection is off in this study" in concepts_nb.read_text()
         assert (out / "similarity.csv").is_file() and (out / "findings.json").is_file()
     build = tmp_path / "book"
     cmd = [str(VENV_BIN / "jupyter-book"), "build", ".", "--toc", "book/_generated/_toc.yml", "-W", "-n",

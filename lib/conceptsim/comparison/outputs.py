@@ -375,8 +375,9 @@ class StudyOutputs:
         """Yield :class:`OutputChunk` for consecutive groups of at most ``chunk_images`` test images.
 
         Activations are read per layer in blocks of at least ``read_images`` images that cover whole store
-        chunks (:meth:`read_blocks`: each chunk is decoded once per pass) and reduced to low-resolution logits and pooled features, so memory is about ``read_images`` images of
-        one layer's activations plus the low-resolution logits of all layers for ``read_images`` images.
+        chunks (:meth:`read_blocks`: each chunk is decoded once per pass) and reduced to low-resolution logits
+        and pooled features, so memory is about ``read_images`` images of one layer's activations plus the
+        low-resolution logits of all layers for ``read_images`` images.
         """
         n_layers, k = len(self.layers), len(self.concepts)
         chunk_images = max(1, int(chunk_images))

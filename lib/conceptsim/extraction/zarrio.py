@@ -1,7 +1,8 @@
 """Zarr plumbing shared by the activation store and the mask store.
 
-Errors (:class:`StoreError`), array handles opened once (:class:`ArrayHandles`), opening a finished store with its checks (:func:`open_checked`), batched
-concurrent writes (:func:`write_together`, :class:`ChunkedRows`) and bounded reads (:func:`read_rows`).
+Errors (:class:`StoreError`), array handles opened once (:class:`ArrayHandles`), opening a finished store
+with its checks (:func:`open_checked`), batched concurrent writes (:func:`write_together`,
+:class:`ChunkedRows`) and bounded reads (:func:`read_rows`).
 Both :mod:`conceptsim.extraction.store` and :mod:`conceptsim.extraction.maskstore` build on this module;
 neither imports the other's internals.
 """
