@@ -37,12 +37,6 @@ CAUSES: dict[str, str] = {
         "and only then is bounded (float16, then streaming). To meet the target at these sizes the budget "
         "would have to be small (or streaming the default)."
     ),
-    "end_to_end/smoke": (
-        "Measured with the machine's load average at 4-6 (other processes on the 2 cores). The same command "
-        "(`conceptsim run studies/default.yml --smoke --jobs 2`) took 193 s on a quieter machine during "
-        "development (outside this suite); most of it is per-notebook start-up (kernel, imports, model build) "
-        "over 28 notebooks."
-    ),
     "memory_scaling/extraction": (
         "Buffers are per batch or per chunk (prefetch and writer queues of two batches, one 32-image chunk per "
         "array); the small growth between N and 4N images was not profiled."
@@ -177,7 +171,7 @@ def plot_breakdown(entries: list[dict], path: Path) -> bool:
 
 
 def breakdown_cause(e: dict) -> str:
-    """Where the default study's time went, from the entry's own breakdown (the run records, executed
+    """Where an end-to-end study's time went, from the entry's own breakdown (the run records, executed
     notebooks and ``concept_stage.json`` files of the measured run)."""
     b = (e.get("details") or {}).get("breakdown") or {}
     parts = b.get("parts") or {}
@@ -187,16 +181,21 @@ def breakdown_cause(e: dict) -> str:
     concepts = sum(v for k, v in p.items() if k.startswith("concepts:"))
     extraction = sum(v for k, v in p.items() if k.startswith("extraction"))
     fixed = p.get("kernel start-up", 0.0) + p.get("imports", 0.0)
-    return (f"From the study's own breakdown (run records, executed notebooks, `concept_stage.json`; figure below): "
+    where = "; figure below" if e["id"] != "end_to_end/smoke" else ""
+    return (f"From the study's own breakdown (run records, executed notebooks, `concept_stage.json`{where}): "
             f"of {fmt(sum(p.values()))} run-seconds over {b['runs']} runs ({e['details'].get('jobs', '?')} at a time), "
             f"the concept stage takes {fmt(concepts)} (Method A segmentation probes {fmt(p.get('concepts: seg', 0.0))}, "
             f"Method B classification probes {fmt(p.get('concepts: cls', 0.0))}, Network Dissection "
-            f"{fmt(p.get('concepts: dissection', 0.0))}), extraction {fmt(extraction)} (bare forward passes alone: "
-            f"{fmt(sum(e['details'].get('bare_forward_s', {}).values()))}), kernel start-up and imports {fmt(fixed)} "
+            f"{fmt(p.get('concepts: dissection', 0.0))}), extraction {fmt(extraction)}"
+            + (f" (bare forward passes alone: {fmt(sum(e['details']['bare_forward_s'].values()))})"
+               if e["details"].get("bare_forward_s") else "")
+            + f", kernel start-up and imports {fmt(fixed)} "
             f"({fmt(fixed / max(b['runs'], 1), 's')} per notebook), figures and tables {fmt(p.get('figures and tables', 0.0))}, "
-            f"the comparison {fmt(p.get('comparison', 0.0))}. Levers, largest first: fewer epochs or a closed-form "
-            "start for the segmentation probes, one warm kernel per worker, running the cheap runs while the long "
-            "ones work.")
+            f"the comparison {fmt(p.get('comparison', 0.0))}, building datasets and models "
+            f"{fmt(p.get('dataset opening', 0.0) + p.get('model build', 0.0))}. The largest parts: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(p.items(), key=lambda kv: -kv[1])[:3])
+            + ". Levers not tried yet: fewer epochs or a closed-form start for the segmentation probes, one warm "
+            "kernel per worker (kernel start-up and imports), running the cheap runs while the long ones work.")
 
 
 def efficiency_section(by_id: dict) -> list[str]:
@@ -331,7 +330,7 @@ def write_page(data: dict, page: Path, static: Path) -> None:
         for e in missed:
             how = ("the run did not complete" if e.get("status") == "failed"
                    else f"{fmt(e['median'], e['unit'])} against {target_text(e)}, missed by {abs(e['excess']) * 100:.0f} %")
-            cause = breakdown_cause(e) if e["id"] in ("end_to_end/default", "end_to_end/efficiency") else CAUSES.get(e["id"], "")
+            cause = breakdown_cause(e) if e["id"].startswith("end_to_end/") else CAUSES.get(e["id"], "")
             lines.append(f"- `{e['id']}`: {how}. {cause}".rstrip())
         lines.append("")
     lines += efficiency_section(by_id)
