@@ -39,7 +39,7 @@ def sandbox(scratch, label: str):
     return root
 
 
-def measure(ctx: Context, smoke: bool, timeout: float, jobs: int = 1) -> dict:
+def measure(ctx: Context, smoke: bool, timeout: float, jobs: int = JOBS) -> dict:
     label = "smoke" if smoke else "default"
     root = sandbox(ctx.scratch, label)
     env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_CACHE": str(cache_dir()),
@@ -63,7 +63,7 @@ def entries(ctx: Context, smoke: bool, timeout: float) -> list[dict]:
     label = "smoke" if smoke else "default"
     from efficiency import study_breakdown
 
-    runs = [measure(ctx, smoke, timeout, jobs=JOBS) for _ in range(1 if not smoke else max(1, min(ctx.repeat, 2)))]
+    runs = [measure(ctx, smoke, timeout) for _ in range(1 if not smoke else max(1, min(ctx.repeat, 2)))]
     ok = all(r["rc"] == 0 for r in runs)
     study = f"default{'-smoke' if smoke else ''}"
     breakdown = study_breakdown(Path(runs[-1]["sandbox"]) / "results" / study, Path(runs[-1]["sandbox"])) if ok else {}

@@ -11,9 +11,8 @@ One run on one machine, so that the ratio holds when the machine is slow:
 The efficiency is ``wall ÷ (Σ bare forward ÷ cores)``; the breakdown (``efficiency.study_breakdown``) comes
 from the sandbox's run records, executed notebooks and ``concept_stage.json`` files.
 
-The bare forward passes are always measured in the same invocation as the study: the previous session
-reused them from an entry of the "same" machine (CPU model and core count) and the figures were off by a
-factor of two, because two machines of one CPU model were not equally fast. With ``BENCH_REUSE_STUDY=1``
+The bare forward passes are always measured in the same invocation as the study (two machines that report
+the same CPU model can differ in speed by a factor of two). With ``BENCH_REUSE_STUDY=1``
 steps 1 and 2 are skipped instead when the previous ``end_to_end/default`` entry was measured, with a clean
 library, at a commit with the same library, notebooks, study file and requirements as this one
 (:data:`STUDY_INPUTS`) and its sandbox is still there: its wall time, book build and breakdown are reused,
@@ -27,13 +26,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench_end_to_end import TARGETS, measure
+from bench_end_to_end import JOBS, TARGETS, measure
 from common import ROOT, Context, default_study, entry, git_commit
 from efficiency import forward_floor, study_breakdown, study_efficiency
 
 NAME = "end_to_end_default"
 OPT_IN = False
-JOBS = 2
 EFFICIENCY_TARGET = 2.0
 
 
@@ -87,7 +85,8 @@ def same_study_code(commit_a: str, commit_b: str) -> bool:
 
 def reused_study(ctx: Context) -> dict | None:
     """The study half (wall, book build, sandbox) of the previous default-study entry, when
-    ``BENCH_REUSE_STUDY=1`` and that entry was measured at this commit with a clean library; else ``None``."""
+    ``BENCH_REUSE_STUDY=1`` and that entry was measured with a clean library at a commit with the same
+    :data:`STUDY_INPUTS`; else ``None``."""
     if os.environ.get("BENCH_REUSE_STUDY") != "1":
         return None
     prev = ctx.previous.get("end_to_end/default")
@@ -106,7 +105,7 @@ def run(ctx: Context) -> list[dict]:
     if run_ is not None:
         ctx.log(f"study wall time and sandbox reused from the entry of {run_['from']} (BENCH_REUSE_STUDY)")
     else:
-        run_ = measure(ctx, smoke=False, timeout=3 * 3600, jobs=JOBS)
+        run_ = measure(ctx, smoke=False, timeout=3 * 3600)
     root = Path(run_["sandbox"])
     ok = run_["rc"] == 0
     wall = run_["seconds"]
