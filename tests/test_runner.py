@@ -22,7 +22,7 @@ if os.environ.get("FAKE_FAIL_STAGE") == STAGE:
 out = pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "executions.log"
 out.parent.mkdir(parents=True, exist_ok=True)
 with open(out, "a") as f:
-    f.write(STAGE + " " + dataset + "\\n")
+    f.write(STAGE + " " + dataset + " " + str(os.getpid()) + "\\n")
 """
 
 
@@ -126,9 +126,29 @@ def test_parallel_jobs(fake_project):
     root, study = fake_project
     out = runner.run_study(study, jobs=2, progress=False)
     assert not out.failed and len(out.executed) == 4
+    assert len({line.split()[-1] for line in executions(root)}) <= 2  # one kernel per worker process
 
 
-def fake_execute(run, key, threads=None):
+def kernel_pids(root: Path) -> list[str]:
+    return [line.split()[-1] for line in executions(root)]
+
+
+def test_runs_share_a_warm_kernel_unless_fresh_kernels(fake_project):
+    from conceptsim import kernels
+
+    root, study = fake_project
+    runner.run_study(study, progress=False)
+    warm = kernel_pids(root)
+    assert len(warm) == 4 and len(set(warm)) == 1
+    assert kernels._all == []  # this process's kernel ended with the study
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(warm[0]), 0)
+    runner.run_study(study, force=True, fresh_kernels=True, progress=False)
+    fresh = kernel_pids(root)[4:]
+    assert len(set(fresh)) == 4 and not set(fresh) & set(warm)
+
+
+def fake_execute(run, key, threads=None, fresh_kernel=False):
     """Stand-in for execute_run without a kernel: writes the executed copy and the completion record."""
     out = runner.executed_path(run)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -230,3 +250,35 @@ def test_progress_reports_runs_and_estimate_and_kernel_is_quiet(fake_project, ca
     again = capfd.readouterr().err
     assert "left; about" in again  # estimated from the first run's records
     assert "without encryption" not in again
+
+
+def test_workers_take_the_longest_chain_first():
+    study = parse_study({"name": "chains", "datasets": {"shapes": {}, "photo-colors": {}},
+                         "models": ["mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco"]})
+    runs = study.runs()
+    # a first run (nothing recorded): the longest chain of runs, extract -> concepts -> compare_layers -> compare_models
+    unit = runner.critical_path(runs, {})
+    assert unit["extract/shapes/mobilenet_v2_imagenet"] == 4.0 and unit["compare_models/shapes"] == 1.0
+    # recorded times: the run with the long concept stage after it starts first, and unknown runs count as the mean
+    seconds = {r.id: 10.0 for r in runs}
+    seconds["concepts/photo-colors/ssd_mobilenet_v2_coco"] = 100.0
+    seconds["extract/shapes/mobilenet_v2_imagenet"] = None
+    chain = runner.critical_path(runs, seconds)
+    first = max((r for r in runs if r.stage == "extract"), key=lambda r: chain[r.id])
+    assert first.id == "extract/photo-colors/ssd_mobilenet_v2_coco"
+    assert chain[first.id] == 10 + 100 + 10 + 10
+    mean = (sum(v for v in seconds.values() if v is not None)) / (len(runs) - 1)
+    assert chain["extract/shapes/mobilenet_v2_imagenet"] == pytest.approx(mean + 10 + 10 + 10)
+
+
+def test_the_cluster_gets_the_chain_as_priority(fake_project):
+    root, study = fake_project
+    seen = {}
+
+    class Recorder:
+        def execute(self, runs, keys, finish, skip, priority=None):
+            seen.update(priority)
+
+    runner.run_study(study, progress=False, executor=Recorder())
+    assert seen == {"extract/shapes/mobilenet_v2_imagenet": 4.0, "concepts/shapes/mobilenet_v2_imagenet": 3.0,
+                    "compare_layers/shapes": 2.0, "compare_models/shapes": 1.0}

@@ -35,12 +35,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         try:
             outcome = run_study(study, only=only, force=args.force, progress=not args.quiet,
-                                executor=DaskExecutor(args.cluster))
+                                executor=DaskExecutor(args.cluster, fresh_kernels=args.fresh_kernels))
         except ClusterError as exc:
             print(f"conceptsim run: error: {exc}", file=sys.stderr)
             return 2
     else:
-        outcome = run_study(study, jobs=args.jobs, only=only, force=args.force, progress=not args.quiet)
+        outcome = run_study(study, jobs=args.jobs, only=only, force=args.force, progress=not args.quiet,
+                            fresh_kernels=args.fresh_kernels)
     n_exec = len(outcome.executed)
     print(f"study {study.name}: {n_exec} run(s) executed, {len(outcome.skipped_complete)} reused (complete and unchanged)")
     if outcome.failed or outcome.skipped_dependency:
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", action="append", metavar="KEY=VALUE",
                    help="stage=, dataset= or model= filter; repeat a key to accept several values")
     r.add_argument("--force", action="store_true", help="re-run even complete, unchanged runs")
+    r.add_argument("--fresh-kernels", action="store_true",
+                   help="a new kernel for every run (default: each worker reuses one kernel, reset between runs)")
     r.add_argument("--smoke", action="store_true", help="tiny parameters (the study's smoke section)")
     r.add_argument("--quiet", action="store_true", help="no progress display (for batch use; the summary is still printed)")
     r.add_argument("--root", action="append", metavar="DATASET=DIR", help="a local copy of a downloadable dataset")

@@ -128,9 +128,10 @@ def worker_threads() -> int:
 
 
 def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], check: tuple[str, str],
-             since: float, *dependencies: dict) -> dict[str, Any]:
+             since: float, fresh_kernel: bool, *dependencies: dict) -> dict[str, Any]:
     """One run as a Dask task (``dependencies``: the records of the runs it depends on, there only to order
-    it). Returns the run's record; a failed run raises :class:`RunFailed`."""
+    it), in the worker thread's warm kernel unless ``fresh_kernel``. Returns the run's record; a failed run
+    raises :class:`RunFailed`."""
     os.environ.update(settings)  # the kernel papermill starts inherits them
     problem = sees_shared_folders(settings, *check)
     if problem:
@@ -140,7 +141,7 @@ def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], 
         if record.get("started", 0) >= since:
             return record
     try:
-        record = execute_run(run, key, threads or worker_threads())
+        record = execute_run(run, key, threads or worker_threads(), fresh_kernel=fresh_kernel)
     except Exception as exc:  # outside the notebook (its own errors are in the record)
         record = failure_record(run, key, f"{type(exc).__name__}: {exc}")
     if record["status"] != "ok":
@@ -151,10 +152,12 @@ def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], 
 # ----------------------------------------------------------------------------- on the client
 class DaskExecutor:
     """Runs a study's runs on a Dask cluster; ``address`` is ``local:N`` (a ``LocalCluster`` of N process
-    workers on this machine) or a scheduler address (``tcp://HOST:8786``)."""
+    workers on this machine) or a scheduler address (``tcp://HOST:8786``). Each worker thread keeps a warm
+    kernel (:mod:`conceptsim.kernels`) unless ``fresh_kernels``."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, fresh_kernels: bool = False):
         self.address = address.strip()
+        self.fresh_kernels = fresh_kernels
         self.local_workers = 0
         if self.address.startswith("local"):
             n = self.address.partition(":")[2]
@@ -164,9 +167,10 @@ class DaskExecutor:
             self.local_workers = int(n)
 
     def execute(self, runs: list[Run], keys: dict[str, str], finish: Callable[[dict], None],
-                skip: Callable[[str], None]) -> None:
+                skip: Callable[[str], None], priority: dict[str, float] | None = None) -> None:
         """Submit ``runs`` (dependencies outside them are complete) and report each as it ends:
-        ``finish(record)`` for an executed run, ok or failed, ``skip(run_id)`` for a dependent of a failed run."""
+        ``finish(record)`` for an executed run, ok or failed, ``skip(run_id)`` for a dependent of a failed run.
+        Workers take the ready run of highest ``priority`` first (Dask's task priority)."""
         if not runs:
             return
         from distributed import as_completed
@@ -184,8 +188,9 @@ class DaskExecutor:
             for run in runs:  # topological: a run's dependencies are submitted before it
                 deps = [futures[d] for d in run.depends_on if d in futures]
                 futures[run.id] = client.submit(
-                    run_task, run, keys[run.id], threads, settings, check, since, *deps,
+                    run_task, run, keys[run.id], threads, settings, check, since, self.fresh_kernels, *deps,
                     key=f"{run.stage}-{token}-{run.id}", resources={"GPU": 1} if needs_gpu(run) else None,
+                    priority=round((priority or {}).get(run.id, 0.0)),
                 )
             by_key = {f.key: rid for rid, f in futures.items()}
             runs_by_id = {r.id: r for r in runs}

@@ -95,6 +95,30 @@ def topological(runs: list[Run]) -> list[Run]:
     return list(done.values())
 
 
+def critical_path(runs: list[Run], expected: dict[str, float | None]) -> dict[str, float]:
+    """Each run's expected time from its start to the end of the study along its longest chain of dependents.
+
+    Workers take the ready run with the longest chain first, so the long chains start early and the short
+    runs (a dataset's comparisons) fill the time while they work, instead of one worker finishing a long
+    run alone at the end. ``expected`` gives each run's time (:func:`conceptsim.progress.expected_seconds`);
+    a run without one counts as the mean of the known times, or as 1 when none is known (a first run: the
+    longest chain of runs).
+    """
+    by_id = {r.id: r for r in runs}
+    known = [s for s in (expected.get(r.id) for r in runs) if s is not None]
+    default = sum(known) / len(known) if known else 1.0
+    dependents: dict[str, list[str]] = {r.id: [] for r in runs}
+    for r in runs:
+        for d in r.depends_on:
+            if d in by_id:
+                dependents[d].append(r.id)
+    chain: dict[str, float] = {}
+    for r in reversed(topological(runs)):  # dependents first
+        own = expected.get(r.id)
+        chain[r.id] = (default if own is None else own) + max((chain[c] for c in dependents[r.id]), default=0.0)
+    return chain
+
+
 def is_complete(run: Run, key: str) -> bool:
     rec = record_path(run)
     if not rec.exists() or not executed_path(run).exists():
@@ -137,11 +161,15 @@ def select(runs: list[Run], only: dict[str, str | list[str]]) -> list[Run]:
     return [r for r in runs if r.id in chosen]
 
 
-def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any]:
-    """Execute one run's notebook (in this process's papermill) and record it. Returns the record."""
+def execute_run(run: Run, key: str, threads: int | None = None, fresh_kernel: bool = False) -> dict[str, Any]:
+    """Execute one run's notebook (in this process's papermill) and record it. Returns the record.
+
+    The notebook runs in this thread's warm kernel (:mod:`conceptsim.kernels`), or in a new kernel of its
+    own with ``fresh_kernel``."""
     import papermill
     from traitlets.config import Config
 
+    from conceptsim import kernels
     from conceptsim.book import reporting
 
     if threads:
@@ -159,13 +187,15 @@ def execute_run(run: Run, key: str, threads: int | None = None) -> dict[str, Any
     t0 = time.time()
     status, error = "ok", None
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    # the kernel manager provisions CurveZMQ keys (ipykernel's kernelspec declares curve support):
+    # encrypted sockets, and no "running over TCP without encryption" warning from every kernel
+    config = Config({"KernelManager": {"transport_encryption": "auto"}})
+    engine = {"config": config} if fresh_kernel else {
+        "engine_name": kernels.ENGINE, "warm_kernel": kernels.kernel_of_this_thread(notebooks_dir(), config)}
     try:
         papermill.execute_notebook(
             str(notebooks_dir() / run.notebook), str(tmp), parameters=run.parameters,
-            kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()),
-            # the kernel manager provisions CurveZMQ keys (ipykernel's kernelspec declares curve support):
-            # encrypted sockets, and no "running over TCP without encryption" warning from every kernel
-            config=Config({"KernelManager": {"transport_encryption": "auto"}}),
+            kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()), **engine,
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         status, error = "failed", error_line(exc)
@@ -212,13 +242,18 @@ class StudyOutcome:
 
 def run_study(
     study: Study, *, jobs: int = 1, only: dict[str, str] | None = None, force: bool = False, progress: bool = True,
-    executor: Any = None,
+    executor: Any = None, fresh_kernels: bool = False,
 ) -> StudyOutcome:
     """Execute the study's runs respecting dependencies; see the module docstring.
 
+    Each worker (this process with one job, each of the ``jobs`` processes otherwise) executes its runs in
+    one warm kernel, reset between runs (:mod:`conceptsim.kernels`); ``fresh_kernels`` starts a new kernel
+    for every run instead.
+
     ``executor`` (e.g. :class:`conceptsim.cluster.DaskExecutor`) replaces the local process pool: its
-    ``execute(runs, keys, finish, skip)`` runs ``runs`` (in dependency order) and calls ``finish(record)``
-    for each executed run and ``skip(run_id)`` for each dependent of a failed one.
+    ``execute(runs, keys, finish, skip, priority=...)`` runs ``runs`` (in dependency order, the ready run of
+    highest priority first: :func:`critical_path`) and calls ``finish(record)`` for each executed run and
+    ``skip(run_id)`` for each dependent of a failed one.
     """
     from conceptsim.progress import StudyProgress, expected_seconds
 
@@ -235,8 +270,11 @@ def run_study(
             outcome.skipped_complete.append(r.id)
         else:
             todo[r.id] = r
+    expected = expected_seconds(load_records(study.name), todo)
+    chain = critical_path(list(todo.values()), expected)
+    expected = {rid: expected[rid] for rid in sorted(todo, key=lambda rid: -chain[rid])}  # the order workers take them
     bar = StudyProgress(study.name, total=len(runs), skipped=len(outcome.skipped_complete), jobs=jobs,
-                        expected=expected_seconds(load_records(study.name), todo), enabled=progress).start()
+                        expected=expected, enabled=progress).start()
     done_ok = set(outcome.skipped_complete)
     failed: set[str] = set()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
@@ -268,25 +306,30 @@ def run_study(
                     changed = True
 
     if executor is not None:
-        executor.execute(list(todo.values()), keys, finish, skip)
+        executor.execute(list(todo.values()), keys, finish, skip, priority=chain)
     elif jobs <= 1:
-        while todo:
-            prune()
-            nxt = next((r for r in todo.values() if ready(r)), None)
-            if nxt is None:
-                break
-            del todo[nxt.id]
-            bar.started(nxt.id)
-            finish(execute_run(nxt, keys[nxt.id]))
+        from conceptsim.kernels import shutdown_all
+
+        try:
+            while todo:
+                prune()
+                nxt = next((r for r in todo.values() if ready(r)), None)
+                if nxt is None:
+                    break
+                del todo[nxt.id]
+                bar.started(nxt.id)
+                finish(execute_run(nxt, keys[nxt.id], fresh_kernel=fresh_kernels))
+        finally:
+            shutdown_all()  # this process's kernel ends with the study
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             running: dict[Future, str] = {}
             while todo or running:
                 prune()
-                for r in [r for r in todo.values() if ready(r)][: jobs - len(running)]:
+                for r in sorted((r for r in todo.values() if ready(r)), key=lambda r: -chain[r.id])[: jobs - len(running)]:
                     del todo[r.id]
                     bar.started(r.id)
-                    running[pool.submit(execute_run, r, keys[r.id], threads)] = r.id
+                    running[pool.submit(execute_run, r, keys[r.id], threads, fresh_kernels)] = r.id
                 if not running:
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
