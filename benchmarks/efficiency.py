@@ -10,7 +10,8 @@ executed notebook), what each part cost, from papermill's per-cell timings
 (``concept_stage.json``: per layer ``load_s``, ``seg_s``, ``cls_s``, ``dissection_s``;
 ``extraction_timings.json``, written by ``pipeline.run_extraction``):
 
-- ``kernel start-up``: a run's wall time minus the time of its cells (kernel launch, papermill, writing);
+- ``kernel start-up``: a run's wall time minus the time of its cells (papermill, writing the executed copy,
+  and the kernel: launched for a worker's first run, reset after every run, :mod:`conceptsim.kernels`);
 - ``imports``: the first code cell after the parameters (imports and thread set-up);
 - ``model build``, ``dataset opening``, ``extraction: mask store``, ``extraction: forward passes and
   writes``: the cell calling ``pipeline.run_extraction``, split by ``extraction_timings.json``; what is

@@ -194,8 +194,9 @@ def breakdown_cause(e: dict) -> str:
             f"the comparison {fmt(p.get('comparison', 0.0))}, building datasets and models "
             f"{fmt(p.get('dataset opening', 0.0) + p.get('model build', 0.0))}. The largest parts: "
             + ", ".join(f"{k} {fmt(v)}" for k, v in sorted(p.items(), key=lambda kv: -kv[1])[:3])
-            + ". Levers not tried yet: fewer epochs or a closed-form start for the segmentation probes, one warm "
-            "kernel per worker (kernel start-up and imports), running the cheap runs while the long ones work.")
+            + ". In place: one warm kernel per worker (imports once per worker), the ready run with the longest "
+            "chain of dependents first. Not tried: fewer epochs or a closed-form start for the segmentation probes "
+            "(book/methods.md fixes Adam, up to 30 epochs, early stopping with patience 5).")
 
 
 def efficiency_section(by_id: dict) -> list[str]:
