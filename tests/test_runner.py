@@ -48,9 +48,14 @@ def fake_project(tmp_path, monkeypatch):
     return tmp_path, study
 
 
-def executions(root: Path) -> list[str]:
+def execution_lines(root: Path) -> list[list[str]]:
+    """``[stage, dataset, kernel pid]`` of every execution, in order."""
     log = root / "results" / "executions.log"
-    return log.read_text().split("\n")[:-1] if log.exists() else []
+    return [line.split() for line in log.read_text().split("\n")[:-1]] if log.exists() else []
+
+
+def executions(root: Path) -> list[str]:
+    return [f"{stage} {dataset}" for stage, dataset, _ in execution_lines(root)]
 
 
 def test_resume_skip_and_stale_rerun(fake_project):
@@ -126,11 +131,11 @@ def test_parallel_jobs(fake_project):
     root, study = fake_project
     out = runner.run_study(study, jobs=2, progress=False)
     assert not out.failed and len(out.executed) == 4
-    assert len({line.split()[-1] for line in executions(root)}) <= 2  # one kernel per worker process
+    assert len({pid for _, _, pid in execution_lines(root)}) <= 2  # one kernel per worker process
 
 
 def kernel_pids(root: Path) -> list[str]:
-    return [line.split()[-1] for line in executions(root)]
+    return [pid for _, _, pid in execution_lines(root)]
 
 
 def test_runs_share_a_warm_kernel_unless_fresh_kernels(fake_project):

@@ -81,6 +81,7 @@ class WarmKernel:
         self.cwd = str(cwd) if cwd is not None else None
         self.config = config
         self.manager: Any = None
+        self.client: Any = None  # one client per kernel: its channels serve every run and reset (no reconnect)
         self.environment: tuple = ()
         self.runs = 0
         self.owner: int | None = None  # the process that started the kernel (a forked child must not use it)
@@ -98,7 +99,7 @@ class WarmKernel:
         from jupyter_core.utils import run_sync
 
         if self.manager is not None and self.owner != os.getpid():
-            self.manager = None  # inherited through fork: the parent's kernel, left to the parent
+            self.manager = self.client = None  # inherited through fork: the parent's kernel, left to the parent
         if self.manager is not None:
             why = ("its environment or the library changed" if self.environment != self._started_with()
                    else None if run_sync(self.manager.is_alive)() else "it is no longer alive")
@@ -111,6 +112,10 @@ class WarmKernel:
             self.manager, self.environment, self.runs, self.owner = km, self._started_with(), 0, os.getpid()
             _register(self)
             try:
+                self.client = km.client()
+                self.client.start_channels()
+                run_sync(self.client.wait_for_ready)(timeout=120)
+                self.client.allow_stdin = False
                 self.run_code(_SNAPSHOT)
             except Exception:
                 self.shutdown()
@@ -121,17 +126,8 @@ class WarmKernel:
         """Execute ``code`` silently in the kernel; raises :class:`KernelResetError` unless it succeeds."""
         from jupyter_core.utils import run_sync
 
-        async def go() -> dict:
-            kc = self.manager.client()
-            kc.start_channels()
-            try:
-                await kc.wait_for_ready(timeout=timeout)
-                return await kc.execute_interactive(code, silent=True, store_history=False, timeout=timeout,
-                                                    output_hook=lambda msg: None)
-            finally:
-                kc.stop_channels()
-
-        reply = run_sync(go)()
+        reply = run_sync(self.client.execute_interactive)(code, silent=True, store_history=False, timeout=timeout,
+                                                          output_hook=lambda msg: None)
         content = reply.get("content", {})
         if content.get("status") != "ok":
             raise KernelResetError(f"{content.get('ename', 'error')}: {content.get('evalue', content)}")
@@ -151,8 +147,11 @@ class WarmKernel:
         from jupyter_core.utils import run_sync
 
         km, self.manager = self.manager, None
+        kc, self.client = self.client, None
         if km is None or self.owner != os.getpid():
             return
+        if kc is not None:
+            kc.stop_channels()
         try:
             run_sync(km.shutdown_kernel)(now=True)
         except Exception as exc:  # already gone
@@ -176,12 +175,11 @@ class WarmKernelEngine(NBClientEngine):
             nb_man, km=warm_kernel.ensure(), kernel_name=kernel_name, log=logging.getLogger("papermill"),
             log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file, timeout=timeout,
             startup_timeout=start_timeout, **kwargs)
+        client.kc = warm_kernel.client  # connected and ready: nbclient starts no client of its own
         try:
             return client.execute()
         finally:
-            if client.kc is not None:  # the client's channels; the kernel stays
-                client.kc.stop_channels()
-                client.kc = None
+            client.kc = None  # the channels stay with the kernel
             warm_kernel.finish_run()
 
 
