@@ -43,6 +43,38 @@ def test_incomplete_build_is_rebuilt(cache):
     assert b.sha256 == a.sha256 and (b.image_dir / "000000.png").is_file()
 
 
+def _open_shapes_and_report(results):
+    results.put(registry.ensure_dataset("shapes", n=6, size=48).sha256)
+
+
+def test_parallel_runs_build_a_dataset_once(cache, monkeypatch, tmp_path):
+    """Two processes opening an unbuilt dataset at once: one builds it, the other waits and reuses it."""
+    import multiprocessing
+    import time
+
+    log = tmp_path / "builds.txt"
+    real_build = registry._build
+
+    def slow_counted_build(*args, **kwargs):
+        with open(log, "a") as f:
+            f.write("build\n")
+        time.sleep(1.0)  # long enough for the second process to arrive while the first builds
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "_build", slow_counted_build)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_open_shapes_and_report, args=(results,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    hashes = {results.get(timeout=5) for _ in procs}
+    assert log.read_text().splitlines() == ["build"] and len(hashes) == 1
+    assert hashes == {registry.ensure_dataset("shapes", n=6, size=48).sha256}
+
+
 def test_smoke_parameters_and_bad_arguments(cache):
     assert registry.build_params("shapes", smoke=True) == {"n": 60, "size": 128, "seed": 0}
     assert registry.build_params("photo-colors", smoke=True)["size"] == 96

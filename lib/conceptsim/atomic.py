@@ -36,6 +36,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block: parallel runs build a shared result once.
+
+    The lock is ``.<name>.lock`` beside ``path`` (an advisory ``flock``, released when the holder exits, even
+    by a crash); whoever waited checks for the result again before building it. Where ``fcntl`` is missing
+    (Windows) the block runs unlocked and :func:`atomic_path` alone keeps the result whole.
+    """
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from conceptsim.atomic import atomic_path, sha256_file, sha256_json, write_json
+from conceptsim.atomic import atomic_path, exclusive, sha256_file, sha256_json, write_json
 from conceptsim.data import coco_icons, fetch, photo_colors, shapes
 from conceptsim.data.coco import DatasetError, DatasetSource
 from conceptsim.paths import datasets_dir
@@ -247,11 +247,16 @@ def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | Non
         raise ValueError(f"dataset {name!r} is built, not fetched: root= does not apply")
     full = build_params(name, smoke, **params)
     out = dataset_dir(name, full)
-    meta = read_marker(out)
+    meta, built = read_marker(out), False
     if meta is None:
-        _build(name, out, full)
-        meta = read_marker(out)
-    else:
+        # parallel runs of a study open the same dataset at once: one builds it, the others wait and reuse
+        # it (a second build would also swap the folder under a run that is reading it)
+        with exclusive(out):
+            meta = read_marker(out)
+            if meta is None:
+                _build(name, out, full)
+                meta, built = read_marker(out), True
+    if not built:
         verify_build(out, meta)
     return DatasetSource(
         name=name, annotation_file=out / "annotations.json", image_dir=out / "images",
