@@ -200,6 +200,9 @@ def test_positive_control_recovers_shared_blocks(tmp_path):
     seg = ctl["seg_kappa"]
     assert seg["corresponding"] == {"blocks.0": "features.1", "blocks.5": "features.6", "blocks.12": "features.13"}
     assert seg["selected_on"] == "val" and seg["n"] == 18 and seg["chance"] == pytest.approx(1 / 3)
+    # hit rates per source layer, in both directions, each named with its corresponding block
+    assert set(seg["per_layer"]) == {"blocks.0 ~ features.1", "blocks.5 ~ features.6", "blocks.12 ~ features.13",
+                                     "features.1 ~ blocks.0", "features.6 ~ blocks.5", "features.13 ~ blocks.12"}
     assert seg["rate"] > 0.6
     # no twins in this study: finding 1 cannot be tested, and says so
     assert doc["pairs"][0]["finding1"]["seg"]["status"] == "not testable here"

@@ -357,8 +357,9 @@ def findings_document(so: StudyOutputs, sims: dict, select: dict, quality: pd.Da
         for method in ("seg", "cls"):
             if PRIMARY[method] in select:
                 res = block_recovery(select[PRIMARY[method]], by_model[ma], by_model[mb], rep[method], corr)
-                res["per_layer"] = {f"{names[k]} ~ {names[corr.get(k, k)] if k in corr else ''}": v
-                                    for k, v in res["per_layer"].items()}
+                # both directions are counted: a layer of B is labelled with its block in A
+                partner = {**corr, **{b: a for a, b in corr.items()}}
+                res["per_layer"] = {f"{names[k]} ~ {names[partner[k]]}": v for k, v in res["per_layer"].items()}
                 control.append({"model_a": ma, "model_b": mb, "method": PRIMARY[method], "selected_on": selected_on,
                                 "corresponding": {names[a]: names[b] for a, b in corr.items()}, **res})
     doc = {
