@@ -54,6 +54,10 @@ def execution_lines(root: Path) -> list[list[str]]:
     return [line.split() for line in log.read_text().split("\n")[:-1]] if log.exists() else []
 
 
+def kernel_pids(root: Path) -> list[str]:
+    return [pid for _, _, pid in execution_lines(root)]
+
+
 def executions(root: Path) -> list[str]:
     return [f"{stage} {dataset}" for stage, dataset, _ in execution_lines(root)]
 
@@ -131,11 +135,7 @@ def test_parallel_jobs(fake_project):
     root, study = fake_project
     out = runner.run_study(study, jobs=2, progress=False)
     assert not out.failed and len(out.executed) == 4
-    assert len({pid for _, _, pid in execution_lines(root)}) <= 2  # one kernel per worker process
-
-
-def kernel_pids(root: Path) -> list[str]:
-    return [pid for _, _, pid in execution_lines(root)]
+    assert len(set(kernel_pids(root))) <= 2  # one kernel per worker process
 
 
 def test_runs_share_a_warm_kernel_unless_fresh_kernels(fake_project):

@@ -279,8 +279,10 @@ def run_study(
     failed: set[str] = set()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
 
-    def ready(r: Run) -> bool:
-        return all(d in done_ok or d not in by_id for d in r.depends_on)
+    def ready() -> list[Run]:
+        """The runs whose dependencies are done, the longest chain of dependents first (as the estimate)."""
+        runs = [r for r in todo.values() if all(d in done_ok or d not in by_id for d in r.depends_on)]
+        return sorted(runs, key=lambda r: -chain[r.id])
 
     def blocked(r: Run) -> bool:
         return any(d in failed for d in r.depends_on)
@@ -313,7 +315,7 @@ def run_study(
         try:
             while todo:
                 prune()
-                nxt = next((r for r in todo.values() if ready(r)), None)
+                nxt = next(iter(ready()), None)
                 if nxt is None:
                     break
                 del todo[nxt.id]
@@ -326,7 +328,7 @@ def run_study(
             running: dict[Future, str] = {}
             while todo or running:
                 prune()
-                for r in sorted((r for r in todo.values() if ready(r)), key=lambda r: -chain[r.id])[: jobs - len(running)]:
+                for r in ready()[: jobs - len(running)]:
                     del todo[r.id]
                     bar.started(r.id)
                     running[pool.submit(execute_run, r, keys[r.id], threads, fresh_kernels)] = r.id
