@@ -1,10 +1,10 @@
-"""Agreement beyond accuracy: seg_kappa / seg_obs_exp and cls_partial have known answers."""
+"""Agreement beyond accuracy: seg_kappa (per-image strata), seg_kappa_max and cls_partial have known answers."""
 
 import numpy as np
 import pytest
 import torch
 
-from conceptsim.comparison.agreement import kappa_from_sums, partial_correlation, seg_kappa_matrices
+from conceptsim.comparison.agreement import kappa_from_strata, partial_correlation
 from conceptsim.comparison.similarity import SegAccumulator, set_iou
 
 
@@ -18,8 +18,16 @@ def probe(truth: np.ndarray, miss: float, false_pos: float, rng, shared: np.ndar
 
 
 def kappa(a, b, m):
-    a, b, m = (np.asarray(x, bool).ravel() for x in (a, b, m))
-    return kappa_from_sums((a & b).sum(), a.sum(), b.sum(), (a & m).sum(), (b & m).sum(), m.sum(), m.size)
+    """Reference: strata (image, truth value) summed directly in numpy; returns (kappa, kappa_max, obs/exp)."""
+    a, b, m = (np.asarray(x, bool).reshape(len(x), -1) for x in (a, b, m))
+    o = (a & b).sum()
+    e = mn = 0.0
+    for s in (m, ~m):
+        ns = s.sum(1)
+        aa, bb = (a & s).sum(1), (b & s).sum(1)
+        e += np.where(ns > 0, aa * bb / np.maximum(ns, 1), 0.0).sum()
+        mn += np.minimum(aa, bb).sum()
+    return kappa_from_strata(o, a.sum(), b.sum(), e, mn)
 
 
 @pytest.mark.parametrize("miss,false_pos", [(0.3, 0.2), (0.05, 0.02), (0.01, 0.005)])
@@ -27,8 +35,8 @@ def test_conditionally_independent_probes_score_zero_however_accurate(miss, fals
     rng = np.random.default_rng(0)
     truth = rng.random((100, 40, 40)) < 0.3
     a, b = probe(truth, miss, false_pos, rng), probe(truth, miss, false_pos, rng)
-    k, ratio = kappa(a, b, truth)
-    assert abs(k) < 0.02 and abs(ratio - 1) < 0.02
+    k, kmax, ratio = kappa(a, b, truth)
+    assert abs(k) < 0.03 and abs(kmax) < 0.03 and abs(ratio - 1) < 0.03
     # raw set IoU is high only because both are accurate
     if miss <= 0.05:
         assert set_iou(a, b) > 0.8
@@ -42,8 +50,36 @@ def test_copies_score_one_and_disjoint_errors_score_negative():
     # errors that avoid each other (disjoint error sets) agree less than chance given the truth
     u = rng.random(truth.shape)
     a, b = truth ^ (u < 0.1), truth ^ ((u >= 0.1) & (u < 0.2))
-    k, ratio = kappa(a, b, truth)
+    k, _, ratio = kappa(a, b, truth)
     assert k < -0.05 and ratio < 1
+
+
+def test_dilated_mask_is_below_one_but_kappa_max_is_one():
+    """A mask contained in the other scored 1 in the second version; Cohen's form keeps it below 1."""
+    rng = np.random.default_rng(5)
+    truth = np.zeros((30, 24, 24), bool)
+    for i in range(30):
+        y, x = rng.integers(4, 16, 2)
+        truth[i, y : y + 6, x : x + 6] = True
+    a = probe(truth, 0.2, 0.05, rng)
+    b = a.copy()
+    b[:, 1:] |= a[:, :-1]  # b = a dilated by one pixel down: contains a
+    k, kmax, _ = kappa(a, b, truth)
+    assert 0.3 < k < 0.95 and kmax == pytest.approx(1.0)
+
+
+def test_shared_image_level_errors_do_not_raise_it():
+    """Probes that both fire on the same *images* (image-level false alarms) agree at chance within images."""
+    rng = np.random.default_rng(6)
+    truth = rng.random((200, 16, 16)) < 0.2
+    noisy = rng.random(200) < 0.5  # both probes fire falsely on half of the images, independently per pixel
+    fp = np.where(noisy, 0.4, 0.01)[:, None, None]
+    a = np.where(truth, rng.random(truth.shape) > 0.1, rng.random(truth.shape) < fp)
+    b = np.where(truth, rng.random(truth.shape) > 0.1, rng.random(truth.shape) < fp)
+    assert abs(kappa(a, b, truth)[0]) < 0.03
+    # the second version's pooled strata counted the shared images as agreement
+    pooled_truth = truth.reshape(1, -1)
+    assert kappa(a.reshape(1, -1), b.reshape(1, -1), pooled_truth)[0] > 0.2
 
 
 def test_planted_shared_errors_are_found_and_grow_with_sharing():
@@ -63,7 +99,7 @@ def test_perfect_or_empty_probe_is_undefined():
     truth = np.zeros((4, 8, 8), bool)
     truth[:, 2:5, 2:5] = True
     assert np.isnan(kappa(truth, truth, truth)[0])
-    assert np.isnan(kappa(np.zeros_like(truth), truth, truth)[0])
+    assert np.isnan(kappa(np.zeros_like(truth), np.zeros_like(truth), truth)[0])
 
 
 def test_accumulator_with_truth_row_matches_direct_counts():
@@ -74,7 +110,7 @@ def test_accumulator_with_truth_row_matches_direct_counts():
     rows = probes + [truth]
     logits = torch.from_numpy(np.stack([np.where(r, 5.0, -5.0) for r in rows]).astype(np.float32))  # R x n x K
     logits = logits.permute(0, 2, 1, 3, 4).contiguous()  # R x K x n x gh x gw
-    acc = SegAccumulator(4, 2, grid, track={1: np.array([[0, 1], [2, 0]])}, truth_row=3)
+    acc = SegAccumulator(4, 2, grid, track={1: np.array([[0, 1], [2, 0]])}, truth_row=3, image_quality=True)
     acc.update(logits[:, :, :5])
     acc.update(logits[:, :, 5:])
     res = acc.results()
@@ -82,13 +118,18 @@ def test_accumulator_with_truth_row_matches_direct_counts():
         for i in range(3):
             for j in range(3):
                 want = kappa(rows[i][:, k], rows[j][:, k], truth[:, k])
-                np.testing.assert_allclose(res["seg_kappa"][k, i, j], want[0], rtol=1e-12, equal_nan=True)
-                np.testing.assert_allclose(res["seg_obs_exp"][k, i, j], want[1], rtol=1e-12, equal_nan=True)
+                np.testing.assert_allclose(res["seg_kappa"][k, i, j], want[0], rtol=1e-10, equal_nan=True)
+                np.testing.assert_allclose(res["seg_kappa_max"][k, i, j], want[1], rtol=1e-10, equal_nan=True)
+                np.testing.assert_allclose(res["seg_obs_exp"][k, i, j], want[2], rtol=1e-10, equal_nan=True)
     counts = acc.per_image()[1]
-    assert counts.shape == (n, 2, 6)
-    pooled = counts.sum(axis=0)
-    direct = seg_kappa_matrices(acc.inter.double().numpy(), 3, n * 100)[0][1]
-    np.testing.assert_allclose(kappa_from_sums(*pooled.T[:5], pooled[:, 5], n * 100)[0], [direct[0, 1], direct[2, 0]])
+    assert counts.shape == (n, 2, 5)
+    pooled = counts.sum(axis=0)  # per-image strata sums add up to the pooled statistic
+    np.testing.assert_allclose(kappa_from_strata(*pooled.T[:4], pooled[:, 4])[0],
+                               [res["seg_kappa"][1, 0, 1], res["seg_kappa"][1, 2, 0]], rtol=1e-10)
+    tp, size, t = acc.image_quality()
+    assert tp.shape == (2, 4, n) and np.array_equal(t, truth.reshape(n, 2, -1).sum(2).T)
+    iou = tp[0, 0].sum() / (size[0, 0].sum() + t[0].sum() - tp[0, 0].sum())
+    assert iou == pytest.approx(set_iou(probes[0][:, 0], truth[:, 0]))
     with pytest.raises(ValueError, match="truth_row"):
         SegAccumulator(2, 1, grid, track={0: np.array([[0, 1]])})
 

@@ -6,11 +6,12 @@ import pytest
 from conceptsim.comparison.alignment import (
     block_recovery,
     combined_matches,
-    paired_concept_difference,
     permutation_test,
     predictor_agreement,
 )
-from conceptsim.comparison.learned import hierarchical_bootstrap, image_weights, partial_replicates
+from conceptsim.comparison.finding1 import concept_level_means, image_weights, partial_replicates
+from conceptsim.comparison.finding2 import advantage, aligned_test
+from conceptsim.comparison.verdicts import t_summary
 
 
 def aligned_matrix(depths_a, depths_b, k=3):
@@ -29,6 +30,9 @@ def test_combined_test_pools_both_directions_and_detects_alignment():
     assert len(m) == 3 * (8 + 5)  # every represented layer of both models, every concept
     res = permutation_test(m, la, lb, np.concatenate([da, db]), np.random.default_rng(0), n_perm=500)
     assert res["p_value"] < 0.01 and res["error"] < 0.1 < res["null_mean"] and res["n_concepts"] == 3
+    assert np.allclose(res["concept_null"].mean(), res["null_mean"])
+    t = aligned_test(m, res, np.concatenate([da, db]))
+    assert t.effect > 0.1 and t.ci_low > 0 and t.p_value == res["p_value"] and t.n == 3
 
 
 def test_unaligned_matches_are_not_significant():
@@ -49,8 +53,12 @@ def test_oracle_ties_share_a_match_and_difference_has_an_interval():
     mo = combined_matches(oracle, la, lb, np.ones((4, 2), bool), ties=True)
     assert np.allclose(mo.weight, 0.5)
     trained = combined_matches(aligned_matrix(depths[:2], depths[2:], k=2), la, lb, np.ones((4, 2), bool))
-    d = paired_concept_difference(trained, mo, depths, np.random.default_rng(0), n_boot=200)
-    assert d["mean"] < -0.3 and d["ci_high"] < 0 and d["n"] == 2
+    d = advantage("beyond_resolution", trained, mo, depths, reason="")
+    assert d.n == 2 and d.verdict == "not testable here"  # two concepts: no interval
+    trained3 = combined_matches(aligned_matrix(depths[:2], depths[2:], k=3), la, lb, np.ones((4, 3), bool))
+    mo3 = combined_matches(np.ones((3, 4, 4)), la, lb, np.ones((4, 3), bool), ties=True)
+    d3 = advantage("beyond_resolution", trained3, mo3, depths, reason="")
+    assert d3.n == 3 and d3.effect > 0.3 and d3.testable
 
 
 def test_predictors_name_the_coordinate_that_matches():
@@ -73,13 +81,13 @@ def test_block_recovery_counts_corresponding_blocks():
     assert res["hits"] == 4 and res["rate"] == pytest.approx(4 / 6)  # 0->3, 1->4, 3->0, 4->1
 
 
-def test_hierarchical_bootstrap_and_weighted_partial():
+def test_hierarchical_t_interval_and_weighted_partial():
     rng = np.random.default_rng(3)
-    reps = rng.normal(0.3, 0.05, size=(400, 6))
-    out = hierarchical_bootstrap(reps, np.full(6, 0.3), rng)
-    assert out["ci_low"] > 0.15 and out["p_value"] < 0.01 and out["n"] == 6
-    null = hierarchical_bootstrap(rng.normal(0.0, 0.05, size=(400, 6)), np.zeros(6), rng)
-    assert null["p_value"] > 0.2
+    reps = rng.normal(0.3, 0.05, size=(4000, 6))
+    out = t_summary("finding1", "agreement", np.full(6, 0.3) + rng.normal(0, 0.01, 6), concept_level_means(reps, rng))
+    assert out.ci_low > 0.15 and out.p_value < 0.01 and out.n == 6
+    null = t_summary("finding1", "agreement", rng.normal(0, 0.05, 6), concept_level_means(rng.normal(0.0, 0.05, (4000, 6)), rng))
+    assert null.p_value > 0.01
     # image weights of all ones reproduce the plain partial correlation
     n = 300
     y = rng.random(n) < 0.5

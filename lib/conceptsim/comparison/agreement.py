@@ -4,76 +4,94 @@ Raw S_seg and S_cls are bounded by probe accuracy: two probes that both match th
 through it alone (methods.md, "Agreement beyond accuracy"). The statistics here condition on the truth, in
 the spirit of error consistency (Cohen's kappa of trial-by-trial errors beyond what two accuracies imply):
 
-- ``seg_kappa``: over test pixels on the common evaluation grid, with ``M`` the true mask and ``B_A``,
-  ``B_B`` the binarised masks of layers A and B, the intersection expected if the two probes erred
-  independently *given the truth* is ``E = TP_A TP_B / |M| + FP_A FP_B / |not M|`` (within the true mask
-  each probe marks a pixel with probability ``TP/|M|``, outside it with ``FP/|not M|``). The agreement is
-  ``(O - E) / (min(|B_A|, |B_B|) - E)`` with ``O = |B_A and B_B|``: 1 for identical masks (and whenever one
-  mask contains the other), about 0 for conditionally independent probes however accurate they are,
-  negative when their errors avoid each other. ``seg_obs_exp`` is ``O / E``.
+- ``seg_kappa`` (third version, per-image strata): the test pixels on the common evaluation grid fall into
+  strata ``s = (image, truth value)`` -- and for object concepts ``(image, truth, any-object mask)``, so
+  that the image's other objects form their own stratum. In stratum ``s`` with ``n_s`` pixels, ``a_s`` and
+  ``b_s`` pixels are marked by layers A and B and ``o_s`` by both; probes that err independently given the
+  truth *within that image* overlap by ``e_s = a_s b_s / n_s``. With ``O, E, A, B`` the sums over strata,
+  ``seg_kappa = 2 (O - E) / (A + B - 2 E)``: Cohen's kappa of the two decisions within strata. It is 1 only
+  for identical masks, about 0 for probes independent given the truth and the image (however accurate),
+  and negative when their errors avoid each other. ``seg_kappa_max = (O - E) / (sum_s min(a_s, b_s) - E)``
+  normalises by the overlap the margins allow (any mask contained in the other scores 1) and is reported
+  beside it; ``seg_obs_exp`` is ``O / E``. (The second version pooled all images into two strata, so probes
+  that fired on the same *images* counted as agreeing.)
 - ``cls_partial``: the partial correlation of two layers' concept logits given the binary label, i.e. the
   Pearson correlation of the logits after subtracting each class's mean (the pooled within-class
   correlation).
 
-Both are computed from sufficient statistics that the streamed pass accumulates anyway (the truth is one
-more row of the segmentation accumulator), so per-image versions for a few selected layer pairs come from
-the same pass and serve the image bootstrap of finding 1 (:func:`kappa_from_sums`).
+All strata sums are additive over images, so the streamed pass accumulates them per chunk (the expectation
+``E`` is a weighted Gram product of per-image stratum counts, :func:`stratum_sums`), and per-image values of
+a few selected layer pairs serve the image bootstrap of finding 1 (:func:`kappa_from_strata`).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
-def kappa_from_sums(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray, tp_a: np.ndarray,
-                    tp_b: np.ndarray, truth: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Kappa-like agreement and observed/expected from pooled pixel counts (broadcasting arrays).
+def kappa_from_strata(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray, expected: np.ndarray,
+                      min_sum: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``seg_kappa``, ``seg_kappa_max`` and ``seg_obs_exp`` from strata sums (broadcasting arrays).
 
     Parameters
     ----------
-    inter : ``|B_A and B_B|``; size_a, size_b : ``|B_A|``, ``|B_B|``; tp_a, tp_b : ``|B_A and M|``,
-        ``|B_B and M|``; truth : ``|M|``; pixels : the number of pixels compared.
+    inter : ``O = |B_A and B_B|``; size_a, size_b : ``A = |B_A|``, ``B = |B_B|``; expected : ``E``, the sum
+        over strata of ``a_s b_s / n_s``; min_sum : sum over strata of ``min(a_s, b_s)`` (``None``: no
+        ``seg_kappa_max``, NaN).
 
     Returns
     -------
-    ``(kappa, obs_exp)``; NaN where undefined: no room above chance (``min(|B_A|, |B_B|) <= E``, e.g. a
-    perfect or an empty probe) or no expected overlap.
+    ``(kappa, kappa_max, obs_exp)``; NaN where undefined: no disagreement possible beyond chance (e.g. two
+    perfect or two empty probes) or no expected overlap.
     """
-    inter, size_a, size_b, tp_a, tp_b, truth, pixels = (
-        np.asarray(x, dtype=np.float64) for x in (inter, size_a, size_b, tp_a, tp_b, truth, pixels)
-    )
-    neg = pixels - truth
+    o, a, b, e = (np.asarray(x, dtype=np.float64) for x in (inter, size_a, size_b, expected))
+    scale = np.maximum(np.maximum(a, b), 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        exp = np.where(truth > 0, tp_a * tp_b / np.where(truth > 0, truth, 1.0), 0.0) + np.where(
-            neg > 0, (size_a - tp_a) * (size_b - tp_b) / np.where(neg > 0, neg, 1.0), 0.0
-        )
-        room = np.minimum(size_a, size_b) - exp
-        # a room of rounding size means no error to agree on: undefined, like Cohen's kappa of perfect raters
-        ok = room > 1e-9 * np.maximum(pixels, 1.0)
-        kappa = np.where(ok, (inter - exp) / np.where(ok, room, 1.0), np.nan)
-        obs_exp = np.where(exp > 0, inter / np.where(exp > 0, exp, 1.0), np.nan)
-    return kappa, obs_exp
+        den = a + b - 2.0 * e
+        ok = den > 1e-9 * scale
+        kappa = np.where(ok, 2.0 * (o - e) / np.where(ok, den, 1.0), np.nan)
+        if min_sum is None:
+            kmax = np.full(np.broadcast(o, e).shape, np.nan)
+        else:
+            room = np.asarray(min_sum, np.float64) - e
+            okm = room > 1e-9 * scale
+            kmax = np.where(okm, (o - e) / np.where(okm, room, 1.0), np.nan)
+        obs_exp = np.where(e > 0, o / np.where(e > 0, e, 1.0), np.nan)
+    return kappa, kmax, obs_exp
 
 
-def seg_kappa_matrices(inter: np.ndarray, truth_row: int, pixels: float) -> tuple[np.ndarray, np.ndarray]:
-    """``seg_kappa`` and ``seg_obs_exp`` of every pair of rows from an intersection matrix with a truth row.
+def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor]) -> torch.Tensor:
+    """Per row, image and stratum the marked pixels: ``S x R x n`` float64.
 
     Parameters
     ----------
-    inter : ``K x R x R`` intersections of binarised masks; row ``truth_row`` is the true mask, so its
-        column gives every row's true positives and its diagonal entry ``|M|``.
-    truth_row : index of the truth row.
-    pixels : test pixels compared (images x evaluation-grid cells).
-
-    Returns
-    -------
-    ``K x R x R`` arrays (the truth row's own entries are of no interest: they are NaN or trivial).
+    masks : ``R x n x P`` 0/1 int8 masks (rows = layers, truth, oracles) of ``n`` images.
+    strata : ``S`` masks ``n x P`` (0/1 int8) that partition every image's pixels.
     """
+    return torch.stack([(masks * s[None]).sum(dim=2, dtype=torch.int64) for s in strata]).double()
+
+
+def stratum_sums(counts: torch.Tensor, strata_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E`` (``R x R``: sum over strata of ``a_s b_s / n_s``) and the min-sum (``R x R``) of one chunk.
+
+    Parameters
+    ----------
+    counts : ``S x R x n`` from :func:`stratum_counts`.
+    strata_sizes : ``S x n`` pixels per stratum and image.
+    """
+    inv = torch.where(strata_sizes > 0, 1.0 / strata_sizes.clamp(min=1), torch.zeros_like(strata_sizes))
+    e = torch.einsum("srn,sn,stn->rt", counts, inv, counts)
+    mn = torch.minimum(counts[:, :, None, :], counts[:, None, :, :]).sum(dim=(0, 3))
+    return e, mn
+
+
+def seg_kappa_matrices(inter: np.ndarray, expected: np.ndarray, min_sum: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``seg_kappa``, ``seg_kappa_max`` and ``seg_obs_exp`` of every pair of rows (``K x R x R`` each) from the
+    accumulated intersections ``O`` (whose diagonal holds the sizes), ``E`` and min-sums."""
     inter = np.asarray(inter, dtype=np.float64)
     size = np.diagonal(inter, axis1=1, axis2=2)  # K x R
-    tp = inter[:, :, truth_row]  # K x R
-    truth = inter[:, truth_row, truth_row][:, None, None]
-    return kappa_from_sums(inter, size[:, :, None], size[:, None, :], tp[:, :, None], tp[:, None, :], truth, pixels)
+    return kappa_from_strata(inter, size[:, :, None], size[:, None, :], expected, min_sum)
 
 
 def within_class_centered(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

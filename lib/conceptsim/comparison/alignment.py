@@ -1,4 +1,4 @@
-"""Finding 2, second version: one combined depth-alignment test per model pair, with two nulls.
+"""The matching machinery of finding 2: combined matches, the depth-permutation test, predictors, block recovery.
 
 (methods.md, "Testing the findings, second version".)
 
@@ -14,9 +14,9 @@
   among *all* layers of the other model, so that the oracle's matches carry grid information only (the
   trained matches are restricted to layers that represent the concept; ``oracle_candidates`` in
   :func:`~conceptsim.comparison.document.findings_document` switches the oracle to that restriction too).
-  The trained error must be below the oracle's, or the alignment only follows grid size
-  (:func:`paired_concept_difference`: trained - oracle per concept, bootstrap over concepts).
-- Twins: the same statistic for the twin pair(s); trained - twin per concept, bootstrap over concepts.
+  The trained error must be below the oracle's, or the alignment only follows grid size (the tests and
+  their verdicts are in :mod:`conceptsim.comparison.finding2`).
+- Twins: the same statistic for the twin pair(s).
 - Predictors (:func:`predictor_agreement`): Spearman correlation between the source layer's and the matched
   layer's relative depth, absolute depth (Conv2d position) and log2 stride.
 - Positive control (:func:`block_recovery`): models that share backbone blocks must be matched block to
@@ -105,13 +105,17 @@ def permutation_test(m: Matches, layers_a: np.ndarray, layers_b: np.ndarray, dep
 
     Returns
     -------
-    ``{"error", "null_mean", "p_value", "n_matches", "n_concepts"}``.
+    ``{"error", "null_mean", "p_value", "n_matches", "n_concepts", "concepts", "concept_null"}``;
+    ``concept_null`` is each concept's mean error under the null (aligned with ``concepts``).
     """
     if len(m) == 0:
-        return {"error": None, "null_mean": None, "p_value": None, "n_matches": 0, "n_concepts": 0}
+        return {"error": None, "null_mean": None, "p_value": None, "n_matches": 0, "n_concepts": 0,
+                "concepts": np.zeros(0, np.int64), "concept_null": np.zeros(0)}
     depths = np.asarray(depths, np.float64)
     obs = alignment_error(m, depths)
+    keys, _ = per_concept_error(m, depths)
     le, total, done = 0, 0.0, 0
+    per_concept = np.zeros(len(keys))
     tol = 1e-12  # ties with the observed value (permutations that fix the matched depths) count as <=
     while done < n_perm:
         r = min(batch, n_perm - done)
@@ -119,35 +123,16 @@ def permutation_test(m: Matches, layers_a: np.ndarray, layers_b: np.ndarray, dep
         for layers in (layers_a, layers_b):
             perm = np.argsort(rng.random((r, len(layers))), axis=1)
             d[:, layers] = depths[layers][perm]
-        null = per_concept_error(m, d)[1].mean(axis=1)
+        per = per_concept_error(m, d)[1]  # r x concepts
+        per_concept += per.sum(axis=0)
+        null = per.mean(axis=1)
         le += int((null <= obs + tol).sum())
         total += float(null.sum())
         done += r
     return {"error": obs, "null_mean": total / n_perm, "p_value": (1 + le) / (1 + n_perm),
+            "concepts": keys, "concept_null": per_concept / n_perm,
             "n_matches": int(len(np.unique(np.stack([m.concept, m.source]), axis=1).T)),
             "n_concepts": int(len(np.unique(m.concept)))}
-
-
-def paired_concept_difference(m1: Matches, m2: Matches, depths: np.ndarray, rng: np.random.Generator,
-                              n_boot: int = 1000, level: float = 0.95) -> dict:
-    """Per-concept alignment error of ``m1`` minus that of ``m2`` over shared concepts, bootstrap over concepts.
-
-    Returns ``{"mean", "ci_low", "ci_high", "p_value", "n"}`` with the one-sided p of the mean difference
-    being below zero: (1 + #{replicates >= 0}) / (1 + B).
-    """
-    if len(m1) == 0 or len(m2) == 0:
-        return {"mean": None, "ci_low": None, "ci_high": None, "p_value": None, "n": 0}
-    k1, e1 = per_concept_error(m1, depths)
-    k2, e2 = per_concept_error(m2, depths)
-    common, i1, i2 = np.intersect1d(k1, k2, return_indices=True)
-    if len(common) == 0:
-        return {"mean": None, "ci_low": None, "ci_high": None, "p_value": None, "n": 0}
-    d = e1[i1] - e2[i2]
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boots, [a, 1.0 - a])
-    return {"mean": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi),
-            "p_value": (1 + int((boots >= 0).sum())) / (1 + n_boot), "n": int(len(d))}
 
 
 def spearman(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float | None:
@@ -173,7 +158,7 @@ def predictor_agreement(m: Matches, coords: dict[str, np.ndarray]) -> dict:
 
 
 def block_recovery(sel: np.ndarray, layers_a: np.ndarray, layers_b: np.ndarray, represented: np.ndarray,
-                   corresponding: dict[int, int]) -> dict:
+                   corresponding: dict[int, int], rng: np.random.Generator | None = None, n_perm: int = 10000) -> dict:
     """How often a layer's best match in the other model is its corresponding (shared) block.
 
     Parameters
@@ -183,11 +168,15 @@ def block_recovery(sel: np.ndarray, layers_a: np.ndarray, layers_b: np.ndarray, 
 
     Returns
     -------
-    ``{"rate", "chance", "n", "hits", "per_layer": {source index: hit fraction}}``; chance is the mean of
-    ``1 / number of candidate layers`` over the matches (uniform guessing among represented layers).
+    ``{"rate", "chance", "n", "hits", "per_layer": {source index: hit fraction}, "p_value", "null_mean"}``;
+    chance is the mean of ``1 / number of candidate layers`` over the matches (uniform guessing among
+    represented layers). With ``rng``, the permutation p-value of the hit rate: the correspondence is
+    relabelled at random among each match's candidate layers ``n_perm`` times; p = (1 + #{null rate >=
+    observed}) / (1 + n_perm). A control that can fail: unrelated models score near chance.
     """
     inverse = {b: a for a, b in corresponding.items()}
     hits, chance, per = [], [], {}
+    matched: list[tuple[int, np.ndarray, int]] = []
     for k in range(sel.shape[0]):
         for src_set, dst_set, corr in ((layers_a, layers_b, corresponding), (layers_b, layers_a, inverse)):
             cand = dst_set[represented[dst_set, k]]
@@ -197,11 +186,36 @@ def block_recovery(sel: np.ndarray, layers_a: np.ndarray, layers_b: np.ndarray, 
                 row = sel[k, s, cand]
                 if not np.isfinite(row).any():
                     continue
-                hit = int(cand[int(np.nanargmax(row))]) == corr[int(s)]
+                best = int(cand[int(np.nanargmax(row))])
+                hit = best == corr[int(s)]
+                matched.append((corr[int(s)], cand, best))
                 hits.append(hit)
                 chance.append(1.0 / len(cand))
                 per.setdefault(int(s), []).append(hit)
     if not hits:
-        return {"rate": None, "chance": None, "n": 0, "hits": 0, "per_layer": {}}
-    return {"rate": float(np.mean(hits)), "chance": float(np.mean(chance)), "n": len(hits), "hits": int(sum(hits)),
-            "per_layer": {k: float(np.mean(v)) for k, v in per.items()}}
+        return {"rate": None, "chance": None, "n": 0, "hits": 0, "per_layer": {}, "p_value": None, "null_mean": None}
+    rate = float(np.mean(hits))
+    null = _block_null(matched, rng, n_perm) if rng is not None else None
+    out = {"rate": rate, "chance": float(np.mean(chance)), "n": len(hits), "hits": int(sum(hits)),
+           "per_layer": {k: float(np.mean(v)) for k, v in per.items()}, "p_value": None, "null_mean": None}
+    if null is not None:
+        out["p_value"] = float((1 + int((null >= rate - 1e-12).sum())) / (1 + len(null)))
+        out["null_mean"] = float(null.mean())
+    return out
+
+
+def _block_null(matched: list[tuple[int, np.ndarray, int]], rng: np.random.Generator, n_perm: int) -> np.ndarray:
+    """Hit rates with the correspondence relabelled at random: per permutation, each model's candidate
+    layers are permuted, and a match hits when its best layer is the permuted partner of its source."""
+    rates = np.zeros(n_perm)
+    layers = np.unique(np.concatenate([c for _, c, _ in matched]))
+    pos = {int(x): i for i, x in enumerate(layers)}
+    perm = np.argsort(rng.random((n_perm, len(layers))), axis=1)  # n_perm x |layers|: image of each layer
+    for partner, cand, best in matched:
+        # the permuted partner is drawn among the candidates: permute within the candidate set
+        ci = np.array([pos[int(c)] for c in cand])
+        sub = np.argsort(perm[:, ci], axis=1)  # a random bijection of the candidates per permutation
+        j = int(np.flatnonzero(cand == partner)[0])
+        moved = cand[sub[:, j]]
+        rates += moved == best
+    return rates / len(matched)

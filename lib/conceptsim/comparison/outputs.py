@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from conceptsim.concepts.vectors import VectorFileError, load_layer_vectors
 from conceptsim.data.geometry import resampling_matrices
@@ -130,7 +131,6 @@ class OutputChunk:
     gap: list[torch.Tensor]
     outputs: "StudyOutputs"
     truth: torch.Tensor | None = None  # K x n x gh x gw uint8 ground-truth masks on the evaluation grid
-    oracle_low: list[torch.Tensor] | None = None  # per oracle grid: K x n x h x w logits of the pooled truth
 
     def truth_map(self, k: int, out: torch.Tensor) -> bool:
         """Write the ground-truth mask of concept ``k`` as surely positive / negative logits into ``out``."""
@@ -142,15 +142,13 @@ class OutputChunk:
     def oracle_map(self, oi: int, k: int, out: torch.Tensor) -> bool:
         """Write the resolution-only oracle ``oi`` of concept ``k`` on the evaluation grid into ``out``.
 
-        The oracle is the ground-truth mask area-pooled to a layer grid (the store's soft targets), brought
-        back to the evaluation grid by the same bilinear resampling as a layer's logits and thresholded at
-        0.5: what a perfect probe limited to that grid would output.
+        The oracle is the ground-truth mask area-pooled to the cells of a layer's *native* output stride over
+        the image (not the stored grid, which is capped), brought back to the evaluation grid bilinearly
+        and thresholded at 0.5: what a perfect probe limited to that stride would output
+        (:func:`native_oracle`).
         """
         so = self.outputs
-        n = len(self.rows)
-        gh, gw = so.eval_grid
-        z = self.oracle_low[oi][k : k + 1].transpose(0, 1)  # n x 1 x h x w
-        so._resample(so.oracles[oi][0], z, so.rows[self.rows], out.view(1, n, gh, gw))
+        out.view(-1, *so.eval_grid).copy_(native_oracle(self.truth[k], so.oracles[oi][2]))
         return True
 
     def seg_map(self, li: int, k: int, out: torch.Tensor) -> bool:
@@ -183,6 +181,22 @@ class OutputChunk:
             for k in range(out.shape[1]):
                 self.seg_map(li, k, out[li, k])
         return out
+
+
+def native_oracle(truth: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:
+    """Logits (+-10) of the truth pooled to ``cells`` over the image and resampled back (``n x gh x gw``).
+
+    ``truth`` holds ``n x gh x gw`` 0/1 masks on the evaluation grid; ``cells`` is the number of a layer's
+    output cells that cover the image (its native grid times the image's share of the input frame). With
+    at least as many cells as the evaluation grid the oracle is the truth itself.
+    """
+    n, gh, gw = truth.shape
+    ch, cw = min(int(cells[0]), gh), min(int(cells[1]), gw)
+    t = truth.float()[:, None]
+    if (ch, cw) != (gh, gw):
+        pooled = F.adaptive_avg_pool2d(t, (max(ch, 1), max(cw, 1)))
+        t = F.interpolate(pooled, size=(gh, gw), mode="bilinear", align_corners=False)
+    return ((t[:, 0] - 0.5) * 20.0).contiguous()
 
 
 #: logit written for concepts a layer has no vector for: sigmoid(-30) ~ 1e-13, so outputs are empty.
@@ -301,19 +315,16 @@ class StudyOutputs:
         self.oracles: list[tuple[int, str, tuple[int, int]]] = []
         self.oracle_of = np.full(len(self.layers), -1, dtype=np.int64)
         if oracles and seg:
-            # one oracle per input geometry and grid: a model and its twins share it
-            geometry = {}
-            for si, st in enumerate(self.stores):
-                geo = (tuple(st.input_size), st.content_boxes.tobytes())
-                geometry.setdefault(geo, si)
+            # one oracle per number of native output cells over the image: a model and its twins share it,
+            # and so do layers of different models with the same stride over the image
             seen: dict[tuple, int] = {}
             for li, info in enumerate(self._layer_info):
                 st = self.stores[self._store_of[li]]
-                key = (geometry[(tuple(st.input_size), st.content_boxes.tobytes())], tuple(int(g) for g in info.grid))
-                if key not in seen:
-                    seen[key] = len(self.oracles)
-                    self.oracles.append((self._store_of[li], info.name, key[1]))
-                self.oracle_of[li] = seen[key]
+                cells = native_cells(info.native_grid, st.input_size, st.content_boxes)
+                if cells not in seen:
+                    seen[cells] = len(self.oracles)
+                    self.oracles.append((self._store_of[li], info.name, cells))
+                self.oracle_of[li] = seen[cells]
 
     @property
     def depths(self) -> np.ndarray:
@@ -328,12 +339,6 @@ class StudyOutputs:
     def truth_block(self, rows: np.ndarray) -> torch.Tensor:
         """``K x n x gh x gw`` uint8 ground-truth masks of store rows ``rows`` on the evaluation grid."""
         return torch.from_numpy(_read_block(self.stores[0].masks, rows)).transpose(0, 1).contiguous()
-
-    def oracle_block(self, oi: int, rows: np.ndarray) -> torch.Tensor:
-        """``K x n x h x w`` logits of oracle ``oi``: the pooled truth minus 0.5, scaled (positive = marked)."""
-        si, layer, _ = self.oracles[oi]
-        t = torch.from_numpy(_read_block(self.stores[si].targets(layer), rows)).float()
-        return ((t - 0.5) * 20.0).transpose(0, 1).contiguous()
 
     def _resample(self, si: int, logits: torch.Tensor, rows: np.ndarray, out: torch.Tensor) -> None:
         """Bilinear logits ``n x K' x h x w`` -> ``out`` (``K' x n x gh x gw``) on the evaluation grid."""
@@ -396,14 +401,21 @@ class StudyOutputs:
                     low.append(self.seg_probes[li].maps(acts).transpose(0, 1).contiguous())
                 del acts
             truth = self.truth_block(brows) if self.use_truth else None
-            oracle = [self.oracle_block(oi, brows) for oi in range(len(self.oracles))]
             for cstart in range(0, len(bpos), chunk_images):
                 sl = slice(cstart, min(len(bpos), cstart + chunk_images))
                 yield OutputChunk(
                     bpos[sl], [z[:, sl] for z in low] if self.use_seg else None,
                     cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps], self,
-                    truth[:, sl] if truth is not None else None, [o[:, sl] for o in oracle],
+                    truth[:, sl] if truth is not None else None,
                 )
+
+
+def native_cells(native_grid, input_size, content_boxes: np.ndarray) -> tuple[int, int]:
+    """Output cells of a layer with ``native_grid`` over the image content (median content box)."""
+    box = np.median(np.asarray(content_boxes, np.float64), axis=0)  # top, left, bottom, right
+    fy = (box[2] - box[0]) / float(input_size[0])
+    fx = (box[3] - box[1]) / float(input_size[1])
+    return max(1, int(round(native_grid[0] * fy))), max(1, int(round(native_grid[1] * fx)))
 
 
 def chunk_blocks(rows: np.ndarray, chunk_rows: int, read_images: int) -> list[np.ndarray]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from conceptsim.comparison.agreement import seg_kappa_matrices
+from conceptsim.comparison.agreement import seg_kappa_matrices, stratum_counts, stratum_sums
 
 
 def set_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -109,8 +109,8 @@ class SegAccumulator:
     workers : Python threads that share the concepts of a chunk (each with its own buffers; torch releases
         the GIL, so two workers keep two cores busy without OpenMP teams of the many small products waiting
         for each other). The results do not depend on it.
-    track : per concept index, ``P x 2`` row pairs whose *per-image* intersections, sizes and true
-        positives are also kept (for the image bootstrap of agreement beyond accuracy); needs ``truth_row``.
+    track : per concept index, ``P x 2`` row pairs whose *per-image* strata sums ``[O, A, B, E, min-sum]`` are
+        also kept (for the image bootstrap of agreement beyond accuracy); needs ``truth_row``.
     truth_row : the row that carries the ground-truth mask (see :mod:`conceptsim.comparison.agreement`).
     moment_rows : the leading rows that also enter the permuted-image control and the soft-mask Pearson
         (default all; the truth and oracle rows after the layers need only intersections); 0 skips both
@@ -122,7 +122,7 @@ class SegAccumulator:
 
     def __init__(self, n_layers: int, n_concepts: int, grid: tuple[int, int], workers: int = 1, *,
                  track: dict[int, np.ndarray] | None = None, truth_row: int | None = None,
-                 moment_rows: int | None = None, oracle_rows: int = 0) -> None:
+                 moment_rows: int | None = None, oracle_rows: int = 0, image_quality: bool = False) -> None:
         L, K = n_layers, n_concepts
         self.oracle_rows = int(oracle_rows)
         if self.oracle_rows and truth_row != L - self.oracle_rows - 1:
@@ -135,6 +135,9 @@ class SegAccumulator:
         # counts of images per pixel never exceed the test set size: int32 halves the accumulation traffic
         self.count_map = torch.zeros((K, Lm, self.pixels), dtype=torch.int32)
         self.soft_gram = torch.zeros((K, Lm + 1, Lm + 1), dtype=torch.int64)
+        # per-image strata sums of agreement beyond accuracy (with a truth row): E and sum of min(a_s, b_s)
+        self.expected = torch.zeros((K, L, L), dtype=torch.float64) if truth_row is not None else None
+        self.min_sum = torch.zeros((K, L, L), dtype=torch.float64) if truth_row is not None else None
         self.n_images = 0
         self._buffers: dict[tuple[int, int], tuple] = {}
         self.workers = max(1, min(int(workers), K))
@@ -143,6 +146,10 @@ class SegAccumulator:
         self.truth_row = truth_row
         self.track = {int(k): np.asarray(p, dtype=np.int64).reshape(-1, 2) for k, p in (track or {}).items()}
         self._per_image: dict[int, list] = {k: [] for k, p in self.track.items() if len(p)}
+        if image_quality and truth_row is None:
+            raise ValueError("per-image quality needs the truth row (truth_row)")
+        # per concept, chunks of per-image [true positives, marked pixels] of every row (image_quality)
+        self._quality: dict[int, list] | None = {k: [] for k in range(K)} if image_quality else None
 
     def _buffers_for(self, n: int, worker: int = 0) -> tuple:
         if (n, worker) not in self._buffers:
@@ -229,26 +236,52 @@ class SegAccumulator:
                 self.inter[k][t:, t:] += g
             else:
                 int8_gram(b, out=self.inter[k])
+            strata = None
+            if self.truth_row is not None:
+                bv = b.view(L, n, self.pixels)
+                strata = self._strata(bv, k)
+                e, mn = stratum_sums(*strata)
+                self.expected[k] += e
+                self.min_sum[k] += mn
+                if self._quality is not None:
+                    counts = strata[0]
+                    self._quality[k].append(torch.stack([counts[0], counts.sum(0)]).numpy())
             if k in self._per_image:
-                self._per_image[k].append(self._image_counts(b.view(L, n, self.pixels), self.track[k]))
+                self._per_image[k].append(self._image_counts(b.view(L, n, self.pixels), self.track[k], strata))
             if Lm:
                 self.count_map[k] += b[:Lm].view(Lm, n, self.pixels).sum(dim=1, dtype=torch.int32)
                 int8_gram(qm, out=self.soft_gram[k])
 
-    def _image_counts(self, b: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
-        """Per-image ``[|A and B|, |A|, |B|, |A and M|, |B and M|, |M|]`` of ``pairs``: ``n x P x 6`` int64."""
-        t = b[self.truth_row]
-        rows = np.unique(pairs)
-        size = {int(r): b[r].sum(dim=1, dtype=torch.int64) for r in rows}
-        tp = {int(r): (b[r] * t).sum(dim=1, dtype=torch.int64) for r in rows}
-        m = t.sum(dim=1, dtype=torch.int64)
-        out = torch.empty((b.shape[1], len(pairs), 6), dtype=torch.int64)
+    def _strata(self, bv: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image stratum counts ``S x R x n`` of every row and stratum sizes ``S x n`` (strata: truth on /
+        off in each image; see :mod:`conceptsim.comparison.agreement`)."""
+        t = bv[self.truth_row]
+        strata = [t, 1 - t]
+        sizes = torch.stack([s.sum(dim=1, dtype=torch.int64) for s in strata]).double()
+        return stratum_counts(bv, strata), sizes
+
+    def _image_counts(self, b: torch.Tensor, pairs: np.ndarray, strata: tuple) -> np.ndarray:
+        """Per-image ``[O, A, B, E, min-sum]`` of ``pairs`` (see :func:`~conceptsim.comparison.agreement.
+        kappa_from_strata`): ``n x P x 5`` float64."""
+        counts, sizes = strata
+        inv = torch.where(sizes > 0, 1.0 / sizes.clamp(min=1), torch.zeros_like(sizes))
+        out = torch.empty((b.shape[1], len(pairs), 5), dtype=torch.float64)
         for j, (ra, rb) in enumerate(pairs):
-            out[:, j, 0] = (b[ra] * b[rb]).sum(dim=1, dtype=torch.int64)
-            out[:, j, 1], out[:, j, 2] = size[int(ra)], size[int(rb)]
-            out[:, j, 3], out[:, j, 4] = tp[int(ra)], tp[int(rb)]
-            out[:, j, 5] = m
+            ca, cb = counts[:, int(ra)], counts[:, int(rb)]  # S x n
+            out[:, j, 0] = (b[ra] * b[rb]).sum(dim=1, dtype=torch.int64).double()
+            out[:, j, 1], out[:, j, 2] = ca.sum(0), cb.sum(0)
+            out[:, j, 3] = (ca * cb * inv).sum(0)
+            out[:, j, 4] = torch.minimum(ca, cb).sum(0)
         return out.numpy()
+
+    def image_quality(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per concept, row and image the true positives and marked pixels (``K x R x N`` each) and the truth
+        mask's pixels (``K x N``): the per-image sufficient statistics of every row's set IoU, for paired
+        bootstraps of probe quality (``image_quality=True``)."""
+        if self._quality is None:
+            raise ValueError("the accumulator was made without image_quality=True")
+        q = np.stack([np.concatenate(self._quality[k], axis=2) for k in sorted(self._quality)])  # K x 2 x R x N
+        return q[:, 0], q[:, 1], q[:, 0, self.truth_row]
 
     def per_image(self) -> dict[int, np.ndarray]:
         """Per tracked concept, ``N x P x 6`` per-image counts of its tracked pairs (see ``track``)."""
@@ -256,8 +289,8 @@ class SegAccumulator:
 
     def results(self) -> dict[str, np.ndarray]:
         """``seg`` (``K x L x L``, all rows), ``seg_control`` and ``seg_pearson`` (``K x Lm x Lm``, the moment
-        rows; absent without them), and with a truth row ``seg_kappa`` and ``seg_obs_exp``
-        (:func:`seg_kappa_matrices`, all rows)."""
+        rows; absent without them), and with a truth row ``seg_kappa``, ``seg_kappa_max`` and ``seg_obs_exp``
+        (per-image strata, :func:`seg_kappa_matrices`, all rows)."""
         inter = self.inter.double().numpy()
         sizes = np.diagonal(inter, axis1=1, axis2=2).copy()
         seg = iou_from_counts(inter, sizes)
@@ -270,7 +303,8 @@ class SegAccumulator:
             g = self.soft_gram.double().numpy()
             out["seg_pearson"] = pearson_from_moments(g[0, Lm, Lm], g[:, Lm, :Lm], g[:, :Lm, :Lm])
         if self.truth_row is not None:
-            out["seg_kappa"], out["seg_obs_exp"] = seg_kappa_matrices(inter, self.truth_row, self.n_images * self.pixels)
+            out["seg_kappa"], out["seg_kappa_max"], out["seg_obs_exp"] = seg_kappa_matrices(
+                inter, self.expected.numpy(), self.min_sum.numpy())
         return out
 
 

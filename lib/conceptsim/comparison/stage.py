@@ -15,7 +15,8 @@ concept        concept name; empty for the CKA methods
 category       the concept's category (store metadata); empty for CKA
 method         ``seg`` (set IoU of binarised masks), ``seg_kappa`` (agreement beyond accuracy: observed
                overlap against the overlap of probes erring independently given the true mask, kappa-like,
-               see :mod:`conceptsim.comparison.agreement`), ``seg_obs_exp`` (observed / expected overlap),
+               per-image strata, see :mod:`conceptsim.comparison.agreement`), ``seg_kappa_max`` (the same
+               normalised by the overlap the margins allow), ``seg_obs_exp`` (observed / expected overlap),
                ``seg_pearson`` (Pearson of soft masks), ``cls`` (Pearson of logits over images),
                ``cls_partial`` (partial correlation of the logits given the label),
                ``cls_jaccard`` (Jaccard of predicted-positive images),
@@ -66,8 +67,8 @@ from conceptsim.extraction.background import prefetched
 from conceptsim.paths import comparison_files, comparison_stage_json, concept_quality_csv, concept_stage_json, model_dir_name
 from conceptsim.runtime import torch_threads_from_environment
 
-CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg", "cls": "cls",
-                   "cls_partial": "cls", "cls_jaccard": "cls"}
+CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_kappa_max": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg",
+                   "cls": "cls", "cls_partial": "cls", "cls_jaccard": "cls"}
 CKA_METHODS = ("cka", "cka_debiased", "cka_grid4")
 QUALITY_COLUMNS = ("model", "layer", "relative_depth", "concept", "method", "metric", "value", "represented")
 
@@ -92,7 +93,7 @@ def read_quality(so: StudyOutputs) -> pd.DataFrame:
 
 def compute_similarities(
     so: StudyOutputs, *, seed: int = 0, chunk_images: int = 16, read_images: int = 16, grid4: bool = True,
-    cka: bool = True, track: dict[int, np.ndarray] | None = None,
+    cka: bool = True, track: dict[int, np.ndarray] | None = None, image_quality: bool = False,
 ) -> dict[str, np.ndarray]:
     """All similarity matrices of a study: one streaming pass over the compared images (+ one for grid-4 CKA).
 
@@ -111,7 +112,9 @@ def compute_similarities(
     -------
     ``K x L x L`` arrays ``seg``, ``seg_control``, ``seg_pearson``, ``cls``, ``cls_control``,
     ``cls_jaccard``, ``cls_partial``, with the truth also ``seg_kappa`` and ``seg_obs_exp``, with oracles
-    ``oracle_seg_kappa`` (the oracle of each layer's grid against the oracle of the other's, ``K x L x L``);
+    ``oracle_seg_kappa`` (the oracle of each layer's native stride against the other's, ``K x L x L``);
+    with ``image_quality`` also ``seg_image_quality`` (per concept, layer and image the true positives and
+    marked pixels, and the true pixels: the paired bootstrap of val quality);
     ``L x L`` arrays ``cka``, ``cka_debiased`` and ``cka_grid4``; ``seg_image_counts`` (concept -> ``N x P x
     6``) when ``track`` is given.
     """
@@ -122,7 +125,8 @@ def compute_similarities(
     if so.use_seg:
         seg_acc = SegAccumulator(rows_total, nk, so.eval_grid, workers=min(2, os.cpu_count() or 1),
                                  track=track, truth_row=nl if so.use_truth else None, moment_rows=nl if cka else 0,
-                                 oracle_rows=n_or if so.use_truth else 0)
+                                 oracle_rows=n_or if so.use_truth else 0,
+                                 image_quality=image_quality and so.use_truth)
     cls_logits = np.zeros((nl, n, nk), dtype=np.float32)
     gap = [None] * nl if cka else None
     # The grid-4 pass reads the activations once more: it runs in a second Python thread beside the main
@@ -149,7 +153,7 @@ def compute_similarities(
         layers = slice(0, nl)
         for key, value in full.items():
             out[key] = value[:, layers, layers].copy()
-        keys = ["seg", "seg_control", "seg_pearson", "seg_kappa", "seg_obs_exp"]
+        keys = ["seg", "seg_control", "seg_pearson", "seg_kappa", "seg_kappa_max", "seg_obs_exp"]
         for key in (k for k in keys if k in out):
             out[key][~pair_mask(so.seg_available)] = np.nan
         if n_or:
@@ -157,6 +161,9 @@ def compute_similarities(
             out["oracle_seg_kappa"] = full["seg_kappa"][:, o[:, None], o[None, :]]
         if track:
             out["seg_image_counts"] = seg_acc.per_image()
+        if image_quality and so.use_truth:
+            tp, size, truth = seg_acc.image_quality()
+            out["seg_image_quality"] = (tp[:, :nl], size[:, :nl], truth)
     if so.use_cls:
         out.update(cls_similarity(cls_logits, rng_for(seed, "cls_control")))
         out["cls_partial"] = partial_correlation(cls_logits.transpose(2, 0, 1), so.labels)
@@ -325,7 +332,7 @@ def run_comparison_stage(
     models: Sequence[str],
     seed: int = 0,
     permutations: int = 10000,
-    bootstrap: int = 1000,
+    bootstrap: int = 10000,
     chunk_images: int = 16,
     grid4: bool = True,
     select_split: str = "val",
@@ -341,7 +348,7 @@ def run_comparison_stage(
     models : model names (trained ``NAME`` and random-init twins ``NAME:random``).
     seed : seeds the controls, bootstraps and permutations (same seed, same files).
     permutations : permutations of the finding-2 test.
-    bootstrap : bootstrap resamples of the finding-1 intervals.
+    bootstrap : resamples of the hierarchical bootstrap of finding 1 (the methods ask for at least 10,000).
     chunk_images : test images per streaming step; memory is about ``chunk_images x layers x grid pixels
         x 2`` bytes (one concept's int8 masks) plus the low-resolution logits of ``chunk_images`` images.
     grid4 : also compute CKA on activations pooled to 4 x 4 (one extra read of the activations).
@@ -400,19 +407,21 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     n_val = len(so.stores[0].split_index("val"))
     if select_split == "val" and n_val > 0:
         so_val = StudyOutputs(dataset_dir, models, split="val", truth=True, oracles=True)
-        select = compute_similarities(so_val, seed=seed, chunk_images=chunk_images, grid4=False, cka=False)
+        select = compute_similarities(so_val, seed=seed, chunk_images=chunk_images, grid4=False, cka=False,
+                                      image_quality=True)
         selected_on = "val"
     elif select_split in ("val", "test"):
-        select, selected_on = None, "test"  # no val images: select on test (recorded in findings.json)
+        so_val, select, selected_on = None, None, "test"  # no val images: select on test (recorded in findings.json)
     else:
         raise ValueError(f"select_split must be 'val' or 'test', got {select_split!r}")
     # 2. the val-selected finding-1 pairs are followed per image in the test pass
-    plans, track = plan_findings(so, quality, select) if select is not None else (None, None)
+    plans, track = plan_findings(so, quality, select, so_val, seed) if select is not None else (None, None)
     # 3. one pass over the test images
-    sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
+    sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track,
+                                image_quality=select is None)
     if select is None:
         select = sims
-        plans, track = plan_findings(so, quality, select)
+        plans, track = plan_findings(so, quality, select, so, seed)
         if track:  # selection on test: the tracked pairs are known only now (a second, rare pass)
             sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
     sims["seg_track"] = track

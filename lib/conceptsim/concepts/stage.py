@@ -9,7 +9,8 @@ atomically:
     ci_high (95 % bootstrap over test images), control_value (shuffled-label probe on test),
     diff_ci_low, diff_ci_high (paired bootstrap interval of value - control), random_init_value (the
     random-init twin's value, joined from ``random_init_quality``; NaN without it), represented
-    (diff_ci_low > 0), n_test, n_test_positive (test images where the concept is present), excluded
+    (decided on **val**: the paired 95 % interval of val quality - val shuffled control lies above zero),
+    test_represented (the same rule on test: reported, decides nothing), val_value, val_control_value, n_test, n_test_positive (test images where the concept is present), excluded
     (empty, or the reason the concept was not trained; its numbers are then NaN), loss, seed.
 ``vectors/seg_<layer>.npz``, ``vectors/cls_<layer>.npz`` -- see :mod:`conceptsim.concepts.vectors`.
 ``dissection.csv`` -- one row per (layer, unit): model, layer, relative_depth, probe_rank, unit,
@@ -127,6 +128,7 @@ class Inputs:
     include: dict  # method -> bool K
     reasons: dict  # method -> {concept: reason}
     boot: np.ndarray
+    boot_val: np.ndarray | None = None  # the same on val images: ``represented`` is decided on val
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -207,9 +209,12 @@ def prepare(store: ActivationStore, concepts, bootstrap: int, seed: int) -> tupl
     include, reasons = exclusions(areas, labels, wanted)
     cats = {c["name"]: c.get("category", "") for c in store.concepts}
     group_of = store.attrs.get("bootstrap_groups")  # image id -> group (e.g. source photo), see pipeline
-    groups = None if not group_of else np.array([str(group_of[str(int(i))]) for i in store.image_ids[rows["test"]]])
+    def groups(split):
+        return None if not group_of else np.array([str(group_of[str(int(i))]) for i in store.image_ids[rows[split]]])
+
     inputs = Inputs(store, cidx, wanted, [cats[c] for c in wanted], rows, eval_sets, labels, include, reasons,
-                    controls.bootstrap_indices(len(rows["test"]), bootstrap, seed, groups))
+                    controls.bootstrap_indices(len(rows["test"]), bootstrap, seed, groups("test")),
+                    controls.bootstrap_indices(len(rows["val"]), bootstrap, seed + 1, groups("val")))
     report = {
         "excluded": reasons,
         "n_excluded": {m: len(r) for m, r in reasons.items()},
@@ -220,19 +225,27 @@ def prepare(store: ActivationStore, concepts, bootstrap: int, seed: int) -> tupl
     return inputs, report
 
 
-def quality_rows(inp: Inputs, info: LayerInfo, method: str, metric: str, intervals, n_pos) -> list[dict]:
-    """Rows of concept_quality.csv for one layer, method and metric (excluded concepts get NaN rows)."""
+def quality_rows(inp: Inputs, info: LayerInfo, method: str, metric: str, intervals, n_pos, val_intervals=None) -> list[dict]:
+    """Rows of concept_quality.csv for one layer, method and metric (excluded concepts get NaN rows).
+
+    ``val_intervals`` (same order as ``intervals``): the val quality and its paired interval against the
+    shuffled control, which decides ``represented`` (methods.md, "Controls": flags that decide what enters
+    a finding are computed on val); the test interval is reported as ``test_represented``.
+    """
     rows, it = [], iter(intervals)
+    vit = iter(val_intervals) if val_intervals is not None else None
     nan = controls.Interval(*([np.nan] * 6))
     reasons = inp.reasons[method]
     for j, name in enumerate(inp.names):
         iv = next(it) if inp.include[method][j] else nan
+        viv = (next(vit) if inp.include[method][j] else nan) if vit is not None else iv
         rows.append({
             "model": inp.store.model, "layer": info.name, "relative_depth": info.relative_depth,
             "probe_rank": info.probe_rank, "concept": name, "category": inp.categories[j], "method": method,
             "metric": metric, "value": iv.value, "ci_low": iv.ci_low, "ci_high": iv.ci_high,
             "control_value": iv.control_value, "diff_ci_low": iv.diff_low, "diff_ci_high": iv.diff_high,
-            "random_init_value": np.nan, "represented": iv.represented, "n_test": len(inp.rows["test"]),
+            "random_init_value": np.nan, "represented": viv.represented, "test_represented": iv.represented,
+            "val_value": viv.value, "val_control_value": viv.control_value, "n_test": len(inp.rows["test"]),
             "n_test_positive": int(n_pos[j]), "excluded": reasons.get(name, ""),
         })
     return rows
@@ -288,12 +301,15 @@ def run_seg(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) 
     counts = [split_counts(torch.from_numpy(q.weight).to(p.device), torch.from_numpy(q.bias).to(p.device),
                            data["test"], test_ev, p.device) for q in (probes, ctrl)]
     intervals = controls.seg_intervals(counts[0], counts[1], inp.boot)
+    val_counts = [split_counts(torch.from_numpy(q.weight).to(p.device), torch.from_numpy(q.bias).to(p.device),
+                               data["val"], val_ev, p.device) for q in (probes, ctrl)]
+    val_intervals = controls.seg_intervals(val_counts[0], val_counts[1], inp.boot_val)
     st = data["train"].moments
     save_npz(vector_path(vec_dir, "seg", info.name), weight=probes.weight.astype(np.float32),
              bias=probes.bias.astype(np.float32), mean=st.mean, std=st.std, **_meta(inp, info, sel, st),
              best_epoch=probes.best_epoch.astype(np.int64), val_iou=probes.val_iou)
     test_iou = {inp.names[j]: iv.value for j, iv in zip(sel, intervals)}
-    return quality_rows(inp, info, "seg", "set_iou", intervals, n_pos), test_iou
+    return quality_rows(inp, info, "seg", "set_iou", intervals, n_pos, val_intervals), test_iou
 
 
 def _meta(inp: Inputs, info: LayerInfo, sel: np.ndarray, st: Standardiser) -> dict:
@@ -316,9 +332,10 @@ def run_cls(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) 
     probes = train_classification_probes(z["train"], y["train"], z["val"], y["val"], seed=p.seed)
     ctrl = train_classification_probes(z["train"], y["train"][perm["train"]], z["val"], y["val"][perm["val"]], seed=p.seed)
     ivs = controls.cls_intervals(y["test"], probes.decision(z["test"]), ctrl.decision(z["test"]), inp.boot)
+    val_ivs = controls.cls_intervals(y["val"], probes.decision(z["val"]), ctrl.decision(z["val"]), inp.boot_val)
     save_npz(vector_path(vec_dir, "cls", info.name), coef=probes.coef, intercept=probes.intercept,
              chosen_c=probes.chosen_c, val_ap=probes.val_ap, mean=st.mean, std=st.std, **_meta(inp, info, sel, st))
-    return [r for m, iv in ivs.items() for r in quality_rows(inp, info, "cls", m, iv, n_pos)]
+    return [r for m, iv in ivs.items() for r in quality_rows(inp, info, "cls", m, iv, n_pos, val_ivs[m])]
 
 
 def write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = None) -> Path:
@@ -370,7 +387,8 @@ def run_layer(inp: Inputs, info: LayerInfo, p: Params, methods, dissection: bool
 
 QUALITY_COLUMNS = ["model", "layer", "relative_depth", "probe_rank", "concept", "category", "method", "metric",
                    "value", "ci_low", "ci_high", "control_value", "diff_ci_low", "diff_ci_high", "random_init_value",
-                   "represented", "n_test", "n_test_positive", "excluded", "loss", "seed"]
+                   "represented", "test_represented", "val_value", "val_control_value", "n_test", "n_test_positive",
+                   "excluded", "loss", "seed"]
 
 
 def run_concept_stage(
