@@ -48,7 +48,7 @@ def test_similarity_schema_and_identities(study):
     for col in ("concept", "category", "method", "model_a", "layer_a", "depth_a", "model_b", "layer_b", "depth_b",
                 "value", "control", "n_test"):
         assert col in df.columns
-    assert set(df["method"]) == {"seg", "seg_kappa", "seg_obs_exp", "seg_pearson", "cls", "cls_partial",
+    assert set(df["method"]) == {"seg", "seg_kappa", "seg_kappa_max", "seg_obs_exp", "seg_pearson", "cls", "cls_partial",
                                  "cls_jaccard", "cka", "cka_debiased", "cka_grid4"}
     assert (df["n_test"] == 40).all()
     diag = df[(df.model_a == df.model_b) & (df.layer_a == df.layer_b) & df.value.notna() & (df.method != "seg_obs_exp")]
@@ -65,30 +65,36 @@ def test_similarity_schema_and_identities(study):
 def test_findings_known_answers(study):
     _, _, paths = study
     doc = json.loads(paths["findings"].read_text())
-    assert doc["schema"] == 2 and doc["selected_on"] == "val" and doc["n_val"] == 20
+    assert doc["schema"] == 3 and doc["selected_on"] == "val" and doc["n_val"] == 20
     pairs = {(p["model_a"], p["model_b"]): p for p in doc["pairs"]}
     assert set(pairs) == {("deep", "shallow")}  # one entry per trained pair; the twins sit inside it
     trained = pairs[("deep", "shallow")]
     assert trained["twins_a"] == ["deep:random"] and trained["twins_b"] == ["shallow:random"]
     f1 = trained["finding1"]["seg"]
-    assert f1["status"] == "tested" and f1["selected_on"] == "val" and f1["method"] == "seg_kappa"
+    assert f1["selected_on"] == "val" and f1["method"] == "seg_kappa"
     assert f1["n_learned"] == 3 and f1["test"]["n"] == 3
     # planted shared errors in the trained models only: trained agree beyond accuracy, twins do not
-    assert f1["trained"]["mean"] > 0.2 and abs(f1["twin"]["mean"]) < 0.15
-    assert f1["test"]["ci_low"] > 0 and f1["test"]["p_holm"] >= f1["test"]["p_value"]
-    assert f1["holds"] is True
-    # the selected pairs are the planted peaks (sky at 0.2, dog at 0.5, red at 0.85)
+    assert f1["trained_mean"] > 0.12 and abs(f1["twin_mean"]) < 0.1
+    t1 = f1["test"]
+    # three concepts: a t interval with 2 degrees of freedom is wide; the effect is there, the verdict honest
+    assert t1["effect"] > 0.1 and t1["p_value"] < 0.05 and t1["p_holm"] >= t1["p_value"]
+    assert t1["verdict"] in ("supported", "inconclusive") and t1["ci_high"] > 0.05
+    assert t1["family"] == "ds: deep vs shallow" and t1["family_size"] == trained["family_size"] and t1["mde"] > 0
+    # the twins are read at the trained pair's layers (same names)
     sel = {r["concept"]: (r["layer_a"], r["layer_b"]) for r in f1["per_concept"]}
     assert sel["sky"] == ("deep/L1", "shallow/L0") and sel["red"][0] in ("deep/L7", "deep/L8")
+    assert f1["depth_profile"]["trained"] and len(f1["depth_profile"]["bins"]) == 6
     f2 = trained["finding2"]["seg"]
-    assert f2["status"] == "tested" and f2["test"]["family"] is True
-    assert f2["test"]["error"] < f2["test"]["null_mean"] and f2["test"]["p_value"] < 0.05
+    aligned = f2["aligned"]
+    assert f2["error"] < f2["null_mean"] and aligned["p_value"] < 0.05 and aligned["effect"] > 0
     # one grid everywhere: the oracle matches every layer equally, so its error is far from the trained one
-    assert f2["oracle"]["error"] > f2["test"]["error"] + 0.1 and f2["diff_oracle"]["ci_high"] < 0
-    assert f2["twins"] is None  # the twins represent nothing here
-    assert f2["predictors"]["best"] == "relative_depth" and f2["holds"] is True
-    assert doc["family_size"] == sum(1 for _ in __import__("conceptsim.comparison.multiplicity", fromlist=["x"])
-                                     .family_entries(doc))
+    assert f2["oracle_error"] > f2["error"] + 0.1 and f2["beyond_resolution"]["effect"] > 0.1
+    assert f2["from_training"]["verdict"] == "not testable here"  # the twins represent nothing here
+    assert f2["predictors"]["best"] == "relative_depth"
+    testable = [t for t in [t1] + [f["test"] for f in trained["finding1"].values()][1:] +
+                [f[c] for f in trained["finding2"].values() for c in ("aligned", "beyond_resolution", "from_training")]
+                if t["verdict"] != "not testable here"]
+    assert trained["family_size"] == len(testable)
     em = {(e["model"], e["concept"], e["method"]): e for e in doc["emergence"]}
     assert em[("deep", "sky", "seg")]["depth"] == pytest.approx(0.2)
     assert em[("deep", "sky", "seg")]["selected_on"] == "val"
@@ -103,8 +109,9 @@ def test_twins_as_good_as_trained_is_not_testable(tmp_path):
     build_synthetic_study(root, spec, n_images=24, seed=1)  # the same signal everywhere, twins included
     paths = run_comparison_stage(root, tmp_path / "out", models=list(spec), permutations=100, bootstrap=50)
     f1 = json.loads(paths["findings"].read_text())["pairs"][0]["finding1"]["seg"]
-    assert f1["status"] == "not testable here" and f1["holds"] is None and f1["n_learned"] == 0
-    assert "twins represent" in f1["reason"]
+    assert f1["test"]["verdict"] == "not testable here" and f1["n_learned"] == 0
+    assert "learned-concept filter" in f1["test"]["reason"]
+    assert not any(v["a"]["learned"] and v["b"]["learned"] for v in f1["learned"].values())
 
 
 def test_reuse_only_with_the_same_concept_stages_and_parameters(tmp_path):
@@ -137,8 +144,7 @@ def test_resolution_only_alignment_is_not_counted(tmp_path):
     build_synthetic_study(root, spec, n_images=40, eval_grid=(16, 16), noise=0.8, seed=2)
     paths = run_comparison_stage(root, tmp_path / "out", models=list(spec), permutations=300, bootstrap=200)
     f2 = json.loads(paths["findings"].read_text())["pairs"][0]["finding2"]["seg"]
-    assert f2["status"] == "tested"
-    assert f2["diff_oracle"]["ci_high"] >= 0 and f2["holds"] is False
+    assert f2["beyond_resolution"]["verdict"] != "supported"
 
 
 def test_same_seed_same_files(study, tmp_path):
@@ -203,6 +209,8 @@ def test_positive_control_recovers_shared_blocks(tmp_path):
     # hit rates per source layer, in both directions, each named with its corresponding block
     assert set(seg["per_layer"]) == {"blocks.0 ~ features.1", "blocks.5 ~ features.6", "blocks.12 ~ features.13",
                                      "features.1 ~ blocks.0", "features.6 ~ blocks.5", "features.13 ~ blocks.12"}
-    assert seg["rate"] > 0.6
+    assert seg["rate"] > 0.6 and seg["p_value"] is not None
+    # three corresponding blocks are too few for the control to answer
+    assert seg["passed"] is None and "at least 5" in seg["reason"]
     # no twins in this study: finding 1 cannot be tested, and says so
-    assert doc["pairs"][0]["finding1"]["seg"]["status"] == "not testable here"
+    assert doc["pairs"][0]["finding1"]["seg"]["test"]["verdict"] == "not testable here"

@@ -369,7 +369,19 @@ def findings_document(so: StudyOutputs, sims: dict, select: dict, quality: pd.Da
         "family_size": max([p["family_size"] for p in pairs], default=0),
         "notes": NOTES,
     }
-    return doc
+    return rounded(doc)
+
+
+def rounded(x, digits: int = 10):
+    """Floats rounded to ``digits`` decimals, recursively: sums of per-image strata are added in an order that
+    depends on the chunk size, so the last bits differ; the same seed and inputs give the same file."""
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [rounded(v, digits) for v in x]
+    return x
 
 
 NOTES = {
