@@ -69,7 +69,9 @@ def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor]) -> torch.Ten
     masks : ``R x n x P`` 0/1 int8 masks (rows = layers, truth, oracles) of ``n`` images.
     strata : ``S`` masks ``n x P`` (0/1 int8) that partition every image's pixels.
     """
-    return torch.stack([(masks * s[None]).sum(dim=2, dtype=torch.int64) for s in strata]).double()
+    total = masks.sum(dim=2, dtype=torch.int64)
+    parts = [(masks * s[None]).sum(dim=2, dtype=torch.int64) for s in strata[:-1]]
+    return torch.stack(parts + [total - sum(parts)]).double()  # the strata partition the pixels
 
 
 def stratum_sums(counts: torch.Tensor, strata_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ Structure::
      "emergence": [{"model", "concept", "category", "method", "depth", "layer", "test_quality", "max_quality",
                     "selected_on", "represented_any"}]}
 
-Every primary test (``TestResult``: ``effect, ci_low, ci_high, se, n, p_value, p_holm, mde, verdict, family,
+Every primary test (``FindingTest``: ``effect, ci_low, ci_high, se, n, p_value, p_holm, mde, verdict, family,
 family_size``) is Holm-corrected over its **family**: the primary tests of one model pair on one dataset
 (finding 1 and the three finding-2 components, for both methods). Per-category breakdowns and the twins'
 own permutation tests are diagnostics: uncorrected and labelled so.

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from conceptsim.comparison.agreement import kappa_from_strata
-from conceptsim.comparison.verdicts import TestResult, _jsonable, not_testable, t_summary
+from conceptsim.comparison.verdicts import FindingTest, _jsonable, not_testable, t_summary
 
 #: relative-depth bins of the depth profile
 DEPTH_BINS = np.linspace(0.0, 1.0, 6)
@@ -258,7 +258,7 @@ class Finding1:
 
     method: str  # the primary statistic: seg_kappa | cls_partial
     selected_on: str
-    test: TestResult
+    test: FindingTest
     n_learned: int = 0
     learned: dict = field(default_factory=dict)
     twin_seeds: list = field(default_factory=list)
@@ -269,7 +269,7 @@ class Finding1:
     raw_twin: float | None = None
     per_seed_effect: list = field(default_factory=list)  # effect against each twin seed alone
     twin_spread: float | None = None  # SD of the per-seed effects
-    per_category: dict = field(default_factory=dict)  # category -> TestResult (diagnostic, uncorrected)
+    per_category: dict = field(default_factory=dict)  # category -> FindingTest (diagnostic, uncorrected)
     first_layer: dict = field(default_factory=dict)  # entries whose selected pair is both models' first layer
     depth_profile: dict = field(default_factory=dict)
     bootstrap_unit: str = "image"
@@ -283,8 +283,8 @@ class Finding1:
     @classmethod
     def from_json(cls, d: dict) -> "Finding1":
         d = dict(d)
-        d["test"] = TestResult.from_json(d["test"])
-        d["per_category"] = {c: TestResult.from_json(t) for c, t in (d.get("per_category") or {}).items()}
+        d["test"] = FindingTest.from_json(d["test"])
+        d["per_category"] = {c: FindingTest.from_json(t) for c, t in (d.get("per_category") or {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from conceptsim.comparison.alignment import Matches, per_concept_error
-from conceptsim.comparison.verdicts import TestResult, _jsonable, not_testable, t_summary
+from conceptsim.comparison.verdicts import FindingTest, _jsonable, not_testable, t_summary
 
 COMPONENTS = ("aligned", "beyond_resolution", "from_training")
 
@@ -38,9 +38,9 @@ class Finding2:
 
     method: str
     selected_on: str
-    aligned: TestResult
-    beyond_resolution: TestResult
-    from_training: TestResult
+    aligned: FindingTest
+    beyond_resolution: FindingTest
+    from_training: FindingTest
     error: float | None = None
     null_mean: float | None = None
     oracle_error: float | None = None
@@ -51,7 +51,7 @@ class Finding2:
     match_stability: float | None = None
     diagnostics: dict = field(default_factory=dict)  # e.g. the twins' own permutation test (uncorrected)
 
-    def tests(self) -> list[TestResult]:
+    def tests(self) -> list[FindingTest]:
         return [self.aligned, self.beyond_resolution, self.from_training]
 
     def to_json(self) -> dict:
@@ -64,12 +64,12 @@ class Finding2:
     def from_json(cls, d: dict) -> "Finding2":
         d = dict(d)
         for c in COMPONENTS:
-            d[c] = TestResult.from_json(d[c])
+            d[c] = FindingTest.from_json(d[c])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def advantage(name: str, m: Matches, other: Matches | None, depths: np.ndarray, *, reason: str) -> TestResult:
+def advantage(name: str, m: Matches, other: Matches | None, depths: np.ndarray, *, reason: str) -> FindingTest:
     """Per-concept ``error(other) - error(m)`` over shared concepts, t summary (``reason`` when ``other`` is
     missing)."""
     if other is None or len(other) == 0 or len(m) == 0:
@@ -80,7 +80,7 @@ def advantage(name: str, m: Matches, other: Matches | None, depths: np.ndarray, 
     return t_summary(name, "alignment", e2[i2] - e1[i1], concepts=[int(c) for c in common])
 
 
-def aligned_test(m: Matches, perm: dict, depths: np.ndarray) -> TestResult:
+def aligned_test(m: Matches, perm: dict, depths: np.ndarray) -> FindingTest:
     """Advantage over the depth-permutation null; p from the permutation test (``perm`` of
     :func:`~conceptsim.comparison.alignment.permutation_test`)."""
     if len(m) == 0:

@@ -23,8 +23,8 @@ degrees of freedom and ``m`` the family size: the effect whose t statistic clear
 step with probability 0.8. It is conservative when other tests of the family are significant (Holm's later
 steps are milder); the power check (:func:`simulate_power`) measures where the 80 % point really lies.
 
-Records (:class:`TestResult`) are typed and serialise with :meth:`TestResult.to_json` /
-:meth:`TestResult.from_json`; :func:`assign_verdicts` applies Holm over a family and writes verdicts.
+Records (:class:`FindingTest`) are typed and serialise with :meth:`FindingTest.to_json` /
+:meth:`FindingTest.from_json`; :func:`assign_verdicts` applies Holm over a family and writes verdicts.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "not testable here")
 
 
 @dataclass
-class TestResult:
+class FindingTest:
     """One test of a finding: its effect, interval, p-values, verdict and power.
 
     ``effect`` is oriented so that positive values support the hypothesis (agreement trained - twins;
@@ -78,7 +78,7 @@ class TestResult:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, d: dict | None) -> "TestResult | None":
+    def from_json(cls, d: dict | None) -> "FindingTest | None":
         if d is None:
             return None
         known = {f.name for f in fields(cls)}
@@ -97,13 +97,13 @@ def _jsonable(v):
     return v
 
 
-def not_testable(name: str, kind: str, reason: str, n: int = 0, **details) -> TestResult:
+def not_testable(name: str, kind: str, reason: str, n: int = 0, **details) -> FindingTest:
     """A record that states why no test was made."""
-    return TestResult(name, kind, n=int(n), reason=reason, details=details)
+    return FindingTest(name, kind, n=int(n), reason=reason, details=details)
 
 
 def t_summary(name: str, kind: str, effects: np.ndarray, replicate_means: np.ndarray | None = None,
-              p_value: float | None = None, level: float = 0.95, **details) -> TestResult:
+              p_value: float | None = None, level: float = 0.95, **details) -> FindingTest:
     """Mean of per-concept ``effects``, its t interval and one-sided p (effect > 0).
 
     Parameters
@@ -130,7 +130,7 @@ def t_summary(name: str, kind: str, effects: np.ndarray, replicate_means: np.nda
         se = max(float(np.finfo(float).eps), 1e-12)
     q = float(stats.t.ppf(0.5 + level / 2.0, df))
     p = float(stats.t.sf(mean / se, df)) if p_value is None else float(p_value)
-    return TestResult(name, kind, effect=mean, ci_low=mean - q * se, ci_high=mean + q * se, se=se, n=k, p_value=p,
+    return FindingTest(name, kind, effect=mean, ci_low=mean - q * se, ci_high=mean + q * se, se=se, n=k, p_value=p,
                       details=details)
 
 
@@ -145,7 +145,7 @@ def minimum_detectable_effect(se: float, n: int, family_size: int, alpha: float 
     return float((stats.t.isf(a, df) + stats.t.ppf(power, df)) * se)
 
 
-def decide(t: TestResult) -> str:
+def decide(t: FindingTest) -> str:
     """The verdict of a test whose ``p_holm`` is set (see the module docstring)."""
     if not t.testable:
         return "not testable here"
@@ -156,7 +156,7 @@ def decide(t: TestResult) -> str:
     return "inconclusive"
 
 
-def assign_verdicts(tests: Iterable[TestResult], family: str) -> int:
+def assign_verdicts(tests: Iterable[FindingTest], family: str) -> int:
     """Holm over the testable ``tests`` (one primary family), then verdict and MDE of each; returns the
     family size."""
     tests = list(tests)
@@ -173,14 +173,14 @@ def assign_verdicts(tests: Iterable[TestResult], family: str) -> int:
     return m
 
 
-def diagnostic(t: TestResult) -> TestResult:
+def diagnostic(t: FindingTest) -> FindingTest:
     """Mark a test as a diagnostic: uncorrected, no verdict beyond its interval."""
     t.family, t.family_size, t.p_holm = None, 0, None
     t.verdict = "diagnostic"
     return t
 
 
-def verdict_counts(tests: Iterable[TestResult]) -> dict[str, int]:
+def verdict_counts(tests: Iterable[FindingTest]) -> dict[str, int]:
     """``{verdict: count}`` in the fixed order of :data:`VERDICTS` (zeros dropped)."""
     vs = [t.verdict for t in tests]
     return {v: vs.count(v) for v in VERDICTS if vs.count(v)}
