@@ -24,23 +24,34 @@ def test_markdown_carries_the_json_numbers(run):
     doc, _ = run
     md = report.findings_markdown(doc)
     f1 = doc["pairs"][0]["finding1"]["seg"]
-    assert f1["status"] == "tested"
-    assert report.fmt_ci(f1["test"]) in md and f"{f1['test']['p_holm']:.3g}" in md
-    assert "| a vs b |" in md and "Finding 2" in md and "emergence" in md.lower() and "Holm" in md
+    t = report.FindingTest.from_json(f1["test"])
+    assert t.verdict in report.VERDICTS
+    assert report.verdict_cell(t) in md and "| a vs b |" in md and "Finding 2" in md and "Holm" in md
+    if t.ci_low is not None:
+        assert report.fmt_test(t) in md
     f2 = doc["pairs"][0]["finding2"]["seg"]
-    assert report.fmt(f2["oracle"]["error"]) in report.finding2_table(doc)
-    assert "sky" in report.finding1_concepts_table(doc, "a", "b")
-    assert "not testable here" not in report.finding1_table(doc)
-    assert report.fmt_p(1 / 201, 200) == "≤ 0.005"
+    for c in ("aligned", "beyond_resolution", "from_training"):
+        assert report.COMPONENT_NAMES[c] in report.finding2_table(doc)
+    assert report.fmt(f2["error"], 2) in report.finding2_table(doc)
+    assert "emergence" in md.lower() and not any(line.startswith("### ") for line in md.splitlines())
+    opening = report.study_opening([doc], "s")
+    assert "What was tested" in opening and "What it found" in opening and "How sure" in opening
+    overview = report.verdict_overview([doc])
+    assert overview.count("| ds | a vs b |") == 4 * len(doc["pairs"][0]["finding1"])
 
 
 def test_untestable_finding_is_said_so(run):
     doc, _ = run
     doc = json.loads(json.dumps(doc))
     f1 = doc["pairs"][0]["finding1"]["seg"]
-    f1.update(status="not testable here", holds=None, test=None, per_category={}, per_concept=[], reason="twins as good")
-    assert "not testable here" in report.finding1_table(doc)
+    f1["test"] = report.FindingTest("finding1", "agreement", reason="2 concept(s) pass the filter").to_json()
+    assert "not testable here" in report.finding1_table(doc) and "2 concept(s)" in report.finding1_table(doc)
     assert "not testable here" in report.summary_sentences(doc)
+
+
+def test_old_documents_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="schema 3"):
+        report.load_findings({"schema": 2, "pairs": []})
 
 
 def test_figures_render(run):
@@ -51,6 +62,7 @@ def test_figures_render(run):
         figures.cross_model_matrix(sim, ["a", "b", "a:random"]),
         figures.emergence_plot(doc),
         figures.finding1_plot(doc),
+        figures.depth_profile_plot(doc),
         figures.finding2_plot(doc),
     ):
         fig.canvas.draw() if hasattr(fig.canvas, "draw") else None

@@ -39,7 +39,11 @@ def test_outputs_and_schema(run):
     assert len(q) == 2 * 3 * 3  # layers x concepts x (set_iou, ap, balanced_accuracy)
     ok = q[q["excluded"].isna()]
     planted_layer = ok[ok["layer"] == "layer0"]
-    assert planted_layer["represented"].all()
+    # represented is decided on val (30 images here: an AP of 0.99 against a control of 0.91 may not clear it);
+    # the same rule on test is reported beside it
+    assert planted_layer["test_represented"].all()
+    assert planted_layer[planted_layer["metric"] == "set_iou"]["represented"].all()
+    assert {"val_value", "val_control_value"} <= set(q.columns) and planted_layer["val_value"].notna().all()
     assert (planted_layer["value"] > planted_layer["control_value"]).all()
     assert not ok[(ok["layer"] == "layer1") & (ok["metric"] == "set_iou")]["represented"].any()
     assert q["random_init_value"].isna().all() and (q["n_test"] == 30).all()

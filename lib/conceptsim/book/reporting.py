@@ -91,10 +91,13 @@ def _declared_models_section(study: "Study") -> list[str]:
 def write_findings_page(study: "Study", path: Path) -> Path | None:
     """Per dataset: the findings from ``findings.json``, their key figures, and where the concept view and
     CKA disagree (None when no dataset has results)."""
-    parts = []
+    from conceptsim.comparison import report
+
+    parts, docs = [], []
     for ds in study.datasets:
         fj = comparison_files(dataset_results(study.name, ds))["findings"]
         if fj.exists():
+            docs.append(report.load_findings(fj))
             parts.append(f"## Dataset `{ds}`\n\n" + _dataset_findings(study, ds, fj, path.parent))
     if not parts:
         return None
@@ -102,6 +105,8 @@ def write_findings_page(study: "Study", path: Path) -> Path | None:
         f"# Measured findings: study `{study.name}`\n\n"
         "Generated from each dataset's `findings.json` and `similarity.csv` by the runner; nothing here is "
         "typed by hand.\n\n"
+        + report.study_opening(docs, study.name) + "\n## Verdicts at a glance\n\n" + report.verdict_overview(docs)
+        + "\n## Details per dataset\n\n"
     )
     write_text(path, header + "\n".join(parts))
     return path
@@ -116,15 +121,16 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
     from conceptsim.comparison import figures, report
     from conceptsim.comparison.similarity import concept_vs_cka
 
-    doc = json.loads(findings_json.read_text())
+    doc = report.load_findings(findings_json)
     fig_dir = page_dir / dataset / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     shown = []
     for name, make in (("finding1_seg", lambda: figures.finding1_plot(doc, "seg")),
+                       ("depth_profile_seg", lambda: figures.depth_profile_plot(doc, "seg")),
                        ("finding2_seg", lambda: figures.finding2_plot(doc, "seg")),
                        ("emergence_seg", lambda: figures.emergence_plot(doc, "seg"))):
         fig = make()
-        fig.savefig(fig_dir / f"{name}.png", dpi=90)
+        fig.savefig(fig_dir / f"{name}.png", dpi=100)
         shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
     sim = pd.read_csv(comparison_files(findings_json.parent)["similarity"], keep_default_na=False, na_values=[""])
     trained = sim[~sim["model_a"].map(is_twin) & ~sim["model_b"].map(is_twin)]
@@ -137,7 +143,8 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
         + report.table(["models", "layer pairs", "Spearman", "mean S_seg", "mean CKA", "largest gap"], rows)
         + "\n"
     )
-    return report.findings_markdown(doc) + "\n\n**Key figures**\n\n" + "\n\n".join(shown) + "\n\n" + cka_text
+    return (report.findings_markdown(doc) + "\n\n#### Key figures\n\n" + "\n\n".join(shown) + "\n\n"
+            + cka_text)
 
 
 def page_title(run: "Run") -> str:

@@ -3,7 +3,8 @@
 - :func:`layer_heatmaps` -- layer x layer similarity of one model (or two) per concept category, beside CKA;
 - :func:`cross_model_matrix` -- one method's matrix between two models drawn on relative-depth axes;
 - :func:`emergence_plot` -- emergence depth of every concept for every model on one axis;
-- :func:`finding1_plot`, :func:`finding2_plot` -- the finding tests from ``findings.json``.
+- :func:`finding1_plot`, :func:`depth_profile_plot`, :func:`finding2_plot` -- the finding tests from
+  ``findings.json`` (typed records); :func:`power_plot` -- the power curve of finding 1.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from conceptsim.comparison.finding2 import COMPONENTS
+from conceptsim.comparison.report import COMPONENT_NAMES, records
 from conceptsim.models.names import is_twin
 
 
@@ -160,58 +163,90 @@ def emergence_plot(findings: dict, method: str = "seg") -> Figure:
 
 
 def finding1_plot(findings: dict, method: str = "seg") -> Figure:
-    """Agreement beyond accuracy of the val-selected best pair per trained model pair: trained vs twins,
-    with the interval of the difference; pairs that cannot be tested are labelled so."""
-    pairs = [p for p in findings["pairs"] if method in p["finding1"]]
-    fig = Figure(figsize=(max(4.0, 1.4 * len(pairs) + 2), 3.6), layout="constrained")
+    """Finding 1 per trained model pair: the effect (trained − twins at the same layers) with its interval,
+    the smallest effect of interest and the minimum detectable effect; the verdict under each pair."""
+    recs = [(p, f1) for p, m, f1, _ in records(findings) if m == method and f1 is not None]
+    fig = Figure(figsize=(max(5.0, 1.8 * len(recs) + 2.5), 4.0), layout="constrained")
     ax = fig.subplots()
-    x = np.arange(len(pairs))
+    for xi, (p, f1) in enumerate(recs):
+        t = f1.test
+        if t.ci_low is not None:
+            ax.errorbar([xi], [t.effect], yerr=[[t.effect - t.ci_low], [t.ci_high - t.effect]], fmt="o", color="C0",
+                        capsize=4, label="trained − twins, 95 % CI" if xi == 0 else None)
+            if t.mde is not None:
+                ax.plot([xi - 0.25, xi + 0.25], [t.mde] * 2, color="C3", lw=1.5, ls=":",
+                        label="minimum detectable effect (80 % power)" if xi == 0 else None)
+        ax.text(xi, -0.02, t.verdict, ha="center", va="top", fontsize=9, transform=ax.get_xaxis_transform())
+    ax.axhline(0, color="k", lw=0.6)
+    ax.axhline(0.05, color="0.5", lw=0.8, ls="--", label="smallest effect of interest")
+    ax.set_xticks(range(len(recs)), [f"{p['model_a']}\nvs {p['model_b']}" for p, _ in recs], fontsize=9)
+    ax.tick_params(axis="x", pad=16)
+    ax.set_xlim(-0.6, len(recs) - 0.4)
+    ax.set_ylabel(f"{findings.get('primary', {}).get(method, method)}: trained − twins", fontsize=10)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"{findings['dataset']}: finding 1 ({method})", fontsize=11)
+    return fig
 
-    def val(d, key="mean"):
-        return np.nan if not d or d.get(key) is None else d[key]
 
-    fs = [p["finding1"][method] for p in pairs]
-    ax.bar(x - 0.2, [val(f.get("trained")) for f in fs], width=0.4, label="trained")
-    ax.bar(x + 0.2, [val(f.get("twin")) for f in fs], width=0.4, label="random-init twins", alpha=0.7)
-    for xi, f in zip(x, fs):
-        t = f.get("test")
-        if f.get("status") != "tested" or not t:
-            ax.text(xi, 0, "not testable here", ha="center", va="bottom", fontsize=6, rotation=90)
-            continue
-        ph = t.get("p_holm")
-        ax.text(xi, max(val(f.get("trained")), val(f.get("twin")), 0), f"Δ={t['mean']:.2f}\n[{t['ci_low']:.2f}, "
-                f"{t['ci_high']:.2f}]\np_Holm={ph:.2g}" if ph is not None else "", ha="center", va="bottom", fontsize=6)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xticks(x, [f"{p['model_a']}\nvs {p['model_b']}" for p in pairs], fontsize=7)
-    ax.set_ylabel(f"{findings.get('primary', {}).get(method, method)} (val-selected pair, test)")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{findings['dataset']}: finding 1 ({method})")
+def depth_profile_plot(findings: dict, method: str = "seg") -> Figure:
+    """Finding 1 without selection: agreement against relative depth (bins of 0.2), trained and twins."""
+    recs = [(p, f1) for p, m, f1, _ in records(findings) if m == method and f1 is not None and f1.depth_profile]
+    fig = Figure(figsize=(3.2 * max(1, len(recs)) + 2.0, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(recs)), sharey=True))
+    for ax, (p, f1) in zip(axes, recs):
+        prof = f1.depth_profile
+        centres = 0.5 * (np.array(prof["bins"][:-1]) + np.array(prof["bins"][1:]))
+        for key, label, style in (("trained", "trained", "o-"), ("twins", "twins (mean over seeds)", "s--")):
+            vals = [np.nan if v is None else v for v in prof.get(key) or []]
+            if vals:
+                ax.plot(centres, vals, style, label=label)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("relative depth (both layers in the bin)", fontsize=9)
+        ax.set_title(f"{p['model_a']}\nvs {p['model_b']}", fontsize=9)
+    axes[0].set_ylabel(findings.get("primary", {}).get(method, method), fontsize=10)
+    if recs:
+        axes[-1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"{findings['dataset']}: agreement by relative depth, no selection ({method})", fontsize=11)
     return fig
 
 
 def finding2_plot(findings: dict, method: str = "seg") -> Figure:
-    """Alignment error of every trained pair (one combined test) beside the permutation null, the
-    resolution-only oracle and the twins."""
-    rows = []
-    for p in findings["pairs"]:
-        f = p["finding2"].get(method)
-        if not f or f.get("status") != "tested":
-            continue
-        t = f["test"]
-        rows.append((f"{p['model_a']}\nvs {p['model_b']}", t["error"], t["null_mean"],
-                     (f.get("oracle") or {}).get("error"), (f.get("twins") or {}).get("error"), t.get("p_holm")))
-    fig = Figure(figsize=(max(4.0, 1.3 * len(rows) + 2), 3.6), layout="constrained")
+    """Finding 2 per trained model pair: the three advantages (comparison error − trained error) with their
+    intervals, and each test's verdict."""
+    recs = [(p, f2) for p, m, _, f2 in records(findings) if m == method and f2 is not None]
+    fig = Figure(figsize=(max(5.0, 2.2 * len(recs) + 2.5), 4.0), layout="constrained")
     ax = fig.subplots()
-    x = np.arange(len(rows))
-    for i, (label, alpha) in enumerate((("observed", 1.0), ("permutation null mean", 0.6),
-                                        ("resolution-only oracle", 0.6), ("random-init twins", 0.6))):
-        ax.bar(x + (i - 1.5) * 0.2, [np.nan if r[1 + i] is None else r[1 + i] for r in rows], width=0.2,
-               label=label, alpha=alpha)
-    for xi, r in zip(x, rows):
-        if r[5] is not None:
-            ax.text(xi - 0.3, r[1], f"p_Holm={r[5]:.2g}", ha="center", va="bottom", fontsize=6)
-    ax.set_xticks(x, [r[0] for r in rows], fontsize=7)
-    ax.set_ylabel("mean |Δ relative depth|")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{findings['dataset']}: finding 2 ({method})")
+    for xi, (p, f2) in enumerate(recs):
+        for ci, c in enumerate(COMPONENTS):
+            t = getattr(f2, c)
+            x = xi + (ci - 1) * 0.25
+            if t.ci_low is not None:
+                ax.errorbar([x], [t.effect], yerr=[[t.effect - t.ci_low], [t.ci_high - t.effect]], fmt="os^"[ci],
+                            color=f"C{ci}", capsize=3, label=COMPONENT_NAMES[c] if xi == 0 else None)
+            ax.text(x, -0.02, t.verdict.replace(" here", "").replace("not testable", "n/t"), ha="center", va="top",
+                    rotation=90, fontsize=9, transform=ax.get_xaxis_transform())
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(range(len(recs)), [f"{p['model_a']}\nvs {p['model_b']}" for p, _ in recs], fontsize=9)
+    ax.tick_params(axis="x", pad=70)
+    ax.set_xlim(-0.6, len(recs) - 0.4)
+    ax.set_ylabel("advantage in |Δ relative depth|", fontsize=10)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"{findings['dataset']}: finding 2 ({method})", fontsize=11)
+    return fig
+
+
+def power_plot(points, stated_mde: float | None = None) -> Figure:
+    """Share of supported verdicts against the planted effect (:func:`conceptsim.comparison.power.simulate_power`)."""
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([p.effect for p in points], [p.supported for p in points], "o-", label="simulated: share supported")
+    ax.axhline(0.8, color="0.5", ls="--", lw=0.8, label="80 % power")
+    ax.axhline(0.05, color="0.7", ls=":", lw=0.8, label="5 %")
+    if stated_mde is not None:
+        ax.axvline(stated_mde, color="C3", ls=":", label="stated MDE (median)")
+    ax.set_xlabel("planted effect (kappa units)", fontsize=10)
+    ax.set_ylabel("share of simulated studies", fontsize=10)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig

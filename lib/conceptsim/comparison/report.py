@@ -1,25 +1,36 @@
 """Markdown for the book's Findings page, generated from ``findings.json`` (numbers are never typed by hand).
 
-Every function takes the parsed document (or a path) and returns markdown text; the page build glues the
-pieces in per dataset.
+Every function takes the parsed document (or a path) and reads the typed records of
+:mod:`~conceptsim.comparison.finding1`, :mod:`~conceptsim.comparison.finding2` and
+:mod:`~conceptsim.comparison.verdicts`; the page build glues the pieces in per dataset, after the study-wide
+opening (:func:`study_opening`) that states what was found.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+from conceptsim.comparison.finding1 import Finding1
+from conceptsim.comparison.finding2 import COMPONENTS, Finding2, PositiveControl
+from conceptsim.comparison.verdicts import VERDICTS, FindingTest  # noqa: F401 (FindingTest: for readers of records)
 
 METHOD_NAMES = {"seg": "segmentation (agreement beyond accuracy: seg_kappa; raw S_seg beside it)",
                 "cls": "classification (agreement beyond accuracy: cls_partial; raw S_cls beside it)"}
-VERDICT = {True: "holds", False: "does not hold", None: "not testable here"}
+SHORT_METHOD = {"seg": "seg", "cls": "cls"}
+COMPONENT_NAMES = {"aligned": "aligned by depth", "beyond_resolution": "beyond resolution",
+                   "from_training": "from training"}
+GLOSSARY = "methods.md#glossary"
 
 
 def load_findings(path_or_doc: str | Path | dict) -> dict:
-    """The findings document from a path or an already parsed dict."""
-    if isinstance(path_or_doc, dict):
-        return path_or_doc
-    return json.loads(Path(path_or_doc).read_text())
+    """The findings document from a path or an already parsed dict (schema 3)."""
+    doc = path_or_doc if isinstance(path_or_doc, dict) else json.loads(Path(path_or_doc).read_text())
+    if doc.get("schema") != 3:
+        raise ValueError(f"findings document of schema {doc.get('schema')!r}; this version reads schema 3 "
+                         "(rerun the comparison stage)")
+    return doc
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -33,19 +44,17 @@ def fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def fmt_ci(stat: dict, digits: int = 3) -> str:
-    """``mean [low, high]`` of a bootstrap summary."""
-    if not stat or stat.get("mean") is None:
-        return "–"
-    return f"{fmt(stat['mean'], digits)} [{fmt(stat['ci_low'], digits)}, {fmt(stat['ci_high'], digits)}]"
-
-
-def fmt_p(p: float | None, permutations: int) -> str:
-    """A permutation p-value, shown as a bound when no permutation reached the observed value."""
+def fmt_p(p: float | None) -> str:
     if p is None:
         return "–"
-    floor = 1.0 / (1 + permutations)
-    return f"≤ {floor:.1g}" if p <= floor * (1 + 1e-9) else f"{p:.3g}"
+    return f"{p:.2g}" if p >= 1e-4 else "< 0.0001"
+
+
+def fmt_test(t: FindingTest | None, digits: int = 2) -> str:
+    """``effect [low, high]`` of a test, or its verdict when it has no interval."""
+    if t is None or t.ci_low is None:
+        return "–"
+    return f"{t.effect:+.{digits}f} [{t.ci_low:+.{digits}f}, {t.ci_high:+.{digits}f}]"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -55,166 +64,248 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def verdict(f: dict | None) -> str:
-    """``holds`` / ``does not hold`` / ``not testable here`` of a finding entry."""
-    if not f or f.get("status") != "tested":
-        return VERDICT[None]
-    return VERDICT[bool(f.get("holds"))]
+def verdict_cell(t: FindingTest | None) -> str:
+    """The verdict in bold, with the MDE when inconclusive and the reason when not testable."""
+    if t is None:
+        return "–"
+    if t.verdict == "inconclusive" and t.mde is not None:
+        return f"**inconclusive** (MDE {t.mde:.2f})"
+    if t.verdict == "not testable here":
+        return f"**not testable here**{f' ({t.reason})' if t.reason else ''}"
+    return f"**{t.verdict}**"
 
 
-def fmt_test(stat: dict | None, permutations: int | None = None) -> tuple[str, str, str]:
-    """``(estimate [interval], p, p_holm)`` cells of a test summary."""
-    if not stat:
-        return "–", "–", "–"
-    if permutations is not None:
-        return fmt(stat.get("error")), fmt_p(stat.get("p_value"), permutations), fmt_p(stat.get("p_holm"), permutations)
-    p, ph = stat.get("p_value"), stat.get("p_holm")
-    return fmt_ci(stat), "–" if p is None else f"{p:.3g}", "–" if ph is None else f"{ph:.3g}"
+def pair_name(p: dict) -> str:
+    return f"{p['model_a']} vs {p['model_b']}"
+
+
+def records(doc: dict) -> Iterable[tuple[dict, str, Finding1 | None, Finding2 | None]]:
+    """``(pair entry, method, Finding1, Finding2)`` of every model pair and method of a document."""
+    for p in doc["pairs"]:
+        for m in ("seg", "cls"):
+            f1 = p["finding1"].get(m)
+            f2 = p["finding2"].get(m)
+            if f1 is None and f2 is None:
+                continue
+            yield p, m, Finding1.from_json(f1) if f1 else None, Finding2.from_json(f2) if f2 else None
 
 
 def finding1_table(doc: dict | str | Path, method: str = "seg") -> str:
-    """Finding 1 per model pair: trained vs twin agreement beyond accuracy of the val-selected best pair."""
+    """Finding 1 per model pair: verdict first, effect with interval, MDE, Holm p, concepts, twin spread."""
     doc = load_findings(doc)
     rows = []
-    for p in doc["pairs"]:
-        f = p["finding1"].get(method)
-        if f is None:
+    for p, m, f1, _ in records(doc):
+        if m != method or f1 is None:
             continue
-        est, pv, ph = fmt_test(f.get("test"))
-        raw = f.get("raw") or {}
-        rows.append([
-            f"{p['model_a']} vs {p['model_b']}", str(f.get("n_learned", 0)), fmt((f.get("trained") or {}).get("mean")),
-            fmt((f.get("twin") or {}).get("mean")), est, pv, ph,
-            f"{fmt(raw.get('trained'))} / {fmt(raw.get('twin'))}", verdict(f),
-        ])
+        t = f1.test
+        rows.append([pair_name(p), verdict_cell(t), fmt_test(t), fmt_p(t.p_holm), f"{f1.n_learned}",
+                     f"{fmt(f1.trained_mean, 2)} / {fmt(f1.twin_mean, 2)}", fmt(f1.twin_spread, 3)])
     if not rows:
         return f"_No pairs of trained models with {METHOD_NAMES.get(method, method)} outputs._"
-    return table(["model pair", "learned concepts", "trained", "twins", "trained − twins [95 % CI]", "p",
-                  "p (Holm)", "raw S trained / twins", "verdict"], rows)
+    return table(["model pair", "verdict", "trained − twins [95 % CI]", "p (Holm)", "concepts", "trained / twins",
+                  "twin-seed spread"], rows)
 
 
 def finding1_category_table(doc: dict | str | Path, method: str = "seg") -> str:
-    """Finding 1 per concept category (uncorrected p: the categories are a breakdown, not extra tests)."""
+    """Finding 1 per concept category (diagnostic: uncorrected p, no verdict)."""
     doc = load_findings(doc)
     rows = []
-    for p in doc["pairs"]:
-        f = p["finding1"].get(method)
-        for cat, stat in ((f or {}).get("per_category") or {}).items():
-            est, pv, _ = fmt_test(stat)
-            rows.append([f"{p['model_a']} vs {p['model_b']}", cat or "–", str(stat.get("n", 0)), est, pv])
+    for p, m, f1, _ in records(doc):
+        if m != method or f1 is None:
+            continue
+        for cat, t in f1.per_category.items():
+            rows.append([pair_name(p), cat or "–", str(t.n), fmt_test(t) if t.ci_low is not None else "fewer than 3 concepts",
+                         fmt_p(t.p_value)])
     if not rows:
-        return "_No concept passes the learned-concept filter._"
-    return table(["model pair", "category", "concepts", "trained − twins [95 % CI]", "p (uncorrected)"], rows)
+        return "No concept passes the learned-concept filter for this method."
+    return table(["model pair", "category", "concepts", "trained − twins [95 % CI]", "p (uncorrected, diagnostic)"], rows)
 
 
 def finding1_concepts_table(doc: dict | str | Path, model_a: str, model_b: str, method: str = "seg") -> str:
     """Finding 1 for one model pair, concept by concept, with the val-selected layers."""
     doc = load_findings(doc)
-    pair = next((p for p in doc["pairs"] if p["model_a"] == model_a and p["model_b"] == model_b), None)
-    if pair is None or method not in pair["finding1"]:
-        return f"_No results for {model_a} vs {model_b}._"
-    rows = [
-        [r["concept"], r.get("category", ""), r.get("layer_a") or "–", r.get("layer_b") or "–", fmt(r["value"]),
-         fmt(r["twin"]), fmt(r["diff"]), fmt(r.get("raw")), fmt(r.get("raw_twin"))]
-        for r in pair["finding1"][method]["per_concept"]
-    ]
-    if not rows:
-        return f"_{pair['finding1'][method].get('reason', 'No concepts.')}_"
-    return table(["concept", "category", "layer (A)", "layer (B)", "agreement", "twins", "difference", "raw S",
-                  "raw S twins"], rows)
+    for p, m, f1, _ in records(doc):
+        if (p["model_a"], p["model_b"], m) == (model_a, model_b, method) and f1 is not None:
+            if not f1.per_concept:
+                return f1.test.reason or "No concepts."
+            rows = [[r["concept"], r.get("category", ""), r.get("layer_a") or "–", r.get("layer_b") or "–",
+                     fmt(r["value"], 2), fmt(r["twin"], 2), fmt(r["diff"], 2), fmt(r.get("raw"), 2)]
+                    for r in f1.per_concept]
+            return table(["concept", "category", "layer (A)", "layer (B)", "trained", "twins (same layers)",
+                          "difference", "raw S"], rows)
+    return f"No results for {model_a} vs {model_b}."
 
 
 def finding2_table(doc: dict | str | Path, method: str = "seg") -> str:
-    """Finding 2 per model pair (one combined test): error, permutation null, oracle and twins, predictors."""
+    """Finding 2 per model pair: three tests, verdicts first, then the errors behind them."""
     doc = load_findings(doc)
-    perms = int(doc.get("permutations", 10000))
     rows = []
-    for p in doc["pairs"]:
-        f = p["finding2"].get(method)
-        if f is None:
+    for p, m, _, f2 in records(doc):
+        if m != method or f2 is None:
             continue
-        t = f.get("test") or {}
-        err, pv, ph = fmt_test(t, perms)
-        oracle = f.get("oracle") or {}
-        do, _, do_h = fmt_test(f.get("diff_oracle"))
-        tw = f.get("twins") or {}
-        dt, _, dt_h = fmt_test(f.get("diff_twin"))
-        pred = (f.get("predictors") or {}).get("spearman") or {}
-        rows.append([
-            f"{p['model_a']} vs {p['model_b']}", err, fmt(t.get("null_mean")), pv, ph,
-            fmt(oracle.get("error")), f"{do} (p Holm {do_h})", fmt(tw.get("error")), f"{dt} (p Holm {dt_h})",
-            " / ".join(fmt(pred.get(k), 2) for k in ("relative_depth", "absolute_depth", "stride")),
-            fmt(f.get("match_stability"), 2), f"{t.get('n_matches', 0)} / {t.get('n_concepts', 0)}", verdict(f),
-        ])
+        for c in COMPONENTS:
+            t = getattr(f2, c)
+            comparison = {"aligned": f2.null_mean, "beyond_resolution": f2.oracle_error,
+                          "from_training": f2.twin_error}[c]
+            rows.append([pair_name(p), COMPONENT_NAMES[c], verdict_cell(t), fmt_test(t), fmt_p(t.p_holm),
+                         f"{fmt(f2.error, 2)} / {fmt(comparison, 2)}"])
     if not rows:
         return f"_No pairs of trained models with {METHOD_NAMES.get(method, method)} outputs._"
-    return table(["model pair", "alignment error", "null mean", "p", "p (Holm)", "oracle error",
-                  "trained − oracle [95 % CI]", "twins error", "trained − twins [95 % CI]",
-                  "Spearman rel. depth / abs. depth / stride", "val–test match agreement", "matches / concepts",
-                  "verdict"], rows)
+    return table(["model pair", "test", "verdict", "advantage [95 % CI]", "p (Holm)", "error trained / comparison"], rows)
+
+
+def finding2_details_table(doc: dict | str | Path, method: str = "seg") -> str:
+    """Predictors of the matched layer, val–test match agreement and the twins' own test (diagnostics)."""
+    doc = load_findings(doc)
+    rows = []
+    for p, m, _, f2 in records(doc):
+        if m != method or f2 is None:
+            continue
+        pred = (f2.predictors or {}).get("spearman") or {}
+        tw = f2.diagnostics.get("twins_permutation") or {}
+        rows.append([pair_name(p), " / ".join(fmt(pred.get(k), 2) for k in ("relative_depth", "absolute_depth", "stride")),
+                     fmt(f2.match_stability, 2), f"{f2.n_matches} / {f2.n_concepts}", fmt_p(tw.get("p_value"))])
+    if not rows:
+        return "No matches."
+    return table(["model pair", "Spearman rel. depth / abs. depth / stride", "val–test match agreement",
+                  "matches / concepts", "twins' own permutation p (diagnostic)"], rows)
 
 
 def positive_control_table(doc: dict | str | Path) -> str:
-    """How often the matched layer is the corresponding shared backbone block."""
+    """How often the matched layer is the corresponding shared backbone block, with its permutation p."""
     doc = load_findings(doc)
-    rows = [[f"{c['model_a']} vs {c['model_b']}", c["method"], fmt(c.get("rate"), 2), fmt(c.get("chance"), 2),
-             f"{c.get('hits', 0)} / {c.get('n', 0)}"] for c in doc.get("positive_control", [])]
+    rows = []
+    for c in doc.get("positive_control", []):
+        r = PositiveControl.from_json(c)
+        status = "**passed**" if r.passed else ("**failed**" if r.passed is False else f"**cannot answer** ({r.reason})")
+        rows.append([f"{r.model_a} vs {r.model_b}", r.method, status, fmt(r.rate, 2), fmt(r.chance, 2), fmt_p(r.p_value),
+                     f"{r.hits} / {r.n}", str(r.n_blocks)])
     if not rows:
-        return "_No two models of the study share backbone blocks._"
-    return table(["model pair", "method", "recovered", "chance", "hits / matches"], rows)
+        return "No two models of the study share backbone blocks, so there is no positive control here."
+    return table(["model pair", "method", "control", "recovered", "chance", "p (permutation)", "hits / matches",
+                  "blocks"], rows)
 
 
 def emergence_table(doc: dict | str | Path, method: str = "seg") -> str:
-    """Emergence depth of every concept (rows) in every model (columns)."""
+    """Emergence depth of every concept (rows) in every trained model (columns; twins in the figure)."""
     doc = load_findings(doc)
-    models = doc["models"]
+    models = [m for m in doc["models"] if ":random" not in m]
     depth = {(e["model"], e["concept"]): e["depth"] for e in doc["emergence"] if e["method"] == method}
     cat = doc.get("categories", {})
     rows = [[c, cat.get(c, "")] + [fmt(depth.get((m, c)), 2) for m in models] for c in doc["concepts"]]
     return table(["concept", "category"] + models, rows)
 
 
+def tests_of(doc: dict) -> list[tuple[str, str, str, FindingTest]]:
+    """``(finding, method, pair, test)`` of every primary test of a document."""
+    out = []
+    for p, m, f1, f2 in records(doc):
+        if f1 is not None:
+            out.append(("finding 1", m, pair_name(p), f1.test))
+        if f2 is not None:
+            out += [(f"finding 2: {COMPONENT_NAMES[c]}", m, pair_name(p), getattr(f2, c)) for c in COMPONENTS]
+    return out
+
+
+def count_text(tests: Iterable[FindingTest]) -> str:
+    vs = [t.verdict for t in tests]
+    return ", ".join(f"{vs.count(v)} {v}" for v in VERDICTS if vs.count(v)) or "no tests"
+
+
 def summary_sentences(doc: dict | str | Path, method: str = "seg") -> str:
-    """The hypotheses, what was measured, and how often each finding held (corrected p-values)."""
+    """What was tested on this dataset and how the verdicts fell, in plain words."""
     doc = load_findings(doc)
-    pairs = [p for p in doc["pairs"] if method in p["finding1"]]
-    if not pairs:
+    tests = [(f, t) for f, m, _, t in tests_of(doc) if m == method]
+    if not tests:
         return f"No pairs of different trained models were compared with {METHOD_NAMES.get(method, method)} outputs."
-    v1 = [verdict(p["finding1"][method]) for p in pairs]
-    v2 = [verdict(p["finding2"][method]) for p in pairs]
-    prim = doc.get("primary", {}).get(method, method)
-
-    def count(vs):
-        return ", ".join(f"{vs.count(v)} {v}" for v in ("holds", "does not hold", "not testable here") if vs.count(v))
-
+    f1 = [t for f, t in tests if f == "finding 1"]
+    f2 = [t for f, t in tests if f.startswith("finding 2")]
+    sizes = sorted({p.get("family_size", 0) for p in doc["pairs"]})
     return (
-        f"On {doc['dataset']} ({doc['n_test']} test images; layers selected on {doc.get('selected_on', 'val')}, "
-        f"{doc.get('n_val', 0)} images), **finding 1** is tested as: *for concepts each trained model represents "
-        f"better than its random-init twin, the val-selected best layer pair of two trained models agrees beyond "
-        f"accuracy ({prim}) more than the twins' best pair*; effect = mean over concepts of trained − twins, "
-        f"95 % hierarchical bootstrap interval (concepts and test images), one-sided p. Result over "
-        f"{len(pairs)} model pair(s): {count(v1)}. **Finding 2** is tested as: *matched layers of two trained "
-        f"models lie at similar relative depth, more than a depth permutation, the resolution-only oracle and "
-        f"the twins allow*; one combined test per pair: {count(v2)}. Every p-value is Holm-corrected over the "
-        f"{doc.get('family_size', 0)} tests of this dataset (p (Holm))."
+        f"On {doc['dataset']} ({doc['n_test']} test images; selection on {doc.get('selected_on', 'val')}, "
+        f"{doc.get('n_val', 0)} images), with {method} outputs: **finding 1** (training makes two architectures "
+        f"agree beyond accuracy at the same layers, more than their random-init twins): {count_text(f1)}; "
+        f"**finding 2** (matched layers at similar relative depth; three tests per pair): {count_text(f2)}. "
+        f"Each p (Holm) is corrected over the primary family of one model pair on this dataset "
+        f"({', '.join(map(str, sizes))} tests: finding 1 and the finding-2 tests of both methods)."
     )
 
 
+def study_opening(docs: list[dict], study: str) -> str:
+    """The opening of the Findings page: what was tested, what was found, how sure it is (all datasets)."""
+    docs = [load_findings(d) for d in docs]
+    tests = [(doc["dataset"], *t) for doc in docs for t in tests_of(doc)]
+    f1 = [t for _, f, _, _, t in tests if f == "finding 1"]
+    f2 = [t for _, f, _, _, t in tests if f.startswith("finding 2")]
+    ctl = [PositiveControl.from_json(c) for doc in docs for c in doc.get("positive_control", [])]
+    mdes = [t.mde for t in f1 if t.verdict == "inconclusive" and t.mde is not None]
+    supported1 = [(ds, m, p, t) for ds, f, m, p, t in tests if f == "finding 1" and t.verdict == "supported"]
+    lines = [
+        f"**What was tested.** Study `{study}` asks the paper's two questions of {len(docs)} dataset(s): "
+        "(1) do two *trained* architectures agree on the concepts they learned, beyond what their accuracy explains "
+        "and more than random-init twins of the same architectures agree at the same layers; (2) do the layers that "
+        "match lie at similar *relative* depth, more than chance, more than the layers' resolution explains, and "
+        "more than in the twins.",
+        "",
+        f"**What it found.** Finding 1: {count_text(f1)} of {len(f1)} tests. Finding 2: {count_text(f2)} of "
+        f"{len(f2)} tests.",
+    ]
+    if supported1:
+        lines.append(" Finding 1 is supported for " + "; ".join(
+            f"{p} on {ds} ({m}, {t.effect:+.2f} [{t.ci_low:+.2f}, {t.ci_high:+.2f}])" for ds, m, p, t in supported1) + ".")
+    if ctl:
+        passed = sum(1 for c in ctl if c.passed)
+        lines.append(f" The positive control (shared backbone blocks matched block to block) passed {passed} of "
+                     f"{len(ctl)} times; where it fails, a null result of finding 2 says little about the models.")
+    lines += [
+        "",
+        "**How sure.** *Inconclusive* means the interval includes both no effect and an effect worth having: the "
+        "test could not decide at this study's sizes. " + (
+            f"The smallest effects the inconclusive finding-1 tests could have detected with 80 % power range from "
+            f"{min(mdes):.2f} to {max(mdes):.2f} kappa / correlation units. " if mdes else "") +
+        "*Contradicted* needs the whole interval below the smallest effect of interest (+0.05 for agreement, 0 for "
+        "alignment); a failed test is never read as a refutation. Terms are defined in the "
+        f"[glossary]({GLOSSARY}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def verdict_overview(docs: list[dict]) -> str:
+    """One short table per finding over datasets and model pairs: verdict and effect with interval."""
+    docs = [load_findings(d) for d in docs]
+    rows1, rows2 = [], []
+    for doc in docs:
+        for finding, m, pair, t in tests_of(doc):
+            row = [doc["dataset"], pair, m, verdict_cell(t), fmt_test(t)]
+            (rows1 if finding == "finding 1" else rows2).append(row if finding == "finding 1" else
+                                                                  row[:3] + [finding.split(": ")[1]] + row[3:])
+    parts = ["### Finding 1: trained architectures agree beyond accuracy, more than their twins at the same layers",
+             table(["dataset", "model pair", "method", "verdict", "trained − twins [95 % CI]"], rows1) if rows1 else
+             "No finding-1 tests.",
+             "### Finding 2: matched layers at similar relative depth (three tests per pair)",
+             table(["dataset", "model pair", "method", "test", "verdict", "advantage [95 % CI]"], rows2) if rows2 else
+             "No finding-2 tests."]
+    return "\n\n".join(parts) + "\n"
+
+
 def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg", "cls")) -> str:
-    """The whole generated section for one dataset: summary and tables for every method."""
+    """The detailed generated section for one dataset (the page's heading names the dataset)."""
     doc = load_findings(doc)
-    parts = [f"### {doc['dataset']}"]
+    parts = ["#### Positive control: shared backbone blocks matched block to block", positive_control_table(doc)]
     for m in methods:
         if not any(m in p["finding1"] for p in doc["pairs"]):
             continue
         parts += [
             f"#### {METHOD_NAMES.get(m, m)[:1].upper()}{METHOD_NAMES.get(m, m)[1:]}", summary_sentences(doc, m),
-            "**Finding 1 — agreement beyond accuracy of the val-selected best layer pair, trained vs twins**",
-            finding1_table(doc, m), "Per concept category:", finding1_category_table(doc, m),
-            "**Finding 2 — one relative-depth alignment test per model pair, against a depth permutation, the "
-            "resolution-only oracle and the twins**", finding2_table(doc, m),
-            "**Emergence depth** (relative depth where val quality first reaches 90 % of its maximum)",
-            emergence_table(doc, m),
+            "**Finding 1**: agreement beyond accuracy of the trained pair's val-selected layer pair, minus the twins' "
+            "at the same layers", finding1_table(doc, m),
+            "<details><summary>Per concept category (diagnostic)</summary>\n\n" + finding1_category_table(doc, m)
+            + "\n\n</details>",
+            "**Finding 2**: three tests per model pair (advantage = comparison's error − trained error)",
+            finding2_table(doc, m),
+            "<details><summary>Predictors and match stability (diagnostics)</summary>\n\n"
+            + finding2_details_table(doc, m) + "\n\n</details>",
+            "<details><summary>Emergence depth (relative depth where val quality first reaches 90 % of its maximum)"
+            "</summary>\n\n" + emergence_table(doc, m) + "\n\n</details>",
         ]
-    parts += ["**Positive control — shared backbone blocks matched block to block**", positive_control_table(doc)]
     return "\n\n".join(parts) + "\n"

@@ -10,7 +10,8 @@ atomically:
     diff_ci_low, diff_ci_high (paired bootstrap interval of value - control), random_init_value (the
     random-init twin's value, joined from ``random_init_quality``; NaN without it), represented
     (decided on **val**: the paired 95 % interval of val quality - val shuffled control lies above zero),
-    test_represented (the same rule on test: reported, decides nothing), val_value, val_control_value, n_test, n_test_positive (test images where the concept is present), excluded
+    test_represented (the same rule on test: reported, decides nothing), val_value,
+    val_control_value, n_test, n_test_positive (test images where the concept is present), excluded
     (empty, or the reason the concept was not trained; its numbers are then NaN), loss, seed.
 ``vectors/seg_<layer>.npz``, ``vectors/cls_<layer>.npz`` -- see :mod:`conceptsim.concepts.vectors`.
 ``dissection.csv`` -- one row per (layer, unit): model, layer, relative_depth, probe_rank, unit,
