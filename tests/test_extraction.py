@@ -10,6 +10,7 @@ from conceptsim.extraction.extract import capped_grid, extract
 from conceptsim.extraction.hooks import LayerOutputError, record_activations
 from conceptsim.extraction.store import ActivationStore, StoreError
 from conceptsim.models.registry import build_model
+from conceptsim.models.twins import TWIN_INIT_VERSION
 
 
 class Toy(nn.Module):
@@ -88,7 +89,7 @@ def test_extraction_store_roundtrip_reuse_and_staleness(small_dataset_and_model,
     assert a.shape == (len(ds), 24, 10, 10) and a.dtype == np.float16
     assert store.activations("features.14").shape[-2:] == (7, 7)  # below the cap: native grid
     assert store.masks.shape == (len(ds), len(ds.concepts), 16, 16)
-    assert store.attrs["weights_sha256"] == "random-init-v3-seed-0"
+    assert store.attrs["weights_sha256"] == f"random-init-v{TWIN_INIT_VERSION}-seed-0"
     # stored activations equal a direct forward pass, pooled to the cap
     item = ds[0]
     with record_activations(loaded.module, ["features.2"]) as rec, torch.no_grad():

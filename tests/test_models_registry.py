@@ -12,6 +12,7 @@ from conceptsim.models.registry import (
     build_model,
     parse_model_name,
 )
+from conceptsim.models.twins import TWIN_INIT_VERSION
 
 # documented output shapes (C, H, W) at each paper model's input size, for two layers each
 PAPER_SHAPES = {
@@ -59,7 +60,7 @@ def test_random_twin_is_deterministic_and_differs_from_trained():
     w = "features.0.0.weight"
     assert not torch.equal(a.module.state_dict()[w], trained.module.state_dict()[w])
     assert trained.weights_sha256.startswith("b0353104")
-    assert a.weights_sha256 == "random-init-v3-seed-0"
+    assert a.weights_sha256 == f"random-init-v{TWIN_INIT_VERSION}-seed-0"
 
 
 def test_mobilenet_pretrained_classifies_a_real_photo():

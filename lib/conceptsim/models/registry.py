@@ -28,7 +28,7 @@ from conceptsim.atomic import sha256_file
 from conceptsim.data.geometry import Preprocessing
 from conceptsim.models import weights as _weights
 from conceptsim.models.names import DEFAULT_TWIN_SEED, RANDOM_SUFFIX, split_twin_name
-from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin
+from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin, twin_init_seed
 from conceptsim.paths import weights_dir
 
 RANDOM_INIT_SEED = DEFAULT_TWIN_SEED
@@ -433,21 +433,22 @@ def missing_weights(name: str) -> list[str]:
 def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None) -> LoadedModel:
     """Build a registry model in eval mode on ``device``.
 
-    A twin ``NAME:random@SEED`` is built under ``SEED`` (``NAME:random``: ``seed``, by default
-    :data:`RANDOM_INIT_SEED`) and initialised by :func:`conceptsim.models.twins.initialise_twin`.
+    A twin ``NAME:random@SEED`` (``NAME:random``: ``seed``, by default :data:`RANDOM_INIT_SEED`) is built
+    and initialised by :func:`conceptsim.models.twins.initialise_twin` under the seed derived from
+    (``SEED``, architecture name) by :func:`conceptsim.models.twins.twin_init_seed`.
     """
     spec, random_init = parse_model_name(name)
     device = resolve_device(device)
     if random_init:
         _, _, name_seed = split_twin_name(name)
         seed = name_seed if ("@" in name or seed is None) else int(seed)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        # the weights' seed mixes the twin seed with the architecture: twins of architectures that share
+        # blocks never share random weights; the constructor runs on a forked stream seeded with it
+        init_seed = twin_init_seed(spec.name, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
             module, _ = spec.build(False)
-        finally:
-            torch.random.set_rng_state(state)
-        initialise_twin(module, spec.preprocessing, seed, reference_init=spec.twin_reference_init,
+        initialise_twin(module, spec.preprocessing, init_seed, reference_init=spec.twin_reference_init,
                         forward=spec.full_forward)
         sha = f"random-init-v{TWIN_INIT_VERSION}-seed-{seed}"
     else:
