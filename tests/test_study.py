@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conceptsim.models.names import is_twin, twin_name, twin_names
+from conceptsim.models.names import PIXELS_MODEL, is_twin, twin_name, twin_names
 from conceptsim.study import StudyError, load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,9 @@ def test_default_and_paper_studies_are_valid():
     default = load_study(ROOT / "studies" / "default.yml")
     assert set(default.datasets) == {"shapes", "photo-colors", "coco-icons"}
     assert default.datasets["coco-icons"]["split"] == {"by": "style", "test": ["noto"], "val": ["twemoji"]}
-    trained = [m for m in default.models if not is_twin(m)]
+    trained = [m for m in default.models if not is_twin(m) and m != PIXELS_MODEL]
     assert len(trained) == 3 and all(set(twin_names(m, 3)) <= set(default.models) for m in trained)
+    assert PIXELS_MODEL in default.models and PIXELS_MODEL in load_study(ROOT / "studies" / "default.yml", smoke=True).models
     smoke = load_study(ROOT / "studies" / "default.yml", smoke=True)  # one twin seed per model
     assert {m for m in smoke.models if is_twin(m)} == {twin_name(m) for m in trained}
     paper = load_study(ROOT / "studies" / "paper.yml")
