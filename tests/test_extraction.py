@@ -10,6 +10,7 @@ from conceptsim.extraction.extract import capped_grid, extract
 from conceptsim.extraction.hooks import LayerOutputError, record_activations
 from conceptsim.extraction.store import ActivationStore, StoreError
 from conceptsim.models.registry import build_model
+from conceptsim.models.twins import TWIN_INIT_VERSION
 
 
 class Toy(nn.Module):
@@ -88,7 +89,7 @@ def test_extraction_store_roundtrip_reuse_and_staleness(small_dataset_and_model,
     assert a.shape == (len(ds), 24, 10, 10) and a.dtype == np.float16
     assert store.activations("features.14").shape[-2:] == (7, 7)  # below the cap: native grid
     assert store.masks.shape == (len(ds), len(ds.concepts), 16, 16)
-    assert store.attrs["weights_sha256"] == "random-init-v3-seed-0"
+    assert store.attrs["weights_sha256"] == f"random-init-v{TWIN_INIT_VERSION}-seed-0"
     # stored activations equal a direct forward pass, pooled to the cap
     item = ds[0]
     with record_activations(loaded.module, ["features.2"]) as rec, torch.no_grad():
@@ -251,3 +252,40 @@ def test_keep_freed_memory_is_idempotent_and_can_be_switched_off(monkeypatch):
     assert alloc.keep_freed_memory() == first  # applied once
     x = torch.ones(8, 64, 128, 128)  # a 33 MB tensor still allocates and computes correctly
     assert float(x.sum()) == x.numel()
+
+
+def test_pixels_model_stores_the_standardised_image_pooled_at_each_stride(tmp_path):
+    """The pixels floor through the extraction stage: each layer is the image's RGB, standardised per
+    channel, averaged over stride x stride pixel blocks (capped like any layer), at relative depth 0."""
+    from conceptsim import pipeline
+    from conceptsim.models.names import PIXELS_MODEL
+    from conceptsim.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    loaded = build_model(PIXELS_MODEL)
+    assert not loaded.random_init and loaded.preprocessing.size == (224, 224)
+    ds, _ = pipeline.open_dataset("shapes", {"build": {"n": 10, "size": 64, "seed": 5}},
+                                  {"fractions": [0.6, 0.2, 0.2], "seed": 0, "min_area": 0.005},
+                                  loaded.preprocessing, 16)
+    path = tmp_path / "pixels.zarr"
+    extract(loaded, ds, path, batch_size=4, grid_cap=20, dtype="float32", progress=False)
+    store = ActivationStore(path)
+    assert store.layer_names == ["stride4", "stride8", "stride16", "stride32"]
+    assert store.attrs["n_convs"] == 0
+    info = {n: store.layer(n) for n in store.layer_names}
+    assert all(i.relative_depth == 0.0 and i.channels == 3 for i in info.values())
+    assert [info[n].native_grid for n in store.layer_names] == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert [info[n].grid for n in store.layer_names] == [(20, 20), (20, 20), (14, 14), (7, 7)]
+    mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+    for row in (0, len(ds) - 1):
+        rgb = ds.read_image(int(store.image_ids[row])).astype(np.float64)  # H x W x 3 uint8, before preprocessing
+        image = np.asarray(loaded.preprocessing.apply_image(rgb.astype(np.uint8)), np.float64)
+        np.testing.assert_allclose(image.mean(), rgb.mean() / 255.0, atol=0.02)  # a stretched copy of the photo
+        z = (image - mean) / std
+        for stride in (16, 32):
+            g = 224 // stride
+            expected = z.reshape(3, g, stride, g, stride).mean(axis=(2, 4))
+            np.testing.assert_allclose(store.activations(f"stride{stride}")[row], expected, atol=1e-4)
+        # stride 4 (56 x 56) capped at 20: average pooling of the pooled map (adaptive bins)
+        capped = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(z.reshape(3, 56, 4, 56, 4).mean(axis=(2, 4)))[None],
+                                                         (20, 20))[0].numpy()
+        np.testing.assert_allclose(store.activations("stride4")[row], capped, atol=1e-4)

@@ -12,6 +12,7 @@ from conceptsim.models.registry import (
     build_model,
     parse_model_name,
 )
+from conceptsim.models.twins import TWIN_INIT_VERSION
 
 # documented output shapes (C, H, W) at each paper model's input size, for two layers each
 PAPER_SHAPES = {
@@ -59,7 +60,7 @@ def test_random_twin_is_deterministic_and_differs_from_trained():
     w = "features.0.0.weight"
     assert not torch.equal(a.module.state_dict()[w], trained.module.state_dict()[w])
     assert trained.weights_sha256.startswith("b0353104")
-    assert a.weights_sha256 == "random-init-v3-seed-0"
+    assert a.weights_sha256 == f"random-init-v{TWIN_INIT_VERSION}-seed-0"
 
 
 def test_mobilenet_pretrained_classifies_a_real_photo():
@@ -89,12 +90,32 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 
 def test_every_registry_entry_is_described():
     for name, spec in registry.MODELS.items():
-        assert spec.task in ("detector", "classifier") and spec.description and spec.weights_source
+        assert spec.task in ("detector", "classifier", "baseline") and spec.description and spec.weights_source
 
 
 def test_offline_models_name_their_weight_package():
     from conceptsim.models.weights import CARRIERS
 
     for name, spec in registry.MODELS.items():
-        assert (spec.carrier is not None) == spec.offline, name
+        assert (spec.carrier is not None) == (spec.offline and spec.has_twin), name  # pixels: no weights at all
         assert spec.carrier is None or spec.carrier in CARRIERS, f"{name}: unknown carrier {spec.carrier!r}"
+
+
+def test_pixels_model_is_registered_without_weights_or_twin():
+    from conceptsim.models.names import PIXELS_MODEL
+
+    assert PIXELS_MODEL in registry.model_names() and PIXELS_MODEL + ":random" not in registry.model_names()
+    assert registry.missing_weights(PIXELS_MODEL) == []
+    for twin in (PIXELS_MODEL + ":random", PIXELS_MODEL + ":random@2"):
+        with pytest.raises(UnknownModelError, match="no random-init twin"):
+            parse_model_name(twin)
+    loaded = build_model(PIXELS_MODEL)
+    x = torch.rand(2, 3, 224, 224)
+    out = loaded.features(x)
+    assert [tuple(o.shape) for o in out] == [(2, 3, 56, 56), (2, 3, 28, 28), (2, 3, 14, 14), (2, 3, 7, 7)]
+    z = (x - torch.tensor(registry.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(registry.IMAGENET_STD).view(1, 3, 1, 1)
+    assert torch.allclose(out[3], z.reshape(2, 3, 7, 32, 7, 32).mean(dim=(3, 5)), atol=1e-5)
+    traced, total = trace_depth(loaded.module, list(loaded.spec.default_layers), x[:1])
+    assert total == 0 and {t.relative_depth for t in traced} == {0.0}
+    with pytest.raises(RuntimeError, match="no Conv2d"):  # any other model without convolutions: an error
+        trace_depth(torch.nn.Sequential(torch.nn.AvgPool2d(2)), ["0"], x[:1])

@@ -8,7 +8,7 @@ from conceptsim.concepts.stage import DegenerateLayerError, check_constant_chann
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.models.names import base_name, is_twin, split_twin_name, twin_name, twin_names
 from conceptsim.models.registry import UnknownModelError, build_model, parse_model_name, shared_blocks
-from conceptsim.models.twins import calibrate, calibration_images
+from conceptsim.models.twins import TWIN_INIT_VERSION, calibrate, calibration_images, twin_init_seed
 
 REGISTRY_TWINS = ["ssd_mobilenet_v2_coco:random", "centernet_mobilenet_v3_coco:random", "mobilenet_v2_imagenet:random"]
 FLOAT16_TINY = 6.1e-5  # smallest normal float16
@@ -37,7 +37,38 @@ def test_twin_seeds_differ_and_repeat():
     assert not torch.equal(a.module.state_dict()[w], b.module.state_dict()[w])
     for (_, pa), (_, pb) in zip(a.module.state_dict().items(), a2.module.state_dict().items()):
         assert torch.equal(pa, pb)
-    assert b.weights_sha256 == "random-init-v3-seed-1"
+    assert b.weights_sha256 == f"random-init-v{TWIN_INIT_VERSION}-seed-1"
+
+
+def test_twin_init_seed_mixes_seed_and_architecture():
+    seeds = {twin_init_seed(arch, s) for arch in ("ssd_mobilenet_v2_coco", "mobilenet_v2_imagenet") for s in range(3)}
+    assert len(seeds) == 6 and twin_init_seed("mobilenet_v2_imagenet", 1) == twin_init_seed("mobilenet_v2_imagenet", 1)
+    with pytest.raises(ValueError, match="non-negative"):
+        twin_init_seed("m", -1)
+
+
+def _block_convolutions(module: torch.nn.Module, block: str) -> list[torch.nn.Conv2d]:
+    return [m for m in dict(module.named_modules())[block].modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_twins_of_architectures_that_share_blocks_share_no_random_weights():
+    """SSD-MobileNetV2's and MobileNetV2's twins of the same seed: every corresponding convolution
+    (registry.shared_blocks) uncorrelated, |r| < 0.1; the same twin built twice is identical."""
+    ssd_name, mobilenet_name = "ssd_mobilenet_v2_coco", "mobilenet_v2_imagenet"
+    blocks = {a: b for a, b in shared_blocks(ssd_name, mobilenet_name).items() if not a.endswith(".expand")}
+    for seed in (0, 1, 2):
+        ssd, mobilenet = build_model(twin_name(ssd_name, seed)), build_model(twin_name(mobilenet_name, seed))
+        r = []
+        for a, b in blocks.items():
+            convs_a, convs_b = _block_convolutions(ssd.module, a), _block_convolutions(mobilenet.module, b)
+            assert len(convs_a) == len(convs_b) > 0, (a, b)
+            for ca, cb in zip(convs_a, convs_b):
+                assert ca.weight.shape == cb.weight.shape, (a, b)
+                r.append(np.corrcoef(ca.weight.flatten().numpy(), cb.weight.flatten().numpy())[0, 1])
+        assert len(r) == 52 and np.max(np.abs(r)) < 0.1, (seed, np.max(np.abs(r)))
+    again = build_model(twin_name(ssd_name, 2))
+    for (k, pa), (_, pb) in zip(ssd.module.state_dict().items(), again.module.state_dict().items()):
+        assert torch.equal(pa, pb), k
 
 
 def test_calibration_images_are_seeded_and_image_like():
@@ -78,7 +109,8 @@ def photos():
 @pytest.mark.slow  # builds the three registry twins and runs them on 12 photos (about 20 s CPU each)
 @pytest.mark.parametrize("name", REGISTRY_TWINS)
 def test_every_probed_twin_layer_carries_signal_on_real_photos(name, photos):
-    """No constant channel (a 1 x 1 map may have a rare dead unit) and per-channel spreads well inside
+    """No constant channel (a 1 x 1 map, one value per photo, may have the few dead units the concept stage
+    allows there: SSD's extras.3 in the seed-0 twin has 3 of 128 on these 12 photos) and per-channel spreads well inside
     float16's normal range, on the real photos that ship with the installed packages."""
     loaded = build_model(name)
     x = torch.stack([loaded.preprocessing.apply_image(p) for p in photos])
@@ -90,8 +122,10 @@ def test_every_probed_twin_layer_carries_signal_on_real_photos(name, photos):
         a = acts[layer]
         sd = a.transpose(0, 1).reshape(a.shape[1], -1).std(dim=1)
         constant = int((sd == 0).sum())
-        allowed = int(0.01 * a.shape[1]) if a.shape[-2:] == (1, 1) else 0
-        assert constant <= allowed, f"{name} {layer}: {constant} of {a.shape[1]} channels constant"
+        if a.shape[-2:] == (1, 1):  # one value per photo: the concept stage's rule for few observations
+            check_constant_channels(name, layer, constant, a.shape[1], "error_for_twins", observations=a.shape[0])
+        else:
+            assert constant == 0, f"{name} {layer}: {constant} of {a.shape[1]} channels constant"
         live = sd[sd > 0]
         assert live.min() > 100 * FLOAT16_TINY, f"{name} {layer}: smallest channel spread {live.min():.2e}"
         assert a.abs().max() < FLOAT16_MAX / 100, f"{name} {layer}: values up to {a.abs().max():.2e}"

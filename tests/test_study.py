@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conceptsim.models.names import PIXELS_MODEL, is_twin, twin_name, twin_names
 from conceptsim.study import StudyError, load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,11 @@ def test_default_and_paper_studies_are_valid():
     default = load_study(ROOT / "studies" / "default.yml")
     assert set(default.datasets) == {"shapes", "photo-colors", "coco-icons"}
     assert default.datasets["coco-icons"]["split"] == {"by": "style", "test": ["noto"], "val": ["twemoji"]}
-    assert len(default.models) == 6 and all(m + ":random" in default.models for m in default.models if ":" not in m)
+    trained = [m for m in default.models if not is_twin(m) and m != PIXELS_MODEL]
+    assert len(trained) == 3 and all(set(twin_names(m, 3)) <= set(default.models) for m in trained)
+    assert PIXELS_MODEL in default.models and PIXELS_MODEL in load_study(ROOT / "studies" / "default.yml", smoke=True).models
+    smoke = load_study(ROOT / "studies" / "default.yml", smoke=True)  # one twin seed per model
+    assert {m for m in smoke.models if is_twin(m)} == {twin_name(m) for m in trained}
     paper = load_study(ROOT / "studies" / "paper.yml")
     assert {"yolov5su", "ssd300_vgg16", "fasterrcnn_resnet50_fpn"} <= set(paper.models)
 
@@ -128,3 +133,32 @@ def test_twin_seeds_are_models_of_the_study():
     assert runs["concepts/shapes/mobilenet_v2_imagenet:random@1"].parameters["random_twin"] == ""
     with pytest.raises(StudyError, match="random@SEED"):
         parse_study(minimal(models=["mobilenet_v2_imagenet:random@one"]), Path("t.yml"))
+
+
+def test_twins_are_probed_at_their_architectures_layers():
+    models = ["mobilenet_v2_imagenet", "mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet:random@1"]
+    s = parse_study(minimal(models=models, layers={"mobilenet_v2_imagenet": ["features.3", "features.6"],
+                                                   "mobilenet_v2_imagenet:random@1": ["features.9"]}))
+    layers = {r.model: r.parameters["layers"] for r in s.runs() if r.stage == "extract"}
+    assert layers == {"mobilenet_v2_imagenet": ["features.3", "features.6"],
+                      "mobilenet_v2_imagenet:random": ["features.3", "features.6"],
+                      "mobilenet_v2_imagenet:random@1": ["features.9"]}  # its own entry wins
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_default_study_probes_shared_blocks_for_the_positive_control(smoke):
+    """SSD-MobileNetV2 and MobileNetV2 (and each of their twins) are probed at >= 5 corresponding blocks
+    (methods.md, "Testing the findings, third version"); in the smoke study at >= 2."""
+    from conceptsim.models.registry import shared_blocks
+    from conceptsim.pipeline import probed_layers
+
+    s = load_study(ROOT / "studies" / "default.yml", smoke=smoke)
+    probed = {r.model: probed_layers(r.model, r.parameters["layers"], s.sections["extraction"]["max_layers"])
+              for r in s.runs() if r.stage == "extract" and r.dataset == "shapes"}
+    ssd = [m for m in probed if m.startswith("ssd_mobilenet_v2_coco")]
+    mobilenet = [m for m in probed if m.startswith("mobilenet_v2_imagenet")]
+    assert len(ssd) == len(mobilenet) == (2 if smoke else 4)
+    for a in ssd:
+        for b in mobilenet:
+            pairs = {(la, lb) for la, lb in shared_blocks(a, b).items() if la in probed[a] and lb in probed[b]}
+            assert len(pairs) >= (2 if smoke else 5), (a, b, pairs)

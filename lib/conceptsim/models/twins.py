@@ -17,6 +17,10 @@ at the first training step*:
    standardised on the same batch and the scale and shift are folded into its weights and bias, in
    execution order within the one pass.
 
+Seeds: twin ``SEED`` of architecture ``NAME`` is built and initialised under :func:`twin_init_seed`
+(``SEED``, ``NAME``), on a forked random stream, so each twin is deterministic and twins of architectures
+that share blocks never share random weights.
+
 After step 2 the weight scale of step 1 no longer matters for the output of a normalised layer (batch norm
 is invariant to it), so every twin has unit-scale pre-activations in every convolution, whatever its
 architecture: the twins are comparable, and no layer is empty. No real image is used.
@@ -24,12 +28,27 @@ architecture: the twins are comparable, and no layer is empty. No real image is 
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 from torch import nn
 
 #: bump when the twin construction changes (it is part of the twins' weight identity and store keys)
-TWIN_INIT_VERSION = 3
+TWIN_INIT_VERSION = 4
+
+
+def twin_init_seed(architecture: str, seed: int) -> int:
+    """The seed that initialises twin ``seed`` of ``architecture``: derived from both (methods.md, "Controls").
+
+    Two architectures that share blocks (SSD-MobileNetV2 and MobileNetV2) must never share random weights,
+    whatever their constructors do with the random stream: the twin seed is mixed with the CRC-32 of the
+    architecture name through numpy's ``SeedSequence``. Deterministic across processes and platforms.
+    """
+    if int(seed) < 0:
+        raise ValueError(f"twin seed must be a non-negative integer, got {seed!r}")
+    entropy = [int(seed), zlib.crc32(str(architecture).encode("utf-8"))]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
 @torch.no_grad()
@@ -129,13 +148,10 @@ def initialise_twin(module: nn.Module, preprocessing, seed: int, *, reference_in
     forward : how to run the model on a batch (default ``module(x)``).
     n_images : calibration images at 300 x 300 input; larger inputs get proportionally fewer (at least 4).
     """
-    state = torch.random.get_rng_state()
-    torch.manual_seed(int(seed))
-    try:
-        if not reference_init:
+    if not reference_init:
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+            torch.manual_seed(int(seed))
             kaiming_fan_in(module)
-    finally:
-        torch.random.set_rng_state(state)
     h, w = preprocessing.size
     # a pixel budget: large inputs (detectors at 640-800 px) calibrate on fewer images, at least 4
     n_images = max(4, min(int(n_images), int(n_images * 300 * 300 / (h * w))))
