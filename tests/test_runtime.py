@@ -43,7 +43,8 @@ def state():
     blas = sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})  # loaded libraries may add more
     return {"environ": dict(os.environ), "torch_threads": torch.get_num_threads(), "blas_threads": blas,
             "large_blocks_mmapped": mmapped,
-            "cache_folder": os.path.isdir(os.environ["CONCEPTSIM_CACHE"]), "connect": getattr(socket.socket.connect, "__module__", "socket")}
+            "cache_folder": os.path.isdir(os.environ["CONCEPTSIM_CACHE"]),
+            "connect": getattr(socket.socket.connect, "__module__", "socket")}
 
 before = state()
 import conceptsim, conceptsim.api, conceptsim.pipeline, conceptsim.cli, conceptsim.runner
