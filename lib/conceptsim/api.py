@@ -105,8 +105,8 @@ class Results:
     ----------
     study : str
         The study's name.
-    folder : pathlib.Path
-        The study's results folder.
+    folder
+        The study's results folder (a ``pathlib.Path``).
     """
 
     def __init__(self, study: str, root: str | Path | None = None) -> None:
