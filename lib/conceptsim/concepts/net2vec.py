@@ -223,7 +223,8 @@ def train_segmentation_probes(
     train, val : standardised activations of the train and validation splits.
     targets : soft targets ``n_train x K x h x w`` aligned with ``train`` (float16 is fine).
     val_eval : validation masks on the evaluation grid, for early stopping on val set IoU.
-    loss : ``balanced_bce``, ``net2vec_soft`` or ``dice`` (``probe_loss`` of this module). alpha : override of the class weights (default from ``targets``).
+    loss : ``balanced_bce``, ``net2vec_soft`` or ``dice`` (``probe_loss`` of this module).
+        alpha : override of the class weights (default from ``targets``).
     lr, epochs, patience, batch_size, seed, device : optimisation settings (methods.md defaults).
 
     Returns
