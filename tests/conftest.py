@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 
-# set before conceptsim is imported anywhere, so papermill kernels started by tests are cut off too
+# inherited by every process the tests start: papermill kernels (whose notebooks call runtime.setup) are cut off too
 os.environ["CONCEPTSIM_FORBID_NETWORK"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from conceptsim import netguard  # noqa: E402
+from conceptsim import netguard, runtime  # noqa: E402
+
+# the test process is set up as the command line sets up its own: cache folders (inherited by the kernels
+# the tests start), threads, allocator; importing the library sets nothing (tests/test_runtime.py)
+runtime.setup()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,5 +1,11 @@
 """conceptsim: interpretable, concept-based comparison of CNN feature spaces.
 
+The public API (:mod:`conceptsim.api`, importable from here): :func:`open_results` reads a study's
+results, :func:`run_study` runs a study file, and the measures work on arrays you bring
+(:func:`concept_similarity`, :func:`concept_agreement`, :func:`linear_cka`, the probes). Importing the
+package changes nothing in your process; the command line and the stage notebooks prepare theirs with
+:func:`conceptsim.runtime.setup`.
+
 The package is laid out as the pipeline runs:
 
 - :mod:`conceptsim.data` -- COCO-format concept datasets, embedded offline datasets, model-input geometry;
@@ -10,17 +16,49 @@ The package is laid out as the pipeline runs:
 - :mod:`conceptsim.comparison` -- concept-output similarity, CKA, the tests of the paper's findings;
 - :mod:`conceptsim.study` and :mod:`conceptsim.runner` -- study files and the papermill runner;
 - :mod:`conceptsim.book` -- the generated book pages and the book's assets;
-- :mod:`conceptsim.paths` (result layout) and :mod:`conceptsim.runtime` (process tuning) -- infrastructure.
+- :mod:`conceptsim.paths` (result layout) and :mod:`conceptsim.runtime` (process set-up) -- infrastructure.
 """
 
-import os as _os
-
-from conceptsim import paths as _paths
-
-_paths.configure_environment()
-if _os.environ.get("CONCEPTSIM_FORBID_NETWORK") == "1":
-    from conceptsim import netguard as _netguard
-
-    _netguard.install()
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# the public API, loaded on first use (it imports torch, pandas and scikit-learn)
+_API = (
+    "Results", "open_results", "run_study", "StudyRunError",
+    "concept_similarity", "concept_agreement", "linear_cka", "debiased_cka",
+    "train_segmentation_probes", "SegProbes", "SplitData", "EvalSet", "Standardiser",
+    "train_classification_probes", "ClsProbes",
+)
+__all__ = ["__version__", *_API]
+
+if TYPE_CHECKING:
+    from conceptsim.api import (  # noqa: F401
+        ClsProbes,
+        EvalSet,
+        Results,
+        SegProbes,
+        SplitData,
+        Standardiser,
+        StudyRunError,
+        concept_agreement,
+        concept_similarity,
+        debiased_cka,
+        linear_cka,
+        open_results,
+        run_study,
+        train_classification_probes,
+        train_segmentation_probes,
+    )
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from conceptsim import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'conceptsim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from conceptsim import runtime
+
+    runtime.setup()  # this process and the kernels it starts: folders, threads, allocator (nothing is set on import)
     from conceptsim.models.registry import UnknownModelError
     from conceptsim.models.weights import WeightsError
     from conceptsim.study import StudyError

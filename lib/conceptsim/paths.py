@@ -59,16 +59,17 @@ def model_dir_name(model: str) -> str:
 
 
 # ----------------------------------------------------------------------------- result layout
-def study_results(study: str) -> Path:
-    return results_dir() / study
+def study_results(study: str, root: str | Path | None = None) -> Path:
+    """A study's results folder, under ``root`` (a results folder) or :func:`results_dir`."""
+    return (Path(root) if root is not None else results_dir()) / study
 
 
-def dataset_results(study: str, dataset: str) -> Path:
-    return study_results(study) / dataset
+def dataset_results(study: str, dataset: str, root: str | Path | None = None) -> Path:
+    return study_results(study, root) / dataset
 
 
-def model_results(study: str, dataset: str, model: str) -> Path:
-    return dataset_results(study, dataset) / model_dir_name(model)
+def model_results(study: str, dataset: str, model: str, root: str | Path | None = None) -> Path:
+    return dataset_results(study, dataset, root) / model_dir_name(model)
 
 
 def store_path(study: str, dataset: str, model: str) -> Path:

@@ -1,8 +1,8 @@
 """Stage entry points that the notebooks call: each joins the data, model and stage modules.
 
 Result paths come from :mod:`conceptsim.paths` (``dataset_results``, ``model_results``, ``store_path`` and
-``masks_dir`` stay importable from here). Importing this module applies the process settings of
-:mod:`conceptsim.runtime` (allocator, torch and BLAS threads) once.
+``masks_dir`` stay importable from here). Importing this module changes nothing in the process: the
+notebooks call :func:`conceptsim.runtime.setup` first (allocator, torch and BLAS threads, folders).
 """
 
 from __future__ import annotations
@@ -25,12 +25,6 @@ from conceptsim.paths import (
     store_path,
     vectors_dir,
 )
-from conceptsim.runtime import configure_process, notes_to_stdout
-
-# the notebooks import this module first: their kernel process is tuned once, here, and the library's
-# notes (log records) print as plain output lines of the page
-configure_process()
-notes_to_stdout()
 
 
 def spread(items: Sequence[str], k: int) -> list[str]:

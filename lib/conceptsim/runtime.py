@@ -1,16 +1,26 @@
-"""Process tuning, applied once per process: the allocator, torch's and BLAS's threads.
+"""Process set-up, made explicitly by whoever runs the pipeline: importing the library changes nothing.
 
-The stages run inside notebook kernels (one process per run, several runs at once with ``--jobs``) and
-inside benchmark and test processes. :func:`configure_process` makes the same settings in all of them:
+:func:`setup` prepares a process that runs the pipeline. It is called by the command line
+(:func:`conceptsim.cli.main`), by the stage notebooks' first code cell (so every papermill kernel gets it)
+and by the test suite's ``conftest.py``; a user's own notebook that only reads results or computes a
+measure does not need it. It
 
-- freed memory is kept for reuse (:func:`conceptsim.allocator.keep_freed_memory`);
-- torch uses ``CONCEPTSIM_TORCH_THREADS`` threads when that is set to a positive number (the runner sets
-  it from ``--jobs`` so parallel runs do not oversubscribe the cores), else its own default;
-- BLAS (numpy, scikit-learn) is held to one thread: the stages call it on many small problems, where
-  extra BLAS threads only wait for each other.
+- points tool config and cache folders (matplotlib, Jupyter, IPython, torch, ultralytics) into the
+  project's cache and keeps ultralytics offline (:func:`conceptsim.paths.configure_environment`; values
+  already set win);
+- cuts the network (:mod:`conceptsim.netguard`) when ``CONCEPTSIM_FORBID_NETWORK=1`` (the test suite's
+  switch, inherited by the kernels the tests start);
+- tunes the process (:func:`configure_process`): freed memory is kept for reuse
+  (:func:`conceptsim.allocator.keep_freed_memory`); torch uses ``CONCEPTSIM_TORCH_THREADS`` threads when
+  that is set to a positive number (the runner sets it from ``--jobs`` so parallel runs do not oversubscribe
+  the cores), else its own default; BLAS (numpy, scikit-learn) is held to one thread: the stages call it on
+  many small problems, where extra BLAS threads only wait for each other;
+- prints the library's notes as plain output lines (:func:`notes_to_stdout`).
 
-The notebooks get it by importing :mod:`conceptsim.pipeline`; library entry points that are also called
-directly (:func:`conceptsim.extraction.extract.extract`) call it themselves. Calling it again does nothing.
+Library entry points that are also called directly (:func:`conceptsim.extraction.extract.extract`, the
+concept stage) apply :func:`configure_process` themselves when they run. Every step happens once per
+process; calling :func:`setup` again does nothing more. ``tests/test_runtime.py`` checks that importing
+the library leaves ``os.environ``, the thread counts and the allocator as they were.
 """
 
 from __future__ import annotations
@@ -18,11 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-
-import torch
-from threadpoolctl import threadpool_limits
-
-from conceptsim.allocator import keep_freed_memory
 
 _configured = False
 
@@ -45,13 +50,35 @@ def notes_to_stdout() -> None:
 
 
 def configure_process() -> None:
-    """Apply the settings of the module docstring, once per process."""
+    """Keep freed memory, set torch's threads from the environment and hold BLAS to one thread, once per process."""
     global _configured
     if _configured:
         return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from conceptsim.allocator import keep_freed_memory
+
     keep_freed_memory()
     n = torch_threads_from_environment()
     if n > 0:
         torch.set_num_threads(n)
     threadpool_limits(limits=1, user_api="blas")
     _configured = True
+
+
+def setup() -> None:
+    """Prepare this process to run the pipeline (folders, network guard, threads, allocator, notes).
+
+    See the module docstring for what it changes. Call it once, first, in a process that runs stages:
+    the command line and the stage notebooks do. Calling it again does nothing more.
+    """
+    from conceptsim.paths import configure_environment
+
+    configure_environment()
+    if os.environ.get("CONCEPTSIM_FORBID_NETWORK") == "1":
+        from conceptsim import netguard
+
+        netguard.install()
+    configure_process()
+    notes_to_stdout()

@@ -129,3 +129,48 @@ def partial_correlation(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(ok, gram / np.where(ok, scale, 1.0), np.nan)
     return np.clip(r, -1.0, 1.0)
+
+
+AGREEMENT_METHODS = ("seg_kappa", "seg_obs_exp", "cls_partial")
+
+
+def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa") -> float:
+    """Agreement beyond accuracy of one concept between two layers, from their outputs and the truth.
+
+    The per-pair front door of this module's statistics (plain numpy, one call per layer pair and concept);
+    the comparison stage computes the same numbers for all pairs at once from the streamed sums.
+
+    Parameters
+    ----------
+    outputs_a, outputs_b : array_like
+        The concept's logits of layers A and B on the same images: ``N x gh x gw`` on the evaluation grid
+        for ``seg_kappa`` and ``seg_obs_exp`` (a pixel is marked where ``logit >= 0``), ``N`` image logits
+        for ``cls_partial``.
+    truth : array_like
+        The true masks (``N x gh x gw``, for the ``seg`` methods) or the presence labels (``N``, for
+        ``cls_partial``), 0/1 or boolean.
+    method : {"seg_kappa", "seg_obs_exp", "cls_partial"}
+        ``seg_kappa``: ``(O - E) / (min(|B_A|, |B_B|) - E)`` with ``O`` the observed overlap of the two
+        masks and ``E`` the overlap of probes erring independently given the truth; ``seg_obs_exp``:
+        ``O / E``; ``cls_partial``: the Pearson correlation of the logits after subtracting each class's
+        mean.
+
+    Returns
+    -------
+    float
+        The agreement; NaN when it is undefined (no room above chance, e.g. a perfect or an empty probe;
+        logits constant within both classes).
+    """
+    if method not in AGREEMENT_METHODS:
+        raise ValueError(f"method must be one of {AGREEMENT_METHODS}, got {method!r}")
+    a = np.asarray(outputs_a, dtype=np.float64)
+    b = np.asarray(outputs_b, dtype=np.float64)
+    t = np.asarray(truth)
+    if a.shape != b.shape or a.shape != t.shape:
+        raise ValueError(f"outputs and truth must have the same shape, got {a.shape}, {b.shape} and truth {t.shape}")
+    t = t.astype(bool)
+    if method == "cls_partial":
+        return float(partial_correlation(np.stack([a.ravel(), b.ravel()])[None], t.reshape(-1, 1))[0, 0, 1])
+    ma, mb = a >= 0, b >= 0
+    kappa, obs_exp = kappa_from_sums((ma & mb).sum(), ma.sum(), mb.sum(), (ma & t).sum(), (mb & t).sum(), t.sum(), t.size)
+    return float(kappa if method == "seg_kappa" else obs_exp)

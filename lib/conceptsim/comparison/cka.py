@@ -59,7 +59,7 @@ def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
 
 
 def debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Debiased linear CKA of two feature matrices (direct formula through :func:`hsic_unbiased`)."""
+    """Debiased linear CKA of two feature matrices (direct formula through ``hsic_unbiased`` of this module)."""
     k, l = gram(x), gram(y)
     den = np.sqrt(max(hsic_unbiased(k, k), 0.0) * max(hsic_unbiased(l, l), 0.0))
     return float(hsic_unbiased(k, l) / den) if den > 0 else float("nan")

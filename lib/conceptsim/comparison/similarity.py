@@ -378,8 +378,8 @@ def concept_similarity(outputs_a, outputs_b, method: str = "seg") -> float:
     """S(c; A, B) of one concept between two layers, from their outputs on the same test images.
 
     The metric's front door and slow reference (plain numpy, one call per layer pair and concept); the
-    comparison stage computes the same numbers for all pairs at once with :class:`SegAccumulator` and
-    :func:`cls_similarity`.
+    comparison stage computes the same numbers for all pairs at once with ``SegAccumulator`` and
+    ``cls_similarity`` of this module.
 
     Parameters
     ----------

@@ -53,7 +53,8 @@ class EvalSet:
     ----------
     masks : bool ``n x K x gh x gw`` (image frame), positions aligned with the split's ``SplitData``.
     boxes : float32 ``n x 4`` content boxes in input-frame pixels.
-    input_size : (H, W) of the model input frame.
+    input_size : tuple of int
+        (H, W) of the model input frame.
     """
 
     masks: torch.Tensor
@@ -222,7 +223,8 @@ def train_segmentation_probes(
     train, val : standardised activations of the train and validation splits.
     targets : soft targets ``n_train x K x h x w`` aligned with ``train`` (float16 is fine).
     val_eval : validation masks on the evaluation grid, for early stopping on val set IoU.
-    loss : see :func:`probe_loss`. alpha : override of the class weights (default from ``targets``).
+    loss : ``balanced_bce``, ``net2vec_soft`` or ``dice`` (``probe_loss`` of this module).
+        alpha : override of the class weights (default from ``targets``).
     lr, epochs, patience, batch_size, seed, device : optimisation settings (methods.md defaults).
 
     Returns
