@@ -34,8 +34,10 @@ def test_concept_agreement_known_answers():
     truth[:4] = True
     a = np.where(np.isin(np.arange(10), [0, 1, 2, 5, 6]), 1.0, -1.0)  # 3 true positives, 2 false positives
     b = np.where(np.isin(np.arange(10), [0, 1, 3, 5, 7]), 1.0, -1.0)
+    truth, a, b = truth[None], a[None], b[None]  # one image of 10 pixels
     expected = 3 * 3 / 4 + 2 * 2 / 6  # overlap of probes erring independently given the truth
-    assert conceptsim.concept_agreement(a, b, truth) == pytest.approx((3 - expected) / (5 - expected))
+    assert conceptsim.concept_agreement(a, b, truth) == pytest.approx(2 * (3 - expected) / (10 - 2 * expected))
+    assert conceptsim.concept_agreement(a, b, truth, "seg_kappa_max") == pytest.approx((3 - expected) / (3 + 2 - expected))
     assert conceptsim.concept_agreement(a, b, truth, "seg_obs_exp") == pytest.approx(3 / expected)
     assert conceptsim.concept_agreement(a, a, truth) == pytest.approx(1.0)
     perfect = truth * 2.0 - 1
@@ -44,7 +46,7 @@ def test_concept_agreement_known_answers():
     with pytest.raises(ValueError, match="method must be one of"):
         conceptsim.concept_agreement(a, b, truth, "kappa")
     with pytest.raises(ValueError, match="same shape"):
-        conceptsim.concept_agreement(a, b[:5], truth)
+        conceptsim.concept_agreement(a, b[:, :5], truth)
 
 
 def test_cls_partial_is_the_correlation_of_within_class_residuals():

@@ -131,7 +131,7 @@ def partial_correlation(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-AGREEMENT_METHODS = ("seg_kappa", "seg_obs_exp", "cls_partial")
+AGREEMENT_METHODS = ("seg_kappa", "seg_kappa_max", "seg_obs_exp", "cls_partial")
 
 
 def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa") -> float:
@@ -143,15 +143,17 @@ def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa") ->
     Parameters
     ----------
     outputs_a, outputs_b : array_like
-        The concept's logits of layers A and B on the same images: ``N x gh x gw`` on the evaluation grid
-        for ``seg_kappa`` and ``seg_obs_exp`` (a pixel is marked where ``logit >= 0``), ``N`` image logits
-        for ``cls_partial``.
+        The concept's logits of layers A and B on the same images: ``N x ...`` pixels per image (e.g.
+        ``N x gh x gw`` on the evaluation grid) for ``seg_kappa``, ``seg_kappa_max`` and ``seg_obs_exp`` (a
+        pixel is marked where ``logit >= 0``; the strata are each image's truth-on and truth-off pixels),
+        ``N`` image logits for ``cls_partial``.
     truth : array_like
         The true masks (``N x gh x gw``, for the ``seg`` methods) or the presence labels (``N``, for
         ``cls_partial``), 0/1 or boolean.
-    method : {"seg_kappa", "seg_obs_exp", "cls_partial"}
-        ``seg_kappa``: ``(O - E) / (min(|B_A|, |B_B|) - E)`` with ``O`` the observed overlap of the two
-        masks and ``E`` the overlap of probes erring independently given the truth; ``seg_obs_exp``:
+    method : {"seg_kappa", "seg_kappa_max", "seg_obs_exp", "cls_partial"}
+        ``seg_kappa``: ``2 (O - E) / (A + B - 2 E)`` with ``O`` the observed overlap of the two masks,
+        ``A``, ``B`` their sizes and ``E`` the overlap of probes erring independently given the truth within
+        each image; ``seg_kappa_max``: ``(O - E) / (sum of per-stratum minima - E)``; ``seg_obs_exp``:
         ``O / E``; ``cls_partial``: the Pearson correlation of the logits after subtracting each class's
         mean.
 
@@ -171,6 +173,11 @@ def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa") ->
     t = t.astype(bool)
     if method == "cls_partial":
         return float(partial_correlation(np.stack([a.ravel(), b.ravel()])[None], t.reshape(-1, 1))[0, 0, 1])
-    ma, mb = a >= 0, b >= 0
-    kappa, obs_exp = kappa_from_sums((ma & mb).sum(), ma.sum(), mb.sum(), (ma & t).sum(), (mb & t).sum(), t.sum(), t.size)
-    return float(kappa if method == "seg_kappa" else obs_exp)
+    n = t.shape[0] if t.ndim else 1
+    ma, mb, t = (x.reshape(n, -1) for x in (a >= 0, b >= 0, t))
+    counts = stratum_counts(torch.from_numpy(np.stack([ma, mb]).astype(np.int8)), [torch.from_numpy(t.astype(np.int8)),
+                                                                                     torch.from_numpy((~t).astype(np.int8))])
+    sizes = torch.from_numpy(np.stack([t.sum(1), (~t).sum(1)]).astype(np.float64))
+    e, mn = stratum_sums(counts, sizes)
+    kappa, kmax, obs_exp = kappa_from_strata((ma & mb).sum(), ma.sum(), mb.sum(), float(e[0, 1]), float(mn[0, 1]))
+    return float({"seg_kappa": kappa, "seg_kappa_max": kmax, "seg_obs_exp": obs_exp}[method])

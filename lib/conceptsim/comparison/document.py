@@ -60,7 +60,7 @@ from conceptsim.comparison.finding2 import Finding2, advantage, aligned_test, po
 from conceptsim.comparison.findings import emergence_depth, finite_or_none, quality_arrays, rng_for
 from conceptsim.comparison.outputs import StudyOutputs
 from conceptsim.comparison.verdicts import assign_verdicts, not_testable
-from conceptsim.models.names import split_twin_name
+from conceptsim.models.names import PIXELS_MODEL, split_twin_name
 from conceptsim.models.registry import shared_blocks
 
 FINDINGS_SCHEMA = 3
@@ -68,7 +68,7 @@ FINDINGS_SCHEMA = 3
 PRIMARY = {"seg": "seg_kappa", "cls": "cls_partial"}
 RAW = {"seg": "seg", "cls": "cls"}
 #: the floor model: image pixels pooled to the study's grids; never one side of a finding
-PIXELS = "pixels"
+PIXELS = PIXELS_MODEL
 #: bootstrap replicates of the learned-concept filter on val
 FILTER_BOOTSTRAP = 1000
 
