@@ -149,7 +149,7 @@ SECTIONS: dict[str, dict[str, tuple[Any, Rule]]] = {
     },
     "comparison": {
         "permutations": (10000, integer(1)),
-        "bootstrap": (1000, integer(1)),
+        "bootstrap": (10000, integer(1)),
     },
 }
 SECTION_DEFAULTS = {s: {k: d for k, (d, _) in opts.items()} for s, opts in SECTIONS.items()}

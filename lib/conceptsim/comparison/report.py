@@ -21,7 +21,6 @@ METHOD_NAMES = {"seg": "segmentation (agreement beyond accuracy: seg_kappa; raw 
 SHORT_METHOD = {"seg": "seg", "cls": "cls"}
 COMPONENT_NAMES = {"aligned": "aligned by depth", "beyond_resolution": "beyond resolution",
                    "from_training": "from training"}
-GLOSSARY = "methods.md#glossary"
 
 
 def load_findings(path_or_doc: str | Path | dict) -> dict:
@@ -265,7 +264,7 @@ def study_opening(docs: list[dict], study: str) -> str:
             f"{min(mdes):.2f} to {max(mdes):.2f} kappa / correlation units. " if mdes else "") +
         "*Contradicted* needs the whole interval below the smallest effect of interest (+0.05 for agreement, 0 for "
         "alignment); a failed test is never read as a refutation. Terms are defined in the "
-        f"[glossary]({GLOSSARY}).",
+        "{ref}`glossary`.",
     ]
     return "\n".join(lines) + "\n"
 
