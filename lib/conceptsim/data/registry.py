@@ -38,6 +38,7 @@ class DatasetSpec:
     build : ``build(out_dir, **params) -> annotation file`` (embedded) or ``fetch(root) -> DatasetSource``.
     defaults, smoke : build parameters of a full and of a smoke run (embedded only).
     limits : build parameter -> (lowest, highest or None) accepted value (embedded only).
+    choices : build parameter -> its accepted names, for parameters that name an option (coco-icons' ``mode``).
     version : builder version, part of the cache key.
     concept_categories, concepts : passed on to :class:`DatasetSource` (``concepts`` may be a function of
         the build parameters, for builds whose categories are a parameter).
@@ -55,6 +56,7 @@ class DatasetSpec:
     concept_categories: dict = field(default_factory=dict)
     concepts: dict | Callable | None = None
     limits: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
     split: dict | None = None
     missing: Callable[[], str | None] | None = None  # embedded: why its sources are absent here (None: present)
 
@@ -83,6 +85,7 @@ DATASETS: dict[str, DatasetSpec] = {
         coco_icons.build_coco_icons, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
         coco_icons.BUILDER_VERSION, coco_icons.concept_categories(), coco_icons.concepts_of_build,
         limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
+        choices={"mode": tuple(coco_icons.MODES)},
     ),
     "coco2017-val": DatasetSpec(
         "coco2017-val", "online", "COCO val2017 instance masks (person, vehicles, animals)",
