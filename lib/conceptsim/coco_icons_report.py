@@ -3,7 +3,8 @@
 ``python -m conceptsim.coco_icons_report [--n N --size S --seed K --out DIR]`` builds (or reuses) the
 dataset and writes into ``DIR`` (default ``book/datasets/coco-icons``):
 
-- ``examples.png``: example images per style, beside them the instance masks in colour;
+- ``examples.png``: example images per style, beside them the instance masks in colour (``mode: scene``);
+  ``examples-objects.png`` the same for a build of the same size in ``mode: objects`` (the default study's);
 - ``counts.csv``: images per concept and split under the style-held-out split of the default study;
 - ``detector_recall.csv`` and ``detector_recall.png``: the COCO detectors' own ``detect()`` at score
   >= 0.3 on the images of each style: the fraction of instances found (a detection of the right class with
@@ -266,6 +267,8 @@ def write_sanity(out: str | Path | None = None, n: int = 240, size: int = 320, s
     out.mkdir(parents=True, exist_ok=True)
     src = ensure_dataset("coco-icons", n=n, size=size, seed=seed)
     example_figure(src.annotation_file, out / "examples.png")
+    example_figure(ensure_dataset("coco-icons", n=n, size=size, seed=seed, mode="objects").annotation_file,
+                   out / "examples-objects.png")
     counts = split_counts(src.annotation_file)
     wide = counts.pivot(index="concept", columns="split", values="images")[["train", "val", "test"]]
     wide.reindex(counts["concept"].unique()).to_csv(out / "counts.csv")
