@@ -303,3 +303,24 @@ def test_all_splits_are_served_split_major(tmp_path):
     for s in ("train", "val", "test"):
         part = [i for i in ds.image_ids if ds.split_of(i) == s]
         assert part == sorted(part) == ConceptDataset(ann, split=s, min_area=0.0).image_ids
+
+
+def test_every_object_mask_unites_object_categories_only(fake):
+    """The every-object control: instances of object categories (car, bus: supercategory vehicle) whatever the
+    concepts served; shape categories (box, dot) are no objects; a dataset serving only shapes has no control."""
+    shapes_only = ConceptDataset(fake, concepts=["box", "dot"], min_area=0.0)
+    assert not shapes_only.has_objects
+    with pytest.raises(ValueError, match="not objects"):
+        shapes_only.object_label(1)
+    ds = ConceptDataset(fake, concepts={"box": {"categories": ["box"], "category": "object"}}, eval_grid=(4, 6))
+    assert ds.has_objects
+    car = np.zeros((40, 60), np.uint8)
+    car[0:4, 0:4] = 1  # the car polygon of image 1 (16 px = 0.67 % of the image)
+    for iid in ds.image_ids:
+        want = car if iid == 1 else np.zeros_like(car)
+        assert np.array_equal(ds.object_mask(iid), want)
+        assert ds.object_label(iid) == int(iid == 1)
+        row = ds.image_ids.index(iid)
+        assert ds[row]["objects_eval"].shape == (4, 6) and int(ds[row]["objects_eval"].sum()) == 0  # 4 x 4 px < half a 10 x 10 cell
+    batch = next(iter(make_loader(ds, batch_size=3)))
+    assert batch["objects_eval"].shape == (3, 4, 6) and batch["object_label"].shape == (3,)

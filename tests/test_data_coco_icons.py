@@ -220,3 +220,46 @@ def test_concept_category_is_the_coco_supercategory(small_build):
     assert got["person"] == "person" and got["clock"] == "indoor"
     assert set(coco_icons.concept_categories()) >= {c.name for c in CATEGORIES} | {"vehicle", "animal", "food"}
     assert coco_icons.concept_categories()["vehicle"] == "vehicle"
+
+
+def test_objects_mode_draws_one_or_two_large_mostly_visible_objects():
+    styles, cats = coco_icons.check_selection(FEW_STYLES, FEW_CATS)
+    bank = coco_icons.icon_bank(styles, cats, 48)
+    groups = coco_icons.background_groups(styles)
+    cover = {}
+    for mode in ("scene", "objects"):
+        comp = coco_icons.MODES[mode]
+        fractions, counts = [], []
+        for index in range(16):
+            _, _, _, objects = coco_icons.render_image(5, index, 96, styles, cats, bank, groups, mode)
+            counts.append(len(objects))
+            for o in objects:
+                own = (o["alpha"] > 0.5).sum()
+                assert o["mask"].sum() >= comp.min_visible * own  # occlusion rule of the mode
+                fractions.append(own / 96**2)
+        assert comp.objects[0] <= min(counts) and max(counts) <= comp.objects[1]
+        cover[mode] = float(np.median(fractions))
+    assert coco_icons.MODES["objects"].scale[0] >= 0.35 and coco_icons.MODES["objects"].objects == (1, 2)
+    assert cover["objects"] > 2 * cover["scene"]  # object-centric: far larger objects than the scene mode (2.7x)
+    with pytest.raises(ValueError, match=r"unknown coco-icons mode 'huge'.*objects.*scene"):
+        coco_icons.place_objects(5, 0, 96, styles, cats, bank, mode="huge")
+
+
+def test_mode_is_a_validated_build_parameter(tmp_path):
+    from conceptsim.data.registry import build_params
+    from conceptsim.validation import build_rules
+
+    rule = build_rules("coco-icons")["mode"]
+    assert rule.ok("objects") and rule.ok("scene") and not rule.ok("huge") and not rule.ok(3)
+    assert "objects" in rule.accepted
+    assert build_params("coco-icons", mode="objects")["mode"] == "objects"
+    with pytest.raises(ValueError, match="unknown coco-icons mode 'huge'"):
+        coco_icons.build_coco_icons(tmp_path / "x", n=2, size=64, styles=FEW_STYLES, mode="huge")
+    assert not (tmp_path / "x").exists()
+
+
+def test_default_study_composes_for_power():
+    import yaml
+
+    study = yaml.safe_load((ROOT / "studies" / "default.yml").read_text())
+    assert study["datasets"]["coco-icons"]["build"]["mode"] == "objects"

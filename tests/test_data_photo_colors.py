@@ -59,3 +59,25 @@ def test_build_deterministic_and_masks_match_stored_pixels(tmp_path):
     got = {coco.cats[x["category_id"]]["name"]: coco.annToMask(x) for x in coco.loadAnns(coco.getAnnIds(imgIds=[2]))}
     assert set(got) == set(want)
     assert all(np.array_equal(got[n], want[n].astype(np.uint8)) for n in want)
+
+
+def test_default_split_holds_four_photos_in_val_and_test_and_keeps_ten_colours(tmp_path, monkeypatch):
+    """The registry's split by source photo: 6 / 4 / 4 photos (a photo bootstrap of val or test has enough
+    units), every listed photo exists, and every colour but purple (one photo only) is served by all splits."""
+    monkeypatch.setenv("CONCEPTSIM_DATA", str(tmp_path))
+    from conceptsim.data.coco import ConceptDataset
+    from conceptsim.data.registry import DATASETS, ensure_dataset
+
+    rule = DATASETS["photo-colors"].split
+    names = {p.name for p in source_photos()}
+    assert len(names) == len(source_photos()) == 14
+    assert set(rule["test"]) <= names and set(rule["val"]) <= names
+    assert len(set(rule["test"])) >= 4 and len(set(rule["val"])) >= 4
+    assert len(names - set(rule["test"]) - set(rule["val"])) >= 6
+    src = ensure_dataset("photo-colors", n=160, size=48, seed=0)
+    ds = ConceptDataset(src)
+    d = json.loads(src.annotation_file.read_text())
+    photo = {im["id"]: im["source"] for im in d["images"]}
+    by_split = {s: {photo[i] for i in photo if ds.split_of(i) == s} for s in ("train", "val", "test")}
+    assert by_split["test"] == set(rule["test"]) and by_split["val"] == set(rule["val"])
+    assert {c.name for c in ds.concepts} == set(COLOUR_NAMES) - {"purple"}

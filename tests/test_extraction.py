@@ -289,3 +289,24 @@ def test_pixels_model_stores_the_standardised_image_pooled_at_each_stride(tmp_pa
         capped = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(z.reshape(3, 56, 4, 56, 4).mean(axis=(2, 4)))[None],
                                                          (20, 20))[0].numpy()
         np.testing.assert_allclose(store.activations("stride4")[row], capped, atol=1e-4)
+
+
+def test_activation_store_serves_the_every_object_control(small_dataset_and_model, tmp_path):
+    from conceptsim.data import coco_icons
+    from conceptsim.data.coco import ConceptDataset
+
+    loaded, shapes_ds = small_dataset_and_model
+    ann = coco_icons.build_coco_icons(tmp_path / "icons", n=8, size=96, seed=1, styles=["noto", "twemoji"],
+                                      categories=["car", "dog"], mode="objects", workers=1)
+    ds = ConceptDataset(ann, concepts=["dog"], split_by="random", min_area=0.0, preprocessing=loaded.preprocessing,
+                        eval_grid=(10, 10))
+    extract(loaded, ds, tmp_path / "icons.zarr", layers=["features.2"], batch_size=4, grid_cap=6, progress=False)
+    store = ActivationStore(tmp_path / "icons.zarr")
+    assert store.has_objects and store.object_masks.shape == (len(ds), 10, 10)
+    for row in range(len(ds)):
+        item = ds[row]
+        assert np.array_equal(np.asarray(store.object_masks[row]), item["objects_eval"].numpy())
+    assert store.object_labels.tolist() == [1] * len(ds)
+    extract(loaded, shapes_ds, tmp_path / "shapes.zarr", layers=["features.2"], batch_size=8, grid_cap=6, progress=False)
+    plain = ActivationStore(tmp_path / "shapes.zarr")
+    assert not plain.has_objects and plain.object_masks is None and plain.object_labels is None

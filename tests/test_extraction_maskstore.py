@@ -46,3 +46,49 @@ def test_missing_incomplete_and_stale_stores_are_refused(tmp_path):
     assert store.image_ids.tolist() == [5, 6]
     with pytest.raises(StoreError, match="no targets on grid 4x4"):
         store.targets((4, 4))
+
+
+def _union_of_all_instances(annotation_file, image_id):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(annotation_file))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+    return np.any([coco.annToMask(a) for a in anns], axis=0).astype(np.uint8)
+
+
+def test_every_object_mask_reaches_the_mask_store_whatever_the_concepts(tmp_path):
+    """coco-icons served with one concept (car): the store's every-object masks still cover every instance of
+    every category (cell rule of the concept masks), "some object present" is set, and the concept masks are
+    unchanged; a dataset whose concepts are colours has no every-object arrays."""
+    from conceptsim.data import coco_icons
+    from conceptsim.data.coco import ConceptDataset
+    from conceptsim.data.geometry import area_fraction_grid
+    from conceptsim.data.photo_colors import build_photo_colors
+    from conceptsim.extraction.maskstore import ensure_mask_store
+
+    ann = coco_icons.build_coco_icons(tmp_path / "icons", n=10, size=96, seed=3, styles=["noto", "twemoji"],
+                                      categories=["person", "car", "dog"], mode="scene", workers=1)
+    pp = Preprocessing(size=(64, 64), resize="letterbox")
+    ds = ConceptDataset(ann, concepts=["car"], split_by="random", min_area=0.0, preprocessing=pp, eval_grid=(12, 12))
+    assert ds.has_objects and [c.name for c in ds.concepts] == ["car"]
+    store, reused = ensure_mask_store(ds, [(4, 4)], tmp_path / "m", progress=False)
+    assert not reused and store.has_objects and store.objects.shape == (len(ds), 12, 12)
+    more_than_car = 0
+    for row, iid in enumerate(ds.image_ids):
+        every = _union_of_all_instances(ann, iid)
+        assert np.array_equal(ds.object_mask(iid), every)
+        want = (area_fraction_grid(every[None], (12, 12))[0] >= 0.5).astype(np.uint8)
+        assert np.array_equal(np.asarray(store.objects[row]), want)
+        assert np.array_equal(np.asarray(store.masks[row]), ds[row]["masks_eval"].numpy())
+        assert (np.asarray(store.masks[row, 0]) <= want).all()  # a concept's mask lies inside the every-object mask
+        more_than_car += int(want.sum() > np.asarray(store.masks[row, 0]).sum())
+    assert more_than_car > 0  # other categories' objects are in it too
+    assert store.object_labels.tolist() == [1] * len(ds)  # every coco-icons image shows an object
+    # a colour dataset: no every-object control, and asking for it is a clear error
+    pc = ConceptDataset(build_photo_colors(tmp_path / "pc", n=6, size=32), split_by="random", min_area=0.0,
+                        preprocessing=pp, eval_grid=(8, 8))
+    assert not pc.has_objects and "objects_eval" not in pc[0]
+    with pytest.raises(ValueError, match="not objects"):
+        pc.object_mask(pc.image_ids[0])
+    plain, _ = ensure_mask_store(pc, [(4, 4)], tmp_path / "m", progress=False)
+    assert not plain.has_objects and plain.objects is None and plain.object_labels is None

@@ -3,12 +3,17 @@
 ``python -m conceptsim.coco_icons_report [--n N --size S --seed K --out DIR]`` builds (or reuses) the
 dataset and writes into ``DIR`` (default ``book/datasets/coco-icons``):
 
-- ``examples.png``: example images per style, beside them the instance masks in colour;
+- ``examples.png``: example images per style, beside them the instance masks in colour (``mode: scene``);
+  ``examples-objects.png`` the same for a build of the same size in ``mode: objects`` (the default study's);
 - ``counts.csv``: images per concept and split under the style-held-out split of the default study;
 - ``detector_recall.csv`` and ``detector_recall.png``: the COCO detectors' own ``detect()`` at score
   >= 0.3 on the images of each style: the fraction of instances found (a detection of the right class with
   box IoU >= 0.5 against the visible mask's box) and the fraction found by class alone (a detection of the
   right class anywhere in the image).
+
+``python -m conceptsim.coco_icons_report --power [--mode objects --n 720 --max-images 240]`` instead runs
+the power check (:func:`probe_power`): a cheap proxy of the concept stage's classification probes, on
+global-average-pooled features, for a trained model and its random-init twin, written to ``--out`` as CSV.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from conceptsim.paths import project_root
 DETECTORS = ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco")
 #: The split the default study uses (see studies/default.yml).
 STYLE_SPLIT = {"by": "style", "test": ["noto"], "val": ["twemoji"]}
+#: The 20 categories of the default study's coco-icons build.
+DEFAULT_STUDY_CATEGORIES = ("person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "bird",
+                            "cat", "dog", "horse", "sheep", "cow", "elephant", "cup", "pizza", "chair", "tv")
 
 
 def _coco(annotation_file):
@@ -165,6 +173,91 @@ def recall_figure(table, path: str | Path) -> Path:
     return Path(path)
 
 
+def pooled_features(loaded, dataset, layers: Sequence[str], batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Per layer, the global-average-pooled activations (images x channels) of ``dataset``'s images."""
+    import torch
+
+    from conceptsim.extraction.hooks import record_activations
+
+    loaded.module.eval()
+    parts: dict[str, list] = {layer: [] for layer in layers}
+    with torch.no_grad(), record_activations(loaded.module, layers, model_name=loaded.spec.name) as rec:
+        for start in range(0, len(dataset), batch_size):
+            x = torch.stack([dataset.preprocessing.apply_image(dataset.read_image(i))
+                             for i in dataset.image_ids[start : start + batch_size]])
+            loaded.features(x)
+            for layer in layers:
+                parts[layer].append(rec[layer].float().mean(dim=(2, 3)).numpy())
+    return {layer: np.concatenate(v) for layer, v in parts.items()}
+
+
+def dominant_category(dataset) -> np.ndarray:
+    """Per image, the index (into the single-category concepts) of the category with the largest visible area."""
+    single = [k for k, c in enumerate(dataset.concepts) if len(c.category_ids) == 1]
+    return np.array([int(np.argmax(dataset.area_fractions(i)[single])) for i in dataset.image_ids])
+
+
+def probe_scores(train: tuple, val: tuple, test: tuple, cs: Sequence[float] = (0.01, 0.1, 1.0)) -> dict:
+    """Linear probes on one layer's pooled features: ``(features, dominant category, presence labels)`` per split.
+
+    ``accuracy``: multinomial logistic regression on the dominant category, its inverse regularisation
+    chosen on val (``val_accuracy``); ``ap``: mean over concepts with positives in train and test of the
+    average precision of a one-vs-rest logistic regression (class-balanced, C = 0.1) on presence.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train[0])
+    xs = [scaler.transform(split[0]) for split in (train, val, test)]
+    best = None
+    for c in cs:
+        clf = LogisticRegression(C=c, max_iter=2000).fit(xs[0], train[1])
+        v = float((clf.predict(xs[1]) == val[1]).mean())
+        if best is None or v > best[0]:
+            best = (v, float((clf.predict(xs[2]) == test[1]).mean()))
+    aps, val_aps = [], []
+    for k in range(train[2].shape[1]):
+        if train[2][:, k].min() == train[2][:, k].max() or test[2][:, k].max() == 0 or val[2][:, k].max() == 0:
+            continue
+        clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000).fit(xs[0], train[2][:, k])
+        val_aps.append(average_precision_score(val[2][:, k], clf.decision_function(xs[1])))
+        aps.append(average_precision_score(test[2][:, k], clf.decision_function(xs[2])))
+    return {"val_accuracy": best[0], "accuracy": best[1], "val_ap": float(np.mean(val_aps)), "ap": float(np.mean(aps)),
+            "ap_concepts": len(aps)}
+
+
+def probe_power(source, model: str = "mobilenet_v2_imagenet", split_by=STYLE_SPLIT, max_images: int | None = 240,
+                layers: Sequence[str] | None = None):
+    """The power check: ``model`` and its random-init twin, linear probes per layer on pooled features.
+
+    ``source`` is a coco-icons :class:`~conceptsim.data.coco.DatasetSource`; the splits (``split_by``,
+    ``max_images`` per split, smallest ids first) are the concept stage's. Returns one row per model and
+    layer (see :func:`probe_scores`); a model's "best" layer is the one with the highest val accuracy.
+    """
+    import pandas as pd
+
+    from conceptsim.data.coco import ConceptDataset
+    from conceptsim.models.names import twin_name
+    from conceptsim.models.registry import build_model
+
+    rows = []
+    for name in (model, twin_name(model)):
+        loaded = build_model(name)
+        chosen = list(layers or loaded.spec.default_layers)
+        data = {}
+        for s in ("train", "val", "test"):
+            ds = ConceptDataset(source, split=s, split_by=split_by, max_images=max_images, preprocessing=loaded.preprocessing)
+            labels = np.array([ds.labels_of(i) for i in ds.image_ids])
+            data[s] = (pooled_features(loaded, ds, chosen), dominant_category(ds), labels)
+        for depth, layer in enumerate(chosen):
+            split = {s: (f[layer], d, y) for s, (f, d, y) in data.items()}
+            rows.append({"model": name, "layer": layer, "depth": depth, **probe_scores(split["train"], split["val"], split["test"]),
+                         "train_images": len(split["train"][1]), "test_images": len(split["test"][1]),
+                         "categories": int(np.max([d.max() for _, d, _ in data.values()]) + 1)})
+    return pd.DataFrame(rows)
+
+
 def write_sanity(out: str | Path | None = None, n: int = 240, size: int = 320, seed: int = 0,
                  max_images_per_style: int | None = 40) -> Path:
     """Build (or reuse) ``coco-icons`` with these parameters and write the sanity figures into ``out``."""
@@ -174,6 +267,8 @@ def write_sanity(out: str | Path | None = None, n: int = 240, size: int = 320, s
     out.mkdir(parents=True, exist_ok=True)
     src = ensure_dataset("coco-icons", n=n, size=size, seed=seed)
     example_figure(src.annotation_file, out / "examples.png")
+    example_figure(ensure_dataset("coco-icons", n=n, size=size, seed=seed, mode="objects").annotation_file,
+                   out / "examples-objects.png")
     counts = split_counts(src.annotation_file)
     wide = counts.pivot(index="concept", columns="split", values="images")[["train", "val", "test"]]
     wide.reindex(counts["concept"].unique()).to_csv(out / "counts.csv")
@@ -190,7 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images-per-style", type=int, default=40)
     p.add_argument("--out")
+    p.add_argument("--power", action="store_true", help="run the power check (probe_power) and write its CSV to --out")
+    p.add_argument("--mode", default="scene", help="--power: the build's composition mode")
+    p.add_argument("--max-images", type=int, default=240, help="--power: images per split (smallest ids)")
+    p.add_argument("--categories", help="--power: comma-separated categories (default: the default study's 20)")
     a = p.parse_args(argv)
+    if a.power:
+        from conceptsim.data.registry import ensure_dataset
+
+        cats = a.categories.split(",") if a.categories else list(DEFAULT_STUDY_CATEGORIES)
+        src = ensure_dataset("coco-icons", n=a.n, size=a.size, seed=a.seed, categories=cats, mode=a.mode)
+        table = probe_power(src, max_images=a.max_images)
+        out = Path(a.out or f"coco-icons-power-{a.mode}-{a.n}-{a.max_images}.csv")
+        table.to_csv(out, index=False, float_format="%.4f")
+        print(table.to_string(index=False, float_format="%.3f"))
+        print(out)
+        return 0
     print(write_sanity(a.out, a.n, a.size, a.seed, a.max_images_per_style))
     return 0
 

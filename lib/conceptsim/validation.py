@@ -366,6 +366,9 @@ def build_rules(ds: str) -> dict[str, Rule]:
         low, high = DATASETS[ds].limits.get(key, (None, None))
         if isinstance(default, float):
             rules[key] = number(low if low is not None else -math.inf, high)
+        elif isinstance(default, str):  # an option by name (coco-icons' mode)
+            names = tuple(DATASETS[ds].choices.get(key, (default,)))
+            rules[key] = Rule(f"one of {list(names)}", lambda v, names=names: isinstance(v, str) and v in names)
         elif default is None:  # a subset by name (coco-icons styles, categories); the builder checks the names
             rules[key] = Rule("a list of names, or null (all)",
                               lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)))

@@ -17,11 +17,12 @@ def _build(args: argparse.Namespace) -> int:
     from conceptsim.data import registry
 
     overrides = {k: getattr(args, k) for k in ("n", "size", "seed") if getattr(args, k) is not None}
-    for k in ("styles", "categories"):
+    for k in ("styles", "categories", "mode"):
         if getattr(args, k, None):
             if args.name != "coco-icons":
                 raise ValueError(f"--{k} applies to coco-icons only, not {args.name}")
-            overrides[k] = [v.strip() for v in getattr(args, k).split(",") if v.strip()]
+            value = getattr(args, k)
+            overrides[k] = value if k == "mode" else [v.strip() for v in value.split(",") if v.strip()]
     if args.out is None:
         src = registry.ensure_dataset(args.name, smoke=args.smoke, **overrides)
         print(src.annotation_file)
@@ -91,6 +92,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="--out: delete a non-empty folder's contents even if it is not a previous build (lists them)")
     b.add_argument("--styles", help="coco-icons: comma-separated art styles (default: all)")
     b.add_argument("--categories", help="coco-icons: comma-separated COCO category names (default: all)")
+    b.add_argument("--mode", help="coco-icons: composition, 'scene' (1-4 objects of 10-60 %% of the side; default) "
+                                  "or 'objects' (1-2 objects of 35-80 %%)")
     b.set_defaults(func=_guarded(_build))
 
     f = sub.add_parser("fetch", help="download a paper dataset or register a local copy")

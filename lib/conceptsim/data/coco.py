@@ -38,6 +38,15 @@ SPLITS = ("train", "val", "test")
 #: Concept categories the suite knows; a COCO supercategory outside this set (e.g. "vehicle") names an
 #: object group, so its concepts get the category "object".
 CONCEPT_CATEGORIES = ("colour", "texture", "shape", "object", "part", "material", "scene")
+#: Concept categories that do not name objects; every other category (``object``, or a COCO supercategory
+#: such as ``vehicle`` or ``animal``) does. An annotation file's *object categories* are the categories whose
+#: own concept category (:func:`resolve_concepts` with each category a concept) is an object one.
+NON_OBJECT_CATEGORIES = ("colour", "texture", "shape", "part", "material", "scene")
+
+
+def is_object_category(category: str) -> bool:
+    """Whether a concept category names objects (see :data:`NON_OBJECT_CATEGORIES`)."""
+    return category not in NON_OBJECT_CATEGORIES
 #: Polygon vertices may lie this many pixels outside the image (annotation tools round outwards);
 #: anything further is an error, not a rounding artefact.
 POLYGON_TOLERANCE_PX = 1.0
@@ -339,6 +348,10 @@ class ConceptDataset(Dataset):
     Attributes
     ----------
     concepts : the concepts served, in mask/label order.
+    has_objects : whether the served concepts include an object concept (:func:`is_object_category`) and
+        the file has object categories. Then the dataset also serves the *every-object* control: per image
+        the union of all instances of every object category, whatever the concepts
+        (:meth:`object_mask`, :meth:`object_label`; items hold ``objects_eval`` and ``object_label``).
     excluded_concepts : concepts dropped because some split has no positive image, each a dict with
         ``concept``, ``split`` and ``reason``. The check covers all three splits, so every split of one
         configuration serves the same concepts.
@@ -420,6 +433,16 @@ class ConceptDataset(Dataset):
         self.concepts = [all_concepts[k] for k in keep]
         self._rles = {i: [rles[i][k] for k in keep] for i in used}
         self._area_fraction = {i: a[keep] for i, a in self._area_fraction.items()}
+        object_ids = {c.category_ids[0] for c in resolve_concepts(data, None, overrides, str(self.annotation_file))
+                      if is_object_category(c.category)}
+        self.has_objects = bool(object_ids) and any(is_object_category(c.category) for c in self.concepts)
+        self._object_rles: dict[int, Any] = {}
+        self._object_area: dict[int, float] = {}
+        if self.has_objects:
+            every = Concept("every object", "control", tuple(sorted(object_ids)))
+            self._object_rles = {i: r[0] for i, r in self._concept_rles(data, [every], used).items()}
+            self._object_area = {i: (mask_utils.area(r) if r is not None else 0) / (self._hw(i)[0] * self._hw(i)[1])
+                                 for i, r in self._object_rles.items()}
         self.image_ids = list(per_split[split]) if split else [i for s in SPLITS for i in per_split[s]]
         for iid in self.image_ids:
             f = self.image_dir / self._images[iid]["file_name"]
@@ -488,6 +511,20 @@ class ConceptDataset(Dataset):
                 out[k] = mask_utils.decode(rle)
         return out
 
+    def object_mask(self, image_id: int) -> np.ndarray:
+        """The every-object mask ``H x W`` uint8 {0, 1}: the union of all instances of every object category."""
+        if not self.has_objects:
+            raise ValueError(f"{self.annotation_file}: no every-object mask: the served concepts are not objects")
+        h, w = self._hw(image_id)
+        rle = self._object_rles[int(image_id)]
+        return mask_utils.decode(rle) if rle is not None else np.zeros((h, w), np.uint8)
+
+    def object_label(self, image_id: int) -> int:
+        """"Some object present": 1 iff the every-object mask covers at least ``min_area`` of the image."""
+        if not self.has_objects:
+            raise ValueError(f"{self.annotation_file}: no every-object label: the served concepts are not objects")
+        return int(self._object_area[int(image_id)] >= self.min_area)
+
     def area_fractions(self, image_id: int) -> np.ndarray:
         """Per concept, the fraction of the image its mask covers (from RLE areas)."""
         return self._area_fraction[int(image_id)]
@@ -530,6 +567,10 @@ class ConceptDataset(Dataset):
         else:
             fractions = area_fraction_grid(masks, self.eval_grid)
             spatial = {"image": pp.apply_image(self.read_image(iid)), "masks_input": pp.apply_mask(masks)}
+        if self.has_objects:  # the every-object control on the evaluation grid, by the same cell rule
+            every = area_fraction_grid(self.object_mask(iid)[None], self.eval_grid)[0]
+            spatial["objects_eval"] = torch.from_numpy((every >= 0.5).astype(np.uint8))
+            spatial["object_label"] = torch.tensor(self.object_label(iid), dtype=torch.uint8)
         return {
             **spatial,
             "masks_eval": torch.from_numpy((fractions >= 0.5).astype(np.uint8)),
@@ -554,8 +595,10 @@ class _Images(Dataset):
 
 def collate(items: list[dict]) -> dict:
     """Stack items of :class:`ConceptDataset` into a batch (``image_id`` -> int64 tensor, ``split`` -> list,
-    ``targets`` -> a list with one stacked tensor per grid)."""
-    keys = [k for k in ("image", "masks_input", "masks_eval", "labels", "content_box") if k in items[0]]
+    ``targets`` -> a list with one stacked tensor per grid; ``objects_eval`` and ``object_label`` when the
+    dataset has objects)."""
+    keys = [k for k in ("image", "masks_input", "masks_eval", "labels", "content_box", "objects_eval", "object_label")
+            if k in items[0]]
     out = {k: torch.stack([it[k] for it in items]) for k in keys}
     if "targets" in items[0]:
         out["targets"] = [torch.stack([it["targets"][j] for it in items]) for j in range(len(items[0]["targets"]))]

@@ -1,17 +1,25 @@
 """``coco-icons``: COCO object categories drawn in several emoji art styles, pasted on real photos.
 
 Every image is a crop of a real photo or texture shipped in an installed package (scikit-image,
-matplotlib, scikit-learn) with 1-4 emoji of COCO categories composited over it. The emoji come from pinned
+matplotlib, scikit-learn) with emoji of COCO categories composited over it. The emoji come from pinned
 npm packages (:mod:`conceptsim.data.icon_sources`), rasterised by resvg (``resvg-py``); an image's emoji
 all come from one *style* (Fluent modern, Fluent flat, OpenMoji, OpenMoji outline, Noto, Twemoji), so a
 split that holds whole styles out measures transfer to an unseen style.
 
-Per object: a category (uniform), one of its emoji (uniform), a size of 10-60 % of the image side, a
-rotation of up to +-30 degrees, a mirror flip (p = 0.5) and, for half of the objects, a random hue
-rotation, so that colour does not predict the class. Objects are alpha-composited in order (later ones
+Two compositions (the build parameter ``mode``, :data:`MODES`):
+
+- ``scene``: 1-4 objects per image, each 10-60 % of the image side, an object left less than 30 %
+  visible is not drawn -- small, often occluded objects in clutter;
+- ``objects``: 1-2 objects per image, each 35-80 % of the image side, an object left less than 60 %
+  visible is not drawn -- object-centric pictures, where a probe on a few hundred images can learn the
+  categories (see the dataset's book page for the measured difference).
+
+Per object: a category (uniform), one of its emoji (uniform), a size drawn uniformly from the mode's
+range, a rotation of up to +-30 degrees, a mirror flip (p = 0.5) and, for half of the objects, a random
+hue rotation, so that colour does not predict the class. Objects are alpha-composited in order (later ones
 occlude earlier ones). The mask of an instance is where its *visible* alpha -- its alpha times the
-transparency of everything composited above it -- exceeds 0.5; an object left less than
-:data:`MIN_VISIBLE` visible is not drawn.
+transparency of everything composited above it -- exceeds 0.5; an object left less visible than the
+mode's ``min_visible`` (fraction of its own mask) is not drawn.
 
 Backgrounds are partitioned between styles (:func:`background_groups`): every background source photo
 belongs to exactly one style, so holding styles out also holds their backgrounds out.
@@ -28,6 +36,7 @@ import io
 import math
 import multiprocessing
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -41,11 +50,25 @@ from conceptsim.data.coco_writer import CocoWriter, encode_mask
 from conceptsim.data.icon_sources import CATEGORIES, STYLES, IconSourceError
 from conceptsim.data.photo_colors import _load_photo, random_crop
 
-BUILDER_VERSION = 1
-SCALE = (0.10, 0.60)  # icon side, fraction of the image side
+BUILDER_VERSION = 2  # 2: the composition mode (scene / objects) is a build parameter
+
+
+@dataclass(frozen=True)
+class Composition:
+    """How an image's objects are drawn: how many, how large, how much of each must stay visible."""
+
+    objects: tuple[int, int]  # fewest and most objects per image (uniform)
+    scale: tuple[float, float]  # icon side, fraction of the image side (uniform)
+    min_visible: float  # an object left less visible than this (fraction of its own mask) is not drawn
+
+
+#: The composition modes; ``scene`` is the original, harder one.
+MODES = {
+    "scene": Composition(objects=(1, 4), scale=(0.10, 0.60), min_visible=0.3),
+    "objects": Composition(objects=(1, 2), scale=(0.35, 0.80), min_visible=0.6),
+}
 MAX_ROTATION = 30.0  # degrees
 HUE_FRACTION = 0.5  # objects whose hue is rotated
-MIN_VISIBLE = 0.3  # an object left less visible than this (fraction of its own mask) is not drawn
 RENDER_FRACTION = 0.5  # icons are rasterised once at this fraction of the image side, then resampled
 JPEG_QUALITY = 95
 #: Background source photos without COCO objects in them, in the order they are dealt to styles.
@@ -179,17 +202,25 @@ def visible_alpha(alphas: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def composition(mode: str) -> Composition:
+    """The :class:`Composition` of a mode name; an unknown name is an error listing the modes."""
+    if mode not in MODES:
+        raise ValueError(f"unknown coco-icons mode {mode!r}; modes: {sorted(MODES)}")
+    return MODES[mode]
+
+
 def place_objects(seed: int, index: int, size: int, styles: Sequence[str], cats: Sequence,
-                  bank: dict) -> tuple[np.random.Generator, str, list[dict]]:
+                  bank: dict, mode: str = "scene") -> tuple[np.random.Generator, str, list[dict]]:
     """Draw image ``index``'s style and objects; each object gets its full-canvas ``rgb`` and ``alpha``."""
+    comp = composition(mode)
     rng = np.random.default_rng([seed, index])
     style_name = styles[index % len(styles)]
     objects = []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(comp.objects[0], comp.objects[1] + 1))):
         cat = cats[int(rng.integers(len(cats)))]
         codes = [code for (s, code) in bank if s == style_name and code in {e.code for e in cat.emoji}]
         code = codes[int(rng.integers(len(codes)))]
-        side = max(4, int(round(rng.uniform(*SCALE) * size)))
+        side = max(4, int(round(rng.uniform(*comp.scale) * size)))
         angle = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
         flip = bool(rng.random() < 0.5)
         hue = float(rng.uniform(0.1, 0.9)) if rng.random() < HUE_FRACTION else None
@@ -208,19 +239,20 @@ def place_objects(seed: int, index: int, size: int, styles: Sequence[str], cats:
 
 
 def render_image(seed: int, index: int, size: int, styles: Sequence[str], cats: Sequence, bank: dict,
-                 groups: dict[str, list[Path]]) -> tuple[np.ndarray, str, str, list[dict]]:
+                 groups: dict[str, list[Path]], mode: str = "scene") -> tuple[np.ndarray, str, str, list[dict]]:
     """Image ``index``: RGB uint8, its style, its background's file name, and its drawn objects with masks.
 
     Each returned object holds ``category``, ``emoji``, ``hue_rotated``, ``alpha`` (its own alpha on the
     canvas), ``visible`` (visible alpha) and ``mask`` (``visible > 0.5``).
     """
-    rng, style_name, objects = place_objects(seed, index, size, styles, cats, bank)
+    rng, style_name, objects = place_objects(seed, index, size, styles, cats, bank, mode)
+    min_visible = composition(mode).min_visible
     photos = groups[style_name]
     photo = photos[int(rng.integers(len(photos)))]
     canvas = random_crop(_load_photo(str(photo)), size, rng).astype(np.float32)
     while True:  # drop objects that would be mostly hidden, until every drawn one is visible enough
         vis = visible_alpha([o["alpha"] for o in objects])
-        ok = [(v > 0.5).sum() >= MIN_VISIBLE * max((o["alpha"] > 0.5).sum(), 1) and (v > 0.5).any()
+        ok = [(v > 0.5).sum() >= min_visible * max((o["alpha"] > 0.5).sum(), 1) and (v > 0.5).any()
               for v, o in zip(vis, objects)]
         if all(ok):
             break
@@ -241,7 +273,7 @@ _STATE: dict = {}
 def _render_and_save(index: int) -> tuple[str, str, str, list[tuple[int, str, bool, dict]]]:
     st = _STATE
     image, style_name, background, objects = render_image(
-        st["seed"], index, st["size"], st["styles"], st["cats"], st["bank"], st["groups"])
+        st["seed"], index, st["size"], st["styles"], st["cats"], st["bank"], st["groups"], st["mode"])
     fname = f"{index:06d}.jpg"
     Image.fromarray(image).save(Path(st["image_dir"]) / fname, quality=JPEG_QUALITY, subsampling=0)
     return fname, style_name, background, [(o["category"].id, o["emoji"], o["hue_rotated"], encode_mask(o["mask"]))
@@ -276,7 +308,7 @@ def concepts_of_build(params: dict) -> dict[str, list[str]]:
 
 def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320, seed: int = 0,
                      styles: Sequence[str] | None = None, categories: Sequence[str] | None = None,
-                     workers: int | None = None) -> Path:
+                     mode: str = "scene", workers: int | None = None) -> Path:
     """Build the ``coco-icons`` dataset into ``out_dir``; returns its annotation file.
 
     Parameters
@@ -286,6 +318,8 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     seed : see the module docstring.
     styles, categories : subsets by name (default: every style of :data:`icon_sources.STYLES` and every
         category of :data:`icon_sources.CATEGORIES`); an unknown name is an error naming it.
+    mode : the composition, a key of :data:`MODES` (``scene``: 1-4 objects of 10-60 % of the side;
+        ``objects``: 1-2 objects of 35-80 %); see the module docstring.
     workers : processes (default: up to 2, 1 for small ``n``); output does not depend on it.
 
     Raises
@@ -297,11 +331,13 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     if n < 1 or size < 64:
         raise ValueError(f"coco-icons needs n >= 1 and size >= 64, got n={n} size={size}")
     style_list, cats = check_selection(styles, categories)
+    composition(mode)
     for key in sorted({STYLES[s].package for s in style_list}):
         icon_sources.package_path(key)  # a missing or altered package fails here, before any work
     groups = background_groups(style_list)
     out_dir = Path(out_dir)
-    params = {"n": int(n), "size": int(size), "seed": int(seed), "styles": style_list, "categories": [c.name for c in cats]}
+    params = {"n": int(n), "size": int(size), "seed": int(seed), "styles": style_list, "categories": [c.name for c in cats],
+              "mode": mode}
     pkgs = sorted({STYLES[s].package for s in style_list})
     info = {
         "generator": "conceptsim.data.coco_icons", "version": BUILDER_VERSION, "params": params,
@@ -330,7 +366,7 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
                 pool.close()
                 pool.join()
         _STATE.update(seed=int(seed), size=int(size), styles=style_list, cats=cats, bank=bank, groups=groups,
-                      image_dir=str(tmp / "images"))
+                      mode=mode, image_dir=str(tmp / "images"))
         try:
             if workers > 1:
                 with ctx.Pool(workers) as pool:

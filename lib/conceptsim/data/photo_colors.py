@@ -1,7 +1,8 @@
 """``photo-colors``: crops of real photographs with per-pixel colour-name masks (Broden's 11 colours).
 
 No registry package ships real photos with segmentation masks, but several ship real photos
-(scikit-image's sample data, ultralytics' assets, matplotlib's sample data). This builder takes seeded
+(scikit-image's sample data, ultralytics' assets, matplotlib's and scikit-learn's sample data: 14 colour
+photographs in all, see :func:`source_photos`). This builder takes seeded
 random crops of them and names every pixel's colour with one fixed rule, the way Broden's colour concepts
 were made: the masks say which *colour name* a pixel has, not which object it belongs to.
 
@@ -45,22 +46,30 @@ from conceptsim.data.coco_writer import CocoWriter
 
 #: Broden's eleven colour concepts, in category-id order.
 COLOUR_NAMES = ("black", "blue", "brown", "green", "grey", "orange", "pink", "purple", "red", "white", "yellow")
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: china.jpg and flower.jpg (scikit-learn) joined the 12 source photos
 
 
 def source_photos() -> list[Path]:
-    """The real colour photographs that ship inside installed packages (fixed order)."""
+    """The real colour photographs that ship inside installed packages (fixed order).
+
+    Every colour photograph of these packages' sample data except scikit-image's ``motorcycle_right.png``
+    (the other half of a stereo pair with ``motorcycle_left.png``: a near copy that a split by photo would
+    put on both sides) and synthetic pictures (``color.png``, logos, chessboards).
+    """
     import matplotlib
     import skimage.data
+    import sklearn.datasets
     import ultralytics.utils
 
     sk = Path(skimage.data.data_dir)
     mpl = Path(matplotlib.get_data_path()) / "sample_data"
     ul = Path(ultralytics.utils.ASSETS)
+    skl = Path(sklearn.datasets.__file__).parent / "images"
     return [
         sk / "astronaut.png", sk / "chelsea.png", sk / "coffee.png", sk / "rocket.jpg",
         sk / "motorcycle_left.png", sk / "retina.jpg", sk / "ihc.png", sk / "hubble_deep_field.jpg",
         ul / "bus.jpg", ul / "zidane.jpg", mpl / "grace_hopper.jpg", mpl / "Minduka_Present_Blue_Pack.png",
+        skl / "china.jpg", skl / "flower.jpg",
     ]
 
 

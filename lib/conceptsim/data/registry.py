@@ -38,6 +38,7 @@ class DatasetSpec:
     build : ``build(out_dir, **params) -> annotation file`` (embedded) or ``fetch(root) -> DatasetSource``.
     defaults, smoke : build parameters of a full and of a smoke run (embedded only).
     limits : build parameter -> (lowest, highest or None) accepted value (embedded only).
+    choices : build parameter -> its accepted names, for parameters that name an option (coco-icons' ``mode``).
     version : builder version, part of the cache key.
     concept_categories, concepts : passed on to :class:`DatasetSource` (``concepts`` may be a function of
         the build parameters, for builds whose categories are a parameter).
@@ -55,6 +56,7 @@ class DatasetSpec:
     concept_categories: dict = field(default_factory=dict)
     concepts: dict | Callable | None = None
     limits: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
     split: dict | None = None
     missing: Callable[[], str | None] | None = None  # embedded: why its sources are absent here (None: present)
 
@@ -71,15 +73,19 @@ DATASETS: dict[str, DatasetSpec] = {
         photo_colors.build_photo_colors, {"n": 400, "size": 224, "seed": 0}, {"n": 40, "size": 96, "seed": 0},
         photo_colors.BUILDER_VERSION, {c: "colour" for c in photo_colors.COLOUR_NAMES},
         limits={"n": (1, None), "size": (16, None), "seed": (0, None), "min_region": (0, 1)},
-        # split by source photo; these four keep 9 of the 11 colours in every split (green is only in
-        # bus.jpg and zidane.jpg, purple only in astronaut.png and rocket.jpg)
-        split={"by": "source", "test": ["motorcycle_left.png", "zidane.jpg"], "val": ["grace_hopper.jpg", "ihc.png"]},
+        # split by source photo, 6 / 4 / 4 of the 14 photos, so that a photo bootstrap of val and test has
+        # enough units; this choice keeps 10 of the 11 colours in every split (green is only in zidane.jpg,
+        # china.jpg and flower.jpg: one per split; purple only in astronaut.png) and, among such choices,
+        # the most colours shown by two or more photos in val and in test
+        split={"by": "source", "test": ["astronaut.png", "bus.jpg", "coffee.png", "zidane.jpg"],
+               "val": ["chelsea.png", "china.jpg", "ihc.png", "retina.jpg"]},
     ),
     "coco-icons": DatasetSpec(
         "coco-icons", "embedded", "COCO object categories as emoji art in six styles on real photos, exact masks",
         coco_icons.build_coco_icons, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
         coco_icons.BUILDER_VERSION, coco_icons.concept_categories(), coco_icons.concepts_of_build,
         limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
+        choices={"mode": tuple(coco_icons.MODES)},
     ),
     "coco2017-val": DatasetSpec(
         "coco2017-val", "online", "COCO val2017 instance masks (person, vehicles, animals)",

@@ -10,10 +10,20 @@ serves its ``masks`` and ``targets`` from there, so readers see one store.
 Layout (Zarr v3)::
 
     <key>.zarr/
-      zarr.json                   attributes: schema, key, complete, concepts, eval_grid, grids, preprocessing
+      zarr.json                   attributes: schema, key, complete, concepts, eval_grid, grids, preprocessing,
+                                  objects (whether the two every-object arrays below are there)
       image_id   (N,)             int64   dataset image ids, in the activation stores' row order
       masks      (N, K, gh, gw)   uint8   binary masks on the evaluation grid (cell >= half covered)
       targets/<h>x<w> (N, K, h, w) float16 masks area-averaged onto an activation grid (input frame)
+      objects    (N, gh, gw)      uint8   object datasets only: the every-object mask (the union of all
+                                          instances of every object category, whatever the concepts) on
+                                          the evaluation grid, by the same cell rule as ``masks``
+      object_labels (N,)          uint8   object datasets only: "some object present" (every-object mask
+                                          area >= min_area, as the concepts' presence labels)
+
+The every-object arrays are the control of methods.md "Controls" (a probe that only finds objects scores
+at their level) and the third stratum of agreement on object concepts (image x truth x any object); see
+:attr:`MaskStore.objects`. Datasets without object concepts (``shapes``, ``photo-colors``) have neither.
 
 Built under a temporary name; a complete store of the same key made meanwhile by another process (two
 extractions running in parallel) is kept, never replaced under a reader.
@@ -34,7 +44,7 @@ from conceptsim.atomic import sha256_json
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked
 
-MASK_SCHEMA = 1
+MASK_SCHEMA = 2  # 2: the every-object arrays (objects, object_labels)
 ROWS_PER_CHUNK = 64
 
 
@@ -60,6 +70,7 @@ def mask_store_key(dataset: Any, grids: Sequence[Sequence[int]], dataset_sha256:
         "dataset": dataset_identity(dataset, dataset_sha256),
         "image_ids": [int(i) for i in dataset.image_ids],
         "concepts": [c.name for c in dataset.concepts],
+        "objects": bool(getattr(dataset, "has_objects", False)),
         "preprocessing": dataset.preprocessing.to_dict(),
         "eval_grid": list(dataset.eval_grid),
         "grids": sorted(grid_name(g) for g in grids),
@@ -83,6 +94,22 @@ class MaskStore:
     @property
     def masks(self) -> zarr.Array:
         return self._array("masks")
+
+    @property
+    def has_objects(self) -> bool:
+        """Whether the store holds the every-object control (its dataset's concepts are objects)."""
+        return bool(self.attrs.get("objects", False))
+
+    @property
+    def objects(self) -> zarr.Array | None:
+        """The every-object masks ``N x gh x gw`` uint8 on the evaluation grid (rows as :attr:`masks`); None
+        for a dataset without object concepts."""
+        return self._array("objects") if self.has_objects else None
+
+    @property
+    def object_labels(self) -> np.ndarray | None:
+        """Per image, "some object present" (uint8 0/1, rows as :attr:`masks`); None without object concepts."""
+        return np.asarray(self._array("object_labels")[:]) if self.has_objects else None
 
     def targets(self, grid: Sequence[int]) -> zarr.Array:
         name = grid_name(grid)
@@ -110,6 +137,7 @@ def ensure_mask_store(
         pass
     n, k = len(dataset), len(dataset.concepts)
     gh, gw = dataset.eval_grid
+    objects = bool(getattr(dataset, "has_objects", False))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -118,10 +146,13 @@ def ensure_mask_store(
         g = zarr.open_group(str(tmp), mode="w")
         g.attrs.update(schema=MASK_SCHEMA, key=key, complete=False, concepts=[c.name for c in dataset.concepts],
                        eval_grid=[gh, gw], grids=[grid_name(x) for x in grids],
-                       preprocessing=dataset.preprocessing.to_dict())
+                       preprocessing=dataset.preprocessing.to_dict(), objects=objects)
         c = max(1, min(n, ROWS_PER_CHUNK))
         g.create_array("image_id", shape=(n,), chunks=(n or 1,), dtype="int64")[:] = np.asarray(dataset.image_ids, np.int64)
         arrays = {"masks": g.create_array("masks", shape=(n, k, gh, gw), chunks=(c, k or 1, gh, gw), dtype="uint8")}
+        if objects:
+            arrays["objects"] = g.create_array("objects", shape=(n, gh, gw), chunks=(c, gh, gw), dtype="uint8")
+            arrays["object_labels"] = g.create_array("object_labels", shape=(n,), chunks=(c,), dtype="uint8")
         tg = g.create_group("targets")
         for x in grids:
             arrays[grid_name(x)] = tg.create_array(grid_name(x), shape=(n, k, *x), chunks=(c, k or 1, *x), dtype="float16")
@@ -131,7 +162,8 @@ def ensure_mask_store(
         with helper_libraries_single_threaded(), prefetched(loader) as batches, BackgroundCalls(rows.append) as writes:
             for batch in batches:
                 parts = {grid_name(x): t.numpy() for x, t in zip(grids, batch["targets"])}
-                writes.submit({"masks": batch["masks_eval"].numpy(), **parts})
+                every = {"objects": batch["objects_eval"].numpy(), "object_labels": batch["object_label"].numpy()} if objects else {}
+                writes.submit({"masks": batch["masks_eval"].numpy(), **parts, **every})
                 bar.update(len(batch["image_id"]))
         rows.finish()
         bar.close()

@@ -14,8 +14,10 @@ The concept masks on the evaluation grid (image frame, uint8) and Net2Vec's soft
 area-averaged onto each layer's grid, input frame, float16) do not depend on the model: they live in a
 shared mask store (:mod:`conceptsim.extraction.maskstore`) whose relative path and key are the
 attributes ``mask_store`` and ``mask_store_key``; :attr:`ActivationStore.masks` and
-:meth:`ActivationStore.targets` read them from there. (A store written without a mask store, e.g. the
-synthetic test stores, holds ``masks`` and ``targets/<layer>`` arrays itself.)
+:meth:`ActivationStore.targets` read them from there, and so do :attr:`ActivationStore.object_masks` and
+:attr:`ActivationStore.object_labels`, the every-object control of object datasets (None otherwise).
+(A store written without a mask store, e.g. the synthetic test stores, holds ``masks`` and
+``targets/<layer>`` arrays itself.)
 
 All arrays are chunked by images; the pipeline's datasets serve their images split-major (train, val,
 test), so each split is one contiguous run of rows and a pass over one split reads only its own chunks.
@@ -290,3 +292,19 @@ class ActivationStore:
     @property
     def masks(self) -> zarr.Array:
         return self.mask_store.masks if self.mask_store is not None else self._array("masks")
+
+    @property
+    def has_objects(self) -> bool:
+        """Whether the every-object control is there (a mask store of a dataset whose concepts are objects)."""
+        return self.mask_store is not None and self.mask_store.has_objects
+
+    @property
+    def object_masks(self) -> zarr.Array | None:
+        """The every-object masks ``N x gh x gw`` uint8 on the evaluation grid, rows as :attr:`masks`
+        (:attr:`conceptsim.extraction.maskstore.MaskStore.objects`); None when :attr:`has_objects` is false."""
+        return self.mask_store.objects if self.has_objects else None
+
+    @property
+    def object_labels(self) -> np.ndarray | None:
+        """Per image "some object present" (uint8 0/1), rows as :attr:`labels`; None when :attr:`has_objects` is false."""
+        return self.mask_store.object_labels if self.has_objects else None
