@@ -151,3 +151,34 @@ def test_partial_correlation_given_the_label():
     assert r[0, 0] == pytest.approx(1.0)
     const = np.stack([3.0 * y, a])[None]  # a layer constant within classes: undefined
     assert np.isnan(partial_correlation(const, y[:, None])[0, 0, 1])
+
+
+def test_probes_that_only_find_objects_agree_at_chance_with_object_strata():
+    """Two probes that fire on every object (any category) share their false positives on the image's other
+    objects: with (image, truth) strata that counts as agreement; with the any-object stratum it does not."""
+    rng = np.random.default_rng(7)
+    n, g = 60, 12
+    objects = np.zeros((n, g, g), bool)
+    truth = np.zeros((n, g, g), bool)
+    for i in range(n):
+        for j in range(3):
+            y, x = rng.integers(0, g - 4, 2)
+            objects[i, y : y + 4, x : x + 4] = True
+            if j == 0:
+                truth[i, y : y + 4, x : x + 4] = True
+    truth &= objects
+
+    def object_finder():
+        return np.where(objects, rng.random(objects.shape) < 0.8, rng.random(objects.shape) < 0.05)
+
+    a, b = object_finder(), object_finder()
+    rows = [a, b, truth]
+    logits = torch.from_numpy(np.stack([np.where(r, 5.0, -5.0) for r in rows]).astype(np.float32))[:, None]  # R x 1 x n
+    plain = SegAccumulator(3, 1, (g, g), truth_row=2)
+    plain.update(logits)
+    strata = SegAccumulator(3, 1, (g, g), truth_row=2, object_concepts=np.array([True]), image_quality=True)
+    strata.update_streamed(n, lambda li, k, buf: logits[li, k].reshape(-1), objects=torch.from_numpy(objects.astype(np.uint8)))
+    assert plain.results()["seg_kappa"][0, 0, 1] > 0.3
+    assert abs(strata.results()["seg_kappa"][0, 0, 1]) < 0.05
+    otp, osize = strata.object_quality()
+    assert np.array_equal(otp[0], (objects & truth).reshape(n, -1).sum(1)) and np.array_equal(osize[0], objects.reshape(n, -1).sum(1))

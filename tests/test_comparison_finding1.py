@@ -90,3 +90,22 @@ def test_record_round_trip():
                    per_category={"colour": t_summary("finding1", "agreement", [0.1, 0.2, 0.3])})
     back = Finding1.from_json(rec.to_json())
     assert back.test == rec.test and back.per_category == rec.per_category and back.n_learned == 3
+
+
+def test_every_object_control_rules_out_probes_that_only_find_objects():
+    from conceptsim.comparison.finding1 import beats_control, weighted_binary_ap
+
+    rng = np.random.default_rng(3)
+    y = rng.random(50) < 0.3
+    s = rng.random(50) < 0.7
+    assert weighted_binary_ap(s, y, np.ones((1, 50)))[0] == pytest.approx(average_precision_score(y, s.astype(float)))
+    pt, reps = synthetic_quality()
+    control = np.full((reps.shape[0], 3), 0.55)  # the every-object mask scores 0.55: beats 'b' (0.58)? barely
+    control[:, 0] = 0.7  # concept a: the object mask is better than the trained probe
+    beats = beats_control(reps, control, np.array([True, True, False]))
+    names = [f"L{i}" for i in range(4)] * 2 + ["rgb"]
+    out = learned_concepts(pt, reps, np.arange(4), [np.arange(4, 8)], np.array([8]), names, ["a", "b", "c"],
+                           beats_every_object=beats)
+    assert not out["a"].learned and "every-object" in out["a"].reason
+    assert out["b"].learned  # 0.6 against 0.55 with paired replicates
+    assert beats[:, 2].all()  # not an object concept: the control does not apply

@@ -47,7 +47,9 @@ from conceptsim.comparison.alignment import (
 )
 from conceptsim.comparison.finding1 import (
     Finding1Plan,
+    beats_control,
     depth_profile,
+    every_object_replicates,
     finding1_test,
     image_weights,
     learned_concepts,
@@ -127,19 +129,23 @@ def plan_findings(so: StudyOutputs, quality: pd.DataFrame, select: dict[str, np.
     bases = [b for b, g in groups.items() if g["trained"] is not None]
     w = image_weights(rng_for(seed, "learned-filter"), FILTER_BOOTSTRAP, so_sel.n_test, bootstrap_groups(so_sel))
     learned_cache: dict[tuple[str, str], dict] = {}
+    select["beats_every_object"] = {}
     for method in ("seg", "cls"):
         if PRIMARY[method] not in select:
             continue
         point = quality_replicates(method, select, so_sel.labels, np.ones((1, so_sel.n_test)))[0]
         reps = quality_replicates(method, select, so_sel.labels, w)
         avail = so.seg_available if method == "seg" else so.cls_available
+        control = every_object_replicates(method, select, so_sel.labels, so_sel.object_labels, w)
+        beats = beats_control(reps, control, so.object_concepts) if control is not None else None
+        select["beats_every_object"][method] = beats
         for b in bases:
             g = groups[b]
             twins = [same_layers(so, g["trained"], t) for t in g["twins"].values()]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 learned_cache[b, method] = learned_concepts(point, reps, by_model[g["trained"]], twins, pixels, names,
-                                                            so.concepts, avail)
+                                                            so.concepts, avail, beats)
     for ba, bb in combinations(bases, 2):
         ga, gb = groups[ba], groups[bb]
         seeds = sorted(set(ga["twins"]) & set(gb["twins"]))
@@ -293,6 +299,9 @@ def findings_document(so: StudyOutputs, sims: dict, select: dict, quality: pd.Da
     qual, rep = {}, {}
     for method in ("seg", "cls"):
         qual[method], rep[method] = quality_arrays(so, quality, method)
+        beats = (select.get("beats_every_object") or {}).get(method)
+        if beats is not None:  # object concepts: represented only where the probe beats the every-object mask
+            rep[method] &= beats
     names = [f"{pl.model}/{pl.layer}" for pl in so.layers]
     first_layers = {int(idx[0]) for idx in by_model.values() if len(idx)}
     bgroups = bootstrap_groups(so)

@@ -23,6 +23,7 @@ The result is a :class:`Finding1` record (``to_json`` / ``from_json``).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -165,6 +166,44 @@ def quality_replicates(method: str, val: dict, labels: np.ndarray, w: np.ndarray
     return np.stack([weighted_average_precision(z[:, :, k], labels[:, k], w) for k in range(z.shape[2])], axis=2)
 
 
+def weighted_binary_ap(score: np.ndarray, labels: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Average precision of a 0/1 score (ties broken as scikit-learn does: one threshold per score value)
+    under image weights ``w`` (``B x N``) -> ``B``: ``R1 P1 + (1 - R1) P``, with ``R1``, ``P1`` the recall
+    and precision of the images scored 1 and ``P`` the weighted prevalence."""
+    s, y = np.asarray(score, bool), np.asarray(labels, bool)
+    pos, pos1, all1 = w @ y, w @ (y & s), w @ s
+    tot = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r1 = np.where(pos > 0, pos1 / np.where(pos > 0, pos, 1.0), np.nan)
+        p1 = np.where(all1 > 0, pos1 / np.where(all1 > 0, all1, 1.0), 0.0)
+        return np.where(pos > 0, r1 * p1 + (1 - r1) * pos / tot, np.nan)
+
+
+def every_object_replicates(method: str, val: dict, labels: np.ndarray, object_labels: np.ndarray | None,
+                            w: np.ndarray) -> np.ndarray | None:
+    """The every-object control's val quality per concept under image weights ``w``: ``B x K`` (None
+    without objects). Segmentation: set IoU of the mask of all objects against the concept's mask;
+    classification: AP of "some object present" as the score of the concept's presence."""
+    if method == "seg":
+        if "seg_object_quality" not in val:
+            return None
+        otp, osize = val["seg_object_quality"]
+        truth = val["seg_image_quality"][2]
+        return np.stack([weighted_set_iou(otp[k][None], osize[k][None], truth[k], w)[:, 0] for k in range(len(otp))], axis=1)
+    if object_labels is None:
+        return None
+    return np.stack([weighted_binary_ap(object_labels, labels[:, k], w) for k in range(labels.shape[1])], axis=1)
+
+
+def beats_control(reps: np.ndarray, control: np.ndarray, concepts_mask: np.ndarray) -> np.ndarray:
+    """``L x K``: the lower 95 % bound of quality - control (paired replicates) lies above zero; True for the
+    concepts outside ``concepts_mask`` (the control does not apply to them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no vector) give NaN: not beaten
+        low = np.nanpercentile(reps - control[:, None, :], 2.5, axis=0)
+    return np.where(concepts_mask[None, :], np.isfinite(low) & (low > 0), True)
+
+
 @dataclass
 class LearnedConcept:
     """The learned-concept filter's decision for one model and concept (on val)."""
@@ -178,7 +217,8 @@ class LearnedConcept:
 
 def learned_concepts(point: np.ndarray, reps: np.ndarray, trained: np.ndarray, twins: Sequence[np.ndarray],
                      pixels: np.ndarray | None, layer_names: Sequence[str], concepts: Sequence[str],
-                     available: np.ndarray | None = None) -> dict[str, LearnedConcept]:
+                     available: np.ndarray | None = None, beats_every_object: np.ndarray | None = None
+                     ) -> dict[str, LearnedConcept]:
     """Per concept: does the trained model represent it better than its twins and the pixels floor?
 
     Parameters
@@ -188,6 +228,8 @@ def learned_concepts(point: np.ndarray, reps: np.ndarray, trained: np.ndarray, t
     trained : study layer indices of the trained model; twins : per twin seed, the indices of the *same*
         layers (aligned with ``trained``); pixels : the pixels model's layer indices (``None``: no floor).
     available : ``L x K`` layers that have a vector for the concept (default all).
+    beats_every_object : ``L x K`` layers whose quality beats the every-object control (object concepts;
+        :func:`beats_control`); a layer must also pass it.
     """
     out = {}
     if not len(twins):
@@ -211,6 +253,8 @@ def learned_concepts(point: np.ndarray, reps: np.ndarray, trained: np.ndarray, t
         lp = d_pix[:, k] if d_pix is not None else None
         if lp is not None:
             ok &= np.isfinite(lp) & (lp > 0)
+        obj_ok = beats_every_object[trained, k] if beats_every_object is not None else np.ones(len(trained), bool)
+        ok &= obj_ok
         if not np.isfinite(lt).any():
             out[c] = LearnedConcept(False, reason="no val quality")
             continue
@@ -219,7 +263,12 @@ def learned_concepts(point: np.ndarray, reps: np.ndarray, trained: np.ndarray, t
             out[c] = LearnedConcept(True, layer_names[trained[i]], float(lt[i]), None if lp is None else float(lp[i]))
         else:
             i = int(np.nanargmax(lt))
-            why = "not better than its twins on val" if not (lt > 0).any() else "not better than the pixels floor on val"
+            if not (lt > 0).any():
+                why = "not better than its twins on val"
+            elif lp is not None and not ((lt > 0) & (lp > 0)).any():
+                why = "not better than the pixels floor on val"
+            else:
+                why = "not better than the every-object control on val (the probe finds objects, not the category)"
             out[c] = LearnedConcept(False, layer_names[trained[i]], float(lt[i]), None if lp is None else float(lp[i]), why)
     return out
 

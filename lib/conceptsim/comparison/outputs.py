@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptsim.concepts.vectors import VectorFileError, load_layer_vectors
+from conceptsim.data.coco import is_object_category
 from conceptsim.data.geometry import resampling_matrices
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
 from conceptsim.paths import activation_store, model_dir_name, vectors_dir
@@ -131,6 +132,7 @@ class OutputChunk:
     gap: list[torch.Tensor]
     outputs: "StudyOutputs"
     truth: torch.Tensor | None = None  # K x n x gh x gw uint8 ground-truth masks on the evaluation grid
+    objects: torch.Tensor | None = None  # n x gh x gw uint8 every-object masks (object datasets), else None
 
     def truth_map(self, k: int, out: torch.Tensor) -> bool:
         """Write the ground-truth mask of concept ``k`` as surely positive / negative logits into ``out``."""
@@ -310,6 +312,12 @@ class StudyOutputs:
         self._mat_cache: dict = {}
         self.split = split
         self.labels = ref.labels[self.rows]  # N x K presence labels of the compared images
+        # object datasets: the every-object control (mask and "some object present") and which concepts are
+        # objects; their agreement strata separate the image's other objects from its background
+        self.has_objects = bool(getattr(ref, "has_objects", False))
+        self.object_concepts = np.array([self.has_objects and is_object_category(self.categories[c])
+                                         for c in self.concepts], dtype=bool)
+        self.object_labels = np.asarray(ref.object_labels)[self.rows].astype(bool) if self.has_objects else None
         # ground truth and resolution-only oracles (one per store and distinct layer grid), read per block
         self.use_truth = bool(truth or oracles) and seg
         self.oracles: list[tuple[int, str, tuple[int, int]]] = []
@@ -339,6 +347,10 @@ class StudyOutputs:
     def truth_block(self, rows: np.ndarray) -> torch.Tensor:
         """``K x n x gh x gw`` uint8 ground-truth masks of store rows ``rows`` on the evaluation grid."""
         return torch.from_numpy(_read_block(self.stores[0].masks, rows)).transpose(0, 1).contiguous()
+
+    def objects_block(self, rows: np.ndarray) -> torch.Tensor:
+        """``n x gh x gw`` uint8 every-object masks of store rows ``rows`` (object datasets only)."""
+        return torch.from_numpy(_read_block(self.stores[0].object_masks, rows))
 
     def _resample(self, si: int, logits: torch.Tensor, rows: np.ndarray, out: torch.Tensor) -> None:
         """Bilinear logits ``n x K' x h x w`` -> ``out`` (``K' x n x gh x gw``) on the evaluation grid."""
@@ -401,12 +413,13 @@ class StudyOutputs:
                     low.append(self.seg_probes[li].maps(acts).transpose(0, 1).contiguous())
                 del acts
             truth = self.truth_block(brows) if self.use_truth else None
+            objects = self.objects_block(brows) if (self.use_truth and self.has_objects) else None
             for cstart in range(0, len(bpos), chunk_images):
                 sl = slice(cstart, min(len(bpos), cstart + chunk_images))
                 yield OutputChunk(
                     bpos[sl], [z[:, sl] for z in low] if self.use_seg else None,
                     cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps], self,
-                    truth[:, sl] if truth is not None else None,
+                    truth[:, sl] if truth is not None else None, objects[sl] if objects is not None else None,
                 )
 
 

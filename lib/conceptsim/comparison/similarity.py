@@ -122,7 +122,8 @@ class SegAccumulator:
 
     def __init__(self, n_layers: int, n_concepts: int, grid: tuple[int, int], workers: int = 1, *,
                  track: dict[int, np.ndarray] | None = None, truth_row: int | None = None,
-                 moment_rows: int | None = None, oracle_rows: int = 0, image_quality: bool = False) -> None:
+                 moment_rows: int | None = None, oracle_rows: int = 0, image_quality: bool = False,
+                 object_concepts: np.ndarray | None = None) -> None:
         L, K = n_layers, n_concepts
         self.oracle_rows = int(oracle_rows)
         if self.oracle_rows and truth_row != L - self.oracle_rows - 1:
@@ -150,6 +151,10 @@ class SegAccumulator:
             raise ValueError("per-image quality needs the truth row (truth_row)")
         # per concept, chunks of per-image [true positives, marked pixels] of every row (image_quality)
         self._quality: dict[int, list] | None = {k: [] for k in range(K)} if image_quality else None
+        # concepts whose strata also split the truth-negative pixels by the every-object mask
+        self.object_concepts = np.zeros(K, bool) if object_concepts is None else np.asarray(object_concepts, bool)
+        self._objects: torch.Tensor | None = None
+        self._object_quality: dict[int, list] = {k: [] for k in range(K)}
 
     def _buffers_for(self, n: int, worker: int = 0) -> tuple:
         if (n, worker) not in self._buffers:
@@ -170,7 +175,7 @@ class SegAccumulator:
 
         self.update_streamed(seg.shape[2], fill)
 
-    def update_streamed(self, n: int, fill) -> None:
+    def update_streamed(self, n: int, fill, objects: torch.Tensor | None = None) -> None:
         """Add one chunk of ``n`` images whose logits are produced one layer and concept at a time.
 
         Parameters
@@ -181,11 +186,16 @@ class SegAccumulator:
             of that size it may write into, and which is then overwritten here) or another tensor, or
             ``None`` when the layer has no vector for the concept (an empty mask: all quantised values 0).
 
+        objects : ``n x gh x gw`` every-object masks of the chunk (object datasets): the strata of object
+            concepts become (image, truth, any object), and with ``image_quality`` the every-object control's
+            per-image counts are kept.
+
         Each layer's map is quantised while it is in cache (sigmoid, scale and rounding on a vector of
         ``n * gh * gw`` floats), so the float logits of all layers never make a round trip through memory;
         only the int8 matrices of one concept are.
         """
         K = self.inter.shape[0]
+        self._objects = None if objects is None else objects.reshape(n, self.pixels).to(torch.int8)
         buffers = [self._buffers_for(n, w) for w in range(self.workers)]
         if self.workers == 1:
             self._update_concepts(n, fill, range(K), buffers[0])
@@ -246,6 +256,10 @@ class SegAccumulator:
                 if self._quality is not None:
                     counts = strata[0]
                     self._quality[k].append(torch.stack([counts[0], counts.sum(0)]).numpy())
+                    if self._objects is not None:
+                        t = bv[self.truth_row]
+                        self._object_quality[k].append(torch.stack([(self._objects * t).sum(1, dtype=torch.int64),
+                                                                    self._objects.sum(1, dtype=torch.int64)]).numpy())
             if k in self._per_image:
                 self._per_image[k].append(self._image_counts(b.view(L, n, self.pixels), self.track[k], strata))
             if Lm:
@@ -254,9 +268,13 @@ class SegAccumulator:
 
     def _strata(self, bv: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image stratum counts ``S x R x n`` of every row and stratum sizes ``S x n`` (strata: truth on /
-        off in each image; see :mod:`conceptsim.comparison.agreement`)."""
+        off in each image, and for object concepts truth off split by the every-object mask; see
+        :mod:`conceptsim.comparison.agreement`)."""
         t = bv[self.truth_row]
         strata = [t, 1 - t]
+        if self._objects is not None and self.object_concepts[k]:
+            other = (1 - t) * self._objects  # the image's other objects: their own stratum
+            strata = [t, other, 1 - t - other]
         sizes = torch.stack([s.sum(dim=1, dtype=torch.int64) for s in strata]).double()
         return stratum_counts(bv, strata), sizes
 
@@ -282,6 +300,14 @@ class SegAccumulator:
             raise ValueError("the accumulator was made without image_quality=True")
         q = np.stack([np.concatenate(self._quality[k], axis=2) for k in sorted(self._quality)])  # K x 2 x R x N
         return q[:, 0], q[:, 1], q[:, 0, self.truth_row]
+
+    def object_quality(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per concept and image the every-object mask's true positives and pixels (``K x N`` each), the
+        control a probe that only finds objects scores at; None without objects."""
+        if not any(self._object_quality.values()):
+            return None
+        q = np.stack([np.concatenate(self._object_quality[k], axis=1) for k in sorted(self._object_quality)])
+        return q[:, 0], q[:, 1]
 
     def per_image(self) -> dict[int, np.ndarray]:
         """Per tracked concept, ``N x P x 6`` per-image counts of its tracked pairs (see ``track``)."""

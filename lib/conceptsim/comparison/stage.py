@@ -126,7 +126,8 @@ def compute_similarities(
         seg_acc = SegAccumulator(rows_total, nk, so.eval_grid, workers=min(2, os.cpu_count() or 1),
                                  track=track, truth_row=nl if so.use_truth else None, moment_rows=nl if cka else 0,
                                  oracle_rows=n_or if so.use_truth else 0,
-                                 image_quality=image_quality and so.use_truth)
+                                 image_quality=image_quality and so.use_truth,
+                                 object_concepts=so.object_concepts if so.use_truth else None)
     cls_logits = np.zeros((nl, n, nk), dtype=np.float32)
     gap = [None] * nl if cka else None
     # The grid-4 pass reads the activations once more: it runs in a second Python thread beside the main
@@ -164,6 +165,8 @@ def compute_similarities(
         if image_quality and so.use_truth:
             tp, size, truth = seg_acc.image_quality()
             out["seg_image_quality"] = (tp[:, :nl], size[:, :nl], truth)
+            if (oq := seg_acc.object_quality()) is not None:
+                out["seg_object_quality"] = oq
     if so.use_cls:
         out.update(cls_similarity(cls_logits, rng_for(seed, "cls_control")))
         out["cls_partial"] = partial_correlation(cls_logits.transpose(2, 0, 1), so.labels)
@@ -186,7 +189,7 @@ def compute_similarities(
 def _accumulate(chunk, seg_acc, fill, cls_logits: np.ndarray, gap: list | None, n: int) -> None:
     """Add one chunk of outputs to the accumulators of :func:`compute_similarities`."""
     if seg_acc is not None:
-        seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: fill(c, li, k, buf))
+        seg_acc.update_streamed(len(chunk.rows), lambda li, k, buf, c=chunk: fill(c, li, k, buf), objects=chunk.objects)
     if chunk.cls is not None:
         cls_logits[:, chunk.rows] = chunk.cls.numpy()
     if gap is not None:
