@@ -319,7 +319,7 @@ def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
         return Preprocessing(size=(size or 224,) * 2, resize="stretch", scale=1 / 255.0, mean=IMAGENET_MEAN,
                              std=IMAGENET_STD)
     own = getattr(module, "preprocessing", None)
-    fields = own.to_dict() if isinstance(own, Preprocessing) else dict(own or {})
+    fields = own.to_dict() if isinstance(own, Preprocessing) else check_preprocessing(own, f"python builder {spec['python']!r}")
     fields.setdefault("size", (224, 224))
     if size:
         fields["size"] = (size, size)
@@ -330,6 +330,49 @@ def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
         return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     except (TypeError, ValueError) as exc:
         raise UserModelError(f"python builder {spec['python']!r}: bad preprocessing {fields} ({exc})") from None
+
+
+PREPROCESSING_FIELDS = {  # a python builder's ``preprocessing`` dict: field -> (what is expected, an example)
+    "size": ("[H, W]: the input height and width in pixels, two positive integers", "[128, 128]"),
+    "resize": ("'stretch' or 'letterbox'", "'letterbox'"),
+    "scale": ("a positive number multiplying the 0-255 pixels", "0.00392156862745098 (1/255)"),
+    "mean": ("three numbers, one per channel (after scale)", "[0.485, 0.456, 0.406]"),
+    "std": ("three positive numbers, one per channel", "[0.229, 0.224, 0.225]"),
+    "channels": ("'RGB' or 'BGR'", "'RGB'"),
+    "pad_value": ("a number on the 0-255 scale (letterbox padding)", "114"),
+}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_preprocessing(raw: Any, where: str) -> dict:
+    """A builder's ``preprocessing`` dict, checked field by field: a bad one names the field, what is
+    expected and an example (``size: 128`` -> "must be [H, W] ...")."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise UserModelError(f"{where}: its 'preprocessing' attribute must be a dict with keys "
+                             f"{sorted(PREPROCESSING_FIELDS)}, got {raw!r}")
+    fields = dict(raw)
+    for k, v in fields.items():
+        if k not in PREPROCESSING_FIELDS:
+            raise UserModelError(f"{where}: unknown key {k!r} in its 'preprocessing'; accepted: {sorted(PREPROCESSING_FIELDS)}")
+        ok = {
+            "size": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v),
+            "resize": lambda v: v in ("stretch", "letterbox"),
+            "scale": lambda v: _number(v) and v > 0,
+            "mean": lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) for x in v),
+            "std": lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) and x > 0 for x in v),
+            "channels": lambda v: v in ("RGB", "BGR"),
+            "pad_value": _number,
+        }[k](v)
+        if not ok:
+            what, example = PREPROCESSING_FIELDS[k]
+            raise UserModelError(f"{where}: preprocessing '{k}' must be {what} (e.g. {k}: {example}), got {v!r}")
+    return fields
 
 
 # ----------------------------------------------------------------------------------------- layers
