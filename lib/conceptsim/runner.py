@@ -255,10 +255,12 @@ def run_study(
     highest priority first: :func:`critical_path`) and calls ``finish(record)`` for each executed run and
     ``skip(run_id)`` for each dependent of a failed one.
     """
+    from conceptsim.models.user_models import write_model_listing
     from conceptsim.progress import StudyProgress, expected_seconds
 
     runs = select(study.runs(), only or {})
     keys = run_keys(runs)
+    write_model_listing(study.name, study.models, study.model_specs)  # trained or not, read by the findings
     for folder in (results_dir() / study.name, book_results_dir(study.name)):
         for path in remove_debris(folder):
             log.info("removed %s, left by a process that no longer runs", path)
@@ -375,7 +377,8 @@ def write_book_pages(study: Study) -> Path:
         index = out_dir / ds / "index.md"
         write_text(index, reporting.dataset_index(study, ds, ds_runs))
         chapters.append({"file": _rel(index), "title": f"Dataset {ds}",
-                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r)} for r in ds_runs]})
+                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r, study.model_specs)}
+                                      for r in ds_runs]})
     part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
             "findings": _rel(findings_page) if findings_page is not None else None}
     write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))
