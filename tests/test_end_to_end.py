@@ -39,7 +39,8 @@ def project(tmp_path_factory):
     global USER_FOLDERS_BEFORE
     USER_FOLDERS_BEFORE = user_folders()
     env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_RESULTS": str(root / "results"),
-           "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE", str(REPO / ".cache"))}
+           "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE", str(REPO / ".cache")),
+           "CONCEPTSIM_BOOK_ALL": "1"}  # the smoke study is a rehearsal: listed in the book only with BOOK_ALL=1
     return root, env
 
 
