@@ -277,7 +277,8 @@ def test_progress_reports_runs_and_estimate_and_kernel_is_quiet(fake_project, ca
     runner.run_study(study, progress=True)
     first = capfd.readouterr().err
     assert "started extract/shapes/mobilenet_v2_imagenet | study fake:" in first
-    assert "no estimate yet" in first  # no earlier records
+    assert "no estimate until the first run ends" in first  # no earlier records, nothing finished yet
+    assert "finished extract/shapes/mobilenet_v2_imagenet in " in first and "left; about" in first  # then a range
     assert "without encryption" not in first  # kernel sockets are CurveZMQ-encrypted
     runner.run_study(study, progress=True, force=True)
     again = capfd.readouterr().err
@@ -309,7 +310,7 @@ def test_the_cluster_gets_the_chain_as_priority(fake_project):
     seen = {}
 
     class Recorder:
-        def execute(self, runs, keys, finish, skip, priority=None):
+        def execute(self, runs, keys, finish, skip, priority=None, progress=None):
             seen.update(priority)
 
     runner.run_study(study, progress=False, executor=Recorder())

@@ -251,9 +251,10 @@ def run_study(
     for every run instead.
 
     ``executor`` (e.g. :class:`conceptsim.cluster.DaskExecutor`) replaces the local process pool: its
-    ``execute(runs, keys, finish, skip, priority=...)`` runs ``runs`` (in dependency order, the ready run of
-    highest priority first: :func:`critical_path`) and calls ``finish(record)`` for each executed run and
-    ``skip(run_id)`` for each dependent of a failed one.
+    ``execute(runs, keys, finish, skip, priority=..., progress=...)`` runs ``runs`` (in dependency order, the
+    ready run of highest priority first: :func:`critical_path`), calls ``finish(record)`` for each executed
+    run and ``skip(run_id)`` for each dependent of a failed one, and tells ``progress`` (the display) when a
+    run starts and on which worker (``progress.started(run_id, worker)``).
     """
     from conceptsim.models.user_models import write_model_listing
     from conceptsim.progress import StudyProgress, expected_seconds
@@ -310,7 +311,7 @@ def run_study(
                     changed = True
 
     if executor is not None:
-        executor.execute(list(todo.values()), keys, finish, skip, priority=chain)
+        executor.execute(list(todo.values()), keys, finish, skip, priority=chain, progress=bar)
     elif jobs <= 1:
         from conceptsim.kernels import shutdown_all
 
