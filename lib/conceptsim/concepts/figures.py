@@ -36,8 +36,10 @@ def quality_vs_depth(quality: pd.DataFrame, *, method: str = "seg", metric: str 
                             label=f"{model} {label}")
         ax.set(title=f"{cat} ({sub['concept'].nunique()} concepts)", xlabel="relative depth", xlim=(0, 1.02))
     axes[0][0].set_ylabel(f"{method} {metric} (test)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
     fig.tight_layout()
+    if handles:  # beside the panels, never over the data
+        fig.legend(handles, labels, fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False)
     return fig
 
 
@@ -54,9 +56,31 @@ def net2vec_vs_unit(best_units: pd.DataFrame):
     return fig
 
 
+#: fixed outline colours of the segmentation overlays (colour-blind safe, distinct on a grey image)
+TRUE_COLOUR, PREDICTED_COLOUR = "#0072B2", "#E69F00"
+
+
+def desaturate(img: np.ndarray) -> np.ndarray:
+    """An RGB image as a light grey one (luminance, lifted towards white), so coloured outlines stand out."""
+    rgb = np.asarray(img, dtype=float)[..., :3]
+    rgb = rgb / 255.0 if rgb.max() > 1.0 else rgb
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    return np.repeat((0.35 + 0.6 * grey)[..., None], 3, axis=-1)
+
+
+def _outline(ax, mask: np.ndarray, w: int, h: int, colour: str, style: str) -> None:
+    """The 0.5 contour of a grid mask stretched over a ``w`` x ``h`` image (padded, so edges close)."""
+    m = np.pad(np.asarray(mask, dtype=float), 1)
+    gh, gw = m.shape[0] - 2, m.shape[1] - 2
+    xs = (np.arange(gw + 2) - 0.5) * w / gw
+    ys = (np.arange(gh + 2) - 0.5) * h / gh
+    ax.contour(xs, ys, m, levels=[0.5], colors=colour, linewidths=1.6, linestyles=style)
+
+
 def segmentation_overlay(images: Sequence[np.ndarray], predicted: np.ndarray, truth: np.ndarray | None,
                          concepts: Sequence[str], *, max_images: int = 6):
-    """Images with each concept's predicted mask (filled) and true mask (contour).
+    """Images, desaturated, with each concept's true mask (solid outline, :data:`TRUE_COLOUR`) and predicted
+    mask (dashed outline, :data:`PREDICTED_COLOUR`); a legend above the panels names the two.
 
     Parameters
     ----------
@@ -64,23 +88,25 @@ def segmentation_overlay(images: Sequence[np.ndarray], predicted: np.ndarray, tr
     predicted : ``n x K x gh x gw`` binary (or probability) maps on the evaluation grid.
     truth : the same shape, or None. concepts : K names (one row of panels per concept).
     """
+    from matplotlib.lines import Line2D
+
     n = min(len(images), max_images)
     k = len(concepts)
-    fig, axes = plt.subplots(k, n, figsize=(2.2 * n, 2.2 * k), squeeze=False)
+    fig, axes = plt.subplots(k, n, figsize=(2.2 * n + 0.6, 2.2 * k + 0.5), squeeze=False)
     for j, name in enumerate(concepts):
         for i in range(n):
             ax, img = axes[j][i], np.asarray(images[i])
             h, w = img.shape[:2]
-            ax.imshow(img)
-            ext = (0, w, h, 0)
-            ax.imshow(np.ma.masked_less(predicted[i, j].astype(float), 0.5), extent=ext, alpha=0.45,
-                      cmap="autumn", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(desaturate(img), extent=(0, w, h, 0), vmin=0, vmax=1)
             if truth is not None and truth[i, j].any():
-                gh, gw = truth.shape[-2:]
-                ax.contour(np.linspace(0, w, gw), np.linspace(0, h, gh), truth[i, j].astype(float), levels=[0.5],
-                           colors="cyan", linewidths=0.8)
-            ax.set_xticks([]), ax.set_yticks([])
+                _outline(ax, truth[i, j], w, h, TRUE_COLOUR, "solid")
+            if (np.asarray(predicted[i, j]) >= 0.5).any():
+                _outline(ax, np.asarray(predicted[i, j]) >= 0.5, w, h, PREDICTED_COLOUR, "dashed")
+            ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
             if i == 0:
-                ax.set_ylabel(name)
-    fig.tight_layout()
+                ax.set_ylabel(name, fontsize=10)
+    handles = [Line2D([], [], color=TRUE_COLOUR, lw=1.6, label="true mask"),
+               Line2D([], [], color=PREDICTED_COLOUR, lw=1.6, ls="--", label="predicted mask")]
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=10, frameon=False)
     return fig
