@@ -77,8 +77,24 @@ def _outline(ax, mask: np.ndarray, w: int, h: int, colour: str, style: str) -> N
     ax.contour(xs, ys, m, levels=[0.5], colors=colour, linewidths=1.6, linestyles=style)
 
 
+def wrap_label(text: str, width: int = 18) -> str:
+    """A row label broken into lines of at most ``width`` characters at ``.``, ``_`` or existing breaks, so
+    a vertical label stays within its panel's height."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        parts = line.replace(".", ".\x00").replace("_", "_\x00").split("\x00")
+        current = ""
+        for part in parts:
+            if current and len(current) + len(part) > width:
+                out.append(current)
+                current = ""
+            current += part
+        out.append(current)
+    return "\n".join(out)
+
+
 def segmentation_overlay(images: Sequence[np.ndarray], predicted: np.ndarray, truth: np.ndarray | None,
-                         concepts: Sequence[str], *, max_images: int = 6):
+                         concepts: Sequence[str], *, max_images: int = 6, title: str | None = None):
     """Images, desaturated, with each concept's true mask (solid outline, :data:`TRUE_COLOUR`) and predicted
     mask (dashed outline, :data:`PREDICTED_COLOUR`); a legend above the panels names the two.
 
@@ -87,6 +103,7 @@ def segmentation_overlay(images: Sequence[np.ndarray], predicted: np.ndarray, tr
     images : RGB arrays ``H x W x 3`` (any size; masks are stretched over the image frame).
     predicted : ``n x K x gh x gw`` binary (or probability) maps on the evaluation grid.
     truth : the same shape, or None. concepts : K names (one row of panels per concept).
+    title : a line above the legend.
     """
     from matplotlib.lines import Line2D
 
@@ -104,9 +121,14 @@ def segmentation_overlay(images: Sequence[np.ndarray], predicted: np.ndarray, tr
                 _outline(ax, np.asarray(predicted[i, j]) >= 0.5, w, h, PREDICTED_COLOUR, "dashed")
             ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
             if i == 0:
-                ax.set_ylabel(name, fontsize=10)
+                ax.set_ylabel(wrap_label(name), fontsize=9)
     handles = [Line2D([], [], color=TRUE_COLOUR, lw=1.6, label="true mask"),
                Line2D([], [], color=PREDICTED_COLOUR, lw=1.6, ls="--", label="predicted mask")]
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=10, frameon=False)
+    top = 0.45 + (0.3 if title else 0.0)  # inches above the panels: the title, then the legend
+    fig.set_figheight(fig.get_figheight() + (0.3 if title else 0.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - top / fig.get_figheight()))
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / fig.get_figheight(), va="top")
+    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=10, frameon=False,
+               bbox_to_anchor=(0.5, 1 - (0.3 if title else 0.0) / fig.get_figheight()))
     return fig
