@@ -133,14 +133,22 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _shown(path: Path) -> str:
+    """A path as a page shows it: relative to the project (``results/<study>/...``) when inside it."""
+    from conceptsim.paths import project_root
+
+    path = Path(path).resolve()
+    return str(path.relative_to(project_root())) if path.is_relative_to(project_root()) else str(path)
+
+
 def provenance(what: str, record: Path, before: str | None) -> str:
     """One line for a stage notebook: whether ``what`` was reused from the stored results or computed, and
     why, from the stage's record (written last, with the identity of its inputs) before and after the call."""
     after = _read(record)
     if before is None:
-        return f"Computed the {what}: no stored results in {record.parent} yet."
+        return f"Computed the {what}: no stored results in {_shown(record.parent)} yet."
     if after == before:
-        return (f"Reused the stored {what} in {record.parent}: same inputs, parameters and library code as when "
+        return (f"Reused the stored {what} in {_shown(record.parent)}: same inputs, parameters and library code as when "
                 f"they were computed (its record {record.name} is unchanged).")
     try:
         same = json.loads(before).get("identity") == json.loads(after or "{}").get("identity")
@@ -152,7 +160,7 @@ def provenance(what: str, record: Path, before: str | None) -> str:
 
 def extraction_provenance(result: Any, existed: bool) -> str:
     """The line of :func:`provenance` for the extraction stage (its store says whether it was reused)."""
-    where = Path(result.path)
+    where = _shown(result.path)
     if result.reused:
         return (f"Reused the stored activations in {where}: same model weights, images, layers and parameters "
                 "(the store's key matches).")
