@@ -88,3 +88,18 @@ def test_readme_example_runs_as_written_in_a_new_shell(tmp_path):
     assert findings.is_file()
     executed = sorted((project / "book" / "results" / "my-study").rglob("*.ipynb"))
     assert len(executed) == 8
+
+
+def test_run_ends_naming_results_notebooks_and_the_publish_command(tmp_path, monkeypatch):
+    from conceptsim.cli import where_results_are
+    from conceptsim.study import parse_study
+
+    monkeypatch.setenv("CONCEPTSIM_ROOT", str(tmp_path))
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path / "results"))
+    study = parse_study({"name": "mine", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"]})
+    text = where_results_are(study, complete=True)
+    assert f"results:            {tmp_path / 'results' / 'mine'}" in text
+    assert f"executed notebooks: {tmp_path / 'book' / 'results' / 'mine'}" in text
+    assert f"make -C {tmp_path} book   (then open {tmp_path / '_build' / 'html' / 'index.html'})" in text
+    assert "BOOK_ALL" not in text
+    assert f"make -C {tmp_path} book BOOK_ALL=1" in where_results_are(study, complete=False)  # a rehearsal
