@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STUDY ?= studies/default.yml
+BOOK_ALL ?=
 JOBS ?= 2
 export CONCEPTSIM_ROOT := $(CURDIR)
 export MPLBACKEND := Agg
@@ -48,7 +49,9 @@ study: setup
 smoke: setup
 	$(VENV)/bin/conceptsim run $(STUDY) --smoke --jobs $(JOBS)
 
+# the book lists complete studies; BOOK_ALL=1 adds smoke and incomplete studies as rehearsals
 book: setup
+	CONCEPTSIM_BOOK_ALL=$(BOOK_ALL) $(PY) -m conceptsim.runner >/dev/null
 	$(VENV)/bin/jupyter-book build . --toc book/_generated/_toc.yml -W -n --keep-going
 	@echo "$(CURDIR)/_build/html/index.html"
 

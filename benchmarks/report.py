@@ -223,14 +223,16 @@ def efficiency_section(by_id: dict) -> list[str]:
 
 
 def table(entries: list[dict]) -> list[str]:
-    out = ["| Benchmark | Figure | Median | Spread (min – max, n) | Target | Verdict |",
+    """The Targets table: the benchmark, then its verdict and target (what a reader looks for, visible at
+    1,000 px), then the measurement and what it is."""
+    out = ["| Benchmark | Verdict | Target | Median | Spread (min – max, n) | Figure |",
            "|---|---|---|---|---|---|"]
     for e in entries:
         status = verdict(e) if e.get("status") != "failed" else "FAILED (run incomplete)"
         if e.get("quick"):
             status += " (quick mode)"
-        out.append(f"| `{e['id']}` | {e['title']} | {fmt(e['median'], e['unit'])} | "
-                   f"{fmt(e['min'], e['unit'])} – {fmt(e['max'], e['unit'])}, {e['n']} | {target_text(e)} | {status} |")
+        out.append(f"| `{e['id']}` | {status} | {target_text(e)} | {fmt(e['median'], e['unit'])} | "
+                   f"{fmt(e['min'], e['unit'])} – {fmt(e['max'], e['unit'])}, {e['n']} | {e['title']} |")
     return out
 
 

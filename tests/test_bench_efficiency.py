@@ -103,7 +103,7 @@ def test_no_records_is_a_clear_error(tmp_path):
 
 def test_performance_page_shows_the_breakdown(recorded, tmp_path):
     from common import entry
-    from report import write_page
+    from report import verdict, write_page
 
     root, results = recorded
     b = study_breakdown(results, root, book_build_s=12.0)
@@ -116,6 +116,9 @@ def test_performance_page_shows_the_breakdown(recorded, tmp_path):
     write_page({"entries": {e["id"]: e}}, out / "performance.md", out / "_static" / "performance")
     page = (out / "performance.md").read_text()
     assert "Study efficiency **2.80**" in page and "| concepts: seg | 16 |" in page
+    # the Targets table leads with the verdict and the target (read at 1,000 px without scrolling)
+    assert "| Benchmark | Verdict | Target | Median |" in page
+    assert "| `end_to_end/efficiency` | " + verdict(e) + " | " in page
     assert (out / "_static" / "performance" / "breakdown.png").stat().st_size > 1000
 
 

@@ -5,6 +5,7 @@ cannot see the results folder refused with a clear message."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,14 +65,19 @@ def result_files(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*.json")) if "_runs" not in p.parts}
 
 
-def test_same_records_and_results_as_jobs(fake_project, monkeypatch):
+def test_same_records_and_results_as_jobs(fake_project, monkeypatch, capsys):
     root, study = fake_project
     with_extra(root, RESULT)
     by_jobs = runner.run_study(study, jobs=2, progress=False)
     jobs_results, jobs_records = result_files(root / "results"), {
         r.id: json.loads(runner.record_path(r).read_text()) for r in study.runs()}
     monkeypatch.setenv("CONCEPTSIM_RESULTS", str(root / "results-cluster"))
-    by_cluster = runner.run_study(study, progress=False, executor=DaskExecutor("local:2"))
+    capsys.readouterr()
+    by_cluster = runner.run_study(study, progress=True, executor=DaskExecutor("local:2"))
+    # the progress display shows each run as it starts, on its worker, as with --jobs
+    shown = capsys.readouterr().err
+    for r in study.runs():
+        assert re.search(rf"started {re.escape(r.id)} on tcp://\S+ \| study fake: .* running", shown), shown
     assert not by_jobs.failed and not by_cluster.failed
     assert sorted(r["id"] for r in by_cluster.executed) == sorted(r["id"] for r in by_jobs.executed)
     assert result_files(root / "results-cluster") == jobs_results

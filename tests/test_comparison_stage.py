@@ -214,3 +214,15 @@ def test_positive_control_recovers_shared_blocks(tmp_path):
     assert seg["passed"] is None and "at least 5" in seg["reason"]
     # no twins in this study: finding 1 cannot be tested, and says so
     assert doc["pairs"][0]["finding1"]["seg"]["test"]["verdict"] == "not testable here"
+
+
+def test_a_model_without_weights_is_left_out_of_the_findings_with_its_reason(tmp_path):
+    root = tmp_path / "study" / "ds"
+    spec = {"a": layers(2, (4, 4)), "b": layers(2, (4, 4))}
+    build_synthetic_study(root, spec, n_images=24, seed=1)
+    (root.parent / "models.json").write_text(json.dumps({"models": {
+        "a": {"in_finding1": True}, "b": {"in_finding1": False, "label": "random init (no weights)",
+                                          "exclusion_reason": "declared without weights: a random network"}}}))
+    paths = run_comparison_stage(root, tmp_path / "out", models=list(spec), permutations=50, bootstrap=20)
+    doc = json.loads(paths["findings"].read_text())
+    assert doc["pairs"] == [] and doc["excluded_from_findings"] == {"b": "declared without weights: a random network"}

@@ -135,5 +135,25 @@ def test_figures_return_figures(run):
     assert quality_vs_depth(q).axes
     assert net2vec_vs_unit(pd.read_csv(paths["dissection_best_unit"])).axes
     masks = np.random.default_rng(0).random((2, 2, 16, 16)) > 0.5
-    fig = segmentation_overlay([np.zeros((32, 40, 3), np.uint8)] * 2, masks, masks, ["c0", "c1"])
+    fig = segmentation_overlay([np.full((32, 40, 3), (200, 30, 30), np.uint8)] * 2, masks, masks, ["c0", "c1"])
     assert len(fig.axes) == 4
+
+
+def test_segmentation_overlay_outlines_true_and_predicted_in_fixed_colours_on_a_grey_image():
+    from matplotlib.colors import to_rgba
+
+    from conceptsim.concepts.figures import PREDICTED_COLOUR, TRUE_COLOUR
+
+    truth = np.zeros((1, 1, 8, 8), bool)
+    truth[0, 0, 2:5, 2:5] = True
+    predicted = np.zeros((1, 1, 8, 8), float)
+    predicted[0, 0, 4:7, 4:7] = 0.9
+    fig = segmentation_overlay([np.full((32, 32, 3), (220, 40, 40), np.uint8)], predicted, truth, ["red"])
+    ax = fig.axes[0]
+    shown = ax.images[0].get_array()
+    assert np.allclose(shown[..., 0], shown[..., 1]) and np.allclose(shown[..., 1], shown[..., 2])  # grey
+    colours = [tuple(np.round(c.get_edgecolor()[0], 3)) for c in ax.collections]
+    assert colours == [tuple(np.round(to_rgba(TRUE_COLOUR), 3)), tuple(np.round(to_rgba(PREDICTED_COLOUR), 3))]
+    assert all(c.get_facecolor().size == 0 or c.get_facecolor()[0][3] == 0 for c in ax.collections)  # outlines only
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["true mask", "predicted mask"] and min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 9

@@ -39,7 +39,8 @@ def project(tmp_path_factory):
     global USER_FOLDERS_BEFORE
     USER_FOLDERS_BEFORE = user_folders()
     env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_RESULTS": str(root / "results"),
-           "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE", str(REPO / ".cache"))}
+           "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE", str(REPO / ".cache")),
+           "CONCEPTSIM_BOOK_ALL": "1"}  # the smoke study is a rehearsal: listed in the book only with BOOK_ALL=1
     return root, env
 
 
@@ -224,4 +225,45 @@ def test_every_page_reads_clean_in_chromium(built_book):
     finally:
         browser.quit()
     assert (html.parent / "findings.png").exists()
+    assert not problems, "\n".join(problems)
+
+
+KEY_COLUMN_PAGES = ("book/performance.html", f"{EXECUTED}/ssd_mobilenet_v2_coco/02_concepts.html",
+                    "book/results/default-smoke/findings.html")
+KEY_COLUMNS = r"^(verdict|target|result|holds)\b"  # the columns a reader looks for first
+
+
+def test_key_columns_on_screen_at_1000_and_1400_px(built_book):
+    """At 1,000 and 1,400 px, no table of the Performance page or an executed concepts page has a verdict or
+    target column that starts beyond the window's right edge; a full-page screenshot of each page (and of the
+    Findings page, for a person to look at) is saved as ``_build/screens/<page>-<width>.png`` of the temporary
+    project."""
+    html = built_book.parent
+    shots = html.parent / "screens"
+    shots.mkdir(parents=True, exist_ok=True)
+    problems = []
+    browser = _browser()
+    try:
+        for width in (1000, 1400):
+            for page in KEY_COLUMN_PAGES:
+                browser.set_window_size(width, 900)
+                browser.get((html / page).as_uri())
+                _settled(browser)
+                beyond = browser.execute_script(
+                    "const re = new RegExp(arguments[0], 'i'); const out = [];"
+                    "document.querySelectorAll('main table').forEach((t, i) => {"
+                    "  const head = t.querySelectorAll('thead th, tr:first-child th');"
+                    "  head.forEach(th => { const r = th.getBoundingClientRect();"
+                    "    if (re.test(th.innerText.trim()) && r.left >= window.innerWidth)"
+                    "      out.push(`table ${i + 1}: '${th.innerText.trim()}' starts at ${Math.round(r.left)} px`); }); });"
+                    "return out;", KEY_COLUMNS)
+                if page != KEY_COLUMN_PAGES[-1]:  # the Findings page's tables are checked by its own test
+                    problems += [f"{page} at {width} px: {b} (window {width} px)" for b in beyond]
+                height = browser.execute_script("return document.body.scrollHeight")
+                browser.set_window_size(width, min(max(900, height), 12000))
+                name = page.replace("book/results/default-smoke/", "").replace("/", "_").replace(".html", "")
+                browser.save_screenshot(str(shots / f"{name}-{width}.png"))
+    finally:
+        browser.quit()
+    assert len(list(shots.glob("*.png"))) == 2 * len(KEY_COLUMN_PAGES)
     assert not problems, "\n".join(problems)

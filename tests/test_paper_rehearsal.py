@@ -87,7 +87,7 @@ def test_twins_only_needs_no_weights_and_keeps_the_study_shape(copies, tmp_path,
 def test_paper_smoke_rehearsal_through_every_notebook_and_the_book(copies, tmp_path):
     results, data = tmp_path / "results", tmp_path / "data"
     env = {**os.environ, "CONCEPTSIM_RESULTS": str(results), "CONCEPTSIM_DATA": str(data),
-           "CONCEPTSIM_ROOT": str(ROOT)}
+           "CONCEPTSIM_ROOT": str(ROOT), "CONCEPTSIM_BOOK_ALL": "1"}  # a smoke study: listed only with BOOK_ALL=1
     book_results = ROOT / "book" / "results" / "paper-smoke"
     shutil.rmtree(book_results, ignore_errors=True)
     cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/paper.yml", "--smoke", "--twins-only", "--quiet", *roots(copies)]

@@ -31,3 +31,24 @@ def test_result_paths_come_from_the_layout_module(tmp_path, monkeypatch):
 def test_unknown_model_is_named(name):
     with pytest.raises(KeyError, match="unknown model"):
         pipeline.probed_layers(name, None)
+
+
+def test_provenance_says_whether_a_stage_reused_or_computed_and_why(tmp_path):
+    import json
+    import types
+
+    record = tmp_path / "concept_stage.json"
+    assert pipeline.provenance("concept results", record, None).startswith("Computed the concept results: no stored")
+    record.write_text(json.dumps({"identity": "a", "outputs": {}, "seconds": 1}))
+    before = record.read_text()
+    assert pipeline.provenance("concept results", record, before).startswith(
+        f"Reused the stored concept results in {tmp_path}: same inputs, parameters and library code")
+    record.write_text(json.dumps({"identity": "b", "outputs": {}, "seconds": 2}))
+    assert "computed from other inputs, parameters or library code" in pipeline.provenance("x", record, before)
+    record.write_text(json.dumps({"identity": "a", "outputs": {}, "seconds": 3}))
+    assert "an output listed in the stored record was missing" in pipeline.provenance("x", record, before)
+    result = types.SimpleNamespace(path=tmp_path / "activations.zarr", reused=False)
+    assert pipeline.extraction_provenance(result, existed=False).startswith("Computed the activations: no store")
+    assert pipeline.extraction_provenance(result, existed=True).startswith("Recomputed the activations")
+    result.reused = True
+    assert pipeline.extraction_provenance(result, existed=True).startswith("Reused the stored activations")

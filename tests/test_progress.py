@@ -69,11 +69,20 @@ def test_text_names_running_runs_elapsed_and_counts():
                            "0 running, 0 left")
 
 
-def test_no_estimate_without_records():
+def test_no_estimate_before_any_time_then_a_range_for_untimed_stages():
     clock = Clock()
+    p = make(clock, expected={"extract/s/a": None, "concepts/s/a": None})
+    assert p.estimate() is None and p.estimate_range() is None
+    assert p.summary().endswith("; no estimate until the first run ends")
+    # one stage timed (records): the untimed one is taken as long as it, and the display says which is untimed
     p = make(clock, expected={"extract/s/a": None, "concepts/s/a": 50.0})
-    assert p.estimate() is None
-    assert p.summary().endswith("; no estimate yet")
+    assert p.estimate() is None and p.estimate_range() == (100.0, 100.0)
+    assert p.summary().endswith("; about 1 min 40 s left; not yet timed: extract")
+    # two stages timed: an untimed run lies between the shortest and the longest stage mean
+    p = make(clock, expected={"extract/s/a": 100.0, "concepts/s/a": 20.0, "compare_layers/s": None,
+                              "compare_models/s": None})
+    assert p.estimate_range() == (160.0, 320.0)  # 120 + 2 x 20 .. 120 + 2 x 100
+    assert p.summary().endswith("; about 2 min 40 s to 5 min 20 s left; not yet timed: compare_layers, compare_models")
 
 
 def test_log_output_one_line_per_event_and_quiet_prints_nothing():
@@ -122,10 +131,52 @@ def test_first_run_of_a_study_learns_from_its_own_finished_runs():
     assert p.estimate() is None
     p.started("extract/s/a")
     clock.t += 30
+    assert "no estimate until the first run ends" in p.summary()
     p.finished("extract/s/a", True, 30.0)
-    assert p.estimate() is None  # no concept run has finished yet
+    assert p.estimate() is None  # no concept run has finished yet: a range (here one value) instead
+    assert p.estimate_range() == (60.0, 60.0) and "about 1 min 00 s left; not yet timed: concepts" in p.summary()
     p.expected["concepts/s/a"] = 50.0
     assert p.estimate() == pytest.approx(80.0)  # extract/s/b (30, learnt) then concepts/s/a (50) on one worker
     p.started("extract/s/b")
     clock.t += 10
     assert "extract/s/b: 10 s of about 30 s" in "\n".join(p.lines())
+
+
+def test_default_study_first_run_has_an_estimate_from_the_first_finished_run_on():
+    """A first run of a study shaped like the default one (3 datasets x 3 models and twins: 42 runs, no
+    records): after the first extraction ends, every summary has a time left, untimed stages named."""
+    clock = Clock()
+    ids = [f"{stage}/{ds}/{m}" for ds in ("a", "b", "c") for m in ("m1", "m1:random", "m2", "m2:random", "m3", "m3:random")
+           for stage in ("extract", "concepts")] + [f"{stage}/{ds}" for ds in ("a", "b", "c")
+                                                    for stage in ("compare_layers", "compare_models")]
+    assert len(ids) == 42
+    p = StudyProgress("default", total=42, jobs=2, expected=dict.fromkeys(ids), stream=io.StringIO(), clock=clock)
+    without = 0
+    for rid in ids:
+        p.started(rid)
+        without += "no estimate" in p.summary()
+        clock.t += 20.0 if rid.startswith("extract") else 40.0
+        p.finished(rid, True, 20.0 if rid.startswith("extract") else 40.0)
+        if p.left:
+            assert "left" in p.summary() and "no estimate" not in p.summary()
+    assert without == 1  # only while the very first run executes
+
+
+def test_cluster_runs_show_their_worker_and_a_retry_moves_the_run():
+    clock = Clock()
+    out = io.StringIO()
+    p = make(clock, stream=out, expected={"extract/s/a": 60.0, "extract/s/b": 60.0, "concepts/s/a": 30.0}).start()
+    p.set_workers(2)
+    p.started("extract/s/a", "tcp://10.0.0.1:4001")
+    p.started("extract/s/b", "tcp://10.0.0.2:4002")
+    clock.t += 20
+    lines = p.lines()
+    assert lines[0].startswith("study demo: 0 done, 1 skipped (complete), 2 running, 2 left; about 1 min 10 s left")
+    assert lines[1:] == ["  extract/s/a on tcp://10.0.0.1:4001: 20 s of about 1 min 00 s",
+                         "  extract/s/b on tcp://10.0.0.2:4002: 20 s of about 1 min 00 s"]
+    p.started("extract/s/a", "tcp://10.0.0.3:4003")  # its worker died: Dask runs it again elsewhere
+    assert p.lines()[1] == "  extract/s/a on tcp://10.0.0.3:4003: 0 s of about 1 min 00 s"
+    assert "started extract/s/a on tcp://10.0.0.3:4003 (retried)" in out.getvalue()
+    p.finished("extract/s/b", True, 20)
+    p.started("extract/s/b", "tcp://10.0.0.2:4002")  # a start report that arrives after the result: ignored
+    assert len(p.running) == 1 and "extract/s/b" not in "\n".join(p.lines())

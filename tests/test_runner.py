@@ -235,6 +235,34 @@ def test_toc_lists_every_study_with_results(fake_project, monkeypatch):
     assert "Executed notebooks: study 'fake'" not in captions and "Executed notebooks: study 'other'" in captions
 
 
+def test_toc_lists_complete_studies_and_rehearsals_only_with_book_all(fake_project, monkeypatch):
+    """Smoke studies and incomplete ones (a run failed) are rehearsals: not in the book's toc unless
+    BOOK_ALL=1, and then under parts that say so, after the real studies."""
+    root, study = fake_project
+    monkeypatch.setattr(runner, "execute_run", fake_execute)
+    monkeypatch.delenv("CONCEPTSIM_BOOK_ALL", raising=False)
+    runner.run_study(study, progress=False)
+    smoke = parse_study({"name": "fake", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"],
+                         "smoke": {}}, smoke=True)
+    assert smoke.name == "fake-smoke"
+    runner.run_study(smoke, progress=False)
+    broken = parse_study({"name": "broken", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"]})
+    runner.run_study(broken, progress=False, only={"stage": "extract"})  # the other runs never ran
+
+    def captions() -> list[str]:
+        return [p["caption"] for p in yaml.safe_load((root / "book" / "_generated" / "_toc.yml").read_text())["parts"]]
+
+    toc = (root / "book" / "_generated" / "_toc.yml").read_text()
+    assert "Executed notebooks: study 'fake'" in captions() and "book/results/fake/reproducibility" in toc
+    assert not any("smoke" in c or "broken" in c for c in captions())
+    assert "fake-smoke" not in toc and "book/results/broken" not in toc
+    monkeypatch.setenv("CONCEPTSIM_BOOK_ALL", "1")
+    runner.write_toc()
+    assert captions()[-3:] == ["Executed notebooks: study 'fake'", "Rehearsal (incomplete study): 'broken'",
+                               "Rehearsal (smoke study): 'fake-smoke'"]
+    assert runner.write_toc(rehearsals=False) and "fake-smoke" not in captions()[-1]
+
+
 def test_only_with_a_repeated_key_matches_either_value():
     study = parse_study({"name": "f", "datasets": {"shapes": {}},
                          "models": ["mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco"]})
@@ -249,7 +277,8 @@ def test_progress_reports_runs_and_estimate_and_kernel_is_quiet(fake_project, ca
     runner.run_study(study, progress=True)
     first = capfd.readouterr().err
     assert "started extract/shapes/mobilenet_v2_imagenet | study fake:" in first
-    assert "no estimate yet" in first  # no earlier records
+    assert "no estimate until the first run ends" in first  # no earlier records, nothing finished yet
+    assert "finished extract/shapes/mobilenet_v2_imagenet in " in first and "left; about" in first  # then a range
     assert "without encryption" not in first  # kernel sockets are CurveZMQ-encrypted
     runner.run_study(study, progress=True, force=True)
     again = capfd.readouterr().err
@@ -281,7 +310,7 @@ def test_the_cluster_gets_the_chain_as_priority(fake_project):
     seen = {}
 
     class Recorder:
-        def execute(self, runs, keys, finish, skip, priority=None):
+        def execute(self, runs, keys, finish, skip, priority=None, progress=None):
             seen.update(priority)
 
     runner.run_study(study, progress=False, executor=Recorder())

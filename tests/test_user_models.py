@@ -44,7 +44,7 @@ def test_torchvision_name_twin_layers_and_weights(tmp_path):
     # no weights file: randomly initialised, deterministically, and the hash says so
     plain = build_model("my_resnet")
     assert plain.weights_sha256.startswith("random-init") and "no weights file" in plain.weights_sha256
-    assert "randomly initialised" in weights_record(spec)
+    assert weights_record(spec) == "none (random init, seed 0)"
     # a state_dict saved by the user loads with weights_only and is hashed
     trained = {k: v + 1.0 if v.is_floating_point() else v for k, v in twin.module.state_dict().items()}
     torch.save(trained, tmp_path / "w.pth")
@@ -188,15 +188,18 @@ def test_parse_model_arg_keeps_registry_names():
 
 # ----------------------------------------------------------------------------------------- study
 def test_study_declares_models_twins_layers_and_device(tmp_path):
+    import torchvision
+
     from conceptsim.study import StudyError, load_study
 
     write_python_model(tmp_path)
     (tmp_path / "tiny.yaml").write_text(TINY_YOLO)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet.pth")
     text = textwrap.dedent("""\
         name: mine
         datasets: {shapes: {}}
         models:
-          - my_resnet: {torchvision: resnet18, input_size: 64}
+          - my_resnet: {torchvision: resnet18, input_size: 64, weights: resnet.pth}
           - my_resnet:random
           - my_yolo: {ultralytics: tiny.yaml}
           - my_net: {python: "mynets.tiny:build"}
@@ -207,15 +210,18 @@ def test_study_declares_models_twins_layers_and_device(tmp_path):
     study = load_study(tmp_path / "s.yml")
     assert study.models == ["my_resnet", "my_resnet:random", "my_yolo", "my_net"] and study.device == "cpu"
     ex = {r.id: r.parameters for r in study.runs() if r.stage == "extract"}
-    assert ex["extract/shapes/my_resnet:random"]["model_spec"] == {"torchvision": "resnet18", "input_size": 64}
+    assert ex["extract/shapes/my_resnet:random"]["model_spec"] == {"torchvision": "resnet18", "input_size": 64,
+                                                                   "weights": str(tmp_path / "resnet.pth")}
     assert ex["extract/shapes/my_yolo"]["model_spec"]["ultralytics"] == str(tmp_path / "tiny.yaml")
     assert ex["extract/shapes/my_yolo"]["layers"] == "model.*"
     co = {r.id: r.parameters for r in study.runs() if r.stage == "concepts"}
     assert co["concepts/shapes/my_resnet"]["random_twin"] == "my_resnet:random"
     for bad, match in (
         (text.replace("  - my_resnet:random\n", "  - other:random\n"), "unknown model 'other:random'"),
-        (text.replace("input_size: 64}", "input_size: 64, colour: red}"), r"unknown key\(s\) \['colour'\] in 'models.my_resnet'"),
+        (text.replace("input_size: 64,", "input_size: 64, colour: red,"), r"unknown key\(s\) \['colour'\] in 'models.my_resnet'"),
         (text.replace("device: cpu", "device: gpu"), "'device' is 'gpu'; accepted: cpu, cuda"),
+        (text.replace(", weights: resnet.pth}", "}"), r"'my_resnet:random' is the random-init twin of 'my_resnet', which is "
+                                                      r"declared without weights"),
         (text.replace("device: cpu", "device: cpu\nextraction: {device: cuda}"), "'device' .* and 'extraction.device' .* differ"),
     ):
         (tmp_path / "bad.yml").write_text(bad)
@@ -250,5 +256,31 @@ def test_reproducibility_page_lists_declared_models_and_hashes(tmp_path):
     page = write_reproducibility_page(load_study(tmp_path / "s.yml"), [], tmp_path / "r.md").read_text()
     section = page.split("## Models declared in the study file")[1].split("## Environment")[0]
     assert f"sha256 {sha256_file(tmp_path / 'w.pth')}" in section and "`a`" in section
-    assert "`b`" in section and "none: randomly initialised (seed 0)" in section
+    assert "| `b` | random init (no weights) | none (random init, seed 0) |" in section
     assert f"weights: {tmp_path / 'w.pth'}" in section
+
+
+def test_a_model_without_weights_is_random_init_has_no_twin_and_is_left_out_of_finding1(tmp_path, monkeypatch):
+    from conceptsim.book.reporting import models_left_out_of_finding1, page_title
+    from conceptsim.models.user_models import NO_WEIGHTS_LABEL, model_listing, read_model_listing, write_model_listing
+    from conceptsim.study import parse_study
+
+    study = parse_study({"name": "mine", "datasets": {"shapes": {}}, "models": [
+        "mobilenet_v2_imagenet", "mobilenet_v2_imagenet:random", {"my_resnet": {"torchvision": "resnet18", "input_size": 64}}]})
+    listing = model_listing(study.models, study.model_specs)
+    assert listing["my_resnet"]["trained"] is False and listing["my_resnet"]["label"] == NO_WEIGHTS_LABEL
+    assert listing["my_resnet"]["in_finding1"] is False and "without weights" in listing["my_resnet"]["exclusion_reason"]
+    assert listing["mobilenet_v2_imagenet"] == {"model": "mobilenet_v2_imagenet", "trained": True, "label": "trained",
+                                                "twin_of": None, "in_finding1": True, "exclusion_reason": None}
+    assert listing["mobilenet_v2_imagenet:random"]["label"] == "random-init twin"
+    co = {r.id: r.parameters for r in study.runs() if r.stage == "concepts"}
+    assert co["concepts/shapes/my_resnet"]["random_twin"] == ""  # no twin run
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path / "results"))
+    assert read_model_listing("mine") == {}
+    write_model_listing("mine", study.models, study.model_specs)
+    assert read_model_listing("mine") == listing
+    titles = {r.id: page_title(r, study.model_specs) for r in study.runs()}
+    assert titles["extract/shapes/my_resnet"] .endswith(f": my_resnet, {NO_WEIGHTS_LABEL} on shapes")
+    assert NO_WEIGHTS_LABEL not in titles["extract/shapes/mobilenet_v2_imagenet"]
+    note = models_left_out_of_finding1(study)
+    assert "`my_resnet` (random init (no weights)): declared without weights" in note and "mobilenet" not in note

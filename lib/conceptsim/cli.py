@@ -44,6 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             fresh_kernels=args.fresh_kernels)
     n_exec = len(outcome.executed)
     print(f"study {study.name}: {n_exec} run(s) executed, {len(outcome.skipped_complete)} reused (complete and unchanged)")
+    print(where_results_are(study, complete=not (outcome.failed or outcome.skipped_dependency)))
     if outcome.failed or outcome.skipped_dependency:
         for rec in outcome.failed:
             where = [f"\n  {label}: {rec[k]}" for k, label in (("executed_notebook", "executed notebook"), ("log", "log"))
@@ -53,6 +54,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"SKIPPED {rid}: a run it depends on failed", file=sys.stderr)
         return 1
     return 0
+
+
+def where_results_are(study, complete: bool) -> str:
+    """Where a study's numbers and executed notebooks are, and the command that publishes them in the book
+    (the book lists complete studies; smoke and incomplete ones only with ``BOOK_ALL=1``)."""
+    from conceptsim.paths import book_results_dir, project_root, results_dir
+
+    root = project_root()
+    rehearsal = study.smoke or not complete
+    return "\n".join([
+        f"  results:            {results_dir() / study.name}",
+        f"  executed notebooks: {book_results_dir(study.name)}",
+        f"  publish the book:   make -C {root} book{' BOOK_ALL=1' if rehearsal else ''}"
+        f"   (then open {root / '_build' / 'html' / 'index.html'})"
+        + ("\n  (a smoke or incomplete study is listed in the book only with BOOK_ALL=1, under 'Rehearsals')"
+           if rehearsal else ""),
+    ])
 
 
 def _cmd_models_list(args: argparse.Namespace) -> int:

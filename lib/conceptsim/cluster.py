@@ -127,11 +127,23 @@ def worker_threads() -> int:
     return max(1, usable_cpus() // max(1, get_worker().state.nthreads))
 
 
+def report_started(topic: str | None, run: Run) -> None:
+    """Tell the client's progress display that ``run`` starts on this worker (a Dask event on ``topic``)."""
+    if not topic:
+        return
+    from distributed import get_worker
+
+    try:
+        get_worker().log_event(topic, [run.id, worker_name()])
+    except ValueError:  # not in a worker (tests calling the task function directly)
+        pass
+
+
 def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], check: tuple[str, str],
-             since: float, fresh_kernel: bool, *dependencies: dict) -> dict[str, Any]:
+             since: float, fresh_kernel: bool, *dependencies: dict, started_topic: str | None = None) -> dict[str, Any]:
     """One run as a Dask task (``dependencies``: the records of the runs it depends on, there only to order
     it), in the worker thread's warm kernel unless ``fresh_kernel``. Returns the run's record; a failed run
-    raises :class:`RunFailed`."""
+    raises :class:`RunFailed`. When it executes, it reports its start and worker on ``started_topic``."""
     os.environ.update(settings)  # the kernel papermill starts inherits them
     problem = sees_shared_folders(settings, *check)
     if problem:
@@ -140,6 +152,7 @@ def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], 
         record = json.loads(record_path(run).read_text())
         if record.get("started", 0) >= since:
             return record
+    report_started(started_topic, run)
     try:
         record = execute_run(run, key, threads or worker_threads(), fresh_kernel=fresh_kernel)
     except Exception as exc:  # outside the notebook (its own errors are in the record)
@@ -167,10 +180,12 @@ class DaskExecutor:
             self.local_workers = int(n)
 
     def execute(self, runs: list[Run], keys: dict[str, str], finish: Callable[[dict], None],
-                skip: Callable[[str], None], priority: dict[str, float] | None = None) -> None:
+                skip: Callable[[str], None], priority: dict[str, float] | None = None, progress: Any = None) -> None:
         """Submit ``runs`` (dependencies outside them are complete) and report each as it ends:
         ``finish(record)`` for an executed run, ok or failed, ``skip(run_id)`` for a dependent of a failed run.
-        Workers take the ready run of highest ``priority`` first (Dask's task priority)."""
+        Workers take the ready run of highest ``priority`` first (Dask's task priority). ``progress`` (a
+        :class:`conceptsim.progress.StudyProgress`) hears when each run starts and on which worker (a Dask
+        event its task logs), and how many runs the cluster's workers execute at once."""
         if not runs:
             return
         from distributed import as_completed
@@ -184,13 +199,19 @@ class DaskExecutor:
             self._check_workers(client, runs, settings, check)
             threads = max(1, usable_cpus() // self.local_workers) if self.local_workers else None
             token = uuid.uuid4().hex[:8]
+            topic = None
+            if progress is not None:
+                topic = f"conceptsim-started-{token}"
+                client.subscribe_topic(topic, lambda event: progress.started(*event[1]))
+                slots = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+                progress.set_workers(slots or 1)
             futures: dict[str, Any] = {}
             for run in runs:  # topological: a run's dependencies are submitted before it
                 deps = [futures[d] for d in run.depends_on if d in futures]
                 futures[run.id] = client.submit(
                     run_task, run, keys[run.id], threads, settings, check, since, self.fresh_kernels, *deps,
                     key=f"{run.stage}-{token}-{run.id}", resources={"GPU": 1} if needs_gpu(run) else None,
-                    priority=round((priority or {}).get(run.id, 0.0)),
+                    priority=round((priority or {}).get(run.id, 0.0)), started_topic=topic,
                 )
             by_key = {f.key: rid for rid, f in futures.items()}
             runs_by_id = {r.id: r for r in runs}

@@ -103,16 +103,17 @@ def two_layer_view(study: str, dataset: str, a: tuple[str, str], b: tuple[str, s
 
 
 def two_layer_figure(view: TwoLayerView):
-    """One row per layer, one column per image: predicted mask filled, true mask as a contour."""
+    """One row per layer, one column per image: true and predicted masks as outlines on the grey image."""
     from conceptsim.concepts.figures import segmentation_overlay
 
     predicted = np.stack(view.predicted, axis=1)
     truth = np.stack([view.truth, view.truth], axis=1)
     names = [f"{model}\n{layer}" for model, layer in view.layers]
-    fig = segmentation_overlay(view.images, predicted, truth, names, max_images=len(view.images))
+    fig = segmentation_overlay(view.images, predicted, truth, names, max_images=len(view.images),
+                               title=f"concept {view.concept}: IoU of the first / second layer per image")
     for ax, (iou_a, iou_b), image_id in zip(fig.axes[: len(view.images)], view.iou(), view.image_ids):
-        ax.set_title(f"image {int(image_id)}\nIoU {iou_a:.2f} / {iou_b:.2f}", fontsize=8)
-    fig.suptitle(f"{view.concept}: true mask (contour), predicted (filled)", fontsize=9)
+        ax.set_title(f"image {int(image_id)}\nIoU {iou_a:.2f} / {iou_b:.2f}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))  # room for the titles just set
     return fig
 
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from conceptsim.atomic import write_json
 from conceptsim.paths import (
+    comparison_stage_json,
     concept_quality_csv,
+    concept_stage_json,
     dataset_results,
     dataset_summary_files,
     extraction_timings_json,
@@ -118,8 +120,52 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str] |
     return result, loaded, ds
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _shown(path: Path) -> str:
+    """A path as a page shows it: relative to the project (``results/<study>/...``) when inside it."""
+    from conceptsim.paths import project_root
+
+    path = Path(path).resolve()
+    return str(path.relative_to(project_root())) if path.is_relative_to(project_root()) else str(path)
+
+
+def provenance(what: str, record: Path, before: str | None) -> str:
+    """One line for a stage notebook: whether ``what`` was reused from the stored results or computed, and
+    why, from the stage's record (written last, with the identity of its inputs) before and after the call."""
+    after = _read(record)
+    if before is None:
+        return f"Computed the {what}: no stored results in {_shown(record.parent)} yet."
+    if after == before:
+        return (f"Reused the stored {what} in {_shown(record.parent)}: same inputs, parameters and library code as when "
+                f"they were computed (its record {record.name} is unchanged).")
+    try:
+        same = json.loads(before).get("identity") == json.loads(after or "{}").get("identity")
+    except (json.JSONDecodeError, AttributeError):
+        same = False
+    return (f"Recomputed the {what}: " + ("an output listed in the stored record was missing." if same else
+            "the stored results were computed from other inputs, parameters or library code."))
+
+
+def extraction_provenance(result: Any, existed: bool) -> str:
+    """The line of :func:`provenance` for the extraction stage (its store says whether it was reused)."""
+    where = _shown(result.path)
+    if result.reused:
+        return (f"Reused the stored activations in {where}: same model weights, images, layers and parameters "
+                "(the store's key matches).")
+    return (f"Recomputed the activations in {where}: the stored ones were made with other weights, images, layers "
+            "or parameters, or were incomplete." if existed else f"Computed the activations: no store at {where} yet.")
+
+
 def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept_options: dict,
                  device: str, seed: int) -> dict:
+    """The concept stage on one model's store (reused when its record matches); the returned paths carry
+    ``"provenance"``, one line saying whether the results were reused or computed and why."""
     from conceptsim.concepts.stage import run_concept_stage
     from conceptsim.models.registry import resolve_device
 
@@ -127,20 +173,26 @@ def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept
     out = model_results(study, dataset, model)
     twin_csv = concept_quality_csv(model_results(study, dataset, random_twin)) if random_twin else None
     opts = dict(concept_options)
-    return run_concept_stage(
+    before = _read(concept_stage_json(out))
+    paths = run_concept_stage(
         store_path(study, dataset, model), out, loss=opts["loss"], lr=opts["lr"], epochs=opts["epochs"],
         patience=opts["patience"], bootstrap=opts["bootstrap"], dissection=opts["dissection"], seed=seed,
         device=device, random_init_quality=twin_csv, reuse=True,
     )
+    return {**paths, "provenance": provenance("concept results", concept_stage_json(out), before)}
 
 
 def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_options: dict, seed: int) -> dict:
+    """The comparison stage on a dataset's models (reused when its record matches); the returned paths carry
+    ``"provenance"`` (see :func:`run_concepts`)."""
     from conceptsim.comparison.stage import run_comparison_stage
 
     out = dataset_results(study, dataset)
-    return run_comparison_stage(out, out, models=list(models), seed=seed,
-                                permutations=comparison_options["permutations"],
-                                bootstrap=comparison_options["bootstrap"], reuse=True)
+    before = _read(comparison_stage_json(out))
+    paths = run_comparison_stage(out, out, models=list(models), seed=seed,
+                                 permutations=comparison_options["permutations"],
+                                 bootstrap=comparison_options["bootstrap"], reuse=True)
+    return {**paths, "provenance": provenance("comparison results", comparison_stage_json(out), before)}
 
 
 def _stored_dataset(store, **kwargs):

@@ -251,14 +251,17 @@ def run_study(
     for every run instead.
 
     ``executor`` (e.g. :class:`conceptsim.cluster.DaskExecutor`) replaces the local process pool: its
-    ``execute(runs, keys, finish, skip, priority=...)`` runs ``runs`` (in dependency order, the ready run of
-    highest priority first: :func:`critical_path`) and calls ``finish(record)`` for each executed run and
-    ``skip(run_id)`` for each dependent of a failed one.
+    ``execute(runs, keys, finish, skip, priority=..., progress=...)`` runs ``runs`` (in dependency order, the
+    ready run of highest priority first: :func:`critical_path`), calls ``finish(record)`` for each executed
+    run and ``skip(run_id)`` for each dependent of a failed one, and tells ``progress`` (the display) when a
+    run starts and on which worker (``progress.started(run_id, worker)``).
     """
+    from conceptsim.models.user_models import write_model_listing
     from conceptsim.progress import StudyProgress, expected_seconds
 
     runs = select(study.runs(), only or {})
     keys = run_keys(runs)
+    write_model_listing(study.name, study.models, study.model_specs)  # trained or not, read by the findings
     for folder in (results_dir() / study.name, book_results_dir(study.name)):
         for path in remove_debris(folder):
             log.info("removed %s, left by a process that no longer runs", path)
@@ -308,7 +311,7 @@ def run_study(
                     changed = True
 
     if executor is not None:
-        executor.execute(list(todo.values()), keys, finish, skip, priority=chain)
+        executor.execute(list(todo.values()), keys, finish, skip, priority=chain, progress=bar)
     elif jobs <= 1:
         from conceptsim.kernels import shutdown_all
 
@@ -375,26 +378,49 @@ def write_book_pages(study: Study) -> Path:
         index = out_dir / ds / "index.md"
         write_text(index, reporting.dataset_index(study, ds, ds_runs))
         chapters.append({"file": _rel(index), "title": f"Dataset {ds}",
-                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r)} for r in ds_runs]})
+                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r, study.model_specs)}
+                                      for r in ds_runs]})
     part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
-            "findings": _rel(findings_page) if findings_page is not None else None}
+            "findings": _rel(findings_page) if findings_page is not None else None,
+            # a rehearsal (listed only with BOOK_ALL=1): a smoke study, or one not every run of which is complete
+            "smoke": bool(study.smoke), "complete": len(runs) == len(study.runs())}
     write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))
     return write_toc()
 
 
-def write_toc() -> Path:
-    """``book/_generated/_toc.yml``: the base toc, plus, for every study with executed notebooks (sorted by
-    name), its findings and reproducibility pages and a part with its notebooks."""
+def include_rehearsals() -> bool:
+    """Whether the book lists rehearsals too: ``make book BOOK_ALL=1`` (``CONCEPTSIM_BOOK_ALL=1``)."""
+    return os.environ.get("CONCEPTSIM_BOOK_ALL", "").strip().lower() in ("1", "true", "yes")
+
+
+def rehearsal_kind(part: dict) -> str | None:
+    """``"smoke"``, ``"incomplete"`` or None (a complete study) for a study's toc part (a part written before
+    these keys existed: smoke when the name ends in ``-smoke``)."""
+    if part.get("smoke", str(part.get("study", "")).endswith("-smoke")):
+        return "smoke"
+    return None if part.get("complete", True) else "incomplete"
+
+
+def write_toc(rehearsals: bool | None = None) -> Path:
+    """``book/_generated/_toc.yml``: the base toc, plus, for every complete study with executed notebooks
+    (sorted by name), its findings and reproducibility pages and a part with its notebooks. Smoke studies and
+    incomplete ones (a run failed or never ran) are rehearsals: left out unless ``rehearsals`` (default:
+    :func:`include_rehearsals`), and then listed after the real studies under parts captioned
+    "Rehearsal (smoke study) ..." or "Rehearsal (incomplete study) ..."."""
     root = project_root()
+    rehearsals = include_rehearsals() if rehearsals is None else rehearsals
     base = yaml.safe_load((root / "_toc.yml").read_text())
     parts = []
     for part_file in sorted((root / "book" / "results").glob(f"*/{TOC_PART}")):
         part = yaml.safe_load(part_file.read_text()) or {}
+        if rehearsal_kind(part) and not rehearsals:
+            continue
         chapters = [ch for ch in part.get("chapters", []) if _page_exists(root, ch["file"])]
         for ch in chapters:
             ch["sections"] = [sec for sec in ch.get("sections", []) if _page_exists(root, sec["file"])]
         if chapters:
             parts.append((part, chapters))
+    parts.sort(key=lambda pc: rehearsal_kind(pc[0]) is not None)  # real studies first (stable: by name within)
     for part, chapters in parts:
         for p in base.get("parts", []):
             for ch in p.get("chapters", []):
@@ -402,7 +428,10 @@ def write_toc() -> Path:
                     ch.setdefault("sections", []).append({"file": part["findings"]})
                 if ch.get("file") == "book/reproducibility" and _page_exists(root, part["reproducibility"]):
                     ch.setdefault("sections", []).append({"file": part["reproducibility"]})
-        base.setdefault("parts", []).append({"caption": f"Executed notebooks: study '{part['study']}'", "chapters": chapters})
+        kind = rehearsal_kind(part)
+        caption = (f"Rehearsal ({kind} study): '{part['study']}'" if kind
+                   else f"Executed notebooks: study '{part['study']}'")
+        base.setdefault("parts", []).append({"caption": caption, "chapters": chapters})
     toc = root / "book" / "_generated" / "_toc.yml"
     write_text(toc, "# generated by conceptsim run; do not edit\n" + yaml.safe_dump(base, sort_keys=False))
     return toc
@@ -410,3 +439,7 @@ def write_toc() -> Path:
 
 def _page_exists(root: Path, rel: str) -> bool:
     return any((root / rel).with_suffix(ext).is_file() for ext in (".md", ".ipynb"))
+
+
+if __name__ == "__main__":  # `make book` regenerates the toc: python -m conceptsim.runner (BOOK_ALL=1: rehearsals too)
+    print(write_toc())

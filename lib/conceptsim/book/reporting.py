@@ -77,15 +77,25 @@ def _declared_models_section(study: "Study") -> list[str]:
     specs = getattr(study, "model_specs", None) or {}
     if not specs:
         return []
-    from conceptsim.models.user_models import describe_spec, weights_record
+    from conceptsim.models.user_models import describe_spec, model_status, weights_record
 
-    rows = [[f"`{name}`", f"`{describe_spec(spec)}`", weights_record(spec)] for name, spec in specs.items()]
+    rows = [[f"`{name}`", model_status(name, specs)["label"], weights_record(spec), f"`{describe_spec(spec)}`"]
+            for name, spec in specs.items()]
     return [
         "## Models declared in the study file\n",
         "Each model's spec as the runs received it (paths resolved) and the sha256 of its weight file; a model "
         "declared without weights is randomly initialised, and its results are those of an untrained network.\n",
-        table(["model", "spec", "weights"], rows),
+        table(["model", "status", "weights", "spec"], rows),
     ]
+
+
+def models_left_out_of_finding1(study: "Study") -> str:
+    """One sentence per model that finding 1 leaves out and why (a declared model without weights), else ''."""
+    from conceptsim.models.user_models import model_listing
+
+    out = [f"- `{m}` ({s['label']}): {s['exclusion_reason']}."
+           for m, s in model_listing(study.models, getattr(study, "model_specs", None)).items() if not s["in_finding1"]]
+    return ("**Models left out of finding 1**\n\n" + "\n".join(out) + "\n\n") if out else ""
 
 
 def write_findings_page(study: "Study", path: Path) -> Path | None:
@@ -105,6 +115,7 @@ def write_findings_page(study: "Study", path: Path) -> Path | None:
         f"# Measured findings: study `{study.name}`\n\n"
         "Generated from each dataset's `findings.json` and `similarity.csv` by the runner; nothing here is "
         "typed by hand.\n\n"
+        + models_left_out_of_finding1(study)
         + report.study_opening(docs, study.name) + "\n## Verdicts at a glance\n\n" + report.verdict_overview(docs)
         + "\n## Details per dataset\n\n"
     )
@@ -147,14 +158,20 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
             + cka_text)
 
 
-def page_title(run: "Run") -> str:
-    """The navigation title of an executed notebook: its stage, and the model and dataset it is about."""
-    return f"{STAGE_TITLES[run.stage]}: " + (f"{run.model} on {run.dataset}" if run.model else run.dataset)
+def page_title(run: "Run", model_specs: dict | None = None) -> str:
+    """The navigation title of an executed notebook: its stage, and the model and dataset it is about (a
+    declared model without weights says so: ``my_net (random init (no weights))``)."""
+    from conceptsim.models.user_models import model_status
+
+    model = run.model
+    if model and not model_status(model, model_specs)["in_finding1"]:
+        model = f"{model}, {model_status(model, model_specs)['label']}"
+    return f"{STAGE_TITLES[run.stage]}: " + (f"{model} on {run.dataset}" if model else run.dataset)
 
 
 def dataset_index(study: "Study", dataset: str, runs: list["Run"]) -> str:
     lines = [f"# Dataset `{dataset}`\n", f"Executed notebooks of study `{study.name}` on dataset `{dataset}`.\n"]
-    lines += [f"- {page_title(r)}" for r in runs]
+    lines += [f"- {page_title(r, study.model_specs)}" for r in runs]
     return "\n".join(lines) + "\n"
 
 

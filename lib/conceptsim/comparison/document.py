@@ -105,7 +105,7 @@ def same_layers(so: StudyOutputs, source: str, target: str) -> np.ndarray:
 
 
 def plan_findings(so: StudyOutputs, quality: pd.DataFrame, select: dict[str, np.ndarray], so_val: StudyOutputs | None = None,
-                  seed: int = 0) -> tuple[list[Finding1Plan], dict]:
+                  seed: int = 0, excluded: dict[str, str] | None = None) -> tuple[list[Finding1Plan], dict]:
     """The learned-concept filter (on the selection split) and the val-selected layer pairs of finding 1.
 
     Parameters
@@ -113,6 +113,7 @@ def plan_findings(so: StudyOutputs, quality: pd.DataFrame, select: dict[str, np.
     select : selection matrices (val pass of :func:`~conceptsim.comparison.stage.compute_similarities`
         with ``image_quality=True``).
     so_val : the outputs the selection matrices were computed on (labels, bootstrap groups; default ``so``).
+    excluded : models left out of the findings, with the reason (e.g. a declared model without weights).
 
     Returns
     -------
@@ -126,7 +127,7 @@ def plan_findings(so: StudyOutputs, quality: pd.DataFrame, select: dict[str, np.
     pixels = by_model.get(PIXELS)
     plans: list[Finding1Plan] = []
     track: dict[int, list[tuple[int, int]]] = {}
-    bases = [b for b, g in groups.items() if g["trained"] is not None]
+    bases = [b for b, g in groups.items() if g["trained"] is not None and g["trained"] not in (excluded or {})]
     w = image_weights(rng_for(seed, "learned-filter"), FILTER_BOOTSTRAP, so_sel.n_test, bootstrap_groups(so_sel))
     learned_cache: dict[tuple[str, str], dict] = {}
     select["beats_every_object"] = {}
@@ -276,7 +277,8 @@ def _emergence(so: StudyOutputs, qual: dict, rep: dict, by_model: dict) -> list[
 
 def findings_document(so: StudyOutputs, sims: dict, select: dict, quality: pd.DataFrame, plans: list[Finding1Plan], *,
                       seed: int = 0, permutations: int = 10000, bootstrap: int = 10000, selected_on: str = "val",
-                      n_val: int = 0, min_concepts: int = 3, oracle_candidates: str = "all") -> dict:
+                      n_val: int = 0, min_concepts: int = 3, oracle_candidates: str = "all",
+                      excluded: dict[str, str] | None = None) -> dict:
     """The content of ``findings.json`` (structure in the module docstring).
 
     Parameters
@@ -352,7 +354,7 @@ def findings_document(so: StudyOutputs, sims: dict, select: dict, quality: pd.Da
         pairs.append(entry)
     control = []
     lnames = [pl.layer for pl in so.layers]
-    for ma, mb in combinations([g["trained"] for g in groups.values() if g["trained"]], 2):
+    for ma, mb in combinations([g["trained"] for g in groups.values() if g["trained"] and g["trained"] not in (excluded or {})], 2):
         corr_names = shared_blocks(ma, mb)
         if not corr_names:
             continue
@@ -370,7 +372,8 @@ def findings_document(so: StudyOutputs, sims: dict, select: dict, quality: pd.Da
                                                  {lnames[a]: lnames[b] for a, b in corr.items()}, res).to_json())
     doc = {
         "schema": FINDINGS_SCHEMA, "dataset": so.stores[0].dataset, "models": so.models,
-        "pixels": PIXELS if PIXELS in so.models else None, "concepts": so.concepts,
+        "pixels": PIXELS if PIXELS in so.models else None, "excluded_from_findings": dict(excluded or {}),
+        "concepts": so.concepts,
         "categories": so.categories, "n_test": so.n_test, "n_val": int(n_val), "seed": int(seed),
         "permutations": int(permutations), "bootstrap": int(bootstrap), "selected_on": selected_on,
         "primary": dict(PRIMARY), "positive_control": control, "pairs": pairs,

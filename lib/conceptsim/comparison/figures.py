@@ -56,6 +56,10 @@ def _edges(depths: list[float]) -> np.ndarray:
     return np.concatenate([[lo], mid, [hi]])
 
 
+#: the smallest text of the layer and model comparison figures, in points (readable at the book's width)
+MIN_FONT = 9
+
+
 def _draw(ax, values, rows, cols, title, vmin=0.0, vmax=1.0, depth_axes=True):
     if values.size == 0:
         ax.set_axis_off()
@@ -69,9 +73,10 @@ def _draw(ax, values, rows, cols, title, vmin=0.0, vmax=1.0, depth_axes=True):
         ax.set_aspect("equal")
     else:
         mesh = ax.imshow(np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", origin="lower")
-        ax.set_xticks(range(len(cols)), [c[1] for c in cols], rotation=90, fontsize=6)
-        ax.set_yticks(range(len(rows)), [r[1] for r in rows], fontsize=6)
-    ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(cols)), [c[1] for c in cols], rotation=90, fontsize=MIN_FONT)
+        ax.set_yticks(range(len(rows)), [r[1] for r in rows], fontsize=MIN_FONT)
+        ax.tick_params(labelsize=MIN_FONT)
+    ax.set_title(title, fontsize=10)
     return mesh
 
 
@@ -92,11 +97,13 @@ def layer_heatmaps(
     cats = sorted(c for c in conc["category"].dropna().unique() if c != "")
     panels = [(f"{method}: {cat}", method, sorted(conc[conc["category"] == cat]["concept"].unique())) for cat in cats]
     panels.append((cka, cka, None))
-    fig = Figure(figsize=(3.2 * len(panels), 3.4), layout="constrained")
+    drawn = [(title, *matrix(similarity, model_a, model_b, m, concepts)) for title, m, concepts in panels]
+    most = max([max(len(rows), len(cols)) for _, _, rows, cols in drawn] + [1])
+    side = max(3.2, 0.17 * most + 1.8)  # room for one 9 pt layer name per row and column
+    fig = Figure(figsize=(side * len(panels) + 0.8, side + 0.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     mesh = None
-    for ax, (title, m, concepts) in zip(axes, panels):
-        values, rows, cols = matrix(similarity, model_a, model_b, m, concepts)
+    for ax, (title, values, rows, cols) in zip(axes, drawn):
         mesh = _draw(ax, values, rows, cols, title, depth_axes=False) or mesh
     if mesh is not None:
         fig.colorbar(mesh, ax=list(axes), shrink=0.8, label="similarity")
@@ -122,7 +129,7 @@ def cross_model_matrix(similarity: pd.DataFrame, models: list[str], method: str 
     panel carries a title of its own and long model names never run into each other.
     """
     n = len(models)
-    fig = Figure(figsize=(2.6 * n + 0.8, 2.6 * n + 0.6), layout="constrained")
+    fig = Figure(figsize=(2.8 * n + 1.0, 2.8 * n + 0.8), layout="constrained")
     axes = fig.subplots(n, n, squeeze=False)
     mesh = None
     for i, ma in enumerate(models):
@@ -130,12 +137,13 @@ def cross_model_matrix(similarity: pd.DataFrame, models: list[str], method: str 
             ax = axes[i, j]
             values, rows, cols = matrix(similarity, ma, mb, method, concepts)
             mesh = _draw(ax, values, rows, cols, "") or mesh
-            ax.set_xlabel("relative depth" if i == n - 1 and values.size else "", fontsize=8)
-            ax.set_ylabel(f"{wrap_name(ma)}\nrelative depth" if j == 0 else "", fontsize=8)
+            ax.tick_params(labelsize=MIN_FONT)
+            ax.set_xlabel("relative depth" if i == n - 1 and values.size else "", fontsize=MIN_FONT)
+            ax.set_ylabel(f"{wrap_name(ma)}\nrelative depth" if j == 0 else "", fontsize=MIN_FONT)
             if i == 0:
-                ax.set_title(wrap_name(mb), fontsize=8)
+                ax.set_title(wrap_name(mb), fontsize=MIN_FONT)
             elif values.size == 0:
-                ax.set_title("(no values)", fontsize=8)
+                ax.set_title("(no values)", fontsize=MIN_FONT)
     if mesh is not None:
         fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.6, label=method)
     fig.suptitle(f"{method}: rows model A (left), columns model B (top)", fontsize=10)

@@ -64,6 +64,7 @@ from conceptsim.comparison.findings import quality_arrays, rng_for
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
 from conceptsim.extraction.background import prefetched
+from conceptsim.models.user_models import MODEL_LISTING
 from conceptsim.paths import comparison_files, comparison_stage_json, concept_quality_csv, concept_stage_json, model_dir_name
 from conceptsim.runtime import torch_threads_from_environment
 
@@ -393,6 +394,19 @@ def run_comparison_stage(
     return paths
 
 
+def excluded_models(dataset_dir: Path) -> dict[str, str]:
+    """Models the study's listing (``results/<study>/models.json``, written by the runner) leaves out of the
+    findings, with the reason (a declared model without weights is a random network, not a trained one)."""
+    path = dataset_dir.parent / MODEL_LISTING
+    if not path.is_file():
+        return {}
+    try:
+        models = json.loads(path.read_text())["models"]
+    except (ValueError, KeyError) as exc:
+        raise ComparisonError(f"{path} is not a model listing ({exc})") from exc
+    return {m: s.get("exclusion_reason") or s.get("label", "") for m, s in models.items() if not s.get("in_finding1", True)}
+
+
 def concept_stage_identity(record: Path) -> str | None:
     """The identity a model's concept stage recorded (its store, parameters and code), else the record's
     hash (an older record), or None without one."""
@@ -418,13 +432,14 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     else:
         raise ValueError(f"select_split must be 'val' or 'test', got {select_split!r}")
     # 2. the val-selected finding-1 pairs are followed per image in the test pass
-    plans, track = plan_findings(so, quality, select, so_val, seed) if select is not None else (None, None)
+    excluded = excluded_models(dataset_dir)
+    plans, track = plan_findings(so, quality, select, so_val, seed, excluded) if select is not None else (None, None)
     # 3. one pass over the test images
     sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track,
                                 image_quality=select is None)
     if select is None:
         select = sims
-        plans, track = plan_findings(so, quality, select, so, seed)
+        plans, track = plan_findings(so, quality, select, so, seed, excluded)
         if track:  # selection on test: the tracked pairs are known only now (a second, rare pass)
             sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
     sims["seg_track"] = track
@@ -433,6 +448,7 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     write_csv(paths["similarity"], similarity_frame(so, sims))
     write_csv(paths["layer_similarity"], layer_similarity_frame(so, sims, rep))
     doc = findings_document(so, sims, select, quality, plans, seed=seed, permutations=permutations,
-                            bootstrap=bootstrap, selected_on=selected_on, n_val=n_val, min_concepts=min_concepts)
+                            bootstrap=bootstrap, selected_on=selected_on, n_val=n_val, min_concepts=min_concepts,
+                            excluded=excluded)
     write_json(paths["findings"], doc)
     return paths

@@ -44,9 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from conceptsim.atomic import sha256_file
+from conceptsim.atomic import sha256_file, write_json
 from conceptsim.data.geometry import Preprocessing
 from conceptsim.models import registry
+from conceptsim.models.names import base_name, is_twin
 from conceptsim.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -55,6 +56,7 @@ from conceptsim.models.registry import (
     PretrainedWeightsUnavailable,
 )
 from conceptsim.models.trace import trace_conv_positions
+from conceptsim.paths import study_results
 
 KINDS = ("torchvision", "ultralytics", "python")
 KIND_KEYS = {
@@ -65,6 +67,11 @@ KIND_KEYS = {
 #: layers chosen by ``"auto"`` (and for a declared model without a ``layers`` entry)
 AUTO_LAYERS = 8
 NO_WEIGHTS = f"random-init-seed-{RANDOM_INIT_SEED} (no weights file)"
+NO_WEIGHTS_LABEL = "random init (no weights)"
+#: why a declared model without weights is left out of finding 1 (read by the findings through :func:`read_model_listing`)
+NO_WEIGHTS_REASON = ("declared without weights: randomly initialised (seed 0), so it is no trained model and has no "
+                     "random-init twin to compare with; finding 1 (trained vs twin) does not apply to it")
+MODEL_LISTING = "models.json"
 
 
 class UserModelError(ValueError):
@@ -319,7 +326,7 @@ def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
         return Preprocessing(size=(size or 224,) * 2, resize="stretch", scale=1 / 255.0, mean=IMAGENET_MEAN,
                              std=IMAGENET_STD)
     own = getattr(module, "preprocessing", None)
-    fields = own.to_dict() if isinstance(own, Preprocessing) else dict(own or {})
+    fields = own.to_dict() if isinstance(own, Preprocessing) else check_preprocessing(own, f"python builder {spec['python']!r}")
     fields.setdefault("size", (224, 224))
     if size:
         fields["size"] = (size, size)
@@ -330,6 +337,49 @@ def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
         return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     except (TypeError, ValueError) as exc:
         raise UserModelError(f"python builder {spec['python']!r}: bad preprocessing {fields} ({exc})") from None
+
+
+PREPROCESSING_FIELDS = {  # a python builder's ``preprocessing`` dict: field -> (what is expected, an example)
+    "size": ("[H, W]: the input height and width in pixels, two positive integers", "[128, 128]"),
+    "resize": ("'stretch' or 'letterbox'", "'letterbox'"),
+    "scale": ("a positive number multiplying the 0-255 pixels", "0.00392156862745098 (1/255)"),
+    "mean": ("three numbers, one per channel (after scale)", "[0.485, 0.456, 0.406]"),
+    "std": ("three positive numbers, one per channel", "[0.229, 0.224, 0.225]"),
+    "channels": ("'RGB' or 'BGR'", "'RGB'"),
+    "pad_value": ("a number on the 0-255 scale (letterbox padding)", "114"),
+}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_preprocessing(raw: Any, where: str) -> dict:
+    """A builder's ``preprocessing`` dict, checked field by field: a bad one names the field, what is
+    expected and an example (``size: 128`` -> "must be [H, W] ...")."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise UserModelError(f"{where}: its 'preprocessing' attribute must be a dict with keys "
+                             f"{sorted(PREPROCESSING_FIELDS)}, got {raw!r}")
+    fields = dict(raw)
+    for k, v in fields.items():
+        if k not in PREPROCESSING_FIELDS:
+            raise UserModelError(f"{where}: unknown key {k!r} in its 'preprocessing'; accepted: {sorted(PREPROCESSING_FIELDS)}")
+        ok = {
+            "size": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v),
+            "resize": lambda v: v in ("stretch", "letterbox"),
+            "scale": lambda v: _number(v) and v > 0,
+            "mean": lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) for x in v),
+            "std": lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) and x > 0 for x in v),
+            "channels": lambda v: v in ("RGB", "BGR"),
+            "pad_value": _number,
+        }[k](v)
+        if not ok:
+            what, example = PREPROCESSING_FIELDS[k]
+            raise UserModelError(f"{where}: preprocessing '{k}' must be {what} (e.g. {k}: {example}), got {v!r}")
+    return fields
 
 
 # ----------------------------------------------------------------------------------------- layers
@@ -434,7 +484,7 @@ def _spec_cached(name: str, spec_json: str) -> ModelSpec:
     return ModelSpec(
         name, task, f"user:{kind}", f"declared in the study file: {describe_spec(spec)}",
         spec.get("weights") or (spec["ultralytics"] if Path(spec.get("ultralytics", "")).suffix == ".pt"
-                                else "none: randomly initialised"),
+                                else f"none: {NO_WEIGHTS_LABEL}"),
         True, build, preprocessing, layers, feature_forward=feature_forward, full_forward=full_forward,
         weight_gaps=_weight_gaps(spec),
     )
@@ -449,12 +499,53 @@ def describe_spec(spec: Mapping) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items() if k != "python_path") + "}"
 
 
+def weights_file(spec: Mapping) -> str | None:
+    """A declared model's weight file (``weights``, or an ultralytics ``.pt`` checkpoint); None: random init."""
+    return spec.get("weights") or (spec["ultralytics"] if Path(spec.get("ultralytics", "")).suffix == ".pt" else None)
+
+
 def weights_record(spec: Mapping) -> str:
     """What the reproducibility page lists for a declared model's weights: file sha256 or random init."""
-    path = spec.get("weights") or (spec["ultralytics"] if Path(spec.get("ultralytics", "")).suffix == ".pt" else None)
+    path = weights_file(spec)
     if path is None:
-        return f"none: randomly initialised (seed {RANDOM_INIT_SEED})"
+        return f"none (random init, seed {RANDOM_INIT_SEED})"
     return f"sha256 {sha256_file(path)}" if Path(path).is_file() else f"missing: {path}"
+
+
+def model_status(model: str, model_specs: Mapping[str, Mapping] | None = None) -> dict[str, Any]:
+    """What a study's model is: ``trained`` (bool), ``label`` ("trained", "random-init twin" or
+    :data:`NO_WEIGHTS_LABEL`), ``in_finding1`` (bool) and ``exclusion_reason`` (why not, else None).
+
+    ``model_specs`` are the study's declared models (a registry model is trained; a declared one is trained
+    when it has a weight file)."""
+    spec = (model_specs or {}).get(model)
+    if is_twin(model):
+        return {"model": model, "trained": False, "label": "random-init twin", "twin_of": base_name(model),
+                "in_finding1": True, "exclusion_reason": None}
+    if spec is not None and weights_file(spec) is None:
+        return {"model": model, "trained": False, "label": NO_WEIGHTS_LABEL, "twin_of": None,
+                "in_finding1": False, "exclusion_reason": NO_WEIGHTS_REASON}
+    return {"model": model, "trained": True, "label": "trained", "twin_of": None, "in_finding1": True,
+            "exclusion_reason": None}
+
+
+def model_listing(models: Sequence[str], model_specs: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
+    """:func:`model_status` of each of a study's models, by name (what ``results/<study>/models.json`` holds)."""
+    return {m: model_status(m, model_specs) for m in models}
+
+
+def write_model_listing(study: str, models: Sequence[str], model_specs: Mapping[str, Mapping] | None = None) -> Path:
+    """Write ``results/<study>/models.json`` (:func:`model_listing`), atomically; the runner does before any run."""
+    path = study_results(study) / MODEL_LISTING
+    write_json(path, {"schema": 1, "models": model_listing(models, model_specs)})
+    return path
+
+
+def read_model_listing(study: str) -> dict[str, dict]:
+    """The study's ``models.json`` as model -> :func:`model_status` (empty when the runner has not written it:
+    then every model that is not a twin counts as trained)."""
+    path = study_results(study) / MODEL_LISTING
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
 
 
 def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[list[str], dict[str, dict]]:
@@ -477,6 +568,12 @@ def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[l
             names.append(entry)
         else:
             raise UserModelError(f"'models' entries are model names or one-key mappings NAME: SPEC, got {entry!r}")
+    for name in names:
+        base = base_name(name)
+        if is_twin(name) and base in specs and weights_file(specs[base]) is None:
+            raise UserModelError(f"'models': {name!r} is the random-init twin of {base!r}, which is declared without "
+                                 f"weights and so is randomly initialised itself ({NO_WEIGHTS_LABEL}); a twin needs a "
+                                 f"model with weights (add 'weights: FILE' to '{base}', or drop {name!r})")
     for name, spec in specs.items():
         try:
             register(name, spec)
