@@ -118,7 +118,9 @@ def test_every_kind_of_result_reads_through_the_public_api(tiny_results):
     assert len(cka) == (sim["method"] == "cka").sum() * 3
 
     findings = results.findings("my_data")
-    assert isinstance(findings, dict) and findings
+    assert isinstance(findings, dict) and findings["schema"] == 3
+    for rec in results.finding_records("my_data"):  # one model pair or none (one trained model here)
+        assert all(f.test.verdict for f in rec["finding1"].values())
 
     quality = results.concept_quality("my_data", "net")
     assert {"seg", "cls"} <= set(quality["method"]) and set(quality["model"]) == {"net"}

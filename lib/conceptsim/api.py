@@ -214,10 +214,10 @@ class Results:
     def findings(self, dataset: str) -> dict[str, Any]:
         """The tests of the paper's two findings on ``dataset`` (``findings.json``), as parsed JSON.
 
-        The document's schema is described in ``conceptsim.comparison.document`` (per finding and method:
-        the hypothesis, effect size, 95 % interval, Holm-corrected p-value and controls; the positive
-        control; the selection made on val). It is returned as the parsed dictionary for now; typed
-        finding records are planned to replace it.
+        The document's schema (3) is described in ``conceptsim.comparison.document``: per model pair and
+        method the finding-1 and finding-2 records (effect, 95 % interval, Holm-corrected p, verdict,
+        minimum detectable effect, family), the positive control, and the selection made on val. Typed
+        records of the same content: :meth:`finding_records`.
 
         Parameters
         ----------
@@ -230,6 +230,30 @@ class Results:
             The parsed document.
         """
         return json.loads(self._comparison_file(dataset, "findings").read_text())
+
+    def finding_records(self, dataset: str) -> list[dict[str, Any]]:
+        """The findings of ``dataset`` as typed records.
+
+        Parameters
+        ----------
+        dataset : str
+            A dataset of :meth:`datasets`.
+
+        Returns
+        -------
+        list of dict
+            One entry per trained model pair: ``{"model_a", "model_b", "family", "finding1": {method:
+            Finding1}, "finding2": {method: Finding2}}`` (classes of ``conceptsim.comparison.finding1`` and
+            ``conceptsim.comparison.finding2``; each test is a ``FindingTest`` with ``verdict`` and ``mde``).
+        """
+        from conceptsim.comparison.finding1 import Finding1
+        from conceptsim.comparison.finding2 import Finding2
+        from conceptsim.comparison.report import load_findings
+
+        doc = load_findings(self.findings(dataset))
+        return [{"model_a": p["model_a"], "model_b": p["model_b"], "family": p["family"],
+                 "finding1": {m: Finding1.from_json(f) for m, f in p["finding1"].items()},
+                 "finding2": {m: Finding2.from_json(f) for m, f in p["finding2"].items()}} for p in doc["pairs"]]
 
     def dataset_summary(self, dataset: str) -> "pd.DataFrame":
         """The images the study analysed on ``dataset`` (``dataset_summary.csv``): per split, per concept.
