@@ -1,0 +1,142 @@
+"""Grounding tests with known answers: layer monotonicity of every measure, label-free unit matching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conceptsim.comparison.agreement import partial_correlation
+from conceptsim.comparison.cka import cka_matrices, gram
+from conceptsim.comparison.grounding import monotonicity
+from conceptsim.comparison.similarity import cls_similarity, concept_similarity
+from conceptsim.comparison.units import UnitMatcher, best_buddies, significance_threshold, unit_correlations, unit_samples
+
+
+def noisy_copies(n_layers=6, n=400, c=12, g=4, keep=0.8, seed=0) -> list[np.ndarray]:
+    """A synthetic model whose layer l is a noisy copy of layer l-1: ``keep * x + sqrt(1 - keep^2) * noise``
+    (``n x c x g x g`` activations; every layer has the same variance, so the correlation of layers i and j
+    is ``keep ** |i - j|`` whatever i)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, g, g))
+    layers = [x]
+    for _ in range(n_layers - 1):
+        layers.append(keep * layers[-1] + np.sqrt(1 - keep**2) * rng.standard_normal(x.shape))
+    return layers
+
+
+def test_monotonicity_definition_on_known_matrices():
+    d = np.abs(np.subtract.outer(np.arange(5), np.arange(5)))
+    good = monotonicity(np.exp(-d))
+    assert good["violation_rate"] == 0.0 and good["spearman"] == pytest.approx(-1.0)
+    assert good["spearman_pairs"] == pytest.approx(-1.0)
+    # a chain whose steps differ (similarity = product of the steps between i and j): every ordering
+    # right, but not over all pairs at once
+    steps = np.array([0.9, 0.5, 0.9, 0.5])
+    chain = np.array([[np.prod(steps[min(i, j):max(i, j)]) for j in range(5)] for i in range(5)])
+    uneven = monotonicity(chain)
+    assert uneven["violation_rate"] == 0.0 and uneven["spearman"] == pytest.approx(-1.0)
+    assert -1.0 < uneven["spearman_pairs"] < -0.5
+    # triples: per anchor i, pairs of layers on the same side -> sum over i of C(right, 2) + C(left, 2)
+    assert good["n_triples"] == sum(r * (r - 1) // 2 + l * (l - 1) // 2 for r, l in ((4 - i, i) for i in range(5)))
+    bad = monotonicity(-np.exp(-d))  # similarity grows with distance
+    assert bad["violation_rate"] == 1.0 and bad["spearman"] == pytest.approx(1.0)
+    flat = monotonicity(np.ones((4, 4)))
+    assert flat["violation_rate"] == 0.5 and np.isnan(flat["spearman"])  # ties count one half
+    with_nan = np.exp(-d)
+    with_nan[0, :] = with_nan[:, 0] = np.nan
+    assert monotonicity(with_nan)["n_layers"] == 4
+    with pytest.raises(ValueError, match="square"):
+        monotonicity(np.ones((2, 3)))
+
+
+def test_every_measure_is_monotone_on_successive_noisy_copies():
+    layers = noisy_copies()
+    n = len(layers[0])
+    # label-free: CKA on GAP features (linear, debiased), grid CKA and unit matching
+    grams = np.stack([gram(x.mean(axis=(2, 3))) for x in layers])
+    mats = cka_matrices(grams)
+    mats["cka_grid4"] = cka_matrices(np.stack([gram(x) for x in layers]))["cka"]
+    matcher = UnitMatcher(len(layers), n)
+    for li, x in enumerate(layers):
+        matcher.add_layer(li, torch.from_numpy(x))
+    units = matcher.results()
+    mats["units_bb_corr"] = units["units_bb_corr"]
+    # concept measures: one fixed probe read from every layer (the concept's direction is unit 0)
+    w = np.zeros(layers[0].shape[1])
+    w[:3] = 1.0
+    seg_logits = [np.einsum("c,nchw->nhw", w, x) for x in layers]
+    cls_logits = np.stack([s.mean(axis=(1, 2))[:, None] for s in seg_logits])  # L x N x 1
+    labels = (cls_logits[0] > 0).astype(np.uint8)  # the concept's presence label
+    cls = cls_similarity(cls_logits, np.random.default_rng(0))
+    mats["cls"] = cls["cls"][0]
+    mats["cls_partial"] = partial_correlation(cls_logits.transpose(2, 0, 1), labels)[0]
+    nl = len(layers)
+    for method in ("seg", "seg_pearson"):
+        mats[method] = np.array([[concept_similarity(seg_logits[i], seg_logits[j], method) for j in range(nl)]
+                                 for i in range(nl)])
+    for method, mat in mats.items():
+        got = monotonicity(mat)
+        assert got["violation_rate"] == 0.0, method
+        assert got["spearman"] == pytest.approx(-1.0), method
+    # unit matching of neighbouring copies: every unit finds its own copy
+    assert np.allclose(np.diag(units["units_bb"]), 1.0)
+    assert units["units_bb"][0, 1] == 1.0
+    assert units["units_bb_control"][0, 1] < 0.2  # with B's images permuted almost nothing is significant
+
+
+def test_best_buddies_of_a_layer_with_itself_are_the_identity():
+    x = noisy_copies(n_layers=1, c=20)[0]
+    z, live = unit_samples(torch.from_numpy(x))
+    ia, ib = best_buddies(unit_correlations(z, z), live_a=live, live_b=live)
+    assert np.array_equal(ia, np.arange(20)) and np.array_equal(ib, np.arange(20))
+
+
+def test_a_pure_unit_permutation_is_recovered_exactly():
+    x = noisy_copies(n_layers=1, c=30, seed=3)[0]
+    x[:, 5] = 0.0  # a dead unit takes part in nothing
+    perm = np.random.default_rng(1).permutation(30)
+    y = x[:, perm]  # unit j of B is unit perm[j] of A
+    za, live_a = unit_samples(torch.from_numpy(x))
+    zb, live_b = unit_samples(torch.from_numpy(y))
+    corr = unit_correlations(za, zb)
+    ia, ib = best_buddies(corr, significance_threshold(len(x)), live_a, live_b)
+    assert 5 not in ia and len(ia) == 29
+    assert np.array_equal(perm[ib], ia)
+    assert np.allclose(corr[ia, ib], 1.0, atol=1e-5)
+
+
+def test_unit_inputs_are_checked():
+    z = torch.zeros((10, 3))
+    with pytest.raises(ValueError, match="same images"):
+        unit_correlations(z, torch.zeros((8, 3)))
+    with pytest.raises(ValueError, match="never added"):
+        UnitMatcher(2, 10).results()
+    assert significance_threshold(3) == float("inf")
+
+
+def test_stage_writes_grounding_and_unit_rows(tmp_path):
+    from conceptsim.comparison.stage import run_comparison_stage
+    from conceptsim.comparison.synthetic import build_synthetic_study
+
+    layers = [(f"l{i}", (i + 1) / 4, g, 6) for i, g in enumerate((8, 8, 4, 4))]
+    models = {"a": layers, "a:random": layers, "b": layers[:3]}
+    root = build_synthetic_study(tmp_path / "ds", models, n_images=40, seed=2)
+    paths = run_comparison_stage(root, tmp_path / "out", models=list(models), permutations=100, bootstrap=50)
+    g = pd.read_csv(paths["grounding"], keep_default_na=False, na_values=[""])
+    mono = g[g["test"] == "layer_monotonicity"]
+    methods = set(mono["method"])
+    assert {"seg_kappa", "seg", "cls_partial", "cls", "cka", "cka_debiased", "units_bb", "units_bb_corr"} <= methods
+    assert set(mono["model"]) == set(models)
+    cka_a = mono[(mono["method"] == "cka") & (mono["model"] == "a")].iloc[0]
+    assert cka_a["n_pairs"] == 6 and cka_a["n_triples"] == 8
+    assert ((mono["violation_rate"].dropna() >= 0) & (mono["violation_rate"].dropna() <= 1)).all()
+    align = g[g["test"] == "units_depth_alignment"]
+    assert len(align) == 3 and (align["null_mean"] > 0).all()
+    ls = pd.read_csv(paths["layer_similarity"], keep_default_na=False, na_values=[""])
+    bb = ls[ls["method"] == "units_bb"]
+    nl = 4 + 4 + 3
+    assert len(bb) == nl * (nl + 1) // 2
+    diag = bb[(bb["model_a"] == bb["model_b"]) & (bb["layer_a"] == bb["layer_b"])]
+    assert np.allclose(diag["value"], 1.0) and bb["control"].notna().all()
