@@ -140,3 +140,21 @@ def test_stage_writes_grounding_and_unit_rows(tmp_path):
     assert len(bb) == nl * (nl + 1) // 2
     diag = bb[(bb["model_a"] == bb["model_b"]) & (bb["layer_a"] == bb["layer_b"])]
     assert np.allclose(diag["value"], 1.0) and bb["control"].notna().all()
+
+
+def test_planted_matches_known_answers():
+    from conceptsim.comparison.planted import planted_match_scores, planted_spaces
+
+    scores = planted_match_scores(("permutation", "rotation"), (0.1,), n_layers=2, n_shared=3, n_unique=1, n_images=240)
+    got = scores.set_index(["transform", "method"])
+    for method in ("units_bb", "cls", "cls_partial", "cka", "cka_debiased"):
+        row = got.loc[("permutation", method)]  # pure permutation: every method recovers the planted answer
+        assert row["precision"] == 1.0 and row["recall"] == 1.0, method
+    for method in ("cls", "cls_partial", "cka", "cka_debiased"):  # rotation-invariant methods do not care
+        assert got.loc[("rotation", method), "recall"] == 1.0, method
+    assert got.loc[("rotation", "units_bb"), "recall"] <= 0.5  # a rotated basis leaves no unit-to-unit answer
+    a = planted_spaces(seed=4, n_layers=1, n_images=40)
+    b = planted_spaces(seed=4, n_layers=1, n_images=40)
+    assert np.array_equal(a.acts_b[0], b.acts_b[0]) and a.unit_pairs == b.unit_pairs  # same seed, same spaces
+    with pytest.raises(ValueError, match="transform"):
+        planted_spaces(transform="shear")
