@@ -140,6 +140,15 @@ def test_stage_writes_grounding_and_unit_rows(tmp_path):
     assert len(bb) == nl * (nl + 1) // 2
     diag = bb[(bb["model_a"] == bb["model_b"]) & (bb["layer_a"] == bb["layer_b"])]
     assert np.allclose(diag["value"], 1.0) and bb["control"].notna().all()
+    # the book page: one table per test, measure by measure, trained beside twins
+    from conceptsim.book.grounding import grounding_markdown
+
+    planted = {"commit": "abc", "details": {"scores": [
+        {"transform": "permutation", "noise": 0.1, "method": m, "precision": 1.0, "recall": 1.0} for m in ("units_bb", "cka")]}}
+    page = grounding_markdown("synthetic", g, planted)
+    assert "| `seg_kappa` |" in page and "| `units_bb` |" in page and "a vs b" in page
+    assert "| permutation | 0.1 | 1.00 / 1.00 | 1.00 / 1.00 |" in page
+    assert "has not been run" in grounding_markdown("synthetic", g, None)
 
 
 def test_planted_matches_known_answers():

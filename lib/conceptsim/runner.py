@@ -360,6 +360,7 @@ def write_book_pages(study: Study) -> Path:
     """Write the study's generated pages and its part of the table of contents, then ``book/_generated/_toc.yml``
     (the base toc plus every study that has executed notebooks, see :func:`write_toc`)."""
     from conceptsim.book import reporting
+    from conceptsim.book.grounding import write_grounding_page
 
     out_dir = book_results_dir(study.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,6 +368,7 @@ def write_book_pages(study: Study) -> Path:
     runs = [r for r in study.runs() if r.id in records and executed_path(r).exists()]
     reporting.write_reproducibility_page(study, [records[r.id] for r in runs], out_dir / "reproducibility.md")
     findings_page = reporting.write_findings_page(study, out_dir / "findings.md")
+    grounding_page = write_grounding_page(study, out_dir / "grounding.md")
     chapters = []
     for ds in study.datasets:
         ds_runs = [r for r in runs if r.dataset == ds]
@@ -377,7 +379,8 @@ def write_book_pages(study: Study) -> Path:
         chapters.append({"file": _rel(index), "title": f"Dataset {ds}",
                          "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r)} for r in ds_runs]})
     part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
-            "findings": _rel(findings_page) if findings_page is not None else None}
+            "findings": _rel(findings_page) if findings_page is not None else None,
+            "grounding": _rel(grounding_page) if grounding_page is not None else None}
     write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))
     return write_toc()
 
@@ -400,6 +403,8 @@ def write_toc() -> Path:
             for ch in p.get("chapters", []):
                 if ch.get("file") == "book/findings" and part.get("findings") and _page_exists(root, part["findings"]):
                     ch.setdefault("sections", []).append({"file": part["findings"]})
+                if ch.get("file") == "book/grounding" and part.get("grounding") and _page_exists(root, part["grounding"]):
+                    ch.setdefault("sections", []).append({"file": part["grounding"]})
                 if ch.get("file") == "book/reproducibility" and _page_exists(root, part["reproducibility"]):
                     ch.setdefault("sections", []).append({"file": part["reproducibility"]})
         base.setdefault("parts", []).append({"caption": f"Executed notebooks: study '{part['study']}'", "chapters": chapters})

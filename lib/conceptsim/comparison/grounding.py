@@ -21,7 +21,7 @@ Both on successive noisy copies of one layer are exactly 0 and -1 for every meas
 (``tests/test_grounding.py``). The concept measures are tested on their layer-level matrix, the mean over
 the concepts represented in both layers (``concepts = represented``, as in ``layer_similarity.csv``) and
 on the mean over every concept both layers have a vector for (``concepts = all``, which also covers
-twins that represent few concepts); the label-free measures (CKA, unit matching) have ``concepts`` empty.
+twins that represent few concepts); the label-free measures (CKA, unit matching) have ``concepts = none``.
 
 ``grounding.csv`` (written by the comparison stage beside ``layer_similarity.csv``), one row per test,
 dataset, model (or model pair) and method:
@@ -31,7 +31,7 @@ test              ``layer_monotonicity`` or ``units_depth_alignment``
 dataset           the dataset folder's name
 model, model_b    the model (``model_b`` empty for monotonicity; the second model for depth alignment)
 method            the similarity measure (``similarity.csv`` names, plus ``units_bb``, ``units_bb_corr``)
-concepts          ``represented`` / ``all`` for the concept measures, empty otherwise
+concepts          ``represented`` / ``all`` for the concept measures, ``none`` for the label-free ones
 n_layers          layers of the model with at least one defined similarity
 n_triples         ordered triples behind the violation rate
 violation_rate    see above (NaN without triples)
@@ -118,7 +118,7 @@ def layer_matrices(sims: dict[str, np.ndarray], represented: dict[str, np.ndarra
             r = np.asarray(represented[kind], dtype=bool).T  # K x L
             out.append((method, "represented", concept_mean(v, r[:, :, None] & r[:, None, :])))
         out.append((method, "all", concept_mean(v, np.ones(v.shape, dtype=bool))))
-    out.extend((m, "", np.asarray(sims[m], dtype=np.float64)) for m in label_free if m in sims)
+    out.extend((m, "none", np.asarray(sims[m], dtype=np.float64)) for m in label_free if m in sims)
     return out
 
 
