@@ -95,34 +95,37 @@ def planted_scores(results_json: Path | None = None) -> dict | None:
         return None
 
 
+SECTIONS = (
+    ("Layer monotonicity", "A good measure finds layer i more similar to a nearer layer than to a farther one on the "
+     "same side: violation rate 0 and Spearman -1 (mean over models and datasets).",
+     "No `grounding.csv` exists for this study yet (run the comparison stage)."),
+    ("Unit matching across models: relative depth", "Where unit best buddies of two models' layers sit in relative "
+     "depth. A label-free finding 2 shows an alignment error below the null mean for trained pairs, and twins as a "
+     "control.", "No `grounding.csv` exists for this study yet (run the comparison stage)."),
+    ("Planted matches", "Synthetic spaces with known shared concepts: a good method proposes exactly the planted "
+     "matches (precision and recall 1) under a pure permutation; a basis-free method keeps them under rotation.",
+     "The `grounding/planted` benchmark has not been run (`benchmarks/run.py --only grounding`)."),
+    ("Shortcut affinity and label randomisation", "Networks trained with a planted cue should group by how much they "
+     "use it (AUPRC of same-group pairs).", "Not run yet: the study `studies/grounding.yml` (small CNNs trained with "
+     "a planted coloured-dot cue) does not exist in this version."),
+)
+
+
 def grounding_markdown(study_name: str, grounding: pd.DataFrame | None, planted: dict | None) -> str:
-    """The page's markdown."""
+    """The page's markdown: one section per test, its table or a sentence saying why there is none."""
+    bodies = [None, None, None, None]
+    if grounding is not None:
+        bodies[0] = table(*monotonicity_table(grounding))
+        bodies[1] = table(*alignment_table(grounding))
+    if planted is not None:
+        bodies[2] = (table(*planted_table(planted["details"]["scores"])) + "\n\n"
+                     f"Measured at commit `{planted.get('commit', 'unknown')[:10]}` "
+                     f"({'quick sizes' if planted.get('quick') else 'default sizes'}).")
     parts = [f"# Do the measures measure? Study `{study_name}`\n",
              "Generated from each dataset's `grounding.csv` and the `grounding/planted` benchmark; the tests and "
              "their definitions are on the page *Do the measures measure?* (book/grounding).\n"]
-    parts.append("## Layer monotonicity\n")
-    parts.append("A good measure finds layer i more similar to a nearer layer than to a farther one on the same side: "
-                 "violation rate 0 and Spearman -1 (mean over models and datasets).\n")
-    if grounding is None:
-        parts.append("No `grounding.csv` exists for this study yet (run the comparison stage).\n")
-    else:
-        parts.append(table(*monotonicity_table(grounding)) + "\n")
-        parts.append("## Unit matching across models: relative depth\n")
-        parts.append("Where unit best buddies of two models' layers sit in relative depth. A label-free finding 2 shows "
-                     "an alignment error below the null mean for trained pairs, and twins as a control.\n")
-        parts.append(table(*alignment_table(grounding)) + "\n")
-    parts.append("## Planted matches\n")
-    parts.append("Synthetic spaces with known shared concepts: a good method proposes exactly the planted matches "
-                 "(precision and recall 1) under a pure permutation; a basis-free method keeps them under rotation.\n")
-    if planted is None:
-        parts.append("The `grounding/planted` benchmark has not been run (`benchmarks/run.py --only grounding`).\n")
-    else:
-        parts.append(table(*planted_table(planted["details"]["scores"])) + "\n")
-        parts.append(f"Measured at commit `{planted.get('commit', 'unknown')[:10]}` "
-                     f"({'quick sizes' if planted.get('quick') else 'default sizes'}).\n")
-    parts.append("## Shortcut affinity and label randomisation\n")
-    parts.append("Not run yet: the study `studies/grounding.yml` (small CNNs trained with a planted coloured-dot cue) "
-                 "does not exist in this version.\n")
+    for (title, intro, missing), body in zip(SECTIONS, bodies):
+        parts.append(f"## {title}\n\n{intro}\n\n{body if body is not None else missing}\n")
     return "\n".join(parts)
 
 
