@@ -10,7 +10,7 @@ import torch
 from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices, gram
 from conceptsim.comparison.grounding import monotonicity
-from conceptsim.comparison.similarity import cls_similarity, concept_similarity
+from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, concept_similarity
 from conceptsim.comparison.units import UnitMatcher, best_buddies, significance_threshold, unit_correlations, unit_samples
 
 
@@ -76,6 +76,12 @@ def test_every_measure_is_monotone_on_successive_noisy_copies():
     for method in ("seg", "seg_pearson"):
         mats[method] = np.array([[concept_similarity(seg_logits[i], seg_logits[j], method) for j in range(nl)]
                                  for i in range(nl)])
+    # agreement beyond accuracy: the stage's accumulator, the truth a noisy reading of the first layer
+    truth = seg_logits[0] + 2.0 * np.random.default_rng(9).standard_normal(seg_logits[0].shape) > 0
+    rows = np.stack([*seg_logits, np.where(truth, 30.0, -30.0)])[:, None]  # (L + 1) x 1 x n x g x g
+    acc = SegAccumulator(nl + 1, 1, rows.shape[-2:], truth_row=nl)
+    acc.update(torch.from_numpy(rows).float())
+    mats["seg_kappa"] = acc.results()["seg_kappa"][0, :nl, :nl]
     for method, mat in mats.items():
         got = monotonicity(mat)
         assert got["violation_rate"] == 0.0, method
