@@ -182,9 +182,9 @@ def compute_similarities(
             gap[li] = None  # the features are not needed any more
         out.update(cka_matrices(grams))
     if pending is not None:
-        out["cka_grid4"] = pending.result()
+        out["cka_grid4"], unit_matrices = pending.result()
         pool.shutdown()
-        out.update(units.results())
+        out.update(unit_matrices)
     return out
 
 
@@ -201,10 +201,12 @@ def _accumulate(chunk, seg_acc, fill, cls_logits: np.ndarray, gap: list | None, 
             gap[li][chunk.rows] = g.numpy()
 
 
-def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher | None = None) -> np.ndarray:
-    """``cka_grid4`` matrix, in a worker thread with ``threads`` torch threads (feeding ``units``)."""
+def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher) -> tuple[np.ndarray, dict]:
+    """``cka_grid4`` matrix and the unit-matching matrices of the same pooled activations, in a worker
+    thread with ``threads`` torch threads (beside the main pass, so unit matching overlaps it)."""
     torch.set_num_threads(threads)
-    return cka_matrices(grid4_grams(so, read_images, units.add_layer if units is not None else None))["cka"]
+    grid4 = cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]
+    return grid4, units.results()
 
 
 def pair_mask(available: np.ndarray) -> np.ndarray:
