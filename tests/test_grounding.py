@@ -173,3 +173,38 @@ def test_planted_matches_known_answers():
     assert np.array_equal(a.acts_b[0], b.acts_b[0]) and a.unit_pairs == b.unit_pairs  # same seed, same spaces
     with pytest.raises(ValueError, match="transform"):
         planted_spaces(transform="shear")
+
+
+def test_grounding_page_is_written_and_listed_under_its_chapter(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import yaml
+
+    from conceptsim import runner
+    from conceptsim.book.grounding import write_grounding_page
+    from conceptsim.paths import book_results_dir, comparison_files, dataset_results
+
+    monkeypatch.setenv("CONCEPTSIM_ROOT", str(tmp_path))
+    monkeypatch.delenv("CONCEPTSIM_RESULTS", raising=False)
+    shutil.copy(Path(__file__).resolve().parents[1] / "_toc.yml", tmp_path / "_toc.yml")
+    study = SimpleNamespace(name="s", datasets={"shapes": {}})
+    out = book_results_dir("s")
+    assert write_grounding_page(study, out / "grounding.md") is None  # no results, no page
+    csv = comparison_files(dataset_results("s", "shapes"))["grounding"]
+    csv.parent.mkdir(parents=True)
+    pd.DataFrame([{"test": "layer_monotonicity", "dataset": "shapes", "model": "m", "model_b": "", "method": "cka",
+                   "concepts": "none", "n_layers": 3, "n_triples": 2, "violation_rate": 0.0, "n_pairs": 3,
+                   "spearman": -1.0, "spearman_pairs": -0.87}]).to_csv(csv, index=False)
+    page = write_grounding_page(study, out / "grounding.md", results_json=tmp_path / "none.json")
+    assert "| `cka` | 0.00 | -1.00 | 1 |" in page.read_text()
+    (out / "shapes").mkdir()
+    (out / "shapes" / "index.md").write_text("# shapes\n")
+    (out / runner.TOC_PART).write_text(yaml.safe_dump({
+        "study": "s", "chapters": [{"file": "book/results/s/shapes/index", "title": "Dataset shapes", "sections": []}],
+        "reproducibility": "book/results/s/reproducibility", "findings": None, "grounding": "book/results/s/grounding"}))
+    toc = yaml.safe_load(runner.write_toc().read_text())
+    chapters = [ch for p in toc["parts"] for ch in p.get("chapters", [])]
+    grounding = next(ch for ch in chapters if ch.get("file") == "book/grounding")
+    assert grounding["sections"] == [{"file": "book/results/s/grounding"}]
