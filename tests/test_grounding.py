@@ -208,3 +208,18 @@ def test_grounding_page_is_written_and_listed_under_its_chapter(tmp_path, monkey
     chapters = [ch for p in toc["parts"] for ch in p.get("chapters", [])]
     grounding = next(ch for ch in chapters if ch.get("file") == "book/grounding")
     assert grounding["sections"] == [{"file": "book/results/s/grounding"}]
+
+
+def test_group_separation_scores_known_groupings():
+    from conceptsim.comparison.grounding import group_separation
+
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    perfect = np.where(groups[:, None] == groups[None, :], 0.9, 0.2)
+    got = group_separation(perfect, groups)
+    assert got["auprc"] == 1.0 and got["violation_rate"] == 0.0 and got["base_rate"] == pytest.approx(9 / 36)
+    inverted = group_separation(-perfect, groups)
+    assert inverted["violation_rate"] == 1.0 and inverted["auprc"] == pytest.approx(0.25)  # ties: all at one threshold
+    noise = np.random.default_rng(0).standard_normal((9, 9))
+    assert 0.0 < group_separation(noise, groups)["violation_rate"] < 1.0
+    with pytest.raises(ValueError, match="one group per network"):
+        group_separation(perfect, groups[:5])

@@ -151,3 +151,44 @@ def grounding_frame(dataset: str, models: list[str], layer_models: list[str], de
                              "method": method, "concepts": concepts, "n_layers": al["n_layers"],
                              "alignment_error": al["alignment_error"], "null_mean": al["null_mean"]})
     return pd.DataFrame(rows, columns=list(GROUNDING_COLUMNS))
+
+
+def group_separation(sim: np.ndarray, groups) -> dict[str, float]:
+    """ReSi's scores of a grouping test (shortcut affinity, label randomisation) for one measure.
+
+    Networks of the same group (e.g. trained with the same cue probability) should be more similar to
+    each other than to networks of other groups.
+
+    Parameters
+    ----------
+    sim : ``n x n`` similarity of n networks (one number per pair, e.g. of their last probed layers).
+    groups : the group of every network.
+
+    Returns
+    -------
+    ``auprc``: average precision of the distinct pairs ranked by similarity, same-group pairs positive
+    (chance: the share of same-group pairs, ``base_rate``); ``violation_rate``: over triples (anchor i,
+    same-group j, other-group k), the share with ``s(i, j) < s(i, k)`` (ties one half; 0 for a perfect
+    measure); undefined pairs are left out.
+    """
+    from conceptsim.concepts.metrics import average_precision
+
+    s = np.asarray(sim, dtype=np.float64)
+    g = np.asarray(groups)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or len(g) != s.shape[0]:
+        raise ValueError(f"sim must be n x n with one group per network, got {s.shape} and {len(g)} groups")
+    iu, ju = np.triu_indices(len(g), k=1)
+    vals = 0.5 * (s[iu, ju] + s[ju, iu])
+    same = (g[iu] == g[ju]).astype(np.float64)
+    ok = np.isfinite(vals)
+    auprc = float(average_precision(same[ok], vals[ok])) if ok.any() else float("nan")
+    viol = total = 0.0
+    for i in range(len(g)):
+        others = np.arange(len(g)) != i
+        pos = s[i, others & (g == g[i])]
+        neg = s[i, others & (g != g[i])]
+        pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
+        total += len(pos) * len(neg)
+        viol += np.sum(pos[:, None] < neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])
+    return {"auprc": auprc, "base_rate": float(same[ok].mean()) if ok.any() else float("nan"),
+            "violation_rate": viol / total if total else float("nan"), "n_pairs": int(ok.sum())}
