@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/run.py [--quick] [--only NAME ...] [--repeat K] [--out DIR]
 
-Benchmarks (``--only`` takes these names): extraction, concepts, comparison, memory, dataset,
+Benchmarks (``--only`` takes these names): extraction, concepts, comparison, grounding (planted matches:
+precision and recall per noise level, ``grounding/planted``), memory, dataset,
 end_to_end, end_to_end_default (the default study with the study efficiency and its breakdown), projection (uses the entries of extraction
 and memory, from this run or the stored results). Entries of earlier runs that were not re-measured are
 kept, so a partial run updates only what it measured.
@@ -30,11 +31,11 @@ sys.path.insert(0, str(HERE))
 
 from common import ROOT, Context, git_commit, machine  # noqa: E402
 
-ORDER = ("dataset", "extraction", "concepts", "comparison", "memory", "end_to_end", "end_to_end_default",
+ORDER = ("dataset", "extraction", "concepts", "comparison", "grounding", "memory", "end_to_end", "end_to_end_default",
          "projection")
 MODULES = {"dataset": "bench_dataset", "extraction": "bench_extraction", "concepts": "bench_concepts",
-           "comparison": "bench_comparison", "memory": "bench_memory", "end_to_end": "bench_end_to_end",
-           "end_to_end_default": "bench_end_to_end_default", "projection": "projection"}
+           "comparison": "bench_comparison", "grounding": "bench_grounding", "memory": "bench_memory",
+           "end_to_end": "bench_end_to_end", "end_to_end_default": "bench_end_to_end_default", "projection": "projection"}
 SCHEMA = 1
 
 

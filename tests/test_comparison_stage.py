@@ -49,7 +49,7 @@ def test_similarity_schema_and_identities(study):
                 "value", "control", "n_test"):
         assert col in df.columns
     assert set(df["method"]) == {"seg", "seg_kappa", "seg_kappa_max", "seg_obs_exp", "seg_pearson", "cls", "cls_partial",
-                                 "cls_jaccard", "cka", "cka_debiased", "cka_grid4"}
+                                 "cls_jaccard", "cka", "cka_debiased", "cka_grid4", "units_bb", "units_bb_corr"}
     assert (df["n_test"] == 40).all()
     diag = df[(df.model_a == df.model_b) & (df.layer_a == df.layer_b) & df.value.notna() & (df.method != "seg_obs_exp")]
     assert np.allclose(diag["value"], 1.0)

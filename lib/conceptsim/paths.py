@@ -122,10 +122,10 @@ def concept_stage_json(model_dir: str | Path) -> Path:
 
 # files of one dataset folder (``dataset_results``)
 def comparison_files(dataset_dir: str | Path) -> dict[str, Path]:
-    """The comparison stage's outputs: ``similarity``, ``layer_similarity`` and ``findings``."""
+    """The comparison stage's outputs: ``similarity``, ``layer_similarity``, ``grounding`` and ``findings``."""
     d = Path(dataset_dir)
     return {"similarity": d / "similarity.csv", "layer_similarity": d / "layer_similarity.csv",
-            "findings": d / "findings.json"}
+            "grounding": d / "grounding.csv", "findings": d / "findings.json"}
 
 
 def comparison_stage_json(dataset_dir: str | Path) -> Path:

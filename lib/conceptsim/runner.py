@@ -363,6 +363,7 @@ def write_book_pages(study: Study) -> Path:
     """Write the study's generated pages and its part of the table of contents, then ``book/_generated/_toc.yml``
     (the base toc plus every study that has executed notebooks, see :func:`write_toc`)."""
     from conceptsim.book import reporting
+    from conceptsim.book.grounding import write_grounding_page
 
     out_dir = book_results_dir(study.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,6 +371,7 @@ def write_book_pages(study: Study) -> Path:
     runs = [r for r in study.runs() if r.id in records and executed_path(r).exists()]
     reporting.write_reproducibility_page(study, [records[r.id] for r in runs], out_dir / "reproducibility.md")
     findings_page = reporting.write_findings_page(study, out_dir / "findings.md")
+    grounding_page = write_grounding_page(study, out_dir / "grounding.md")
     chapters = []
     for ds in study.datasets:
         ds_runs = [r for r in runs if r.dataset == ds]
@@ -382,6 +384,7 @@ def write_book_pages(study: Study) -> Path:
                                       for r in ds_runs]})
     part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
             "findings": _rel(findings_page) if findings_page is not None else None,
+            "grounding": _rel(grounding_page) if grounding_page is not None else None,
             # a rehearsal (listed only with BOOK_ALL=1): a smoke study, or one not every run of which is complete
             "smoke": bool(study.smoke), "complete": len(runs) == len(study.runs())}
     write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))
@@ -426,6 +429,8 @@ def write_toc(rehearsals: bool | None = None) -> Path:
             for ch in p.get("chapters", []):
                 if ch.get("file") == "book/findings" and part.get("findings") and _page_exists(root, part["findings"]):
                     ch.setdefault("sections", []).append({"file": part["findings"]})
+                if ch.get("file") == "book/grounding" and part.get("grounding") and _page_exists(root, part["grounding"]):
+                    ch.setdefault("sections", []).append({"file": part["grounding"]})
                 if ch.get("file") == "book/reproducibility" and _page_exists(root, part["reproducibility"]):
                     ch.setdefault("sections", []).append({"file": part["reproducibility"]})
         kind = rehearsal_kind(part)

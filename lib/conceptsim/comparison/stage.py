@@ -21,13 +21,15 @@ method         ``seg`` (set IoU of binarised masks), ``seg_kappa`` (agreement be
                ``cls_partial`` (partial correlation of the logits given the label),
                ``cls_jaccard`` (Jaccard of predicted-positive images),
                ``cka`` (linear CKA, GAP features), ``cka_debiased`` (debiased linear CKA, GAP features),
-               ``cka_grid4`` (linear CKA, activations average-pooled to 4 x 4 and flattened)
+               ``cka_grid4`` (linear CKA, activations average-pooled to 4 x 4 and flattened),
+               ``units_bb`` / ``units_bb_corr`` (label-free unit matching: share of units in significant
+               best-buddy pairs / their mean correlation, :mod:`conceptsim.comparison.units`)
 model_a/b      model display names (``NAME``, ``NAME:random`` or ``NAME:random@SEED``)
 layer_a/b      probed layer names
 depth_a/b      relative depths of the layers
 value          the similarity (empty = undefined, e.g. a union of empty masks or a constant output)
-control        chance value of the same statistic with the test images of B permuted (``seg``, ``cls``
-               only; see :mod:`conceptsim.comparison.similarity`), else empty
+control        chance value of the same statistic with the test images of B permuted (``seg``, ``cls``,
+               ``units_bb`` only; see :mod:`conceptsim.comparison.similarity`), else empty
 n_test         number of test images
 =============  =======================================================================================
 
@@ -36,6 +38,9 @@ model_b, layer_b, depth_b, value, control, n_concepts, n_test``; for the concept
 mean over the ``n_concepts`` concepts represented in *both* layers (``represented`` of the ``seg`` /
 ``cls`` quality rows), ``control`` the mean chance value over the same concepts; CKA rows are copied with
 ``n_concepts`` empty.
+
+``grounding.csv`` -- layer monotonicity of every measure per model, and the relative-depth alignment of
+unit matching per model pair: see :mod:`conceptsim.comparison.grounding`.
 
 ``findings.json`` -- see :mod:`conceptsim.comparison.document` (selection on val, the tests, Holm).
 
@@ -61,8 +66,10 @@ from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices
 from conceptsim.comparison.document import findings_document, plan_findings
 from conceptsim.comparison.findings import quality_arrays, rng_for
+from conceptsim.comparison.grounding import grounding_frame, layer_matrices
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
+from conceptsim.comparison.units import UNIT_METHODS, UnitMatcher
 from conceptsim.extraction.background import prefetched
 from conceptsim.models.user_models import MODEL_LISTING
 from conceptsim.paths import comparison_files, comparison_stage_json, concept_quality_csv, concept_stage_json, model_dir_name
@@ -71,6 +78,8 @@ from conceptsim.runtime import torch_threads_from_environment
 CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_kappa_max": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg",
                    "cls": "cls", "cls_partial": "cls", "cls_jaccard": "cls"}
 CKA_METHODS = ("cka", "cka_debiased", "cka_grid4")
+#: label-free measures: one L x L matrix each (CKA, and unit matching from the grid-4 pass, :mod:`.units`)
+LABEL_FREE_METHODS = CKA_METHODS + UNIT_METHODS
 QUALITY_COLUMNS = ("model", "layer", "relative_depth", "concept", "method", "metric", "value", "represented")
 
 
@@ -115,9 +124,10 @@ def compute_similarities(
     ``cls_jaccard``, ``cls_partial``, with the truth also ``seg_kappa`` and ``seg_obs_exp``, with oracles
     ``oracle_seg_kappa`` (the oracle of each layer's native stride against the other's, ``K x L x L``);
     with ``image_quality`` also ``seg_image_quality`` (per concept, layer and image the true positives and
-    marked pixels, and the true pixels: the paired bootstrap of val quality);
-    ``L x L`` arrays ``cka``, ``cka_debiased`` and ``cka_grid4``; ``seg_image_counts`` (concept -> ``N x P x
-    6``) when ``track`` is given.
+    marked pixels, and the true pixels: the paired bootstrap of val quality) and on object datasets
+    ``seg_object_quality``; ``L x L`` arrays ``cka``, ``cka_debiased`` and ``cka_grid4``, and with the
+    grid-4 pass the unit matching matrices of :class:`~conceptsim.comparison.units.UnitMatcher`;
+    ``seg_image_counts`` (concept -> ``N x P x 5``) when ``track`` is given.
     """
     nl, nk, n = len(so.layers), len(so.concepts), so.n_test
     n_or = len(so.oracles)
@@ -136,7 +146,8 @@ def compute_similarities(
     # products waiting for each other. It uses the caller's torch thread count.
     pool = ThreadPoolExecutor(1) if (grid4 and cka) else None
     nthreads = torch.get_num_threads()
-    pending = pool.submit(_grid4_cka, so, max(read_images, 64), nthreads) if pool is not None else None
+    units = UnitMatcher(nl, n, seed=seed) if pool is not None else None  # fed by the grid-4 pass
+    pending = pool.submit(_grid4_cka, so, max(read_images, 64), nthreads, units) if pool is not None else None
 
     def fill(chunk, li: int, k: int, buf: torch.Tensor):
         if li < nl:
@@ -182,8 +193,9 @@ def compute_similarities(
             gap[li] = None  # the features are not needed any more
         out.update(cka_matrices(grams))
     if pending is not None:
-        out["cka_grid4"] = pending.result()
+        out["cka_grid4"], unit_matrices = pending.result()
         pool.shutdown()
+        out.update(unit_matrices)
     return out
 
 
@@ -200,10 +212,12 @@ def _accumulate(chunk, seg_acc, fill, cls_logits: np.ndarray, gap: list | None, 
             gap[li][chunk.rows] = g.numpy()
 
 
-def _grid4_cka(so: StudyOutputs, read_images: int, threads: int) -> np.ndarray:
-    """``cka_grid4`` matrix, in a worker thread with ``threads`` torch threads."""
+def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher) -> tuple[np.ndarray, dict]:
+    """``cka_grid4`` matrix and the unit-matching matrices of the same pooled activations, in a worker
+    thread with ``threads`` torch threads (beside the main pass, so unit matching overlaps it)."""
     torch.set_num_threads(threads)
-    return cka_matrices(grid4_grams(so, read_images))["cka"]
+    grid4 = cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]
+    return grid4, units.results()
 
 
 def pair_mask(available: np.ndarray) -> np.ndarray:
@@ -212,8 +226,11 @@ def pair_mask(available: np.ndarray) -> np.ndarray:
     return a[:, :, None] & a[:, None, :]
 
 
-def grid4_grams(so: StudyOutputs, chunk_images: int) -> np.ndarray:
-    """Gram matrices of activations pooled to 4 x 4, one layer at a time (memory: one layer's features)."""
+def grid4_grams(so: StudyOutputs, chunk_images: int, on_layer=None) -> np.ndarray:
+    """Gram matrices of activations pooled to 4 x 4, one layer at a time (memory: one layer's features).
+
+    ``on_layer(li, pooled)`` receives each layer's ``n_test x (C * 16)`` pooled features (unit matching).
+    """
     grams = np.empty((len(so.layers), so.n_test, so.n_test))
     for li in range(len(so.layers)):
         x = None
@@ -224,6 +241,8 @@ def grid4_grams(so: StudyOutputs, chunk_images: int) -> np.ndarray:
                 x = torch.empty((so.n_test, pooled.shape[1]), dtype=torch.float64)
             x[torch.from_numpy(pos)] = pooled.double()
         torch.matmul(x, x.T, out=torch.from_numpy(grams[li]))
+        if on_layer is not None:
+            on_layer(li, x)
     return grams
 
 
@@ -253,12 +272,13 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
                 }
             )
         )
-    for method in CKA_METHODS:
+    for method in LABEL_FREE_METHODS:
         if method in sims:
+            ctl = sims.get(f"{method}_control")
             frames.append(
                 pd.DataFrame(
                     {"concept": "", "category": "", "method": method, "pair": np.arange(len(ia)),
-                     "value": sims[method][ia, ib], "control": np.nan}
+                     "value": sims[method][ia, ib], "control": ctl[ia, ib] if ctl is not None else np.nan}
                 )
             )
     df = pd.concat(frames, ignore_index=True)
@@ -294,11 +314,12 @@ def layer_similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: d
                  "control": cmean[ia, ib] if cmean is not None else np.nan, "n_concepts": count[ia, ib]}
             )
         )
-    for method in CKA_METHODS:
+    for method in LABEL_FREE_METHODS:
         if method in sims:
+            ctl = sims.get(f"{method}_control")
             rows.append(
                 pd.DataFrame({"method": method, "pair": np.arange(len(ia)), "value": sims[method][ia, ib],
-                              "control": np.nan, "n_concepts": pd.NA})
+                              "control": ctl[ia, ib] if ctl is not None else np.nan, "n_concepts": pd.NA})
             )
     df = pd.concat(rows, ignore_index=True)
     p = df.pop("pair").to_numpy()
@@ -371,7 +392,7 @@ def run_comparison_stage(
 
     Returns
     -------
-    ``{"similarity": path, "layer_similarity": path, "findings": path}``.
+    ``{"similarity": path, "layer_similarity": path, "grounding": path, "findings": path}``.
     """
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     records = [concept_stage_json(dataset_dir / model_dir_name(m)) for m in models]
@@ -447,6 +468,9 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     paths = comparison_files(out_dir)
     write_csv(paths["similarity"], similarity_frame(so, sims))
     write_csv(paths["layer_similarity"], layer_similarity_frame(so, sims, rep))
+    # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
+    write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
+                                                  so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
     doc = findings_document(so, sims, select, quality, plans, seed=seed, permutations=permutations,
                             bootstrap=bootstrap, selected_on=selected_on, n_val=n_val, min_concepts=min_concepts,
                             excluded=excluded)

@@ -1,0 +1,138 @@
+"""The generated "Do the measures measure?" page: one table per grounding test, measure by measure.
+
+Sources: each dataset's ``grounding.csv`` (layer monotonicity, unit-matching depth alignment; written by
+the comparison stage, :mod:`conceptsim.comparison.grounding`) and the ``grounding/planted`` entry of
+``benchmarks/results.json`` (planted matches, :mod:`conceptsim.comparison.planted`). Nothing is typed by
+hand; a test without results says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from conceptsim.atomic import write_text
+from conceptsim.comparison.report import table
+from conceptsim.models.names import is_twin
+from conceptsim.paths import comparison_files, dataset_results, project_root
+
+if TYPE_CHECKING:
+    from conceptsim.study import Study
+
+#: measures in the order of the tables: concept measures (agreement beyond accuracy first), then label-free
+MEASURES = ("seg_kappa", "seg", "seg_pearson", "cls_partial", "cls", "cls_jaccard", "cka", "cka_debiased", "cka_grid4",
+            "units_bb", "units_bb_corr")
+
+
+def model_group(model: str) -> str:
+    """``trained``, ``twin`` (random-init) or ``pixels`` (the floor)."""
+    if model == "pixels":
+        return "pixels"
+    return "twin" if is_twin(model) else "trained"
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def monotonicity_table(grounding: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Per measure: mean violation rate and Spearman of trained models and of twins (mean over models and
+    datasets; concept measures on the concepts represented in both layers), with the number of models."""
+    g = grounding[(grounding["test"] == "layer_monotonicity") & grounding["concepts"].isin(["represented", "none"])].copy()
+    g["group"] = g["model"].map(model_group)
+    header = ["measure"] + [f"{grp} {col}" for grp in ("trained", "twin") for col in ("violation", "Spearman", "n")]
+    rows = []
+    for m in [m for m in MEASURES if m in set(g["method"])]:
+        row = [f"`{m}`"]
+        for grp in ("trained", "twin"):
+            sel = g[(g["method"] == m) & (g["group"] == grp)]
+            ok = sel["violation_rate"].notna()
+            row += [fmt(sel["violation_rate"].mean()), fmt(sel["spearman"].mean()), str(int(ok.sum()))]
+        rows.append(row)
+    return header, rows
+
+
+def alignment_table(grounding: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Per model pair and dataset: unit matching's relative-depth alignment error against its null."""
+    g = grounding[grounding["test"] == "units_depth_alignment"]
+    rows = [[r.dataset, f"{r.model} vs {r.model_b}", f"{model_group(r.model)} / {model_group(r.model_b)}",
+             fmt(r.alignment_error, 3), fmt(r.null_mean, 3), str(int(r.n_layers))] for r in g.itertuples()]
+    return ["dataset", "models", "kinds", "alignment error", "null mean", "layers"], rows
+
+
+def planted_table(scores: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per transform and noise level: precision / recall of every method."""
+    df = pd.DataFrame(scores)
+    methods = [m for m in ("units_bb", "cls", "cls_partial", "cka", "cka_debiased") if m in set(df["method"])]
+    rows = []
+    for (transform, noise), g in df.groupby(["transform", "noise"], sort=False):
+        by = g.set_index("method")
+        rows.append([transform, fmt(noise, 1)] + [f"{fmt(by.loc[m, 'precision'])} / {fmt(by.loc[m, 'recall'])}"
+                                                  for m in methods])
+    return ["transform", "noise"] + [f"`{m}` P / R" for m in methods], rows
+
+
+def read_grounding(study: "Study") -> pd.DataFrame | None:
+    """All datasets' ``grounding.csv`` rows of a study (None when none exists)."""
+    frames = []
+    for ds in study.datasets:
+        path = comparison_files(dataset_results(study.name, ds))["grounding"]
+        if path.exists():
+            frames.append(pd.read_csv(path, keep_default_na=False, na_values=[""]))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def planted_scores(results_json: Path | None = None) -> dict | None:
+    """The ``grounding/planted`` benchmark entry (None when it was never run)."""
+    path = results_json or project_root() / "benchmarks" / "results.json"
+    try:
+        return json.loads(path.read_text())["entries"].get("grounding/planted")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+SECTIONS = (
+    ("Layer monotonicity", "A good measure finds layer i more similar to a nearer layer than to a farther one on the "
+     "same side: violation rate 0 and Spearman -1 (mean over models and datasets).",
+     "No `grounding.csv` exists for this study yet (run the comparison stage)."),
+    ("Unit matching across models: relative depth", "Where unit best buddies of two models' layers sit in relative "
+     "depth. A label-free finding 2 shows an alignment error below the null mean for trained pairs, and twins as a "
+     "control.", "No `grounding.csv` exists for this study yet (run the comparison stage)."),
+    ("Planted matches", "Synthetic spaces with known shared concepts: a good method proposes exactly the planted "
+     "matches (precision and recall 1) under a pure permutation; a basis-free method keeps them under rotation.",
+     "The `grounding/planted` benchmark has not been run (`benchmarks/run.py --only grounding`)."),
+    ("Shortcut affinity and label randomisation", "Networks trained with a planted cue should group by how much they "
+     "use it (AUPRC of same-group pairs).", "Not run yet: the study `studies/grounding.yml` (small CNNs trained with "
+     "a planted coloured-dot cue) does not exist in this version."),
+)
+
+
+def grounding_markdown(study_name: str, grounding: pd.DataFrame | None, planted: dict | None) -> str:
+    """The page's markdown: one section per test, its table or a sentence saying why there is none."""
+    bodies = [None, None, None, None]
+    if grounding is not None:
+        bodies[0] = table(*monotonicity_table(grounding))
+        bodies[1] = table(*alignment_table(grounding))
+    if planted is not None:
+        bodies[2] = (table(*planted_table(planted["details"]["scores"])) + "\n\n"
+                     f"Measured at commit `{planted.get('commit', 'unknown')[:10]}` "
+                     f"({'quick sizes' if planted.get('quick') else 'default sizes'}).")
+    parts = [f"# Do the measures measure? Study `{study_name}`\n",
+             "Generated from each dataset's `grounding.csv` and the `grounding/planted` benchmark; the tests and "
+             "their definitions are on the page *Do the measures measure?* (book/grounding).\n"]
+    for (title, intro, missing), body in zip(SECTIONS, bodies):
+        parts.append(f"## {title}\n\n{intro}\n\n{body if body is not None else missing}\n")
+    return "\n".join(parts)
+
+
+def write_grounding_page(study: "Study", path: Path, results_json: Path | None = None) -> Path | None:
+    """Write the page (None, and nothing written, when the study has no grounding results)."""
+    grounding = read_grounding(study)
+    if grounding is None:
+        return None
+    write_text(path, grounding_markdown(study.name, grounding, planted_scores(results_json)))
+    return path

@@ -1,0 +1,225 @@
+"""Grounding tests with known answers: layer monotonicity of every measure, label-free unit matching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conceptsim.comparison.agreement import partial_correlation
+from conceptsim.comparison.cka import cka_matrices, gram
+from conceptsim.comparison.grounding import monotonicity
+from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, concept_similarity
+from conceptsim.comparison.units import UnitMatcher, best_buddies, significance_threshold, unit_correlations, unit_samples
+
+
+def noisy_copies(n_layers=6, n=400, c=12, g=4, keep=0.8, seed=0) -> list[np.ndarray]:
+    """A synthetic model whose layer l is a noisy copy of layer l-1: ``keep * x + sqrt(1 - keep^2) * noise``
+    (``n x c x g x g`` activations; every layer has the same variance, so the correlation of layers i and j
+    is ``keep ** |i - j|`` whatever i)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, g, g))
+    layers = [x]
+    for _ in range(n_layers - 1):
+        layers.append(keep * layers[-1] + np.sqrt(1 - keep**2) * rng.standard_normal(x.shape))
+    return layers
+
+
+def test_monotonicity_definition_on_known_matrices():
+    d = np.abs(np.subtract.outer(np.arange(5), np.arange(5)))
+    good = monotonicity(np.exp(-d))
+    assert good["violation_rate"] == 0.0 and good["spearman"] == pytest.approx(-1.0)
+    assert good["spearman_pairs"] == pytest.approx(-1.0)
+    # a chain whose steps differ (similarity = product of the steps between i and j): every ordering
+    # right, but not over all pairs at once
+    steps = np.array([0.9, 0.5, 0.9, 0.5])
+    chain = np.array([[np.prod(steps[min(i, j):max(i, j)]) for j in range(5)] for i in range(5)])
+    uneven = monotonicity(chain)
+    assert uneven["violation_rate"] == 0.0 and uneven["spearman"] == pytest.approx(-1.0)
+    assert -1.0 < uneven["spearman_pairs"] < -0.5
+    # triples: per anchor i, pairs of layers on the same side -> sum over i of C(right, 2) + C(left, 2)
+    assert good["n_triples"] == sum(r * (r - 1) // 2 + l * (l - 1) // 2 for r, l in ((4 - i, i) for i in range(5)))
+    bad = monotonicity(-np.exp(-d))  # similarity grows with distance
+    assert bad["violation_rate"] == 1.0 and bad["spearman"] == pytest.approx(1.0)
+    flat = monotonicity(np.ones((4, 4)))
+    assert flat["violation_rate"] == 0.5 and np.isnan(flat["spearman"])  # ties count one half
+    with_nan = np.exp(-d)
+    with_nan[0, :] = with_nan[:, 0] = np.nan
+    assert monotonicity(with_nan)["n_layers"] == 4
+    with pytest.raises(ValueError, match="square"):
+        monotonicity(np.ones((2, 3)))
+
+
+def test_every_measure_is_monotone_on_successive_noisy_copies():
+    layers = noisy_copies()
+    n = len(layers[0])
+    # label-free: CKA on GAP features (linear, debiased), grid CKA and unit matching
+    grams = np.stack([gram(x.mean(axis=(2, 3))) for x in layers])
+    mats = cka_matrices(grams)
+    mats["cka_grid4"] = cka_matrices(np.stack([gram(x) for x in layers]))["cka"]
+    matcher = UnitMatcher(len(layers), n)
+    for li, x in enumerate(layers):
+        matcher.add_layer(li, torch.from_numpy(x))
+    units = matcher.results()
+    mats["units_bb_corr"] = units["units_bb_corr"]
+    # concept measures: one fixed probe read from every layer (the concept's direction is unit 0)
+    w = np.zeros(layers[0].shape[1])
+    w[:3] = 1.0
+    seg_logits = [np.einsum("c,nchw->nhw", w, x) for x in layers]
+    cls_logits = np.stack([s.mean(axis=(1, 2))[:, None] for s in seg_logits])  # L x N x 1
+    labels = (cls_logits[0] > 0).astype(np.uint8)  # the concept's presence label
+    cls = cls_similarity(cls_logits, np.random.default_rng(0))
+    mats["cls"] = cls["cls"][0]
+    mats["cls_partial"] = partial_correlation(cls_logits.transpose(2, 0, 1), labels)[0]
+    nl = len(layers)
+    for method in ("seg", "seg_pearson"):
+        mats[method] = np.array([[concept_similarity(seg_logits[i], seg_logits[j], method) for j in range(nl)]
+                                 for i in range(nl)])
+    # agreement beyond accuracy: the stage's accumulator, the truth a noisy reading of the first layer
+    truth = seg_logits[0] + 2.0 * np.random.default_rng(9).standard_normal(seg_logits[0].shape) > 0
+    rows = np.stack([*seg_logits, np.where(truth, 30.0, -30.0)])[:, None]  # (L + 1) x 1 x n x g x g
+    acc = SegAccumulator(nl + 1, 1, rows.shape[-2:], truth_row=nl)
+    acc.update(torch.from_numpy(rows).float())
+    mats["seg_kappa"] = acc.results()["seg_kappa"][0, :nl, :nl]
+    for method, mat in mats.items():
+        got = monotonicity(mat)
+        assert got["violation_rate"] == 0.0, method
+        assert got["spearman"] == pytest.approx(-1.0), method
+    # unit matching of neighbouring copies: every unit finds its own copy
+    assert np.allclose(np.diag(units["units_bb"]), 1.0)
+    assert units["units_bb"][0, 1] == 1.0
+    assert units["units_bb_control"][0, 1] < 0.2  # with B's images permuted almost nothing is significant
+
+
+def test_best_buddies_of_a_layer_with_itself_are_the_identity():
+    x = noisy_copies(n_layers=1, c=20)[0]
+    z, live = unit_samples(torch.from_numpy(x))
+    ia, ib = best_buddies(unit_correlations(z, z), live_a=live, live_b=live)
+    assert np.array_equal(ia, np.arange(20)) and np.array_equal(ib, np.arange(20))
+
+
+def test_a_pure_unit_permutation_is_recovered_exactly():
+    x = noisy_copies(n_layers=1, c=30, seed=3)[0]
+    x[:, 5] = 0.0  # a dead unit takes part in nothing
+    perm = np.random.default_rng(1).permutation(30)
+    y = x[:, perm]  # unit j of B is unit perm[j] of A
+    za, live_a = unit_samples(torch.from_numpy(x))
+    zb, live_b = unit_samples(torch.from_numpy(y))
+    corr = unit_correlations(za, zb)
+    ia, ib = best_buddies(corr, significance_threshold(len(x)), live_a, live_b)
+    assert 5 not in ia and len(ia) == 29
+    assert np.array_equal(perm[ib], ia)
+    assert np.allclose(corr[ia, ib], 1.0, atol=1e-5)
+
+
+def test_unit_inputs_are_checked():
+    z = torch.zeros((10, 3))
+    with pytest.raises(ValueError, match="same images"):
+        unit_correlations(z, torch.zeros((8, 3)))
+    with pytest.raises(ValueError, match="never added"):
+        UnitMatcher(2, 10).results()
+    assert significance_threshold(3) == float("inf")
+
+
+def test_stage_writes_grounding_and_unit_rows(tmp_path):
+    from conceptsim.comparison.stage import run_comparison_stage
+    from conceptsim.comparison.synthetic import build_synthetic_study
+
+    layers = [(f"l{i}", (i + 1) / 4, g, 6) for i, g in enumerate((8, 8, 4, 4))]
+    models = {"a": layers, "a:random": layers, "b": layers[:3]}
+    root = build_synthetic_study(tmp_path / "ds", models, n_images=40, seed=2)
+    paths = run_comparison_stage(root, tmp_path / "out", models=list(models), permutations=100, bootstrap=50)
+    g = pd.read_csv(paths["grounding"], keep_default_na=False, na_values=[""])
+    mono = g[g["test"] == "layer_monotonicity"]
+    methods = set(mono["method"])
+    assert {"seg_kappa", "seg", "cls_partial", "cls", "cka", "cka_debiased", "units_bb", "units_bb_corr"} <= methods
+    assert set(mono["model"]) == set(models)
+    cka_a = mono[(mono["method"] == "cka") & (mono["model"] == "a")].iloc[0]
+    assert cka_a["n_pairs"] == 6 and cka_a["n_triples"] == 8
+    assert ((mono["violation_rate"].dropna() >= 0) & (mono["violation_rate"].dropna() <= 1)).all()
+    align = g[g["test"] == "units_depth_alignment"]
+    assert len(align) == 3 and (align["null_mean"] > 0).all()
+    ls = pd.read_csv(paths["layer_similarity"], keep_default_na=False, na_values=[""])
+    bb = ls[ls["method"] == "units_bb"]
+    nl = 4 + 4 + 3
+    assert len(bb) == nl * (nl + 1) // 2
+    diag = bb[(bb["model_a"] == bb["model_b"]) & (bb["layer_a"] == bb["layer_b"])]
+    assert np.allclose(diag["value"], 1.0) and bb["control"].notna().all()
+    # the book page: one table per test, measure by measure, trained beside twins
+    from conceptsim.book.grounding import grounding_markdown
+
+    planted = {"commit": "abc", "details": {"scores": [
+        {"transform": "permutation", "noise": 0.1, "method": m, "precision": 1.0, "recall": 1.0} for m in ("units_bb", "cka")]}}
+    page = grounding_markdown("synthetic", g, planted)
+    assert "| `seg_kappa` |" in page and "| `units_bb` |" in page and "a vs b" in page
+    assert "| permutation | 0.1 | 1.00 / 1.00 | 1.00 / 1.00 |" in page
+    assert "has not been run" in grounding_markdown("synthetic", g, None)
+
+
+def test_planted_matches_known_answers():
+    from conceptsim.comparison.planted import planted_match_scores, planted_spaces
+
+    scores = planted_match_scores(("permutation", "rotation"), (0.1,), n_layers=2, n_shared=3, n_unique=1, n_images=240)
+    got = scores.set_index(["transform", "method"])
+    for method in ("units_bb", "cls", "cls_partial", "cka", "cka_debiased"):
+        row = got.loc[("permutation", method)]  # pure permutation: every method recovers the planted answer
+        assert row["precision"] == 1.0 and row["recall"] == 1.0, method
+    for method in ("cls", "cls_partial", "cka", "cka_debiased"):  # rotation-invariant methods do not care
+        assert got.loc[("rotation", method), "recall"] == 1.0, method
+    assert got.loc[("rotation", "units_bb"), "recall"] <= 0.5  # a rotated basis leaves no unit-to-unit answer
+    a = planted_spaces(seed=4, n_layers=1, n_images=40)
+    b = planted_spaces(seed=4, n_layers=1, n_images=40)
+    assert np.array_equal(a.acts_b[0], b.acts_b[0]) and a.unit_pairs == b.unit_pairs  # same seed, same spaces
+    with pytest.raises(ValueError, match="transform"):
+        planted_spaces(transform="shear")
+
+
+def test_grounding_page_is_written_and_listed_under_its_chapter(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import yaml
+
+    from conceptsim import runner
+    from conceptsim.book.grounding import write_grounding_page
+    from conceptsim.paths import book_results_dir, comparison_files, dataset_results
+
+    monkeypatch.setenv("CONCEPTSIM_ROOT", str(tmp_path))
+    monkeypatch.delenv("CONCEPTSIM_RESULTS", raising=False)
+    shutil.copy(Path(__file__).resolve().parents[1] / "_toc.yml", tmp_path / "_toc.yml")
+    study = SimpleNamespace(name="s", datasets={"shapes": {}})
+    out = book_results_dir("s")
+    assert write_grounding_page(study, out / "grounding.md") is None  # no results, no page
+    csv = comparison_files(dataset_results("s", "shapes"))["grounding"]
+    csv.parent.mkdir(parents=True)
+    pd.DataFrame([{"test": "layer_monotonicity", "dataset": "shapes", "model": "m", "model_b": "", "method": "cka",
+                   "concepts": "none", "n_layers": 3, "n_triples": 2, "violation_rate": 0.0, "n_pairs": 3,
+                   "spearman": -1.0, "spearman_pairs": -0.87}]).to_csv(csv, index=False)
+    page = write_grounding_page(study, out / "grounding.md", results_json=tmp_path / "none.json")
+    assert "| `cka` | 0.00 | -1.00 | 1 |" in page.read_text()
+    (out / "shapes").mkdir()
+    (out / "shapes" / "index.md").write_text("# shapes\n")
+    (out / runner.TOC_PART).write_text(yaml.safe_dump({
+        "study": "s", "chapters": [{"file": "book/results/s/shapes/index", "title": "Dataset shapes", "sections": []}],
+        "reproducibility": "book/results/s/reproducibility", "findings": None, "grounding": "book/results/s/grounding"}))
+    toc = yaml.safe_load(runner.write_toc().read_text())
+    chapters = [ch for p in toc["parts"] for ch in p.get("chapters", [])]
+    grounding = next(ch for ch in chapters if ch.get("file") == "book/grounding")
+    assert grounding["sections"] == [{"file": "book/results/s/grounding"}]
+
+
+def test_group_separation_scores_known_groupings():
+    from conceptsim.comparison.grounding import group_separation
+
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    perfect = np.where(groups[:, None] == groups[None, :], 0.9, 0.2)
+    got = group_separation(perfect, groups)
+    assert got["auprc"] == 1.0 and got["violation_rate"] == 0.0 and got["base_rate"] == pytest.approx(9 / 36)
+    inverted = group_separation(-perfect, groups)
+    assert inverted["violation_rate"] == 1.0 and inverted["auprc"] == pytest.approx(0.25)  # ties: all at one threshold
+    noise = np.random.default_rng(0).standard_normal((9, 9))
+    assert 0.0 < group_separation(noise, groups)["violation_rate"] < 1.0
+    with pytest.raises(ValueError, match="one group per network"):
+        group_separation(perfect, groups[:5])
