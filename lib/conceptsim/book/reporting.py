@@ -103,12 +103,17 @@ def write_findings_page(study: "Study", path: Path) -> Path | None:
     CKA disagree (None when no dataset has results)."""
     from conceptsim.comparison import report
 
-    parts, docs = [], []
+    import pandas as pd
+
+    parts, docs, grounding = [], [], []
     for ds in study.datasets:
-        fj = comparison_files(dataset_results(study.name, ds))["findings"]
+        files = comparison_files(dataset_results(study.name, ds))
+        fj = files["findings"]
         if fj.exists():
             docs.append(report.load_findings(fj))
             parts.append(f"## Dataset `{ds}`\n\n" + _dataset_findings(study, ds, fj, path.parent))
+        if files["grounding"].exists():
+            grounding.append(pd.read_csv(files["grounding"], keep_default_na=False, na_values=[""]))
     if not parts:
         return None
     header = (
@@ -116,7 +121,9 @@ def write_findings_page(study: "Study", path: Path) -> Path | None:
         "Generated from each dataset's `findings.json` and `similarity.csv` by the runner; nothing here is "
         "typed by hand.\n\n"
         + models_left_out_of_finding1(study)
-        + report.study_opening(docs, study.name) + "\n## Verdicts at a glance\n\n" + report.verdict_overview(docs)
+        + report.study_opening(docs, study.name)
+        + ("\n" + report.measure_grounding(pd.concat(grounding, ignore_index=True)) if grounding else "")
+        + "\n## Verdicts at a glance\n\n" + report.verdict_overview(docs)
         + "\n## Details per dataset\n\n"
     )
     write_text(path, header + "\n".join(parts))

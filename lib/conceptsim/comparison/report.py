@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from conceptsim.comparison.finding1 import Finding1
 from conceptsim.comparison.finding2 import COMPONENTS, Finding2, PositiveControl
@@ -308,3 +311,26 @@ def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg",
             "</summary>\n\n" + emergence_table(doc, m) + "\n\n</details>",
         ]
     return "\n\n".join(parts) + "\n"
+
+
+def measure_grounding(grounding: "pd.DataFrame") -> str:
+    """How the measures the findings rest on (``seg_kappa``, ``cls_partial``) passed layer monotonicity
+    (rows of the datasets' ``grounding.csv``), trained models only, with the link to the grounding page."""
+    from conceptsim.models.names import PIXELS_MODEL, is_twin
+
+    g = grounding[(grounding["test"] == "layer_monotonicity") & (grounding["concepts"] == "all")]
+    g = g[~g["model"].map(is_twin) & (g["model"] != PIXELS_MODEL)]
+    parts = []
+    for method, finding in (("seg_kappa", "segmentation"), ("cls_partial", "classification")):
+        sub = g[g["method"] == method]
+        if sub.empty:
+            continue
+        parts.append(f"`{method}` ({finding} tests): violation rate {sub['violation_rate'].mean():.2f}, Spearman "
+                     f"{sub['spearman'].mean():+.2f} (mean over {len(sub)} trained model(s) and dataset(s); a good measure "
+                     "gives 0 and −1)")
+    if not parts:
+        return ""
+    return ("**Do the measures behind the findings measure?** Within one model a layer should resemble its "
+            "neighbours more than layers further away. " + "; ".join(parts) + ". Details and the other tests: "
+            "{ref}`grounding`.\n")
+
