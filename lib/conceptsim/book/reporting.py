@@ -124,7 +124,7 @@ def write_findings_page(study: "Study", path: Path) -> Path | None:
         + report.study_opening(docs, study.name)
         + ("\n" + report.measure_grounding(pd.concat(grounding, ignore_index=True)) if grounding else "")
         + "\n## Verdicts at a glance\n\n" + report.verdict_overview(docs)
-        + "\n## Details per dataset\n\n"
+        + "\n"
     )
     write_text(path, header + "\n".join(parts))
     return path

@@ -191,7 +191,8 @@ def finding1_plot(findings: dict, method: str = "seg") -> Figure:
     ax.tick_params(axis="x", pad=16)
     ax.set_xlim(-0.6, len(recs) - 0.4)
     ax.set_ylabel(f"{findings.get('primary', {}).get(method, method)}: trained − twins", fontsize=10)
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{findings['dataset']}: finding 1 ({method})", fontsize=11)
     return fig
 
@@ -239,7 +240,8 @@ def finding2_plot(findings: dict, method: str = "seg") -> Figure:
     ax.tick_params(axis="x", pad=70)
     ax.set_xlim(-0.6, len(recs) - 0.4)
     ax.set_ylabel("advantage in |Δ relative depth|", fontsize=10)
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{findings['dataset']}: finding 2 ({method})", fontsize=11)
     return fig
 
@@ -256,5 +258,6 @@ def power_plot(points, stated_mde: float | None = None) -> Figure:
     ax.set_xlabel("planted effect (kappa units)", fontsize=10)
     ax.set_ylabel("share of simulated studies", fontsize=10)
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig

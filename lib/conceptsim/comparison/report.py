@@ -71,7 +71,7 @@ def verdict_cell(t: FindingTest | None) -> str:
     if t is None:
         return "–"
     if t.verdict == "inconclusive" and t.mde is not None:
-        return f"**inconclusive** (MDE {t.mde:.2f})"
+        return f"**inconclusive** (MDE {t.mde:.2f}, p Holm {fmt_p(t.p_holm)})"
     if t.verdict == "not testable here":
         return f"**not testable here**{f' ({t.reason})' if t.reason else ''}"
     return f"**{t.verdict}**"
@@ -316,6 +316,8 @@ def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg",
 def measure_grounding(grounding: "pd.DataFrame") -> str:
     """How the measures the findings rest on (``seg_kappa``, ``cls_partial``) passed layer monotonicity
     (rows of the datasets' ``grounding.csv``), trained models only, with the link to the grounding page."""
+    import pandas as pd
+
     from conceptsim.models.names import PIXELS_MODEL, is_twin
 
     g = grounding[(grounding["test"] == "layer_monotonicity") & (grounding["concepts"] == "all")]
@@ -325,9 +327,10 @@ def measure_grounding(grounding: "pd.DataFrame") -> str:
         sub = g[g["method"] == method]
         if sub.empty:
             continue
-        parts.append(f"`{method}` ({finding} tests): violation rate {sub['violation_rate'].mean():.2f}, Spearman "
-                     f"{sub['spearman'].mean():+.2f} (mean over {len(sub)} trained model(s) and dataset(s); a good measure "
-                     "gives 0 and −1)")
+        v, r = pd.to_numeric(sub["violation_rate"], errors="coerce"), pd.to_numeric(sub["spearman"], errors="coerce")
+        parts.append(f"`{method}` ({finding} tests): violation rate {fmt(v.mean(), 2) if v.notna().any() else '–'}, "
+                     f"Spearman {fmt(r.mean(), 2) if r.notna().any() else '–'} (mean over the {int(v.notna().sum())} "
+                     "trained model(s) and dataset(s) where it is defined; a good measure gives 0 and −1)")
     if not parts:
         return ""
     return ("**Do the measures behind the findings measure?** Within one model a layer should resemble its "
