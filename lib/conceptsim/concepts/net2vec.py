@@ -39,10 +39,14 @@ import torch.nn.functional as F
 
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
+from conceptsim.concepts.optimum import GTOL, MAX_ITER, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
+#: ``lbfgs``: full-batch L-BFGS to the loss's optimum (default); ``reference``: Adam with early stopping on val IoU
+SOLVERS = ("lbfgs", "reference")
 EVAL_BATCH = 32
+FIT_ROWS = 1 << 14  # positions per chunk of the full-batch objective (a contiguous slice of the split)
 
 
 @dataclass
@@ -92,9 +96,11 @@ class SegProbes:
 
     Attributes
     ----------
-    weight : ``K x C``; bias : ``K``; best_epoch : ``K`` (1-based epoch of the kept weights);
-    val_iou : ``K`` best validation set IoU; epochs_run : epochs actually trained;
-    history : per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen).
+    weight : ``K x C``; bias : ``K``; best_epoch : ``K`` (1-based epoch of the kept weights; for the L-BFGS
+    solver the number of iterations); val_iou : ``K`` validation set IoU (the best, for the reference
+    solver); epochs_run : epochs (L-BFGS iterations) actually run;
+    history : per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen; empty for L-BFGS).
+    loss : the final training loss per concept (L-BFGS only); grad_max : its largest |gradient| entry.
     """
 
     weight: np.ndarray
@@ -103,6 +109,8 @@ class SegProbes:
     val_iou: np.ndarray
     epochs_run: int
     history: list = field(default_factory=list)
+    loss: np.ndarray | None = None
+    grad_max: float = float("nan")
 
 
 @contextlib.contextmanager
@@ -210,7 +218,105 @@ def foreground_alpha(targets: torch.Tensor) -> torch.Tensor:
     return 1.0 - targets.float().mean((0, 2, 3))
 
 
+class BalancedBCE:
+    """The full-batch balanced BCE of ``C -> K`` probes on a split, as ``theta -> (loss, gradient)`` (float64).
+
+    ``theta`` is ``[W (K x C) row-major, b (K)]``; the loss is the sum over concepts of each concept's mean
+    over all positions (the reference's loss on the whole split). Positions are visited as contiguous
+    slices of about :data:`FIT_ROWS` (``(B h w) x C`` views of a channels-last split), the matrix products
+    run in float32 and every sum over positions is accumulated in float64 in a fixed order, so the result
+    does not depend on the thread count beyond float32 rounding of each slice.
+    With per-element weights ``u = a t + (1-a)(1-t)`` and ``v = (1-a)(1-t)`` (fixed, computed once), the
+    loss is ``u softplus(-z) + v z`` and its derivative in ``z`` is ``u sigmoid(z) - (u - v)``.
+    """
+
+    def __init__(self, train: SplitData, targets: torch.Tensor, alpha: torch.Tensor, device: str | torch.device = "cpu"):
+        n, k = targets.shape[:2]
+        if n != len(train) or tuple(targets.shape[2:]) != train.spatial:
+            raise ValueError(f"targets {tuple(targets.shape)} do not match the split ({len(train)} images, grid {train.spatial})")
+        self.train, self.k, self.c, self.device = train, k, train.c, device
+        self.spatial = int(np.prod(train.spatial))
+        self.images = max(1, FIT_ROWS // self.spatial)
+        self.positions = n * self.spatial
+        t = targets.to(device).float().permute(0, 2, 3, 1).reshape(-1, k)  # (n h w) x K, the split's order
+        a = alpha.to(device).float().view(1, -1)
+        self.v = ((1 - a) * (1 - t)).contiguous()
+        self.u = (a * t).add_(self.v).contiguous()
+
+    def __call__(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, grad = self.evaluate(theta)
+        return loss.sum(), grad
+
+    def evaluate(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-concept mean losses ``K`` and the gradient of their sum (both float64, on the CPU)."""
+        k, c = self.k, self.c
+        w = theta[: k * c].view(k, c).to(self.device, torch.float32)
+        b = theta[k * c :].to(self.device, torch.float32)
+        loss = torch.zeros(k, dtype=torch.float64, device=self.device)
+        gw = torch.zeros(k, c, dtype=torch.float64, device=self.device)
+        gb = torch.zeros(k, dtype=torch.float64, device=self.device)
+        for pos, x in self.train.batches(self.images, device=self.device):
+            rows = slice(int(pos[0]) * self.spatial, (int(pos[-1]) + 1) * self.spatial)
+            x = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when the split is channels-last
+            z = torch.addmm(b, x, w.t())
+            u, v = self.u[rows], self.v[rows]
+            loss += (u * F.softplus(-z) + v * z).sum(0, dtype=torch.float64)
+            r = torch.sigmoid(z).mul_(u).sub_(u).add_(v)
+            gw += (r.t() @ x).double()
+            gb += r.sum(0, dtype=torch.float64)
+        scale = 1.0 / self.positions
+        grad = torch.cat([gw.flatten(), gb]).mul_(scale).cpu()
+        return loss.cpu() * scale, grad
+
+
 def train_segmentation_probes(
+    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *,
+    solver: str = "lbfgs", loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
+    batch_size: int = 32, seed: int = 0, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None,
+    gtol: float = GTOL, max_iter: int = MAX_ITER,
+) -> SegProbes:
+    """Train K concept probes jointly (one ``C -> K`` convolution) with the chosen ``solver``.
+
+    ``solver="lbfgs"`` (default): :func:`solve_segmentation_probes`, the optimum of the loss to ``gtol``
+    (``lr``, ``epochs``, ``patience``, ``batch_size`` are not used). ``solver="reference"``:
+    :func:`train_segmentation_probes_reference` (Adam, early stopping on val set IoU; ``gtol`` and
+    ``max_iter`` are not used).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "lbfgs":
+        return solve_segmentation_probes(train, targets, val, val_eval, loss=loss, device=device, alpha=alpha,
+                                         gtol=gtol, max_iter=max_iter)
+    return train_segmentation_probes_reference(train, targets, val, val_eval, loss=loss, lr=lr, epochs=epochs,
+                                               patience=patience, batch_size=batch_size, seed=seed, device=device,
+                                               alpha=alpha)
+
+
+def solve_segmentation_probes(
+    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *, loss: str = "balanced_bce",
+    device: str | torch.device = "cpu", alpha: torch.Tensor | None = None, gtol: float = GTOL, max_iter: int = MAX_ITER,
+) -> SegProbes:
+    """The K probes at the optimum of the balanced BCE on the whole train split (full-batch L-BFGS).
+
+    Start: ``w = 0, b = 0``, which is already the optimum of the intercept-only probe (with the balanced
+    weights, ``a (1-a) = (1-a) a`` makes ``sigmoid(b) = 1/2``). Stop: largest |gradient| entry of the summed
+    per-concept mean losses ``<= gtol`` (see :mod:`conceptsim.concepts.optimum`). The val set IoU is
+    computed once, at the solution. Only the convex ``balanced_bce`` loss is solved this way.
+    """
+    if loss != "balanced_bce":
+        raise ValueError(f"solver 'lbfgs' solves the convex balanced_bce loss; use solver='reference' for loss {loss!r}")
+    k, c = targets.shape[1], train.c
+    alpha = foreground_alpha(targets) if alpha is None else alpha
+    fun = BalancedBCE(train, targets, alpha, device)
+    sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol, max_iter=max_iter)
+    w = sol.theta[: k * c].view(k, c).float()
+    b = sol.theta[k * c :].float()
+    val_iou = np.nan_to_num(set_iou_from_counts(*split_counts(w.to(device), b.to(device), val, val_eval, device)), nan=0.0)
+    return SegProbes(w.numpy(), b.numpy(), np.full(k, sol.iterations), val_iou, sol.iterations, [],
+                     loss=fun.evaluate(sol.theta)[0].numpy(), grad_max=sol.grad_max)
+
+
+def train_segmentation_probes_reference(
     train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *,
     loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
     batch_size: int = 32, seed: int = 0, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None,

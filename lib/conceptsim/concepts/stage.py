@@ -250,9 +250,10 @@ class Params:
     seed: int
     device: str
     constant_channels: str = "error_for_twins"
+    solver: str = "lbfgs"
 
     def seg_kwargs(self) -> dict:
-        return dict(loss=self.loss, lr=self.lr, epochs=self.epochs, patience=self.patience,
+        return dict(solver=self.solver, loss=self.loss, lr=self.lr, epochs=self.epochs, patience=self.patience,
                     batch_size=self.batch_size, seed=self.seed, device=self.device)
 
 
@@ -313,8 +314,9 @@ def run_cls(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) 
     z = {s: st.apply(torch.from_numpy(data[s].gap)).numpy() for s in SPLITS}
     y = {s: inp.labels[s][:, sel] for s in SPLITS}
     perm = permutations(inp, p.seed)
-    probes = train_classification_probes(z["train"], y["train"], z["val"], y["val"], seed=p.seed)
-    ctrl = train_classification_probes(z["train"], y["train"][perm["train"]], z["val"], y["val"][perm["val"]], seed=p.seed)
+    probes = train_classification_probes(z["train"], y["train"], z["val"], y["val"], seed=p.seed, solver=p.solver)
+    ctrl = train_classification_probes(z["train"], y["train"][perm["train"]], z["val"], y["val"][perm["val"]],
+                                       seed=p.seed, solver=p.solver)
     ivs = controls.cls_intervals(y["test"], probes.decision(z["test"]), ctrl.decision(z["test"]), inp.boot)
     save_npz(vector_path(vec_dir, "cls", info.name), coef=probes.coef, intercept=probes.intercept,
              chosen_c=probes.chosen_c, val_ap=probes.val_ap, mean=st.mean, std=st.std, **_meta(inp, info, sel, st))
