@@ -39,12 +39,10 @@ import torch.nn.functional as F
 
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
-from conceptsim.concepts.optimum import GTOL, MAX_ITER, minimise
+from conceptsim.concepts.optimum import GTOL, MAX_ITER, SOLVERS, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
-#: ``lbfgs``: full-batch L-BFGS to the loss's optimum (default); ``reference``: Adam with early stopping on val IoU
-SOLVERS = ("lbfgs", "reference")
 EVAL_BATCH = 32
 FIT_ROWS = 1 << 14  # positions per chunk of the full-batch objective (a contiguous slice of the split)
 
@@ -271,16 +269,15 @@ class BalancedBCE:
 
 def train_segmentation_probes(
     train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *,
-    solver: str = "lbfgs", loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
+    solver: str = "reference", loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
     batch_size: int = 32, seed: int = 0, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None,
     gtol: float = GTOL, max_iter: int = MAX_ITER,
 ) -> SegProbes:
     """Train K concept probes jointly (one ``C -> K`` convolution) with the chosen ``solver``.
 
-    ``solver="lbfgs"`` (default): :func:`solve_segmentation_probes`, the optimum of the loss to ``gtol``
-    (``lr``, ``epochs``, ``patience``, ``batch_size`` are not used). ``solver="reference"``:
-    :func:`train_segmentation_probes_reference` (Adam, early stopping on val set IoU; ``gtol`` and
-    ``max_iter`` are not used).
+    ``solver="reference"`` (default): :func:`train_segmentation_probes_reference` (Adam, early stopping on
+    val set IoU; ``gtol`` and ``max_iter`` are not used). ``solver="lbfgs"``: :func:`solve_segmentation_probes`,
+    the optimum of the loss to ``gtol`` (``lr``, ``epochs``, ``patience``, ``batch_size`` are not used).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")

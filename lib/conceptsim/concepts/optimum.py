@@ -18,6 +18,9 @@ from typing import Callable
 
 import torch
 
+#: ``lbfgs``: full-batch L-BFGS to the loss's optimum; ``reference``: the published solver (Adam with early
+#: stopping on val IoU for Method A, scikit-learn for Method B)
+SOLVERS = ("lbfgs", "reference")
 #: tolerance on the largest absolute gradient entry of the loss (a sum of per-concept mean losses)
 GTOL = 1e-5
 MAX_ITER = 500

@@ -26,10 +26,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from conceptsim.concepts.metrics import average_precision
-from conceptsim.concepts.optimum import MAX_ITER, minimise
+from conceptsim.concepts.optimum import MAX_ITER, SOLVERS, minimise
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
-SOLVERS = ("lbfgs", "reference")
 #: tolerance on the largest |gradient| entry of each concept's scaled objective (scikit-learn's default is 1e-4)
 GTOL = 1e-6
 
