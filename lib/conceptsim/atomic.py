@@ -106,9 +106,15 @@ def library_hash() -> str:
     return sha256_json([(str(p.relative_to(root)), p.read_text()) for p in files])
 
 
-def stage_identity(**what: Any) -> str:
-    """Identity of a stage's results: a hash of what determines them and of the library's code."""
-    return sha256_json({"inputs": what, "library": library_hash()})
+def stage_identity(module: str, **what: Any) -> str:
+    """Identity of a stage's results: a hash of what determines them and of the code the stage runs.
+
+    ``module`` is the stage's entry module (its ``__name__``); the code is that module and every package
+    module it imports, transitively (:func:`conceptsim.codehash.code_hash`), not the whole library.
+    """
+    from conceptsim.codehash import code_hash
+
+    return sha256_json({"inputs": what, "code": code_hash([module])})
 
 
 def reusable_outputs(record: Path, identity: str) -> dict[str, Path] | None:

@@ -437,6 +437,7 @@ def run_concept_stage(
     p = Params(loss, lr, epochs, patience, batch_size, seed, device, constant_channels, seg_solver, cls_solver)
     twin = Path(random_init_quality) if random_init_quality is not None else None
     identity = stage_identity(
+        __name__,
         store_key=ActivationStore(store_path).attrs.get("key"), layers=list(layers or []),
         concepts=list(concepts or []), params=vars(p), bootstrap=bootstrap, methods=list(methods),
         dissection=dissection, memory_budget_gb=memory_budget_gb,
