@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conceptsim import codehash
+from conceptsim import atomic
 from conceptsim.runner import notebooks_dir
 
 NOTEBOOKS = ("01_extract", "02_concepts", "03_compare_layers", "04_compare_models")
@@ -13,19 +13,19 @@ STAGES = ("conceptsim.extraction.extract", "conceptsim.concepts.stage", "concept
 
 @pytest.fixture()
 def package(tmp_path, monkeypatch):
-    """A copy of the package's source that the tests may edit; codehash reads it instead of the real one."""
+    """A copy of the package's source that the tests may edit; atomic reads it instead of the real one."""
     root = tmp_path / "conceptsim"
-    shutil.copytree(codehash.ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(codehash, "ROOT", root)
-    codehash._parse.cache_clear()
+    shutil.copytree(atomic.PACKAGE_ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(atomic, "PACKAGE_ROOT", root)
+    atomic._parse.cache_clear()
     yield root
-    codehash._parse.cache_clear()
+    atomic._parse.cache_clear()
 
 
 def _hashes() -> dict[str, str]:
-    codehash._parse.cache_clear()
-    out = {nb: codehash.notebook_code_hash(notebooks_dir() / f"{nb}.ipynb") for nb in NOTEBOOKS}
-    out.update({s: codehash.code_hash([s]) for s in STAGES})
+    atomic._parse.cache_clear()
+    out = {nb: atomic.notebook_code_hash(notebooks_dir() / f"{nb}.ipynb") for nb in NOTEBOOKS}
+    out.update({s: atomic.code_hash([s]) for s in STAGES})
     return out
 
 
@@ -50,21 +50,21 @@ def test_net2vec_edit_changes_concepts_and_comparison_not_extraction(package):
 
 
 def test_notebook_modules_narrow_to_the_names_used():
-    used = codehash.notebook_modules([
+    used = atomic.notebook_modules([
         "%matplotlib inline\nfrom conceptsim import pipeline\nfrom conceptsim.paths import comparison_files\n",
         "paths = pipeline.run_concepts(1)\nimport conceptsim.concepts.metrics\n",
     ])
     assert used == {"conceptsim.pipeline": {"run_concepts"}, "conceptsim.paths": {"comparison_files"},
                     "conceptsim.concepts.metrics": None}
-    mods = codehash.closure(used)
+    mods = atomic.closure(used)
     assert "conceptsim.concepts.stage" in mods and "conceptsim.extraction.extract" not in mods
     assert "conceptsim.concepts" in mods and "conceptsim" in mods  # packages' __init__ run on import
     # the module object used as a value: all of it counts
-    assert codehash.notebook_modules(["from conceptsim import pipeline\nf(pipeline)\n"]) == {"conceptsim.pipeline": None}
+    assert atomic.notebook_modules(["from conceptsim import pipeline\nf(pipeline)\n"]) == {"conceptsim.pipeline": None}
 
 
 def test_unparsable_module_is_a_clear_error(package):
     (package / "concepts" / "net2vec.py").write_text("def broken(:\n")
-    codehash._parse.cache_clear()
+    atomic._parse.cache_clear()
     with pytest.raises(SyntaxError, match="net2vec.py"):
-        codehash.code_hash(["conceptsim.concepts.stage"])
+        atomic.code_hash(["conceptsim.concepts.stage"])

@@ -26,6 +26,7 @@ from typing import Any
 import nbformat
 import yaml
 
+from conceptsim.atomic import notebook_code_hash as package_code_hash
 from conceptsim.atomic import remove_debris, sha256_json, write_json, write_text
 from conceptsim.paths import book_results_dir, logs_dir, model_dir_name, project_root, results_dir, runs_dir
 from conceptsim.study import Run, Study
@@ -63,9 +64,7 @@ def notebook_code_hash(path: Path) -> str:
 
 def run_keys(runs: list[Run]) -> dict[str, str]:
     """Per run: a hash of its notebook's code, its parameters, the package code the notebook runs
-    (:func:`conceptsim.codehash.notebook_code_hash`) and the keys of the runs it depends on."""
-    from conceptsim.codehash import notebook_code_hash as package_code_hash
-
+    (:func:`conceptsim.atomic.notebook_code_hash`) and the keys of the runs it depends on."""
     code: dict[Path, str] = {}
     keys: dict[str, str] = {}
     by_id = {r.id: r for r in runs}
