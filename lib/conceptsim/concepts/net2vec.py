@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
-from conceptsim.concepts.optimum import GTOL, MAX_ITER, SOLVERS, minimise
+from conceptsim.concepts.optimum import GTOL, MAX_ITER, SOLVERS, Solution, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
@@ -245,26 +245,90 @@ class BalancedBCE:
         loss, grad = self.evaluate(theta)
         return loss.sum(), grad
 
-    def evaluate(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-concept mean losses ``K`` and the gradient of their sum (both float64, on the CPU)."""
+    def evaluate(self, theta: torch.Tensor, hessian: bool = False):
+        """Per-concept mean losses ``K`` and the gradient of their sum (both float64, on the CPU).
+
+        With ``hessian``, also each concept's Hessian ``K x (C+1) x (C+1)`` (weights then bias; float64),
+        ``sum_p h_p [x_p, 1][x_p, 1]^T / N`` with ``h = u sigmoid(z) sigmoid(-z)``, one batched product per slice.
+        """
         k, c = self.k, self.c
         w = theta[: k * c].view(k, c).to(self.device, torch.float32)
         b = theta[k * c :].to(self.device, torch.float32)
         loss = torch.zeros(k, dtype=torch.float64, device=self.device)
         gw = torch.zeros(k, c, dtype=torch.float64, device=self.device)
         gb = torch.zeros(k, dtype=torch.float64, device=self.device)
+        hess = torch.zeros(k, c + 1, c + 1, dtype=torch.float64, device=self.device) if hessian else None
         for pos, x in self.train.batches(self.images, device=self.device):
             rows = slice(int(pos[0]) * self.spatial, (int(pos[-1]) + 1) * self.spatial)
             x = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when the split is channels-last
             z = torch.addmm(b, x, w.t())
             u, v = self.u[rows], self.v[rows]
             loss += (u * F.softplus(-z) + v * z).sum(0, dtype=torch.float64)
-            r = torch.sigmoid(z).mul_(u).sub_(u).add_(v)
+            sig = torch.sigmoid(z)
+            if hessian:
+                xa = torch.cat([x, torch.ones(len(x), 1, device=self.device)], 1)  # m x (C+1)
+                h = (u * sig * (1 - sig)).t()  # K x m
+                hess += torch.matmul(xa.t().unsqueeze(0) * h.unsqueeze(1), xa).double()
+            r = sig.mul_(u).sub_(u).add_(v)
             gw += (r.t() @ x).double()
             gb += r.sum(0, dtype=torch.float64)
         scale = 1.0 / self.positions
         grad = torch.cat([gw.flatten(), gb]).mul_(scale).cpu()
+        if hessian:
+            return loss.cpu() * scale, grad, hess.cpu() * scale
         return loss.cpu() * scale, grad
+
+
+#: Newton's method is used while a full Hessian pass (positions x (C+1)^2 x K multiply-adds) stays below this
+NEWTON_FLOPS = 2e10
+NEWTON_MAX_ITER = 50
+
+
+def newton(fun: BalancedBCE, gtol: float = GTOL, max_iter: int = NEWTON_MAX_ITER) -> Solution:
+    """Each concept's damped Newton iterations from zero, with its own backtracking (Armijo) step.
+
+    Concepts are independent, so each one stops when its own largest |gradient| entry is ``<= gtol`` (its
+    row of the result is then frozen) and the line search halves the step of each concept separately.
+    A concept whose loss no longer decreases at float64 resolution stops too.
+    """
+    k, c = fun.k, fun.c
+    theta = torch.zeros(k, c + 1, dtype=torch.float64)  # per concept: weights then bias
+
+    def flat(t):
+        return torch.cat([t[:, :c].flatten(), t[:, c]])
+
+    def rows(g):
+        return torch.cat([g[: k * c].view(k, c), g[k * c :, None]], 1)
+
+    f, g, h = fun.evaluate(flat(theta), hessian=True)
+    g = rows(g)
+    active = g.abs().amax(1) > gtol
+    it = evals = 1
+    while active.any() and it <= max_iter:
+        eye = torch.eye(c + 1, dtype=torch.float64) * 1e-10 * h.diagonal(0, 1, 2).abs().amax(1).clamp_min(1e-12)[:, None, None]
+        d = -torch.linalg.solve(h + eye, g.unsqueeze(2)).squeeze(2)
+        d[~active] = 0
+        slope = (g * d).sum(1)
+        t = torch.ones(k, dtype=torch.float64)
+        pending = active.clone()
+        new_f = f.clone()
+        for _ in range(30):
+            trial = theta + t[:, None] * d
+            ft, _ = fun.evaluate(flat(trial))
+            evals += 1
+            ok = pending & (ft <= f + 1e-4 * t * slope)
+            theta[ok], new_f[ok] = trial[ok], ft[ok]
+            pending &= ~ok
+            if not pending.any():
+                break
+            t[pending] *= 0.5
+        active &= ~pending  # no decrease left for these concepts
+        f, g, h = fun.evaluate(flat(theta), hessian=True)
+        g = rows(g)
+        evals += 1
+        active &= g.abs().amax(1) > gtol
+        it += 1
+    return Solution(flat(theta), float(f.sum()), it - 1, evals, float(g.abs().max()), bool((g.abs().amax(1) <= gtol).all()))
 
 
 def train_segmentation_probes(
@@ -293,19 +357,27 @@ def solve_segmentation_probes(
     train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *, loss: str = "balanced_bce",
     device: str | torch.device = "cpu", alpha: torch.Tensor | None = None, gtol: float = GTOL, max_iter: int = MAX_ITER,
 ) -> SegProbes:
-    """The K probes at the optimum of the balanced BCE on the whole train split (full-batch L-BFGS).
+    """The K probes at the optimum of the balanced BCE on the whole train split (:class:`BalancedBCE`).
 
-    Start: ``w = 0, b = 0``, which is already the optimum of the intercept-only probe (with the balanced
-    weights, ``a (1-a) = (1-a) a`` makes ``sigmoid(b) = 1/2``). Stop: largest |gradient| entry of the summed
-    per-concept mean losses ``<= gtol`` (see :mod:`conceptsim.concepts.optimum`). The val set IoU is
-    computed once, at the solution. Only the convex ``balanced_bce`` loss is solved this way.
+    Solver: per-concept Newton (:func:`newton`) while a Hessian pass costs at most :data:`NEWTON_FLOPS`
+    (layers with few channels, where the loss is ill-conditioned and first-order methods crawl); otherwise
+    full-batch L-BFGS on all concepts at once (:func:`conceptsim.concepts.optimum.minimise`). Start:
+    ``w = 0, b = 0``, already the optimum of the intercept-only probe (the balanced weights make
+    ``sigmoid(b) = 1/2``). Stop: largest |gradient| entry ``<= gtol`` (per concept for Newton; of the summed
+    per-concept mean losses for L-BFGS), or the iteration cap (``max_iter``, at most :data:`NEWTON_MAX_ITER`
+    for Newton). Where the train positions are (nearly) separable -- many channels, few positions -- the loss
+    has no finite minimiser and the cap decides where the weights stop. The val set IoU is computed once,
+    at the solution. Only the convex ``balanced_bce`` loss is solved this way.
     """
     if loss != "balanced_bce":
         raise ValueError(f"solver 'lbfgs' solves the convex balanced_bce loss; use solver='reference' for loss {loss!r}")
     k, c = targets.shape[1], train.c
     alpha = foreground_alpha(targets) if alpha is None else alpha
     fun = BalancedBCE(train, targets, alpha, device)
-    sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol, max_iter=max_iter)
+    if fun.positions * (c + 1) ** 2 * k <= NEWTON_FLOPS:
+        sol = newton(fun, gtol=gtol, max_iter=min(max_iter, NEWTON_MAX_ITER))
+    else:
+        sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol, max_iter=max_iter)
     w = sol.theta[: k * c].view(k, c).float()
     b = sol.theta[k * c :].float()
     val_iou = np.nan_to_num(set_iou_from_counts(*split_counts(w.to(device), b.to(device), val, val_eval, device)), nan=0.0)
