@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
-from conceptsim.concepts.optimum import GTOL, MAX_ITER, SOLVERS, Solution, minimise
+from conceptsim.concepts.optimum import GTOL, SOLVERS, Solution, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
@@ -282,6 +282,9 @@ class BalancedBCE:
 #: Newton's method is used while a full Hessian pass (positions x (C+1)^2 x K multiply-adds) stays below this
 NEWTON_FLOPS = 2e10
 NEWTON_MAX_ITER = 50
+#: L-BFGS iterations of a Method A solve (layers with many channels): there the train positions are often
+#: (nearly) separable, the loss has no finite minimiser and the gradient tolerance is not reached
+LBFGS_MAX_ITER = 100
 
 
 def newton(fun: BalancedBCE, gtol: float = GTOL, max_iter: int = NEWTON_MAX_ITER) -> Solution:
@@ -335,7 +338,7 @@ def train_segmentation_probes(
     train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *,
     solver: str = "reference", loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
     batch_size: int = 32, seed: int = 0, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None,
-    gtol: float = GTOL, max_iter: int = MAX_ITER,
+    gtol: float = GTOL, max_iter: int | None = None,
 ) -> SegProbes:
     """Train K concept probes jointly (one ``C -> K`` convolution) with the chosen ``solver``.
 
@@ -355,7 +358,7 @@ def train_segmentation_probes(
 
 def solve_segmentation_probes(
     train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *, loss: str = "balanced_bce",
-    device: str | torch.device = "cpu", alpha: torch.Tensor | None = None, gtol: float = GTOL, max_iter: int = MAX_ITER,
+    device: str | torch.device = "cpu", alpha: torch.Tensor | None = None, gtol: float = GTOL, max_iter: int | None = None,
 ) -> SegProbes:
     """The K probes at the optimum of the balanced BCE on the whole train split (:class:`BalancedBCE`).
 
@@ -364,10 +367,10 @@ def solve_segmentation_probes(
     full-batch L-BFGS on all concepts at once (:func:`conceptsim.concepts.optimum.minimise`). Start:
     ``w = 0, b = 0``, already the optimum of the intercept-only probe (the balanced weights make
     ``sigmoid(b) = 1/2``). Stop: largest |gradient| entry ``<= gtol`` (per concept for Newton; of the summed
-    per-concept mean losses for L-BFGS), or the iteration cap (``max_iter``, at most :data:`NEWTON_MAX_ITER`
-    for Newton). Where the train positions are (nearly) separable -- many channels, few positions -- the loss
-    has no finite minimiser and the cap decides where the weights stop. The val set IoU is computed once,
-    at the solution. Only the convex ``balanced_bce`` loss is solved this way.
+    per-concept mean losses for L-BFGS), or the iteration cap (``max_iter``; default :data:`NEWTON_MAX_ITER`
+    for Newton, :data:`LBFGS_MAX_ITER` for L-BFGS). Where the train positions are (nearly) separable -- many
+    channels, few positions -- the loss has no finite minimiser and the cap decides where the weights stop.
+    The val set IoU is computed once, at the solution. Only the convex ``balanced_bce`` loss is solved this way.
     """
     if loss != "balanced_bce":
         raise ValueError(f"solver 'lbfgs' solves the convex balanced_bce loss; use solver='reference' for loss {loss!r}")
@@ -375,9 +378,10 @@ def solve_segmentation_probes(
     alpha = foreground_alpha(targets) if alpha is None else alpha
     fun = BalancedBCE(train, targets, alpha, device)
     if fun.positions * (c + 1) ** 2 * k <= NEWTON_FLOPS:
-        sol = newton(fun, gtol=gtol, max_iter=min(max_iter, NEWTON_MAX_ITER))
+        sol = newton(fun, gtol=gtol, max_iter=NEWTON_MAX_ITER if max_iter is None else max_iter)
     else:
-        sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol, max_iter=max_iter)
+        sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol,
+                       max_iter=LBFGS_MAX_ITER if max_iter is None else max_iter)
     w = sol.theta[: k * c].view(k, c).float()
     b = sol.theta[k * c :].float()
     val_iou = np.nan_to_num(set_iou_from_counts(*split_counts(w.to(device), b.to(device), val, val_eval, device)), nan=0.0)
