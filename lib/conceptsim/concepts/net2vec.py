@@ -314,21 +314,28 @@ def newton(fun: BalancedBCE, gtol: float = GTOL, max_iter: int = NEWTON_MAX_ITER
         slope = (g * d).sum(1)
         t = torch.ones(k, dtype=torch.float64)
         pending = active.clone()
-        new_f = f.clone()
-        for _ in range(30):
+        at_full_step = None
+        for trial_no in range(30):
             trial = theta + t[:, None] * d
-            ft, _ = fun.evaluate(flat(trial))
+            if trial_no == 0:  # the full Newton step is usually accepted: evaluate its Hessian at once
+                at_full_step = fun.evaluate(flat(trial), hessian=True)
+                ft = at_full_step[0]
+            else:
+                ft, _ = fun.evaluate(flat(trial))
             evals += 1
             ok = pending & (ft <= f + 1e-4 * t * slope)
-            theta[ok], new_f[ok] = trial[ok], ft[ok]
+            theta[ok] = trial[ok]
             pending &= ~ok
             if not pending.any():
                 break
             t[pending] *= 0.5
         active &= ~pending  # no decrease left for these concepts
-        f, g, h = fun.evaluate(flat(theta), hessian=True)
+        if trial_no == 0:
+            f, g, h = at_full_step
+        else:
+            f, g, h = fun.evaluate(flat(theta), hessian=True)
+            evals += 1
         g = rows(g)
-        evals += 1
         active &= g.abs().amax(1) > gtol
         it += 1
     return Solution(flat(theta), float(f.sum()), it - 1, evals, float(g.abs().max()), bool((g.abs().amax(1) <= gtol).all()))
