@@ -282,6 +282,9 @@ class BalancedBCE:
 #: Newton's method is used while a full Hessian pass (positions x (C+1)^2 x K multiply-adds) stays below this
 NEWTON_FLOPS = 2e10
 NEWTON_MAX_ITER = 50
+#: ... and while there are at least this many train positions per parameter: with fewer, the positions are
+#: often separable, the loss has no finite minimiser and Newton's steps only grow the weights
+NEWTON_MIN_POSITIONS = 20
 #: L-BFGS iterations of a Method A solve (layers with many channels): there the train positions are often
 #: (nearly) separable, the loss has no finite minimiser and the gradient tolerance is not reached
 LBFGS_MAX_ITER = 100
@@ -369,8 +372,9 @@ def solve_segmentation_probes(
 ) -> SegProbes:
     """The K probes at the optimum of the balanced BCE on the whole train split (:class:`BalancedBCE`).
 
-    Solver: per-concept Newton (:func:`newton`) while a Hessian pass costs at most :data:`NEWTON_FLOPS`
-    (layers with few channels, where the loss is ill-conditioned and first-order methods crawl); otherwise
+    Solver: per-concept Newton (:func:`newton`) while a Hessian pass costs at most :data:`NEWTON_FLOPS` and
+    there are :data:`NEWTON_MIN_POSITIONS` positions per parameter (layers with few channels, where the loss
+    is ill-conditioned and first-order methods crawl); otherwise
     full-batch L-BFGS on all concepts at once (:func:`conceptsim.concepts.optimum.minimise`). Start:
     ``w = 0, b = 0``, already the optimum of the intercept-only probe (the balanced weights make
     ``sigmoid(b) = 1/2``). Stop: largest |gradient| entry ``<= gtol`` (per concept for Newton; of the summed
@@ -384,7 +388,7 @@ def solve_segmentation_probes(
     k, c = targets.shape[1], train.c
     alpha = foreground_alpha(targets) if alpha is None else alpha
     fun = BalancedBCE(train, targets, alpha, device)
-    if fun.positions * (c + 1) ** 2 * k <= NEWTON_FLOPS:
+    if fun.positions * (c + 1) ** 2 * k <= NEWTON_FLOPS and fun.positions >= NEWTON_MIN_POSITIONS * (c + 1):
         sol = newton(fun, gtol=gtol, max_iter=NEWTON_MAX_ITER if max_iter is None else max_iter)
     else:
         sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol,
