@@ -28,6 +28,15 @@ def test_exact_threshold_equals_sorted_quantile(acts):
     assert (err == 0).all()
 
 
+def test_one_pass_top_threshold_equals_sorted_quantile(acts):
+    thr, err = dis.unit_thresholds(_batches(acts), 5, values_per_unit=20 * 6 * 7, exact_max_values=0)
+    per_unit = acts.transpose(1, 0, 2, 3).reshape(5, -1)
+    np.testing.assert_array_equal(thr, np.quantile(per_unit, dis.QUANTILE, axis=1, method="higher"))
+    assert (err == 0).all()
+    with pytest.raises(ValueError, match="values_per_unit"):
+        dis.unit_thresholds(_batches(acts), 5, values_per_unit=20 * 6 * 7 + 1)
+
+
 def test_streaming_threshold_within_documented_bound(acts):
     thr, err = dis.unit_thresholds(_batches(acts), 5, exact_max_values=0, bins=16)
     per_unit = acts.transpose(1, 0, 2, 3).reshape(5, -1).astype(np.float64)

@@ -122,7 +122,8 @@ def test_runs_receive_validated_parameters_with_defaults():
     s = parse_study(minimal(concepts={"epochs": 3}, extraction={"device": "cuda:1"}))
     co = next(r for r in s.runs() if r.stage == "concepts")
     assert co.parameters["concept_options"] == {"loss": "balanced_bce", "lr": 0.01, "epochs": 3, "patience": 5,
-                                               "bootstrap": 1000, "dissection": True}
+                                               "bootstrap": 1000, "dissection": True, "seg_solver": "reference",
+                                               "cls_solver": "lbfgs"}
     assert co.parameters["device"] == "cuda:1"
 def test_twin_seeds_are_models_of_the_study():
     models = ["mobilenet_v2_imagenet", "mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet:random@1"]

@@ -177,7 +177,8 @@ def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept
     paths = run_concept_stage(
         store_path(study, dataset, model), out, loss=opts["loss"], lr=opts["lr"], epochs=opts["epochs"],
         patience=opts["patience"], bootstrap=opts["bootstrap"], dissection=opts["dissection"], seed=seed,
-        device=device, random_init_quality=twin_csv, reuse=True,
+        device=device, random_init_quality=twin_csv, reuse=True, seg_solver=opts.get("seg_solver", "reference"),
+        cls_solver=opts.get("cls_solver", "lbfgs"),
     )
     return {**paths, "provenance": provenance("concept results", concept_stage_json(out), before)}
 

@@ -26,7 +26,8 @@ from typing import Any
 import nbformat
 import yaml
 
-from conceptsim.atomic import library_hash, remove_debris, sha256_json, write_json, write_text
+from conceptsim.atomic import notebook_code_hash as package_code_hash
+from conceptsim.atomic import remove_debris, sha256_json, write_json, write_text
 from conceptsim.paths import book_results_dir, logs_dir, model_dir_name, project_root, results_dir, runs_dir
 from conceptsim.study import Run, Study
 
@@ -62,15 +63,19 @@ def notebook_code_hash(path: Path) -> str:
 
 
 def run_keys(runs: list[Run]) -> dict[str, str]:
-    lib = library_hash()
+    """Per run: a hash of its notebook's code, its parameters, the package code the notebook runs
+    (:func:`conceptsim.atomic.notebook_code_hash`) and the keys of the runs it depends on."""
+    code: dict[Path, str] = {}
     keys: dict[str, str] = {}
     by_id = {r.id: r for r in runs}
     for r in topological(runs):
         nb = notebooks_dir() / r.notebook
         if not nb.exists():
             raise FileNotFoundError(f"notebook {nb} for run {r.id} does not exist")
+        if nb not in code:
+            code[nb] = package_code_hash(nb)
         keys[r.id] = sha256_json(
-            {"notebook": notebook_code_hash(nb), "parameters": r.parameters, "library": lib,
+            {"notebook": notebook_code_hash(nb), "parameters": r.parameters, "code": code[nb],
              "deps": [keys[d] for d in r.depends_on if d in by_id]}
         )
     return keys

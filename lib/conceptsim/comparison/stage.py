@@ -397,6 +397,7 @@ def run_comparison_stage(
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     records = [concept_stage_json(dataset_dir / model_dir_name(m)) for m in models]
     identity = stage_identity(
+        __name__,
         models=list(models), seed=seed, permutations=permutations, bootstrap=bootstrap, chunk_images=chunk_images,
         grid4=grid4, select_split=select_split, min_concepts=min_concepts,
         concept_stages=[concept_stage_identity(r) for r in records])

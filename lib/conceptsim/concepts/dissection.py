@@ -5,6 +5,9 @@ of all images in the store (no labels are involved, so using every split leaks n
 the order statistic of 0-based rank ``r = ceil(q (M - 1))`` among the ``M`` values (numpy's
 ``method="higher"``).
 
+* One-pass path (the concept stage's): with ``M`` known, each unit's ``M - r`` largest values are kept
+  while streaming (a running ``topk``); their minimum is the exact order statistic. Used while
+  ``C x (M - r)`` values fit ``top_max_values``.
 * Exact path: when ``M x C`` values fit in ``exact_max_values`` they are gathered and ``kthvalue`` gives
   the exact order statistic.
 * Streaming path (three passes, memory ``O(C x bins)``): (1) per-unit min and max; (2) a ``bins``-bin
@@ -87,8 +90,20 @@ def _locate(counts: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, tor
     return b, rank - before
 
 
+def streamed_top(batches: Batches, channels: int, keep: int) -> tuple[torch.Tensor, int]:
+    """Each unit's ``keep`` largest values over all batches, in one pass (memory ``C x (keep + batch)``)."""
+    top, m = torch.empty(channels, 0), 0
+    for _, x in batches():
+        v = _units_by_values(x).float()
+        m += v.shape[1]
+        both = torch.cat([top, v], 1)
+        top = both.topk(min(keep, both.shape[1]), dim=1, sorted=False).values
+    return top, m
+
+
 def unit_thresholds(
-    batches: Batches, channels: int, *, q: float = QUANTILE, bins: int = 1024, exact_max_values: int = 20_000_000
+    batches: Batches, channels: int, *, q: float = QUANTILE, bins: int = 1024, exact_max_values: int = 20_000_000,
+    values_per_unit: int | None = None, top_max_values: int = 20_000_000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-unit top-``(1 - q)`` thresholds and their error bounds (see the module docstring).
 
@@ -96,11 +111,21 @@ def unit_thresholds(
     ----------
     batches : a callable returning a fresh iterable of ``(positions, B x C x h x w)`` raw activations.
     channels : number of units C.
+    values_per_unit : M, when the caller knows it (images x positions): then, while ``C x (M - r)`` values
+        fit ``top_max_values``, the threshold is the exact order statistic from one streamed pass that keeps
+        each unit's ``M - r`` largest values (:func:`streamed_top`; error 0).
 
     Returns
     -------
     thresholds, errors : float64 arrays ``C``.
     """
+    if values_per_unit is not None:
+        keep = values_per_unit - math.ceil(q * (values_per_unit - 1))
+        if keep * channels <= top_max_values:
+            top, m = streamed_top(batches, channels, keep)
+            if m != values_per_unit:
+                raise ValueError(f"dissection batches gave {m} values per unit, expected values_per_unit={values_per_unit}")
+            return top.min(1).values.double().numpy(), np.zeros(channels)
     lo = torch.full((channels,), math.inf, dtype=torch.float64)
     hi = torch.full((channels,), -math.inf, dtype=torch.float64)
     gathered, m = [], 0
@@ -191,7 +216,8 @@ def run_dissection(inp, info: LayerInfo, seg_iou: dict, data: dict | None = None
     :func:`dissection_batches`.
     """
     all_batches, split_batches, to_raw = dissection_batches(inp, info, data)
-    thr_std, err_std = unit_thresholds(all_batches, info.channels)
+    n_values = int(inp.store.activations(info.name).shape[0]) * int(np.prod(info.grid))
+    thr_std, err_std = unit_thresholds(all_batches, info.channels, values_per_unit=n_values)
     thr, err = to_raw(thr_std, err_std)
     sel = np.flatnonzero(inp.include["seg"])
     base = {"model": inp.store.model, "layer": info.name, "relative_depth": info.relative_depth,

@@ -39,10 +39,12 @@ import torch.nn.functional as F
 
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
+from conceptsim.concepts.optimum import GTOL, SOLVERS, Solution, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
 EVAL_BATCH = 32
+FIT_ROWS = 1 << 14  # positions per chunk of the full-batch objective (a contiguous slice of the split)
 
 
 @dataclass
@@ -93,9 +95,11 @@ class SegProbes:
 
     Attributes
     ----------
-    weight : ``K x C``; bias : ``K``; best_epoch : ``K`` (1-based epoch of the kept weights);
-    val_iou : ``K`` best validation set IoU; epochs_run : epochs actually trained;
-    history : per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen).
+    weight : ``K x C``; bias : ``K``; best_epoch : ``K`` (1-based epoch of the kept weights; for the L-BFGS
+    solver the number of iterations); val_iou : ``K`` validation set IoU (the best, for the reference
+    solver); epochs_run : epochs (L-BFGS iterations) actually run;
+    history : per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen; empty for L-BFGS).
+    loss : the final training loss per concept (L-BFGS only); grad_max : its largest |gradient| entry.
     """
 
     weight: np.ndarray
@@ -104,6 +108,8 @@ class SegProbes:
     val_iou: np.ndarray
     epochs_run: int
     history: list = field(default_factory=list)
+    loss: np.ndarray | None = None
+    grad_max: float = float("nan")
 
 
 @contextlib.contextmanager
@@ -211,7 +217,191 @@ def foreground_alpha(targets: torch.Tensor) -> torch.Tensor:
     return 1.0 - targets.float().mean((0, 2, 3))
 
 
+class BalancedBCE:
+    """The full-batch balanced BCE of ``C -> K`` probes on a split, as ``theta -> (loss, gradient)`` (float64).
+
+    ``theta`` is ``[W (K x C) row-major, b (K)]``; the loss is the sum over concepts of each concept's mean
+    over all positions (the reference's loss on the whole split). Positions are visited as contiguous
+    slices of about :data:`FIT_ROWS` (``(B h w) x C`` views of a channels-last split), the matrix products
+    run in float32 and every sum over positions is accumulated in float64 in a fixed order, so the result
+    does not depend on the thread count beyond float32 rounding of each slice.
+    With per-element weights ``u = a t + (1-a)(1-t)`` and ``v = (1-a)(1-t)`` (fixed, computed once), the
+    loss is ``u softplus(-z) + v z`` and its derivative in ``z`` is ``u sigmoid(z) - (u - v)``.
+    """
+
+    def __init__(self, train: SplitData, targets: torch.Tensor, alpha: torch.Tensor, device: str | torch.device = "cpu"):
+        n, k = targets.shape[:2]
+        if n != len(train) or tuple(targets.shape[2:]) != train.spatial:
+            raise ValueError(f"targets {tuple(targets.shape)} do not match the split ({len(train)} images, grid {train.spatial})")
+        self.train, self.k, self.c, self.device = train, k, train.c, device
+        self.spatial = int(np.prod(train.spatial))
+        self.images = max(1, FIT_ROWS // self.spatial)
+        self.positions = n * self.spatial
+        t = targets.to(device).float().permute(0, 2, 3, 1).reshape(-1, k)  # (n h w) x K, the split's order
+        a = alpha.to(device).float().view(1, -1)
+        self.v = ((1 - a) * (1 - t)).contiguous()
+        self.u = (a * t).add_(self.v).contiguous()
+
+    def __call__(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, grad = self.evaluate(theta)
+        return loss.sum(), grad
+
+    def evaluate(self, theta: torch.Tensor, hessian: bool = False):
+        """Per-concept mean losses ``K`` and the gradient of their sum (both float64, on the CPU).
+
+        With ``hessian``, also each concept's Hessian ``K x (C+1) x (C+1)`` (weights then bias; float64),
+        ``sum_p h_p [x_p, 1][x_p, 1]^T / N`` with ``h = u sigmoid(z) sigmoid(-z)``, one batched product per slice.
+        """
+        k, c = self.k, self.c
+        w = theta[: k * c].view(k, c).to(self.device, torch.float32)
+        b = theta[k * c :].to(self.device, torch.float32)
+        loss = torch.zeros(k, dtype=torch.float64, device=self.device)
+        gw = torch.zeros(k, c, dtype=torch.float64, device=self.device)
+        gb = torch.zeros(k, dtype=torch.float64, device=self.device)
+        hess = torch.zeros(k, c + 1, c + 1, dtype=torch.float64, device=self.device) if hessian else None
+        for pos, x in self.train.batches(self.images, device=self.device):
+            rows = slice(int(pos[0]) * self.spatial, (int(pos[-1]) + 1) * self.spatial)
+            x = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when the split is channels-last
+            z = torch.addmm(b, x, w.t())
+            u, v = self.u[rows], self.v[rows]
+            loss += (u * F.softplus(-z) + v * z).sum(0, dtype=torch.float64)
+            sig = torch.sigmoid(z)
+            if hessian:
+                xa = torch.cat([x, torch.ones(len(x), 1, device=self.device)], 1)  # m x (C+1)
+                h = (u * sig * (1 - sig)).t()  # K x m
+                hess += torch.matmul(xa.t().unsqueeze(0) * h.unsqueeze(1), xa).double()
+            r = sig.mul_(u).sub_(u).add_(v)
+            gw += (r.t() @ x).double()
+            gb += r.sum(0, dtype=torch.float64)
+        scale = 1.0 / self.positions
+        grad = torch.cat([gw.flatten(), gb]).mul_(scale).cpu()
+        if hessian:
+            return loss.cpu() * scale, grad, hess.cpu() * scale
+        return loss.cpu() * scale, grad
+
+
+#: Newton's method is used while a full Hessian pass (positions x (C+1)^2 x K multiply-adds) stays below this
+NEWTON_FLOPS = 2e10
+NEWTON_MAX_ITER = 50
+#: ... and while there are at least this many train positions per parameter: with fewer, the positions are
+#: often separable, the loss has no finite minimiser and Newton's steps only grow the weights
+NEWTON_MIN_POSITIONS = 20
+#: L-BFGS iterations of a Method A solve (layers with many channels): there the train positions are often
+#: (nearly) separable, the loss has no finite minimiser and the gradient tolerance is not reached
+LBFGS_MAX_ITER = 100
+
+
+def newton(fun: BalancedBCE, gtol: float = GTOL, max_iter: int = NEWTON_MAX_ITER) -> Solution:
+    """Each concept's damped Newton iterations from zero, with its own backtracking (Armijo) step.
+
+    Concepts are independent, so each one stops when its own largest |gradient| entry is ``<= gtol`` (its
+    row of the result is then frozen) and the line search halves the step of each concept separately.
+    A concept whose loss no longer decreases at float64 resolution stops too.
+    """
+    k, c = fun.k, fun.c
+    theta = torch.zeros(k, c + 1, dtype=torch.float64)  # per concept: weights then bias
+
+    def flat(t):
+        return torch.cat([t[:, :c].flatten(), t[:, c]])
+
+    def rows(g):
+        return torch.cat([g[: k * c].view(k, c), g[k * c :, None]], 1)
+
+    f, g, h = fun.evaluate(flat(theta), hessian=True)
+    g = rows(g)
+    active = g.abs().amax(1) > gtol
+    it = evals = 1
+    while active.any() and it <= max_iter:
+        eye = torch.eye(c + 1, dtype=torch.float64) * 1e-10 * h.diagonal(0, 1, 2).abs().amax(1).clamp_min(1e-12)[:, None, None]
+        d = -torch.linalg.solve(h + eye, g.unsqueeze(2)).squeeze(2)
+        d[~active] = 0
+        slope = (g * d).sum(1)
+        t = torch.ones(k, dtype=torch.float64)
+        pending = active.clone()
+        at_full_step = None
+        for trial_no in range(30):
+            trial = theta + t[:, None] * d
+            if trial_no == 0:  # the full Newton step is usually accepted: evaluate its Hessian at once
+                at_full_step = fun.evaluate(flat(trial), hessian=True)
+                ft = at_full_step[0]
+            else:
+                ft, _ = fun.evaluate(flat(trial))
+            evals += 1
+            ok = pending & (ft <= f + 1e-4 * t * slope)
+            theta[ok] = trial[ok]
+            pending &= ~ok
+            if not pending.any():
+                break
+            t[pending] *= 0.5
+        active &= ~pending  # no decrease left for these concepts
+        if trial_no == 0:
+            f, g, h = at_full_step
+        else:
+            f, g, h = fun.evaluate(flat(theta), hessian=True)
+            evals += 1
+        g = rows(g)
+        active &= g.abs().amax(1) > gtol
+        it += 1
+    return Solution(flat(theta), float(f.sum()), it - 1, evals, float(g.abs().max()), bool((g.abs().amax(1) <= gtol).all()))
+
+
 def train_segmentation_probes(
+    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *,
+    solver: str = "reference", loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
+    batch_size: int = 32, seed: int = 0, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None,
+    gtol: float = GTOL, max_iter: int | None = None,
+) -> SegProbes:
+    """Train K concept probes jointly (one ``C -> K`` convolution) with the chosen ``solver``.
+
+    ``solver="reference"`` (default): :func:`train_segmentation_probes_reference` (Adam, early stopping on
+    val set IoU; ``gtol`` and ``max_iter`` are not used). ``solver="lbfgs"``: :func:`solve_segmentation_probes`,
+    the optimum of the loss to ``gtol`` (``lr``, ``epochs``, ``patience``, ``batch_size`` are not used).
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "lbfgs":
+        return solve_segmentation_probes(train, targets, val, val_eval, loss=loss, device=device, alpha=alpha,
+                                         gtol=gtol, max_iter=max_iter)
+    return train_segmentation_probes_reference(train, targets, val, val_eval, loss=loss, lr=lr, epochs=epochs,
+                                               patience=patience, batch_size=batch_size, seed=seed, device=device,
+                                               alpha=alpha)
+
+
+def solve_segmentation_probes(
+    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *, loss: str = "balanced_bce",
+    device: str | torch.device = "cpu", alpha: torch.Tensor | None = None, gtol: float = GTOL, max_iter: int | None = None,
+) -> SegProbes:
+    """The K probes at the optimum of the balanced BCE on the whole train split (:class:`BalancedBCE`).
+
+    Solver: per-concept Newton (:func:`newton`) while a Hessian pass costs at most :data:`NEWTON_FLOPS` and
+    there are :data:`NEWTON_MIN_POSITIONS` positions per parameter (layers with few channels, where the loss
+    is ill-conditioned and first-order methods crawl); otherwise
+    full-batch L-BFGS on all concepts at once (:func:`conceptsim.concepts.optimum.minimise`). Start:
+    ``w = 0, b = 0``, already the optimum of the intercept-only probe (the balanced weights make
+    ``sigmoid(b) = 1/2``). Stop: largest |gradient| entry ``<= gtol`` (per concept for Newton; of the summed
+    per-concept mean losses for L-BFGS), or the iteration cap (``max_iter``; default :data:`NEWTON_MAX_ITER`
+    for Newton, :data:`LBFGS_MAX_ITER` for L-BFGS). Where the train positions are (nearly) separable -- many
+    channels, few positions -- the loss has no finite minimiser and the cap decides where the weights stop.
+    The val set IoU is computed once, at the solution. Only the convex ``balanced_bce`` loss is solved this way.
+    """
+    if loss != "balanced_bce":
+        raise ValueError(f"solver 'lbfgs' solves the convex balanced_bce loss; use solver='reference' for loss {loss!r}")
+    k, c = targets.shape[1], train.c
+    alpha = foreground_alpha(targets) if alpha is None else alpha
+    fun = BalancedBCE(train, targets, alpha, device)
+    if fun.positions * (c + 1) ** 2 * k <= NEWTON_FLOPS and fun.positions >= NEWTON_MIN_POSITIONS * (c + 1):
+        sol = newton(fun, gtol=gtol, max_iter=NEWTON_MAX_ITER if max_iter is None else max_iter)
+    else:
+        sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol,
+                       max_iter=LBFGS_MAX_ITER if max_iter is None else max_iter)
+    w = sol.theta[: k * c].view(k, c).float()
+    b = sol.theta[k * c :].float()
+    val_iou = np.nan_to_num(set_iou_from_counts(*split_counts(w.to(device), b.to(device), val, val_eval, device)), nan=0.0)
+    return SegProbes(w.numpy(), b.numpy(), np.full(k, sol.iterations), val_iou, sol.iterations, [],
+                     loss=fun.evaluate(sol.theta)[0].numpy(), grad_max=sol.grad_max)
+
+
+def train_segmentation_probes_reference(
     train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *,
     loss: str = "balanced_bce", lr: float = 1e-2, epochs: int = 30, patience: int = 5,
     batch_size: int = 32, seed: int = 0, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None,

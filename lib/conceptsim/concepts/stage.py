@@ -50,7 +50,7 @@ from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, s
 from conceptsim.concepts import controls
 from conceptsim.concepts import dissection as dis
 from conceptsim.concepts.layerdata import SplitData, Standardiser
-from conceptsim.concepts.net2vec import LOSSES, EvalSet, split_counts, train_segmentation_probes
+from conceptsim.concepts.net2vec import LOSSES, SOLVERS, EvalSet, split_counts, train_segmentation_probes
 from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.data.coco import SPLITS
@@ -264,9 +264,11 @@ class Params:
     seed: int
     device: str
     constant_channels: str = "error_for_twins"
+    seg_solver: str = "reference"
+    cls_solver: str = "lbfgs"
 
     def seg_kwargs(self) -> dict:
-        return dict(loss=self.loss, lr=self.lr, epochs=self.epochs, patience=self.patience,
+        return dict(solver=self.seg_solver, loss=self.loss, lr=self.lr, epochs=self.epochs, patience=self.patience,
                     batch_size=self.batch_size, seed=self.seed, device=self.device)
 
 
@@ -330,8 +332,9 @@ def run_cls(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) 
     z = {s: st.apply(torch.from_numpy(data[s].gap)).numpy() for s in SPLITS}
     y = {s: inp.labels[s][:, sel] for s in SPLITS}
     perm = permutations(inp, p.seed)
-    probes = train_classification_probes(z["train"], y["train"], z["val"], y["val"], seed=p.seed)
-    ctrl = train_classification_probes(z["train"], y["train"][perm["train"]], z["val"], y["val"][perm["val"]], seed=p.seed)
+    probes = train_classification_probes(z["train"], y["train"], z["val"], y["val"], seed=p.seed, solver=p.cls_solver)
+    ctrl = train_classification_probes(z["train"], y["train"][perm["train"]], z["val"], y["val"][perm["val"]],
+                                       seed=p.seed, solver=p.cls_solver)
     ivs = controls.cls_intervals(y["test"], probes.decision(z["test"]), ctrl.decision(z["test"]), inp.boot)
     val_ivs = controls.cls_intervals(y["val"], probes.decision(z["val"]), ctrl.decision(z["val"]), inp.boot_val)
     save_npz(vector_path(vec_dir, "cls", info.name), coef=probes.coef, intercept=probes.intercept,
@@ -398,7 +401,8 @@ def run_concept_stage(
     patience: int = 5, batch_size: int = 32, seed: int = 0, device: str = "cpu",
     random_init_quality: Path | None = None, bootstrap: int = 1000, methods: Sequence[str] = ("seg", "cls"),
     dissection: bool = True, memory_budget_gb: float = 4.0,
-    constant_channels: str = "error_for_twins", reuse: bool = False,
+    constant_channels: str = "error_for_twins", reuse: bool = False, seg_solver: str = "reference",
+    cls_solver: str = "lbfgs",
 ) -> dict[str, Path]:
     """Train and evaluate concept vectors for every (layer, concept) of one store, with controls.
 
@@ -408,7 +412,12 @@ def run_concept_stage(
     out_dir : ``results/<study>/<dataset>/<model>/``; the files listed in the module docstring go here.
     layers, concepts : subsets by name (default: all in the store).
     loss : Method A loss, one of ``balanced_bce`` (default), ``net2vec_soft``, ``dice``.
-    lr, epochs, patience, batch_size : Method A optimisation (Adam; early stopping on val set IoU).
+    lr, epochs, patience, batch_size : Method A optimisation with the reference solver (Adam; early stopping
+        on val set IoU).
+    seg_solver : Method A solver, ``reference`` (default) or ``lbfgs`` (the loss's optimum to
+        :data:`conceptsim.concepts.optimum.GTOL`; see :func:`conceptsim.concepts.net2vec.solve_segmentation_probes`).
+    cls_solver : Method B solver, ``lbfgs`` (default; one batched solve per C) or ``reference`` (scikit-learn);
+        see :mod:`conceptsim.concepts.tcav`. Both solvers are part of the stage's identity.
     seed : seeds batch order, shuffled-label permutations, bootstrap resamples and the classifiers.
     device : torch device for the Method A probes.
     random_init_quality : the random-init twin's concept_quality.csv, joined into ``random_init_value``.
@@ -440,10 +449,14 @@ def run_concept_stage(
         raise ValueError(f"bootstrap must be >= 1, got {bootstrap}")
     if constant_channels not in CONSTANT_CHANNEL_POLICIES:
         raise ValueError(f"constant_channels must be one of {CONSTANT_CHANNEL_POLICIES}, got {constant_channels!r}")
+    for name, value in (("seg_solver", seg_solver), ("cls_solver", cls_solver)):
+        if value not in SOLVERS:
+            raise ValueError(f"{name} must be one of {SOLVERS}, got {value!r}")
     configure_process()
-    p = Params(loss, lr, epochs, patience, batch_size, seed, device, constant_channels)
+    p = Params(loss, lr, epochs, patience, batch_size, seed, device, constant_channels, seg_solver, cls_solver)
     twin = Path(random_init_quality) if random_init_quality is not None else None
     identity = stage_identity(
+        __name__,
         store_key=ActivationStore(store_path).attrs.get("key"), layers=list(layers or []),
         concepts=list(concepts or []), params=vars(p), bootstrap=bootstrap, methods=list(methods),
         dissection=dissection, memory_budget_gb=memory_budget_gb,
