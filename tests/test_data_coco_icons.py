@@ -259,7 +259,8 @@ def test_mode_is_a_validated_build_parameter(tmp_path):
 
 
 def test_default_study_composes_for_power():
-    import yaml
+    from conceptsim.study import load_study
 
-    study = yaml.safe_load((ROOT / "studies" / "default.yml").read_text())
-    assert study["datasets"]["coco-icons"]["build"]["mode"] == "objects"
+    for smoke in (False, True):  # the smoke study inherits the mode
+        study = load_study(ROOT / "studies" / "default.yml", smoke=smoke)
+        assert study.datasets["coco-icons"]["build"]["mode"] == "objects"
