@@ -290,14 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="scene", help="--power: the build's composition mode")
     p.add_argument("--max-images", type=int, default=240, help="--power: images per split (smallest ids)")
     p.add_argument("--categories", help="--power: comma-separated categories (default: the default study's 20)")
+    p.add_argument("--model", default="mobilenet_v2_imagenet", help="--power: the trained model (beside its twin)")
     a = p.parse_args(argv)
     if a.power:
         from conceptsim.data.registry import ensure_dataset
 
         cats = a.categories.split(",") if a.categories else list(DEFAULT_STUDY_CATEGORIES)
         src = ensure_dataset("coco-icons", n=a.n, size=a.size, seed=a.seed, categories=cats, mode=a.mode)
-        table = probe_power(src, max_images=a.max_images)
-        out = Path(a.out or f"coco-icons-power-{a.mode}-{a.n}-{a.max_images}.csv")
+        table = probe_power(src, model=a.model, max_images=a.max_images)
+        out = Path(a.out or f"coco-icons-power-{a.model}-{a.mode}-{a.n}-{a.max_images}.csv")
         table.to_csv(out, index=False, float_format="%.4f")
         print(table.to_string(index=False, float_format="%.3f"))
         print(out)
