@@ -259,6 +259,25 @@ def probe_power(source, model: str = "mobilenet_v2_imagenet", split_by=STYLE_SPL
     return pd.DataFrame(rows)
 
 
+def power_summary(table, label: str = ""):
+    """One row per model pair of a :func:`probe_power` table: the trained model's best layer by val AP, and
+    there (the *same* layer for both) the test AP and accuracy of the trained model and of its twin."""
+    import pandas as pd
+
+    from conceptsim.models.names import is_twin
+
+    twin_rows = table["model"].map(is_twin).astype(bool)
+    rows = []
+    for model, t in table[~twin_rows].groupby("model", sort=False):
+        best = t.loc[t["val_ap"].idxmax()]
+        twin = table[twin_rows & (table["layer"] == best["layer"])].iloc[0]
+        rows.append({"setting": label, "model": model, "best_val_layer": best["layer"], "train_images": best["train_images"],
+                     "test_images": best["test_images"], "ap_trained": best["ap"], "ap_twin": twin["ap"],
+                     "ap_margin": best["ap"] - twin["ap"], "accuracy_trained": best["accuracy"],
+                     "accuracy_twin": twin["accuracy"]})
+    return pd.DataFrame(rows)
+
+
 def write_sanity(out: str | Path | None = None, n: int = 240, size: int = 320, seed: int = 0,
                  max_images_per_style: int | None = 40) -> Path:
     """Build (or reuse) ``coco-icons`` with these parameters and write the sanity figures into ``out``."""
