@@ -253,6 +253,10 @@ def test_mode_is_a_validated_build_parameter(tmp_path):
     assert rule.ok("objects") and rule.ok("scene") and not rule.ok("huge") and not rule.ok(3)
     assert "objects" in rule.accepted
     assert build_params("coco-icons", mode="objects")["mode"] == "objects"
+    from conceptsim.study import parse_study
+
+    with pytest.raises(Exception, match=r"'datasets.coco-icons.build.mode' is 'huge'; accepted: one of \['scene', 'objects'\]"):
+        parse_study({"name": "t", "datasets": {"coco-icons": {"build": {"mode": "huge"}}}, "models": ["mobilenet_v2_imagenet:random"]})
     with pytest.raises(ValueError, match="unknown coco-icons mode 'huge'"):
         coco_icons.build_coco_icons(tmp_path / "x", n=2, size=64, styles=FEW_STYLES, mode="huge")
     assert not (tmp_path / "x").exists()
