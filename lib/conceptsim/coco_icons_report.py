@@ -197,12 +197,13 @@ def dominant_category(dataset) -> np.ndarray:
     return np.array([int(np.argmax(dataset.area_fractions(i)[single])) for i in dataset.image_ids])
 
 
-def probe_scores(train: tuple, val: tuple, test: tuple, cs: Sequence[float] = (0.01, 0.1, 1.0)) -> dict:
+def probe_scores(train: tuple, val: tuple, test: tuple, cs: Sequence[float] = (0.1,)) -> dict:
     """Linear probes on one layer's pooled features: ``(features, dominant category, presence labels)`` per split.
 
-    ``accuracy``: multinomial logistic regression on the dominant category, its inverse regularisation
-    chosen on val (``val_accuracy``); ``ap``: mean over concepts with positives in train and test of the
-    average precision of a one-vs-rest logistic regression (class-balanced, C = 0.1) on presence.
+    ``accuracy``: multinomial logistic regression on the standardised features, predicting the dominant
+    category (inverse regularisation ``cs``, the best on val if several; ``val_accuracy``); ``ap``: mean over
+    concepts with positives in every split of the average precision of a one-vs-rest logistic regression
+    (class-balanced, C = 0.1) on presence (``val_ap`` on val).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import average_precision_score
@@ -212,7 +213,7 @@ def probe_scores(train: tuple, val: tuple, test: tuple, cs: Sequence[float] = (0
     xs = [scaler.transform(split[0]) for split in (train, val, test)]
     best = None
     for c in cs:
-        clf = LogisticRegression(C=c, max_iter=2000).fit(xs[0], train[1])
+        clf = LogisticRegression(C=c, max_iter=500, tol=1e-3).fit(xs[0], train[1])
         v = float((clf.predict(xs[1]) == val[1]).mean())
         if best is None or v > best[0]:
             best = (v, float((clf.predict(xs[2]) == test[1]).mean()))
@@ -220,7 +221,7 @@ def probe_scores(train: tuple, val: tuple, test: tuple, cs: Sequence[float] = (0
     for k in range(train[2].shape[1]):
         if train[2][:, k].min() == train[2][:, k].max() or test[2][:, k].max() == 0 or val[2][:, k].max() == 0:
             continue
-        clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000).fit(xs[0], train[2][:, k])
+        clf = LogisticRegression(C=0.1, class_weight="balanced", max_iter=500, tol=1e-3).fit(xs[0], train[2][:, k])
         val_aps.append(average_precision_score(val[2][:, k], clf.decision_function(xs[1])))
         aps.append(average_precision_score(test[2][:, k], clf.decision_function(xs[2])))
     return {"val_accuracy": best[0], "accuracy": best[1], "val_ap": float(np.mean(val_aps)), "ap": float(np.mean(aps)),
@@ -258,6 +259,25 @@ def probe_power(source, model: str = "mobilenet_v2_imagenet", split_by=STYLE_SPL
     return pd.DataFrame(rows)
 
 
+def power_summary(table, label: str = ""):
+    """One row per model pair of a :func:`probe_power` table: the trained model's best layer by val AP, and
+    there (the *same* layer for both) the test AP and accuracy of the trained model and of its twin."""
+    import pandas as pd
+
+    from conceptsim.models.names import is_twin
+
+    twin_rows = table["model"].map(is_twin).astype(bool)
+    rows = []
+    for model, t in table[~twin_rows].groupby("model", sort=False):
+        best = t.loc[t["val_ap"].idxmax()]
+        twin = table[twin_rows & (table["layer"] == best["layer"])].iloc[0]
+        rows.append({"setting": label, "model": model, "best_val_layer": best["layer"], "train_images": best["train_images"],
+                     "test_images": best["test_images"], "ap_trained": best["ap"], "ap_twin": twin["ap"],
+                     "ap_margin": best["ap"] - twin["ap"], "accuracy_trained": best["accuracy"],
+                     "accuracy_twin": twin["accuracy"]})
+    return pd.DataFrame(rows)
+
+
 def write_sanity(out: str | Path | None = None, n: int = 240, size: int = 320, seed: int = 0,
                  max_images_per_style: int | None = 40) -> Path:
     """Build (or reuse) ``coco-icons`` with these parameters and write the sanity figures into ``out``."""
@@ -289,14 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="scene", help="--power: the build's composition mode")
     p.add_argument("--max-images", type=int, default=240, help="--power: images per split (smallest ids)")
     p.add_argument("--categories", help="--power: comma-separated categories (default: the default study's 20)")
+    p.add_argument("--model", default="mobilenet_v2_imagenet", help="--power: the trained model (beside its twin)")
     a = p.parse_args(argv)
     if a.power:
         from conceptsim.data.registry import ensure_dataset
 
         cats = a.categories.split(",") if a.categories else list(DEFAULT_STUDY_CATEGORIES)
         src = ensure_dataset("coco-icons", n=a.n, size=a.size, seed=a.seed, categories=cats, mode=a.mode)
-        table = probe_power(src, max_images=a.max_images)
-        out = Path(a.out or f"coco-icons-power-{a.mode}-{a.n}-{a.max_images}.csv")
+        table = probe_power(src, model=a.model, max_images=a.max_images)
+        out = Path(a.out or f"coco-icons-power-{a.model}-{a.mode}-{a.n}-{a.max_images}.csv")
         table.to_csv(out, index=False, float_format="%.4f")
         print(table.to_string(index=False, float_format="%.3f"))
         print(out)
