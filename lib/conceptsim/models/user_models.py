@@ -569,7 +569,10 @@ def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[l
         else:
             raise UserModelError(f"'models' entries are model names or one-key mappings NAME: SPEC, got {entry!r}")
     for name in names:
-        base = base_name(name)
+        try:
+            base = base_name(name)
+        except ValueError:
+            continue  # a malformed name: the study's validation names it (parse_model_name)
         if is_twin(name) and base in specs and weights_file(specs[base]) is None:
             raise UserModelError(f"'models': {name!r} is the random-init twin of {base!r}, which is declared without "
                                  f"weights and so is randomly initialised itself ({NO_WEIGHTS_LABEL}); a twin needs a "
