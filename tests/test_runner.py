@@ -153,7 +153,7 @@ def test_runs_share_a_warm_kernel_unless_fresh_kernels(fake_project):
     assert len(set(fresh)) == 4 and not set(fresh) & set(warm)
 
 
-def fake_execute(run, key, threads=None, fresh_kernel=False):
+def fake_execute(run, key, threads=None, fresh_kernel=False, force=False):
     """Stand-in for execute_run without a kernel: writes the executed copy and the completion record."""
     out = runner.executed_path(run)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,9 +281,69 @@ def test_the_cluster_gets_the_chain_as_priority(fake_project):
     seen = {}
 
     class Recorder:
-        def execute(self, runs, keys, finish, skip, priority=None):
+        def execute(self, runs, keys, finish, skip, priority=None, forced=None):
             seen.update(priority)
 
     runner.run_study(study, progress=False, executor=Recorder())
     assert seen == {"extract/shapes/mobilenet_v2_imagenet": 4.0, "concepts/shapes/mobilenet_v2_imagenet": 3.0,
                     "compare_layers/shapes": 2.0, "compare_models/shapes": 1.0}
+
+
+CONCEPT_STAGE = """
+import json
+from conceptsim.paths import concept_quality_csv, concept_stage_json, model_results
+out = model_results(study, dataset, model)
+out.mkdir(parents=True, exist_ok=True)
+if force or not concept_quality_csv(out).exists():  # the stage's reuse check, as in run_concept_stage
+    concept_quality_csv(out).write_text("concept,value\\ncircle,0.5\\n")
+    concept_stage_json(out).write_text(json.dumps({"outputs": {"concept_quality": "concept_quality.csv"}}))
+with open(out / "forced.log", "a") as f:
+    f.write(str(force) + "\\n")
+"""
+
+
+def test_force_reaches_the_stage_and_a_changed_output_is_recomputed(fake_project):
+    from conceptsim.paths import concept_quality_csv, model_results
+
+    root, study = fake_project
+    make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts", CONCEPT_STAGE)
+    concepts = next(r for r in study.runs() if r.stage == "concepts")
+    out = model_results("fake", "shapes", concepts.model)
+    runner.run_study(study, progress=False)
+    rec = json.loads(runner.record_path(concepts).read_text())
+    assert rec["forced"] is False and rec["threads"] == runner.RUN_THREADS
+    assert set(rec["outputs"]) == {"fake/shapes/mobilenet_v2_imagenet/concept_stage.json",
+                                   "fake/shapes/mobilenet_v2_imagenet/concept_quality.csv"}
+    # a value edited by hand: the next plain run sees the hash differ and recomputes that run, forced
+    concept_quality_csv(out).write_text("concept,value\ncircle,0.99\n")
+    outcome = runner.run_study(study, progress=False)
+    assert [r["id"] for r in outcome.executed] == [concepts.id]
+    assert concept_quality_csv(out).read_text() == "concept,value\ncircle,0.5\n"
+    rec = json.loads(runner.record_path(concepts).read_text())
+    assert rec["forced"] is True and "concept_quality.csv" in rec["forced_because"]
+    # unchanged: reused; --force: every run recomputes, and the stage is told so
+    assert not runner.run_study(study, progress=False).executed
+    concept_quality_csv(out).write_text("concept,value\ncircle,0.99\n")
+    assert len(runner.run_study(study, force=True, progress=False).executed) == 4
+    assert concept_quality_csv(out).read_text() == "concept,value\ncircle,0.5\n"
+    assert (out / "forced.log").read_text().split() == ["False", "True", "True"]
+    assert json.loads(runner.record_path(concepts).read_text())["forced_because"] == "--force"
+
+
+THREADS = """
+import os, pathlib
+with open(pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "threads.log", "a") as f:
+    f.write(" ".join(os.environ.get(v, "-") for v in ("CONCEPTSIM_TORCH_THREADS", "OMP_NUM_THREADS")) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_every_run_gets_the_same_threads_whatever_the_jobs(fake_project, jobs):
+    root, study = fake_project
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(root / "notebooks" / name, stage, THREADS)
+    runner.run_study(study, jobs=jobs, progress=False)
+    lines = (root / "results" / "threads.log").read_text().split("\n")[:-1]
+    assert lines == [f"{runner.RUN_THREADS} {runner.RUN_THREADS}"] * 4
+    # the runner's own process keeps its settings (a warm kernel sees the same environment every run)
+    assert os.environ.get("CONCEPTSIM_TORCH_THREADS") != "set-by-the-runner"

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from conceptsim.preflight import apply_roots, keep_random_twins
-    from conceptsim.runner import pending, run_study, select
-    from conceptsim.study import check_inputs, load_study
+    from conceptsim.runner import StudyBusy, StudyInterrupted, study_lock
+    from conceptsim.study import load_study
 
     only: dict[str, list[str]] = {}
     for item in args.only or []:
@@ -28,6 +29,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     apply_roots(study, roots)
     if args.twins_only:
         keep_random_twins(study)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the study as Ctrl-C does
+    try:
+        with study_lock(study.name):  # one `conceptsim run` per study at a time: a second one stops here
+            return _run_locked(args, study, only)
+    except StudyBusy as exc:
+        print(f"conceptsim run: error: {exc}", file=sys.stderr)
+        return 2
+    except StudyInterrupted as exc:
+        runs = ", ".join(exc.runs) if exc.runs else "none was running"
+        print(f"conceptsim run: interrupted; stopped run(s): {runs} (no record: the next run redoes them)",
+              file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_locked(args: argparse.Namespace, study, only: dict[str, list[str]]) -> int:
+    from conceptsim.runner import pending, run_study, select
+    from conceptsim.study import check_inputs
+
     # data, weights, device, output folders of the runs that will execute: all checked before any run starts
     check_inputs(study, pending(select(study.runs(), only), force=args.force))
     if args.cluster:  # only this path imports Dask

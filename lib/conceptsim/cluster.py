@@ -29,7 +29,7 @@ from typing import Any
 
 from conceptsim.atomic import write_text
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
-from conceptsim.runner import execute_run, is_complete, log_path, record_path
+from conceptsim.runner import RUN_THREADS, execute_run, is_complete, log_path, record_path
 from conceptsim.study import Run
 
 log = logging.getLogger("conceptsim.cluster")
@@ -62,14 +62,6 @@ def needs_gpu(run: Run) -> bool:
     """Extraction and concepts of a study whose device is ``cuda`` ask their worker for a GPU."""
     device = run.parameters.get("device") or run.parameters.get("extraction_options", {}).get("device", "cpu")
     return run.stage in GPU_STAGES and str(device).startswith("cuda")
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use (its affinity: a batch job's share, not the whole node)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def failure_record(run: Run, key: str, error: str) -> dict[str, Any]:
@@ -120,18 +112,12 @@ def sees_shared_folders(settings: dict[str, str], check_file: str, token: str) -
         time.sleep(0.5)
 
 
-def worker_threads() -> int:
-    """Threads for one run on this worker: its CPUs shared by the runs it executes at once."""
-    from distributed import get_worker
-
-    return max(1, usable_cpus() // max(1, get_worker().state.nthreads))
-
-
-def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], check: tuple[str, str],
+def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], check: tuple[str, str],
              since: float, fresh_kernel: bool, *dependencies: dict) -> dict[str, Any]:
     """One run as a Dask task (``dependencies``: the records of the runs it depends on, there only to order
-    it), in the worker thread's warm kernel unless ``fresh_kernel``. Returns the run's record; a failed run
-    raises :class:`RunFailed`."""
+    it), in the worker thread's warm kernel unless ``fresh_kernel``, with the runner's fixed thread count
+    (:data:`conceptsim.runner.RUN_THREADS`, as with ``--jobs``); ``force``: recompute ignoring stored outputs.
+    Returns the run's record; a failed run raises :class:`RunFailed`."""
     os.environ.update(settings)  # the kernel papermill starts inherits them
     problem = sees_shared_folders(settings, *check)
     if problem:
@@ -141,7 +127,7 @@ def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], 
         if record.get("started", 0) >= since:
             return record
     try:
-        record = execute_run(run, key, threads or worker_threads(), fresh_kernel=fresh_kernel)
+        record = execute_run(run, key, RUN_THREADS, fresh_kernel=fresh_kernel, force=force)
     except Exception as exc:  # outside the notebook (its own errors are in the record)
         record = failure_record(run, key, f"{type(exc).__name__}: {exc}")
     if record["status"] != "ok":
@@ -167,10 +153,12 @@ class DaskExecutor:
             self.local_workers = int(n)
 
     def execute(self, runs: list[Run], keys: dict[str, str], finish: Callable[[dict], None],
-                skip: Callable[[str], None], priority: dict[str, float] | None = None) -> None:
+                skip: Callable[[str], None], priority: dict[str, float] | None = None,
+                forced: dict[str, str] | None = None) -> None:
         """Submit ``runs`` (dependencies outside them are complete) and report each as it ends:
         ``finish(record)`` for an executed run, ok or failed, ``skip(run_id)`` for a dependent of a failed run.
-        Workers take the ready run of highest ``priority`` first (Dask's task priority)."""
+        Workers take the ready run of highest ``priority`` first (Dask's task priority); the runs in ``forced``
+        (run id: why) recompute ignoring their stored outputs."""
         if not runs:
             return
         from distributed import as_completed
@@ -182,13 +170,12 @@ class DaskExecutor:
             check = self._write_check_file(runs[0].parameters["study"])
             settings = client_settings()
             self._check_workers(client, runs, settings, check)
-            threads = max(1, usable_cpus() // self.local_workers) if self.local_workers else None
             token = uuid.uuid4().hex[:8]
             futures: dict[str, Any] = {}
             for run in runs:  # topological: a run's dependencies are submitted before it
                 deps = [futures[d] for d in run.depends_on if d in futures]
                 futures[run.id] = client.submit(
-                    run_task, run, keys[run.id], threads, settings, check, since, self.fresh_kernels, *deps,
+                    run_task, run, keys[run.id], (forced or {}).get(run.id, False), settings, check, since, self.fresh_kernels, *deps,
                     key=f"{run.stage}-{token}-{run.id}", resources={"GPU": 1} if needs_gpu(run) else None,
                     priority=round((priority or {}).get(run.id, 0.0)),
                 )

@@ -223,3 +223,24 @@ def shutdown_all() -> None:
         _all.clear()
     for k in kernels:
         k.shutdown()
+
+
+def kill_all_now() -> None:
+    """Kill every warm kernel of this process at once (its process group: the kernel and any worker it
+    started), without the shutdown handshake: for a worker that is being stopped."""
+    import signal
+
+    with _all_lock:
+        kernels = list(_all)
+    for k in kernels:
+        provisioner = getattr(k.manager, "provisioner", None)
+        if provisioner is None or k.owner != os.getpid():
+            continue
+        pid, pgid = getattr(provisioner, "pid", None), getattr(provisioner, "pgid", None)
+        try:
+            if pgid and pgid != os.getpgid(0):
+                os.killpg(pgid, signal.SIGKILL)
+            elif pid:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -125,7 +125,8 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str] |
 
 
 def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept_options: dict,
-                 device: str, seed: int) -> dict:
+                 device: str, seed: int, force: bool = False) -> dict:
+    """The concept stage of one model; stored outputs of the same inputs are reused unless ``force``."""
     from conceptsim.concepts.stage import run_concept_stage
     from conceptsim.models.registry import resolve_device
 
@@ -136,17 +137,19 @@ def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept
     return run_concept_stage(
         store_path(study, dataset, model), out, loss=opts["loss"], lr=opts["lr"], epochs=opts["epochs"],
         patience=opts["patience"], bootstrap=opts["bootstrap"], dissection=opts["dissection"], seed=seed,
-        device=device, random_init_quality=twin_csv, reuse=True,
+        device=device, random_init_quality=twin_csv, reuse=not force,
     )
 
 
-def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_options: dict, seed: int) -> dict:
+def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_options: dict, seed: int,
+                   force: bool = False) -> dict:
+    """The comparison stage of one dataset; stored outputs of the same inputs are reused unless ``force``."""
     from conceptsim.comparison.stage import run_comparison_stage
 
     out = dataset_results(study, dataset)
     return run_comparison_stage(out, out, models=list(models), seed=seed,
                                 permutations=comparison_options["permutations"],
-                                bootstrap=comparison_options["bootstrap"], reuse=True)
+                                bootstrap=comparison_options["bootstrap"], reuse=not force)
 
 
 def _stored_dataset(store, **kwargs):
