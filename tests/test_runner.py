@@ -347,3 +347,94 @@ def test_every_run_gets_the_same_threads_whatever_the_jobs(fake_project, jobs):
     assert lines == [f"{runner.RUN_THREADS} {runner.RUN_THREADS}"] * 4
     # the runner's own process keeps its settings (a warm kernel sees the same environment every run)
     assert os.environ.get("CONCEPTSIM_TORCH_THREADS") != "set-by-the-runner"
+
+
+SLEEPER = """
+import time
+if STAGE == "extract":
+    marker = pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "kernel.pids"
+    marker.write_text(f"{os.getpid()} {os.getppid()}")
+    time.sleep(120)
+"""
+
+STOP_STUDY = """\
+name: fake
+datasets:
+  shapes: {build: {n: 6, size: 48}}
+models: [mobilenet_v2_imagenet:random]
+"""
+
+
+def gone(pid: int, within: float) -> bool:
+    import time
+
+    from conceptsim.atomic import pid_alive
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:  # reap it if it is our child (a zombie counts as gone)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_alive(pid) or _zombie(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def start_study(root: Path, jobs: int):
+    import subprocess
+    import sys
+    import time
+
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(root / "notebooks" / name, stage, SLEEPER)
+    (root / "s.yml").write_text(STOP_STUDY)
+    cmd = [sys.executable, "-m", "conceptsim.cli", "run", str(root / "s.yml"), "--quiet", "--jobs", str(jobs)]
+    proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    marker = root / "results" / "kernel.pids"
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    kernel, worker = (int(x) for x in marker.read_text().split())
+    return proc, cmd, kernel, worker
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_stops_workers_and_kernels_with_one_line_and_a_second_run_is_refused(fake_project, jobs):
+    import signal
+    import subprocess
+
+    root, study = fake_project
+    proc, cmd, kernel, worker = start_study(root, jobs)
+    # a second run of the same study stops at once, naming the process that holds it
+    second = subprocess.run(cmd, cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2 and f"already being run by process {proc.pid}" in second.stderr
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group: the study and its workers
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip() == ("conceptsim run: interrupted; stopped run(s): extract/shapes/mobilenet_v2_imagenet:random "
+                           "(no record: the next run redoes them)")
+    assert gone(kernel, 10) and gone(worker, 10)
+    assert not list((root / "results" / "fake").rglob("_runs/*.json"))  # the stopped run left no record
+
+
+def test_killed_study_takes_its_workers_and_kernels_along_and_no_record_is_written(fake_project):
+    import signal
+
+    root, study = fake_project
+    proc, cmd, kernel, worker = start_study(root, 2)
+    assert worker != proc.pid
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert gone(worker, 10) and gone(kernel, 15)
+    assert not list((root / "results" / "fake").rglob("_runs/*.json"))
