@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         keep_random_twins(study)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the study as Ctrl-C does
     try:
-        with study_lock(study.name):  # one `conceptsim run` per study at a time: a second one stops here
+        with study_lock(study.name, create=False):  # one `conceptsim run` per study at a time: a second one stops here
             return _run_locked(args, study, only)
     except StudyBusy as exc:
         print(f"conceptsim run: error: {exc}", file=sys.stderr)

@@ -70,12 +70,13 @@ class StudyInterrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def study_lock(study: str):
+def study_lock(study: str, create: bool = True):
     """Hold ``results/<study>/.study.lock`` (``flock``, released by the OS when the holder dies) for the block;
     :class:`StudyBusy` naming the holder's process id at once when another process holds it. Re-entrant
-    within a process."""
+    within a process. Without ``create`` a study with no results folder yet is not locked (nothing is written
+    before its inputs are checked; :func:`run_study` locks it)."""
     path = results_dir() / study / ".study.lock"
-    if str(path) in _locks:
+    if str(path) in _locks or (not create and not path.parent.is_dir()):
         yield
         return
     import fcntl
