@@ -54,7 +54,7 @@ STUDY_CASES = {
     "lr nan": (VALID + "concepts: {lr: .nan}\n", ["'concepts.lr' is nan", "a number > 0"]),
     "lr as text": (VALID + "concepts: {lr: fast}\n", ["'concepts.lr' is 'fast'", "a number > 0"]),
     "negative patience": (VALID + "concepts: {patience: -1}\n", ["'concepts.patience' is -1", ">= 0"]),
-    "bootstrap 0": (VALID + "concepts: {bootstrap: 0}\n", ["'concepts.bootstrap' is 0", ">= 1"]),
+    "bootstrap 0": (VALID + "concepts: {bootstrap: 0}\n", ["'concepts.bootstrap' is 0", "[1, 1000000]"]),
     "permutations 0": (VALID + "comparison: {permutations: 0}\n", ["'comparison.permutations' is 0", ">= 1"]),
     "dissection as text": (VALID + "concepts: {dissection: 'yes'}\n", ["'concepts.dissection' is 'yes'", "true or false"]),
     "device tpu": (VALID + "extraction: {device: tpu}\n", ["'extraction.device' is 'tpu'", "cpu, cuda, cuda:N"]),
@@ -105,6 +105,19 @@ STUDY_CASES = {
     "empty file": ("", ["must be a YAML mapping", "got NoneType"]),
     "bad YAML": ("name: t\n  datasets: : :\n", ["not valid YAML"]),
     "tab indentation": ("name: t\ndatasets:\n\tshapes: {}\n", ["not valid YAML"]),
+    # issue 26: semantic mistakes caught before work starts
+    "fractions with an empty split": (VALID + "split: {fractions: [1, 0, 0]}\n",
+                                      ["'split.fractions' is [1, 0, 0]", "three positive numbers", "every split needs images"]),
+    "max_images too small for the splits": (VALID.replace("{build: {n: 6, size: 48}}", "{max_images: 1}"),
+                                            ["'datasets.shapes.max_images' is 1: too few images for split.fractions",
+                                             "accepted: max_images >= 5"]),
+    "concept bootstrap 10**12": (VALID + "concepts: {bootstrap: 1000000000000}\n",
+                                 ["'concepts.bootstrap' is 1000000000000", "[1, 1000000]", "44 TiB"]),
+    "comparison bootstrap 10**7": (VALID + "comparison: {bootstrap: 10000000}\n",
+                                   ["'comparison.bootstrap' is 10000000", "[1, 1000000]"]),
+    "python builder that cannot be imported": (
+        VALID.replace("[mobilenet_v2_imagenet:random]", '[{mine: {python: "no.such.module:build", input_size: 64}}]'),
+        ["'models.mine': python builder 'no.such.module:build': cannot import 'no.such.module'"]),
     "several mistakes at once": (VALID + "concepts: {epochs: 0, lr: -1}\nextraction: {device: tpu}\n",
                                  ["3 problems", "'concepts.epochs' is 0", "'concepts.lr' is -1", "'extraction.device' is 'tpu'"]),
 }
@@ -125,7 +138,11 @@ def test_bad_study_file(project, capsys, case):
 def test_bad_smoke_section(project, capsys):
     path = study_file(project, VALID + "smoke: {concepts: {epochs: 0}, colour: red}\n")
     code, err = run_cli(["run", str(path), "--smoke"], capsys)
-    assert code == 2 and "'concepts.epochs' is 0" in err and "unknown key(s) ['colour'] in 'smoke'" in err
+    # the value comes from the smoke: section, and the message says so
+    assert code == 2 and "'smoke.concepts.epochs' is 0" in err and "unknown key(s) ['colour'] in 'smoke'" in err
+    path = study_file(project, VALID + "smoke: {datasets: {shapes: {max_images: 2}}}\n")
+    code, err = run_cli(["run", str(path), "--smoke"], capsys)
+    assert code == 2 and "'smoke.datasets.shapes.max_images' is 2: too few images" in err
     code, err = run_cli(["run", str(study_file(project, VALID + "smoke: [1]\n")), "--smoke"], capsys)
     assert code == 2 and "'smoke' is [1]" in err
 
@@ -298,3 +315,10 @@ def test_only_runs_that_will_execute_need_their_inputs(project, capsys, monkeypa
     assert "0 run(s) executed, 4 reused" in capsys.readouterr().out
     code, err = run_cli(["run", str(path), "--quiet", "--force"], capsys)  # --force re-runs, so needs them again
     assert code == 2 and "model mobilenet_v2_imagenet: weight file" in err
+
+
+def test_smoke_without_a_smoke_section_stops_and_says_so(project, capsys):
+    path = study_file(project, VALID)
+    code, err = run_cli(["run", str(path), "--smoke", "--quiet"], capsys)
+    assert code == 2 and f"{path}: --smoke, but the study has no 'smoke:' section" in err
+    assert not (project / "results").exists()

@@ -185,7 +185,7 @@ def _build_torchvision(spec: Mapping) -> nn.Module:
     return fn(**kwargs)
 
 
-def _python_function(spec: Mapping) -> Callable[[], nn.Module]:
+def python_builder(spec: Mapping) -> Callable[[], nn.Module]:
     mod_name, fn_name = spec["python"].split(":")
     search = spec.get("python_path")
     added = search is not None and search not in sys.path
@@ -206,7 +206,7 @@ def _python_function(spec: Mapping) -> Callable[[], nn.Module]:
 
 
 def _build_python(spec: Mapping) -> nn.Module:
-    module = _python_function(spec)()
+    module = python_builder(spec)()
     if not isinstance(module, nn.Module):
         raise UserModelError(f"python builder {spec['python']!r} returned {type(module).__name__}, not an nn.Module")
     return module
