@@ -322,3 +322,20 @@ def test_smoke_without_a_smoke_section_stops_and_says_so(project, capsys):
     code, err = run_cli(["run", str(path), "--smoke", "--quiet"], capsys)
     assert code == 2 and f"{path}: --smoke, but the study has no 'smoke:' section" in err
     assert not (project / "results").exists()
+
+
+def test_pinned_weight_of_the_right_size_but_another_hash(project, capsys):
+    from conceptsim.models import weights
+    from conceptsim.models.registry import parse_model_name
+
+    carrier = weights.CARRIERS[parse_model_name("mobilenet_v2_imagenet")[0].carrier]
+    for wf in carrier.files:  # in place, with the pinned size, but not the pinned bytes
+        path = weights.carrier_dir(carrier) / wf.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(wf.size)
+    path = study_file(project, VALID.replace("mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet"))
+    code, err = run_cli(["run", str(path), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    assert f"weight file {weights.carrier_dir(carrier) / carrier.files[0].name} has sha256" in err
+    assert f"expected the pinned {carrier.files[0].sha256}" in err
