@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from conceptsim.atomic import atomic_path, exclusive, sha256_file, sha256_json, write_json
+from conceptsim.atomic import atomic_path, debris_pid, exclusive, pid_alive, sha256_file, sha256_json, write_json
 from conceptsim.data import coco_icons, fetch, photo_colors, shapes
 from conceptsim.data.coco import DatasetError, DatasetSource
 from conceptsim.paths import datasets_dir
+
+log = logging.getLogger("conceptsim.data.registry")
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,20 @@ def unavailable_reason(name: str, root: str | os.PathLike | None = None) -> str 
     return spec.missing() if spec.missing else None
 
 
+def remove_build_debris(out: Path) -> list[Path]:
+    """Remove what killed builds of dataset folder ``out`` left beside it (``.<name>.tmp-<pid>...``, the writer
+    gone); a live build's temporaries and every other file are left alone. Returns what was removed."""
+    removed = []
+    for path in sorted(out.parent.glob(f".{out.name}.*")):
+        pid = debris_pid(path.name)
+        if pid is None or pid_alive(pid):
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        log.info("removed %s, left by a dataset build that no longer runs", path)
+        removed.append(path)
+    return removed
+
+
 def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | None = None, **params) -> DatasetSource:
     """Return the dataset ``name``, building or fetching it first if needed.
 
@@ -254,6 +272,7 @@ def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | Non
         with exclusive(out):
             meta = read_marker(out)
             if meta is None:
+                remove_build_debris(out)
                 _build(name, out, full)
                 meta, built = read_marker(out), True
     if not built:
