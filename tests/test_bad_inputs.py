@@ -206,6 +206,16 @@ def test_results_folder_that_cannot_be_written(project, capsys, monkeypatch):
     assert (project / "afile").read_text() == "x"
 
 
+def test_every_folder_the_runs_write_to_is_probed(project, capsys):
+    blocked = project / "results" / "t" / "shapes"  # the study's root is writable, a run's folder cannot be made
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("x")
+    code, err = run_cli(["run", str(study_file(project, VALID)), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    assert f"cannot create {blocked}: {blocked} is not a folder" in err
+    assert blocked.read_text() == "x" and not (project / "book" / "results").exists()
+
+
 def test_read_only_results_folder(project, capsys, monkeypatch):
     ro = Path("/sys/conceptsim-results")  # sysfs refuses new files, even to root
     if not Path("/sys/class").is_dir():

@@ -509,7 +509,7 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
             gaps = True
     if extractions or any(r.stage == "concepts" for r in runs):
         _check_device(p, study.sections["extraction"]["device"])
-    _check_writable(p, study.name)
+    _check_writable(p, study.name, runs)
     try:
         p.raise_if_any(" (nothing was started)")
     except StudyError as exc:
@@ -530,12 +530,38 @@ def _check_device(p: Problems, device: str) -> None:
             p.add(f"'extraction.device' is {device!r} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def _check_writable(p: Problems, study: str) -> None:
-    from conceptsim.paths import project_root, results_dir
+def _check_writable(p: Problems, study: str, runs: list) -> None:
+    """Probe every folder the runs write to (results, executed notebooks, logs, records, built datasets), not
+    only the study's root: a read-only subfolder is named before work starts."""
+    from conceptsim.paths import (
+        book_results_dir,
+        dataset_results,
+        datasets_dir,
+        logs_dir,
+        model_dir_name,
+        model_results,
+        project_root,
+        results_dir,
+        runs_dir,
+    )
 
-    for folder in (results_dir() / study, project_root() / "book" / "results" / study, project_root() / "book" / "_generated"):
+    folders = [results_dir() / study, book_results_dir(study), project_root() / "book" / "_generated",
+               runs_dir(study), logs_dir(study)]
+    for r in runs:
+        folders.append(dataset_results(study, r.dataset))
+        folders.append(book_results_dir(study) / r.dataset)
+        if r.model:
+            folders.append(model_results(study, r.dataset, r.model))
+            folders.append(book_results_dir(study) / r.dataset / model_dir_name(r.model))
+        if r.stage == "extract":
+            folders.append(datasets_dir())
+    reported: list[Path] = []
+    for folder in dict.fromkeys(folders):
+        if any(folder.is_relative_to(r) for r in reported):
+            continue  # its parent's problem is already named
         problem = writable_problem(folder)
         if problem:
+            reported.append(folder)
             p.add(problem)
 
 
