@@ -118,6 +118,20 @@ STUDY_CASES = {
     "python builder that cannot be imported": (
         VALID.replace("[mobilenet_v2_imagenet:random]", '[{mine: {python: "no.such.module:build", input_size: 64}}]'),
         ["'models.mine': python builder 'no.such.module:build': cannot import 'no.such.module'"]),
+    "unknown concept": (VALID.replace("{build: {n: 6, size: 48}}", "{concepts: [circle, unicorn]}"),
+                        ["'datasets.shapes.concepts' names ['unicorn'], which shapes does not have", "'circle'", "'shape'"]),
+    "concept grouping an unknown category": (
+        VALID.replace("{build: {n: 6, size: 48}}", "{concepts: {round: [circle, oval]}}"),
+        ["'datasets.shapes.concepts.round' names categories ['oval']"]),
+    "split by a field the images lack": (
+        VALID.replace("{build: {n: 6, size: 48}}", "{split: {by: style}}"),
+        ["'datasets.shapes.split.by' is 'style', but shapes's images have no such field", "id, file_name, width, height"]),
+    "bootstrap_by a field the images lack": (
+        VALID.replace("{build: {n: 6, size: 48}}", "{bootstrap_by: source}"),
+        ["'datasets.shapes.bootstrap_by' is 'source', but shapes's images have no such field"]),
+    "coco-icons split naming an unknown style": (
+        VALID.replace("shapes: {build: {n: 6, size: 48}}", "coco-icons: {split: {by: style, test: [crayon]}}"),
+        ["'datasets.coco-icons.split.test' names style(s) ['crayon']", "noto"]),
     "several mistakes at once": (VALID + "concepts: {epochs: 0, lr: -1}\nextraction: {device: tpu}\n",
                                  ["3 problems", "'concepts.epochs' is 0", "'concepts.lr' is -1", "'extraction.device' is 'tpu'"]),
 }

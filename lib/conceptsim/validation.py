@@ -356,7 +356,7 @@ def _check_section(p: Problems, name: str, values: Any) -> dict:
 
 def _check_datasets(p: Problems, datasets: Any, base_dir: Path | None = None) -> dict:
     from conceptsim.data.coco import DatasetError
-    from conceptsim.data.registry import DATASETS
+    from conceptsim.data.registry import DATASETS, option_problems
     from conceptsim.data.user_datasets import is_user_dataset, parse_dataset
 
     if not isinstance(datasets, dict) or not datasets:
@@ -390,6 +390,8 @@ def _check_datasets(p: Problems, datasets: Any, base_dir: Path | None = None) ->
                 p.bad_value(f"datasets.{ds}.root", opts["root"], "the path of a local copy (text)")
         if "build" in opts:
             _check_build(p, ds, spec, opts["build"])
+        for problem in option_problems(ds, opts):  # concepts, split and bootstrap fields, styles
+            p.add(problem)
         out[ds] = opts
     return out
 

@@ -61,6 +61,7 @@ class DatasetSpec:
     limits: dict = field(default_factory=dict)
     split: dict | None = None
     missing: Callable[[], str | None] | None = None  # embedded: why its sources are absent here (None: present)
+    image_fields: tuple = ()  # embedded: the fields its image records carry besides id, file_name, width, height
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -78,12 +79,14 @@ DATASETS: dict[str, DatasetSpec] = {
         # split by source photo; these four keep 9 of the 11 colours in every split (green is only in
         # bus.jpg and zidane.jpg, purple only in astronaut.png and rocket.jpg)
         split={"by": "source", "test": ["motorcycle_left.png", "zidane.jpg"], "val": ["grace_hopper.jpg", "ihc.png"]},
+        image_fields=("source",),
     ),
     "coco-icons": DatasetSpec(
         "coco-icons", "embedded", "COCO object categories as emoji art in six styles on real photos, exact masks",
         coco_icons.build_coco_icons, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
         coco_icons.BUILDER_VERSION, coco_icons.concept_categories(), coco_icons.concepts_of_build,
         limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
+        image_fields=("style", "background"),
     ),
     "coco2017-val": DatasetSpec(
         "coco2017-val", "online", "COCO val2017 instance masks (person, vehicles, animals)",
@@ -101,6 +104,53 @@ def _spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def option_problems(name: str, options: dict) -> list[str]:
+    """What in an embedded dataset's study options names something its builds do not have (read from the
+    registry, nothing built): concepts and the categories they group, the image field of ``split.by`` and
+    ``bootstrap_by``, and coco-icons styles in a split. Each problem names its key under ``datasets.<name>``."""
+    spec = _spec(name)
+    if spec.kind != "embedded":
+        return []
+    build = options.get("build") if isinstance(options.get("build"), dict) else {}
+    problems: list[str] = []
+    try:
+        full = build_params(name, False, **build)
+        groups = spec.concepts(full) if callable(spec.concepts) else None
+    except (ValueError, KeyError, TypeError):
+        return []  # the build parameters themselves are wrong: reported by their own rules
+    categories = set(c for names in groups.values() for c in names) if groups else set(spec.concept_categories)
+    names = set(groups) | categories if groups else categories | set(spec.concept_categories.values())
+    concepts = options.get("concepts")
+    if isinstance(concepts, list):
+        unknown = [c for c in concepts if c not in names]
+        if unknown:
+            problems.append(f"'datasets.{name}.concepts' names {unknown}, which {name} does not have; accepted: "
+                            f"{sorted(names)}")
+    elif isinstance(concepts, dict):
+        for concept, d in concepts.items():
+            cats = d.get("categories", [concept]) if isinstance(d, dict) else [d] if isinstance(d, str) else d
+            unknown = [c for c in cats if c not in categories] if isinstance(cats, list) else []
+            if unknown:
+                problems.append(f"'datasets.{name}.concepts.{concept}' names categories {unknown}, which {name} "
+                                f"does not have; accepted: {sorted(categories)}")
+    fields = ("id", "file_name", "width", "height", *spec.image_fields)
+    split = options.get("split")
+    for key, field_name in (("split.by", split.get("by") if isinstance(split, dict) else None),
+                            ("bootstrap_by", options.get("bootstrap_by"))):
+        if isinstance(field_name, str) and field_name not in fields:
+            problems.append(f"'datasets.{name}.{key}' is {field_name!r}, but {name}'s images have no such field; "
+                            f"accepted: {', '.join(fields)}")
+    if name == "coco-icons" and isinstance(split, dict) and split.get("by") == "style":
+        styles = build.get("styles") or list(coco_icons.icon_sources.STYLES)
+        for key in ("test", "val"):
+            values = split.get(key) or []
+            unknown = [v for v in ([values] if isinstance(values, str) else values) if v not in styles]
+            if unknown:
+                problems.append(f"'datasets.{name}.split.{key}' names style(s) {unknown} that the build does not "
+                                f"have; accepted: {', '.join(styles)}")
+    return problems
 
 
 def build_parameters(name: str) -> dict:
