@@ -363,3 +363,19 @@ def test_pinned_weight_of_the_right_size_but_another_hash(project, capsys):
     assert code == 2 and "(nothing was started)" in err
     assert f"weight file {weights.carrier_dir(carrier) / carrier.files[0].name} has sha256" in err
     assert f"expected the pinned {carrier.files[0].sha256}" in err
+
+
+@pytest.mark.parametrize("content", ["empty", "another architecture"])
+def test_user_weight_file_that_does_not_load(project, capsys, content):
+    import torch
+
+    weights = project / "mine.pth"
+    if content == "empty":
+        weights.write_bytes(b"")
+    else:
+        torch.save(torch.nn.Linear(2, 2).state_dict(), weights)
+    path = study_file(project, VALID.replace("[mobilenet_v2_imagenet:random]",
+                                             "[{mine: {torchvision: resnet18, weights: mine.pth}}]"))
+    code, err = run_cli(["run", str(path), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err and f"model mine: 'weights': {weights}" in err
+    assert ("cannot be loaded with torch.load" if content == "empty" else "does not fit the model") in err

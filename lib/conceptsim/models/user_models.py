@@ -293,6 +293,11 @@ def _weight_gaps(spec: Mapping) -> Callable[[], list[str]]:
             return [f"weight file {path} does not exist"]
         if "ultralytics" in spec and path.suffix == ".pt" and not _trusted():
             return [registry.ultralytics_untrusted(path)]
+        if "weights" in spec and spec_kind(spec) in ("torchvision", "python"):
+            try:  # opened and loaded into the model now, not inside the extraction notebook
+                _builder(spec)(True)
+            except UserModelError as exc:
+                return [str(exc)]
         return []
 
     return gaps
