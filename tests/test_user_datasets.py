@@ -124,6 +124,9 @@ def _break(study_path, edit):
      r"'datasets.my_data.concepts' \(.*instances.json\): concept\(s\) \['pet'\] cover at least split.min_area = 0.05 of no image"),
     ("unknown key", r"unknown key\(s\) \['colour'\] in 'datasets.my_data'"),
     ("missing annotations", r"'datasets.my_data.coco.annotations': file .*nowhere.json does not exist"),
+    ("corrupt image", r"'datasets.my_data.coco.images': image 107 \(.*000000000107.jpg\) cannot be read as an image"),
+    ("declared size differs",
+     r"'datasets.my_data.coco.images': image 107 \(.*000000000107.jpg\) is 32x32 pixels, but .*instances.json declares width"),
 ])
 def test_dataset_errors_name_file_and_field(case, match, tmp_path):
     from conceptsim.models import registry
@@ -146,6 +149,14 @@ def test_dataset_errors_name_file_and_field(case, match, tmp_path):
         _break(study_path, lambda d, _: d["annotations"][1].update(segmentation=[[1, 2, 3, 4, 5]]))
     elif case == "unknown category id":
         _break(study_path, lambda d, _: d["annotations"][2].update(category_id=999))
+    elif case == "corrupt image":
+        image = tmp_path / "data" / "images" / "000000000107.jpg"
+        image.write_bytes(image.read_bytes()[:200])  # truncated mid-file
+    elif case == "declared size differs":  # the file was resized after it was annotated
+        from PIL import Image
+
+        image = tmp_path / "data" / "images" / "000000000107.jpg"
+        Image.new("RGB", (32, 32)).save(image)
     try:
         with pytest.raises(StudyError, match=match):
             check_inputs(load_study(study_path))

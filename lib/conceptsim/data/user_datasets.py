@@ -77,6 +77,23 @@ def user_source(name: str, options: Mapping) -> DatasetSource:
     )
 
 
+def check_image_file(path: Path, record: Mapping, key: str, ann: Path) -> None:
+    """The image file decodes as an image and has the width and height its annotation record declares."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            img.verify()  # the whole file: truncated or corrupt data is found here, not in the extraction
+    except Exception as exc:  # noqa: BLE001 -- PIL raises many types for a bad file
+        raise DatasetError(f"{key}: image {record['id']} ({path}) cannot be read as an image "
+                           f"({type(exc).__name__}: {exc})") from None
+    declared = (record.get("width"), record.get("height"))
+    if None not in declared and tuple(int(v) for v in declared) != size:
+        raise DatasetError(f"{key}: image {record['id']} ({path}) is {size[0]}x{size[1]} pixels, but {ann} declares "
+                           f"width {declared[0]}, height {declared[1]}")
+
+
 def validate_dataset(name: str, options: Mapping, split_options: Mapping) -> ConceptDataset:
     """Check every image, annotation and concept of a declared dataset; return it (all splits)."""
     key = f"datasets.{name}"
@@ -89,6 +106,7 @@ def validate_dataset(name: str, options: Mapping, split_options: Mapping) -> Con
     for im in data["images"]:
         if not (image_dir / str(im["file_name"])).is_file():
             raise DatasetError(f"'{key}.coco.images': image {im['id']} of {ann} ({im['file_name']}) is not in {image_dir}")
+        check_image_file(image_dir / str(im["file_name"]), im, f"'{key}.coco.images'", ann)
     try:
         resolve_concepts(data, options.get("concepts"), options.get("concept_categories"), f"'{key}.concepts' ({ann})")
         ds = ConceptDataset(user_source(name, options), concepts=options.get("concepts"), split=None,
