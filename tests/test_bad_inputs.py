@@ -379,3 +379,14 @@ def test_user_weight_file_that_does_not_load(project, capsys, content):
     code, err = run_cli(["run", str(path), "--quiet"], capsys)
     assert code == 2 and "(nothing was started)" in err and f"model mine: 'weights': {weights}" in err
     assert ("cannot be loaded with torch.load" if content == "empty" else "does not fit the model") in err
+
+
+def test_a_store_holding_the_users_files_is_refused_not_deleted(project, capsys):
+    store = project / "results" / "t" / "shapes" / "mobilenet_v2_imagenet__random" / "activations.zarr"
+    store.mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    (store / "my-notes.txt").write_text("mine")
+    code, err = run_cli(["run", str(study_file(project, VALID)), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    assert f"{store} holds files the suite did not write (my-notes.txt)" in err
+    assert (store / "my-notes.txt").read_text() == "mine"

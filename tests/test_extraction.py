@@ -251,3 +251,19 @@ def test_keep_freed_memory_is_idempotent_and_can_be_switched_off(monkeypatch):
     assert alloc.keep_freed_memory() == first  # applied once
     x = torch.ones(8, 64, 128, 128)  # a 33 MB tensor still allocates and computes correctly
     assert float(x.sum()) == x.numel()
+
+
+def test_a_forced_extraction_refuses_a_store_holding_the_users_files(small_dataset_and_model, tmp_path):
+    from conceptsim.extraction.store import StoreError, foreign_files
+
+    loaded, ds = small_dataset_and_model
+    path = tmp_path / "activations.zarr"
+    extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=4, progress=False)
+    assert foreign_files(path) == []  # everything the suite writes is recognised as the store's
+    notes = path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(StoreError, match=r"activations.zarr holds files the suite did not write \(notes.txt\)"):
+        extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=4, progress=False, force=True)
+    assert notes.read_text() == "mine"
+    notes.unlink()
+    assert not extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=4, progress=False, force=True).reused

@@ -504,6 +504,14 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
         reason = unavailable_reason(ds, study.datasets[ds].get("root"))
         if reason:
             p.add(f"dataset {ds}: {reason}")
+    from conceptsim.extraction.store import foreign_files
+    from conceptsim.paths import store_path
+
+    for r in extractions:  # a store that is recomputed is replaced: never with the user's files in it
+        found = foreign_files(store_path(study.name, r.dataset, r.model))
+        if found:
+            p.add(f"{store_path(study.name, r.dataset, r.model)} holds files the suite did not write "
+                  f"({', '.join(f.name for f in found[:5])}); move them out of the folder, then run again")
     gaps = False
     for model in dict.fromkeys(r.model for r in extractions):
         for gap in missing_weights(model):
