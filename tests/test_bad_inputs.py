@@ -132,6 +132,7 @@ STUDY_CASES = {
     "coco-icons split naming an unknown style": (
         VALID.replace("shapes: {build: {n: 6, size: 48}}", "coco-icons: {split: {by: style, test: [crayon]}}"),
         ["'datasets.coco-icons.split.test' names style(s) ['crayon']", "noto"]),
+    "study name of 300 characters": (VALID.replace("name: t", "name: " + "a" * 300), ["'name' is 'aaaa", "at most 100 characters"]),
     "several mistakes at once": (VALID + "concepts: {epochs: 0, lr: -1}\nextraction: {device: tpu}\n",
                                  ["3 problems", "'concepts.epochs' is 0", "'concepts.lr' is -1", "'extraction.device' is 'tpu'"]),
 }

@@ -186,7 +186,11 @@ def test_next_run_removes_debris_of_dead_processes_only(fake_project, monkeypatc
     (nb_dir / f".tmp-{gone}-01_extract.ipynb").write_text("{}")
     (nb_dir / f".tmp-{alive}-02_concepts.ipynb").write_text("{}")
     (model_dir / "keep.tmp-1").write_text("not ours")  # no leading dot: not a name this package writes
+    backup = root / "results" / "fake" / f".backup.tmp-{gone}"  # the user's folder: a target the package never writes
+    (backup / "old.csv").parent.mkdir(parents=True)
+    (backup / "old.csv").write_text("mine")
     runner.run_study(study, progress=False)
+    assert (backup / "old.csv").read_text() == "mine"
     assert not (model_dir / f".activations.zarr.tmp-{gone}").exists()
     assert not (nb_dir / f".tmp-{gone}-01_extract.ipynb").exists()
     assert (model_dir / f".activations.zarr.tmp-{alive}").exists() and (nb_dir / f".tmp-{alive}-02_concepts.ipynb").exists()

@@ -161,8 +161,9 @@ SECTIONS: dict[str, dict[str, tuple[Any, Rule]]] = {
 SECTION_DEFAULTS = {s: {k: d for k, (d, _) in opts.items()} for s, opts in SECTIONS.items()}
 
 TOP_RULES: dict[str, Rule] = {
-    "name": Rule("a simple identifier (letters, digits, - and _)",
-                 lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None),
+    "name": Rule("a simple identifier (letters, digits, - and _) of at most 100 characters (it names folders and "
+                 "files; the file system allows 255 characters a name)",
+                 lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,100}", v) is not None),
     "description": Rule("text", lambda v: isinstance(v, str)),
     "seed": integer(0),
 }
