@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "running scheduler (workers need the checkout and results on a shared filesystem)")
     r.add_argument("--only", action="append", metavar="KEY=VALUE",
                    help="stage=, dataset= or model= filter; repeat a key to accept several values")
-    r.add_argument("--force", action="store_true", help="re-run even complete, unchanged runs")
+    r.add_argument("--force", action="store_true", help="recompute the selected runs, ignoring their stored outputs")
     r.add_argument("--fresh-kernels", action="store_true",
                    help="a new kernel for every run (default: each worker reuses one kernel, reset between runs)")
     r.add_argument("--smoke", action="store_true", help="tiny parameters (the study's smoke section)")
