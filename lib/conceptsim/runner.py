@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ def _worker_start(study_pid: int) -> None:
     _study_process = study_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the study while it forked this worker
     try:
         import ctypes
 
@@ -124,10 +126,25 @@ def _worker_start(study_pid: int) -> None:
         _worker_stop()
 
 
-def _worker_stop(*_: Any) -> None:
-    from conceptsim.kernels import kill_all_now
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
-    kill_all_now()
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Hold Ctrl-C and SIGTERM back while the pool forks workers: a worker forked now starts with them blocked
+    until its initializer has set its own handlers (no traceback from a worker caught mid-start); the study
+    process receives them right after."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _worker_stop(*_: Any) -> None:
+    kernels = sys.modules.get("conceptsim.kernels")  # not imported yet: this worker started no kernel
+    if kernels is not None and hasattr(kernels, "kill_all_now"):
+        kernels.kill_all_now()
     os._exit(1)
 
 
@@ -556,8 +573,9 @@ def _run_study(study: Study, jobs: int, only: dict[str, str] | None, force: bool
                     prune()
                     for r in ready()[: jobs - len(running)]:
                         start(r)
-                        running[pool.submit(execute_run, r, keys[r.id], RUN_THREADS, fresh_kernels,
-                                            forced.get(r.id, False))] = r.id
+                        with _stop_signals_held():
+                            running[pool.submit(execute_run, r, keys[r.id], RUN_THREADS, fresh_kernels,
+                                                forced.get(r.id, False))] = r.id
                     if not running:
                         break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
