@@ -17,12 +17,43 @@ from conceptsim import netguard, runtime  # noqa: E402
 # the tests start), threads, allocator; importing the library sets nothing (tests/test_runtime.py)
 runtime.setup()
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def network_cut():
     netguard.install()
     yield
     netguard.uninstall()
+
+
+# what `conceptsim run`, `make report` and `make book` write in the user's checkout: tests must not touch them
+USER_OUTPUTS = ("results", "book/results", "book/_generated", "_build")
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the user's output folders with its size and modification time."""
+    state = {}
+    for name in USER_OUTPUTS:
+        folder = root / name
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                if path.is_file() or path.is_symlink():
+                    st = path.lstat()
+                    state[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+@pytest.fixture(autouse=True, scope="session")
+def user_outputs_untouched():
+    """Fails the session when a test wrote, changed or removed anything in the checkout's results/, book/results/,
+    book/_generated/ or _build/ (tests work in temporary project roots: conftest.make_project)."""
+    before = tree_state(ROOT)
+    yield
+    after = tree_state(ROOT)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        pytest.fail(f"the tests changed {len(changed)} file(s) in the user's project, e.g. {changed[:5]}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +66,6 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_project(root: Path) -> Path:

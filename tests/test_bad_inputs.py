@@ -54,7 +54,7 @@ STUDY_CASES = {
     "lr nan": (VALID + "concepts: {lr: .nan}\n", ["'concepts.lr' is nan", "a number > 0"]),
     "lr as text": (VALID + "concepts: {lr: fast}\n", ["'concepts.lr' is 'fast'", "a number > 0"]),
     "negative patience": (VALID + "concepts: {patience: -1}\n", ["'concepts.patience' is -1", ">= 0"]),
-    "bootstrap 0": (VALID + "concepts: {bootstrap: 0}\n", ["'concepts.bootstrap' is 0", ">= 1"]),
+    "bootstrap 0": (VALID + "concepts: {bootstrap: 0}\n", ["'concepts.bootstrap' is 0", "[1, 1000000]"]),
     "permutations 0": (VALID + "comparison: {permutations: 0}\n", ["'comparison.permutations' is 0", ">= 1"]),
     "dissection as text": (VALID + "concepts: {dissection: 'yes'}\n", ["'concepts.dissection' is 'yes'", "true or false"]),
     "device tpu": (VALID + "extraction: {device: tpu}\n", ["'extraction.device' is 'tpu'", "cpu, cuda, cuda:N"]),
@@ -105,6 +105,34 @@ STUDY_CASES = {
     "empty file": ("", ["must be a YAML mapping", "got NoneType"]),
     "bad YAML": ("name: t\n  datasets: : :\n", ["not valid YAML"]),
     "tab indentation": ("name: t\ndatasets:\n\tshapes: {}\n", ["not valid YAML"]),
+    # issue 26: semantic mistakes caught before work starts
+    "fractions with an empty split": (VALID + "split: {fractions: [1, 0, 0]}\n",
+                                      ["'split.fractions' is [1, 0, 0]", "three positive numbers", "every split needs images"]),
+    "max_images too small for the splits": (VALID.replace("{build: {n: 6, size: 48}}", "{max_images: 1}"),
+                                            ["'datasets.shapes.max_images' is 1: too few images for split.fractions",
+                                             "accepted: max_images >= 5"]),
+    "concept bootstrap 10**12": (VALID + "concepts: {bootstrap: 1000000000000}\n",
+                                 ["'concepts.bootstrap' is 1000000000000", "[1, 1000000]", "44 TiB"]),
+    "comparison bootstrap 10**7": (VALID + "comparison: {bootstrap: 10000000}\n",
+                                   ["'comparison.bootstrap' is 10000000", "[1, 1000000]"]),
+    "python builder that cannot be imported": (
+        VALID.replace("[mobilenet_v2_imagenet:random]", '[{mine: {python: "no.such.module:build", input_size: 64}}]'),
+        ["'models.mine': python builder 'no.such.module:build': cannot import 'no.such.module'"]),
+    "unknown concept": (VALID.replace("{build: {n: 6, size: 48}}", "{concepts: [circle, unicorn]}"),
+                        ["'datasets.shapes.concepts' names ['unicorn'], which shapes does not have", "'circle'", "'shape'"]),
+    "concept grouping an unknown category": (
+        VALID.replace("{build: {n: 6, size: 48}}", "{concepts: {round: [circle, oval]}}"),
+        ["'datasets.shapes.concepts.round' names categories ['oval']"]),
+    "split by a field the images lack": (
+        VALID.replace("{build: {n: 6, size: 48}}", "{split: {by: style}}"),
+        ["'datasets.shapes.split.by' is 'style', but shapes's images have no such field", "id, file_name, width, height"]),
+    "bootstrap_by a field the images lack": (
+        VALID.replace("{build: {n: 6, size: 48}}", "{bootstrap_by: source}"),
+        ["'datasets.shapes.bootstrap_by' is 'source', but shapes's images have no such field"]),
+    "coco-icons split naming an unknown style": (
+        VALID.replace("shapes: {build: {n: 6, size: 48}}", "coco-icons: {split: {by: style, test: [crayon]}}"),
+        ["'datasets.coco-icons.split.test' names style(s) ['crayon']", "noto"]),
+    "study name of 300 characters": (VALID.replace("name: t", "name: " + "a" * 300), ["'name' is 'aaaa", "at most 100 characters"]),
     "several mistakes at once": (VALID + "concepts: {epochs: 0, lr: -1}\nextraction: {device: tpu}\n",
                                  ["3 problems", "'concepts.epochs' is 0", "'concepts.lr' is -1", "'extraction.device' is 'tpu'"]),
 }
@@ -125,7 +153,11 @@ def test_bad_study_file(project, capsys, case):
 def test_bad_smoke_section(project, capsys):
     path = study_file(project, VALID + "smoke: {concepts: {epochs: 0}, colour: red}\n")
     code, err = run_cli(["run", str(path), "--smoke"], capsys)
-    assert code == 2 and "'concepts.epochs' is 0" in err and "unknown key(s) ['colour'] in 'smoke'" in err
+    # the value comes from the smoke: section, and the message says so
+    assert code == 2 and "'smoke.concepts.epochs' is 0" in err and "unknown key(s) ['colour'] in 'smoke'" in err
+    path = study_file(project, VALID + "smoke: {datasets: {shapes: {max_images: 2}}}\n")
+    code, err = run_cli(["run", str(path), "--smoke"], capsys)
+    assert code == 2 and "'smoke.datasets.shapes.max_images' is 2: too few images" in err
     code, err = run_cli(["run", str(study_file(project, VALID + "smoke: [1]\n")), "--smoke"], capsys)
     assert code == 2 and "'smoke' is [1]" in err
 
@@ -187,6 +219,16 @@ def test_results_folder_that_cannot_be_written(project, capsys, monkeypatch):
     code, err = run_cli(["run", str(study_file(project, VALID))], capsys)
     assert code == 2 and f"cannot create {project / 'afile' / 'results' / 't'}: {project / 'afile'} is not a folder" in err
     assert (project / "afile").read_text() == "x"
+
+
+def test_every_folder_the_runs_write_to_is_probed(project, capsys):
+    blocked = project / "results" / "t" / "shapes"  # the study's root is writable, a run's folder cannot be made
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("x")
+    code, err = run_cli(["run", str(study_file(project, VALID)), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    assert f"cannot create {blocked}: {blocked} is not a folder" in err
+    assert blocked.read_text() == "x" and not (project / "book" / "results").exists()
 
 
 def test_read_only_results_folder(project, capsys, monkeypatch):
@@ -298,3 +340,54 @@ def test_only_runs_that_will_execute_need_their_inputs(project, capsys, monkeypa
     assert "0 run(s) executed, 4 reused" in capsys.readouterr().out
     code, err = run_cli(["run", str(path), "--quiet", "--force"], capsys)  # --force re-runs, so needs them again
     assert code == 2 and "model mobilenet_v2_imagenet: weight file" in err
+
+
+def test_smoke_without_a_smoke_section_stops_and_says_so(project, capsys):
+    path = study_file(project, VALID)
+    code, err = run_cli(["run", str(path), "--smoke", "--quiet"], capsys)
+    assert code == 2 and f"{path}: --smoke, but the study has no 'smoke:' section" in err
+    assert not (project / "results").exists()
+
+
+def test_pinned_weight_of_the_right_size_but_another_hash(project, capsys):
+    from conceptsim.models import weights
+    from conceptsim.models.registry import parse_model_name
+
+    carrier = weights.CARRIERS[parse_model_name("mobilenet_v2_imagenet")[0].carrier]
+    for wf in carrier.files:  # in place, with the pinned size, but not the pinned bytes
+        path = weights.carrier_dir(carrier) / wf.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(wf.size)
+    path = study_file(project, VALID.replace("mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet"))
+    code, err = run_cli(["run", str(path), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    assert f"weight file {weights.carrier_dir(carrier) / carrier.files[0].name} has sha256" in err
+    assert f"expected the pinned {carrier.files[0].sha256}" in err
+
+
+@pytest.mark.parametrize("content", ["empty", "another architecture"])
+def test_user_weight_file_that_does_not_load(project, capsys, content):
+    import torch
+
+    weights = project / "mine.pth"
+    if content == "empty":
+        weights.write_bytes(b"")
+    else:
+        torch.save(torch.nn.Linear(2, 2).state_dict(), weights)
+    path = study_file(project, VALID.replace("[mobilenet_v2_imagenet:random]",
+                                             "[{mine: {torchvision: resnet18, weights: mine.pth}}]"))
+    code, err = run_cli(["run", str(path), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err and f"model mine: 'weights': {weights}" in err
+    assert ("cannot be loaded with torch.load" if content == "empty" else "does not fit the model") in err
+
+
+def test_a_store_holding_the_users_files_is_refused_not_deleted(project, capsys):
+    store = project / "results" / "t" / "shapes" / "mobilenet_v2_imagenet__random" / "activations.zarr"
+    store.mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    (store / "my-notes.txt").write_text("mine")
+    code, err = run_cli(["run", str(study_file(project, VALID)), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    assert f"{store} holds files the suite did not write (my-notes.txt)" in err
+    assert (store / "my-notes.txt").read_text() == "mine"

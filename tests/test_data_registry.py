@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import socket
 
 import pytest
@@ -175,3 +176,21 @@ def test_build_into_never_deletes_foreign_files(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DatasetError, match="exists and is not a folder"):
         registry.build_into("shapes", tmp_path / "file", params)
+
+
+def test_a_killed_build_leaves_no_debris_for_ever(cache):
+    from test_runner import dead_pid
+
+    params = registry.build_params("shapes", False, n=6, size=48)
+    out = registry.dataset_dir("shapes", params)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dead, alive = dead_pid(), os.getppid()  # the parent: alive, and not this build's own temporary name
+    killed = out.parent / f".{out.name}.tmp-{dead}.tmp-{dead}"  # what a build killed mid-way leaves
+    (killed / "images").mkdir(parents=True)
+    (killed / "images" / "0001.png").write_bytes(b"x")
+    running = out.parent / f".{out.name}.tmp-{alive}"  # a live build's temporary
+    running.mkdir()
+    mine = out.parent / f".{out.name}.notes"  # not one of the suite's temporary names
+    mine.write_text("the user's")
+    registry.ensure_dataset("shapes", n=6, size=48)
+    assert not killed.exists() and running.is_dir() and mine.read_text() == "the user's"

@@ -310,3 +310,17 @@ def test_activation_store_serves_the_every_object_control(small_dataset_and_mode
     extract(loaded, shapes_ds, tmp_path / "shapes.zarr", layers=["features.2"], batch_size=8, grid_cap=6, progress=False)
     plain = ActivationStore(tmp_path / "shapes.zarr")
     assert not plain.has_objects and plain.object_masks is None and plain.object_labels is None
+def test_a_forced_extraction_refuses_a_store_holding_the_users_files(small_dataset_and_model, tmp_path):
+    from conceptsim.extraction.store import StoreError, foreign_files
+
+    loaded, ds = small_dataset_and_model
+    path = tmp_path / "activations.zarr"
+    extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=4, progress=False)
+    assert foreign_files(path) == []  # everything the suite writes is recognised as the store's
+    notes = path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(StoreError, match=r"activations.zarr holds files the suite did not write \(notes.txt\)"):
+        extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=4, progress=False, force=True)
+    assert notes.read_text() == "mine"
+    notes.unlink()
+    assert not extract(loaded, ds, path, layers=["features.2"], batch_size=8, grid_cap=4, progress=False, force=True).reused

@@ -9,13 +9,13 @@ book build (slow: minutes).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import make_project
 from formats import write_coco, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +85,15 @@ def test_twins_only_needs_no_weights_and_keeps_the_study_shape(copies, tmp_path,
 
 @pytest.mark.slow
 def test_paper_smoke_rehearsal_through_every_notebook_and_the_book(copies, tmp_path):
+    # a project root of its own (the checkout's sources, its own results, book pages and toc): the user's
+    # book/results/ and book/_generated/_toc.yml stay as they are
+    project = make_project(tmp_path / "project")
     results, data = tmp_path / "results", tmp_path / "data"
     env = {**os.environ, "CONCEPTSIM_RESULTS": str(results), "CONCEPTSIM_DATA": str(data),
-           "CONCEPTSIM_ROOT": str(ROOT), "CONCEPTSIM_BOOK_ALL": "1"}  # a smoke study: listed only with BOOK_ALL=1
-    book_results = ROOT / "book" / "results" / "paper-smoke"
-    shutil.rmtree(book_results, ignore_errors=True)
+           "CONCEPTSIM_ROOT": str(project), "CONCEPTSIM_BOOK_ALL": "1"}  # a smoke study: listed only with BOOK_ALL=1
+    book_results = project / "book" / "results" / "paper-smoke"
     cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/paper.yml", "--smoke", "--twins-only", "--quiet", *roots(copies)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "16 run(s) executed" in proc.stdout
     executed = sorted(book_results.rglob("*.ipynb"))
@@ -108,7 +110,7 @@ def test_paper_smoke_rehearsal_through_every_notebook_and_the_book(copies, tmp_p
     build = tmp_path / "book"
     cmd = [str(VENV_BIN / "jupyter-book"), "build", ".", "--toc", "book/_generated/_toc.yml", "-W", "-n",
            "--keep-going", "--path-output", str(build)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     html = build / "_build" / "html" / "book" / "results" / "paper-smoke"
     assert (html / "voc2012" / "yolov5su__random" / "01_extract.html").is_file()

@@ -153,7 +153,7 @@ def test_runs_share_a_warm_kernel_unless_fresh_kernels(fake_project):
     assert len(set(fresh)) == 4 and not set(fresh) & set(warm)
 
 
-def fake_execute(run, key, threads=None, fresh_kernel=False):
+def fake_execute(run, key, threads=None, fresh_kernel=False, force=False):
     """Stand-in for execute_run without a kernel: writes the executed copy and the completion record."""
     out = runner.executed_path(run)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,11 @@ def test_next_run_removes_debris_of_dead_processes_only(fake_project, monkeypatc
     (nb_dir / f".tmp-{gone}-01_extract.ipynb").write_text("{}")
     (nb_dir / f".tmp-{alive}-02_concepts.ipynb").write_text("{}")
     (model_dir / "keep.tmp-1").write_text("not ours")  # no leading dot: not a name this package writes
+    backup = root / "results" / "fake" / f".backup.tmp-{gone}"  # the user's folder: a target the package never writes
+    (backup / "old.csv").parent.mkdir(parents=True)
+    (backup / "old.csv").write_text("mine")
     runner.run_study(study, progress=False)
+    assert (backup / "old.csv").read_text() == "mine"
     assert not (model_dir / f".activations.zarr.tmp-{gone}").exists()
     assert not (nb_dir / f".tmp-{gone}-01_extract.ipynb").exists()
     assert (model_dir / f".activations.zarr.tmp-{alive}").exists() and (nb_dir / f".tmp-{alive}-02_concepts.ipynb").exists()
@@ -310,9 +314,160 @@ def test_the_cluster_gets_the_chain_as_priority(fake_project):
     seen = {}
 
     class Recorder:
-        def execute(self, runs, keys, finish, skip, priority=None, progress=None):
+        def execute(self, runs, keys, finish, skip, priority=None, progress=None, forced=None):
             seen.update(priority)
 
     runner.run_study(study, progress=False, executor=Recorder())
     assert seen == {"extract/shapes/mobilenet_v2_imagenet": 4.0, "concepts/shapes/mobilenet_v2_imagenet": 3.0,
                     "compare_layers/shapes": 2.0, "compare_models/shapes": 1.0}
+
+
+CONCEPT_STAGE = """
+import json
+from conceptsim.paths import concept_quality_csv, concept_stage_json, model_results
+out = model_results(study, dataset, model)
+out.mkdir(parents=True, exist_ok=True)
+if force or not concept_quality_csv(out).exists():  # the stage's reuse check, as in run_concept_stage
+    concept_quality_csv(out).write_text("concept,value\\ncircle,0.5\\n")
+    concept_stage_json(out).write_text(json.dumps({"outputs": {"concept_quality": "concept_quality.csv"}}))
+with open(out / "forced.log", "a") as f:
+    f.write(str(force) + "\\n")
+"""
+
+
+def test_force_reaches_the_stage_and_a_changed_output_is_recomputed(fake_project):
+    from conceptsim.paths import concept_quality_csv, model_results
+
+    root, study = fake_project
+    make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts", CONCEPT_STAGE)
+    concepts = next(r for r in study.runs() if r.stage == "concepts")
+    out = model_results("fake", "shapes", concepts.model)
+    runner.run_study(study, progress=False)
+    rec = json.loads(runner.record_path(concepts).read_text())
+    assert rec["forced"] is False and rec["threads"] == runner.RUN_THREADS
+    assert set(rec["outputs"]) == {"fake/shapes/mobilenet_v2_imagenet/concept_stage.json",
+                                   "fake/shapes/mobilenet_v2_imagenet/concept_quality.csv"}
+    # a value edited by hand: the next plain run sees the hash differ and recomputes that run, forced
+    concept_quality_csv(out).write_text("concept,value\ncircle,0.99\n")
+    outcome = runner.run_study(study, progress=False)
+    assert [r["id"] for r in outcome.executed] == [concepts.id]
+    assert concept_quality_csv(out).read_text() == "concept,value\ncircle,0.5\n"
+    rec = json.loads(runner.record_path(concepts).read_text())
+    assert rec["forced"] is True and "concept_quality.csv" in rec["forced_because"]
+    # unchanged: reused; --force: every run recomputes, and the stage is told so
+    assert not runner.run_study(study, progress=False).executed
+    concept_quality_csv(out).write_text("concept,value\ncircle,0.99\n")
+    assert len(runner.run_study(study, force=True, progress=False).executed) == 4
+    assert concept_quality_csv(out).read_text() == "concept,value\ncircle,0.5\n"
+    assert (out / "forced.log").read_text().split() == ["False", "True", "True"]
+    assert json.loads(runner.record_path(concepts).read_text())["forced_because"] == "--force"
+
+
+THREADS = """
+import os, pathlib
+with open(pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "threads.log", "a") as f:
+    f.write(" ".join(os.environ.get(v, "-") for v in ("CONCEPTSIM_TORCH_THREADS", "OMP_NUM_THREADS")) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_every_run_gets_the_same_threads_whatever_the_jobs(fake_project, jobs):
+    root, study = fake_project
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(root / "notebooks" / name, stage, THREADS)
+    runner.run_study(study, jobs=jobs, progress=False)
+    lines = (root / "results" / "threads.log").read_text().split("\n")[:-1]
+    assert lines == [f"{runner.RUN_THREADS} {runner.RUN_THREADS}"] * 4
+    # the runner's own process keeps its settings (a warm kernel sees the same environment every run)
+    assert os.environ.get("CONCEPTSIM_TORCH_THREADS") != "set-by-the-runner"
+
+
+SLEEPER = """
+import time
+if STAGE == "extract":
+    marker = pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "kernel.pids"
+    marker.write_text(f"{os.getpid()} {os.getppid()}")
+    time.sleep(120)
+"""
+
+STOP_STUDY = """\
+name: fake
+datasets:
+  shapes: {build: {n: 6, size: 48}}
+models: [mobilenet_v2_imagenet:random]
+"""
+
+
+def gone(pid: int, within: float) -> bool:
+    import time
+
+    from conceptsim.atomic import pid_alive
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:  # reap it if it is our child (a zombie counts as gone)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_alive(pid) or _zombie(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def start_study(root: Path, jobs: int):
+    import subprocess
+    import sys
+    import time
+
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(root / "notebooks" / name, stage, SLEEPER)
+    (root / "s.yml").write_text(STOP_STUDY)
+    cmd = [sys.executable, "-m", "conceptsim.cli", "run", str(root / "s.yml"), "--quiet", "--jobs", str(jobs)]
+    proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    marker = root / "results" / "kernel.pids"
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    kernel, worker = (int(x) for x in marker.read_text().split())
+    return proc, cmd, kernel, worker
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_stops_workers_and_kernels_with_one_line_and_a_second_run_is_refused(fake_project, jobs):
+    import signal
+    import subprocess
+
+    root, study = fake_project
+    proc, cmd, kernel, worker = start_study(root, jobs)
+    # a second run of the same study stops at once, naming the process that holds it
+    second = subprocess.run(cmd, cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2 and f"already being run by process {proc.pid}" in second.stderr
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group: the study and its workers
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.strip() == ("conceptsim run: interrupted; stopped run(s): extract/shapes/mobilenet_v2_imagenet:random "
+                           "(no record: the next run redoes them)")
+    assert gone(kernel, 10) and gone(worker, 10)
+    assert not list((root / "results" / "fake").rglob("_runs/*.json"))  # the stopped run left no record
+
+
+def test_killed_study_takes_its_workers_and_kernels_along_and_no_record_is_written(fake_project):
+    import signal
+
+    root, study = fake_project
+    proc, cmd, kernel, worker = start_study(root, 2)
+    assert worker != proc.pid
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert gone(worker, 10) and gone(kernel, 15)
+    assert not list((root / "results" / "fake").rglob("_runs/*.json"))

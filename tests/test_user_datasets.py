@@ -17,7 +17,7 @@ datasets:
   my_data:
     coco: {images: data/images, annotations: data/annotations/instances.json}
     concepts: {person: [person], wheeled: [car, bus], pet: [dog, cat]}
-    concept_categories: {wheeled: object}
+    concept_categories: {person: object, wheeled: object, pet: object}
 models:
   - my_resnet: {torchvision: resnet18, input_size: 64, weights: resnet.pth}
   - my_resnet:random
@@ -124,6 +124,12 @@ def _break(study_path, edit):
      r"'datasets.my_data.concepts' \(.*instances.json\): concept\(s\) \['pet'\] cover at least split.min_area = 0.05 of no image"),
     ("unknown key", r"unknown key\(s\) \['colour'\] in 'datasets.my_data'"),
     ("missing annotations", r"'datasets.my_data.coco.annotations': file .*nowhere.json does not exist"),
+    ("unknown supercategory",
+     r"'datasets.my_data.concepts' \(.*instances.json\): concept\(s\) \['pet'\] have supercategories \['animal'\], "
+     r"none of the concept categories .*concept_categories: \{pet: object\}"),
+    ("corrupt image", r"'datasets.my_data.coco.images': image 107 \(.*000000000107.jpg\) cannot be read as an image"),
+    ("declared size differs",
+     r"'datasets.my_data.coco.images': image 107 \(.*000000000107.jpg\) is 32x32 pixels, but .*instances.json declares width"),
 ])
 def test_dataset_errors_name_file_and_field(case, match, tmp_path):
     from conceptsim.models import registry
@@ -137,6 +143,8 @@ def test_dataset_errors_name_file_and_field(case, match, tmp_path):
         text = STUDY.replace("pet: [dog, cat]", "pet: [cat]").replace("min_area: 0.005", "min_area: 0.05")
     elif case == "unknown key":
         text = STUDY.replace("    concept_categories:", "    colour: red\n    concept_categories:")
+    elif case == "unknown supercategory":  # 'animal' is no concept category: declared, not silently 'object'
+        text = STUDY.replace("person: object, wheeled: object, pet: object", "person: object, wheeled: object")
     elif case == "missing annotations":
         text = STUDY.replace("data/annotations/instances.json", "data/nowhere.json")
     study_path = write_project(tmp_path, text, n=4)
@@ -146,6 +154,14 @@ def test_dataset_errors_name_file_and_field(case, match, tmp_path):
         _break(study_path, lambda d, _: d["annotations"][1].update(segmentation=[[1, 2, 3, 4, 5]]))
     elif case == "unknown category id":
         _break(study_path, lambda d, _: d["annotations"][2].update(category_id=999))
+    elif case == "corrupt image":
+        image = tmp_path / "data" / "images" / "000000000107.jpg"
+        image.write_bytes(image.read_bytes()[:200])  # truncated mid-file
+    elif case == "declared size differs":  # the file was resized after it was annotated
+        from PIL import Image
+
+        image = tmp_path / "data" / "images" / "000000000107.jpg"
+        Image.new("RGB", (32, 32)).save(image)
     try:
         with pytest.raises(StudyError, match=match):
             check_inputs(load_study(study_path))

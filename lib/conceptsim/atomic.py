@@ -159,8 +159,16 @@ def pid_alive(pid: int) -> bool:
 
 
 def debris_pid(name: str) -> int | None:
-    """The writer's process id if ``name`` is one of this package's temporary names, else None."""
+    """The writer's process id if ``name`` is one of this package's temporary names, else None.
+
+    An ``atomic_path`` temporary's target must look like what the package writes: a file name with an
+    extension, a built dataset's folder (``<dataset>-<12 hex>``) or a fetched archive's ``unpacked`` folder; a
+    user's ``.backup.tmp-99999`` is not debris."""
     m = _DEBRIS.match(name)
+    if m and m.group("a"):
+        target = re.sub(r"(\.(?:tmp|old)-\d+)+$", "", name)[1:]
+        if "." not in target and target != "unpacked" and re.fullmatch(r"[a-z0-9-]+-[0-9a-f]{12}", target) is None:
+            return None
     return int(m.group("a") or m.group("b") or m.group("c")) if m else None
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from conceptsim.preflight import apply_roots, keep_random_twins
-    from conceptsim.runner import pending, run_study, select
-    from conceptsim.study import check_inputs, load_study
+    from conceptsim.runner import StudyBusy, StudyInterrupted, study_lock
+    from conceptsim.study import load_study
 
     only: dict[str, list[str]] = {}
     for item in args.only or []:
@@ -28,6 +29,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     apply_roots(study, roots)
     if args.twins_only:
         keep_random_twins(study)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the study as Ctrl-C does
+    try:
+        with study_lock(study.name, create=False):  # one `conceptsim run` per study at a time: a second one stops here
+            return _run_locked(args, study, only)
+    except StudyBusy as exc:
+        print(f"conceptsim run: error: {exc}", file=sys.stderr)
+        return 2
+    except StudyInterrupted as exc:
+        runs = ", ".join(exc.runs) if exc.runs else "none was running"
+        print(f"conceptsim run: interrupted; stopped run(s): {runs} (no record: the next run redoes them)",
+              file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_locked(args: argparse.Namespace, study, only: dict[str, list[str]]) -> int:
+    from conceptsim.runner import pending, run_study, select
+    from conceptsim.study import check_inputs
+
     # data, weights, device, output folders of the runs that will execute: all checked before any run starts
     check_inputs(study, pending(select(study.runs(), only), force=args.force))
     if args.cluster:  # only this path imports Dask
@@ -147,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "running scheduler (workers need the checkout and results on a shared filesystem)")
     r.add_argument("--only", action="append", metavar="KEY=VALUE",
                    help="stage=, dataset= or model= filter; repeat a key to accept several values")
-    r.add_argument("--force", action="store_true", help="re-run even complete, unchanged runs")
+    r.add_argument("--force", action="store_true", help="recompute the selected runs, ignoring their stored outputs")
     r.add_argument("--fresh-kernels", action="store_true",
                    help="a new kernel for every run (default: each worker reuses one kernel, reset between runs)")
     r.add_argument("--smoke", action="store_true", help="tiny parameters (the study's smoke section)")

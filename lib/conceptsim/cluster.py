@@ -29,7 +29,7 @@ from typing import Any
 
 from conceptsim.atomic import write_text
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
-from conceptsim.runner import execute_run, is_complete, log_path, record_path
+from conceptsim.runner import RUN_THREADS, execute_run, is_complete, log_path, record_path
 from conceptsim.study import Run
 
 log = logging.getLogger("conceptsim.cluster")
@@ -120,13 +120,6 @@ def sees_shared_folders(settings: dict[str, str], check_file: str, token: str) -
         time.sleep(0.5)
 
 
-def worker_threads() -> int:
-    """Threads for one run on this worker: its CPUs shared by the runs it executes at once."""
-    from distributed import get_worker
-
-    return max(1, usable_cpus() // max(1, get_worker().state.nthreads))
-
-
 def report_started(topic: str | None, run: Run) -> None:
     """Tell the client's progress display that ``run`` starts on this worker (a Dask event on ``topic``)."""
     if not topic:
@@ -139,11 +132,13 @@ def report_started(topic: str | None, run: Run) -> None:
         pass
 
 
-def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], check: tuple[str, str],
+def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], check: tuple[str, str],
              since: float, fresh_kernel: bool, *dependencies: dict, started_topic: str | None = None) -> dict[str, Any]:
     """One run as a Dask task (``dependencies``: the records of the runs it depends on, there only to order
-    it), in the worker thread's warm kernel unless ``fresh_kernel``. Returns the run's record; a failed run
-    raises :class:`RunFailed`. When it executes, it reports its start and worker on ``started_topic``."""
+    it), in the worker thread's warm kernel unless ``fresh_kernel``, with the runner's fixed thread count
+    (:data:`conceptsim.runner.RUN_THREADS`, as with ``--jobs``); ``force``: recompute ignoring stored outputs.
+    Returns the run's record; a failed run raises :class:`RunFailed`. When it executes, it reports its start
+    and worker on ``started_topic``."""
     os.environ.update(settings)  # the kernel papermill starts inherits them
     problem = sees_shared_folders(settings, *check)
     if problem:
@@ -154,7 +149,7 @@ def run_task(run: Run, key: str, threads: int | None, settings: dict[str, str], 
             return record
     report_started(started_topic, run)
     try:
-        record = execute_run(run, key, threads or worker_threads(), fresh_kernel=fresh_kernel)
+        record = execute_run(run, key, RUN_THREADS, fresh_kernel=fresh_kernel, force=force)
     except Exception as exc:  # outside the notebook (its own errors are in the record)
         record = failure_record(run, key, f"{type(exc).__name__}: {exc}")
     if record["status"] != "ok":
@@ -180,12 +175,14 @@ class DaskExecutor:
             self.local_workers = int(n)
 
     def execute(self, runs: list[Run], keys: dict[str, str], finish: Callable[[dict], None],
-                skip: Callable[[str], None], priority: dict[str, float] | None = None, progress: Any = None) -> None:
+                skip: Callable[[str], None], priority: dict[str, float] | None = None, progress: Any = None,
+                forced: dict[str, str] | None = None) -> None:
         """Submit ``runs`` (dependencies outside them are complete) and report each as it ends:
         ``finish(record)`` for an executed run, ok or failed, ``skip(run_id)`` for a dependent of a failed run.
         Workers take the ready run of highest ``priority`` first (Dask's task priority). ``progress`` (a
         :class:`conceptsim.progress.StudyProgress`) hears when each run starts and on which worker (a Dask
-        event its task logs), and how many runs the cluster's workers execute at once."""
+        event its task logs), and how many runs the cluster's workers execute at once. The runs in ``forced``
+        (run id: why) recompute ignoring their stored outputs."""
         if not runs:
             return
         from distributed import as_completed
@@ -197,7 +194,6 @@ class DaskExecutor:
             check = self._write_check_file(runs[0].parameters["study"])
             settings = client_settings()
             self._check_workers(client, runs, settings, check)
-            threads = max(1, usable_cpus() // self.local_workers) if self.local_workers else None
             token = uuid.uuid4().hex[:8]
             topic = None
             if progress is not None:
@@ -209,7 +205,8 @@ class DaskExecutor:
             for run in runs:  # topological: a run's dependencies are submitted before it
                 deps = [futures[d] for d in run.depends_on if d in futures]
                 futures[run.id] = client.submit(
-                    run_task, run, keys[run.id], threads, settings, check, since, self.fresh_kernels, *deps,
+                    run_task, run, keys[run.id], (forced or {}).get(run.id, False), settings, check, since,
+                    self.fresh_kernels, *deps,
                     key=f"{run.stage}-{token}-{run.id}", resources={"GPU": 1} if needs_gpu(run) else None,
                     priority=round((priority or {}).get(run.id, 0.0)), started_topic=topic,
                 )

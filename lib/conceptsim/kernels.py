@@ -143,6 +143,24 @@ class WarmKernel:
             log.warning("kernel not reusable after a run (%s); the next run starts a new one", exc)
             self.shutdown()
 
+    def kill(self) -> None:
+        """Kill the kernel's process group at once (no shutdown handshake: the kernel may be busy)."""
+        import signal
+
+        provisioner = getattr(self.manager, "provisioner", None)
+        if provisioner is not None and self.owner == os.getpid():
+            pid, pgid = getattr(provisioner, "pid", None), getattr(provisioner, "pgid", None)
+            try:
+                if pgid and pgid != os.getpgid(0):
+                    os.killpg(pgid, signal.SIGKILL)
+                elif pid:
+                    os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.client is not None and self.owner == os.getpid():
+            self.client.stop_channels()
+        self.manager = self.client = None
+
     def shutdown(self) -> None:
         from jupyter_core.utils import run_sync
 
@@ -177,10 +195,18 @@ class WarmKernelEngine(NBClientEngine):
             startup_timeout=start_timeout, **kwargs)
         client.kc = warm_kernel.client  # connected and ready: nbclient starts no client of its own
         try:
-            return client.execute()
-        finally:
+            result = client.execute()
+        except Exception:
             client.kc = None  # the channels stay with the kernel
             warm_kernel.finish_run()
+            raise
+        except BaseException:  # the study is being stopped (Ctrl-C): the kernel is killed, not reset
+            client.kc = None
+            warm_kernel.kill()
+            raise
+        client.kc = None
+        warm_kernel.finish_run()
+        return result
 
 
 papermill_engines.register(ENGINE, WarmKernelEngine)
@@ -223,3 +249,11 @@ def shutdown_all() -> None:
         _all.clear()
     for k in kernels:
         k.shutdown()
+
+
+def kill_all_now() -> None:
+    """Kill every warm kernel of this process at once (for a worker that is being stopped)."""
+    with _all_lock:
+        kernels = list(_all)
+    for k in kernels:
+        k.kill()

@@ -163,9 +163,10 @@ def extraction_provenance(result: Any, existed: bool) -> str:
 
 
 def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept_options: dict,
-                 device: str, seed: int) -> dict:
-    """The concept stage on one model's store (reused when its record matches); the returned paths carry
-    ``"provenance"``, one line saying whether the results were reused or computed and why."""
+                 device: str, seed: int, force: bool = False) -> dict:
+    """The concept stage on one model's store (stored outputs of the same inputs are reused unless ``force``);
+    the returned paths carry ``"provenance"``, one line saying whether the results were reused or computed
+    and why."""
     from conceptsim.concepts.stage import run_concept_stage
     from conceptsim.models.registry import resolve_device
 
@@ -177,22 +178,23 @@ def run_concepts(study: str, dataset: str, model: str, random_twin: str, concept
     paths = run_concept_stage(
         store_path(study, dataset, model), out, loss=opts["loss"], lr=opts["lr"], epochs=opts["epochs"],
         patience=opts["patience"], bootstrap=opts["bootstrap"], dissection=opts["dissection"], seed=seed,
-        device=device, random_init_quality=twin_csv, reuse=True, seg_solver=opts.get("seg_solver", "reference"),
+        device=device, random_init_quality=twin_csv, reuse=not force, seg_solver=opts.get("seg_solver", "reference"),
         cls_solver=opts.get("cls_solver", "lbfgs"),
     )
     return {**paths, "provenance": provenance("concept results", concept_stage_json(out), before)}
 
 
-def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_options: dict, seed: int) -> dict:
-    """The comparison stage on a dataset's models (reused when its record matches); the returned paths carry
-    ``"provenance"`` (see :func:`run_concepts`)."""
+def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_options: dict, seed: int,
+                   force: bool = False) -> dict:
+    """The comparison stage on a dataset's models (stored outputs of the same inputs are reused unless
+    ``force``); the returned paths carry ``"provenance"`` (see :func:`run_concepts`)."""
     from conceptsim.comparison.stage import run_comparison_stage
 
     out = dataset_results(study, dataset)
     before = _read(comparison_stage_json(out))
     paths = run_comparison_stage(out, out, models=list(models), seed=seed,
                                  permutations=comparison_options["permutations"],
-                                 bootstrap=comparison_options["bootstrap"], reuse=True)
+                                 bootstrap=comparison_options["bootstrap"], reuse=not force)
     return {**paths, "provenance": provenance("comparison results", comparison_stage_json(out), before)}
 
 

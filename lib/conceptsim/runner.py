@@ -8,15 +8,26 @@ chain) its dependents run again. A run's record is removed when the run starts, 
 not) leaves no record and is redone; the temporary files it left (:func:`conceptsim.atomic.remove_debris`)
 are removed by the next run once their process is gone.
 
+Forcing. ``--force`` makes the selected runs recompute: the notebook gets ``force=True`` and the stage
+ignores its stored outputs. A record lists the hashes of the run's outputs (:func:`output_paths`); a run
+whose stored output no longer matches its recorded hash is forced on any run, and the record says which
+runs were forced and why.
+
+Threads. Every run gets :data:`RUN_THREADS` torch/BLAS threads, whatever ``--jobs`` or ``--cluster``:
+float reductions depend on the thread count, so the same study gives byte-identical results either way.
+
 Failures. A failing notebook keeps its executed copy with the traceback; runs that depend on it are
 skipped; :func:`run_study` reports them and the CLI exits non-zero naming the failed run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,12 +37,130 @@ from typing import Any
 import nbformat
 import yaml
 
+from conceptsim.atomic import debris_pid, remove_debris, sha256_file, sha256_json, write_json, write_text
 from conceptsim.atomic import notebook_code_hash as package_code_hash
-from conceptsim.atomic import remove_debris, sha256_json, write_json, write_text
-from conceptsim.paths import book_results_dir, logs_dir, model_dir_name, project_root, results_dir, runs_dir
+from conceptsim.paths import (
+    book_results_dir,
+    comparison_stage_json,
+    concept_stage_json,
+    dataset_results,
+    logs_dir,
+    model_dir_name,
+    model_results,
+    project_root,
+    results_dir,
+    runs_dir,
+    store_path,
+)
 from conceptsim.study import Run, Study
 
 log = logging.getLogger("conceptsim.runner")
+
+_study_process: int | None = None  # in a pool worker: the process id of the study that started it
+
+
+class StudyBusy(RuntimeError):
+    """Another process runs the same study (same results folder)."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """The study was stopped (Ctrl-C, SIGTERM); ``runs`` were running and are left without a record."""
+
+    def __init__(self, runs: list[str]):
+        super().__init__(runs)
+        self.runs = runs
+
+
+@contextlib.contextmanager
+def study_lock(study: str, create: bool = True):
+    """Hold ``results/<study>/.study.lock`` (``flock``, released by the OS when the holder dies) for the block;
+    :class:`StudyBusy` naming the holder's process id at once when another process holds it. Re-entrant
+    within a process. Without ``create`` a study with no results folder yet is not locked (nothing is written
+    before its inputs are checked; :func:`run_study` locks it)."""
+    path = results_dir() / study / ".study.lock"
+    if str(path) in _locks or (not create and not path.parent.is_dir()):
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StudyBusy(f"study {study} is already being run by process {holder} (lock {path}); "
+                        f"wait for it to end or stop it (kill {holder})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _locks.add(str(path))
+    try:
+        yield
+    finally:
+        _locks.discard(str(path))
+        handle.close()  # closing releases the lock
+
+
+_locks: set[str] = set()
+
+
+def _worker_start(study_pid: int) -> None:
+    """Initializer of the pool's worker processes: Ctrl-C is the study process's to handle (no traceback from
+    every worker); SIGTERM, or the study process's death (Linux: PR_SET_PDEATHSIG), kills the worker's kernel
+    and ends the worker at once, without a record."""
+    global _study_process
+    _study_process = study_pid
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the study while it forked this worker
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent check before writing a record remains
+        pass
+    if os.getppid() != study_pid:  # the study ended before the line above
+        _worker_stop()
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Hold Ctrl-C and SIGTERM back while the pool forks workers: a worker forked now starts with them blocked
+    until its initializer has set its own handlers (no traceback from a worker caught mid-start); the study
+    process receives them right after."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _worker_stop(*_: Any) -> None:
+    kernels = sys.modules.get("conceptsim.kernels")  # not imported yet: this worker started no kernel
+    if kernels is not None and hasattr(kernels, "kill_all_now"):
+        kernels.kill_all_now()
+    os._exit(1)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now (each kills its kernel) and drop the runs not yet started."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.join(timeout=10)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+# torch and BLAS threads of every run, independent of --jobs and of the machine's cores (see the module docstring)
+RUN_THREADS = 1
 
 
 def notebooks_dir() -> Path:
@@ -124,15 +253,72 @@ def critical_path(runs: list[Run], expected: dict[str, float | None]) -> dict[st
     return chain
 
 
-def is_complete(run: Run, key: str) -> bool:
+def output_paths(run: Run) -> list[Path]:
+    """The result files and folders a run writes (hashed into its record): the activation store of an
+    extraction; the stage record of a concept or comparison stage and every output it lists."""
+    study = run.parameters["study"]
+    if run.stage == "extract":
+        return [store_path(study, run.dataset, run.model)]
+    if run.stage == "concepts":
+        record = concept_stage_json(model_results(study, run.dataset, run.model))
+    elif run.stage == "compare_layers":
+        record = comparison_stage_json(dataset_results(study, run.dataset))
+    else:
+        return []
+    try:
+        listed = json.loads(record.read_text()).get("outputs") or {}
+    except (OSError, ValueError, AttributeError):
+        listed = {}
+    return [record] + [record.parent / str(v) for v in sorted(listed.values())]
+
+
+_hash_memo: dict[tuple, str] = {}
+
+
+def content_hash(path: Path) -> str | None:
+    """sha256 of a file, or of a folder's files (relative names and contents); None when absent. A file's
+    hash is remembered for its size and modification time within this process."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and debris_pid(p.name) is None)
+        return sha256_json([(str(p.relative_to(path)), content_hash(p)) for p in files])
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _hash_memo:
+        _hash_memo[memo] = sha256_file(path)
+    return _hash_memo[memo]
+
+
+def output_hashes(run: Run) -> dict[str, str | None]:
+    """``{path relative to the results folder: content hash}`` of the run's outputs (:func:`output_paths`)."""
+    root = results_dir()
+    return {os.path.relpath(p, root): content_hash(p) for p in output_paths(run)}
+
+
+def changed_outputs(record: dict) -> list[str]:
+    """The outputs of a record whose content no longer matches the hash recorded (edited, removed)."""
+    root = results_dir()
+    return [rel for rel, digest in sorted((record.get("outputs") or {}).items()) if content_hash(root / rel) != digest]
+
+
+def recorded(run: Run, key: str) -> dict | None:
+    """The run's completion record if it is ok, has ``key`` and its executed notebook exists, else None."""
     rec = record_path(run)
     if not rec.exists() or not executed_path(run).exists():
-        return False
+        return None
     try:
         data = json.loads(rec.read_text())
     except json.JSONDecodeError:
-        return False
-    return data.get("key") == key and data.get("status") == "ok"
+        return None
+    return data if isinstance(data, dict) and data.get("key") == key and data.get("status") == "ok" else None
+
+
+def is_complete(run: Run, key: str) -> bool:
+    """Recorded with this key, and every recorded output still has its recorded content."""
+    data = recorded(run, key)
+    return data is not None and not changed_outputs(data)
 
 
 def pending(runs: list[Run], force: bool = False) -> list[Run]:
@@ -141,6 +327,37 @@ def pending(runs: list[Run], force: bool = False) -> list[Run]:
         return list(runs)
     keys = run_keys(runs)
     return [r for r in runs if not is_complete(r, keys[r.id])]
+
+
+def forced_runs(runs: list[Run], keys: dict[str, str], force: bool) -> dict[str, str]:
+    """``{run id: why}`` for the runs that must recompute ignoring stored outputs: all under ``force``, else
+    those whose record is current but an output changed since it was recorded."""
+    if force:
+        return {r.id: "--force" for r in runs}
+    why = {}
+    for r in runs:
+        data = recorded(r, keys[r.id])
+        changed = changed_outputs(data) if data is not None else []
+        if changed:
+            why[r.id] = "output changed since it was recorded: " + ", ".join(changed)
+            log.warning("%s: %s; recomputing it", r.id, why[r.id])
+    return why
+
+
+@contextlib.contextmanager
+def run_threads(threads: int):
+    """The thread settings of one run, in this process's environment while it runs (the kernel inherits them)."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS")
+    before = {n: os.environ.get(n) for n in names}
+    os.environ.update({n: str(threads) for n in names})
+    try:
+        yield
+    finally:
+        for n, v in before.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 def select(runs: list[Run], only: dict[str, str | list[str]]) -> list[Run]:
@@ -166,20 +383,24 @@ def select(runs: list[Run], only: dict[str, str | list[str]]) -> list[Run]:
     return [r for r in runs if r.id in chosen]
 
 
-def execute_run(run: Run, key: str, threads: int | None = None, fresh_kernel: bool = False) -> dict[str, Any]:
+def execute_run(run: Run, key: str, threads: int | None = RUN_THREADS, fresh_kernel: bool = False,
+                force: bool | str = False) -> dict[str, Any]:
     """Execute one run's notebook (in this process's papermill) and record it. Returns the record.
 
     The notebook runs in this thread's warm kernel (:mod:`conceptsim.kernels`), or in a new kernel of its
-    own with ``fresh_kernel``."""
+    own with ``fresh_kernel``, with ``threads`` torch/BLAS threads. ``force`` (true, or the reason) is given
+    to the notebook as its ``force`` parameter: the stage recomputes instead of reusing stored outputs."""
+    with run_threads(threads or RUN_THREADS):
+        return _execute_run(run, key, fresh_kernel, force)
+
+
+def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> dict[str, Any]:
     import papermill
     from traitlets.config import Config
 
     from conceptsim import kernels
     from conceptsim.book import reporting
 
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CONCEPTSIM_TORCH_THREADS"):
-            os.environ[var] = str(threads)
     record_path(run).unlink(missing_ok=True)  # executing means not complete: a kill from here on redoes the run
     out = executed_path(run)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +420,7 @@ def execute_run(run: Run, key: str, threads: int | None = None, fresh_kernel: bo
         "engine_name": kernels.ENGINE, "warm_kernel": kernels.kernel_of_this_thread(notebooks_dir(), config)}
     try:
         papermill.execute_notebook(
-            str(notebooks_dir() / run.notebook), str(tmp), parameters=run.parameters,
+            str(notebooks_dir() / run.notebook), str(tmp), parameters={**run.parameters, "force": bool(force)},
             kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()), **engine,
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
@@ -216,7 +437,13 @@ def execute_run(run: Run, key: str, threads: int | None = None, fresh_kernel: bo
         "status": status, "error": error, "parameters": run.parameters, "notebook": run.notebook,
         "executed_notebook": str(out.relative_to(project_root())) if out.is_relative_to(project_root()) else str(out),
         "started": t0, "seconds": round(time.time() - t0, 3), "log": str(logfile),
+        "forced": bool(force), "forced_because": force if isinstance(force, str) else None,
+        "threads": int(os.environ.get("CONCEPTSIM_TORCH_THREADS") or 0) or None,
     }
+    if status == "ok":
+        record["outputs"] = output_hashes(run)
+    if _study_process is not None and os.getppid() != _study_process:  # a pool worker whose study was stopped
+        os._exit(1)  # no record: the run is redone by the next study run
     if status == "ok":
         write_json(record_path(run), record)
     else:
@@ -261,6 +488,12 @@ def run_study(
     run and ``skip(run_id)`` for each dependent of a failed one, and tells ``progress`` (the display) when a
     run starts and on which worker (``progress.started(run_id, worker)``).
     """
+    with study_lock(study.name):
+        return _run_study(study, jobs, only, force, progress, executor, fresh_kernels)
+
+
+def _run_study(study: Study, jobs: int, only: dict[str, str] | None, force: bool, progress: bool, executor: Any,
+               fresh_kernels: bool) -> StudyOutcome:
     from conceptsim.models.user_models import write_model_listing
     from conceptsim.progress import StudyProgress, expected_seconds
 
@@ -272,9 +505,10 @@ def run_study(
             log.info("removed %s, left by a process that no longer runs", path)
     by_id = {r.id: r for r in runs}
     outcome = StudyOutcome()
+    forced = forced_runs(runs, keys, force)
     todo: dict[str, Run] = {}
     for r in topological(runs):
-        if not force and is_complete(r, keys[r.id]):
+        if r.id not in forced and is_complete(r, keys[r.id]):
             outcome.skipped_complete.append(r.id)
         else:
             todo[r.id] = r
@@ -285,7 +519,6 @@ def run_study(
                         expected=expected, enabled=progress).start()
     done_ok = set(outcome.skipped_complete)
     failed: set[str] = set()
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
 
     def ready() -> list[Run]:
         """The runs whose dependencies are done, the longest chain of dependents first (as the estimate)."""
@@ -294,11 +527,6 @@ def run_study(
 
     def blocked(r: Run) -> bool:
         return any(d in failed for d in r.depends_on)
-
-    def finish(rec: dict) -> None:
-        outcome.executed.append(rec)
-        (done_ok if rec["status"] == "ok" else failed).add(rec["id"])
-        bar.finished(rec["id"], rec["status"] == "ok", rec["seconds"])
 
     def skip(rid: str) -> None:
         todo.pop(rid, None)
@@ -315,37 +543,61 @@ def run_study(
                     skip(rid)
                     changed = True
 
-    if executor is not None:
-        executor.execute(list(todo.values()), keys, finish, skip, priority=chain, progress=bar)
-    elif jobs <= 1:
-        from conceptsim.kernels import shutdown_all
+    in_progress: list[str] = []
 
-        try:
-            while todo:
-                prune()
-                nxt = next(iter(ready()), None)
-                if nxt is None:
-                    break
-                del todo[nxt.id]
-                bar.started(nxt.id)
-                finish(execute_run(nxt, keys[nxt.id], fresh_kernel=fresh_kernels))
-        finally:
-            shutdown_all()  # this process's kernel ends with the study
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            running: dict[Future, str] = {}
-            while todo or running:
-                prune()
-                for r in ready()[: jobs - len(running)]:
-                    del todo[r.id]
-                    bar.started(r.id)
-                    running[pool.submit(execute_run, r, keys[r.id], threads, fresh_kernels)] = r.id
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    running.pop(fut)
-                    finish(fut.result())
+    def start(r: Run) -> None:
+        del todo[r.id]
+        in_progress.append(r.id)
+        bar.started(r.id)
+
+    def finish(rec: dict) -> None:
+        if rec["id"] in in_progress:
+            in_progress.remove(rec["id"])
+        outcome.executed.append(rec)
+        (done_ok if rec["status"] == "ok" else failed).add(rec["id"])
+        bar.finished(rec["id"], rec["status"] == "ok", rec["seconds"])
+
+    try:
+        if executor is not None:
+            executor.execute(list(todo.values()), keys, finish, skip, priority=chain, progress=bar, forced=forced)
+        elif jobs <= 1:
+            from conceptsim.kernels import shutdown_all
+
+            try:
+                while todo:
+                    prune()
+                    nxt = next(iter(ready()), None)
+                    if nxt is None:
+                        break
+                    start(nxt)
+                    finish(execute_run(nxt, keys[nxt.id], RUN_THREADS, fresh_kernels, forced.get(nxt.id, False)))
+            finally:
+                shutdown_all()  # this process's kernel ends with the study
+        else:
+            pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_start, initargs=(os.getpid(),))
+            try:
+                running: dict[Future, str] = {}
+                while todo or running:
+                    prune()
+                    for r in ready()[: jobs - len(running)]:
+                        start(r)
+                        with _stop_signals_held():
+                            running[pool.submit(execute_run, r, keys[r.id], RUN_THREADS, fresh_kernels,
+                                                forced.get(r.id, False))] = r.id
+                    if not running:
+                        break
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        running.pop(fut)
+                        finish(fut.result())
+            except BaseException:
+                _stop_pool(pool)
+                raise
+            pool.shutdown()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one: the runs stopped, no records
+        bar.enabled = False
+        bar.close()
+        raise StudyInterrupted(list(in_progress)) from None
     bar.close()
     write_book_pages(study)
     return outcome

@@ -118,9 +118,15 @@ BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
 DEVICE = Rule("cpu, cuda, cuda:N (N a GPU index) or auto",
               lambda v: isinstance(v, str) and re.fullmatch(r"cpu|cuda|cuda:\d+|auto", v) is not None)
 FRACTIONS = Rule(
-    "three non-negative numbers summing to 1 (train, val, test)",
-    lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(f) and f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
+    "three positive numbers summing to 1 (train, val, test: every split needs images)",
+    lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(f) and f > 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
 )
+
+#: The most bootstrap resamples a stage accepts: the resamples are held in memory (about 48 bytes each: 10**6
+#: take about 48 MB; 10**12 asked for 43.7 TiB and failed with a MemoryError inside the notebook).
+MAX_BOOTSTRAP = 10**6
+BOOTSTRAP = Rule(f"an integer in [1, {MAX_BOOTSTRAP}] (the resamples are held in memory: about 48 MB at "
+                 f"{MAX_BOOTSTRAP}, 44 TiB at 10**12)", lambda v: _is_int(v) and 1 <= v <= MAX_BOOTSTRAP)
 
 #: Every stage option: name -> (default, rule). The one place where options, defaults and accepted values live.
 SECTIONS: dict[str, dict[str, tuple[Any, Rule]]] = {
@@ -144,21 +150,22 @@ SECTIONS: dict[str, dict[str, tuple[Any, Rule]]] = {
         "lr": (0.01, number(0, low_open=True)),
         "epochs": (30, integer(1)),
         "patience": (5, integer(0)),
-        "bootstrap": (1000, integer(1)),
+        "bootstrap": (1000, BOOTSTRAP),
         "dissection": (True, BOOLEAN),
         "seg_solver": ("reference", one_of(*SOLVERS)),
         "cls_solver": ("lbfgs", one_of(*SOLVERS)),
     },
     "comparison": {
         "permutations": (10000, integer(1)),
-        "bootstrap": (10000, integer(1)),
+        "bootstrap": (10000, BOOTSTRAP),
     },
 }
 SECTION_DEFAULTS = {s: {k: d for k, (d, _) in opts.items()} for s, opts in SECTIONS.items()}
 
 TOP_RULES: dict[str, Rule] = {
-    "name": Rule("a simple identifier (letters, digits, - and _)",
-                 lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None),
+    "name": Rule("a simple identifier (letters, digits, - and _) of at most 100 characters (it names folders and "
+                 "files; the file system allows 255 characters a name)",
+                 lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,100}", v) is not None),
     "description": Rule("text", lambda v: isinstance(v, str)),
     "seed": integer(0),
 }
@@ -214,12 +221,18 @@ class Problems:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.messages: list[str] = []
+        self.smoke: set[str] = set()  # dotted keys whose value comes from the study's smoke: section
+
+    def key(self, key: str) -> str:
+        """``key`` as the user wrote it: ``smoke.<key>`` when the value comes from the smoke: section."""
+        parts = key.split(".")
+        return f"smoke.{key}" if any(".".join(parts[:i]) in self.smoke for i in range(1, len(parts) + 1)) else key
 
     def add(self, message: str) -> None:
         self.messages.append(message)
 
     def bad_value(self, key: str, value: Any, accepted: str) -> None:
-        self.add(f"'{key}' is {value!r}; accepted: {accepted}")
+        self.add(f"'{self.key(key)}' is {value!r}; accepted: {accepted}")
 
     def unknown_keys(self, where: str, got: Iterable, allowed: Iterable) -> list:
         unknown = sorted((k for k in got if k not in set(allowed)), key=str)
@@ -270,11 +283,16 @@ def validate_study(raw: Any, path: Path | None = None, smoke: bool = False) -> d
     for req in REQUIRED:
         if req not in raw:
             p.add(f"missing required key '{req}'")
+    if smoke and raw.get("smoke") is None:
+        raise StudyError(f"{path or 'study'}: --smoke, but the study has no 'smoke:' section (the tiny parameters "
+                         "to use, e.g. smoke: {concepts: {epochs: 1, bootstrap: 10}}); add one or run without --smoke")
     if smoke:
         over = p.mapping("smoke", raw.get("smoke"))
         if over:
             bad = p.unknown_keys("'smoke'", over, TOP_KEYS - {"smoke", "name"})
-            raw = _deep_merge(raw, {k: v for k, v in over.items() if k not in bad})
+            over = {k: v for k, v in over.items() if k not in bad}
+            p.smoke = set(_dotted_keys(over))
+            raw = _deep_merge(raw, over)
     for key, rule in TOP_RULES.items():
         if key in raw and not rule.ok(raw[key]):
             p.bad_value(key, raw[key], rule.accepted)
@@ -284,11 +302,31 @@ def validate_study(raw: Any, path: Path | None = None, smoke: bool = False) -> d
     layers = _check_layers(p, raw.get("layers"), models)
     sections = {name: _check_section(p, name, raw.get(name)) for name in SECTIONS}
     _check_device_key(p, raw, sections)
+    _check_split_sizes(p, datasets, sections["split"])
     p.raise_if_any()
     name = raw["name"] + ("-smoke" if smoke else "")  # smoke results never mix with the full study's
     return {"name": name, "description": str(raw.get("description", "")), "seed": raw.get("seed", 0),
             "datasets": datasets, "models": models, "layers": layers, "sections": sections,
             "model_specs": model_specs}
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> Iterable[str]:
+    for k, v in tree.items():
+        yield prefix + str(k)
+        if isinstance(v, dict):
+            yield from _dotted_keys(v, f"{prefix}{k}.")
+
+
+def _check_split_sizes(p: Problems, datasets: dict, split: dict) -> None:
+    """``max_images`` must leave at least one image in every split of ``split.fractions``."""
+    fractions = split.get("fractions")
+    if not FRACTIONS.ok(fractions):
+        return
+    for ds, opts in datasets.items():
+        n = opts.get("max_images") if isinstance(opts, dict) else None
+        if _is_int(n) and n >= 1 and min(round(n * f, 6) for f in fractions) < 1:
+            p.add(f"'{p.key(f'datasets.{ds}.max_images')}' is {n}: too few images for split.fractions {fractions} "
+                  f"(every split needs at least one; accepted: max_images >= {math.ceil(1 / min(fractions))})")
 
 
 def _check_device_key(p: Problems, raw: dict, sections: dict) -> None:
@@ -321,7 +359,7 @@ def _check_section(p: Problems, name: str, values: Any) -> dict:
 
 def _check_datasets(p: Problems, datasets: Any, base_dir: Path | None = None) -> dict:
     from conceptsim.data.coco import DatasetError
-    from conceptsim.data.registry import DATASETS
+    from conceptsim.data.registry import DATASETS, option_problems
     from conceptsim.data.user_datasets import is_user_dataset, parse_dataset
 
     if not isinstance(datasets, dict) or not datasets:
@@ -355,6 +393,8 @@ def _check_datasets(p: Problems, datasets: Any, base_dir: Path | None = None) ->
                 p.bad_value(f"datasets.{ds}.root", opts["root"], "the path of a local copy (text)")
         if "build" in opts:
             _check_build(p, ds, spec, opts["build"])
+        for problem in option_problems(ds, opts):  # concepts, split and bootstrap fields, styles
+            p.add(problem)
         out[ds] = opts
     return out
 
@@ -415,6 +455,14 @@ def _check_models(p: Problems, models: Any, base_dir: Path | None = None) -> tup
             parse_model_name(m)
         except UnknownModelError as exc:
             p.add(f"in 'models': {exc}")
+    for name, spec in specs.items():
+        if "python" in spec:  # the builder must be importable before any run starts
+            from conceptsim.models.user_models import python_builder
+
+            try:
+                python_builder(spec)
+            except UserModelError as exc:
+                p.add(f"'models.{name}': {exc}")
     return list(dict.fromkeys(models)), specs
 
 
@@ -462,6 +510,14 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
         reason = unavailable_reason(ds, study.datasets[ds].get("root"))
         if reason:
             p.add(f"dataset {ds}: {reason}")
+    from conceptsim.extraction.store import foreign_files
+    from conceptsim.paths import store_path
+
+    for r in extractions:  # a store that is recomputed is replaced: never with the user's files in it
+        found = foreign_files(store_path(study.name, r.dataset, r.model))
+        if found:
+            p.add(f"{store_path(study.name, r.dataset, r.model)} holds files the suite did not write "
+                  f"({', '.join(f.name for f in found[:5])}); move them out of the folder, then run again")
     gaps = False
     for model in dict.fromkeys(r.model for r in extractions):
         for gap in missing_weights(model):
@@ -469,7 +525,7 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
             gaps = True
     if extractions or any(r.stage == "concepts" for r in runs):
         _check_device(p, study.sections["extraction"]["device"])
-    _check_writable(p, study.name)
+    _check_writable(p, study.name, runs)
     try:
         p.raise_if_any(" (nothing was started)")
     except StudyError as exc:
@@ -490,12 +546,38 @@ def _check_device(p: Problems, device: str) -> None:
             p.add(f"'extraction.device' is {device!r} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def _check_writable(p: Problems, study: str) -> None:
-    from conceptsim.paths import project_root, results_dir
+def _check_writable(p: Problems, study: str, runs: list) -> None:
+    """Probe every folder the runs write to (results, executed notebooks, logs, records, built datasets), not
+    only the study's root: a read-only subfolder is named before work starts."""
+    from conceptsim.paths import (
+        book_results_dir,
+        dataset_results,
+        datasets_dir,
+        logs_dir,
+        model_dir_name,
+        model_results,
+        project_root,
+        results_dir,
+        runs_dir,
+    )
 
-    for folder in (results_dir() / study, project_root() / "book" / "results" / study, project_root() / "book" / "_generated"):
+    folders = [results_dir() / study, book_results_dir(study), project_root() / "book" / "_generated",
+               runs_dir(study), logs_dir(study)]
+    for r in runs:
+        folders.append(dataset_results(study, r.dataset))
+        folders.append(book_results_dir(study) / r.dataset)
+        if r.model:
+            folders.append(model_results(study, r.dataset, r.model))
+            folders.append(book_results_dir(study) / r.dataset / model_dir_name(r.model))
+        if r.stage == "extract":
+            folders.append(datasets_dir())
+    reported: list[Path] = []
+    for folder in dict.fromkeys(folders):
+        if any(folder.is_relative_to(r) for r in reported):
+            continue  # its parent's problem is already named
         problem = writable_problem(folder)
         if problem:
+            reported.append(folder)
             p.add(problem)
 
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from conceptsim.atomic import atomic_path, exclusive, sha256_file, sha256_json, write_json
+from conceptsim.atomic import atomic_path, debris_pid, exclusive, pid_alive, sha256_file, sha256_json, write_json
 from conceptsim.data import coco_icons, fetch, photo_colors, shapes
 from conceptsim.data.coco import DatasetError, DatasetSource
 from conceptsim.paths import datasets_dir
+
+log = logging.getLogger("conceptsim.data.registry")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class DatasetSpec:
     choices: dict = field(default_factory=dict)
     split: dict | None = None
     missing: Callable[[], str | None] | None = None  # embedded: why its sources are absent here (None: present)
+    image_fields: tuple = ()  # embedded: the fields its image records carry besides id, file_name, width, height
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -79,6 +84,7 @@ DATASETS: dict[str, DatasetSpec] = {
         # the most colours shown by two or more photos in val and in test
         split={"by": "source", "test": ["astronaut.png", "bus.jpg", "coffee.png", "zidane.jpg"],
                "val": ["chelsea.png", "china.jpg", "ihc.png", "retina.jpg"]},
+        image_fields=("source",),
     ),
     "coco-icons": DatasetSpec(
         "coco-icons", "embedded", "COCO object categories as emoji art in six styles on real photos, exact masks",
@@ -86,6 +92,7 @@ DATASETS: dict[str, DatasetSpec] = {
         coco_icons.BUILDER_VERSION, coco_icons.concept_categories(), coco_icons.concepts_of_build,
         limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
         choices={"mode": tuple(coco_icons.MODES)},
+        image_fields=("style", "background"),
     ),
     "coco2017-val": DatasetSpec(
         "coco2017-val", "online", "COCO val2017 instance masks (person, vehicles, animals)",
@@ -103,6 +110,53 @@ def _spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def option_problems(name: str, options: dict) -> list[str]:
+    """What in an embedded dataset's study options names something its builds do not have (read from the
+    registry, nothing built): concepts and the categories they group, the image field of ``split.by`` and
+    ``bootstrap_by``, and coco-icons styles in a split. Each problem names its key under ``datasets.<name>``."""
+    spec = _spec(name)
+    if spec.kind != "embedded":
+        return []
+    build = options.get("build") if isinstance(options.get("build"), dict) else {}
+    problems: list[str] = []
+    try:
+        full = build_params(name, False, **build)
+        groups = spec.concepts(full) if callable(spec.concepts) else None
+    except (ValueError, KeyError, TypeError):
+        return []  # the build parameters themselves are wrong: reported by their own rules
+    categories = set(c for names in groups.values() for c in names) if groups else set(spec.concept_categories)
+    names = set(groups) | categories if groups else categories | set(spec.concept_categories.values())
+    concepts = options.get("concepts")
+    if isinstance(concepts, list):
+        unknown = [c for c in concepts if c not in names]
+        if unknown:
+            problems.append(f"'datasets.{name}.concepts' names {unknown}, which {name} does not have; accepted: "
+                            f"{sorted(names)}")
+    elif isinstance(concepts, dict):
+        for concept, d in concepts.items():
+            cats = d.get("categories", [concept]) if isinstance(d, dict) else [d] if isinstance(d, str) else d
+            unknown = [c for c in cats if c not in categories] if isinstance(cats, list) else []
+            if unknown:
+                problems.append(f"'datasets.{name}.concepts.{concept}' names categories {unknown}, which {name} "
+                                f"does not have; accepted: {sorted(categories)}")
+    fields = ("id", "file_name", "width", "height", *spec.image_fields)
+    split = options.get("split")
+    for key, field_name in (("split.by", split.get("by") if isinstance(split, dict) else None),
+                            ("bootstrap_by", options.get("bootstrap_by"))):
+        if isinstance(field_name, str) and field_name not in fields:
+            problems.append(f"'datasets.{name}.{key}' is {field_name!r}, but {name}'s images have no such field; "
+                            f"accepted: {', '.join(fields)}")
+    if name == "coco-icons" and isinstance(split, dict) and split.get("by") == "style":
+        styles = build.get("styles") or list(coco_icons.icon_sources.STYLES)
+        for key in ("test", "val"):
+            values = split.get(key) or []
+            unknown = [v for v in ([values] if isinstance(values, str) else values) if v not in styles]
+            if unknown:
+                problems.append(f"'datasets.{name}.split.{key}' names style(s) {unknown} that the build does not "
+                                f"have; accepted: {', '.join(styles)}")
+    return problems
 
 
 def build_parameters(name: str) -> dict:
@@ -226,6 +280,20 @@ def unavailable_reason(name: str, root: str | os.PathLike | None = None) -> str 
     return spec.missing() if spec.missing else None
 
 
+def remove_build_debris(out: Path) -> list[Path]:
+    """Remove what killed builds of dataset folder ``out`` left beside it (``.<name>.tmp-<pid>...``, the writer
+    gone); a live build's temporaries and every other file are left alone. Returns what was removed."""
+    removed = []
+    for path in sorted(out.parent.glob(f".{out.name}.*")):
+        pid = debris_pid(path.name)
+        if pid is None or pid_alive(pid):
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        log.info("removed %s, left by a dataset build that no longer runs", path)
+        removed.append(path)
+    return removed
+
+
 def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | None = None, **params) -> DatasetSource:
     """Return the dataset ``name``, building or fetching it first if needed.
 
@@ -260,6 +328,7 @@ def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | Non
         with exclusive(out):
             meta = read_marker(out)
             if meta is None:
+                remove_build_debris(out)
                 _build(name, out, full)
                 meta, built = read_marker(out), True
     if not built:

@@ -6,7 +6,8 @@
       my_data:
         coco: {images: path/to/images, annotations: path/to/instances.json}   # relative to the study file
         concepts: [person, vehicle]            # or {vehicle: [car, bus]}; default: every category
-        concept_categories: {vehicle: object}  # optional concept -> category overrides
+        concept_categories: {vehicle: object}  # concept -> category; required where a concept's supercategory
+                                               # is none of colour, texture, shape, object, part, material, scene
         max_images: 100                        # optional, per split
 
 Categories are grouped into concepts exactly as for the named datasets
@@ -77,6 +78,59 @@ def user_source(name: str, options: Mapping) -> DatasetSource:
     )
 
 
+def undeclared_concept_categories(data: Mapping, options: Mapping, key: str, ann: Path) -> None:
+    """Every concept of a declared dataset needs a concept category: its categories' shared supercategory if
+    that is one of :data:`conceptsim.data.coco.CONCEPT_CATEGORIES`, else one given in ``concept_categories``
+    or the concept's ``{categories: ..., category: ...}``. A user's unknown supercategory is an error, not
+    silently ``object`` (a named dataset's object groups are declared in the registry)."""
+    from conceptsim.data.coco import CONCEPT_CATEGORIES
+
+    by_name = {c["name"]: c for c in data["categories"]}
+    concepts = options.get("concepts")
+    if concepts is None:
+        spec = {c["name"]: [c["name"]] for c in data["categories"]}
+    elif isinstance(concepts, Mapping):
+        spec = {name: None if isinstance(v, Mapping) and v.get("category") else
+                (list(v.get("categories", [name])) if isinstance(v, Mapping) else [v] if isinstance(v, str) else list(v))
+                for name, v in concepts.items()}
+    else:
+        supers = {c.get("supercategory") for c in data["categories"]}
+        spec = {name: [name] if name in by_name else [c["name"] for c in data["categories"]
+                                                     if c.get("supercategory") == name] if name in supers else None
+                for name in concepts}
+    declared = dict(options.get("concept_categories") or {})
+    missing = {}
+    for name, cats in spec.items():
+        if not cats or name in declared or any(c not in by_name for c in cats):
+            continue  # declared, or an unknown category: reported by resolve_concepts
+        sup = {by_name[c].get("supercategory") for c in cats}
+        if len(sup) != 1 or sup.pop() not in CONCEPT_CATEGORIES:
+            missing[name] = sorted({str(by_name[c].get("supercategory")) for c in cats})
+    if missing:
+        first = next(iter(missing))
+        raise DatasetError(
+            f"'{key}.concepts' ({ann}): concept(s) {sorted(missing)} have supercategories "
+            f"{sorted({s for v in missing.values() for s in v})}, none of the concept categories "
+            f"{', '.join(CONCEPT_CATEGORIES)}; declare theirs, e.g. concept_categories: {{{first}: object}}")
+
+
+def check_image_file(path: Path, record: Mapping, key: str, ann: Path) -> None:
+    """The image file decodes as an image and has the width and height its annotation record declares."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            img.verify()  # the whole file: truncated or corrupt data is found here, not in the extraction
+    except Exception as exc:  # noqa: BLE001 -- PIL raises many types for a bad file
+        raise DatasetError(f"{key}: image {record['id']} ({path}) cannot be read as an image "
+                           f"({type(exc).__name__}: {exc})") from None
+    declared = (record.get("width"), record.get("height"))
+    if None not in declared and tuple(int(v) for v in declared) != size:
+        raise DatasetError(f"{key}: image {record['id']} ({path}) is {size[0]}x{size[1]} pixels, but {ann} declares "
+                           f"width {declared[0]}, height {declared[1]}")
+
+
 def validate_dataset(name: str, options: Mapping, split_options: Mapping) -> ConceptDataset:
     """Check every image, annotation and concept of a declared dataset; return it (all splits)."""
     key = f"datasets.{name}"
@@ -89,6 +143,8 @@ def validate_dataset(name: str, options: Mapping, split_options: Mapping) -> Con
     for im in data["images"]:
         if not (image_dir / str(im["file_name"])).is_file():
             raise DatasetError(f"'{key}.coco.images': image {im['id']} of {ann} ({im['file_name']}) is not in {image_dir}")
+        check_image_file(image_dir / str(im["file_name"]), im, f"'{key}.coco.images'", ann)
+    undeclared_concept_categories(data, options, key, ann)
     try:
         resolve_concepts(data, options.get("concepts"), options.get("concept_categories"), f"'{key}.concepts' ({ann})")
         ds = ConceptDataset(user_source(name, options), concepts=options.get("concepts"), split=None,

@@ -22,7 +22,15 @@ from conceptsim.data.geometry import capped_grid
 from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.depth import trace_depth
 from conceptsim.extraction.hooks import record_activations
-from conceptsim.extraction.store import COMPRESSORS, STORE_DTYPES, ActivationStore, LayerInfo, StoreError, StoreWriter
+from conceptsim.extraction.store import (
+    COMPRESSORS,
+    STORE_DTYPES,
+    ActivationStore,
+    LayerInfo,
+    StoreError,
+    StoreWriter,
+    refuse_foreign_files,
+)
 from conceptsim.models.registry import LoadedModel
 from conceptsim.runtime import configure_process
 
@@ -167,6 +175,7 @@ def extract(
     boxes = np.array([dataset.content_box_of(i) for i in ids], dtype=np.float32).reshape(n, 4)
     bar = _progress(n, model.name, progress)
     t1 = time.perf_counter()
+    refuse_foreign_files(out_path)  # the store is replaced below: never with the user's files in it
     with atomic_path(out_path) as tmp:
         writer: StoreWriter | None = None
 

@@ -97,6 +97,30 @@ class LayerInfo:
         )
 
 
+_ZARR_METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
+def foreign_files(store_dir: str | os.PathLike) -> list[Path]:
+    """Files in an activation store folder that a zarr store does not hold (metadata files, chunk keys made of
+    numbers): something the user put there, which a recomputation must not delete."""
+    import re
+
+    store_dir = Path(store_dir)
+    if not store_dir.is_dir():
+        return []
+    return sorted(p for p in store_dir.rglob("*") if not p.is_dir() and p.name not in _ZARR_METADATA
+                  and re.fullmatch(r"\d+([./]\d+)*", p.name) is None)
+
+
+def refuse_foreign_files(store_dir: str | os.PathLike) -> None:
+    """:class:`StoreError` naming the folder and the files when ``store_dir`` holds files the suite did not write."""
+    found = foreign_files(store_dir)
+    if found:
+        names = ", ".join(str(p.relative_to(store_dir)) for p in found[:5]) + (" ..." if len(found) > 5 else "")
+        raise StoreError(f"{store_dir} holds files the suite did not write ({names}); recomputing the store would "
+                         "delete them: move them out of the folder, then run again")
+
+
 def _chunk(n: int, per_chunk: int) -> int:
     return max(1, min(n, per_chunk))
 

