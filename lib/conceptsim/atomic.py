@@ -241,9 +241,10 @@ def _resolve(node: ast.ImportFrom | ast.Import, current: str) -> list[str]:
         base = ".".join(pkg + ([base] if base else []))
     if base.split(".")[0] != PACKAGE:
         return []
-    out = [base]
-    out += [f"{base}.{a.name}" for a in node.names if module_file(f"{base}.{a.name}") is not None]
-    return out
+    subs = [f"{base}.{a.name}" for a in node.names if module_file(f"{base}.{a.name}") is not None]
+    # `from pkg import sub` runs pkg's module-level code only (a parent, see closure); `from pkg import name`
+    # uses pkg itself
+    return subs if len(subs) == len(node.names) else [base] + subs
 
 
 @lru_cache(maxsize=None)
@@ -255,6 +256,8 @@ def _parse(name: str) -> tuple[frozenset, dict, dict]:
     local: dict[str, frozenset] = {}
     refs: dict[str, frozenset] = {}
     for stmt in tree.body:
+        if _type_checking_only(stmt):
+            continue  # `if TYPE_CHECKING:` imports never run
         imports = {m for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom)) for m in _resolve(n, name)}
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             local[stmt.name] = frozenset(imports)
@@ -262,6 +265,10 @@ def _parse(name: str) -> tuple[frozenset, dict, dict]:
         else:
             top |= imports
     return frozenset(top), local, refs
+
+
+def _type_checking_only(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id == "TYPE_CHECKING" and not stmt.orelse
 
 
 def _with_parents(name: str) -> list[str]:
@@ -273,11 +280,18 @@ def closure(entries: Mapping[str, Iterable[str] | None]) -> list[str]:
     """Package modules run by ``entries`` (module -> the names used, or None for the whole module), sorted."""
     seen: set[str] = set()
     todo: list[str] = []
+    packages_only: set[str] = set()  # parent packages: importing a submodule runs their module-level code only
 
-    def add(mod: str) -> None:
+    def add(mod: str, whole: bool = True) -> None:
         for m in _with_parents(mod):
+            itself = m == mod and whole
             if m not in seen and module_file(m) is not None:
                 seen.add(m)
+                todo.append(m)
+                if not itself:
+                    packages_only.add(m)
+            elif itself and m in packages_only:  # now imported for itself: its functions count too
+                packages_only.discard(m)
                 todo.append(m)
 
     narrowed = {m: set(n) for m, n in entries.items() if n is not None}
@@ -285,7 +299,7 @@ def closure(entries: Mapping[str, Iterable[str] | None]) -> list[str]:
         if mod in narrowed:
             top, local, refs = _parse(mod)
             for m in _with_parents(mod)[:-1]:
-                add(m)
+                add(m, whole=False)
             seen.add(mod)
             names, stack = set(), list(narrowed[mod])
             while stack:
@@ -298,8 +312,9 @@ def closure(entries: Mapping[str, Iterable[str] | None]) -> list[str]:
         else:
             add(mod)
     while todo:
-        top, local, _ = _parse(todo.pop())
-        for m in set(top).union(*local.values()):
+        mod = todo.pop()
+        top, local, _ = _parse(mod)
+        for m in set(top) if mod in packages_only else set(top).union(*local.values()):
             add(m)
     return sorted(seen)
 
