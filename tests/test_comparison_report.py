@@ -33,7 +33,8 @@ def test_markdown_carries_the_json_numbers(run):
     for c in ("aligned", "beyond_resolution", "from_training"):
         assert report.COMPONENT_NAMES[c] in report.finding2_table(doc)
     assert report.fmt(f2["error"], 2) in report.finding2_table(doc)
-    assert "emergence" in md.lower() and not any(line.startswith("### ") for line in md.splitlines())
+    assert "emergence" in md.lower() and "### ds" not in md.splitlines()  # no duplicate dataset heading
+    assert not any(line.startswith("#### ") for line in md.splitlines())  # ## Dataset, then ### sections
     opening = report.study_opening([doc], "s")
     assert "What was tested" in opening and "What it found" in opening and "How sure" in opening
     overview = report.verdict_overview([doc])

@@ -161,7 +161,7 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
         + report.table(["models", "layer pairs", "Spearman", "mean S_seg", "mean CKA", "largest gap"], rows)
         + "\n"
     )
-    return (report.findings_markdown(doc) + "\n\n#### Key figures\n\n" + "\n\n".join(shown) + "\n\n"
+    return (report.findings_markdown(doc) + "\n\n### Key figures\n\n" + "\n\n".join(shown) + "\n\n"
             + cka_text)
 
 

@@ -293,12 +293,12 @@ def verdict_overview(docs: list[dict]) -> str:
 def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg", "cls")) -> str:
     """The detailed generated section for one dataset (the page's heading names the dataset)."""
     doc = load_findings(doc)
-    parts = ["#### Positive control: shared backbone blocks matched block to block", positive_control_table(doc)]
+    parts = ["### Positive control: shared backbone blocks matched block to block", positive_control_table(doc)]
     for m in methods:
         if not any(m in p["finding1"] for p in doc["pairs"]):
             continue
         parts += [
-            f"#### {METHOD_NAMES.get(m, m)[:1].upper()}{METHOD_NAMES.get(m, m)[1:]}", summary_sentences(doc, m),
+            f"### {METHOD_NAMES.get(m, m)[:1].upper()}{METHOD_NAMES.get(m, m)[1:]}", summary_sentences(doc, m),
             "**Finding 1**: agreement beyond accuracy of the trained pair's val-selected layer pair, minus the twins' "
             "at the same layers", finding1_table(doc, m),
             "<details><summary>Per concept category (diagnostic)</summary>\n\n" + finding1_category_table(doc, m)

@@ -95,11 +95,22 @@ class SegProbes:
 
     Attributes
     ----------
-    weight : ``K x C``; bias : ``K``; best_epoch : ``K`` (1-based epoch of the kept weights; for the L-BFGS
-    solver the number of iterations); val_iou : ``K`` validation set IoU (the best, for the reference
-    solver); epochs_run : epochs (L-BFGS iterations) actually run;
-    history : per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen; empty for L-BFGS).
-    loss : the final training loss per concept (L-BFGS only); grad_max : its largest |gradient| entry.
+    weight
+        ``K x C`` weights.
+    bias
+        ``K`` biases.
+    best_epoch
+        ``K``: the 1-based epoch of the kept weights (for the fast solver, its iterations).
+    val_iou
+        ``K`` validation set IoUs (the best, for the reference solver).
+    epochs_run
+        The epochs (fast solver: iterations) that ran.
+    history
+        Per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen; empty for the fast solver).
+    loss
+        The final training loss per concept (fast solver only).
+    grad_max
+        Its largest absolute gradient entry.
     """
 
     weight: np.ndarray
@@ -353,8 +364,8 @@ def train_segmentation_probes(
 ) -> SegProbes:
     """Train K concept probes jointly (one ``C -> K`` convolution) with the chosen ``solver``.
 
-    ``solver="reference"`` (default): :func:`train_segmentation_probes_reference` (Adam, early stopping on
-    val set IoU; ``gtol`` and ``max_iter`` are not used). ``solver="lbfgs"``: :func:`solve_segmentation_probes`,
+    ``solver="reference"`` (default): ``train_segmentation_probes_reference`` (Adam, early stopping on
+    val set IoU; ``gtol`` and ``max_iter`` are not used). ``solver="lbfgs"``: ``solve_segmentation_probes``,
     the optimum of the loss to ``gtol`` (``lr``, ``epochs``, ``patience``, ``batch_size`` are not used).
     """
     if solver not in SOLVERS:
