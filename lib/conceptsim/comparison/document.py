@@ -406,7 +406,8 @@ NOTES = {
     "pixels floor (paired bootstrap on val); per concept the trained pair's best layer pair on val; on test, trained "
     "minus twins at that same pair (mean over twin seeds), mean over concepts; hierarchical bootstrap (images or "
     "source photos, then concepts), t interval, one-sided p",
-    "finding2": "three tests per model pair: aligned (advantage over the depth-permutation null), beyond resolution "
+    "finding2": "three tests per model pair: aligned (advantage over the depth-permutation null; its p is the "
+    "permutation test's, which respects that concepts share layers, so its t-based MDE is a lower bound), beyond resolution "
     "(over the oracle at each layer's native stride), from training (over the twins); per-concept advantages, t "
     "intervals",
     "verdicts": "supported: 95 % interval clear of zero and Holm p < 0.05; contradicted: interval below the smallest "
