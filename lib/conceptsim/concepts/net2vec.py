@@ -93,24 +93,12 @@ class EvalSet:
 class SegProbes:
     """Trained probes of one layer, in the standardised activation space.
 
-    Attributes
-    ----------
-    weight
-        ``K x C`` weights.
-    bias
-        ``K`` biases.
-    best_epoch
-        ``K``: the 1-based epoch of the kept weights (for the fast solver, its iterations).
-    val_iou
-        ``K`` validation set IoUs (the best, for the reference solver).
-    epochs_run
-        The epochs (fast solver: iterations) that ran.
-    history
-        Per epoch, the ``K`` validation set IoUs (NaN for concepts already frozen; empty for the fast solver).
-    loss
-        The final training loss per concept (fast solver only).
-    grad_max
-        Its largest absolute gradient entry.
+    Fields: ``weight`` (``K x C``) and ``bias`` (``K``); ``best_epoch`` (``K``: the 1-based epoch of the kept
+    weights; for the fast solver, its iterations); ``val_iou`` (``K`` validation set IoUs, the best for the
+    reference solver); ``epochs_run`` (the epochs, or fast-solver iterations, that ran); ``history`` (per
+    epoch, the ``K`` validation set IoUs; NaN for concepts already frozen, empty for the fast solver);
+    ``loss`` (the final training loss per concept, fast solver only) and ``grad_max`` (its largest absolute
+    gradient entry).
     """
 
     weight: np.ndarray
