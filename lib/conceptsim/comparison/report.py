@@ -252,9 +252,18 @@ def study_opening(docs: list[dict], study: str) -> str:
         f"**What it found.** Finding 1: {count_text(f1)} of {len(f1)} tests. Finding 2: {count_text(f2)} of "
         f"{len(f2)} tests.",
     ]
+    by_ds = {}
+    for ds, f, m, p, t in tests:
+        if f == "finding 1":
+            by_ds.setdefault(ds, []).append(t)
+    parts = []
+    for ds, ts in by_ds.items():
+        sup = [t for t in ts if t.verdict == "supported"]
+        if sup:
+            parts.append(f"on {ds}, {len(sup)} of {len(ts)} (trained − twins {min(t.effect for t in sup):+.2f} to "
+                         f"{max(t.effect for t in sup):+.2f})")
     if supported1:
-        lines.append(" Finding 1 is supported for " + "; ".join(
-            f"{p} on {ds} ({m}, {t.effect:+.2f} [{t.ci_low:+.2f}, {t.ci_high:+.2f}])" for ds, m, p, t in supported1) + ".")
+        lines.append(" Finding 1 is supported " + "; ".join(parts) + "; the tables below give every test.")
     if ctl:
         passed = sum(1 for c in ctl if c.passed)
         lines.append(f" The positive control (shared backbone blocks matched block to block) passed {passed} of "
