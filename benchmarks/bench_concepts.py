@@ -29,6 +29,9 @@ OPT_IN = False
 SPEEDUP_TARGET = 10.0
 IOU_TARGET = 0.01
 SOLVER_SPEEDUP_TARGET = 3.0  # issue 24: concept stage at least 3x faster than the reference
+#: the change against the reference solver the book accepts as "the same optimum" (median |delta| over layer x
+#: concept; the largest is in the details): methods.md, "Solving the probes"
+DELTA_TARGET = {"set_iou": 0.05, "ap": 0.01}
 
 
 def real_store(ctx: Context, model: str = "ssd_mobilenet_v2_coco", per_split: int | None = None):
@@ -115,20 +118,19 @@ def solver_entries(ctx: Context, store_path, source: str) -> list[dict]:
         deltas[metric] = {"median": float(np.median(d)) if len(d) else np.nan, "max": float(d.max()) if len(d) else np.nan,
                           "n": int(len(d))}
     fast_s, ref_s = sum(seconds["fast"].values()), sum(seconds["reference"].values())
-    details = {"source": source, "layers": per_layer, "seconds": seconds, "delta": deltas,
+    details = {"source": source, "layers": per_layer, "seconds": seconds, "fast_s": fast_s, "reference_s": ref_s,
+               "delta": deltas,
                "note": "fast = seg Newton/L-BFGS to the balanced-BCE optimum + batched L-BFGS logistic regression; "
                        "reference = Adam with early stopping on val IoU + scikit-learn"}
     return [
         entry("concepts_solver/speedup", "Concept probes (Method A + B with controls): reference vs fast solver seconds",
               "speed-up", "x", [ref_s / fast_s], SOLVER_SPEEDUP_TARGET, "higher", details, benchmark=NAME, notes=source),
-        entry("concepts_solver/fast_s", "Concept probes with the fast solvers, all layers", "seconds", "s", [fast_s], None,
-              "lower", details, benchmark=NAME, notes=source),
-        entry("concepts_solver/reference_s", "Concept probes with the reference solvers, all layers", "seconds", "s", [ref_s],
-              None, "lower", details, benchmark=NAME, notes=source),
         entry("concepts_solver/delta_iou", "Fast vs reference solver: median |delta test set IoU| (largest in details)",
-              "median |dIoU|", "IoU", [deltas["set_iou"]["median"]], None, "lower", deltas, benchmark=NAME, notes=source),
+              "median |dIoU|", "IoU", [deltas["set_iou"]["median"]], DELTA_TARGET["set_iou"], "lower", deltas, benchmark=NAME,
+              notes=source),
         entry("concepts_solver/delta_ap", "Fast vs reference solver: median |delta test AP| (largest in details)",
-              "median |dAP|", "AP", [deltas["ap"]["median"]], None, "lower", deltas, benchmark=NAME, notes=source),
+              "median |dAP|", "AP", [deltas["ap"]["median"]], DELTA_TARGET["ap"], "lower", deltas, benchmark=NAME,
+              notes=source),
     ]
 
 

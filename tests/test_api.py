@@ -16,8 +16,9 @@ datasets:
   my_data:
     coco: {images: data/images, annotations: data/annotations/instances.json}
     concepts: {person: [person], wheeled: [car, bus], pet: [dog, cat]}
+    concept_categories: {person: object, wheeled: object, pet: object}
 models:
-  - net: {torchvision: resnet18, input_size: 32}
+  - net: {torchvision: resnet18, input_size: 32, weights: net.pth}
   - net:random
 layers: {net: [layer1, layer3], "net:random": [layer1, layer3]}
 device: cpu
@@ -92,6 +93,11 @@ def tiny_results(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("api") / "project")
     write_coco(root / "data", n=12, ann_name="instances.json", image_dir="images", fractions=(0.5, 0.25, 0.25))
     (root / "tiny.yml").write_text(STUDY)
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)  # a model "with weights" (a twin needs one): resnet18's own initialisation, saved
+    torch.save(torchvision.models.resnet18().state_dict(), root / "net.pth")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONCEPTSIM_ROOT", str(root))
         mp.setenv("CONCEPTSIM_RESULTS", str(root / "results"))

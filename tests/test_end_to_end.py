@@ -68,7 +68,7 @@ def test_smoke_study_writes_documented_results(smoke_study):
         findings = json.loads((out / ds / "findings.json").read_text())
         assert findings
     executed = sorted((out.parents[1] / "book" / "results" / "default-smoke").rglob("*.ipynb"))
-    assert len(executed) == 3 * (6 * 2 + 2)
+    assert len(executed) == 3 * (7 * 2 + 2)  # 3 trained models, one twin each, the pixels floor
 
 
 def test_rerun_reuses_every_complete_run(smoke_study):
@@ -76,7 +76,7 @@ def test_rerun_reuses_every_complete_run(smoke_study):
     cmd = [str(VENV_BIN / "conceptsim"), "run", "studies/default.yml", "--smoke", "--quiet"]
     proc = subprocess.run(cmd, cwd=out.parents[1], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "0 run(s) executed, 42 reused" in proc.stdout
+    assert "0 run(s) executed, 48 reused" in proc.stdout
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,9 @@ SET_UP_VARIABLES = ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "JUPYTER_CONFIG_DIR", "JU
 
 
 def test_setup_tunes_the_process_once():
-    env = {**os.environ, "CONCEPTSIM_TORCH_THREADS": "1", "OMP_NUM_THREADS": "2"}
+    # every thread variable set here: earlier tests of the session may have left their own in os.environ
+    env = {**os.environ, "CONCEPTSIM_TORCH_THREADS": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
+           "OPENBLAS_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert (got["at_import"], got["at_setup"]) == (2, 1)  # importing left torch alone; setup() applied the setting

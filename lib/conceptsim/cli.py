@@ -30,6 +30,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.twins_only:
         keep_random_twins(study)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the study as Ctrl-C does
+    # Ctrl-C stops the study even when it was started from a non-interactive shell's background job, whose
+    # children inherit SIGINT ignored (then Python installs no KeyboardInterrupt handler of its own)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with study_lock(study.name, create=False):  # one `conceptsim run` per study at a time: a second one stops here
             return _run_locked(args, study, only)
