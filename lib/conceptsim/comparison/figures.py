@@ -99,7 +99,9 @@ def layer_heatmaps(
     panels.append((cka, cka, None))
     drawn = [(title, *matrix(similarity, model_a, model_b, m, concepts)) for title, m, concepts in panels]
     most = max([max(len(rows), len(cols)) for _, _, rows, cols in drawn] + [1])
-    side = max(3.2, 0.17 * most + 1.8)  # room for one 9 pt layer name per row and column
+    longest = max([len(str(x[1])) for _, _, rows, cols in drawn for x in list(rows) + list(cols)] + [0])
+    # room for one 9 pt layer name per row and column, and for the longest name beside / below the panel
+    side = max(3.2, 0.17 * most + 1.8) + 0.07 * max(0, longest - 12)
     fig = Figure(figsize=(side * len(panels) + 0.8, side + 0.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     mesh = None
