@@ -103,10 +103,7 @@ def concept_level_means(diff_replicates: np.ndarray, rng: np.random.Generator) -
     reps = np.asarray(diff_replicates, np.float64)
     b, k = reps.shape
     idx = rng.integers(0, k, size=(b, k))
-    drawn = np.take_along_axis(reps, idx, axis=1)
-    ok = np.isfinite(drawn)
-    cnt = ok.sum(axis=1)
-    return np.where(cnt > 0, np.where(ok, drawn, 0.0).sum(axis=1) / np.maximum(cnt, 1), np.nan)
+    return nanmean_rows(np.take_along_axis(reps, idx, axis=1))
 
 
 def nanmean_rows(x: np.ndarray) -> np.ndarray:
@@ -234,10 +231,9 @@ def learned_concepts(point: np.ndarray, reps: np.ndarray, trained: np.ndarray, t
     out = {}
     if not len(twins):
         return {c: LearnedConcept(None, reason="no random-init twin in the study") for c in concepts}
-    twin_point = np.nanmean(np.stack([point[t] for t in twins]), axis=0)  # |A| x K
     twin_reps = np.nanmean(np.stack([reps[:, t] for t in twins]), axis=0)  # B x |A| x K
     with np.errstate(invalid="ignore"):
-        d_twin = np.nanpercentile(reps[:, trained] - twin_reps, 2.5, axis=0) if reps.shape[0] else twin_point * np.nan
+        d_twin = np.nanpercentile(reps[:, trained] - twin_reps, 2.5, axis=0)
     d_pix = None
     if pixels is not None and len(pixels):
         pq = np.where(np.isfinite(point[pixels]), point[pixels], -np.inf)
