@@ -268,6 +268,11 @@ def test_default_study_composes_for_power():
     for smoke in (False, True):  # the smoke study inherits the mode
         study = load_study(ROOT / "studies" / "default.yml", smoke=smoke)
         assert study.datasets["coco-icons"]["build"]["mode"] == "objects"
+    from conceptsim.coco_icons_report import DEFAULT_STUDY_CATEGORIES
+
+    build = load_study(ROOT / "studies" / "default.yml").datasets["coco-icons"]["build"]
+    assert tuple(build["categories"]) == DEFAULT_STUDY_CATEGORIES  # the power check probes the study's categories
+    assert len(coco_icons.concepts_of_build(build)) >= 12  # room for the 12 learned object concepts
 
 
 def test_power_check_probes_and_same_layer_summary():
