@@ -227,7 +227,7 @@ def test_objects_mode_draws_one_or_two_large_mostly_visible_objects():
     bank = coco_icons.icon_bank(styles, cats, 48)
     groups = coco_icons.background_groups(styles)
     cover = {}
-    for mode in ("scene", "objects"):
+    for mode in ("scene", "objects", "single"):
         comp = coco_icons.MODES[mode]
         fractions, counts = [], []
         for index in range(16):
@@ -241,6 +241,7 @@ def test_objects_mode_draws_one_or_two_large_mostly_visible_objects():
         cover[mode] = float(np.median(fractions))
     assert coco_icons.MODES["objects"].scale[0] >= 0.35 and coco_icons.MODES["objects"].objects == (1, 2)
     assert cover["objects"] > 2 * cover["scene"]  # object-centric: far larger objects than the scene mode (2.7x)
+    assert coco_icons.MODES["single"].objects == (1, 1) and coco_icons.MODES["single"].scale[0] > coco_icons.MODES["objects"].scale[0]
     with pytest.raises(ValueError, match=r"unknown coco-icons mode 'huge'.*objects.*scene"):
         coco_icons.place_objects(5, 0, 96, styles, cats, bank, mode="huge")
 
@@ -255,7 +256,7 @@ def test_mode_is_a_validated_build_parameter(tmp_path):
     assert build_params("coco-icons", mode="objects")["mode"] == "objects"
     from conceptsim.study import parse_study
 
-    with pytest.raises(Exception, match=r"'datasets.coco-icons.build.mode' is 'huge'; accepted: one of \['scene', 'objects'\]"):
+    with pytest.raises(Exception, match=r"'datasets.coco-icons.build.mode' is 'huge'; accepted: one of \['scene', 'objects', 'single'\]"):
         parse_study({"name": "t", "datasets": {"coco-icons": {"build": {"mode": "huge"}}}, "models": ["mobilenet_v2_imagenet:random"]})
     with pytest.raises(ValueError, match="unknown coco-icons mode 'huge'"):
         coco_icons.build_coco_icons(tmp_path / "x", n=2, size=64, styles=FEW_STYLES, mode="huge")

@@ -92,8 +92,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="--out: delete a non-empty folder's contents even if it is not a previous build (lists them)")
     b.add_argument("--styles", help="coco-icons: comma-separated art styles (default: all)")
     b.add_argument("--categories", help="coco-icons: comma-separated COCO category names (default: all)")
-    b.add_argument("--mode", help="coco-icons: composition, 'scene' (1-4 objects of 10-60 %% of the side; default) "
-                                  "or 'objects' (1-2 objects of 35-80 %%)")
+    b.add_argument("--mode", help="coco-icons: composition, 'scene' (1-4 objects of 10-60 %% of the side; default), "
+                                  "'objects' (1-2 objects of 35-80 %%) or 'single' (1 object of 50-90 %%)")
     b.set_defaults(func=_guarded(_build))
 
     f = sub.add_parser("fetch", help="download a paper dataset or register a local copy")

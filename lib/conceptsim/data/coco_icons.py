@@ -6,13 +6,15 @@ npm packages (:mod:`conceptsim.data.icon_sources`), rasterised by resvg (``resvg
 all come from one *style* (Fluent modern, Fluent flat, OpenMoji, OpenMoji outline, Noto, Twemoji), so a
 split that holds whole styles out measures transfer to an unseen style.
 
-Two compositions (the build parameter ``mode``, :data:`MODES`):
+Three compositions (the build parameter ``mode``, :data:`MODES`):
 
 - ``scene``: 1-4 objects per image, each 10-60 % of the image side, an object left less than 30 %
   visible is not drawn -- small, often occluded objects in clutter;
 - ``objects``: 1-2 objects per image, each 35-80 % of the image side, an object left less than 60 %
   visible is not drawn -- object-centric pictures, where a probe on a few hundred images can learn the
-  categories (see the dataset's book page for the measured difference).
+  categories (see the dataset's book page for the measured difference);
+- ``single``: one object per image, 50-90 % of the image side -- icon pictures, the easiest task (the
+  power check on the book page gives it the largest trained-vs-twin margins).
 
 Per object: a category (uniform), one of its emoji (uniform), a size drawn uniformly from the mode's
 range, a rotation of up to +-30 degrees, a mirror flip (p = 0.5) and, for half of the objects, a random
@@ -66,6 +68,7 @@ class Composition:
 MODES = {
     "scene": Composition(objects=(1, 4), scale=(0.10, 0.60), min_visible=0.3),
     "objects": Composition(objects=(1, 2), scale=(0.35, 0.80), min_visible=0.6),
+    "single": Composition(objects=(1, 1), scale=(0.50, 0.90), min_visible=0.6),
 }
 MAX_ROTATION = 30.0  # degrees
 HUE_FRACTION = 0.5  # objects whose hue is rotated
@@ -319,7 +322,7 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     styles, categories : subsets by name (default: every style of :data:`icon_sources.STYLES` and every
         category of :data:`icon_sources.CATEGORIES`); an unknown name is an error naming it.
     mode : the composition, a key of :data:`MODES` (``scene``: 1-4 objects of 10-60 % of the side;
-        ``objects``: 1-2 objects of 35-80 %); see the module docstring.
+        ``objects``: 1-2 objects of 35-80 %; ``single``: 1 object of 50-90 %); see the module docstring.
     workers : processes (default: up to 2, 1 for small ``n``); output does not depend on it.
 
     Raises
