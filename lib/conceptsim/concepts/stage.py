@@ -157,10 +157,20 @@ def check_layer_geometry(store: ActivationStore, info: LayerInfo) -> None:
            "(targets must be on the activation grid)")
 
 
-def read_selected(array, rows: np.ndarray, cidx: np.ndarray) -> np.ndarray:
-    """Rows of a ``N x K x ...`` store array, restricted to the selected concept columns."""
-    parts = [block[:, cidx] for _, block in read_rows(array, rows, batch=64)]
-    return np.concatenate(parts) if parts else np.zeros((0, len(cidx), *array.shape[2:]), array.dtype)
+def read_selected(array, rows: np.ndarray, cidx: np.ndarray, dtype=None) -> np.ndarray:
+    """Rows of a ``N x K x ...`` store array, restricted to the selected concept columns.
+
+    Filled block by block into one array of ``dtype`` (default: the store's; ``bool`` gives ``value != 0``),
+    concept-major in memory (strides of ``K x n x ...`` with the first two axes swapped): the layout that
+    selecting the columns block by block and concatenating gives, which fixes the order of the probes' loss
+    reductions over the targets, so the probes do not change with how the array is assembled.
+    """
+    out = np.empty((len(cidx), len(rows), *array.shape[2:]), dtype or array.dtype).swapaxes(0, 1)
+    pos = 0
+    for _, block in read_rows(array, rows, batch=64):
+        out[pos : pos + len(block)] = block[:, cidx]
+        pos += len(block)
+    return out
 
 
 def mask_areas(array, rows: np.ndarray, cidx: np.ndarray) -> np.ndarray:
@@ -205,7 +215,7 @@ def prepare(store: ActivationStore, concepts, bootstrap: int, seed: int) -> tupl
     labels = {s: store.labels[rows[s]][:, cidx] for s in SPLITS}
     areas = {s: mask_areas(store.masks, rows[s], cidx) for s in SPLITS}
     boxes = torch.from_numpy(store.content_boxes.astype(np.float32))
-    eval_sets = {s: EvalSet(torch.from_numpy(read_selected(store.masks, rows[s], cidx)).bool(),
+    eval_sets = {s: EvalSet(torch.from_numpy(read_selected(store.masks, rows[s], cidx, bool)),
                             boxes[rows[s]], store.input_size) for s in ("val", "test")}
     include, reasons = exclusions(areas, labels, wanted)
     cats = {c["name"]: c.get("category", "") for c in store.concepts}
