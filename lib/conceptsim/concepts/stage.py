@@ -23,11 +23,14 @@ atomically:
     counts, excluded concepts with reasons and counts.
 
 Memory and speed. A layer's splits are held in memory as float32 whenever they fit the budget
-(:mod:`conceptsim.concepts.layerdata`), by design: peak memory then grows with the number of images (for
-example about 1.5x from 48 to 192 images) in exchange for standardising once and never re-reading the
-store. Network Dissection reuses those in-memory splits when they cover the whole store (see
-:func:`conceptsim.concepts.dissection.dissection_batches`), and IoUs are counted on separable-matrix
-resamplings (:class:`conceptsim.data.geometry.Resampler`).
+(:mod:`conceptsim.concepts.layerdata`), by design, in exchange for standardising once and never re-reading
+the store; they and the masks of val and test are what grows with the number of images. The work on them
+is bounded by the layer, not the images: bootstrap resamples in chunks
+(:data:`conceptsim.concepts.controls.BOOTSTRAP_CHUNK_VALUES`), mask areas a block of images at a time,
+standardising in place, dissection batches of :data:`conceptsim.concepts.dissection.BATCH_VALUES_PER_UNIT`
+values per unit; none of these changes a number. Network Dissection reuses the in-memory splits when they
+cover the whole store (see :func:`conceptsim.concepts.dissection.dissection_batches`), and IoUs are counted
+on separable-matrix resamplings (:class:`conceptsim.data.geometry.Resampler`).
 
 Exclusions (reported, counted, never silent): a concept is not trained for a method when it has no
 positive pixels (seg) or lacks positives or negatives among the image labels (cls) in train, val or test.
