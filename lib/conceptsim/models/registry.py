@@ -20,7 +20,7 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -388,51 +388,48 @@ def shared_blocks(model_a: str, model_b: str) -> dict[str, str]:
     return ssd if (a, b) == pair else {v: k for k, v in ssd.items()}
 
 
-#: Models declared in a study file (``conceptsim.models.user_models``), registered for this process only.
-USER_MODELS: dict[str, ModelSpec] = {}
+#: models a study file declares, by name (:func:`conceptsim.models.user_models.declared_model_specs`); the
+#: functions below resolve names against them and :data:`MODELS`. They are passed by whoever needs them, never
+#: kept in this module, so one study's declared models are not seen by another run in the same process.
+UserModels = Mapping[str, ModelSpec]
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
-    """Make a study-declared model resolvable by name in this process (a registry name cannot be reused)."""
-    if spec.name in MODELS:
-        raise UnknownModelError(f"model name {spec.name!r} is a registry model; choose another name for your model")
-    USER_MODELS[spec.name] = spec
-    return spec
-
-
-def model_names(include_random: bool = True) -> list[str]:
-    names = list(MODELS) + list(USER_MODELS)
-    twins = [n + RANDOM_SUFFIX for n in names if (MODELS.get(n) or USER_MODELS[n]).has_twin]
+def model_names(include_random: bool = True, user_models: UserModels | None = None) -> list[str]:
+    user_models = user_models or {}
+    names = list(MODELS) + [n for n in user_models if n not in MODELS]
+    twins = [n + RANDOM_SUFFIX for n in names if (MODELS.get(n) or user_models[n]).has_twin]
     return names + twins if include_random else names
 
 
-def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
+def parse_model_name(name: str, user_models: UserModels | None = None) -> tuple[ModelSpec, bool]:
     """``"NAME"``, ``"NAME:random"`` or ``"NAME:random@SEED"`` -> (spec, random_init).
 
-    Unknown names list the closest ones; a malformed seed is an error naming the expected form.
+    ``user_models``: the models the study declares (a registry name cannot be declared). Unknown names list
+    the closest ones; a malformed seed is an error naming the expected form.
     """
+    user_models = user_models or {}
     try:
         base, random_init, _ = split_twin_name(name)
     except ValueError as exc:
         raise UnknownModelError(str(exc)) from None
-    if base in USER_MODELS:
-        return USER_MODELS[base], random_init
+    if base in user_models and base not in MODELS:
+        return user_models[base], random_init
     if random_init and base in MODELS and not MODELS[base].has_twin:
         raise UnknownModelError(f"model {name!r}: {base!r} has no trained weights, so it has no random-init twin; "
                                 f"list it as {base!r}")
     if base not in MODELS:
-        close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.4)
+        close = difflib.get_close_matches(name, model_names(user_models=user_models), n=3, cutoff=0.4)
         raise UnknownModelError(
-            f"unknown model {name!r}; known models: {model_names(False)} (each also as NAME{RANDOM_SUFFIX} "
+            f"unknown model {name!r}; known models: {model_names(False, user_models)} (each also as NAME{RANDOM_SUFFIX} "
             f"or NAME{RANDOM_SUFFIX}@SEED)"
             + (f"; did you mean {close}?" if close else "")
         )
     return MODELS[base], random_init
 
 
-def missing_weights(name: str) -> list[str]:
+def missing_weights(name: str, user_models: UserModels | None = None) -> list[str]:
     """What keeps model ``name`` from loading here (empty: nothing; a random-init twin needs no files)."""
-    spec, random_init = parse_model_name(name)
+    spec, random_init = parse_model_name(name, user_models)
     if random_init:
         return []
     if spec.weight_gaps is not None:
@@ -440,14 +437,15 @@ def missing_weights(name: str) -> list[str]:
     return _carrier_gaps(spec.carrier)() if spec.carrier else []
 
 
-def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None) -> LoadedModel:
-    """Build a registry model in eval mode on ``device``.
+def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None,
+                user_models: UserModels | None = None) -> LoadedModel:
+    """Build a registry model (or one of ``user_models``, the study's declared models) in eval mode on ``device``.
 
     A twin ``NAME:random@SEED`` (``NAME:random``: ``seed``, by default :data:`RANDOM_INIT_SEED`) is built
     and initialised by :func:`conceptsim.models.twins.initialise_twin` under the seed derived from
     (``SEED``, architecture name) by :func:`conceptsim.models.twins.twin_init_seed`.
     """
-    spec, random_init = parse_model_name(name)
+    spec, random_init = parse_model_name(name, user_models)
     device = resolve_device(device)
     if random_init:
         _, _, name_seed = split_twin_name(name)
