@@ -92,3 +92,16 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))  # no weights: what is missing is known
     monkeypatch.chdir(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def small_dataset_and_model():
+    """A random-init MobileNetV2 and a 24-image shapes dataset in its input geometry (extraction tests)."""
+    from conceptsim import pipeline
+    from conceptsim.models.registry import build_model
+
+    loaded = build_model("mobilenet_v2_imagenet:random")
+    ds, source = pipeline.open_dataset("shapes", {"build": {"n": 24, "size": 96, "seed": 3}},
+                                       {"fractions": [0.6, 0.2, 0.2], "seed": 0, "min_area": 0.005},
+                                       loaded.preprocessing, 16)
+    return loaded, ds

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from conceptsim.atomic import save_figure
 from conceptsim.paths import project_root
 
 DETECTORS = ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco")
@@ -66,13 +67,13 @@ def example_figure(annotation_file: str | Path, path: str | Path, per_style: int
                 names.append(coco.cats[ann["category_id"]]["name"])
             axes[r, 2 * k].imshow(rgb)
             axes[r, 2 * k + 1].imshow(over)
-            axes[r, 2 * k + 1].set_title(", ".join(names), fontsize=6)
+            axes[r, 2 * k + 1].set_title(", ".join(names), fontsize=8)
         axes[r, 0].set_ylabel(style, fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -168,7 +169,7 @@ def recall_figure(table, path: str | Path) -> Path:
     ax.set_title(f"detect() at score ≥ {table['score_threshold'].iloc[0]:g}: right class, box IoU ≥ {table['iou'].iloc[0]:g}",
                  fontsize=9)
     ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=110)
+    save_figure(ax.figure, path, dpi=110)
     plt.close(ax.figure)
     return Path(path)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from conceptsim.atomic import write_text
+from conceptsim.atomic import save_figure, write_text
 from conceptsim.comparison.report import table
 from conceptsim.models.names import is_twin
 from conceptsim.paths import comparison_files, dataset_results, project_root
@@ -148,7 +148,7 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
                        ("finding2_seg", lambda: figures.finding2_plot(doc, "seg")),
                        ("emergence_seg", lambda: figures.emergence_plot(doc, "seg"))):
         fig = make()
-        fig.savefig(fig_dir / f"{name}.png", dpi=100)
+        save_figure(fig, fig_dir / f"{name}.png", dpi=100)
         shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
     sim = pd.read_csv(comparison_files(findings_json.parent)["similarity"], keep_default_na=False, na_values=[""])
     trained = sim[~sim["model_a"].map(is_twin) & ~sim["model_b"].map(is_twin)]
