@@ -61,6 +61,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from conceptsim.allocator import release_freed_memory
 from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, sha256_file, stage_identity, write_json
 from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices
@@ -147,7 +148,7 @@ def compute_similarities(
     pool = ThreadPoolExecutor(1) if (grid4 and cka) else None
     nthreads = torch.get_num_threads()
     units = UnitMatcher(nl, n, seed=seed) if pool is not None else None  # fed by the grid-4 pass
-    pending = pool.submit(_grid4_cka, so, max(read_images, 64), nthreads, units) if pool is not None else None
+    pending = pool.submit(_grid4_cka, so, read_images, nthreads, units) if pool is not None else None
 
     def fill(chunk, li: int, k: int, buf: torch.Tensor):
         if li < nl:
@@ -448,6 +449,7 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
         so_val = StudyOutputs(dataset_dir, models, split="val", truth=True, oracles=True)
         select = compute_similarities(so_val, seed=seed, chunk_images=chunk_images, grid4=False, cka=False,
                                       image_quality=True)
+        release_freed_memory()  # the pass's freed blocks, kept in several threads' heaps, go before the test pass
         selected_on = "val"
     elif select_split in ("val", "test"):
         so_val, select, selected_on = None, None, "test"  # no val images: select on test (recorded in findings.json)
@@ -464,6 +466,7 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
         plans, track = plan_findings(so, quality, select, so, seed, excluded)
         if track:  # selection on test: the tracked pairs are known only now (a second, rare pass)
             sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
+    release_freed_memory()  # the findings' bootstrap starts from the live matrices, not on top of the passes' heaps
     sims["seg_track"] = track
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
     paths = comparison_files(out_dir)
