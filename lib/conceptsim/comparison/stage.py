@@ -161,7 +161,7 @@ def compute_similarities(
     with prefetched(so.iter_chunks(chunk_images, read_images), depth=2) as chunks:
         for chunk in chunks:
             _accumulate(chunk, seg_acc, fill, cls_logits, gap, n)
-            release_freed_memory()
+            release_freed_memory()  # each thread keeps its own heap: without this their freed blocks pile up
     out: dict[str, np.ndarray] = {}
     if seg_acc is not None:
         full = seg_acc.results()
