@@ -128,6 +128,12 @@ def comparison_files(dataset_dir: str | Path) -> dict[str, Path]:
             "grounding": d / "grounding.csv", "findings": d / "findings.json"}
 
 
+def shortcut_csv(dataset_dir: str | Path) -> Path:
+    """The shortcut test's scores (:func:`conceptsim.comparison.grounding.shortcut_frame`), where a study's
+    networks have groups."""
+    return Path(dataset_dir) / "shortcut.csv"
+
+
 def comparison_stage_json(dataset_dir: str | Path) -> Path:
     """The comparison stage's record (what its outputs were computed from), written after them."""
     return Path(dataset_dir) / "comparison_stage.json"
