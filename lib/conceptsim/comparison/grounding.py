@@ -48,7 +48,8 @@ Small CNNs trained in groups (:mod:`conceptsim.models.small_cnn`: a planted cue 
 networks learned groups them: :func:`shortcut_scores` (AUPRC of same-group pairs ranked by similarity and
 the violation rate, averaged over groups). ``shortcut.csv`` (written by the comparison stage when the
 study's ``models.json`` gives two or more networks a ``group``), one row per measure, concept and layer:
-``dataset, method, concept, layer, auprc, base_rate, violation_rate, n_groups, n_networks, n_undefined``;
+``dataset, method, concept, layer, auprc, base_rate, chance_auprc, violation_rate, n_groups, n_networks,
+n_undefined``;
 ``concept`` is empty for the concept means and label-free measures and names the cue's concept (``dot``)
 for the concept measures asked about it alone.
 """
@@ -216,6 +217,21 @@ def group_separation(sim: np.ndarray, groups) -> dict[str, float]:
             "violation_rate": viol / total if total else float("nan"), "n_pairs": int(ok.sum())}
 
 
+def chance_average_precision(n_pos: int, n: int) -> float:
+    """Expected average precision of a random ranking of ``n`` items with ``n_pos`` positives (no ties):
+    the mean over positives ``i`` and ranks ``r`` of ``i / r`` times the chance that the i-th positive sits at
+    rank ``r``. Above the base rate ``n_pos / n`` for few positives (3 of 30: 0.19, not 0.10)."""
+    from scipy.special import comb
+
+    if not 0 < n_pos <= n:
+        raise ValueError(f"need 0 < n_pos <= n, got n_pos={n_pos}, n={n}")
+    total = 0.0
+    for i in range(1, n_pos + 1):
+        r = np.arange(i, n - n_pos + i + 1)
+        total += np.sum(i / r * comb(r - 1, i - 1) * comb(n - r, n_pos - i)) / comb(n, n_pos)
+    return float(total / n_pos)
+
+
 def shortcut_scores(sim: np.ndarray, groups) -> dict[str, float]:
     """ReSi's grouping scores averaged over groups: the shortcut and label-randomisation test's numbers.
 
@@ -223,9 +239,11 @@ def shortcut_scores(sim: np.ndarray, groups) -> dict[str, float]:
     G are ranked by similarity, pairs inside G positive; ``auprc`` is their average precision and
     ``base_rate`` its chance value (the share of pairs inside G); ``violation_rate`` the share of triples
     (anchor i in G, j in G, k outside G) with ``s(i, j) < s(i, k)`` (ties one half). Each is the mean over
-    groups. An undefined similarity (NaN, e.g. no concept represented in both layers) counts as the least
-    similar: a measure that cannot say is not credited with separating; ``n_undefined`` counts those pairs.
-    A perfect measure gives ``auprc`` 1 and ``violation_rate`` 0; a random one about ``base_rate`` and 0.5.
+    groups. ``chance_auprc`` is the expected ``auprc`` of a random ranking (:func:`chance_average_precision`,
+    above ``base_rate`` with few pairs inside a group). An undefined similarity (NaN, e.g. no concept
+    represented in both layers) counts as the least similar: a measure that cannot say is not credited with
+    separating; ``n_undefined`` counts those pairs. A perfect measure gives ``auprc`` 1 and
+    ``violation_rate`` 0; a random one about ``chance_auprc`` and 0.5.
     """
     from conceptsim.concepts.metrics import average_precision
 
@@ -245,11 +263,13 @@ def shortcut_scores(sim: np.ndarray, groups) -> dict[str, float]:
         touch = members[iu] | members[ju]
         inside = (members[iu] & members[ju])[touch].astype(np.float64)
         viol, total = _violations(s, g, np.flatnonzero(members))
-        scores.append((float(average_precision(inside, vals[touch])), float(inside.mean()), viol / total))
+        scores.append((float(average_precision(inside, vals[touch])), float(inside.mean()),
+                       chance_average_precision(int(inside.sum()), len(inside)), viol / total))
     if not scores:
         raise ValueError(f"shortcut scores need two or more groups, one of two or more networks; got groups {g.tolist()}")
-    auprc, base, viol = np.mean(scores, axis=0)
-    return {"auprc": float(auprc), "base_rate": float(base), "violation_rate": float(viol), "n_groups": len(scores),
+    auprc, base, chance, viol = np.mean(scores, axis=0)
+    return {"auprc": float(auprc), "base_rate": float(base), "chance_auprc": float(chance),
+            "violation_rate": float(viol), "n_groups": len(scores),
             "n_networks": int(len(g)), "n_undefined": int(undefined.sum())}
 
 
@@ -257,7 +277,7 @@ def shortcut_scores(sim: np.ndarray, groups) -> dict[str, float]:
 SHORTCUT_MEASURES = ("seg_kappa", "seg", "cls_partial", "cls", "cka", "cka_debiased", "units_bb")
 #: concept measures also scored on the cue's own concept alone (similarity.csv)
 SHORTCUT_CONCEPT_MEASURES = ("seg_kappa", "seg", "cls_partial", "cls")
-SHORTCUT_COLUMNS = ("dataset", "method", "concept", "layer", "auprc", "base_rate", "violation_rate", "n_groups",
+SHORTCUT_COLUMNS = ("dataset", "method", "concept", "layer", "auprc", "base_rate", "chance_auprc", "violation_rate", "n_groups",
                     "n_networks", "n_undefined")
 
 
