@@ -143,3 +143,16 @@ def test_shortcut_frame_reads_comparison_rows():
     assert by.loc[("cka", "", "block1"), "violation_rate"] == 0.5  # all ties
     assert by.loc[("seg_kappa", "dot", "block1"), "violation_rate"] == 1.0
     assert set(out["n_networks"]) == {6}
+
+
+def test_image_labels_leave_out_images_without_objects(tmp_path):
+    doc = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"},
+                      {"id": 3, "file_name": "c.jpg", "label": "dog"}],
+           "annotations": [{"image_id": 1, "category_id": 3, "area": 50}, {"image_id": 1, "category_id": 18, "area": 80},
+                           {"image_id": 3, "category_id": coco_icons.CUE_ID, "area": 90},
+                           {"image_id": 3, "category_id": 3, "area": 10}],
+           "categories": [{"id": 18, "name": "dog"}, {"id": 3, "name": "car"}, {"id": coco_icons.CUE_ID, "name": "dot"}]}
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(doc))
+    images, labels, names = coco_icons.image_labels(path)
+    assert [im["id"] for im in images] == [1, 3] and labels == ["dog", "dog"] and names == ["car", "dog"]

@@ -321,7 +321,7 @@ def _render_and_save(index: int) -> tuple[str, str, str, list[tuple[int, str, bo
     image, style_name, background, objects = render_image(
         st["seed"], index, st["size"], st["styles"], st["cats"], st["bank"], st["groups"], st["mode"])
     extra, instances = {}, []
-    if st["cue"] > 0:
+    if st["cue"] > 0 and objects:  # an image whose objects were all dropped has no label and no dot
         label = objects[dominant_index(objects)]["category"]
         dot = paint_cue(image, objects, st["cats"].index(label), st["seed"], index, st["cue"])
         extra = {"label": label.name, "cue": dot is not None}
@@ -365,8 +365,9 @@ def concepts_of_build(params: dict) -> dict[str, list[str]]:
 
 
 def image_labels(annotation_file: str | os.PathLike) -> tuple[list[dict], list[str], list[str]]:
-    """A build's images (file order), each one's label (its ``label`` field, else the category of its largest
-    instance; the dot is no label) and the label names (the build's categories in COCO id order)."""
+    """A build's labelled images (file order), each one's label (its ``label`` field, else the category of its
+    largest instance; the dot is no label) and the label names (the build's categories in COCO id order).
+    Images without an object (rare: every object was left too hidden to draw) have no label and are left out."""
     import json
 
     doc = json.loads(Path(annotation_file).read_text())
@@ -376,10 +377,9 @@ def image_labels(annotation_file: str | os.PathLike) -> tuple[list[dict], list[s
     for a in doc["annotations"]:
         if a["category_id"] != CUE_ID and a["area"] > largest.get(a["image_id"], (-1.0, ""))[0]:
             largest[a["image_id"]] = (a["area"], names[a["category_id"]])
-    images = sorted(doc["images"], key=lambda im: im["id"])
-    missing = [im["file_name"] for im in images if "label" not in im and im["id"] not in largest]
-    if missing:
-        raise DatasetError(f"{annotation_file}: images {missing[:5]} have no object and no label")
+    images = [im for im in sorted(doc["images"], key=lambda im: im["id"]) if im.get("label") or im["id"] in largest]
+    if not images:
+        raise DatasetError(f"{annotation_file}: no image has an object to give it a label")
     return images, [im.get("label") or largest[im["id"]][1] for im in images], label_names
 
 
