@@ -36,3 +36,5 @@ def test_grounding_smoke_study_scores_every_measure(tmp_path):
     page = (root / "book" / "results" / "grounding-smoke" / "grounding.md").read_text()
     section = page.split("## Shortcut affinity and label randomisation")[1]
     assert "| `cka` | `block4` |" in section and "| `seg_kappa` on `dot` | `block4` |" in section
+    assert "Training accuracy on the dominant-object label (mean per group): cue p=1 " in section
+    assert "shuffled labels " in section and "(2 networks)" in section

@@ -92,6 +92,20 @@ def shortcut_table(shortcut: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             "violation (layer mean)", "networks"], rows
 
 
+def training_line(study: "Study") -> str:
+    """One sentence: each group's mean training accuracy (from the checkpoints' records), empty without any."""
+    from conceptsim.models.small_cnn import group_of, training_record
+
+    acc: dict[str, list[float]] = {}
+    for spec in study.model_specs.values():
+        if "small_cnn" in spec and (rec := training_record(spec["small_cnn"])) is not None:
+            acc.setdefault(group_of(spec["small_cnn"]), []).append(rec["train_accuracy"])
+    if not acc:
+        return ""
+    parts = [f"{g} {np.mean(v):.2f} ({len(v)} networks)" for g, v in acc.items()]
+    return "Training accuracy on the dominant-object label (mean per group): " + "; ".join(parts) + "."
+
+
 def read_shortcut(study: "Study") -> pd.DataFrame | None:
     """All datasets' ``shortcut.csv`` rows of a study (None when none exists)."""
     frames = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for ds in study.datasets
@@ -138,9 +152,10 @@ SECTIONS = (
 
 
 def grounding_markdown(study_name: str, grounding: pd.DataFrame | None, planted: dict | None,
-                       shortcut: pd.DataFrame | None = None) -> str:
+                       shortcut: pd.DataFrame | None = None, training: str = "") -> str:
     """The page's markdown: one section per test, its table or a sentence saying why there is none."""
-    bodies = [None, None, None, table(*shortcut_table(shortcut)) if shortcut is not None else None]
+    bodies = [None, None, None, table(*shortcut_table(shortcut)) + (f"\n\n{training}" if training else "")
+              if shortcut is not None else None]
     if grounding is not None:
         bodies[0] = table(*monotonicity_table(grounding))
         bodies[1] = table(*alignment_table(grounding))
@@ -161,5 +176,7 @@ def write_grounding_page(study: "Study", path: Path, results_json: Path | None =
     grounding = read_grounding(study)
     if grounding is None:
         return None
-    write_text(path, grounding_markdown(study.name, grounding, planted_scores(results_json), read_shortcut(study)))
+    shortcut = read_shortcut(study)
+    write_text(path, grounding_markdown(study.name, grounding, planted_scores(results_json), shortcut,
+                                        training_line(study) if shortcut is not None else ""))
     return path
