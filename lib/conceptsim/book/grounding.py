@@ -79,17 +79,18 @@ def planted_table(scores: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def shortcut_table(shortcut: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Per measure (concept means, then the cue's concept alone, then label-free): AUPRC, its chance value and
-    the violation rate at the deepest probed layer, and AUPRC and violation averaged over the layers."""
+    the violation rate at the deepest probed layer, and both at every probed layer (shallow to deep)."""
     rows = []
     for concept in ("", *sorted(set(shortcut["concept"]) - {""})):
         for m in [m for m in MEASURES if m in set(shortcut[shortcut["concept"] == concept]["method"])]:
             sel = shortcut[(shortcut["method"] == m) & (shortcut["concept"] == concept)]
             last = sel.iloc[-1]
             rows.append([f"`{m}`" + (f" on `{concept}`" if concept else ""), f"`{last.layer}`", fmt(last.auprc),
-                         fmt(last.chance_auprc), fmt(last.violation_rate), fmt(sel["auprc"].mean()),
-                         fmt(sel["violation_rate"].mean()), str(int(last.n_networks))])
-    return ["measure", "deepest layer", "AUPRC", "chance", "violation", "AUPRC (layer mean)",
-            "violation (layer mean)", "networks"], rows
+                         fmt(last.chance_auprc), fmt(last.violation_rate), " / ".join(fmt(v) for v in sel["auprc"]),
+                         " / ".join(fmt(v) for v in sel["violation_rate"]), str(int(last.n_networks))])
+    layers = " / ".join(dict.fromkeys(shortcut["layer"]))
+    return ["measure", "deepest layer", "AUPRC", "chance", "violation", f"AUPRC per layer ({layers})",
+            "violation per layer", "networks"], rows
 
 
 def training_line(study: "Study") -> str:
