@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,12 +17,14 @@ import pytest
 from conceptsim.comparison.grounding import SHORTCUT_MEASURES
 from conftest import make_project
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def test_grounding_smoke_study_scores_every_measure(tmp_path):
     root = make_project(tmp_path / "project")
-    env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_RESULTS": str(root / "results")}
+    env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_RESULTS": str(root / "results"),
+           "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE", str(REPO / ".cache"))}
     cmd = [str(os.path.join(os.path.dirname(sys.executable), "conceptsim")), "run", "studies/grounding.yml", "--smoke",
            "--jobs", "2", "--quiet"]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
