@@ -132,6 +132,15 @@ STUDY_CASES = {
     "coco-icons split naming an unknown style": (
         VALID.replace("shapes: {build: {n: 6, size: 48}}", "coco-icons: {split: {by: style, test: [crayon]}}"),
         ["'datasets.coco-icons.split.test' names style(s) ['crayon']", "noto"]),
+    # predicted from the build's annotations (built first if needed): no concept left, nothing to learn
+    "min_area that no concept's mask reaches": (
+        VALID + "split: {min_area: 0.99}\n",
+        ["'split.min_area' is 0.99: no concept of shapes has a mask covering that much of an image in each of train, "
+         "val and test", "accepted here: split.min_area <= 0.133"]),
+    "max_images too few for any concept": (
+        VALID.replace("{n: 6, size: 48}}", "{n: 20, size: 48}, max_images: 5}") + "split: {min_area: 0.13}\n",
+        ["'datasets.shapes.max_images' is 5: among the first 5 images of each split no concept of shapes",
+         "covers split.min_area = 0.13", "accepted here: max_images >= 6"]),
     "study name of 300 characters": (VALID.replace("name: t", "name: " + "a" * 300), ["'name' is 'aaaa", "at most 100 characters"]),
     "several mistakes at once": (VALID + "concepts: {epochs: 0, lr: -1}\nextraction: {device: tpu}\n",
                                  ["3 problems", "'concepts.epochs' is 0", "'concepts.lr' is -1", "'extraction.device' is 'tpu'"]),
@@ -158,6 +167,9 @@ def test_bad_smoke_section(project, capsys):
     path = study_file(project, VALID + "smoke: {datasets: {shapes: {max_images: 2}}}\n")
     code, err = run_cli(["run", str(path), "--smoke"], capsys)
     assert code == 2 and "'smoke.datasets.shapes.max_images' is 2: too few images" in err
+    path = study_file(project, VALID + "smoke: {split: {min_area: 0.99}}\n")
+    code, err = run_cli(["run", str(path), "--smoke"], capsys)
+    assert code == 2 and "'smoke.split.min_area' is 0.99: no concept of shapes" in err
     code, err = run_cli(["run", str(study_file(project, VALID + "smoke: [1]\n")), "--smoke"], capsys)
     assert code == 2 and "'smoke' is [1]" in err
 

@@ -493,12 +493,14 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
     for, the output folders are writable, and custom layer names exist in their models.
     """
     from conceptsim.data.coco import DatasetError
-    from conceptsim.data.registry import unavailable_reason
+    from conceptsim.data.registry import DATASETS, unavailable_reason
     from conceptsim.data.user_datasets import is_user_dataset, validate_dataset
     from conceptsim.models.registry import missing_weights
 
     runs = list(study.runs() if runs is None else runs)
     p = Problems(study.path)
+    if study.smoke and isinstance(study.raw.get("smoke"), dict):  # a value from the smoke: section is named smoke.<key>
+        p.smoke = set(_dotted_keys(study.raw["smoke"]))
     extractions = [r for r in runs if r.stage == "extract"]
     for ds in dict.fromkeys(r.dataset for r in extractions):
         if is_user_dataset(study.datasets[ds]):  # every image, annotation and concept of the user's folder
@@ -526,6 +528,10 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
     if extractions or any(r.stage == "concepts" for r in runs):
         _check_device(p, study.sections["extraction"]["device"])
     _check_writable(p, study.name, runs)
+    if not p.messages:  # the named datasets' builds are read (built first if needed) only when all else is in place
+        for ds in dict.fromkeys(r.dataset for r in extractions):
+            if not is_user_dataset(study.datasets[ds]) and DATASETS[ds].kind == "embedded":
+                _check_concepts_left(p, study, ds)
     try:
         p.raise_if_any(" (nothing was started)")
     except StudyError as exc:
@@ -534,6 +540,37 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
         raise StudyError(f"{exc}\n(to rehearse the study's path before the trained weights are here: "
                          "conceptsim run ... --twins-only)") from None
     validate_layers(study)
+
+
+def _check_concepts_left(p: Problems, study, ds: str) -> None:
+    """A named dataset must keep at least one concept under ``split.min_area`` and its ``max_images``: a concept
+    is kept when every split holds an image whose mask covers ``min_area`` of it (``ConceptDataset``); with
+    none kept, the extraction has nothing to store and the notebooks fail. Reads the build's annotations."""
+    from conceptsim.data.coco import ConceptDataset, DatasetError
+    from conceptsim.data.registry import ensure_dataset
+
+    opts, split = study.datasets[ds], study.sections["split"]
+    min_area, max_images = split["min_area"], opts.get("max_images")
+    try:
+        every = ConceptDataset(ensure_dataset(ds, **(opts.get("build") or {})), concepts=opts.get("concepts"),
+                               split_seed=split["seed"], fractions=tuple(split["fractions"]), min_area=0.0,
+                               split_by=opts.get("split"))
+    except (DatasetError, ValueError) as exc:
+        p.add(f"dataset {ds}: {exc}")
+        return
+    largest, fewest = every.presence_limits(min_area, max_images)
+    if largest >= min_area:
+        return
+    splits = "train, val and test"
+    if max_images and fewest is not None:
+        p.add(f"'{p.key(f'datasets.{ds}.max_images')}' is {max_images}: among the first {max_images} images of each "
+              f"split no concept of {ds} has one whose mask covers split.min_area = {min_area:g} in {splits}, so no "
+              f"concept would be learned; accepted here: max_images >= {fewest} (or null)")
+    else:
+        bound = math.floor(largest * 1000) / 1000
+        p.add(f"'{p.key('split.min_area')}' is {min_area:g}: no concept of {ds} has a mask covering that much of an "
+              f"image in each of {splits}{f' (max_images {max_images})' if max_images else ''}, so no concept would "
+              f"be learned; accepted here: split.min_area <= {bound:g}")
 
 
 def _check_device(p: Problems, device: str) -> None:
