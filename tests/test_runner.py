@@ -471,3 +471,44 @@ def test_killed_study_takes_its_workers_and_kernels_along_and_no_record_is_writt
     proc.communicate(timeout=30)
     assert gone(worker, 10) and gone(kernel, 15)
     assert not list((root / "results" / "fake").rglob("_runs/*.json"))
+
+
+DISK_FULL = """
+if os.environ.get("FAKE_DISK_FULL") == STAGE:  # ENOSPC inside one of the library's writers: the write names no file
+    import errno
+    from conceptsim.atomic import write_json
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    keep, pathlib.Path.write_text = pathlib.Path.write_text, full
+    try:
+        write_json(pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "fake" / "concept_quality.json", {})
+    finally:
+        pathlib.Path.write_text = keep
+if os.environ.get("FAKE_DISK_FULL") == STAGE + " outside":  # ENOSPC from code that names no file
+    raise OSError(28, "No space left on device")
+"""
+
+
+@pytest.mark.parametrize("where", ["writer", "outside"])
+def test_disk_full_inside_a_notebook_is_one_line_naming_the_path(fake_project, monkeypatch, capsys, where):
+    from conceptsim.cli import main
+
+    root, _ = fake_project
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(root / "notebooks" / name, stage, DISK_FULL)
+    (root / "s.yml").write_text(STOP_STUDY)
+    monkeypatch.setenv("CONCEPTSIM_DATA", str(root / "datasets"))
+    monkeypatch.setenv("FAKE_DISK_FULL", "concepts" + (" outside" if where == "outside" else ""))
+    assert main(["run", str(root / "s.yml"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    failed = [line for line in err.splitlines() if line.startswith("FAILED")]
+    run = "concepts/shapes/mobilenet_v2_imagenet:random"
+    if where == "writer":  # the atomic writer names the file it was writing
+        assert failed == [f"FAILED {run}: OSError: {root / 'results' / 'fake' / 'concept_quality.json'}: "
+                          "No space left on device (errno 28)"]
+        assert not list((root / "results" / "fake").glob(".concept_quality.json.tmp-*"))  # no half-written file
+    else:  # no file named: the line says which notebook and the folder the run writes under
+        folder = root / "results" / "fake" / "shapes" / "mobilenet_v2_imagenet__random"
+        assert failed == [f"FAILED {run}: OSError: a file it does not name (a cell of 02_concepts.ipynb, writing "
+                          f"under {folder}): No space left on device (errno 28)"]

@@ -29,7 +29,7 @@ from typing import Any
 
 from conceptsim.atomic import write_text
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
-from conceptsim.runner import RUN_THREADS, execute_run, is_complete, log_path, record_path
+from conceptsim.runner import RUN_THREADS, error_line, execute_run, is_complete, log_path, record_path
 from conceptsim.study import Run
 
 log = logging.getLogger("conceptsim.cluster")
@@ -151,7 +151,7 @@ def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], ch
     try:
         record = execute_run(run, key, RUN_THREADS, fresh_kernel=fresh_kernel, force=force)
     except Exception as exc:  # outside the notebook (its own errors are in the record)
-        record = failure_record(run, key, f"{type(exc).__name__}: {exc}")
+        record = failure_record(run, key, error_line(exc))
     if record["status"] != "ok":
         raise RunFailed(record)
     return record

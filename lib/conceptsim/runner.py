@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -406,7 +407,7 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
     out.parent.mkdir(parents=True, exist_ok=True)
     logfile = log_path(run)
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logfile, mode="w")
+    handler = _RunLog(logfile, mode="w")
     pm_log = logging.getLogger("papermill")
     pm_log.addHandler(handler)
     pm_log.setLevel(logging.INFO)
@@ -424,7 +425,11 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
             kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()), **engine,
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
-        status, error = "failed", error_line(exc)
+        # an OS error that names no file: in a cell (its traceback is in the log), or papermill's own (e.g. disk
+        # full while it saves the executed copy)
+        doing = (f"a cell of {run.notebook}, writing under {run_folder(run)}" if hasattr(exc, "ename")
+                 else f"saving the executed notebook {tmp}")
+        status, error = "failed", error_line(exc, unnamed=doing)
         pm_log.exception("run %s failed", run.id)  # the full traceback goes to the run's log
     finally:
         pm_log.removeHandler(handler)
@@ -451,12 +456,40 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
     return record
 
 
-def error_line(exc: BaseException) -> str:
-    """One line for the console: a notebook's error name and value (its traceback is in the log and the copy)."""
+#: ``str()`` of an OS error: ``[Errno 28] No space left on device`` and, when it names one, ``: '/the/file'``
+_OS_ERROR = re.compile(r"\[Errno (-?\d+)\] (.+?)(?:: '(.+)')?(?: -> '.+')?")
+
+
+class _RunLog(logging.FileHandler):
+    """A run's log file. A line it cannot write (a full disk) is lost without a traceback on the console: the
+    run's error says what failed and where."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def run_folder(run: Run) -> Path:
+    """The results folder a run writes into (a model's for extraction and concepts, else the dataset's)."""
+    study = run.parameters["study"]
+    return model_results(study, run.dataset, run.model) if run.model else dataset_results(study, run.dataset)
+
+
+def error_line(exc: BaseException, unnamed: str | None = None) -> str:
+    """One line for the console: a notebook's error name and value (its traceback is in the log and the copy).
+
+    An OS error reads ``OSError: PATH: No space left on device (errno 28)``; one that names no file (raised
+    outside the library's atomic writers, which name theirs) says what was going on, ``unnamed``, if given."""
     if hasattr(exc, "ename") and hasattr(exc, "evalue"):  # papermill.PapermillExecutionError
-        text = f"{exc.ename}: {exc.evalue}"
+        name, value = str(exc.ename), str(exc.evalue)
     else:
-        text = f"{type(exc).__name__}: {exc}"
+        name, value = type(exc).__name__, str(exc)
+    found = _OS_ERROR.fullmatch(value.strip())
+    if found:
+        errno_, message, path = found.groups()
+        where = path or f"a file it does not name{f' ({unnamed})' if unnamed else ''}"
+        text = f"{name}: {where}: {message} (errno {errno_})"
+    else:
+        text = f"{name}: {value}"
     lines = text.strip().splitlines()
     return lines[0] + (" ..." if len(lines) > 1 else "") if lines else type(exc).__name__
 
