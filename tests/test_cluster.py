@@ -271,3 +271,27 @@ def assert_same_results(project_a: Path, project_b: Path, study: str) -> None:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
         else:
             assert document(project_a, rel) == document(project_b, rel), rel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill -9"])
+def test_stopped_study_stops_the_local_cluster_with_one_line_and_no_record(fake_project, stop):
+    import signal
+
+    root, _ = fake_project
+    proc, cmd, kernel, worker = test_runner.start_study(root, 0, cluster="local:2")
+    assert worker != proc.pid  # the kernel's parent is a Dask worker process
+    t0 = time.monotonic()
+    if stop == "ctrl-c":  # Ctrl-C reaches the terminal's process group: the study and its Dask workers
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # the study dies without a word: its workers must not go on and record the run
+        os.kill(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    stopped = time.monotonic() - t0
+    if stop == "ctrl-c":
+        assert proc.returncode == 130, err
+        assert err.strip() == ("conceptsim run: interrupted; stopped run(s): extract/shapes/mobilenet_v2_imagenet:random "
+                               "(no record: the next run redoes them)")
+        assert stopped < 15, f"the study took {stopped:.1f} s to stop"
+    assert test_runner.gone(worker, 10) and test_runner.gone(kernel, 15)
+    assert not list((root / "results" / "fake").rglob("_runs/*.json"))  # the stopped run left no record

@@ -422,7 +422,9 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def start_study(root: Path, jobs: int):
+def start_study(root: Path, jobs: int, cluster: str | None = None):
+    """``conceptsim run`` of a study whose extraction sleeps, in a session of its own (a terminal's process
+    group), once the extraction's kernel is up; with ``--cluster`` instead of ``--jobs`` when given."""
     import subprocess
     import sys
     import time
@@ -430,7 +432,8 @@ def start_study(root: Path, jobs: int):
     for stage, name in NOTEBOOKS.items():
         make_notebook(root / "notebooks" / name, stage, SLEEPER)
     (root / "s.yml").write_text(STOP_STUDY)
-    cmd = [sys.executable, "-m", "conceptsim.cli", "run", str(root / "s.yml"), "--quiet", "--jobs", str(jobs)]
+    parallel = ["--cluster", cluster] if cluster else ["--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "conceptsim.cli", "run", str(root / "s.yml"), "--quiet", *parallel]
     proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     marker = root / "results" / "kernel.pids"

@@ -116,7 +116,7 @@ def _worker_start(study_pid: int) -> None:
     global _study_process
     _study_process = study_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _worker_stop)
+    signal.signal(signal.SIGTERM, stop_worker)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the study while it forked this worker
     try:
         import ctypes
@@ -125,7 +125,7 @@ def _worker_start(study_pid: int) -> None:
     except (OSError, AttributeError):  # not Linux: the parent check before writing a record remains
         pass
     if os.getppid() != study_pid:  # the study ended before the line above
-        _worker_stop()
+        stop_worker()
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -143,7 +143,16 @@ def _stop_signals_held():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
-def _worker_stop(*_: Any) -> None:
+def watch_parent() -> None:
+    """From now on a run this process executes writes no record once the process's parent is gone (a Dask
+    worker whose nanny or study died; the pool's workers are set up by their initializer)."""
+    global _study_process
+    if _study_process is None:
+        _study_process = os.getppid()
+
+
+def stop_worker(*_: Any) -> None:
+    """Kill this worker's kernels and end it at once, without a record (a worker's SIGTERM handler)."""
     kernels = sys.modules.get("conceptsim.kernels")  # not imported yet: this worker started no kernel
     if kernels is not None and hasattr(kernels, "kill_all_now"):
         kernels.kill_all_now()
@@ -629,8 +638,8 @@ def _run_study(study: Study, jobs: int, only: dict[str, str] | None, force: bool
             pool.shutdown()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one: the runs stopped, no records
         bar.enabled = False
-        bar.close()
-        raise StudyInterrupted(list(in_progress)) from None
+        bar.close()  # the runs this process started, or the cluster reported started
+        raise StudyInterrupted(list(dict.fromkeys([*in_progress, *bar.running]))) from None
     bar.close()
     write_book_pages(study)
     return outcome
