@@ -403,3 +403,15 @@ def test_a_store_holding_the_users_files_is_refused_not_deleted(project, capsys)
     assert code == 2 and "(nothing was started)" in err
     assert f"{store} holds files the suite did not write (my-notes.txt)" in err
     assert (store / "my-notes.txt").read_text() == "mine"
+
+
+def test_a_named_datasets_corrupted_image_is_found_before_any_run(project, capsys):
+    from conceptsim.data.registry import ensure_dataset
+
+    source = ensure_dataset("shapes", n=6, size=48)  # VALID's build, as a first run left it
+    image = sorted((source.image_dir).iterdir())[0]
+    image.write_bytes(image.read_bytes()[:100])  # cut short: no longer the build's bytes
+    code, err = run_cli(["run", str(study_file(project, VALID)), "--quiet"], capsys)
+    assert code == 2 and "(nothing was started)" in err
+    assert f"dataset shapes: {image} (image id " in err and "differs from the build manifest" in err
+    assert not (project / "results" / "t" / "_runs").exists()
