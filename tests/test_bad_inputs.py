@@ -241,6 +241,13 @@ def test_every_folder_the_runs_write_to_is_probed(project, capsys):
     assert code == 2 and "(nothing was started)" in err
     assert f"cannot create {blocked}: {blocked} is not a folder" in err
     assert blocked.read_text() == "x" and not (project / "book" / "results").exists()
+    blocked.unlink()
+    for deeper in (blocked / "_masks", blocked / "mobilenet_v2_imagenet__random" / "vectors"):  # a run's subfolders too
+        deeper.parent.mkdir(parents=True, exist_ok=True)
+        deeper.write_text("x")
+        code, err = run_cli(["run", str(study_file(project, VALID)), "--quiet"], capsys)
+        assert code == 2 and f"cannot create {deeper}: {deeper} is not a folder" in err
+        deeper.unlink()
 
 
 def test_read_only_results_folder(project, capsys, monkeypatch):

@@ -591,11 +591,13 @@ def _check_writable(p: Problems, study: str, runs: list) -> None:
         dataset_results,
         datasets_dir,
         logs_dir,
+        masks_dir,
         model_dir_name,
         model_results,
         project_root,
         results_dir,
         runs_dir,
+        vectors_dir,
     )
 
     folders = [results_dir() / study, book_results_dir(study), project_root() / "book" / "_generated",
@@ -606,8 +608,10 @@ def _check_writable(p: Problems, study: str, runs: list) -> None:
         if r.model:
             folders.append(model_results(study, r.dataset, r.model))
             folders.append(book_results_dir(study) / r.dataset / model_dir_name(r.model))
-        if r.stage == "extract":
-            folders.append(datasets_dir())
+        if r.stage == "extract":  # the dataset's build, and its mask stores (shared by the models)
+            folders += [datasets_dir(), masks_dir(study, r.dataset)]
+        if r.stage == "concepts":
+            folders.append(vectors_dir(model_results(study, r.dataset, r.model)))
     reported: list[Path] = []
     for folder in dict.fromkeys(folders):
         if any(folder.is_relative_to(r) for r in reported):
