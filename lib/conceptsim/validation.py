@@ -490,7 +490,9 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
 
     Checked: each extraction's dataset is present or obtainable (online datasets: a local copy, or the
     network), each pretrained model's weight files are in place, a CUDA device exists when one is asked
-    for, the output folders are writable, and custom layer names exist in their models.
+    for, the output folders are writable, and custom layer names exist in their models. Then, when all that
+    holds, each named dataset's build (built first if needed; checked against its manifest) or local copy keeps
+    at least one concept under ``split.min_area`` and its ``max_images`` (:func:`_check_concepts_left`).
     """
     from conceptsim.data.coco import DatasetError
     from conceptsim.data.registry import DATASETS, unavailable_reason
@@ -528,9 +530,10 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
     if extractions or any(r.stage == "concepts" for r in runs):
         _check_device(p, study.sections["extraction"]["device"])
     _check_writable(p, study.name, runs)
-    if not p.messages:  # the named datasets' builds are read (built first if needed) only when all else is in place
-        for ds in dict.fromkeys(r.dataset for r in extractions):
-            if not is_user_dataset(study.datasets[ds]) and DATASETS[ds].kind == "embedded":
+    if not p.messages:  # the named datasets' annotations are read (built first if needed) when all else is in place;
+        for ds in dict.fromkeys(r.dataset for r in extractions):  # a fetched one's only from a local copy (root:)
+            opts = study.datasets[ds]
+            if not is_user_dataset(opts) and (DATASETS[ds].kind == "embedded" or opts.get("root")):
                 _check_concepts_left(p, study, ds)
     try:
         p.raise_if_any(" (nothing was started)")
@@ -552,7 +555,7 @@ def _check_concepts_left(p: Problems, study, ds: str) -> None:
     opts, split = study.datasets[ds], study.sections["split"]
     min_area, max_images = split["min_area"], opts.get("max_images")
     try:
-        every = ConceptDataset(ensure_dataset(ds, **(opts.get("build") or {})), concepts=opts.get("concepts"),
+        every = ConceptDataset(ensure_dataset(ds, root=opts.get("root"), **(opts.get("build") or {})), concepts=opts.get("concepts"),
                                split_seed=split["seed"], fractions=tuple(split["fractions"]), min_area=0.0,
                                split_by=opts.get("split"))
     except (DatasetError, ValueError) as exc:
