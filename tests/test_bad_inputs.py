@@ -422,3 +422,21 @@ def test_a_named_datasets_corrupted_image_is_found_before_any_run(project, capsy
     assert code == 2 and "(nothing was started)" in err
     assert f"dataset shapes: {image} (image id " in err and "differs from the build manifest" in err
     assert not (project / "results" / "t" / "_runs").exists()
+
+
+def test_ctrl_c_while_a_dataset_is_built_before_the_runs_is_one_line(project, capsys, monkeypatch):
+    import dataclasses
+
+    from conceptsim.data import registry
+
+    def interrupted_build(out_dir, n=1200, size=320, seed=0):  # Ctrl-C half way through the build the pre-run check starts
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "annotations.json").write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(registry.DATASETS, "shapes", dataclasses.replace(registry.DATASETS["shapes"], build=interrupted_build))
+    code, err = run_cli(["run", str(study_file(project, VALID)), "--quiet"], capsys)
+    assert code == 130 and err.strip() == "conceptsim run: interrupted before any run started"
+    datasets = Path(os.environ["CONCEPTSIM_DATA"])
+    assert [p.name for p in datasets.iterdir() if not p.name.endswith(".lock")] == []  # no half-built dataset left
+    assert not (project / "results" / "t" / "_runs").exists()
