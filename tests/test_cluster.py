@@ -140,7 +140,7 @@ def test_failure_keeps_traceback_and_skips_dependents(fake_project, scheduler, c
 
 def study_file(root: Path) -> Path:
     path = root / "fake.yml"
-    path.write_text("name: fake\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\n")
+    path.write_text("name: fake\ndatasets: {shapes: {build: {n: 20, size: 48}}}\nmodels: [mobilenet_v2_imagenet]\n")
     return path
 
 

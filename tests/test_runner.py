@@ -393,7 +393,7 @@ if STAGE == "extract":
 STOP_STUDY = """\
 name: fake
 datasets:
-  shapes: {build: {n: 6, size: 48}}
+  shapes: {build: {n: 20, size: 48}}
 models: [mobilenet_v2_imagenet:random]
 """
 

@@ -548,9 +548,11 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
 def _check_concepts_left(p: Problems, study, ds: str) -> None:
     """A named dataset must keep at least one concept under ``split.min_area`` and its ``max_images``: a concept
     is kept when every split holds an image whose mask covers ``min_area`` of it (``ConceptDataset``); with
-    none kept, the extraction has nothing to store and the notebooks fail. Reads the build's annotations."""
+    none kept, the extraction has nothing to store and the notebooks fail. One concept must also have an image
+    without it in every split, or no classification probe is learned and the comparison fails. Reads the
+    build's annotations."""
     from conceptsim.data.coco import ConceptDataset, DatasetError
-    from conceptsim.data.registry import ensure_dataset
+    from conceptsim.data.registry import DATASETS, ensure_dataset
 
     opts, split = study.datasets[ds], study.sections["split"]
     min_area, max_images = split["min_area"], opts.get("max_images")
@@ -562,9 +564,24 @@ def _check_concepts_left(p: Problems, study, ds: str) -> None:
         p.add(f"dataset {ds}: {exc}")
         return
     largest, fewest = every.presence_limits(min_area, max_images)
-    if largest >= min_area:
-        return
     splits = "train, val and test"
+    if largest >= min_area:  # concepts are kept; the classification probes also need images without one
+        need = every.fewest_images_to_classify(min_area)
+        if need is not None and (not max_images or max_images >= need):
+            return
+        problem = (f"no concept of {ds} has both an image whose mask covers split.min_area = {min_area:g} and an "
+                   f"image without in each of {splits}, so the classification probes learn nothing and the comparison fails")
+        if need is not None:
+            p.add(f"'{p.key(f'datasets.{ds}.max_images')}' is {max_images}: {problem}; accepted here: max_images >= {need} "
+                  "(or null)")
+        else:
+            sizes = {s: sum(every.split_of(i) == s for i in every.image_ids) for s in ("train", "val", "test")}
+            held = ", ".join(f"{s} {n}" for s, n in sizes.items())
+            key = f"datasets.{ds}.build.n" if DATASETS[ds].kind == "embedded" else "split.min_area"
+            value = (opts.get("build") or {}).get("n", DATASETS[ds].defaults.get("n")) if key.endswith(".n") else f"{min_area:g}"
+            p.add(f"'{p.key(key)}' is {value} (images per split: {held}): {problem}; accepted here: more images, other "
+                  "split.fractions or another split.min_area")
+        return
     if max_images and fewest is not None:
         p.add(f"'{p.key(f'datasets.{ds}.max_images')}' is {max_images}: among the first {max_images} images of each "
               f"split no concept of {ds} has one whose mask covers split.min_area = {min_area:g} in {splits}, so no "

@@ -545,6 +545,25 @@ class ConceptDataset(Dataset):
                 fewest = need if fewest is None else min(fewest, need)
         return largest, fewest
 
+    def fewest_images_to_classify(self, min_area: float) -> int | None:
+        """For a dataset opened as for :meth:`presence_limits`: the fewest images per split (``max_images``)
+        with which some concept has, in every split, an image whose mask covers ``min_area`` and an image whose
+        mask does not -- what an image-level classification probe needs (``concepts.stage.exclusions``);
+        None when no number of images gives one."""
+        per_split = [ids for ids in (sorted(i for i, s in self._split_of.items() if s == split) for split in SPLITS) if ids]
+        fewest: int | None = None
+        for k in range(len(self.concepts)):
+            need = 0
+            for ids in per_split:
+                present = [self._area_fraction[i][k] >= min_area for i in ids]
+                if True not in present or False not in present:
+                    need = None
+                    break
+                need = max(need, present.index(True) + 1, present.index(False) + 1)
+            if need is not None and per_split:
+                fewest = need if fewest is None else min(fewest, need)
+        return fewest
+
     def area_fractions(self, image_id: int) -> np.ndarray:
         """Per concept, the fraction of the image its mask covers (from RLE areas)."""
         return self._area_fraction[int(image_id)]
