@@ -11,6 +11,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conceptsim import runner
+from conceptsim.book import toc as book_toc
 from conceptsim.study import NOTEBOOKS, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +235,7 @@ def test_toc_lists_every_study_with_results(fake_project, monkeypatch):
         assert f"book/results/{name}/shapes/mobilenet_v2_imagenet/01_extract" in toc
         assert f"book/results/{name}/reproducibility" in toc
     shutil.rmtree(root / "book" / "results" / "fake")  # a study whose pages are gone drops out
-    runner.write_toc()
+    book_toc.write_toc()
     captions = [p["caption"] for p in yaml.safe_load((root / "book" / "_generated" / "_toc.yml").read_text())["parts"]]
     assert "Executed notebooks: study 'fake'" not in captions and "Executed notebooks: study 'other'" in captions
 
@@ -261,10 +262,10 @@ def test_toc_lists_complete_studies_and_rehearsals_only_with_book_all(fake_proje
     assert not any("smoke" in c or "broken" in c for c in captions())
     assert "fake-smoke" not in toc and "book/results/broken" not in toc
     monkeypatch.setenv("CONCEPTSIM_BOOK_ALL", "1")
-    runner.write_toc()
+    book_toc.write_toc()
     assert captions()[-3:] == ["Executed notebooks: study 'fake'", "Rehearsal (incomplete study): 'broken'",
                                "Rehearsal (smoke study): 'fake-smoke'"]
-    assert runner.write_toc(rehearsals=False) and "fake-smoke" not in captions()[-1]
+    assert book_toc.write_toc(rehearsals=False) and "fake-smoke" not in captions()[-1]
 
 
 def test_only_with_a_repeated_key_matches_either_value():

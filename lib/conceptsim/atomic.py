@@ -83,6 +83,42 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+FONT_FLOOR_KEY = "conceptsim-min-font-pt"
+"""PNG text key of the smallest font size (points at the figure's own size) in a figure written by
+:func:`figure_png`; with ``conceptsim-dpi`` a reader (the browser test) can tell how large that text shows."""
+
+
+def smallest_font_pt(fig: Any) -> float | None:
+    """The smallest font size, in points, of the visible, non-empty text of a matplotlib figure (None if it has none)."""
+    from matplotlib.text import Text
+
+    fig.draw_without_rendering()  # tick labels get their text when the figure is laid out
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())]
+    return float(min(sizes)) if sizes else None
+
+
+def figure_png(fig: Any, dpi: float = 100, bbox_inches: str | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes that carry its smallest font size and its dpi as text metadata."""
+    import io
+
+    floor = smallest_font_pt(fig)
+    meta = {"conceptsim-dpi": f"{dpi:g}"}
+    if floor is not None:
+        meta[FONT_FLOOR_KEY] = f"{floor:g}"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches=bbox_inches, metadata=meta)
+    return buf.getvalue()
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: float = 100, bbox_inches: str | None = None) -> Path:
+    """Write a figure as PNG atomically, with its smallest font size in the metadata (:func:`figure_png`)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(figure_png(fig, dpi=dpi, bbox_inches=bbox_inches))
+    return path
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 

@@ -36,17 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import yaml
 
-from conceptsim.atomic import debris_pid, remove_debris, sha256_file, sha256_json, write_json, write_text
+from conceptsim.atomic import debris_pid, remove_debris, sha256_file, sha256_json, write_json
 from conceptsim.atomic import notebook_code_hash as package_code_hash
 from conceptsim.paths import (
     book_results_dir,
     comparison_stage_json,
     concept_stage_json,
     dataset_results,
+    executed_path,
+    load_records,
     logs_dir,
-    model_dir_name,
     model_results,
     project_root,
     results_dir,
@@ -179,11 +179,6 @@ def notebooks_dir() -> Path:
 
 def run_slug(run: Run) -> str:
     return run.id.replace("/", "__").replace(":", "-")
-
-
-def executed_path(run: Run) -> Path:
-    parts = [run.dataset] + ([model_dir_name(run.model)] if run.model else [])
-    return book_results_dir(run.parameters["study"]).joinpath(*parts, run.notebook)
 
 
 def record_path(run: Run) -> Path:
@@ -641,109 +636,7 @@ def _run_study(study: Study, jobs: int, only: dict[str, str] | None, force: bool
         bar.close()  # the runs this process started, or the cluster reported started
         raise StudyInterrupted(list(dict.fromkeys([*in_progress, *bar.running]))) from None
     bar.close()
-    write_book_pages(study)
+    from conceptsim import book
+
+    book.publish(study)
     return outcome
-
-
-# ----------------------------------------------------------------------------- book pages and toc
-def load_records(study: str) -> list[dict]:
-    folder = runs_dir(study)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
-
-
-def _rel(path: Path) -> str:
-    return str(path.relative_to(project_root()).with_suffix(""))
-
-
-TOC_PART = "_toc_part.yml"
-
-
-def write_book_pages(study: Study) -> Path:
-    """Write the study's generated pages and its part of the table of contents, then ``book/_generated/_toc.yml``
-    (the base toc plus every study that has executed notebooks, see :func:`write_toc`)."""
-    from conceptsim.book import reporting
-    from conceptsim.book.grounding import write_grounding_page
-
-    out_dir = book_results_dir(study.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = {r["id"]: r for r in load_records(study.name) if r.get("status") == "ok"}
-    runs = [r for r in study.runs() if r.id in records and executed_path(r).exists()]
-    reporting.write_reproducibility_page(study, [records[r.id] for r in runs], out_dir / "reproducibility.md")
-    findings_page = reporting.write_findings_page(study, out_dir / "findings.md")
-    grounding_page = write_grounding_page(study, out_dir / "grounding.md")
-    chapters = []
-    for ds in study.datasets:
-        ds_runs = [r for r in runs if r.dataset == ds]
-        if not ds_runs:
-            continue
-        index = out_dir / ds / "index.md"
-        write_text(index, reporting.dataset_index(study, ds, ds_runs))
-        chapters.append({"file": _rel(index), "title": f"Dataset {ds}",
-                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r, study.model_specs)}
-                                      for r in ds_runs]})
-    part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
-            "findings": _rel(findings_page) if findings_page is not None else None,
-            "grounding": _rel(grounding_page) if grounding_page is not None else None,
-            # a rehearsal (listed only with BOOK_ALL=1): a smoke study, or one not every run of which is complete
-            "smoke": bool(study.smoke), "complete": len(runs) == len(study.runs())}
-    write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))
-    return write_toc()
-
-
-def include_rehearsals() -> bool:
-    """Whether the book lists rehearsals too: ``make book BOOK_ALL=1`` (``CONCEPTSIM_BOOK_ALL=1``)."""
-    return os.environ.get("CONCEPTSIM_BOOK_ALL", "").strip().lower() in ("1", "true", "yes")
-
-
-def rehearsal_kind(part: dict) -> str | None:
-    """``"smoke"``, ``"incomplete"`` or None (a complete study) for a study's toc part (a part written before
-    these keys existed: smoke when the name ends in ``-smoke``)."""
-    if part.get("smoke", str(part.get("study", "")).endswith("-smoke")):
-        return "smoke"
-    return None if part.get("complete", True) else "incomplete"
-
-
-def write_toc(rehearsals: bool | None = None) -> Path:
-    """``book/_generated/_toc.yml``: the base toc, plus, for every complete study with executed notebooks
-    (sorted by name), its findings and reproducibility pages and a part with its notebooks. Smoke studies and
-    incomplete ones (a run failed or never ran) are rehearsals: left out unless ``rehearsals`` (default:
-    :func:`include_rehearsals`), and then listed after the real studies under parts captioned
-    "Rehearsal (smoke study) ..." or "Rehearsal (incomplete study) ..."."""
-    root = project_root()
-    rehearsals = include_rehearsals() if rehearsals is None else rehearsals
-    base = yaml.safe_load((root / "_toc.yml").read_text())
-    parts = []
-    for part_file in sorted((root / "book" / "results").glob(f"*/{TOC_PART}")):
-        part = yaml.safe_load(part_file.read_text()) or {}
-        if rehearsal_kind(part) and not rehearsals:
-            continue
-        chapters = [ch for ch in part.get("chapters", []) if _page_exists(root, ch["file"])]
-        for ch in chapters:
-            ch["sections"] = [sec for sec in ch.get("sections", []) if _page_exists(root, sec["file"])]
-        if chapters:
-            parts.append((part, chapters))
-    parts.sort(key=lambda pc: rehearsal_kind(pc[0]) is not None)  # real studies first (stable: by name within)
-    for part, chapters in parts:
-        for p in base.get("parts", []):
-            for ch in p.get("chapters", []):
-                if ch.get("file") == "book/findings" and part.get("findings") and _page_exists(root, part["findings"]):
-                    ch.setdefault("sections", []).append({"file": part["findings"]})
-                if ch.get("file") == "book/grounding" and part.get("grounding") and _page_exists(root, part["grounding"]):
-                    ch.setdefault("sections", []).append({"file": part["grounding"]})
-                if ch.get("file") == "book/reproducibility" and _page_exists(root, part["reproducibility"]):
-                    ch.setdefault("sections", []).append({"file": part["reproducibility"]})
-        kind = rehearsal_kind(part)
-        caption = (f"Rehearsal ({kind} study): '{part['study']}'" if kind
-                   else f"Executed notebooks: study '{part['study']}'")
-        base.setdefault("parts", []).append({"caption": caption, "chapters": chapters})
-    toc = root / "book" / "_generated" / "_toc.yml"
-    write_text(toc, "# generated by conceptsim run; do not edit\n" + yaml.safe_dump(base, sort_keys=False))
-    return toc
-
-
-def _page_exists(root: Path, rel: str) -> bool:
-    return any((root / rel).with_suffix(ext).is_file() for ext in (".md", ".ipynb"))
-
-
-if __name__ == "__main__":  # `make book` regenerates the toc: python -m conceptsim.runner (BOOK_ALL=1: rehearsals too)
-    print(write_toc())

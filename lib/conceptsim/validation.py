@@ -437,13 +437,14 @@ def _check_build(p: Problems, ds: str, spec, build: Any) -> None:
 
 def _check_models(p: Problems, models: Any, base_dir: Path | None = None) -> tuple[list[str], dict[str, dict]]:
     from conceptsim.models.registry import UnknownModelError, parse_model_name
-    from conceptsim.models.user_models import UserModelError, declared_models
+    from conceptsim.models.user_models import UserModelError, declared_model_specs, declared_models
 
     if not isinstance(models, list) or not models:
         p.bad_value("models", models, "a non-empty list of model names (`conceptsim models list`) or NAME: SPEC mappings")
         return [], {}
-    try:  # registry names, twins, and NAME: SPEC mappings (registered in this process)
+    try:  # registry names, twins, and NAME: SPEC mappings
         models, specs = declared_models(models, base_dir)
+        user_models = declared_model_specs(specs)
     except UserModelError as exc:
         p.add(str(exc))
         return [], {}
@@ -452,7 +453,7 @@ def _check_models(p: Problems, models: Any, base_dir: Path | None = None) -> tup
         p.add(f"'models' lists {twice} more than once")
     for m in models:
         try:
-            parse_model_name(m)
+            parse_model_name(m, user_models)
         except UnknownModelError as exc:
             p.add(f"in 'models': {exc}")
     for name, spec in specs.items():
@@ -498,6 +499,7 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
     from conceptsim.data.registry import DATASETS, unavailable_reason
     from conceptsim.data.user_datasets import is_user_dataset, validate_dataset
     from conceptsim.models.registry import missing_weights
+    from conceptsim.models.user_models import declared_model_specs
 
     runs = list(study.runs() if runs is None else runs)
     p = Problems(study.path)
@@ -523,8 +525,9 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
             p.add(f"{store_path(study.name, r.dataset, r.model)} holds files the suite did not write "
                   f"({', '.join(f.name for f in found[:5])}); move them out of the folder, then run again")
     gaps = False
+    user_models = declared_model_specs(study.model_specs)
     for model in dict.fromkeys(r.model for r in extractions):
-        for gap in missing_weights(model):
+        for gap in missing_weights(model, user_models):
             p.add(f"model {model}: {gap}")
             gaps = True
     if extractions or any(r.stage == "concepts" for r in runs):
@@ -663,11 +666,12 @@ def validate_layers(study) -> None:
     """Check every custom layer name against the built model (the random-init twin: no weights needed)."""
     from conceptsim.extraction.hooks import resolve_layers
     from conceptsim.models.registry import build_model
-    from conceptsim.models.user_models import UserModelError, choose_layers
+    from conceptsim.models.user_models import UserModelError, choose_layers, declared_model_specs
 
+    user_models = declared_model_specs(study.model_specs)
     for model, names in study.layers.items():
         if names:
-            loaded = build_model(twin_name(model))
+            loaded = build_model(twin_name(model), user_models=user_models)
             try:
                 resolve_layers(loaded.module, choose_layers(loaded.spec, loaded.module, names), model)
             except (KeyError, UserModelError) as exc:

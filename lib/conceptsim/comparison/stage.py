@@ -70,10 +70,10 @@ from conceptsim.comparison.grounding import grounding_frame, layer_matrices
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
 from conceptsim.comparison.units import UNIT_METHODS, UnitMatcher
-from conceptsim.extraction.background import prefetched
 from conceptsim.models.user_models import MODEL_LISTING
 from conceptsim.paths import comparison_files, comparison_stage_json, concept_quality_csv, concept_stage_json, model_dir_name
 from conceptsim.runtime import torch_threads_from_environment
+from conceptsim.runtime.background import prefetched
 
 CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_kappa_max": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg",
                    "cls": "cls", "cls_partial": "cls", "cls_jaccard": "cls"}
