@@ -555,12 +555,12 @@ def _check_concepts_left(p: Problems, study, ds: str) -> None:
     without it in every split, or no classification probe is learned and the comparison fails. Reads the
     build's annotations."""
     from conceptsim.data.coco import ConceptDataset, DatasetError
-    from conceptsim.data.registry import DATASETS, ensure_dataset
+    from conceptsim.data.registry import DATASETS, open_source
 
     opts, split = study.datasets[ds], study.sections["split"]
     min_area, max_images = split["min_area"], opts.get("max_images")
     try:
-        every = ConceptDataset(ensure_dataset(ds, root=opts.get("root"), **(opts.get("build") or {})), concepts=opts.get("concepts"),
+        every = ConceptDataset(open_source(ds, opts), concepts=opts.get("concepts"),
                                split_seed=split["seed"], fractions=tuple(split["fractions"]), min_area=0.0,
                                split_by=opts.get("split"))
     except (DatasetError, ValueError) as exc:
