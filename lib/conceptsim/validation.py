@@ -555,10 +555,14 @@ def _check_concepts_left(p: Problems, study, ds: str) -> None:
     without it in every split, or no classification probe is learned and the comparison fails. Reads the
     build's annotations."""
     from conceptsim.data.coco import ConceptDataset, DatasetError
-    from conceptsim.data.registry import DATASETS, open_source
+    from conceptsim.data.registry import DATASETS, build_params, dataset_dir, is_user_dataset, open_source, read_marker
 
     opts, split = study.datasets[ds], study.sections["split"]
     min_area, max_images = split["min_area"], opts.get("max_images")
+    if not is_user_dataset(opts) and DATASETS[ds].kind == "embedded":
+        out = dataset_dir(ds, build_params(ds, False, **(opts.get("build") or {})))
+        if read_marker(out) is None:  # the first use builds it here, before the progress display starts
+            print(f"building dataset {ds} (first use, once; it is checked before any run starts) in {out}", flush=True)
     try:
         every = ConceptDataset(open_source(ds, opts), concepts=opts.get("concepts"),
                                split_seed=split["seed"], fractions=tuple(split["fractions"]), min_area=0.0,
