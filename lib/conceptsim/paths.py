@@ -16,6 +16,7 @@ Result layout (every stage, the runner, the book pages and the benchmarks build 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def logs_dir(study: str) -> Path:
 
 def book_results_dir(study: str) -> Path:
     return project_root() / "book" / "results" / study
+
+
+def executed_path(run) -> Path:
+    """Where the runner keeps the executed notebook of ``run`` (a :class:`conceptsim.study.Run`; a page of the book)."""
+    parts = [run.dataset] + ([model_dir_name(run.model)] if run.model else [])
+    return book_results_dir(run.parameters["study"]).joinpath(*parts, run.notebook)
+
+
+def load_records(study: str) -> list[dict]:
+    """The runner's records of a study's runs (``_runs/<run>.json``), sorted by file name."""
+    folder = runs_dir(study)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
 
 # files of one model folder (``model_results``)

@@ -71,7 +71,6 @@ from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
 from conceptsim.comparison.units import UNIT_METHODS, UnitMatcher
 from conceptsim.data.coco_icons import CUE_CONCEPT
-from conceptsim.extraction.background import prefetched
 from conceptsim.models.user_models import MODEL_LISTING
 from conceptsim.paths import (
     comparison_files,
@@ -82,6 +81,7 @@ from conceptsim.paths import (
     shortcut_csv,
 )
 from conceptsim.runtime import torch_threads_from_environment
+from conceptsim.runtime.background import prefetched
 
 CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_kappa_max": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg",
                    "cls": "cls", "cls_partial": "cls", "cls_jaccard": "cls"}

@@ -511,9 +511,23 @@ def _spec_cached(name: str, spec_json: str) -> ModelSpec:
     )
 
 
-def register(name: str, spec: Mapping) -> ModelSpec:
-    """Register a declared model in this process, so ``NAME`` and ``NAME:random`` resolve by name."""
-    return registry.register_model(user_model_spec(name, spec))
+def declared_model_specs(specs: Mapping[str, Mapping] | None) -> dict[str, ModelSpec]:
+    """A study's declared models (name -> parsed spec, as :func:`declared_models` returns them) as the
+    ``user_models`` that :func:`conceptsim.models.registry.parse_model_name` and
+    :func:`~conceptsim.models.registry.build_model` resolve ``NAME`` and ``NAME:random`` against.
+
+    Nothing is registered: the caller passes the result to the functions that need it.
+    """
+    out = {}
+    for name, spec in (specs or {}).items():
+        _not_a_registry_name(name)
+        out[name] = user_model_spec(name, spec)
+    return out
+
+
+def _not_a_registry_name(name: str) -> None:
+    if name in registry.MODELS:
+        raise UserModelError(f"'models.{name}': model name {name!r} is a registry model; choose another name for your model")
 
 
 def describe_spec(spec: Mapping) -> str:
@@ -585,7 +599,8 @@ def read_model_listing(study: str) -> dict[str, dict]:
 
 
 def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[list[str], dict[str, dict]]:
-    """A study's ``models`` list -> (model names, declared specs); the declared models are registered.
+    """A study's ``models`` list -> (model names, declared specs); :func:`declared_model_specs` turns the
+    specs into the models that the registry's functions resolve names against.
 
     Entries are registry names, ``NAME:random`` twins, or one-key mappings ``NAME: SPEC``.
     """
@@ -613,9 +628,6 @@ def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[l
             raise UserModelError(f"'models': {name!r} is the random-init twin of {base!r}, which is declared without "
                                  f"weights and so is randomly initialised itself ({NO_WEIGHTS_LABEL}); a twin needs a "
                                  f"model with weights (add 'weights: FILE' to '{base}', or drop {name!r})")
-    for name, spec in specs.items():
-        try:
-            register(name, spec)
-        except registry.UnknownModelError as exc:
-            raise UserModelError(f"'models.{name}': {exc}") from None
+    for name in specs:
+        _not_a_registry_name(name)
     return names, specs
