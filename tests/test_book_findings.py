@@ -35,3 +35,18 @@ def test_findings_page_is_absent_without_results_and_read_from_findings_json(tmp
     fj.write_text("not json")
     with pytest.raises(json.JSONDecodeError):  # generated from findings.json: a damaged one is read, not skipped
         findings.write_findings_page(study, tmp_path / "page.md")
+
+
+def test_shortcut_sentence_reads_the_deepest_layer():
+    import pandas as pd
+
+    from conceptsim.book.findings import shortcut_sentence
+
+    rows = [("seg_kappa", "", "block1", 0.2, 0.45), ("seg_kappa", "", "block4", 0.45, 0.12),
+            ("cls_partial", "", "block4", 0.69, 0.13), ("cka", "", "block4", 0.76, 0.09), ("seg_kappa", "dot", "block4", 0.9, 0.0)]
+    frame = pd.DataFrame([{"dataset": "coco-icons", "method": m, "concept": c, "layer": L, "auprc": a, "base_rate": 0.1,
+                           "chance_auprc": 0.19, "violation_rate": v} for m, c, L, a, v in rows])
+    text = shortcut_sentence("grounding/coco-icons", frame)
+    assert "study `grounding`" in text and "layer `block4`" in text and "chance 0.19" in text
+    assert "`seg_kappa` 0.45 (violation rate 0.12)" in text and "linear CKA 0.76" in text and "0.9" not in text
+    assert shortcut_sentence("x/y", frame[frame["method"] == "cls"]) == ""

@@ -71,7 +71,8 @@ def write_findings_page(study: "Study", path: Path) -> Path | None:
         "typed by hand.\n\n"
         + models_left_out_of_finding1(study)
         + study_opening(docs, study.name)
-        + ("\n" + measure_grounding(pd.concat(grounding, ignore_index=True)) if grounding else "")
+        + ("\n" + measure_grounding(pd.concat(grounding, ignore_index=True), shortcut_studies(study.name))
+           if grounding else "")
         + "\n## Verdicts at a glance\n\n" + verdict_overview(docs)
         + "\n"
     )
@@ -203,9 +204,42 @@ def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg",
     return "\n\n".join(parts) + "\n"
 
 
-def measure_grounding(grounding: "pd.DataFrame") -> str:
+def shortcut_studies(exclude: str = "") -> dict[str, "pd.DataFrame"]:
+    """The shortcut test's scores (``shortcut.csv``) of every other complete study that has them (e.g.
+    ``studies/grounding.yml``), by ``<study>/<dataset>``; smoke studies are left out."""
+    import pandas as pd
+
+    from conceptsim.paths import results_dir
+
+    out = {}
+    for path in sorted(results_dir().glob("*/*/shortcut.csv")):
+        study = path.parent.parent.name
+        if study != exclude and not study.endswith("-smoke"):
+            out[f"{study}/{path.parent.name}"] = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return out
+
+
+def shortcut_sentence(name: str, shortcut: "pd.DataFrame") -> str:
+    """How the findings' measures (and linear CKA beside them) grouped networks trained with and without a
+    planted cue, at the deepest layer of study ``name``'s shortcut test (AUPRC against its chance value)."""
+    rows = shortcut[shortcut["concept"] == ""]
+    parts = []
+    for method, label in (("seg_kappa", "`seg_kappa`"), ("cls_partial", "`cls_partial`"), ("cka", "linear CKA")):
+        sub = rows[rows["method"] == method]
+        if not sub.empty:
+            r = sub.iloc[-1]  # the rows follow the layers' order: the last is the deepest
+            parts.append(f"{label} {fmt(r['auprc'], 2)} (violation rate {fmt(r['violation_rate'], 2)})")
+    if not parts:
+        return ""
+    chance = fmt(rows["chance_auprc"].iloc[0], 2)
+    return (f"In the shortcut and label-randomisation test (study `{name.split('/')[0]}`, layer `{rows['layer'].iloc[-1]}`), "
+            f"the AUPRC of same-group network pairs (chance {chance}, perfect 1) was " + ", ".join(parts) + ". ")
+
+
+def measure_grounding(grounding: "pd.DataFrame", shortcut: dict[str, "pd.DataFrame"] | None = None) -> str:
     """How the measures the findings rest on (``seg_kappa``, ``cls_partial``) passed layer monotonicity
-    (rows of the datasets' ``grounding.csv``), trained models only, with the link to the grounding page."""
+    (rows of the datasets' ``grounding.csv``), trained models only, and the shortcut test where another study
+    ran it (:func:`shortcut_studies`), with the link to the grounding page."""
     import pandas as pd
 
     from conceptsim.models.names import PIXELS_MODEL, is_twin
@@ -224,5 +258,6 @@ def measure_grounding(grounding: "pd.DataFrame") -> str:
     if not parts:
         return ""
     return ("**Do the measures behind the findings measure?** Within one model a layer should resemble its "
-            "neighbours more than layers further away. " + "; ".join(parts) + ". Details and the other tests: "
-            "{ref}`grounding`.\n")
+            "neighbours more than layers further away. " + "; ".join(parts) + ". "
+            + "".join(shortcut_sentence(name, frame) for name, frame in (shortcut or {}).items())
+            + "Details and the other tests: {ref}`grounding`.\n")
