@@ -267,7 +267,8 @@ def test_reproducibility_page_lists_declared_models_and_hashes(tmp_path):
 
 
 def test_a_model_without_weights_is_random_init_has_no_twin_and_is_left_out_of_finding1(tmp_path, monkeypatch):
-    from conceptsim.book.reporting import models_left_out_of_finding1, page_title
+    from conceptsim.book.findings import models_left_out_of_finding1
+    from conceptsim.book.reporting import page_title
     from conceptsim.models.user_models import NO_WEIGHTS_LABEL, model_listing, read_model_listing, write_model_listing
     from conceptsim.study import parse_study
 

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Iterator, Mapping
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto ``path`` (file or directory).
 
-    On error the temporary is removed and ``path`` is left as it was.
+    On error the temporary is removed and ``path`` is left as it was. An OS error that names no file (a
+    write or flush into a full disk: ``[Errno 28] No space left on device``) is raised again naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +27,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno is None or exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
     except BaseException:
         _remove(tmp)
         raise

@@ -44,6 +44,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"conceptsim run: interrupted; stopped run(s): {runs} (no record: the next run redoes them)",
               file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # while the inputs were checked (a dataset being built): no run had started
+        print("conceptsim run: interrupted before any run started", file=sys.stderr)
+        return 130
 
 
 def _interrupt(signum: int, frame: object) -> None:

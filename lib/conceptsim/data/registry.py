@@ -94,8 +94,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "coco-icons": DatasetSpec(
         "coco-icons", "embedded", "COCO object categories as emoji art in six styles on real photos, exact masks",
         coco_icons.build_coco_icons, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
-        coco_icons.BUILDER_VERSION, coco_icons.concept_categories(), coco_icons.concepts_of_build,
-        limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
+        coco_icons.BUILDER_VERSION, {**coco_icons.concept_categories(), coco_icons.CUE_CONCEPT: coco_icons.CUE_SUPERCATEGORY},
+        coco_icons.concepts_of_build, limits={"n": (1, None), "size": (64, None), "seed": (0, None), "cue": (0, 1)},
+        missing=coco_icons.missing_sources,
         choices={"mode": tuple(coco_icons.MODES)},
         image_fields=("style", "background"),
     ),
