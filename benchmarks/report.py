@@ -62,7 +62,7 @@ DESIGN_MEASUREMENTS = [
     "0.17 s of CPU on 44 MB of float16 activations, against 0.04 s for encoding and writing them.",
     "- Activation compression (`conceptsim.extraction.store.COMPRESSORS`): zstd level 1 stores real feature "
     "maps in 2/3 to 3/4 of their size and adds 2-4 % to the extraction's wall time on 2 cores (default models).",
-    "- Helper libraries during extraction (`conceptsim.extraction.background`): OpenCV's and BLAS's own thread "
+    "- Helper libraries during extraction (`conceptsim.runtime.background`): OpenCV's and BLAS's own thread "
     "pools in the prefetch thread took about a third more CPU time for the same work on 2 cores.",
     "- BLAS threads in the concept stage (`conceptsim.runtime`): Method B on a 1280-unit layer took 104 s with "
     "BLAS threads and 11 s with one, with identical results.", "",

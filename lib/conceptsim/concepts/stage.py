@@ -86,6 +86,19 @@ FEW_OBSERVATIONS = 64
 FEW_OBSERVATIONS_CONSTANT_FRACTION = 0.10
 
 
+def excluded_pairs(quality: pd.DataFrame) -> pd.DataFrame:
+    """The (concept, method) pairs a concept-quality table (``concept_quality.csv``) excludes, with the reason:
+    one row each, columns ``concept, method, excluded``."""
+    rows = quality[quality["excluded"].notna()][["concept", "method", "excluded"]]
+    return rows.drop_duplicates().reset_index(drop=True)
+
+
+def quality_overview(quality: pd.DataFrame) -> str:
+    """One line on a concept-quality table: layers, concepts and excluded (concept, method) pairs."""
+    return (f"{quality['layer'].nunique()} layers, {quality['concept'].nunique()} concepts; "
+            f"{len(excluded_pairs(quality))} (concept, method) pairs excluded")
+
+
 def check_constant_channels(model: str, layer: str, n_constant: int, channels: int, policy: str,
                             max_fraction: float | None = None, observations: int | None = None) -> None:
     """Fail loudly when a layer has constant channels where ``policy`` forbids them.
