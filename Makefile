@@ -51,7 +51,7 @@ smoke: setup
 
 # the book lists complete studies; BOOK_ALL=1 adds smoke and incomplete studies as rehearsals
 book: setup
-	CONCEPTSIM_BOOK_ALL=$(BOOK_ALL) $(PY) -m conceptsim.runner >/dev/null
+	CONCEPTSIM_BOOK_ALL=$(BOOK_ALL) $(PY) -m conceptsim.book.toc >/dev/null
 	$(VENV)/bin/jupyter-book build . --toc book/_generated/_toc.yml -W -n --keep-going
 	@echo "$(CURDIR)/_build/html/index.html"
 

@@ -10,7 +10,7 @@ per-image rates the projection uses (slope between N and 4N, so fixed start-up c
 - concepts: the concept stage (default probe settings, its first three probed layers: the largest grids)
   on the store the extraction child wrote;
 - comparison: the comparison stage on a synthetic study (two models with twins, four layers, the
-  default evaluation grid) with N and 4N test images.
+  default evaluation grid) with 3N and 12N images, half test and half val (the stage selects on val).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def build_comparison_input(scratch: Path, per_split: int, quick: bool) -> None:
 
     ex = default_study(smoke=quick).sections["extraction"]
     build_synthetic_study(comparison_root(scratch, per_split), COMPARISON_LAYOUT(), n_images=3 * per_split,
-                          test_fraction=1.0, eval_grid=(ex["eval_grid"],) * 2, input_size=(300, 300), seed=0)
+                          test_fraction=0.5, val_fraction=0.5, eval_grid=(ex["eval_grid"],) * 2, input_size=(300, 300), seed=0)
 
 
 def child_main(stage: str, per_split: int, scratch: str, quick: bool) -> dict:

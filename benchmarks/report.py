@@ -31,11 +31,13 @@ CAUSES: dict[str, str] = {
         "above."
     ),
     "memory_scaling/concepts": (
-        "By design of `load_layer` (`lib/conceptsim/concepts/stage.py`) / `SplitData` "
-        "(`concepts/layerdata.py`): a split's activations are held in memory (float32) whenever they fit "
-        "`memory_budget_gb` (3 GB by default), so peak memory grows with the number of images up to that budget "
-        "and only then is bounded (float16, then streaming). To meet the target at these sizes the budget "
-        "would have to be small (or streaming the default)."
+        "What grows with the images by design: the splits `load_layer` (`lib/conceptsim/concepts/stage.py`) / "
+        "`SplitData` (`concepts/layerdata.py`) hold in memory (float32 while they fit `memory_budget_gb`) and "
+        "the val and test masks. The work on them is bounded by the layer, not the images, with no number "
+        "changed (issue 24): bootstrap intervals a chunk of resamples at a time (the K x B x n arrays of "
+        "average precision were the largest growth), mask areas a block of images at a time and shared by "
+        "subsets, channel moments with one float64 copy per read, splits standardised in place, dissection "
+        "batches sized by the layer."
     ),
     "memory_scaling/extraction": (
         "Buffers are per batch or per chunk (prefetch and writer queues of two batches, one 32-image chunk per "
@@ -60,7 +62,7 @@ DESIGN_MEASUREMENTS = [
     "0.17 s of CPU on 44 MB of float16 activations, against 0.04 s for encoding and writing them.",
     "- Activation compression (`conceptsim.extraction.store.COMPRESSORS`): zstd level 1 stores real feature "
     "maps in 2/3 to 3/4 of their size and adds 2-4 % to the extraction's wall time on 2 cores (default models).",
-    "- Helper libraries during extraction (`conceptsim.extraction.background`): OpenCV's and BLAS's own thread "
+    "- Helper libraries during extraction (`conceptsim.runtime.background`): OpenCV's and BLAS's own thread "
     "pools in the prefetch thread took about a third more CPU time for the same work on 2 cores.",
     "- BLAS threads in the concept stage (`conceptsim.runtime`): Method B on a 1280-unit layer took 104 s with "
     "BLAS threads and 11 s with one, with identical results.", "",

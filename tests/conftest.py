@@ -92,3 +92,34 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))  # no weights: what is missing is known
     monkeypatch.chdir(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def small_dataset_and_model():
+    """A random-init MobileNetV2 and a 24-image shapes dataset in its input geometry (extraction tests)."""
+    from conceptsim import pipeline
+    from conceptsim.models.registry import build_model
+
+    loaded = build_model("mobilenet_v2_imagenet:random")
+    ds, source = pipeline.open_dataset("shapes", {"build": {"n": 24, "size": 96, "seed": 3}},
+                                       {"fractions": [0.6, 0.2, 0.2], "seed": 0, "min_area": 0.005},
+                                       loaded.preprocessing, 16)
+    return loaded, ds
+
+
+@pytest.fixture(scope="module")
+def comparison_run(tmp_path_factory):
+    """``(findings document, similarity table)`` of the comparison stage run on a small synthetic study."""
+    import json
+
+    import pandas as pd
+
+    from conceptsim.comparison.stage import run_comparison_stage
+    from conceptsim.comparison.synthetic import build_synthetic_study
+
+    root = tmp_path_factory.mktemp("rep") / "ds"
+    spec = {"a": [("l1", 0.3, 4, 4), ("l2", 1.0, 2, 4)], "b": [("m1", 0.5, 4, 3), ("m2", 1.0, 2, 3)]}
+    spec.update({f"{m}:random": v for m, v in list(spec.items())})
+    build_synthetic_study(root, spec, n_images=20, signal=lambda m, i, d, c: 0.1 if ":random" in m else 1.0)
+    paths = run_comparison_stage(root, root, models=list(spec), permutations=200, bootstrap=100)
+    return json.loads(paths["findings"].read_text()), pd.read_csv(paths["similarity"])

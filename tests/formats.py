@@ -8,7 +8,8 @@
   ``ImageSets/Segmentation/{train,val}.txt``.
 
 And the user's own models: :data:`TINY_YOLO` (an ultralytics model yaml) and :func:`write_python_model`
-(a package with a builder function).
+(a package with a builder function); :class:`Toy`, a three-convolution module with a block and a layer that
+returns a tuple (hooks and relative depth).
 
 Each image shows two of a person, a car and a dog (sizes vary with the image), so each concept has
 images with and without it.
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+from torch import nn
 
 #: (COCO id, name, supercategory): COCO's real ids for the categories the fixtures use
 COCO_CATEGORIES = ((1, "person", "person"), (3, "car", "vehicle"), (6, "bus", "vehicle"), (18, "dog", "animal"),
@@ -238,3 +240,23 @@ def write_python_model(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "tiny.py").write_text(TINY_NET)
     return tmp_path
+
+
+class Toy(nn.Module):
+    """Convolutions ``a``, ``block.0`` and ``b`` (stride 2); ``pair`` returns a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU())
+        self.b = nn.Conv2d(4, 2, 3, stride=2, padding=1)
+        self.pair = Pair()
+
+    def forward(self, x):
+        x = self.b(self.block(self.a(x)))
+        return self.pair(x)
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x, x

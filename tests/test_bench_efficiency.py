@@ -133,7 +133,7 @@ def test_run_extraction_records_where_its_time_went(tmp_path, monkeypatch):
 
     monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path))
     loaded = types.SimpleNamespace(preprocessing="pre")
-    monkeypatch.setattr(registry, "build_model", lambda name, device: loaded)
+    monkeypatch.setattr(registry, "build_model", lambda name, device, user_models=None: loaded)
     source = types.SimpleNamespace(sha256="s", annotation_file="a", image_dir="i", concepts=["red"])
     dataset = types.SimpleNamespace(split_rule="random")
     monkeypatch.setattr(pipeline, "open_dataset", lambda *a, **k: (dataset, source))

@@ -140,7 +140,7 @@ def test_failure_keeps_traceback_and_skips_dependents(fake_project, scheduler, c
 
 def study_file(root: Path) -> Path:
     path = root / "fake.yml"
-    path.write_text("name: fake\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\n")
+    path.write_text("name: fake\ndatasets: {shapes: {build: {n: 20, size: 48}}}\nmodels: [mobilenet_v2_imagenet]\n")
     return path
 
 
@@ -231,14 +231,14 @@ def untimed(value):
 
 
 @pytest.mark.slow
-def test_smoke_study_same_files_as_jobs(tmp_path):
-    """The default study's smoke mode on one dataset (shapes: every model, twin and stage) with --jobs 2,
-    then with --cluster local:2, each in its own temporary project: the same CSVs byte for byte, the same
-    JSON (zarr metadata included) apart from timings, the same run keys. Both wall times are printed (-s)
+def test_smoke_study_same_files_whatever_the_parallelism(tmp_path):
+    """The default study's smoke mode on one dataset (shapes: every model, twin and stage) with --jobs 1,
+    --jobs 2 and --cluster local:2, each in its own temporary project: the same CSVs byte for byte, the same
+    JSON (zarr metadata included) apart from timings, the same run keys. The wall times are printed (-s)
     and written to ``walls.json`` beside the projects."""
     walls = {}
-    for how in (["--jobs", "2"], ["--cluster", "local:2"]):
-        root = make_project(tmp_path / how[0][2:])
+    for how in (["--jobs", "1"], ["--jobs", "2"], ["--cluster", "local:2"]):
+        root = make_project(tmp_path / "-".join(h.strip("-").replace(":", "") for h in how))
         env = {**os.environ, "CONCEPTSIM_ROOT": str(root), "CONCEPTSIM_RESULTS": str(root / "results"),
                "CONCEPTSIM_CACHE": os.environ.get("CONCEPTSIM_CACHE") or str(ROOT / ".cache")}
         cmd = [str(Path(sys.executable).parent / "conceptsim"), "run", "studies/default.yml", "--smoke",
@@ -249,7 +249,8 @@ def test_smoke_study_same_files_as_jobs(tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     print(f"\nsmoke study (shapes) wall seconds: {walls}")
     (tmp_path / "walls.json").write_text(json.dumps(walls))
-    assert_same_results(tmp_path / "jobs", tmp_path / "cluster", "default-smoke")
+    assert_same_results(tmp_path / "jobs-1", tmp_path / "jobs-2", "default-smoke")
+    assert_same_results(tmp_path / "jobs-2", tmp_path / "cluster-local2", "default-smoke")
 
 
 def assert_same_results(project_a: Path, project_b: Path, study: str) -> None:
@@ -271,3 +272,28 @@ def assert_same_results(project_a: Path, project_b: Path, study: str) -> None:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
         else:
             assert document(project_a, rel) == document(project_b, rel), rel
+    print(f"{project_a.name} and {project_b.name}: {len(files(a))} result files agree")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["ctrl-c", "kill -9"])
+def test_stopped_study_stops_the_local_cluster_with_one_line_and_no_record(fake_project, stop):
+    import signal
+
+    root, _ = fake_project
+    proc, cmd, kernel, worker = test_runner.start_study(root, 0, cluster="local:2")
+    assert worker != proc.pid  # the kernel's parent is a Dask worker process
+    t0 = time.monotonic()
+    if stop == "ctrl-c":  # Ctrl-C reaches the terminal's process group: the study and its Dask workers
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # the study dies without a word: its workers must not go on and record the run
+        os.kill(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    stopped = time.monotonic() - t0
+    if stop == "ctrl-c":
+        assert proc.returncode == 130, err
+        assert err.strip() == ("conceptsim run: interrupted; stopped run(s): extract/shapes/mobilenet_v2_imagenet:random "
+                               "(no record: the next run redoes them)")
+        assert stopped < 15, f"the study took {stopped:.1f} s to stop"
+    assert test_runner.gone(worker, 10) and test_runner.gone(kernel, 15)
+    assert not list((root / "results" / "fake").rglob("_runs/*.json"))  # the stopped run left no record

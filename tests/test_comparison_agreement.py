@@ -182,3 +182,26 @@ def test_probes_that_only_find_objects_agree_at_chance_with_object_strata():
     assert abs(strata.results()["seg_kappa"][0, 0, 1]) < 0.05
     otp, osize = strata.object_quality()
     assert np.array_equal(otp[0], (objects & truth).reshape(n, -1).sum(1)) and np.array_equal(osize[0], objects.reshape(n, -1).sum(1))
+
+
+@pytest.mark.parametrize("n_strata", [2, 3])
+def test_stratum_counts_match_a_loop_over_rows_images_and_strata(n_strata):
+    """The batched float32 product gives the exact integer counts a plain loop gives, from int8 or float32 masks."""
+    from conceptsim.comparison.agreement import stratum_counts
+
+    rng = np.random.default_rng(5)
+    r, n, p = 4, 3, 50
+    masks = torch.from_numpy((rng.random((r, n, p)) < 0.4).astype(np.int8))
+    t = torch.from_numpy((rng.random((n, p)) < 0.3).astype(np.int8))
+    objects = torch.from_numpy((rng.random((n, p)) < 0.5).astype(np.int8))
+    other = (1 - t) * objects
+    strata = [t, 1 - t] if n_strata == 2 else [t, other, 1 - t - other]
+    want = np.zeros((n_strata, r, n))
+    for s, sm in enumerate(strata):
+        for row in range(r):
+            for i in range(n):
+                want[s, row, i] = sum(int(masks[row, i, x]) * int(sm[i, x]) for x in range(p))
+    for m in (masks, masks.float()):
+        got = stratum_counts(m, strata)
+        assert got.dtype == torch.float64 and got.shape == (n_strata, r, n)
+        assert np.array_equal(got.numpy(), want)

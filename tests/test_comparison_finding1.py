@@ -109,3 +109,29 @@ def test_every_object_control_rules_out_probes_that_only_find_objects():
     assert not out["a"].learned and "every-object" in out["a"].reason
     assert out["b"].learned  # 0.6 against 0.55 with paired replicates
     assert beats[:, 2].all()  # not an object concept: the control does not apply
+
+
+def test_weighted_ap_with_bootstrap_multiplicities_is_bit_identical_to_float_sums():
+    """Integer multiplicities are summed as int32: the same bits as a float64 loop reference, ties included."""
+    rng = np.random.default_rng(1)
+    n = 30
+    y = rng.random(n) < 0.4
+    s = y * 1.0 + rng.normal(0, 1.0, (4, n))
+    s[:, 3] = s[:, 7]  # a tie
+    w = image_weights(rng, 50, n)
+
+    def reference(scores, labels, weights):
+        out = np.full((weights.shape[0], scores.shape[0]), np.nan)
+        for r in range(scores.shape[0]):
+            order = np.argsort(-scores[r], kind="stable")
+            ws, ys = weights[:, order].astype(np.float64), labels[order]
+            cum_all, cum_pos = np.cumsum(ws, axis=1), np.cumsum(ws * ys, axis=1)
+            prec = np.where(cum_all > 0, cum_pos / np.where(cum_all > 0, cum_all, 1.0), 0.0)
+            pos_w = (ws * ys).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, r] = np.where(pos_w > 0, (ws * ys * prec).sum(axis=1) / np.where(pos_w > 0, pos_w, 1.0), np.nan)
+        return out
+
+    assert np.array_equal(weighted_average_precision(s, y, w), reference(s, y, w), equal_nan=True)
+    half = w * 0.5  # non-integer weights keep the float64 sums
+    np.testing.assert_allclose(weighted_average_precision(s, y, half), reference(s, y, half), rtol=1e-12)

@@ -76,3 +76,18 @@ def test_blocks_follow_store_chunks(study):
     assert so.chunk_rows == 12  # 16 images per chunk, capped at the store's 12 images
     blocks = so.read_blocks(4)
     assert np.array_equal(np.concatenate(blocks), np.arange(so.n_test))
+
+
+def test_grid4_grams_in_small_blocks_equal_one_block(tmp_path):
+    """The grid-4 pass reads blocks of ``read_images`` (one stored chunk each) instead of all images of a
+    layer at once: the Gram matrices and the pooled features unit matching receives are bit-identical."""
+    from conceptsim.comparison.stage import grid4_grams
+
+    root = tmp_path / "ds"
+    build_synthetic_study(root, {"a": LAYERS, "b": LAYERS}, n_images=64, test_fraction=0.75, seed=2)
+    so = StudyOutputs(root, ["a", "b"])
+    assert len(so.read_blocks(16)) > 1 and len(so.read_blocks(so.n_test)) == 1  # the two readings differ
+    seen: dict[int, list] = {16: [], so.n_test: []}
+    grams = {k: grid4_grams(so, k, lambda li, x, k=k: seen[k].append(x.clone())) for k in seen}
+    assert np.array_equal(grams[16], grams[so.n_test])
+    assert all(torch.equal(a, b) for a, b in zip(seen[16], seen[so.n_test], strict=True))

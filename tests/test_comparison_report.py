@@ -1,48 +1,29 @@
-"""Findings page text and figures render from a stage run (no hand-typed numbers)."""
+"""Findings tables (shown by notebook 04 and the book's Findings page) and figures render from a stage run (no
+hand-typed numbers)."""
 
 import json
 
-import pandas as pd
 import pytest
 
 from conceptsim.comparison import figures, report
-from conceptsim.comparison.stage import run_comparison_stage
-from conceptsim.comparison.synthetic import build_synthetic_study
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rep") / "ds"
-    spec = {"a": [("l1", 0.3, 4, 4), ("l2", 1.0, 2, 4)], "b": [("m1", 0.5, 4, 3), ("m2", 1.0, 2, 3)]}
-    spec.update({f"{m}:random": v for m, v in list(spec.items())})
-    build_synthetic_study(root, spec, n_images=20, signal=lambda m, i, d, c: 0.1 if ":random" in m else 1.0)
-    paths = run_comparison_stage(root, root, models=list(spec), permutations=200, bootstrap=100)
-    return json.loads(paths["findings"].read_text()), pd.read_csv(paths["similarity"])
-
-
-def test_markdown_carries_the_json_numbers(run):
-    doc, _ = run
-    md = report.findings_markdown(doc)
+def test_tables_carry_the_json_numbers(comparison_run):
+    doc, _ = comparison_run
     f1 = doc["pairs"][0]["finding1"]["seg"]
     t = report.FindingTest.from_json(f1["test"])
     assert t.verdict in report.VERDICTS
-    assert report.verdict_cell(t) in md and "| a vs b |" in md and "Finding 2" in md and "Holm" in md
+    assert report.verdict_cell(t) in report.finding1_table(doc) and "| a vs b |" in report.finding1_table(doc)
     if t.ci_low is not None:
-        assert report.fmt_test(t) in md
+        assert report.fmt_test(t) in report.finding1_table(doc)
     f2 = doc["pairs"][0]["finding2"]["seg"]
     for c in ("aligned", "beyond_resolution", "from_training"):
         assert report.COMPONENT_NAMES[c] in report.finding2_table(doc)
     assert report.fmt(f2["error"], 2) in report.finding2_table(doc)
-    assert "emergence" in md.lower() and "### ds" not in md.splitlines()  # no duplicate dataset heading
-    assert not any(line.startswith("#### ") for line in md.splitlines())  # ## Dataset, then ### sections
-    opening = report.study_opening([doc], "s")
-    assert "What was tested" in opening and "What it found" in opening and "How sure" in opening
-    overview = report.verdict_overview([doc])
-    assert overview.count("| ds | a vs b |") == 4 * len(doc["pairs"][0]["finding1"])
 
 
-def test_untestable_finding_is_said_so(run):
-    doc, _ = run
+def test_untestable_finding_is_said_so(comparison_run):
+    doc, _ = comparison_run
     doc = json.loads(json.dumps(doc))
     f1 = doc["pairs"][0]["finding1"]["seg"]
     f1["test"] = report.FindingTest("finding1", "agreement", reason="2 concept(s) pass the filter").to_json()
@@ -55,8 +36,8 @@ def test_old_documents_are_refused_with_a_reason():
         report.load_findings({"schema": 2, "pairs": []})
 
 
-def test_figures_render(run):
-    doc, sim = run
+def test_figures_render(comparison_run):
+    doc, sim = comparison_run
     for fig in (
         figures.layer_heatmaps(sim, "a"),
         figures.layer_heatmaps(sim, "a", "b", method="cls", cka="cka_grid4"),
@@ -86,8 +67,8 @@ def _text_boxes(fig):
     return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text() and t.get_visible()]
 
 
-def test_cross_model_titles_are_legible_with_long_model_names(run):
-    _, sim = run
+def test_cross_model_titles_are_legible_with_long_model_names(comparison_run):
+    _, sim = comparison_run
     long = {"a": "centernet_mobilenet_v3_coco", "b": "ssd_mobilenet_v2_coco", "a:random": "centernet_mobilenet_v3_coco:random"}
     sim = sim.assign(model_a=sim["model_a"].map(lambda m: long.get(m, m)), model_b=sim["model_b"].map(lambda m: long.get(m, m)))
     fig = figures.cross_model_matrix(sim, list(long.values()))

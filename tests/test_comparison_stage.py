@@ -226,3 +226,22 @@ def test_a_model_without_weights_is_left_out_of_the_findings_with_its_reason(tmp
     paths = run_comparison_stage(root, tmp_path / "out", models=list(spec), permutations=50, bootstrap=20)
     doc = json.loads(paths["findings"].read_text())
     assert doc["pairs"] == [] and doc["excluded_from_findings"] == {"b": "declared without weights: a random network"}
+
+
+def test_excluded_models_read_the_study_listing(tmp_path):
+    """models.json beside the dataset folder: models not in finding 1, with their reason (else their label);
+    no listing: none excluded; a file that is no listing: an error naming it."""
+    from conceptsim.comparison.stage import excluded_models
+
+    dataset_dir = tmp_path / "study" / "ds"
+    dataset_dir.mkdir(parents=True)
+    assert excluded_models(dataset_dir) == {}
+    listing = tmp_path / "study" / "models.json"
+    listing.write_text(json.dumps({"schema": 1, "models": {
+        "mine": {"in_finding1": False, "exclusion_reason": "declared without weights", "label": "random init (no weights)"},
+        "theirs": {"in_finding1": False, "label": "random init (no weights)"},
+        "trained": {"in_finding1": True, "exclusion_reason": None}, "old": {}}}))
+    assert excluded_models(dataset_dir) == {"mine": "declared without weights", "theirs": "random init (no weights)"}
+    listing.write_text(json.dumps({"models_of": {}}))
+    with pytest.raises(ComparisonError, match=r"models.json is not a model listing"):
+        excluded_models(dataset_dir)

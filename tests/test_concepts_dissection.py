@@ -60,3 +60,32 @@ def test_unit_iou_matches_brute_force(acts):
         for k in range(2):
             assert inter[u, k] == (units[:, u] & m[:, k]).sum()
             assert union[u, k] == (units[:, u] | m[:, k]).sum()
+
+
+def test_dissection_batch_size_changes_no_number(acts, monkeypatch):
+    """Thresholds (exact top values) and IoU counts (integers) are the same for any batch size."""
+    rng = np.random.default_rng(2)
+    masks = torch.from_numpy(rng.random((20, 2, 12, 14)) < 0.3)
+    ev = EvalSet(masks, torch.tensor([[0.0, 0.0, 6.0, 7.0]]).repeat(20, 1), (6, 7))  # upsampled x 2
+    results = []
+    for size in (1, 7, 20):
+        thr, err = dis.unit_thresholds(_batches(acts, size), 5, values_per_unit=20 * 6 * 7)
+        results.append((thr, err, *dis.unit_iou_counts(_batches(acts, size)(), thr, ev)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    assert results[0][2].sum() > 0
+
+
+def test_dissection_batch_rows_follow_the_layer_not_the_images():
+    from conceptsim.concepts.layerdata import rows_per_read
+
+    class Array:  # the shape is all batch_rows reads
+        def __init__(self, *shape):
+            self.shape = shape
+
+    small, large = (dis.batch_rows(Array(n, 32, 32, 32), n * 32 * 32) for n in (48, 192))
+    assert small == large == dis.BATCH_VALUES_PER_UNIT // (32 * 32)
+    big = Array(1000, 1000, 40, 40)  # 6.4 MB per image as float32: a read holds 10
+    assert dis.batch_rows(big, 1000 * 40 * 40) == rows_per_read(big) == 10
+    assert dis.top_kept(1000) == 1000 - int(np.ceil(dis.QUANTILE * 999))

@@ -110,3 +110,39 @@ def test_classification_probes_planted(planted):
     assert all(i.value > 0.9 for i in iv["ap"])
     assert set(probes.chosen_c) <= {0.01, 0.1, 1.0, 10.0}
     assert np.allclose(np.linalg.norm(probes.cav, axis=1), 1.0)
+
+
+def test_streamed_pieces_equal_the_whole(planted, monkeypatch):
+    """Reading, mask areas, subsets and in-place standardising, done a piece at a time, change no number."""
+    import conceptsim.concepts.net2vec as n2v
+    from conceptsim.extraction.store import read_rows
+
+    inp, data, targets, _ = planted
+    store = inp.store
+    rows, cols = inp.rows["train"], inp.cidx[[2, 0, 3]]
+    tgt = store.targets(store.layers[0].name)
+    whole = np.concatenate([b[:, cols] for _, b in read_rows(tgt, rows, batch=64)])
+    got = stage.read_selected(tgt, rows, cols)
+    np.testing.assert_array_equal(got, whole)
+    assert got.strides == whole.strides  # the layout the probes' loss reductions were measured with
+    masks = stage.read_selected(store.masks, rows, cols, bool)
+    np.testing.assert_array_equal(masks, whole_masks := np.concatenate(
+        [b[:, cols] for _, b in read_rows(store.masks, rows, batch=64)]) != 0)
+    assert masks.dtype == bool and whole_masks.any()
+
+    ev = inp.eval_sets["val"]
+    monkeypatch.setattr(n2v, "COUNT_FLOATS", 1)  # one image per block
+    fresh = EvalSet(ev.masks, ev.boxes, ev.input_size)
+    expected = ev.masks.flatten(2).sum(2, dtype=torch.int32)
+    assert torch.equal(fresh.areas, expected)
+    everything = fresh.subset(range(ev.masks.shape[1]))
+    assert everything.masks is fresh.masks and torch.equal(everything.areas, expected)
+    some = fresh.subset([3, 1])
+    assert torch.equal(some.masks, ev.masks[:, [3, 1]]) and torch.equal(some.areas, expected[:, [3, 1]])
+
+    act = store.activations(store.layers[0].name)
+    held = SplitData(act, inp.rows["val"], budget_bytes=1e9)
+    assert held.mode == "float32"
+    raw = torch.cat([x for _, x in held.batches(5)]).clone()
+    held.set_standardiser(data["train"].moments)
+    assert torch.equal(torch.cat([x for _, x in held.batches(5)]), data["train"].moments.apply(raw))

@@ -157,3 +157,17 @@ def test_segmentation_overlay_outlines_true_and_predicted_in_fixed_colours_on_a_
     assert all(c.get_facecolor().size == 0 or c.get_facecolor()[0][3] == 0 for c in ax.collections)  # outlines only
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend == ["true mask", "predicted mask"] and min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 9
+
+
+def test_excluded_pairs_and_the_quality_overview_line():
+    """Notebook 02's summary of a concept-quality table: excluded (concept, method) pairs once each, with the reason."""
+    from conceptsim.concepts.stage import excluded_pairs, quality_overview
+
+    quality = pd.DataFrame({
+        "layer": ["l1", "l1", "l2", "l2", "l1", "l2"], "concept": ["sky", "sky", "sky", "dog", "dog", "none"],
+        "method": ["seg", "seg", "seg", "cls", "cls", "seg"],
+        "excluded": [None, None, None, "too few test images", "too few test images", "no positive image"]})
+    assert excluded_pairs(quality).to_dict("records") == [
+        {"concept": "dog", "method": "cls", "excluded": "too few test images"},
+        {"concept": "none", "method": "seg", "excluded": "no positive image"}]
+    assert quality_overview(quality) == "2 layers, 3 concepts; 2 (concept, method) pairs excluded"

@@ -1,4 +1,4 @@
-"""Named datasets, ensure_dataset caching, the summary CSV and figure, the ``data`` CLI."""
+"""Named datasets, ensure_dataset caching, open_source, the summary CSV and figure, the ``data`` CLI."""
 
 from __future__ import annotations
 
@@ -18,6 +18,23 @@ from conceptsim.data.summary import COLUMNS, write_summary
 def cache(monkeypatch, tmp_path):
     monkeypatch.setenv("CONCEPTSIM_DATA", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+def test_open_source_serves_registry_and_declared_datasets(cache, tmp_path):
+    """One way to a dataset: a study's options with ``build`` (or ``root``) reach ensure_dataset, options with
+    ``coco`` name the user's own folder; the other keys are the ConceptDataset's."""
+    from formats import write_coco
+
+    built = registry.open_source("shapes", {"build": {"n": 6, "size": 48}, "concepts": ["red"], "max_images": 2})
+    assert built == registry.ensure_dataset("shapes", n=6, size=48)
+    write_coco(tmp_path / "d", n=3, ann_name="a.json", image_dir="im")
+    coco = {"images": str(tmp_path / "d" / "im"), "annotations": str(tmp_path / "d" / "annotations" / "a.json")}
+    own = registry.open_source("mine", {"coco": coco, "concept_categories": {"person": "object"}})
+    assert (own.name, own.annotation_file, own.image_dir) == ("mine", tmp_path / "d" / "annotations" / "a.json",
+                                                              tmp_path / "d" / "im")
+    assert own.concept_categories == {"person": "object"} and own.params == {"origin": coco["images"]}
+    with pytest.raises(ValueError, match="takes no build parameters"):
+        registry.open_source("coco2017-val", {"build": {"n": 3}})
 
 
 def test_registry_names():

@@ -180,10 +180,57 @@ def _settled(browser, timeout: float = 20) -> None:
 WARNING_TEXT = r"\b[A-Z][A-Za-z0-9]*Warning\b|warnings\.warn|Traceback \(most recent call last\)"
 
 
+MIN_FIGURE_PT = 8.0  # the smallest figure text a reader is asked to read, as shown on the page
+
+
+def small_figure_text(browser) -> list[str]:
+    """Figures on the open page whose smallest text shows below ``MIN_FIGURE_PT``: read from the PNG's metadata
+    (``conceptsim.atomic.figure_png`` writes the smallest font size in points and the dpi) and scaled by how
+    wide the page draws the image against its natural width (96 CSS px to the inch). Images without that
+    metadata are not judged."""
+    from urllib.parse import unquote, urlparse
+
+    from PIL import Image
+
+    from conceptsim.atomic import FONT_FLOOR_KEY
+
+    shown = browser.execute_script(
+        "return Array.from(document.querySelectorAll('main img')).filter(i => i.complete && i.naturalWidth)"
+        ".map(i => [i.currentSrc, i.naturalWidth, i.getBoundingClientRect().width]);")
+    small = []
+    for src, natural, width in shown:
+        url = urlparse(src)
+        if url.scheme != "file":
+            continue
+        with Image.open(unquote(url.path)) as im:
+            meta = dict(getattr(im, "text", {}) or {})
+        if FONT_FLOOR_KEY not in meta or not width:
+            continue
+        pt = float(meta[FONT_FLOOR_KEY]) * float(meta.get("conceptsim-dpi", 100)) / 96 * width / natural
+        if pt < MIN_FIGURE_PT:
+            small.append(f"{Path(url.path).name}: smallest text {pt:.1f} pt as shown ({meta[FONT_FLOOR_KEY]} pt in a "
+                         f"{natural} px image drawn {width:.0f} px wide)")
+    return small
+
+
+def key_columns_beyond(browser) -> list[str]:
+    """Verdict or target columns of the open page's tables that start beyond the window's right edge."""
+    return browser.execute_script(
+        "const re = new RegExp(arguments[0], 'i'); const out = [];"
+        "document.querySelectorAll('main table').forEach((t, i) => {"
+        "  const head = t.querySelectorAll('thead th, tr:first-child th');"
+        "  head.forEach(th => { const r = th.getBoundingClientRect();"
+        "    if (re.test(th.innerText.trim()) && r.left >= window.innerWidth)"
+        "      out.push(`table ${i + 1}: '${th.innerText.trim()}' starts at ${Math.round(r.left)} px`); }); });"
+        "return out;", KEY_COLUMNS)
+
+
 def test_every_page_reads_clean_in_chromium(built_book):
     """Every built page: tables rendered as tables (no raw `|---|` pipe text), no warning text or stderr
-    stream in notebook outputs, every navigation entry of an executed page names its model or dataset;
-    a screenshot of the Findings page is saved as `_build/findings.png` for a person to look at."""
+    stream in notebook outputs, every navigation entry of an executed page names its model or dataset, no
+    verdict or target column beyond the window (1,280 px) and no figure text shown below 8 pt (where the
+    figure's metadata tells its font sizes); a screenshot of the Findings page is saved as
+    `_build/findings.png` for a person to look at."""
     import re
 
     html = built_book.parent
@@ -207,6 +254,8 @@ def test_every_page_reads_clean_in_chromium(built_book):
                 problems.append(f"{rel}: warning text in a notebook output: {found.group(0)!r}")
             if browser.execute_script("return document.querySelectorAll('.cell_output .stderr, .output.stderr').length"):
                 problems.append(f"{rel}: a stderr stream in a notebook output")
+            problems += [f"{rel}: {b} (window 1280 px)" for b in key_columns_beyond(browser)]
+            problems += [f"{rel}: {s}" for s in small_figure_text(browser)]
             if page in executed:  # .../default-smoke/<dataset>[/<model dir>]/NN_stage.html
                 nav = browser.execute_script(
                     "const a = document.querySelectorAll('.bd-sidebar-primary a.current, .bd-sidebar a.current');"
@@ -251,14 +300,7 @@ def test_key_columns_on_screen_at_1000_and_1400_px(built_book):
                 browser.set_window_size(width, 900)
                 browser.get((html / page).as_uri())
                 _settled(browser)
-                beyond = browser.execute_script(
-                    "const re = new RegExp(arguments[0], 'i'); const out = [];"
-                    "document.querySelectorAll('main table').forEach((t, i) => {"
-                    "  const head = t.querySelectorAll('thead th, tr:first-child th');"
-                    "  head.forEach(th => { const r = th.getBoundingClientRect();"
-                    "    if (re.test(th.innerText.trim()) && r.left >= window.innerWidth)"
-                    "      out.push(`table ${i + 1}: '${th.innerText.trim()}' starts at ${Math.round(r.left)} px`); }); });"
-                    "return out;", KEY_COLUMNS)
+                beyond = key_columns_beyond(browser)
                 if page != KEY_COLUMN_PAGES[-1]:  # the Findings page's tables are checked by its own test
                     problems += [f"{page} at {width} px: {b} (window {width} px)" for b in beyond]
                 height = browser.execute_script("return document.body.scrollHeight")

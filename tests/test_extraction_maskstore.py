@@ -7,7 +7,9 @@ import pytest
 import zarr
 
 from conceptsim.data.geometry import Preprocessing
+from conceptsim.extraction.extract import extract
 from conceptsim.extraction.maskstore import MASK_SCHEMA, MaskStore, grid_name, mask_store_key
+from conceptsim.extraction.store import ActivationStore
 from conceptsim.extraction.zarrio import StoreError
 
 
@@ -92,3 +94,32 @@ def test_every_object_mask_reaches_the_mask_store_whatever_the_concepts(tmp_path
         pc.object_mask(pc.image_ids[0])
     plain, _ = ensure_mask_store(pc, [(4, 4)], tmp_path / "m", progress=False)
     assert not plain.has_objects and plain.objects is None and plain.object_labels is None
+
+
+def test_mask_store_is_shared_rebuilt_when_missing_and_targets_are_pooled_masks(small_dataset_and_model, tmp_path):
+    import shutil
+
+    from conceptsim.data.geometry import area_pool
+
+    loaded, ds = small_dataset_and_model
+    kw = dict(layers=["features.2", "features.14"], batch_size=5, grid_cap=10, progress=False, masks_dir=tmp_path / "m")
+    first = extract(loaded, ds, tmp_path / "a.zarr", **kw)
+    assert not first.masks_reused and first.mask_seconds > 0 and first.mask_store.parent == tmp_path / "m"
+    # another model with the same input geometry and grids (here: the same model, another study) reuses it
+    second = extract(loaded, ds, tmp_path / "b.zarr", metadata={"study": "other"}, **kw)
+    assert not second.reused and second.masks_reused and second.mask_store == first.mask_store
+    store = ActivationStore(tmp_path / "a.zarr")
+    assert "masks" not in store.group and "targets" not in store.group  # activations only
+    item = ds[3]
+    for layer in kw["layers"]:
+        grid = store.layer(layer).grid
+        want = area_pool(item["masks_input"], grid).numpy()
+        np.testing.assert_allclose(np.asarray(store.targets(layer)[3], np.float32), want, atol=1e-3)
+    assert np.array_equal(np.asarray(store.masks[3]), item["masks_eval"].numpy())
+    # a deleted mask store makes the activation store unusable, and the next extraction rebuilds only the masks
+    shutil.rmtree(first.mask_store)
+    with pytest.raises(StoreError, match="masks are missing or stale"):
+        ActivationStore(tmp_path / "a.zarr")
+    again = extract(loaded, ds, tmp_path / "a.zarr", **kw)
+    assert again.reused and not again.masks_reused
+    ActivationStore(tmp_path / "a.zarr")

@@ -182,7 +182,7 @@ def test_grounding_page_is_written_and_listed_under_its_chapter(tmp_path, monkey
 
     import yaml
 
-    from conceptsim import runner
+    from conceptsim.book import toc as book_toc
     from conceptsim.book.grounding import write_grounding_page
     from conceptsim.paths import book_results_dir, comparison_files, dataset_results
 
@@ -201,10 +201,10 @@ def test_grounding_page_is_written_and_listed_under_its_chapter(tmp_path, monkey
     assert "| `cka` | 0.00 | -1.00 | 1 |" in page.read_text()
     (out / "shapes").mkdir()
     (out / "shapes" / "index.md").write_text("# shapes\n")
-    (out / runner.TOC_PART).write_text(yaml.safe_dump({
+    (out / book_toc.TOC_PART).write_text(yaml.safe_dump({
         "study": "s", "chapters": [{"file": "book/results/s/shapes/index", "title": "Dataset shapes", "sections": []}],
         "reproducibility": "book/results/s/reproducibility", "findings": None, "grounding": "book/results/s/grounding"}))
-    toc = yaml.safe_load(runner.write_toc().read_text())
+    toc = yaml.safe_load(book_toc.write_toc().read_text())
     chapters = [ch for p in toc["parts"] for ch in p.get("chapters", [])]
     grounding = next(ch for ch in chapters if ch.get("file") == "book/grounding")
     assert grounding["sections"] == [{"file": "book/results/s/grounding"}]

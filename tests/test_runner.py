@@ -11,6 +11,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conceptsim import runner
+from conceptsim.book import toc as book_toc
 from conceptsim.study import NOTEBOOKS, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +235,7 @@ def test_toc_lists_every_study_with_results(fake_project, monkeypatch):
         assert f"book/results/{name}/shapes/mobilenet_v2_imagenet/01_extract" in toc
         assert f"book/results/{name}/reproducibility" in toc
     shutil.rmtree(root / "book" / "results" / "fake")  # a study whose pages are gone drops out
-    runner.write_toc()
+    book_toc.write_toc()
     captions = [p["caption"] for p in yaml.safe_load((root / "book" / "_generated" / "_toc.yml").read_text())["parts"]]
     assert "Executed notebooks: study 'fake'" not in captions and "Executed notebooks: study 'other'" in captions
 
@@ -261,10 +262,10 @@ def test_toc_lists_complete_studies_and_rehearsals_only_with_book_all(fake_proje
     assert not any("smoke" in c or "broken" in c for c in captions())
     assert "fake-smoke" not in toc and "book/results/broken" not in toc
     monkeypatch.setenv("CONCEPTSIM_BOOK_ALL", "1")
-    runner.write_toc()
+    book_toc.write_toc()
     assert captions()[-3:] == ["Executed notebooks: study 'fake'", "Rehearsal (incomplete study): 'broken'",
                                "Rehearsal (smoke study): 'fake-smoke'"]
-    assert runner.write_toc(rehearsals=False) and "fake-smoke" not in captions()[-1]
+    assert book_toc.write_toc(rehearsals=False) and "fake-smoke" not in captions()[-1]
 
 
 def test_only_with_a_repeated_key_matches_either_value():
@@ -393,7 +394,7 @@ if STAGE == "extract":
 STOP_STUDY = """\
 name: fake
 datasets:
-  shapes: {build: {n: 6, size: 48}}
+  shapes: {build: {n: 20, size: 48}}
 models: [mobilenet_v2_imagenet:random]
 """
 
@@ -422,7 +423,9 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def start_study(root: Path, jobs: int):
+def start_study(root: Path, jobs: int, cluster: str | None = None):
+    """``conceptsim run`` of a study whose extraction sleeps, in a session of its own (a terminal's process
+    group), once the extraction's kernel is up; with ``--cluster`` instead of ``--jobs`` when given."""
     import subprocess
     import sys
     import time
@@ -430,7 +433,8 @@ def start_study(root: Path, jobs: int):
     for stage, name in NOTEBOOKS.items():
         make_notebook(root / "notebooks" / name, stage, SLEEPER)
     (root / "s.yml").write_text(STOP_STUDY)
-    cmd = [sys.executable, "-m", "conceptsim.cli", "run", str(root / "s.yml"), "--quiet", "--jobs", str(jobs)]
+    parallel = ["--cluster", cluster] if cluster else ["--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "conceptsim.cli", "run", str(root / "s.yml"), "--quiet", *parallel]
     proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     marker = root / "results" / "kernel.pids"
@@ -471,3 +475,44 @@ def test_killed_study_takes_its_workers_and_kernels_along_and_no_record_is_writt
     proc.communicate(timeout=30)
     assert gone(worker, 10) and gone(kernel, 15)
     assert not list((root / "results" / "fake").rglob("_runs/*.json"))
+
+
+DISK_FULL = """
+if os.environ.get("FAKE_DISK_FULL") == STAGE:  # ENOSPC inside one of the library's writers: the write names no file
+    import errno
+    from conceptsim.atomic import write_json
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    keep, pathlib.Path.write_text = pathlib.Path.write_text, full
+    try:
+        write_json(pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "fake" / "concept_quality.json", {})
+    finally:
+        pathlib.Path.write_text = keep
+if os.environ.get("FAKE_DISK_FULL") == STAGE + " outside":  # ENOSPC from code that names no file
+    raise OSError(28, "No space left on device")
+"""
+
+
+@pytest.mark.parametrize("where", ["writer", "outside"])
+def test_disk_full_inside_a_notebook_is_one_line_naming_the_path(fake_project, monkeypatch, capsys, where):
+    from conceptsim.cli import main
+
+    root, _ = fake_project
+    for stage, name in NOTEBOOKS.items():
+        make_notebook(root / "notebooks" / name, stage, DISK_FULL)
+    (root / "s.yml").write_text(STOP_STUDY)
+    monkeypatch.setenv("CONCEPTSIM_DATA", str(root / "datasets"))
+    monkeypatch.setenv("FAKE_DISK_FULL", "concepts" + (" outside" if where == "outside" else ""))
+    assert main(["run", str(root / "s.yml"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    failed = [line for line in err.splitlines() if line.startswith("FAILED")]
+    run = "concepts/shapes/mobilenet_v2_imagenet:random"
+    if where == "writer":  # the atomic writer names the file it was writing
+        assert failed == [f"FAILED {run}: OSError: {root / 'results' / 'fake' / 'concept_quality.json'}: "
+                          "No space left on device (errno 28)"]
+        assert not list((root / "results" / "fake").glob(".concept_quality.json.tmp-*"))  # no half-written file
+    else:  # no file named: the line says which notebook and the folder the run writes under
+        folder = root / "results" / "fake" / "shapes" / "mobilenet_v2_imagenet__random"
+        assert failed == [f"FAILED {run}: OSError: a file it does not name (a cell of 02_concepts.ipynb, writing "
+                          f"under {folder}): No space left on device (errno 28)"]

@@ -48,7 +48,6 @@ def write_project(root, study_text=STUDY, n=8):
 def study_run(tmp_path_factory):
     """Every run of the study through the library calls the notebooks make."""
     from conceptsim import pipeline
-    from conceptsim.models import registry
     from conceptsim.runner import topological
     from conceptsim.study import load_study
     from conceptsim.validation import check_inputs
@@ -70,7 +69,6 @@ def study_run(tmp_path_factory):
                 pipeline.run_comparison(**p)
                 summary, _ = pipeline.dataset_summary(p["study"], p["dataset"], "my_net")
         yield study, root / "results" / "own" / "my_data", summary
-        registry.USER_MODELS.clear()
         torch.set_num_threads(threads)
 
 
@@ -132,7 +130,6 @@ def _break(study_path, edit):
      r"'datasets.my_data.coco.images': image 107 \(.*000000000107.jpg\) is 32x32 pixels, but .*instances.json declares width"),
 ])
 def test_dataset_errors_name_file_and_field(case, match, tmp_path):
-    from conceptsim.models import registry
     from conceptsim.study import StudyError, load_study
     from conceptsim.validation import check_inputs
 
@@ -162,24 +159,17 @@ def test_dataset_errors_name_file_and_field(case, match, tmp_path):
 
         image = tmp_path / "data" / "images" / "000000000107.jpg"
         Image.new("RGB", (32, 32)).save(image)
-    try:
-        with pytest.raises(StudyError, match=match):
-            check_inputs(load_study(study_path))
-    finally:
-        registry.USER_MODELS.clear()
+    with pytest.raises(StudyError, match=match):
+        check_inputs(load_study(study_path))
 
 
 def test_run_stops_before_any_notebook_on_a_bad_dataset(tmp_path, monkeypatch, capsys):
     from conceptsim.cli import main
-    from conceptsim.models import registry
 
     monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path / "results"))
     study_path = write_project(tmp_path, n=4)
     (tmp_path / "data" / "images" / "000000000107.jpg").unlink()
-    try:
-        assert main(["run", str(study_path), "--quiet"]) == 2
-    finally:
-        registry.USER_MODELS.clear()
+    assert main(["run", str(study_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "nothing was started" in err and "000000000107.jpg" in err
     assert not (tmp_path / "results").exists()
@@ -205,7 +195,6 @@ def test_readme_example_writes_a_valid_dataset_and_study(tmp_path):
     import sys
     from pathlib import Path
 
-    from conceptsim.models import registry
     from conceptsim.study import load_study
     from conceptsim.validation import check_inputs
 
@@ -215,10 +204,7 @@ def test_readme_example_writes_a_valid_dataset_and_study(tmp_path):
     study = re.search(r"cat > study.yml <<'EOF'\n(.*?)\nEOF\n", section, re.S).group(1)
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, timeout=120)
     (tmp_path / "study.yml").write_text(study)
-    try:
-        loaded = load_study(tmp_path / "study.yml")
-        check_inputs(loaded)
-        assert loaded.model_specs == {"my_resnet": {"torchvision": "resnet18", "input_size": 128}}
-        assert len(loaded.runs()) == 3 * 2 + 2
-    finally:
-        registry.USER_MODELS.clear()
+    loaded = load_study(tmp_path / "study.yml")
+    check_inputs(loaded)
+    assert loaded.model_specs == {"my_resnet": {"torchvision": "resnet18", "input_size": 128}}
+    assert len(loaded.runs()) == 3 * 2 + 2

@@ -16,10 +16,10 @@ from conceptsim.models.user_models import (
     UserModelError,
     auto_layers,
     choose_layers,
+    declared_model_specs,
     layer_candidates,
     parse_model_arg,
     parse_spec,
-    register,
     weights_record,
 )
 from formats import TINY_YOLO, write_python_model
@@ -27,22 +27,23 @@ from formats import TINY_YOLO, write_python_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _forget_declared_models():
-    yield
-    registry.USER_MODELS.clear()
+def declare(models: dict, name: str, spec: dict):
+    """Add a declared model to ``models`` (the ``user_models`` passed to ``build_model``); return its spec."""
+    models.update(declared_model_specs({name: spec}))
+    return models[name]
 
 
 # ----------------------------------------------------------------------------------------- torchvision
 def test_torchvision_name_twin_layers_and_weights(tmp_path):
+    models: dict = {}
     spec = parse_spec("my_resnet", {"torchvision": "resnet18", "num_classes": 5, "input_size": 64})
-    s = register("my_resnet", spec)
+    s = declare(models, "my_resnet", spec)
     assert s.preprocessing.size == (64, 64) and s.preprocessing.mean == registry.IMAGENET_MEAN
     assert s.default_layers == ("maxpool", "layer1", "layer2", "layer3", "layer4")  # stem and stage outputs
-    twin = build_model("my_resnet:random")
+    twin = build_model("my_resnet:random", user_models=models)
     assert twin.module.fc.out_features == 5 and twin.weights_sha256 == f"random-init-v{TWIN_INIT_VERSION}-seed-0"
     # no weights file: randomly initialised, deterministically, and the hash says so
-    plain = build_model("my_resnet")
+    plain = build_model("my_resnet", user_models=models)
     assert plain.weights_sha256.startswith("random-init") and "no weights file" in plain.weights_sha256
     assert weights_record(spec) == "none (random init, seed 0)"
     # a state_dict saved by the user loads with weights_only and is hashed
@@ -50,8 +51,8 @@ def test_torchvision_name_twin_layers_and_weights(tmp_path):
     torch.save(trained, tmp_path / "w.pth")
     spec_w = parse_spec("my_resnet_w", {"torchvision": "resnet18", "num_classes": 5, "input_size": 64,
                                         "weights": "w.pth"}, base_dir=tmp_path)
-    register("my_resnet_w", spec_w)
-    loaded = build_model("my_resnet_w")
+    declare(models, "my_resnet_w", spec_w)
+    loaded = build_model("my_resnet_w", user_models=models)
     assert torch.equal(loaded.module.state_dict()["fc.weight"], trained["fc.weight"])
     from conceptsim.atomic import sha256_file
 
@@ -59,19 +60,21 @@ def test_torchvision_name_twin_layers_and_weights(tmp_path):
 
 
 def test_torchvision_detector_preprocessing_from_its_transform():
-    s = register("my_ssdlite", parse_spec("my_ssdlite", {"torchvision": "ssdlite320_mobilenet_v3_large", "num_classes": 3}))
+    models: dict = {}
+    s = declare(models, "my_ssdlite", parse_spec("my_ssdlite", {"torchvision": "ssdlite320_mobilenet_v3_large", "num_classes": 3}))
     prep = s.preprocessing
     assert prep.size == (320, 320) and prep.mean == (0.5, 0.5, 0.5) and prep.std == (0.5, 0.5, 0.5)
     assert s.task == "detector" and all(n.startswith("backbone.") for n in s.default_layers)
 
 
 def test_weights_that_do_not_fit_or_are_pickles_name_the_key(tmp_path):
+    models: dict = {}
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pth")  # a whole module: not weights_only-loadable
     for f, match in (("other.pth", "does not fit the model"), ("pickled.pth", "weights_only=True")):
-        register("m", parse_spec("m", {"torchvision": "resnet18", "weights": f}, base_dir=tmp_path))
+        declare(models, "m", parse_spec("m", {"torchvision": "resnet18", "weights": f}, base_dir=tmp_path))
         with pytest.raises(UserModelError, match=match) as err:
-            build_model("m")
+            build_model("m", user_models=models)
         assert "'weights'" in str(err.value) and f in str(err.value)
 
 
@@ -100,24 +103,25 @@ def test_registry_names_cannot_be_redeclared():
 
 # ----------------------------------------------------------------------------------------- ultralytics
 def test_ultralytics_yaml_and_checkpoint_behind_the_trust_setting(tmp_path, monkeypatch):
+    models: dict = {}
     (tmp_path / "tiny.yaml").write_text(TINY_YOLO)
-    s = register("tiny_yolo", parse_spec("tiny_yolo", {"ultralytics": "tiny.yaml", "input_size": 60}, base_dir=tmp_path))
+    s = declare(models, "tiny_yolo", parse_spec("tiny_yolo", {"ultralytics": "tiny.yaml", "input_size": 60}, base_dir=tmp_path))
     prep = s.preprocessing
     assert prep.resize == "letterbox" and prep.size == (64, 64)  # rounded up to the stride (16)
     assert s.default_layers == tuple(f"model.{i}" for i in range(7))
-    yolo = build_model("tiny_yolo")
+    yolo = build_model("tiny_yolo", user_models=models)
     assert yolo.weights_sha256.startswith("random-init")
     # a checkpoint written by ultralytics itself
     from ultralytics import YOLO
 
     torch.manual_seed(1)
     YOLO(str(tmp_path / "tiny.yaml")).save(str(tmp_path / "best.pt"))
-    register("my_yolo", parse_spec("my_yolo", {"ultralytics": "best.pt", "input_size": 64}, base_dir=tmp_path))
+    declare(models, "my_yolo", parse_spec("my_yolo", {"ultralytics": "best.pt", "input_size": 64}, base_dir=tmp_path))
     monkeypatch.delenv("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS", raising=False)
     with pytest.raises(PretrainedWeightsUnavailable, match="sha256sum .*best.pt.*CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1"):
-        build_model("my_yolo")
+        build_model("my_yolo", user_models=models)
     monkeypatch.setenv("CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS", "1")
-    trained, twin = build_model("my_yolo"), build_model("my_yolo:random")
+    trained, twin = build_model("my_yolo", user_models=models), build_model("my_yolo:random", user_models=models)
     from conceptsim.atomic import sha256_file
 
     assert trained.weights_sha256 == sha256_file(tmp_path / "best.pt")
@@ -128,35 +132,37 @@ def test_ultralytics_yaml_and_checkpoint_behind_the_trust_setting(tmp_path, monk
 
 # ----------------------------------------------------------------------------------------- python
 def test_python_builder_preprocessing_weights_and_errors(tmp_path):
+    models: dict = {}
     write_python_model(tmp_path)
-    s = register("tiny", parse_spec("tiny", {"python": "mynets.tiny:build"}, base_dir=tmp_path))
+    s = declare(models, "tiny", parse_spec("tiny", {"python": "mynets.tiny:build"}, base_dir=tmp_path))
     prep = s.preprocessing
     assert prep.size == (40, 40) and prep.resize == "letterbox" and prep.mean == (0.5, 0.5, 0.5)
     assert s.default_layers == ("1", "2", "3", "4")  # after the first ReLU, then each block
-    twin = build_model("tiny:random")
+    twin = build_model("tiny:random", user_models=models)
     torch.save(twin.module.state_dict(), tmp_path / "tiny.pth")
-    register("tiny_w", parse_spec("tiny_w", {"python": "mynets.tiny:build", "weights": "tiny.pth", "input_size": 32},
+    declare(models, "tiny_w", parse_spec("tiny_w", {"python": "mynets.tiny:build", "weights": "tiny.pth", "input_size": 32},
                                   base_dir=tmp_path))
-    loaded = build_model("tiny_w")
+    loaded = build_model("tiny_w", user_models=models)
     assert loaded.preprocessing.size == (32, 32) and len(loaded.weights_sha256) == 64
-    register("nomod", parse_spec("nomod", {"python": "mynets.tiny:not_a_module"}, base_dir=tmp_path))
+    declare(models, "nomod", parse_spec("nomod", {"python": "mynets.tiny:not_a_module"}, base_dir=tmp_path))
     with pytest.raises(UserModelError, match="returned int, not an nn.Module"):
-        build_model("nomod")
-    register("noimp", parse_spec("noimp", {"python": "yournets.tiny:build"}, base_dir=tmp_path))
+        build_model("nomod", user_models=models)
+    declare(models, "noimp", parse_spec("noimp", {"python": "yournets.tiny:build"}, base_dir=tmp_path))
     with pytest.raises(UserModelError, match="cannot import 'yournets.tiny'"):
-        build_model("noimp")
+        build_model("noimp", user_models=models)
 
 
 # ----------------------------------------------------------------------------------------- layers
 def test_layer_choice_auto_pattern_and_list():
+    models: dict = {}
     net = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1), torch.nn.ReLU())
                                 for i in range(12)])
     cands = layer_candidates(net, torch.zeros(1, 3, 16, 16))
     assert [c[1] for c in cands] == sorted(c[1] for c in cands)
     assert auto_layers(cands, n=4) == ["0", "4", "7", "11"]  # block outputs, evenly spread over 12 convolutions
     assert auto_layers(cands, n=30) == [str(i) for i in range(12)]
-    s = register("tv", parse_spec("tv", {"torchvision": "resnet18", "input_size": 64}))
-    module = build_model("tv:random").module
+    s = declare(models, "tv", parse_spec("tv", {"torchvision": "resnet18", "input_size": 64}))
+    module = build_model("tv:random", user_models=models).module
     assert choose_layers(s, module, "layer*.0") == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
     below = choose_layers(s, module, "layer4.**")
     assert below[0] == "layer4.0.conv1" and below[-1] == "layer4.1" and "layer4.0.downsample.0" in below
@@ -261,7 +267,8 @@ def test_reproducibility_page_lists_declared_models_and_hashes(tmp_path):
 
 
 def test_a_model_without_weights_is_random_init_has_no_twin_and_is_left_out_of_finding1(tmp_path, monkeypatch):
-    from conceptsim.book.reporting import models_left_out_of_finding1, page_title
+    from conceptsim.book.findings import models_left_out_of_finding1
+    from conceptsim.book.reporting import page_title
     from conceptsim.models.user_models import NO_WEIGHTS_LABEL, model_listing, read_model_listing, write_model_listing
     from conceptsim.study import parse_study
 
@@ -284,3 +291,32 @@ def test_a_model_without_weights_is_random_init_has_no_twin_and_is_left_out_of_f
     assert NO_WEIGHTS_LABEL not in titles["extract/shapes/mobilenet_v2_imagenet"]
     note = models_left_out_of_finding1(study)
     assert "`my_resnet` (random init (no weights)): declared without weights" in note and "mobilenet" not in note
+
+
+# ----------------------------------------------------------------------------------------- one process, two studies
+def test_two_studies_in_one_process_see_only_their_own_declared_models(tmp_path, monkeypatch):
+    """A declared model lives in its study, not in the process: two extractions in one process (a warm kernel)
+    that declare different models under the same name each build their own, and afterwards the name resolves
+    to nothing (before, the first study's model stayed registered for every later run)."""
+    from conceptsim import pipeline
+    from conceptsim.extraction.store import ActivationStore
+    from conceptsim.models.registry import UnknownModelError, parse_model_name
+
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path / "results"))
+    write_python_model(tmp_path)
+    specs = {"study_a": parse_spec("net", {"python": "mynets.tiny:build", "input_size": 32}, base_dir=tmp_path),
+             "study_b": parse_spec("net", {"torchvision": "resnet18", "num_classes": 3, "input_size": 32})}
+    split = {"fractions": [0.5, 0.25, 0.25], "seed": 0, "min_area": 0.005}
+    extraction = {"device": "cpu", "eval_grid": 8, "max_layers": 2, "batch_size": 4, "num_workers": 0, "grid_cap": 4,
+                  "dtype": "float16", "compression": "none"}
+    layers = {}
+    for study, spec in specs.items():
+        result, loaded, _ = pipeline.run_extraction(study, "shapes", "net", [], {"build": {"n": 6, "size": 32, "seed": 1}},
+                                                    split, extraction, seed=0, model_spec=spec)
+        store = ActivationStore(result.path)
+        assert store.attrs["model_spec"] == spec and loaded.spec.family == f"user:{next(iter(spec.keys() & {'python', 'torchvision'}))}"
+        layers[study] = store.layer_names
+        with pytest.raises(UnknownModelError, match="unknown model 'net'"):
+            parse_model_name("net")  # nothing was left behind in the process
+    assert layers["study_a"] != layers["study_b"]  # the tiny net's layers, then resnet18's
+    assert all(n.startswith("layer") or n == "maxpool" for n in layers["study_b"])

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Iterator, Mapping
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto ``path`` (file or directory).
 
-    On error the temporary is removed and ``path`` is left as it was.
+    On error the temporary is removed and ``path`` is left as it was. An OS error that names no file (a
+    write or flush into a full disk: ``[Errno 28] No space left on device``) is raised again naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +27,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
+    except OSError as exc:
+        _remove(tmp)
+        if exc.errno is None or exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
     except BaseException:
         _remove(tmp)
         raise
@@ -75,6 +81,42 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+FONT_FLOOR_KEY = "conceptsim-min-font-pt"
+"""PNG text key of the smallest font size (points at the figure's own size) in a figure written by
+:func:`figure_png`; with ``conceptsim-dpi`` a reader (the browser test) can tell how large that text shows."""
+
+
+def smallest_font_pt(fig: Any) -> float | None:
+    """The smallest font size, in points, of the visible, non-empty text of a matplotlib figure (None if it has none)."""
+    from matplotlib.text import Text
+
+    fig.draw_without_rendering()  # tick labels get their text when the figure is laid out
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())]
+    return float(min(sizes)) if sizes else None
+
+
+def figure_png(fig: Any, dpi: float = 100, bbox_inches: str | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes that carry its smallest font size and its dpi as text metadata."""
+    import io
+
+    floor = smallest_font_pt(fig)
+    meta = {"conceptsim-dpi": f"{dpi:g}"}
+    if floor is not None:
+        meta[FONT_FLOOR_KEY] = f"{floor:g}"
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches=bbox_inches, metadata=meta)
+    return buf.getvalue()
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: float = 100, bbox_inches: str | None = None) -> Path:
+    """Write a figure as PNG atomically, with its smallest font size in the metadata (:func:`figure_png`)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(figure_png(fig, dpi=dpi, bbox_inches=bbox_inches))
+    return path
 
 
 def _json_default(o: Any) -> Any:

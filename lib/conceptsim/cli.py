@@ -44,6 +44,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"conceptsim run: interrupted; stopped run(s): {runs} (no record: the next run redoes them)",
               file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # while the inputs were checked (a dataset being built): no run had started
+        print("conceptsim run: interrupted before any run started", file=sys.stderr)
+        return 130
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -113,12 +116,10 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 def _cmd_models_layers(args: argparse.Namespace) -> int:
     from conceptsim.extraction.extract import probe_layers
     from conceptsim.models.registry import build_model
-    from conceptsim.models.user_models import choose_layers, parse_model_arg, register
+    from conceptsim.models.user_models import choose_layers, declared_model_specs, parse_model_arg
 
     name, spec = parse_model_arg(args.name)
-    if spec is not None:
-        register(name, spec)
-    loaded = build_model(name, device=args.device)
+    loaded = build_model(name, device=args.device, user_models=declared_model_specs({name: spec} if spec else None))
     choice = "**" if args.all else args.layers[0] if args.layers and len(args.layers) == 1 and (
         args.layers[0] == "auto" or any(ch in args.layers[0] for ch in "*?[")) else args.layers
     infos, total = probe_layers(loaded, choose_layers(loaded.spec, loaded.module, choice), grid_cap=10**9)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -27,9 +28,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from conceptsim import runner
 from conceptsim.atomic import write_text
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
-from conceptsim.runner import RUN_THREADS, execute_run, is_complete, log_path, record_path
+from conceptsim.runner import RUN_THREADS, error_line, execute_run, is_complete, log_path, record_path
 from conceptsim.study import Run
 
 log = logging.getLogger("conceptsim.cluster")
@@ -120,6 +122,24 @@ def sees_shared_folders(settings: dict[str, str], check_file: str, token: str) -
         time.sleep(0.5)
 
 
+def dask_setup(worker: Any = None) -> None:
+    """Preload of ``--cluster local:N``'s worker processes (Dask calls it as each starts, in its main thread):
+    Ctrl-C is the study's to handle (no traceback from every worker, which shares the terminal's process
+    group); SIGTERM (the study stopping it) kills the worker's kernels and ends it at once, without a record."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, runner.stop_worker)
+    except ValueError:  # not the main thread: Dask's own handling remains
+        log.debug("worker %s: signal handlers not installed (not the main thread)", worker)
+
+
+def stop_runs() -> None:
+    """Kill this worker's kernels: its running notebooks fail at once and write no record (the study was stopped)."""
+    from conceptsim import kernels
+
+    kernels.kill_all_now()
+
+
 def report_started(topic: str | None, run: Run) -> None:
     """Tell the client's progress display that ``run`` starts on this worker (a Dask event on ``topic``)."""
     if not topic:
@@ -140,6 +160,7 @@ def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], ch
     Returns the run's record; a failed run raises :class:`RunFailed`. When it executes, it reports its start
     and worker on ``started_topic``."""
     os.environ.update(settings)  # the kernel papermill starts inherits them
+    runner.watch_parent()  # a worker whose parent (its nanny; the study itself with local:N) died writes no record
     problem = sees_shared_folders(settings, *check)
     if problem:
         raise RunFailed(failure_record(run, key, f"worker {worker_name()} {problem}"))
@@ -151,7 +172,7 @@ def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], ch
     try:
         record = execute_run(run, key, RUN_THREADS, fresh_kernel=fresh_kernel, force=force)
     except Exception as exc:  # outside the notebook (its own errors are in the record)
-        record = failure_record(run, key, f"{type(exc).__name__}: {exc}")
+        record = failure_record(run, key, error_line(exc))
     if record["status"] != "ok":
         raise RunFailed(record)
     return record
@@ -167,6 +188,7 @@ class DaskExecutor:
         self.address = address.strip()
         self.fresh_kernels = fresh_kernels
         self.local_workers = 0
+        self.cluster: Any = None  # the LocalCluster of local:N while it runs
         if self.address.startswith("local"):
             n = self.address.partition(":")[2]
             if not self.address.startswith("local:") or not n.isdigit() or int(n) < 1:
@@ -185,9 +207,6 @@ class DaskExecutor:
         (run id: why) recompute ignoring their stored outputs."""
         if not runs:
             return
-        from distributed import as_completed
-        from distributed.scheduler import KilledWorker
-
         since = time.time()
         with ExitStack() as stack:
             client = self._connect(stack)
@@ -210,38 +229,76 @@ class DaskExecutor:
                     key=f"{run.stage}-{token}-{run.id}", resources={"GPU": 1} if needs_gpu(run) else None,
                     priority=round((priority or {}).get(run.id, 0.0)), started_topic=topic,
                 )
-            by_key = {f.key: rid for rid, f in futures.items()}
-            runs_by_id = {r.id: r for r in runs}
-            for fut in as_completed(list(futures.values())):
-                rid = by_key[fut.key]
-                if fut.status == "finished":
-                    finish(fut.result())
-                    continue
-                if fut.status == "cancelled":
-                    finish(failure_record(runs_by_id[rid], keys[rid], "cancelled on the cluster"))
-                    continue
-                exc = fut.exception()
-                if isinstance(exc, RunFailed) and exc.record["id"] == rid:
-                    finish(exc.record)
-                elif isinstance(exc, RunFailed) or (isinstance(exc, KilledWorker) and exc.task != fut.key):
-                    skip(rid)  # a run it depends on failed
-                elif isinstance(exc, KilledWorker):
-                    finish(failure_record(runs_by_id[rid], keys[rid], (
-                        f"its worker died each of the {exc.allowed_failures + 1} times it ran (Dask's "
-                        f"distributed.scheduler.allowed-failures); last worker "
-                        f"{getattr(exc.last_worker, 'address', exc.last_worker)}")))
-                else:
-                    finish(failure_record(runs_by_id[rid], keys[rid], f"{type(exc).__name__}: {exc}"))
+            try:
+                self._collect(futures, runs, keys, finish, skip)
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one: stop the runs now
+                self._stop(client, futures)
+                raise
+
+    def _stop(self, client: Any, futures: dict[str, Any]) -> None:
+        """End the study's runs on the cluster: a local cluster's workers are ended (each kills its kernels
+        first: :func:`dask_setup`); a remote cluster's workers kill their kernels, so that the running
+        notebooks fail and write no record, and the runs not started are cancelled."""
+        for nanny in list(getattr(self.cluster, "workers", {}).values()):
+            try:
+                nanny.close_gracefully()  # the nanny must not restart the worker it loses now
+                pid = nanny.pid
+                if pid:
+                    os.kill(pid, signal.SIGTERM)
+            except (OSError, AttributeError) as exc:
+                log.debug("stopping a worker: %s", exc)
+        if self.cluster is None:
+            try:
+                client.run(stop_runs, wait=False)
+                client.cancel(list(futures.values()), force=True)
+            except Exception as exc:  # the study is stopping: a cluster that does not answer is left to its own
+                log.debug("stopping the runs on %s: %s", self.address, exc)
+
+    @staticmethod
+    def _collect(futures: dict[str, Any], runs: list[Run], keys: dict[str, str], finish: Callable[[dict], None],
+                 skip: Callable[[str], None]) -> None:
+        """Report each run as its task ends (see :meth:`execute`)."""
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        by_key = {f.key: rid for rid, f in futures.items()}
+        runs_by_id = {r.id: r for r in runs}
+        for fut in as_completed(list(futures.values())):
+            rid = by_key[fut.key]
+            if fut.status == "finished":
+                finish(fut.result())
+                continue
+            if fut.status == "cancelled":
+                finish(failure_record(runs_by_id[rid], keys[rid], "cancelled on the cluster"))
+                continue
+            exc = fut.exception()
+            if isinstance(exc, RunFailed) and exc.record["id"] == rid:
+                finish(exc.record)
+            elif isinstance(exc, RunFailed) or (isinstance(exc, KilledWorker) and exc.task != fut.key):
+                skip(rid)  # a run it depends on failed
+            elif isinstance(exc, KilledWorker):
+                finish(failure_record(runs_by_id[rid], keys[rid], (
+                    f"its worker died each of the {exc.allowed_failures + 1} times it ran (Dask's "
+                    f"distributed.scheduler.allowed-failures); last worker "
+                    f"{getattr(exc.last_worker, 'address', exc.last_worker)}")))
+            else:
+                finish(failure_record(runs_by_id[rid], keys[rid], f"{type(exc).__name__}: {exc}"))
 
     def _connect(self, stack: ExitStack) -> Any:
         from distributed import Client, LocalCluster
 
         if self.local_workers:
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=self.local_workers, threads_per_worker=1, processes=True, memory_limit=0,
-                resources={"GPU": 1}, dashboard_address=":0", silence_logs=logging.ERROR,
-            ))
-            return stack.enter_context(Client(cluster))
+            # the workers start with Ctrl-C ignored (inherited; their preload keeps it so for a restarted one)
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self.cluster = stack.enter_context(LocalCluster(
+                    n_workers=self.local_workers, threads_per_worker=1, processes=True, memory_limit=0,
+                    resources={"GPU": 1}, dashboard_address=":0", silence_logs=logging.ERROR,
+                    preload=["conceptsim.cluster"],
+                ))
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            return stack.enter_context(Client(self.cluster))
         try:
             client = stack.enter_context(Client(self.address, timeout=CONNECT_TIMEOUT_S))
         except (OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ Result layout (every stage, the runner, the book pages and the benchmarks build 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -93,6 +94,18 @@ def book_results_dir(study: str) -> Path:
     return project_root() / "book" / "results" / study
 
 
+def executed_path(run) -> Path:
+    """Where the runner keeps the executed notebook of ``run`` (a :class:`conceptsim.study.Run`; a page of the book)."""
+    parts = [run.dataset] + ([model_dir_name(run.model)] if run.model else [])
+    return book_results_dir(run.parameters["study"]).joinpath(*parts, run.notebook)
+
+
+def load_records(study: str) -> list[dict]:
+    """The runner's records of a study's runs (``_runs/<run>.json``), sorted by file name."""
+    folder = runs_dir(study)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+
+
 # files of one model folder (``model_results``)
 def activation_store(model_dir: str | Path) -> Path:
     return Path(model_dir) / "activations.zarr"
@@ -126,6 +139,12 @@ def comparison_files(dataset_dir: str | Path) -> dict[str, Path]:
     d = Path(dataset_dir)
     return {"similarity": d / "similarity.csv", "layer_similarity": d / "layer_similarity.csv",
             "grounding": d / "grounding.csv", "findings": d / "findings.json"}
+
+
+def shortcut_csv(dataset_dir: str | Path) -> Path:
+    """The shortcut test's scores (:func:`conceptsim.comparison.grounding.shortcut_frame`), where a study's
+    networks have groups."""
+    return Path(dataset_dir) / "shortcut.csv"
 
 
 def comparison_stage_json(dataset_dir: str | Path) -> Path:

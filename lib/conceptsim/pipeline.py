@@ -38,10 +38,12 @@ def spread(items: Sequence[str], k: int) -> list[str]:
     return [items[i] for i in idx]
 
 
-def probed_layers(model_name: str, layers: Sequence[str] | None, max_layers: int = 0) -> list[str]:
+def probed_layers(model_name: str, layers: Sequence[str] | None, max_layers: int = 0, user_models=None) -> list[str]:
+    """``layers`` (default: the model's default layers) spread down to ``max_layers``; ``user_models``: the
+    study's declared models (:func:`conceptsim.models.user_models.declared_model_specs`)."""
     from conceptsim.models.registry import parse_model_name
 
-    spec, _ = parse_model_name(model_name)
+    spec, _ = parse_model_name(model_name, user_models)
     return spread(list(layers) if layers else list(spec.default_layers), max_layers)
 
 
@@ -49,14 +51,10 @@ def open_dataset(dataset: str, dataset_options: dict, split_options: dict, prepr
                  eval_grid: int, split: str | None = None):
     """The dataset (built or fetched if needed) served in a model's input geometry."""
     from conceptsim.data.coco import ConceptDataset
-    from conceptsim.data.registry import ensure_dataset
-    from conceptsim.data.user_datasets import is_user_dataset, user_source
+    from conceptsim.data.registry import open_source
 
     opts = dict(dataset_options or {})
-    if is_user_dataset(opts):
-        source = user_source(dataset, opts)
-    else:
-        source = ensure_dataset(dataset, root=opts.get("root"), **(opts.get("build") or {}))
+    source = open_source(dataset, opts)
     return ConceptDataset(
         source, concepts=opts.get("concepts"), split=split, split_seed=split_options["seed"],
         fractions=tuple(split_options["fractions"]), min_area=split_options["min_area"],
@@ -85,30 +83,27 @@ def run_extraction(study: str, dataset: str, model: str, layers: Sequence[str] |
     ``layers`` may be a list, empty (the model's default), ``"auto"`` or a glob pattern.
     """
     from conceptsim.extraction.extract import extract
+    from conceptsim.extraction.store import concept_definition_attrs, source_attrs
     from conceptsim.models.names import base_name
     from conceptsim.models.registry import build_model
-    from conceptsim.models.user_models import choose_layers, register
+    from conceptsim.models.user_models import choose_layers, declared_model_specs
 
     opts = extraction_options
     t0 = time.perf_counter()
-    if model_spec:
-        register(base_name(model), model_spec)
-    loaded = build_model(model, device=opts["device"])
+    user_models = declared_model_specs({base_name(model): model_spec} if model_spec else None)
+    loaded = build_model(model, device=opts["device"], user_models=user_models)
     t1 = time.perf_counter()
     ds, source = open_dataset(dataset, dataset_options, split_options, loaded.preprocessing, opts["eval_grid"])
     t2 = time.perf_counter()
     if isinstance(layers, str):
         layers = choose_layers(loaded.spec, loaded.module, layers)
-    chosen = probed_layers(model, layers, opts.get("max_layers", 0))
-    meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed,
-            "annotation_file": str(source.annotation_file), "image_dir": str(source.image_dir),
+    chosen = probed_layers(model, layers, opts.get("max_layers", 0), user_models)
+    meta = {"study": study, "dataset": dataset, "dataset_sha256": source.sha256, "seed": seed, **source_attrs(source),
             "min_area": split_options["min_area"], "split": dict(split_options), "split_by": ds.split_rule,
             "bootstrap_groups": bootstrap_groups(source.annotation_file, (dataset_options or {}).get("bootstrap_by"))}
     if model_spec:  # the results say what the model is and whether it has trained weights
         meta["model_spec"] = dict(model_spec)
-    concepts = (dataset_options or {}).get("concepts") or source.concepts
-    if isinstance(concepts, dict):  # named groups of categories: the summary needs the definition
-        meta["concept_definition"] = {"concepts": concepts, "concept_categories": dict(source.concept_categories)}
+    meta.update(concept_definition_attrs(source, (dataset_options or {}).get("concepts") or source.concepts))
     result = extract(loaded, ds, store_path(study, dataset, model), layers=chosen,
                      batch_size=opts["batch_size"], num_workers=opts["num_workers"], grid_cap=opts["grid_cap"],
                      dtype=opts["dtype"], metadata=meta, masks_dir=masks_dir(study, dataset),
@@ -198,19 +193,6 @@ def run_comparison(study: str, dataset: str, models: Sequence[str], comparison_o
     return {**paths, "provenance": provenance("comparison results", comparison_stage_json(out), before)}
 
 
-def _stored_dataset(store, **kwargs):
-    """The dataset an activation store was extracted from (files and concept groups in its metadata)."""
-    from conceptsim.data.coco import ConceptDataset, DatasetSource
-
-    definition = store.attrs.get("concept_definition")
-    if definition and "concepts" in kwargs:
-        source = DatasetSource(store.attrs.get("dataset", ""), Path(store.attrs["annotation_file"]),
-                               Path(store.attrs["image_dir"]), "", definition["concept_categories"])
-        kwargs["concepts"] = {c: definition["concepts"][c] for c in kwargs["concepts"]}
-        return ConceptDataset(source, **kwargs)
-    return ConceptDataset(Path(store.attrs["annotation_file"]), Path(store.attrs["image_dir"]), **kwargs)
-
-
 def concept_segmentations(study: str, dataset: str, model: str, layer: str | None = None, n: int = 4,
                           concepts: Sequence[str] | None = None):
     """Test images with one layer's Net2Vec segmentations and the true masks, for the overlay figure.
@@ -236,7 +218,7 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     order = np.argsort(-store.labels[rows][:, cidx].sum(1), kind="stable")
     rows = np.sort(rows[order[:n]])
     truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
-    reader = _stored_dataset(store)
+    reader = store.open_dataset()
     images = [reader.read_image(int(store.image_ids[r])) for r in rows]
     return layer, images, layer_segmentation(store, out, layer, rows, names), truth, names
 
@@ -269,7 +251,7 @@ def dataset_summary(study: str, dataset: str, model: str):
 
     store = ActivationStore(store_path(study, dataset, model))
     split = store.attrs["split"]
-    ds = _stored_dataset(store, split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
+    ds = store.open_dataset(split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
                          min_area=split["min_area"], max_images=int(np.bincount(store.splits).max()),
                          concepts=store.concept_names, split_by=store.attrs.get("split_by") or "random")
     if sorted(int(i) for i in ds.image_ids) != sorted(int(i) for i in store.image_ids):

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -35,17 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import yaml
 
-from conceptsim.atomic import debris_pid, remove_debris, sha256_file, sha256_json, write_json, write_text
+from conceptsim.atomic import debris_pid, remove_debris, sha256_file, sha256_json, write_json
 from conceptsim.atomic import notebook_code_hash as package_code_hash
 from conceptsim.paths import (
     book_results_dir,
     comparison_stage_json,
     concept_stage_json,
     dataset_results,
+    executed_path,
+    load_records,
     logs_dir,
-    model_dir_name,
     model_results,
     project_root,
     results_dir,
@@ -115,7 +116,7 @@ def _worker_start(study_pid: int) -> None:
     global _study_process
     _study_process = study_pid
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _worker_stop)
+    signal.signal(signal.SIGTERM, stop_worker)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the study while it forked this worker
     try:
         import ctypes
@@ -124,7 +125,7 @@ def _worker_start(study_pid: int) -> None:
     except (OSError, AttributeError):  # not Linux: the parent check before writing a record remains
         pass
     if os.getppid() != study_pid:  # the study ended before the line above
-        _worker_stop()
+        stop_worker()
 
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -142,7 +143,16 @@ def _stop_signals_held():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
-def _worker_stop(*_: Any) -> None:
+def watch_parent() -> None:
+    """From now on a run this process executes writes no record once the process's parent is gone (a Dask
+    worker whose nanny or study died; the pool's workers are set up by their initializer)."""
+    global _study_process
+    if _study_process is None:
+        _study_process = os.getppid()
+
+
+def stop_worker(*_: Any) -> None:
+    """Kill this worker's kernels and end it at once, without a record (a worker's SIGTERM handler)."""
     kernels = sys.modules.get("conceptsim.kernels")  # not imported yet: this worker started no kernel
     if kernels is not None and hasattr(kernels, "kill_all_now"):
         kernels.kill_all_now()
@@ -169,11 +179,6 @@ def notebooks_dir() -> Path:
 
 def run_slug(run: Run) -> str:
     return run.id.replace("/", "__").replace(":", "-")
-
-
-def executed_path(run: Run) -> Path:
-    parts = [run.dataset] + ([model_dir_name(run.model)] if run.model else [])
-    return book_results_dir(run.parameters["study"]).joinpath(*parts, run.notebook)
 
 
 def record_path(run: Run) -> Path:
@@ -406,7 +411,7 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
     out.parent.mkdir(parents=True, exist_ok=True)
     logfile = log_path(run)
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logfile, mode="w")
+    handler = _RunLog(logfile, mode="w")
     pm_log = logging.getLogger("papermill")
     pm_log.addHandler(handler)
     pm_log.setLevel(logging.INFO)
@@ -424,7 +429,11 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
             kernel_name="python3", progress_bar=False, log_output=True, cwd=str(notebooks_dir()), **engine,
         )
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
-        status, error = "failed", error_line(exc)
+        # an OS error that names no file: in a cell (its traceback is in the log), or papermill's own (e.g. disk
+        # full while it saves the executed copy)
+        doing = (f"a cell of {run.notebook}, writing under {run_folder(run)}" if hasattr(exc, "ename")
+                 else f"saving the executed notebook {tmp}")
+        status, error = "failed", error_line(exc, unnamed=doing)
         pm_log.exception("run %s failed", run.id)  # the full traceback goes to the run's log
     finally:
         pm_log.removeHandler(handler)
@@ -451,12 +460,40 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
     return record
 
 
-def error_line(exc: BaseException) -> str:
-    """One line for the console: a notebook's error name and value (its traceback is in the log and the copy)."""
+#: ``str()`` of an OS error: ``[Errno 28] No space left on device`` and, when it names one, ``: '/the/file'``
+_OS_ERROR = re.compile(r"\[Errno (-?\d+)\] (.+?)(?:: '(.+)')?(?: -> '.+')?")
+
+
+class _RunLog(logging.FileHandler):
+    """A run's log file. A line it cannot write (a full disk) is lost without a traceback on the console: the
+    run's error says what failed and where."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def run_folder(run: Run) -> Path:
+    """The results folder a run writes into (a model's for extraction and concepts, else the dataset's)."""
+    study = run.parameters["study"]
+    return model_results(study, run.dataset, run.model) if run.model else dataset_results(study, run.dataset)
+
+
+def error_line(exc: BaseException, unnamed: str | None = None) -> str:
+    """One line for the console: a notebook's error name and value (its traceback is in the log and the copy).
+
+    An OS error reads ``OSError: PATH: No space left on device (errno 28)``; one that names no file (raised
+    outside the library's atomic writers, which name theirs) says what was going on, ``unnamed``, if given."""
     if hasattr(exc, "ename") and hasattr(exc, "evalue"):  # papermill.PapermillExecutionError
-        text = f"{exc.ename}: {exc.evalue}"
+        name, value = str(exc.ename), str(exc.evalue)
     else:
-        text = f"{type(exc).__name__}: {exc}"
+        name, value = type(exc).__name__, str(exc)
+    found = _OS_ERROR.fullmatch(value.strip())
+    if found:
+        errno_, message, path = found.groups()
+        where = path or f"a file it does not name{f' ({unnamed})' if unnamed else ''}"
+        text = f"{name}: {where}: {message} (errno {errno_})"
+    else:
+        text = f"{name}: {value}"
     lines = text.strip().splitlines()
     return lines[0] + (" ..." if len(lines) > 1 else "") if lines else type(exc).__name__
 
@@ -596,112 +633,10 @@ def _run_study(study: Study, jobs: int, only: dict[str, str] | None, force: bool
             pool.shutdown()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one: the runs stopped, no records
         bar.enabled = False
-        bar.close()
-        raise StudyInterrupted(list(in_progress)) from None
+        bar.close()  # the runs this process started, or the cluster reported started
+        raise StudyInterrupted(list(dict.fromkeys([*in_progress, *bar.running]))) from None
     bar.close()
-    write_book_pages(study)
+    from conceptsim import book
+
+    book.publish(study)
     return outcome
-
-
-# ----------------------------------------------------------------------------- book pages and toc
-def load_records(study: str) -> list[dict]:
-    folder = runs_dir(study)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
-
-
-def _rel(path: Path) -> str:
-    return str(path.relative_to(project_root()).with_suffix(""))
-
-
-TOC_PART = "_toc_part.yml"
-
-
-def write_book_pages(study: Study) -> Path:
-    """Write the study's generated pages and its part of the table of contents, then ``book/_generated/_toc.yml``
-    (the base toc plus every study that has executed notebooks, see :func:`write_toc`)."""
-    from conceptsim.book import reporting
-    from conceptsim.book.grounding import write_grounding_page
-
-    out_dir = book_results_dir(study.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = {r["id"]: r for r in load_records(study.name) if r.get("status") == "ok"}
-    runs = [r for r in study.runs() if r.id in records and executed_path(r).exists()]
-    reporting.write_reproducibility_page(study, [records[r.id] for r in runs], out_dir / "reproducibility.md")
-    findings_page = reporting.write_findings_page(study, out_dir / "findings.md")
-    grounding_page = write_grounding_page(study, out_dir / "grounding.md")
-    chapters = []
-    for ds in study.datasets:
-        ds_runs = [r for r in runs if r.dataset == ds]
-        if not ds_runs:
-            continue
-        index = out_dir / ds / "index.md"
-        write_text(index, reporting.dataset_index(study, ds, ds_runs))
-        chapters.append({"file": _rel(index), "title": f"Dataset {ds}",
-                         "sections": [{"file": _rel(executed_path(r)), "title": reporting.page_title(r, study.model_specs)}
-                                      for r in ds_runs]})
-    part = {"study": study.name, "chapters": chapters, "reproducibility": _rel(out_dir / "reproducibility.md"),
-            "findings": _rel(findings_page) if findings_page is not None else None,
-            "grounding": _rel(grounding_page) if grounding_page is not None else None,
-            # a rehearsal (listed only with BOOK_ALL=1): a smoke study, or one not every run of which is complete
-            "smoke": bool(study.smoke), "complete": len(runs) == len(study.runs())}
-    write_text(out_dir / TOC_PART, yaml.safe_dump(part, sort_keys=False))
-    return write_toc()
-
-
-def include_rehearsals() -> bool:
-    """Whether the book lists rehearsals too: ``make book BOOK_ALL=1`` (``CONCEPTSIM_BOOK_ALL=1``)."""
-    return os.environ.get("CONCEPTSIM_BOOK_ALL", "").strip().lower() in ("1", "true", "yes")
-
-
-def rehearsal_kind(part: dict) -> str | None:
-    """``"smoke"``, ``"incomplete"`` or None (a complete study) for a study's toc part (a part written before
-    these keys existed: smoke when the name ends in ``-smoke``)."""
-    if part.get("smoke", str(part.get("study", "")).endswith("-smoke")):
-        return "smoke"
-    return None if part.get("complete", True) else "incomplete"
-
-
-def write_toc(rehearsals: bool | None = None) -> Path:
-    """``book/_generated/_toc.yml``: the base toc, plus, for every complete study with executed notebooks
-    (sorted by name), its findings and reproducibility pages and a part with its notebooks. Smoke studies and
-    incomplete ones (a run failed or never ran) are rehearsals: left out unless ``rehearsals`` (default:
-    :func:`include_rehearsals`), and then listed after the real studies under parts captioned
-    "Rehearsal (smoke study) ..." or "Rehearsal (incomplete study) ..."."""
-    root = project_root()
-    rehearsals = include_rehearsals() if rehearsals is None else rehearsals
-    base = yaml.safe_load((root / "_toc.yml").read_text())
-    parts = []
-    for part_file in sorted((root / "book" / "results").glob(f"*/{TOC_PART}")):
-        part = yaml.safe_load(part_file.read_text()) or {}
-        if rehearsal_kind(part) and not rehearsals:
-            continue
-        chapters = [ch for ch in part.get("chapters", []) if _page_exists(root, ch["file"])]
-        for ch in chapters:
-            ch["sections"] = [sec for sec in ch.get("sections", []) if _page_exists(root, sec["file"])]
-        if chapters:
-            parts.append((part, chapters))
-    parts.sort(key=lambda pc: rehearsal_kind(pc[0]) is not None)  # real studies first (stable: by name within)
-    for part, chapters in parts:
-        for p in base.get("parts", []):
-            for ch in p.get("chapters", []):
-                if ch.get("file") == "book/findings" and part.get("findings") and _page_exists(root, part["findings"]):
-                    ch.setdefault("sections", []).append({"file": part["findings"]})
-                if ch.get("file") == "book/grounding" and part.get("grounding") and _page_exists(root, part["grounding"]):
-                    ch.setdefault("sections", []).append({"file": part["grounding"]})
-                if ch.get("file") == "book/reproducibility" and _page_exists(root, part["reproducibility"]):
-                    ch.setdefault("sections", []).append({"file": part["reproducibility"]})
-        kind = rehearsal_kind(part)
-        caption = (f"Rehearsal ({kind} study): '{part['study']}'" if kind
-                   else f"Executed notebooks: study '{part['study']}'")
-        base.setdefault("parts", []).append({"caption": caption, "chapters": chapters})
-    toc = root / "book" / "_generated" / "_toc.yml"
-    write_text(toc, "# generated by conceptsim run; do not edit\n" + yaml.safe_dump(base, sort_keys=False))
-    return toc
-
-
-def _page_exists(root: Path, rel: str) -> bool:
-    return any((root / rel).with_suffix(ext).is_file() for ext in (".md", ".ipynb"))
-
-
-if __name__ == "__main__":  # `make book` regenerates the toc: python -m conceptsim.runner (BOOK_ALL=1: rehearsals too)
-    print(write_toc())

@@ -1,7 +1,8 @@
 """The generated "Do the measures measure?" page: one table per grounding test, measure by measure.
 
 Sources: each dataset's ``grounding.csv`` (layer monotonicity, unit-matching depth alignment; written by
-the comparison stage, :mod:`conceptsim.comparison.grounding`) and the ``grounding/planted`` entry of
+the comparison stage, :mod:`conceptsim.comparison.grounding`), its ``shortcut.csv`` where the study's
+networks have groups (the shortcut and label-randomisation test, ``studies/grounding.yml``) and the ``grounding/planted`` entry of
 ``benchmarks/results.json`` (planted matches, :mod:`conceptsim.comparison.planted`). Nothing is typed by
 hand; a test without results says so.
 """
@@ -18,7 +19,7 @@ import pandas as pd
 from conceptsim.atomic import write_text
 from conceptsim.comparison.report import table
 from conceptsim.models.names import is_twin
-from conceptsim.paths import comparison_files, dataset_results, project_root
+from conceptsim.paths import comparison_files, dataset_results, project_root, shortcut_csv
 
 if TYPE_CHECKING:
     from conceptsim.study import Study
@@ -76,6 +77,43 @@ def planted_table(scores: list[dict]) -> tuple[list[str], list[list[str]]]:
     return ["transform", "noise"] + [f"`{m}` P / R" for m in methods], rows
 
 
+def shortcut_table(shortcut: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Per measure (concept means, then the cue's concept alone, then label-free): AUPRC, its chance value and
+    the violation rate at the deepest probed layer, and both at every probed layer (shallow to deep)."""
+    rows = []
+    for concept in ("", *sorted(set(shortcut["concept"]) - {""})):
+        for m in [m for m in MEASURES if m in set(shortcut[shortcut["concept"] == concept]["method"])]:
+            sel = shortcut[(shortcut["method"] == m) & (shortcut["concept"] == concept)]
+            last = sel.iloc[-1]
+            rows.append([f"`{m}`" + (f" on `{concept}`" if concept else ""), f"`{last.layer}`", fmt(last.auprc),
+                         fmt(last.chance_auprc), fmt(last.violation_rate), " / ".join(fmt(v) for v in sel["auprc"]),
+                         " / ".join(fmt(v) for v in sel["violation_rate"]), str(int(last.n_networks))])
+    layers = " / ".join(dict.fromkeys(shortcut["layer"]))
+    return ["measure", "deepest layer", "AUPRC", "chance", "violation", f"AUPRC per layer ({layers})",
+            "violation per layer", "networks"], rows
+
+
+def training_line(study: "Study") -> str:
+    """One sentence: each group's mean training accuracy (from the checkpoints' records), empty without any."""
+    from conceptsim.models.small_cnn import group_of, training_record
+
+    acc: dict[str, list[float]] = {}
+    for spec in study.model_specs.values():
+        if "small_cnn" in spec and (rec := training_record(spec["small_cnn"])) is not None:
+            acc.setdefault(group_of(spec["small_cnn"]), []).append(rec["train_accuracy"])
+    if not acc:
+        return ""
+    parts = [f"{g} {np.mean(v):.2f} ({len(v)} networks)" for g, v in acc.items()]
+    return "Training accuracy on the dominant-object label (mean per group): " + "; ".join(parts) + "."
+
+
+def read_shortcut(study: "Study") -> pd.DataFrame | None:
+    """All datasets' ``shortcut.csv`` rows of a study (None when none exists)."""
+    frames = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for ds in study.datasets
+              if (p := shortcut_csv(dataset_results(study.name, ds))).exists()]
+    return pd.concat(frames, ignore_index=True).fillna({"concept": ""}) if frames else None
+
+
 def read_grounding(study: "Study") -> pd.DataFrame | None:
     """All datasets' ``grounding.csv`` rows of a study (None when none exists)."""
     frames = []
@@ -105,15 +143,20 @@ SECTIONS = (
     ("Planted matches", "Synthetic spaces with known shared concepts: a good method proposes exactly the planted "
      "matches (precision and recall 1) under a pure permutation; a basis-free method keeps them under rotation.",
      "The `grounding/planted` benchmark has not been run (`benchmarks/run.py --only grounding`)."),
-    ("Shortcut affinity and label randomisation", "Networks trained with a planted cue should group by how much they "
-     "use it (AUPRC of same-group pairs).", "Not run yet: the study `studies/grounding.yml` (small CNNs trained with "
-     "a planted coloured-dot cue) does not exist in this version."),
+    ("Shortcut affinity and label randomisation", "Small CNNs trained with a planted cue (a dot whose colour gives the "
+     "label) present with probability 0, 0.5 or 1, or on shuffled labels, three seeds per group: a good measure finds "
+     "networks of one group more alike than networks of different groups -- AUPRC of same-group pairs near 1 (chance: "
+     "a random ranking's expected AUPRC) and violation rate near 0 (averaged over groups, ReSi's scores). CKA stands beside "
+     "the concept measures; the rows on `dot` ask the concept measures whether the networks that use the cue share it.",
+     "This study has no networks trained in groups (the study `studies/grounding.yml` runs this test)."),
 )
 
 
-def grounding_markdown(study_name: str, grounding: pd.DataFrame | None, planted: dict | None) -> str:
+def grounding_markdown(study_name: str, grounding: pd.DataFrame | None, planted: dict | None,
+                       shortcut: pd.DataFrame | None = None, training: str = "") -> str:
     """The page's markdown: one section per test, its table or a sentence saying why there is none."""
-    bodies = [None, None, None, None]
+    bodies = [None, None, None, table(*shortcut_table(shortcut)) + (f"\n\n{training}" if training else "")
+              if shortcut is not None else None]
     if grounding is not None:
         bodies[0] = table(*monotonicity_table(grounding))
         bodies[1] = table(*alignment_table(grounding))
@@ -134,5 +177,7 @@ def write_grounding_page(study: "Study", path: Path, results_json: Path | None =
     grounding = read_grounding(study)
     if grounding is None:
         return None
-    write_text(path, grounding_markdown(study.name, grounding, planted_scores(results_json)))
+    shortcut = read_shortcut(study)
+    write_text(path, grounding_markdown(study.name, grounding, planted_scores(results_json), shortcut,
+                                        training_line(study) if shortcut is not None else ""))
     return path

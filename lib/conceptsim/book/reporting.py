@@ -6,7 +6,6 @@ Numbers on these pages come from result files; none is typed by hand.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,8 +14,7 @@ import yaml
 
 from conceptsim.atomic import write_text
 from conceptsim.comparison.report import table
-from conceptsim.models.names import is_twin
-from conceptsim.paths import comparison_files, dataset_results, project_root
+from conceptsim.paths import project_root
 
 if TYPE_CHECKING:
     from conceptsim.study import Run, Study
@@ -87,82 +85,6 @@ def _declared_models_section(study: "Study") -> list[str]:
         "declared without weights is randomly initialised, and its results are those of an untrained network.\n",
         table(["model", "status", "weights", "spec"], rows),
     ]
-
-
-def models_left_out_of_finding1(study: "Study") -> str:
-    """One sentence per model that finding 1 leaves out and why (a declared model without weights), else ''."""
-    from conceptsim.models.user_models import model_listing
-
-    out = [f"- `{m}` ({s['label']}): {s['exclusion_reason']}."
-           for m, s in model_listing(study.models, getattr(study, "model_specs", None)).items() if not s["in_finding1"]]
-    return ("**Models left out of finding 1**\n\n" + "\n".join(out) + "\n\n") if out else ""
-
-
-def write_findings_page(study: "Study", path: Path) -> Path | None:
-    """Per dataset: the findings from ``findings.json``, their key figures, and where the concept view and
-    CKA disagree (None when no dataset has results)."""
-    from conceptsim.comparison import report
-
-    import pandas as pd
-
-    parts, docs, grounding = [], [], []
-    for ds in study.datasets:
-        files = comparison_files(dataset_results(study.name, ds))
-        fj = files["findings"]
-        if fj.exists():
-            docs.append(report.load_findings(fj))
-            parts.append(f"## Dataset `{ds}`\n\n" + _dataset_findings(study, ds, fj, path.parent))
-        if files["grounding"].exists():
-            grounding.append(pd.read_csv(files["grounding"], keep_default_na=False, na_values=[""]))
-    if not parts:
-        return None
-    header = (
-        f"# Measured findings: study `{study.name}`\n\n"
-        "Generated from each dataset's `findings.json` and `similarity.csv` by the runner; nothing here is "
-        "typed by hand.\n\n"
-        + models_left_out_of_finding1(study)
-        + report.study_opening(docs, study.name)
-        + ("\n" + report.measure_grounding(pd.concat(grounding, ignore_index=True)) if grounding else "")
-        + "\n## Verdicts at a glance\n\n" + report.verdict_overview(docs)
-        + "\n"
-    )
-    write_text(path, header + "\n".join(parts))
-    return path
-
-
-def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_dir: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import pandas as pd
-
-    from conceptsim.comparison import figures, report
-    from conceptsim.comparison.similarity import concept_vs_cka
-
-    doc = report.load_findings(findings_json)
-    fig_dir = page_dir / dataset / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    shown = []
-    for name, make in (("finding1_seg", lambda: figures.finding1_plot(doc, "seg")),
-                       ("depth_profile_seg", lambda: figures.depth_profile_plot(doc, "seg")),
-                       ("finding2_seg", lambda: figures.finding2_plot(doc, "seg")),
-                       ("emergence_seg", lambda: figures.emergence_plot(doc, "seg"))):
-        fig = make()
-        fig.savefig(fig_dir / f"{name}.png", dpi=100)
-        shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
-    sim = pd.read_csv(comparison_files(findings_json.parent)["similarity"], keep_default_na=False, na_values=[""])
-    trained = sim[~sim["model_a"].map(is_twin) & ~sim["model_b"].map(is_twin)]
-    agree = concept_vs_cka(trained, method="seg")
-    rows = [[f"{r.model_a} vs {r.model_b}", str(r.n_pairs), report.fmt(r.spearman), report.fmt(r.mean_concept),
-             report.fmt(r.mean_cka), r.largest_gap] for r in agree.itertuples()]
-    cka_text = (
-        "**Concept similarity against CKA** (trained models; rank correlation over layer pairs of the "
-        "concept-mean S_seg and linear CKA; the largest gap is CKA minus S_seg):\n\n"
-        + report.table(["models", "layer pairs", "Spearman", "mean S_seg", "mean CKA", "largest gap"], rows)
-        + "\n"
-    )
-    return (report.findings_markdown(doc) + "\n\n### Key figures\n\n" + "\n\n".join(shown) + "\n\n"
-            + cka_text)
 
 
 def page_title(run: "Run", model_specs: dict | None = None) -> str:

@@ -66,12 +66,25 @@ def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor]) -> torch.Ten
 
     Parameters
     ----------
-    masks : ``R x n x P`` 0/1 int8 masks (rows = layers, truth, oracles) of ``n`` images.
+    masks : ``R x n x P`` 0/1 masks (rows = layers, truth, oracles) of ``n`` images, int8 or float32 (the
+        stage passes the float32 copy it already made for the Gram products).
     strata : ``S`` masks ``n x P`` (0/1 int8) that partition every image's pixels.
     """
-    total = masks.sum(dim=2, dtype=torch.int64)
-    parts = [(masks * s[None]).sum(dim=2, dtype=torch.int64) for s in strata[:-1]]
-    return torch.stack(parts + [total - sum(parts)]).double()  # the strata partition the pixels
+    r, n, p = masks.shape
+    if p >= 2**24:  # a float32 product would no longer count exactly
+        total = masks.sum(dim=2, dtype=torch.int64)
+        parts = [(masks * s[None]).sum(dim=2, dtype=torch.int64) for s in strata[:-1]]
+        return torch.stack(parts + [total - sum(parts)]).double()  # the strata partition the pixels
+    # one batched product per image of the 0/1 masks with the strata (and a column of ones for the totals):
+    # exact integer sums in float32 (at most ``p < 2**24`` per sum), far faster than int8 -> int64 reductions
+    mf = masks if masks.dtype == torch.float32 else masks.float()
+    cols = torch.empty((n, p, len(strata)), dtype=torch.float32)
+    for j, s in enumerate(strata[:-1]):
+        cols[:, :, j].copy_(s)
+    cols[:, :, -1] = 1.0
+    c = torch.bmm(mf.transpose(0, 1), cols)  # n x R x S: the parts, then the totals
+    c[:, :, -1] -= c[:, :, :-1].sum(dim=2)  # the strata partition the pixels
+    return c.permute(2, 1, 0).double()
 
 
 def stratum_sums(counts: torch.Tensor, strata_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -156,7 +156,7 @@ def emergence_plot(findings: dict, method: str = "seg") -> Figure:
     """Emergence depth (x) of every concept (rows) with one marker per model."""
     concepts = findings["concepts"]
     models = findings["models"]
-    fig = Figure(figsize=(6.5, 0.3 * len(concepts) + 1.5), layout="constrained")
+    fig = Figure(figsize=(6.5, 0.36 * len(concepts) + 1.5), layout="constrained")
     ax = fig.subplots()
     depth = {(e["model"], e["concept"]): e["depth"] for e in findings["emergence"] if e["method"] == method}
     markers = "osD^v<>pP*Xh"
@@ -164,10 +164,10 @@ def emergence_plot(findings: dict, method: str = "seg") -> Figure:
         ys = [ci + (mi - (len(models) - 1) / 2) * 0.08 for ci, c in enumerate(concepts) if depth.get((m, c)) is not None]
         xs = [depth[(m, c)] for c in concepts if depth.get((m, c)) is not None]
         ax.scatter(xs, ys, marker=markers[mi % len(markers)], label=m, alpha=0.5 if is_twin(m) else 0.9)
-    ax.set_yticks(range(len(concepts)), concepts, fontsize=7)
+    ax.set_yticks(range(len(concepts)), concepts, fontsize=MIN_FONT)
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("emergence depth (relative depth at 90 % of the maximum val quality)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{findings['dataset']}: emergence depth ({method})")
     return fig
 

@@ -128,6 +128,17 @@ def weighted_set_iou(tp: np.ndarray, size: np.ndarray, truth: np.ndarray, w: np.
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), np.nan)
 
 
+def integer_weights(w: np.ndarray) -> np.ndarray:
+    """``w`` as int32 when every weight is a whole number of modest size (bootstrap multiplicities), else
+    unchanged: sums of them are then exact integers whatever the order."""
+    w = np.asarray(w)
+    if w.dtype == np.int32:
+        return w
+    if w.size and np.issubdtype(w.dtype, np.floating) and np.abs(w).max() < 2**20 and np.array_equal(w, np.round(w)):
+        return w.astype(np.int32)
+    return w
+
+
 def weighted_average_precision(scores: np.ndarray, labels: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Average precision of ``R`` scorers (``R x N``) under image weights ``w`` (``B x N``) -> ``B x R``.
 
@@ -137,12 +148,16 @@ def weighted_average_precision(scores: np.ndarray, labels: np.ndarray, w: np.nda
     """
     s = np.asarray(scores, np.float64)
     y = np.asarray(labels, bool)
+    w = integer_weights(w)
+    # multiplicities (the bootstrap's weights) are small integers: their running sums are exact in int32 and
+    # give the same float64 precisions as float64 sums, with half the memory traffic of the B x N passes
+    acc = np.int32 if w.dtype == np.int32 else np.float64
     out = np.full((w.shape[0], s.shape[0]), np.nan)
     for r in range(s.shape[0]):
         order = np.argsort(-s[r], kind="stable")
         ws, ys = w[:, order], y[order]
-        cum_all = np.cumsum(ws, axis=1)
-        cum_pos = np.cumsum(ws * ys, axis=1)
+        cum_all = np.cumsum(ws, axis=1, dtype=acc)
+        cum_pos = np.cumsum(ws * ys, axis=1, dtype=acc)
         with np.errstate(invalid="ignore", divide="ignore"):
             prec = np.where(cum_all > 0, cum_pos / np.where(cum_all > 0, cum_all, 1.0), 0.0)
             pos_w = (ws * ys).sum(axis=1)
@@ -160,6 +175,7 @@ def quality_replicates(method: str, val: dict, labels: np.ndarray, w: np.ndarray
         tp, size, truth = val["seg_image_quality"]  # K x L x N, K x L x N, K x N
         return np.stack([weighted_set_iou(tp[k], size[k], truth[k], w) for k in range(tp.shape[0])], axis=2)
     z = val["cls_logits"]  # L x N x K
+    w = integer_weights(w)  # checked once for all concepts
     return np.stack([weighted_average_precision(z[:, :, k], labels[:, k], w) for k in range(z.shape[2])], axis=2)
 
 

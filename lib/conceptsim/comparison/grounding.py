@@ -41,6 +41,17 @@ spearman_pairs    Spearman of similarity and distance over all distinct layer pa
 alignment_error   depth alignment only: mean |relative depth of A's layer - depth of its best B layer|
 null_mean         depth alignment only: the same error averaged over all assignments of B's depths
 ================  ====================================================================================
+
+Shortcut affinity and label randomisation (ReSi's grouping tests; the study ``studies/grounding.yml``).
+Small CNNs trained in groups (:mod:`conceptsim.models.small_cnn`: a planted cue with probability 0, 0.5,
+1, and shuffled labels; 3 seeds each) are compared at each probed layer; a measure that sees what the
+networks learned groups them: :func:`shortcut_scores` (AUPRC of same-group pairs ranked by similarity and
+the violation rate, averaged over groups). ``shortcut.csv`` (written by the comparison stage when the
+study's ``models.json`` gives two or more networks a ``group``), one row per measure, concept and layer:
+``dataset, method, concept, layer, auprc, base_rate, chance_auprc, violation_rate, n_groups, n_networks,
+n_undefined``;
+``concept`` is empty for the concept means and label-free measures and names the cue's concept (``dot``)
+for the concept measures asked about it alone.
 """
 
 from __future__ import annotations
@@ -153,8 +164,30 @@ def grounding_frame(dataset: str, models: list[str], layer_models: list[str], de
     return pd.DataFrame(rows, columns=list(GROUNDING_COLUMNS))
 
 
+def _checked(sim, groups) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(sim, dtype=np.float64)
+    g = np.asarray(groups)
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or len(g) != s.shape[0]:
+        raise ValueError(f"sim must be n x n with one group per network, got {s.shape} and {len(g)} groups")
+    return s, g
+
+
+def _violations(s: np.ndarray, g: np.ndarray, anchors) -> tuple[float, int]:
+    """Over triples (anchor i, same-group j, other-group k): how many have ``s(i, j) < s(i, k)`` (ties one
+    half), and how many triples there are; undefined similarities are left out."""
+    viol, total = 0.0, 0
+    for i in anchors:
+        others = np.arange(len(g)) != i
+        pos = s[i, others & (g == g[i])]
+        neg = s[i, others & (g != g[i])]
+        pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
+        total += len(pos) * len(neg)
+        viol += np.sum(pos[:, None] < neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])
+    return float(viol), total
+
+
 def group_separation(sim: np.ndarray, groups) -> dict[str, float]:
-    """ReSi's scores of a grouping test (shortcut affinity, label randomisation) for one measure.
+    """ReSi's scores of a grouping test (shortcut affinity, label randomisation) for one measure, pooled.
 
     Networks of the same group (e.g. trained with the same cue probability) should be more similar to
     each other than to networks of other groups.
@@ -169,26 +202,117 @@ def group_separation(sim: np.ndarray, groups) -> dict[str, float]:
     ``auprc``: average precision of the distinct pairs ranked by similarity, same-group pairs positive
     (chance: the share of same-group pairs, ``base_rate``); ``violation_rate``: over triples (anchor i,
     same-group j, other-group k), the share with ``s(i, j) < s(i, k)`` (ties one half; 0 for a perfect
-    measure); undefined pairs are left out.
+    measure); undefined pairs are left out. :func:`shortcut_scores` averages the same over groups.
     """
     from conceptsim.concepts.metrics import average_precision
 
-    s = np.asarray(sim, dtype=np.float64)
-    g = np.asarray(groups)
-    if s.ndim != 2 or s.shape[0] != s.shape[1] or len(g) != s.shape[0]:
-        raise ValueError(f"sim must be n x n with one group per network, got {s.shape} and {len(g)} groups")
+    s, g = _checked(sim, groups)
     iu, ju = np.triu_indices(len(g), k=1)
     vals = 0.5 * (s[iu, ju] + s[ju, iu])
     same = (g[iu] == g[ju]).astype(np.float64)
     ok = np.isfinite(vals)
     auprc = float(average_precision(same[ok], vals[ok])) if ok.any() else float("nan")
-    viol = total = 0.0
-    for i in range(len(g)):
-        others = np.arange(len(g)) != i
-        pos = s[i, others & (g == g[i])]
-        neg = s[i, others & (g != g[i])]
-        pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
-        total += len(pos) * len(neg)
-        viol += np.sum(pos[:, None] < neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])
+    viol, total = _violations(s, g, range(len(g)))
     return {"auprc": auprc, "base_rate": float(same[ok].mean()) if ok.any() else float("nan"),
             "violation_rate": viol / total if total else float("nan"), "n_pairs": int(ok.sum())}
+
+
+def chance_average_precision(n_pos: int, n: int) -> float:
+    """Expected average precision of a random ranking of ``n`` items with ``n_pos`` positives (no ties):
+    the mean over positives ``i`` and ranks ``r`` of ``i / r`` times the chance that the i-th positive sits at
+    rank ``r``. Above the base rate ``n_pos / n`` for few positives (3 of 30: 0.19, not 0.10)."""
+    from scipy.special import comb
+
+    if not 0 < n_pos <= n:
+        raise ValueError(f"need 0 < n_pos <= n, got n_pos={n_pos}, n={n}")
+    total = 0.0
+    for i in range(1, n_pos + 1):
+        r = np.arange(i, n - n_pos + i + 1)
+        total += np.sum(i / r * comb(r - 1, i - 1) * comb(n - r, n_pos - i)) / comb(n, n_pos)
+    return float(total / n_pos)
+
+
+def shortcut_scores(sim: np.ndarray, groups) -> dict[str, float]:
+    """ReSi's grouping scores averaged over groups: the shortcut and label-randomisation test's numbers.
+
+    Per group G (with two or more networks, and networks outside it): the distinct pairs with a network of
+    G are ranked by similarity, pairs inside G positive; ``auprc`` is their average precision and
+    ``base_rate`` its chance value (the share of pairs inside G); ``violation_rate`` the share of triples
+    (anchor i in G, j in G, k outside G) with ``s(i, j) < s(i, k)`` (ties one half). Each is the mean over
+    groups. ``chance_auprc`` is the expected ``auprc`` of a random ranking (:func:`chance_average_precision`,
+    above ``base_rate`` with few pairs inside a group). An undefined similarity (NaN, e.g. no concept
+    represented in both layers) counts as the least similar: a measure that cannot say is not credited with
+    separating; ``n_undefined`` counts those pairs. A perfect measure gives ``auprc`` 1 and
+    ``violation_rate`` 0; a random one about ``chance_auprc`` and 0.5.
+    """
+    from conceptsim.concepts.metrics import average_precision
+
+    s, g = _checked(sim, groups)
+    s = 0.5 * (s + s.T)
+    iu, ju = np.triu_indices(len(g), k=1)
+    vals = s[iu, ju]
+    undefined = ~np.isfinite(vals)
+    floor = (np.nanmin(vals[~undefined]) if (~undefined).any() else 0.0) - 1.0
+    s = np.where(np.isfinite(s), s, floor)
+    vals = s[iu, ju]
+    scores = []
+    for grp in dict.fromkeys(g.tolist()):
+        members = g == grp
+        if members.sum() < 2 or members.all():
+            continue
+        touch = members[iu] | members[ju]
+        inside = (members[iu] & members[ju])[touch].astype(np.float64)
+        viol, total = _violations(s, g, np.flatnonzero(members))
+        scores.append((float(average_precision(inside, vals[touch])), float(inside.mean()),
+                       chance_average_precision(int(inside.sum()), len(inside)), viol / total))
+    if not scores:
+        raise ValueError(f"shortcut scores need two or more groups, one of two or more networks; got groups {g.tolist()}")
+    auprc, base, chance, viol = np.mean(scores, axis=0)
+    return {"auprc": float(auprc), "base_rate": float(base), "chance_auprc": float(chance),
+            "violation_rate": float(viol), "n_groups": len(scores),
+            "n_networks": int(len(g)), "n_undefined": int(undefined.sum())}
+
+
+#: the measures of the shortcut test: concept-mean measures (layer_similarity.csv) and label-free ones
+SHORTCUT_MEASURES = ("seg_kappa", "seg", "cls_partial", "cls", "cka", "cka_debiased", "units_bb")
+#: concept measures also scored on the cue's own concept alone (similarity.csv)
+SHORTCUT_CONCEPT_MEASURES = ("seg_kappa", "seg", "cls_partial", "cls")
+SHORTCUT_COLUMNS = ("dataset", "method", "concept", "layer", "auprc", "base_rate", "chance_auprc", "violation_rate", "n_groups",
+                    "n_networks", "n_undefined")
+
+
+def _pair_matrix(rows: pd.DataFrame, networks: list[str], layer: str) -> np.ndarray:
+    """``n x n`` similarity of the networks' layer ``layer`` from comparison rows (model_a/b, layer_a/b, value)."""
+    index = {m: i for i, m in enumerate(networks)}
+    sel = rows[(rows["layer_a"] == layer) & (rows["layer_b"] == layer) & rows["model_a"].isin(index)
+               & rows["model_b"].isin(index)]
+    out = np.full((len(networks), len(networks)), np.nan)
+    a, b = sel["model_a"].map(index).to_numpy(), sel["model_b"].map(index).to_numpy()
+    out[a, b] = out[b, a] = sel["value"].to_numpy(dtype=np.float64)
+    return out
+
+
+def shortcut_frame(dataset: str, groups: dict[str, str], layer_similarity: pd.DataFrame,
+                   similarity: pd.DataFrame | None = None, cue_concept: str | None = None) -> pd.DataFrame:
+    """Rows of ``shortcut.csv``: :func:`shortcut_scores` per measure and probed layer (networks compared
+    at the same layer), measures of :data:`SHORTCUT_MEASURES` on their concept means (``concept`` empty),
+    and the concept measures on ``cue_concept`` alone (from ``similarity``), when given and present."""
+    networks = list(groups)
+    labels = [groups[m] for m in networks]
+    first = layer_similarity[layer_similarity["model_a"] == networks[0]]
+    layers = list(dict.fromkeys(first["layer_a"]))
+    sources = [(m, "", layer_similarity[layer_similarity["method"] == m]) for m in SHORTCUT_MEASURES]
+    if similarity is not None and cue_concept is not None and (similarity["concept"] == cue_concept).any():
+        cue = similarity[similarity["concept"] == cue_concept]
+        sources += [(m, cue_concept, cue[cue["method"] == m]) for m in SHORTCUT_CONCEPT_MEASURES]
+    rows = []
+    for method, concept, sel in sources:
+        if sel.empty:
+            continue
+        for layer in layers:
+            got = shortcut_scores(_pair_matrix(sel, networks, layer), labels)
+            rows.append({"dataset": dataset, "method": method, "concept": concept, "layer": layer,
+                         **{k: got[k] for k in SHORTCUT_COLUMNS[4:]}})
+    return pd.DataFrame(rows, columns=list(SHORTCUT_COLUMNS))
+
+

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from conceptsim.atomic import save_figure
 from conceptsim.comparison.agreement import kappa_from_strata
 from conceptsim.comparison.finding1 import concept_level_means, image_weights, nanmean_rows, seg_kappa_replicates
 from conceptsim.comparison.similarity import SegAccumulator
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     fig.suptitle(f"finding 1: {args.concepts} concepts, {args.images} images, 3 twin seeds, family of {args.family}",
                  fontsize=10)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
+    save_figure(fig, args.out, dpi=100)
     summary = {"points": [p.__dict__ for p in points], "stated_mde": stated, "eighty_percent": eighty_percent_point(points)}
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"stated MDE {stated:.3f}, simulated 80 % point {summary['eighty_percent']:.3f}; wrote {args.out}")

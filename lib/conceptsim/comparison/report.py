@@ -1,9 +1,9 @@
-"""Markdown for the book's Findings page, generated from ``findings.json`` (numbers are never typed by hand).
+"""Markdown tables of a findings document (``findings.json``; numbers are never typed by hand), shown by
+notebook 04 and glued into the book's Findings page by :mod:`conceptsim.book.findings`.
 
 Every function takes the parsed document (or a path) and reads the typed records of
 :mod:`~conceptsim.comparison.finding1`, :mod:`~conceptsim.comparison.finding2` and
-:mod:`~conceptsim.comparison.verdicts`; the page build glues the pieces in per dataset, after the study-wide
-opening (:func:`study_opening`) that states what was found.
+:mod:`~conceptsim.comparison.verdicts`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 from conceptsim.comparison.finding1 import Finding1
 from conceptsim.comparison.finding2 import COMPONENTS, Finding2, PositiveControl
@@ -232,117 +232,4 @@ def summary_sentences(doc: dict | str | Path, method: str = "seg") -> str:
         f"({', '.join(map(str, sizes))} tests: finding 1 and the finding-2 tests of both methods)."
     )
 
-
-def study_opening(docs: list[dict], study: str) -> str:
-    """The opening of the Findings page: what was tested, what was found, how sure it is (all datasets)."""
-    docs = [load_findings(d) for d in docs]
-    tests = [(doc["dataset"], *t) for doc in docs for t in tests_of(doc)]
-    f1 = [t for _, f, _, _, t in tests if f == "finding 1"]
-    f2 = [t for _, f, _, _, t in tests if f.startswith("finding 2")]
-    ctl = [PositiveControl.from_json(c) for doc in docs for c in doc.get("positive_control", [])]
-    mdes = [t.mde for t in f1 if t.verdict == "inconclusive" and t.mde is not None]
-    supported1 = [(ds, m, p, t) for ds, f, m, p, t in tests if f == "finding 1" and t.verdict == "supported"]
-    lines = [
-        f"**What was tested.** Study `{study}` asks the paper's two questions of {len(docs)} dataset(s): "
-        "(1) do two *trained* architectures agree on the concepts they learned, beyond what their accuracy explains "
-        "and more than random-init twins of the same architectures agree at the same layers; (2) do the layers that "
-        "match lie at similar *relative* depth, more than chance, more than the layers' resolution explains, and "
-        "more than in the twins.",
-        "",
-        f"**What it found.** Finding 1: {count_text(f1)} of {len(f1)} tests. Finding 2: {count_text(f2)} of "
-        f"{len(f2)} tests.",
-    ]
-    by_ds = {}
-    for ds, f, m, p, t in tests:
-        if f == "finding 1":
-            by_ds.setdefault(ds, []).append(t)
-    parts = []
-    for ds, ts in by_ds.items():
-        sup = [t for t in ts if t.verdict == "supported"]
-        if sup:
-            parts.append(f"on {ds}, {len(sup)} of {len(ts)} (trained − twins {min(t.effect for t in sup):+.2f} to "
-                         f"{max(t.effect for t in sup):+.2f})")
-    if supported1:
-        lines.append(" Finding 1 is supported " + "; ".join(parts) + "; the tables below give every test.")
-    if ctl:
-        passed = sum(1 for c in ctl if c.passed)
-        lines.append(f" The positive control (shared backbone blocks matched block to block) passed {passed} of "
-                     f"{len(ctl)} times; where it fails, a null result of finding 2 says little about the models.")
-    lines += [
-        "",
-        "**How sure.** *Inconclusive* means the interval includes both no effect and an effect worth having: the "
-        "test could not decide at this study's sizes. " + (
-            f"The smallest effects the inconclusive finding-1 tests could have detected with 80 % power range from "
-            f"{min(mdes):.2f} to {max(mdes):.2f} kappa / correlation units. " if mdes else "") +
-        "*Contradicted* needs the whole interval below the smallest effect of interest (+0.05 for agreement, 0 for "
-        "alignment); a failed test is never read as a refutation. Terms are defined in the "
-        "{ref}`glossary`.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def verdict_overview(docs: list[dict]) -> str:
-    """One short table per finding over datasets and model pairs: verdict and effect with interval."""
-    docs = [load_findings(d) for d in docs]
-    rows1, rows2 = [], []
-    for doc in docs:
-        for finding, m, pair, t in tests_of(doc):
-            row = [doc["dataset"], pair, m, verdict_cell(t), fmt_test(t)]
-            (rows1 if finding == "finding 1" else rows2).append(row if finding == "finding 1" else
-                                                                  row[:3] + [finding.split(": ")[1]] + row[3:])
-    parts = ["### Finding 1: trained architectures agree beyond accuracy, more than their twins at the same layers",
-             table(["dataset", "model pair", "method", "verdict", "trained − twins [95 % CI]"], rows1) if rows1 else
-             "No finding-1 tests.",
-             "### Finding 2: matched layers at similar relative depth (three tests per pair)",
-             table(["dataset", "model pair", "method", "test", "verdict", "advantage [95 % CI]"], rows2) if rows2 else
-             "No finding-2 tests."]
-    return "\n\n".join(parts) + "\n"
-
-
-def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg", "cls")) -> str:
-    """The detailed generated section for one dataset (the page's heading names the dataset)."""
-    doc = load_findings(doc)
-    parts = ["### Positive control: shared backbone blocks matched block to block", positive_control_table(doc)]
-    for m in methods:
-        if not any(m in p["finding1"] for p in doc["pairs"]):
-            continue
-        parts += [
-            f"### {METHOD_NAMES.get(m, m)[:1].upper()}{METHOD_NAMES.get(m, m)[1:]}", summary_sentences(doc, m),
-            "**Finding 1**: agreement beyond accuracy of the trained pair's val-selected layer pair, minus the twins' "
-            "at the same layers", finding1_table(doc, m),
-            "<details><summary>Per concept category (diagnostic)</summary>\n\n" + finding1_category_table(doc, m)
-            + "\n\n</details>",
-            "**Finding 2**: three tests per model pair (advantage = comparison's error − trained error)",
-            finding2_table(doc, m),
-            "<details><summary>Predictors and match stability (diagnostics)</summary>\n\n"
-            + finding2_details_table(doc, m) + "\n\n</details>",
-            "<details><summary>Emergence depth (relative depth where val quality first reaches 90 % of its maximum)"
-            "</summary>\n\n" + emergence_table(doc, m) + "\n\n</details>",
-        ]
-    return "\n\n".join(parts) + "\n"
-
-
-def measure_grounding(grounding: "pd.DataFrame") -> str:
-    """How the measures the findings rest on (``seg_kappa``, ``cls_partial``) passed layer monotonicity
-    (rows of the datasets' ``grounding.csv``), trained models only, with the link to the grounding page."""
-    import pandas as pd
-
-    from conceptsim.models.names import PIXELS_MODEL, is_twin
-
-    g = grounding[(grounding["test"] == "layer_monotonicity") & (grounding["concepts"] == "all")]
-    g = g[~g["model"].map(is_twin) & (g["model"] != PIXELS_MODEL)]
-    parts = []
-    for method, finding in (("seg_kappa", "segmentation"), ("cls_partial", "classification")):
-        sub = g[g["method"] == method]
-        if sub.empty:
-            continue
-        v, r = pd.to_numeric(sub["violation_rate"], errors="coerce"), pd.to_numeric(sub["spearman"], errors="coerce")
-        parts.append(f"`{method}` ({finding} tests): violation rate {fmt(v.mean(), 2) if v.notna().any() else '–'}, "
-                     f"Spearman {fmt(r.mean(), 2) if r.notna().any() else '–'} (mean over the {int(v.notna().sum())} "
-                     "trained model(s) and dataset(s) where it is defined; a good measure gives 0 and −1)")
-    if not parts:
-        return ""
-    return ("**Do the measures behind the findings measure?** Within one model a layer should resemble its "
-            "neighbours more than layers further away. " + "; ".join(parts) + ". Details and the other tests: "
-            "{ref}`grounding`.\n")
 

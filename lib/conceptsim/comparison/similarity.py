@@ -90,6 +90,15 @@ def int8_gram(a: torch.Tensor, b: torch.Tensor | None = None, *, out: torch.Tens
     return out
 
 
+def _mask_gram(m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Add the intersections ``m @ m.T`` of 0/1 rows to the int64 ``out``: ``m`` float32 with fewer than
+    ``2**24`` columns (one exact float32 product, the conversion already made) or int8 (:func:`int8_gram`)."""
+    if m.dtype == torch.float32:
+        out += torch.matmul(m, m.T).to(out.dtype)
+        return out
+    return int8_gram(m, out=out)
+
+
 #: soft masks are quantised to ``round(QUANT * sigmoid(logit))`` for the exact int8 products
 QUANT = 127
 
@@ -164,7 +173,9 @@ class SegAccumulator:
             q[Lm] = 1
             if any(key[0] != n for key in self._buffers):  # a new chunk size (the last chunk): drop the old
                 self._buffers = {}
-            self._buffers[n, worker] = (torch.empty(m), torch.empty((L, m), dtype=torch.int8), q)
+            # the 0/1 masks once more as float32: every integer sum of them below is an exact float32 product
+            self._buffers[n, worker] = (torch.empty(m), torch.empty((L, m), dtype=torch.int8), q,
+                                        torch.empty((L, m), dtype=torch.float32))
         return self._buffers[n, worker]
 
     def update(self, seg: torch.Tensor) -> None:
@@ -215,7 +226,8 @@ class SegAccumulator:
         if threads is not None:
             torch.set_num_threads(threads)
         L, Lm = self.n_layers, self.moment_rows
-        f, b, q = buffers
+        f, b, q, bf = buffers
+        exact = b.shape[1] < 2**24  # 0/1 products and sums of float32 are exact integers below 2**24
         qm = q[: Lm + 1]  # the moment rows and the row of ones
         half = torch.tensor(0.5)
         for k in concepts:
@@ -238,18 +250,21 @@ class SegAccumulator:
                 # q >= 64 <=> sigmoid >= 0.5 <=> logit >= 0, and for 0 <= q <= 127 that is bit 6: q >> 6 is
                 # the 0/1 mask, computed in int8 (no bool pass) while the row is in cache
                 torch.bitwise_right_shift(qrow, 6, out=b[li])
+            if exact:
+                bf.copy_(b)  # one conversion serves the Gram products, the strata and the count map
+            m01 = bf if exact else b
             if self.oracle_rows:  # two diagonal blocks that share the truth row, counted once
                 t = self.truth_row
-                int8_gram(b[: t + 1], out=self.inter[k][: t + 1, : t + 1])
-                g = int8_gram(b[t:])
+                _mask_gram(m01[: t + 1], self.inter[k][: t + 1, : t + 1])
+                g = _mask_gram(m01[t:], torch.zeros((L - t, L - t), dtype=torch.int64))
                 g[0, 0] = 0
                 self.inter[k][t:, t:] += g
             else:
-                int8_gram(b, out=self.inter[k])
+                _mask_gram(m01, self.inter[k])
             strata = None
             if self.truth_row is not None:
                 bv = b.view(L, n, self.pixels)
-                strata = self._strata(bv, k)
+                strata = self._strata(m01.view(L, n, self.pixels), k)
                 e, mn = stratum_sums(*strata)
                 self.expected[k] += e
                 self.min_sum[k] += mn
@@ -261,9 +276,12 @@ class SegAccumulator:
                         self._object_quality[k].append(torch.stack([(self._objects * t).sum(1, dtype=torch.int64),
                                                                     self._objects.sum(1, dtype=torch.int64)]).numpy())
             if k in self._per_image:
-                self._per_image[k].append(self._image_counts(b.view(L, n, self.pixels), self.track[k], strata))
+                self._per_image[k].append(self._image_counts(m01.view(L, n, self.pixels), self.track[k], strata))
             if Lm:
-                self.count_map[k] += b[:Lm].view(Lm, n, self.pixels).sum(dim=1, dtype=torch.int32)
+                if exact:  # counts of images per pixel: at most n, exact in float32
+                    self.count_map[k] += bf[:Lm].view(Lm, n, self.pixels).sum(dim=1).to(torch.int32)
+                else:
+                    self.count_map[k] += b[:Lm].view(Lm, n, self.pixels).sum(dim=1, dtype=torch.int32)
                 int8_gram(qm, out=self.soft_gram[k])
 
     def _strata(self, bv: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,6 +289,8 @@ class SegAccumulator:
         off in each image, and for object concepts truth off split by the every-object mask; see
         :mod:`conceptsim.comparison.agreement`)."""
         t = bv[self.truth_row]
+        if t.dtype != torch.int8:  # the float32 copy of the masks: the strata themselves stay 0/1 int8
+            t = t.to(torch.int8)
         strata = [t, 1 - t]
         if self._objects is not None and self.object_concepts[k]:
             other = (1 - t) * self._objects  # the image's other objects: their own stratum
@@ -286,7 +306,7 @@ class SegAccumulator:
         out = torch.empty((b.shape[1], len(pairs), 5), dtype=torch.float64)
         for j, (ra, rb) in enumerate(pairs):
             ca, cb = counts[:, int(ra)], counts[:, int(rb)]  # S x n
-            out[:, j, 0] = (b[ra] * b[rb]).sum(dim=1, dtype=torch.int64).double()
+            out[:, j, 0] = (b[ra] * b[rb]).sum(dim=1, dtype=torch.float64 if b.dtype.is_floating_point else torch.int64).double()
             out[:, j, 1], out[:, j, 2] = ca.sum(0), cb.sum(0)
             out[:, j, 3] = (ca * cb * inv).sum(0)
             out[:, j, 4] = torch.minimum(ca, cb).sum(0)

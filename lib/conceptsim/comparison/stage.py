@@ -61,19 +61,28 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from conceptsim.allocator import release_freed_memory
 from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, sha256_file, stage_identity, write_json
 from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices
 from conceptsim.comparison.document import findings_document, plan_findings
 from conceptsim.comparison.findings import quality_arrays, rng_for
-from conceptsim.comparison.grounding import grounding_frame, layer_matrices
+from conceptsim.comparison.grounding import grounding_frame, layer_matrices, shortcut_frame
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
 from conceptsim.comparison.units import UNIT_METHODS, UnitMatcher
-from conceptsim.extraction.background import prefetched
+from conceptsim.data.coco_icons import CUE_CONCEPT
 from conceptsim.models.user_models import MODEL_LISTING
-from conceptsim.paths import comparison_files, comparison_stage_json, concept_quality_csv, concept_stage_json, model_dir_name
+from conceptsim.paths import (
+    comparison_files,
+    comparison_stage_json,
+    concept_quality_csv,
+    concept_stage_json,
+    model_dir_name,
+    shortcut_csv,
+)
 from conceptsim.runtime import torch_threads_from_environment
+from conceptsim.runtime.background import prefetched
 
 CONCEPT_METHODS = {"seg": "seg", "seg_kappa": "seg", "seg_kappa_max": "seg", "seg_obs_exp": "seg", "seg_pearson": "seg",
                    "cls": "cls", "cls_partial": "cls", "cls_jaccard": "cls"}
@@ -147,7 +156,7 @@ def compute_similarities(
     pool = ThreadPoolExecutor(1) if (grid4 and cka) else None
     nthreads = torch.get_num_threads()
     units = UnitMatcher(nl, n, seed=seed) if pool is not None else None  # fed by the grid-4 pass
-    pending = pool.submit(_grid4_cka, so, max(read_images, 64), nthreads, units) if pool is not None else None
+    pending = pool.submit(_grid4_cka, so, read_images, nthreads, units) if pool is not None else None
 
     def fill(chunk, li: int, k: int, buf: torch.Tensor):
         if li < nl:
@@ -160,6 +169,7 @@ def compute_similarities(
     with prefetched(so.iter_chunks(chunk_images, read_images), depth=2) as chunks:
         for chunk in chunks:
             _accumulate(chunk, seg_acc, fill, cls_logits, gap, n)
+            release_freed_memory()  # each thread keeps its own heap: without this their freed blocks pile up
     out: dict[str, np.ndarray] = {}
     if seg_acc is not None:
         full = seg_acc.results()
@@ -416,17 +426,28 @@ def run_comparison_stage(
     return paths
 
 
-def excluded_models(dataset_dir: Path) -> dict[str, str]:
-    """Models the study's listing (``results/<study>/models.json``, written by the runner) leaves out of the
-    findings, with the reason (a declared model without weights is a random network, not a trained one)."""
+def _model_listing(dataset_dir: Path) -> dict[str, dict]:
     path = dataset_dir.parent / MODEL_LISTING
     if not path.is_file():
         return {}
     try:
-        models = json.loads(path.read_text())["models"]
+        return json.loads(path.read_text())["models"]
     except (ValueError, KeyError) as exc:
         raise ComparisonError(f"{path} is not a model listing ({exc})") from exc
+
+
+def excluded_models(dataset_dir: Path) -> dict[str, str]:
+    """Models the study's listing (``results/<study>/models.json``, written by the runner) leaves out of the
+    findings, with the reason (a declared model without weights is a random network, not a trained one)."""
+    models = _model_listing(dataset_dir)
     return {m: s.get("exclusion_reason") or s.get("label", "") for m, s in models.items() if not s.get("in_finding1", True)}
+
+
+def network_groups(dataset_dir: Path, models: Sequence[str]) -> dict[str, str]:
+    """The shortcut test's networks and their groups, from the study's listing (empty unless two or more groups)."""
+    listing = _model_listing(dataset_dir)
+    groups = {m: listing[m]["group"] for m in models if listing.get(m, {}).get("group")}
+    return groups if len(set(groups.values())) >= 2 else {}
 
 
 def concept_stage_identity(record: Path) -> str | None:
@@ -448,6 +469,7 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
         so_val = StudyOutputs(dataset_dir, models, split="val", truth=True, oracles=True)
         select = compute_similarities(so_val, seed=seed, chunk_images=chunk_images, grid4=False, cka=False,
                                       image_quality=True)
+        release_freed_memory()  # the pass's freed blocks, kept in several threads' heaps, go before the test pass
         selected_on = "val"
     elif select_split in ("val", "test"):
         so_val, select, selected_on = None, None, "test"  # no val images: select on test (recorded in findings.json)
@@ -464,14 +486,21 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
         plans, track = plan_findings(so, quality, select, so, seed, excluded)
         if track:  # selection on test: the tracked pairs are known only now (a second, rare pass)
             sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
+    release_freed_memory()  # the findings' bootstrap starts from the live matrices, not on top of the passes' heaps
     sims["seg_track"] = track
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
     paths = comparison_files(out_dir)
-    write_csv(paths["similarity"], similarity_frame(so, sims))
-    write_csv(paths["layer_similarity"], layer_similarity_frame(so, sims, rep))
+    pairs, layer_pairs = similarity_frame(so, sims), layer_similarity_frame(so, sims, rep)
+    write_csv(paths["similarity"], pairs)
+    write_csv(paths["layer_similarity"], layer_pairs)
     # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
     write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
                                                   so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
+    groups = network_groups(dataset_dir, so.models)
+    if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
+        paths["shortcut"] = shortcut_csv(out_dir)
+        write_csv(paths["shortcut"], shortcut_frame(so.dataset_dir.name, groups, layer_pairs, pairs,
+                                                    cue_concept=CUE_CONCEPT))
     doc = findings_document(so, sims, select, quality, plans, seed=seed, permutations=permutations,
                             bootstrap=bootstrap, selected_on=selected_on, n_val=n_val, min_concepts=min_concepts,
                             excluded=excluded)

@@ -23,6 +23,8 @@ from conceptsim.concepts.metrics import average_precision, balanced_accuracy, se
 
 CONTROL_SEED_OFFSET = 7919  # keeps the shuffle's random stream apart from the probes' own seed
 BOOTSTRAP_SEED_OFFSET = 104729
+#: values (resamples x images x concepts) per bootstrap chunk: bounds the intervals' memory (2 MiB as float64)
+BOOTSTRAP_CHUNK_VALUES = 1 << 18
 
 
 def shuffle_permutation(n: int, seed: int) -> np.ndarray:
@@ -94,19 +96,40 @@ def summarise(value, control, boot, boot_control) -> list[Interval]:
     return [Interval(*map(float, t)) for t in zip(value, lo, hi, control, dlo, dhi)]
 
 
+def resample_chunks(idx: np.ndarray, values_per_resample: int) -> list[np.ndarray]:
+    """The rows of ``idx`` (resamples x n) in consecutive chunks of about :data:`BOOTSTRAP_CHUNK_VALUES` values.
+
+    A resample's statistic depends on its own row only, so chunking changes no number; it keeps the
+    ``chunk x n x K`` intermediates of the bootstrap at a fixed size whatever the number of test images.
+    """
+    step = max(1, BOOTSTRAP_CHUNK_VALUES // max(1, values_per_resample))
+    return [idx[s : s + step] for s in range(0, len(idx), step)]
+
+
+def _stack(parts: list[np.ndarray], k: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, k))
+
+
 def seg_intervals(counts, control_counts, idx: np.ndarray) -> list[Interval]:
     """Set-IoU intervals from per-image ``(inter, union)`` counts ``n x K`` of probe and control."""
-    def boot(c):
-        return set_iou_from_counts(c[0][idx], c[1][idx], axis=1)  # B x K
+    k = np.shape(counts[0])[1]
+
+    def boot(c):  # B x K, computed a chunk of resamples at a time
+        return _stack([set_iou_from_counts(c[0][ch], c[1][ch], axis=1) for ch in resample_chunks(idx, idx.shape[1] * k)], k)
     return summarise(set_iou_from_counts(*counts), set_iou_from_counts(*control_counts), boot(counts), boot(control_counts))
 
 
 def cls_intervals(y: np.ndarray, score: np.ndarray, control_score: np.ndarray, idx: np.ndarray) -> dict[str, list[Interval]]:
     """AP and balanced-accuracy intervals from labels and logits ``n x K`` of probe and control."""
     yt, s, sc = y.T, score.T, control_score.T  # K x n
-    yb, sb, scb = yt[:, idx], s[:, idx], sc[:, idx]  # K x B x n
-    ap = summarise(average_precision(yt, s), average_precision(yt, sc),
-                   average_precision(yb, sb).T, average_precision(yb, scb).T)
-    ba = summarise(balanced_accuracy(yt, s > 0), balanced_accuracy(yt, sc > 0),
-                   balanced_accuracy(yb, sb > 0).T, balanced_accuracy(yb, scb > 0).T)
+    k = yt.shape[0]
+    parts = {"ap": ([], []), "ba": ([], [])}
+    for ch in resample_chunks(idx, idx.shape[1] * k):
+        yb, sb, scb = yt[:, ch], s[:, ch], sc[:, ch]  # K x chunk x n
+        parts["ap"][0].append(average_precision(yb, sb).T)
+        parts["ap"][1].append(average_precision(yb, scb).T)
+        parts["ba"][0].append(balanced_accuracy(yb, sb > 0).T)
+        parts["ba"][1].append(balanced_accuracy(yb, scb > 0).T)
+    ap = summarise(average_precision(yt, s), average_precision(yt, sc), *(_stack(p, k) for p in parts["ap"]))
+    ba = summarise(balanced_accuracy(yt, s > 0), balanced_accuracy(yt, sc > 0), *(_stack(p, k) for p in parts["ba"]))
     return {"ap": ap, "balanced_accuracy": ba}

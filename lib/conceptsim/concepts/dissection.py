@@ -42,6 +42,10 @@ from conceptsim.extraction.store import LayerInfo, read_rows
 QUANTILE = 0.995
 DETECTOR_IOU = 0.04
 UPSAMPLED_FLOATS = 2 << 20  # bound on the upsampled batch (floats) in the IoU pass
+#: values per unit in a batch of the one-pass threshold (at least twice the kept top values): bounds the
+#: batches by the layer's size, not the number of images; batch sizes change no number (exact top values,
+#: integer counts)
+BATCH_VALUES_PER_UNIT = 1 << 15  # 32 images of a 32 x 32 grid; smaller batches make the running topk slower
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, torch.Tensor]]]
 
@@ -120,7 +124,7 @@ def unit_thresholds(
     thresholds, errors : float64 arrays ``C``.
     """
     if values_per_unit is not None:
-        keep = values_per_unit - math.ceil(q * (values_per_unit - 1))
+        keep = top_kept(values_per_unit, q)
         if keep * channels <= top_max_values:
             top, m = streamed_top(batches, channels, keep)
             if m != values_per_unit:
@@ -180,6 +184,18 @@ def unit_iou_counts(
 
 
 # ----------------------------------------------------------------------------- one layer of the concept stage
+def top_kept(values_per_unit: int, q: float = QUANTILE) -> int:
+    """How many of a unit's largest values the one-pass threshold keeps (``M - r``)."""
+    return values_per_unit - math.ceil(q * (values_per_unit - 1))
+
+
+def batch_rows(array: zarr.Array, values_per_unit: int) -> int:
+    """Images per dissection batch: about ``max(BATCH_VALUES_PER_UNIT, 2 x kept)`` values per unit, within a read."""
+    spatial = max(1, int(np.prod(array.shape[2:])))
+    want = max(BATCH_VALUES_PER_UNIT, 2 * top_kept(values_per_unit))
+    return max(1, min(rows_per_read(array), math.ceil(want / spatial)))
+
+
 def dissection_batches(inp, info: LayerInfo, data: dict | None):
     """Activation batches for dissection, their units, and the map back to raw units.
 
@@ -195,12 +211,12 @@ def dissection_batches(inp, info: LayerInfo, data: dict | None):
     to_raw : ``(thresholds, errors) -> (thresholds, errors)`` in raw activation units.
     """
     act = inp.store.activations(info.name)
+    bs = batch_rows(act, int(act.shape[0]) * int(np.prod(info.grid)))
     covered = data is not None and all(d.mode != "stream" for d in data.values()) and np.array_equal(
         np.sort(np.concatenate([inp.rows[s] for s in SPLITS])), np.arange(act.shape[0]))
     if not covered:
-        return (lambda: raw_batches(act, np.arange(act.shape[0])),
-                lambda split: raw_batches(act, inp.rows[split]), lambda t, e: (t, e))
-    bs = rows_per_read(act)
+        return (lambda: raw_batches(act, np.arange(act.shape[0]), bs),
+                lambda split: raw_batches(act, inp.rows[split], bs), lambda t, e: (t, e))
     st = data["train"].standardiser
     mean, std = st.mean.astype(np.float64), st.std.astype(np.float64)
     return (lambda: (b for s in SPLITS for b in data[s].batches(bs)), lambda split: data[split].batches(bs),

@@ -71,8 +71,10 @@ class EvalSet:
     @property
     def areas(self) -> torch.Tensor:
         """Foreground pixel counts ``n x K`` (int64), computed once."""
-        if "areas" not in self._cache:
-            self._cache["areas"] = self.masks.flatten(2).sum(2, dtype=torch.int32)
+        if "areas" not in self._cache:  # a block of images at a time: no int32 copy of all the masks
+            step = max(1, COUNT_FLOATS // max(1, self.masks[0].numel()))
+            parts = [self.masks[s : s + step].flatten(2).sum(2, dtype=torch.int32) for s in range(0, len(self.masks), step)]
+            self._cache["areas"] = torch.cat(parts) if parts else torch.zeros(self.masks.shape[:2], dtype=torch.int32)
         return self._cache["areas"]
 
     def resampler(self, src_hw: Sequence[int], device: str | torch.device = "cpu") -> "Resampler":
@@ -83,9 +85,16 @@ class EvalSet:
         return self._cache[key]
 
     def subset(self, concepts: Sequence[int]) -> "EvalSet":
-        """The same images restricted to some concepts (resampling matrices are shared)."""
-        out = EvalSet(self.masks[:, list(concepts)], self.boxes, self.input_size)
+        """The same images restricted to some concepts (resampling matrices and mask areas are shared).
+
+        Selecting every concept in order shares the masks too (no copy): masks are never written.
+        """
+        concepts = [int(j) for j in concepts]
+        everything = concepts == list(range(self.masks.shape[1]))
+        out = EvalSet(self.masks if everything else self.masks[:, concepts], self.boxes, self.input_size)
         out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
+        if "areas" in self._cache:
+            out._cache["areas"] = self._cache["areas"] if everything else self._cache["areas"][:, concepts]
         return out
 
 

@@ -23,11 +23,14 @@ atomically:
     counts, excluded concepts with reasons and counts.
 
 Memory and speed. A layer's splits are held in memory as float32 whenever they fit the budget
-(:mod:`conceptsim.concepts.layerdata`), by design: peak memory then grows with the number of images (for
-example about 1.5x from 48 to 192 images) in exchange for standardising once and never re-reading the
-store. Network Dissection reuses those in-memory splits when they cover the whole store (see
-:func:`conceptsim.concepts.dissection.dissection_batches`), and IoUs are counted on separable-matrix
-resamplings (:class:`conceptsim.data.geometry.Resampler`).
+(:mod:`conceptsim.concepts.layerdata`), by design, in exchange for standardising once and never re-reading
+the store; they and the masks of val and test are what grows with the number of images. The work on them
+is bounded by the layer, not the images: bootstrap resamples in chunks
+(:data:`conceptsim.concepts.controls.BOOTSTRAP_CHUNK_VALUES`), mask areas a block of images at a time,
+standardising in place, dissection batches of :data:`conceptsim.concepts.dissection.BATCH_VALUES_PER_UNIT`
+values per unit; none of these changes a number. Network Dissection reuses the in-memory splits when they
+cover the whole store (see :func:`conceptsim.concepts.dissection.dissection_batches`), and IoUs are counted
+on separable-matrix resamplings (:class:`conceptsim.data.geometry.Resampler`).
 
 Exclusions (reported, counted, never silent): a concept is not trained for a method when it has no
 positive pixels (seg) or lacks positives or negatives among the image labels (cls) in train, val or test.
@@ -81,6 +84,19 @@ MAX_CONSTANT_FRACTION = 0.01
 #: by chance: at 1 x 1 and 6 train images about 3 % of SSD300's last layer (the paper smoke rehearsal)
 FEW_OBSERVATIONS = 64
 FEW_OBSERVATIONS_CONSTANT_FRACTION = 0.10
+
+
+def excluded_pairs(quality: pd.DataFrame) -> pd.DataFrame:
+    """The (concept, method) pairs a concept-quality table (``concept_quality.csv``) excludes, with the reason:
+    one row each, columns ``concept, method, excluded``."""
+    rows = quality[quality["excluded"].notna()][["concept", "method", "excluded"]]
+    return rows.drop_duplicates().reset_index(drop=True)
+
+
+def quality_overview(quality: pd.DataFrame) -> str:
+    """One line on a concept-quality table: layers, concepts and excluded (concept, method) pairs."""
+    return (f"{quality['layer'].nunique()} layers, {quality['concept'].nunique()} concepts; "
+            f"{len(excluded_pairs(quality))} (concept, method) pairs excluded")
 
 
 def check_constant_channels(model: str, layer: str, n_constant: int, channels: int, policy: str,
@@ -157,10 +173,20 @@ def check_layer_geometry(store: ActivationStore, info: LayerInfo) -> None:
            "(targets must be on the activation grid)")
 
 
-def read_selected(array, rows: np.ndarray, cidx: np.ndarray) -> np.ndarray:
-    """Rows of a ``N x K x ...`` store array, restricted to the selected concept columns."""
-    parts = [block[:, cidx] for _, block in read_rows(array, rows, batch=64)]
-    return np.concatenate(parts) if parts else np.zeros((0, len(cidx), *array.shape[2:]), array.dtype)
+def read_selected(array, rows: np.ndarray, cidx: np.ndarray, dtype=None) -> np.ndarray:
+    """Rows of a ``N x K x ...`` store array, restricted to the selected concept columns.
+
+    Filled block by block into one array of ``dtype`` (default: the store's; ``bool`` gives ``value != 0``),
+    concept-major in memory (strides of ``K x n x ...`` with the first two axes swapped): the layout that
+    selecting the columns block by block and concatenating gives, which fixes the order of the probes' loss
+    reductions over the targets, so the probes do not change with how the array is assembled.
+    """
+    out = np.empty((len(cidx), len(rows), *array.shape[2:]), dtype or array.dtype).swapaxes(0, 1)
+    pos = 0
+    for _, block in read_rows(array, rows, batch=64):
+        out[pos : pos + len(block)] = block[:, cidx]
+        pos += len(block)
+    return out
 
 
 def mask_areas(array, rows: np.ndarray, cidx: np.ndarray) -> np.ndarray:
@@ -205,7 +231,7 @@ def prepare(store: ActivationStore, concepts, bootstrap: int, seed: int) -> tupl
     labels = {s: store.labels[rows[s]][:, cidx] for s in SPLITS}
     areas = {s: mask_areas(store.masks, rows[s], cidx) for s in SPLITS}
     boxes = torch.from_numpy(store.content_boxes.astype(np.float32))
-    eval_sets = {s: EvalSet(torch.from_numpy(read_selected(store.masks, rows[s], cidx)).bool(),
+    eval_sets = {s: EvalSet(torch.from_numpy(read_selected(store.masks, rows[s], cidx, bool)),
                             boxes[rows[s]], store.input_size) for s in ("val", "test")}
     include, reasons = exclusions(areas, labels, wanted)
     cats = {c["name"]: c.get("category", "") for c in store.concepts}

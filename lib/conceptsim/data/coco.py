@@ -525,6 +525,45 @@ class ConceptDataset(Dataset):
             raise ValueError(f"{self.annotation_file}: no every-object label: the served concepts are not objects")
         return int(self._object_area[int(image_id)] >= self.min_area)
 
+    def presence_limits(self, min_area: float, max_images: int | None) -> tuple[float, int | None]:
+        """How far ``min_area`` and ``max_images`` may go before no concept is left (a concept is kept when every
+        split holds an image whose mask covers ``min_area``; see the class). For a dataset opened with
+        ``min_area=0`` and no ``max_images`` (every image and concept): returns the largest ``min_area`` that
+        keeps a concept with ``max_images`` images per split, and the fewest images per split that keep one at
+        ``min_area`` (None when no number of images does)."""
+        per_split = [sorted(i for i, s in self._split_of.items() if s == split) for split in SPLITS]
+        per_split = [ids for ids in per_split if ids]
+        if not per_split or not self.concepts:
+            return 0.0, None
+        largest = max(min(float(max(self._area_fraction[i][k] for i in ids[: max_images or None])) for ids in per_split)
+                      for k in range(len(self.concepts)))
+        fewest: int | None = None
+        for k in range(len(self.concepts)):
+            firsts = [next((j for j, i in enumerate(ids) if self._area_fraction[i][k] >= min_area), None) for ids in per_split]
+            if None not in firsts:
+                need = max(firsts) + 1
+                fewest = need if fewest is None else min(fewest, need)
+        return largest, fewest
+
+    def fewest_images_to_classify(self, min_area: float) -> int | None:
+        """For a dataset opened as for :meth:`presence_limits`: the fewest images per split (``max_images``)
+        with which some concept has, in every split, an image whose mask covers ``min_area`` and an image whose
+        mask does not -- what an image-level classification probe needs (``concepts.stage.exclusions``);
+        None when no number of images gives one."""
+        per_split = [ids for ids in (sorted(i for i, s in self._split_of.items() if s == split) for split in SPLITS) if ids]
+        fewest: int | None = None
+        for k in range(len(self.concepts)):
+            need = 0
+            for ids in per_split:
+                present = [self._area_fraction[i][k] >= min_area for i in ids]
+                if True not in present or False not in present:
+                    need = None
+                    break
+                need = max(need, present.index(True) + 1, present.index(False) + 1)
+            if need is not None and per_split:
+                fewest = need if fewest is None else min(fewest, need)
+        return fewest
+
     def area_fractions(self, image_id: int) -> np.ndarray:
         """Per concept, the fraction of the image its mask covers (from RLE areas)."""
         return self._area_fraction[int(image_id)]

@@ -30,6 +30,17 @@ Image records carry ``style`` and ``background`` (the source photo's file name);
 COCO 2017 ``id``, ``name`` and ``supercategory``; every instance names its ``emoji`` (code point).
 Image ``i`` is drawn from ``numpy.random.default_rng([seed, i])`` alone; the same seed gives byte-identical
 files whatever the number of workers.
+
+A planted cue (build parameter ``cue``, a probability; default 0: no cue, and the build is the same as
+before the parameter existed): with that probability an image gets a *dot*, an opaque disc of
+:data:`CUE_RADIUS` of the side at a uniform position, painted over everything, whose colour
+(:data:`CUE_COLOURS`) says the image's *label* -- its dominant object, the category of the largest
+visible mask before the dot. The dot is the category ``dot`` (supercategory ``cue``, id :data:`CUE_ID`)
+with its own instance mask (the objects' masks lose the pixels it covers), so it is a concept like any
+other; image records carry ``label`` and ``cue`` (the dot drawn or not). Whether and where the dot goes
+is drawn from ``default_rng([seed, i, CUE_STREAM])``: builds that differ only in ``cue`` have the same
+pictures. The shortcut test of the grounding study trains small CNNs on such builds
+(:mod:`conceptsim.models.small_cnn`).
 """
 
 from __future__ import annotations
@@ -53,6 +64,17 @@ from conceptsim.data.icon_sources import CATEGORIES, STYLES, IconSourceError
 from conceptsim.data.photo_colors import _load_photo, random_crop
 
 BUILDER_VERSION = 2  # 2: the composition mode (scene / objects) is a build parameter
+
+#: The planted cue: its category, its colour per label (index of the category in COCO id order), its size.
+CUE_CONCEPT = "dot"
+CUE_SUPERCATEGORY = "cue"
+CUE_ID = 1000  # outside COCO's 1-90
+CUE_RADIUS = 0.1  # fraction of the image side
+CUE_STREAM = 7919  # the third seed word of the cue's random stream
+CUE_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+               (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+               (0, 0, 128), (128, 128, 128))
 
 
 @dataclass(frozen=True)
@@ -269,18 +291,50 @@ def render_image(seed: int, index: int, size: int, styles: Sequence[str], cats: 
     return image, style_name, photo.name, objects
 
 
+def dominant_index(objects: Sequence[dict]) -> int:
+    """Index of the object with the largest visible mask (the first of equals): the image's label."""
+    return int(np.argmax([int(o["mask"].sum()) for o in objects]))
+
+
+def paint_cue(image: np.ndarray, objects: list[dict], label: int, seed: int, index: int,
+              probability: float) -> np.ndarray | None:
+    """Paint the dot of label ``label`` (an index into :data:`CUE_COLOURS`) into ``image`` in place with
+    ``probability``; return its mask (the objects' masks lose its pixels), or None when it is not drawn."""
+    rng = np.random.default_rng([seed, index, CUE_STREAM])
+    drawn = rng.random() < probability
+    size = image.shape[0]
+    r = CUE_RADIUS * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    if not drawn:
+        return None
+    yy, xx = np.mgrid[:size, :size]
+    disc = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r
+    image[disc] = CUE_COLOURS[label % len(CUE_COLOURS)]
+    for o in objects:
+        o["mask"] = o["mask"] & ~disc
+    return disc
+
+
 # worker state, set before the pool forks (see build_coco_icons)
 _STATE: dict = {}
 
 
-def _render_and_save(index: int) -> tuple[str, str, str, list[tuple[int, str, bool, dict]]]:
+def _render_and_save(index: int) -> tuple[str, str, str, list[tuple[int, str, bool, dict]], dict]:
     st = _STATE
     image, style_name, background, objects = render_image(
         st["seed"], index, st["size"], st["styles"], st["cats"], st["bank"], st["groups"], st["mode"])
+    extra, instances = {}, []
+    if st["cue"] > 0 and objects:  # an image whose objects were all dropped has no label and no dot
+        label = objects[dominant_index(objects)]["category"]
+        dot = paint_cue(image, objects, st["cats"].index(label), st["seed"], index, st["cue"])
+        extra = {"label": label.name, "cue": dot is not None}
+        if dot is not None:
+            instances.append((CUE_ID, "", False, encode_mask(dot)))
     fname = f"{index:06d}.jpg"
     Image.fromarray(image).save(Path(st["image_dir"]) / fname, quality=JPEG_QUALITY, subsampling=0)
-    return fname, style_name, background, [(o["category"].id, o["emoji"], o["hue_rotated"], encode_mask(o["mask"]))
-                                           for o in objects]
+    instances = [(o["category"].id, o["emoji"], o["hue_rotated"], encode_mask(o["mask"]))
+                 for o in objects if o["mask"].any()] + instances
+    return fname, style_name, background, instances, extra
 
 
 def category_table(cats: Sequence) -> list[dict]:
@@ -305,13 +359,36 @@ def concept_categories(cats: Sequence = CATEGORIES) -> dict[str, str]:
 
 
 def concepts_of_build(params: dict) -> dict[str, list[str]]:
-    """The default concepts of a build with these parameters (its ``categories``, default all)."""
-    return concepts(check_selection(None, params.get("categories"))[1])
+    """The default concepts of a build with these parameters (its ``categories``, default all; ``dot`` when
+    the build plants the cue)."""
+    out = concepts(check_selection(None, params.get("categories"))[1])
+    if params.get("cue", 0) > 0:
+        out[CUE_CONCEPT] = [CUE_CONCEPT]
+    return out
+
+
+def image_labels(annotation_file: str | os.PathLike) -> tuple[list[dict], list[str], list[str]]:
+    """A build's labelled images (file order), each one's label (its ``label`` field, else the category of its
+    largest instance; the dot is no label) and the label names (the build's categories in COCO id order).
+    Images without an object (rare: every object was left too hidden to draw) have no label and are left out."""
+    import json
+
+    doc = json.loads(Path(annotation_file).read_text())
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    label_names = [c["name"] for c in sorted(doc["categories"], key=lambda c: c["id"]) if c["id"] != CUE_ID]
+    largest: dict[int, tuple[float, str]] = {}
+    for a in doc["annotations"]:
+        if a["category_id"] != CUE_ID and a["area"] > largest.get(a["image_id"], (-1.0, ""))[0]:
+            largest[a["image_id"]] = (a["area"], names[a["category_id"]])
+    images = [im for im in sorted(doc["images"], key=lambda im: im["id"]) if im.get("label") or im["id"] in largest]
+    if not images:
+        raise DatasetError(f"{annotation_file}: no image has an object to give it a label")
+    return images, [im.get("label") or largest[im["id"]][1] for im in images], label_names
 
 
 def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320, seed: int = 0,
                      styles: Sequence[str] | None = None, categories: Sequence[str] | None = None,
-                     mode: str = "scene", workers: int | None = None) -> Path:
+                     mode: str = "scene", cue: float = 0.0, workers: int | None = None) -> Path:
     """Build the ``coco-icons`` dataset into ``out_dir``; returns its annotation file.
 
     Parameters
@@ -323,6 +400,8 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
         category of :data:`icon_sources.CATEGORIES`); an unknown name is an error naming it.
     mode : the composition, a key of :data:`MODES` (``scene``: 1-4 objects of 10-60 % of the side;
         ``objects``: 1-2 objects of 35-80 %; ``single``: 1 object of 50-90 %); see the module docstring.
+    cue : probability of the planted dot whose colour gives the image's label (see the module docstring);
+        0 (the default) plants none and leaves the build as it was before this parameter.
     workers : processes (default: up to 2, 1 for small ``n``); output does not depend on it.
 
     Raises
@@ -333,6 +412,8 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     """
     if n < 1 or size < 64:
         raise ValueError(f"coco-icons needs n >= 1 and size >= 64, got n={n} size={size}")
+    if not 0.0 <= float(cue) <= 1.0:
+        raise ValueError(f"coco-icons cue is a probability in [0, 1], got {cue!r}")
     style_list, cats = check_selection(styles, categories)
     composition(mode)
     for key in sorted({STYLES[s].package for s in style_list}):
@@ -341,6 +422,8 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     out_dir = Path(out_dir)
     params = {"n": int(n), "size": int(size), "seed": int(seed), "styles": style_list, "categories": [c.name for c in cats],
               "mode": mode}
+    if cue > 0:
+        params["cue"] = float(cue)
     pkgs = sorted({STYLES[s].package for s in style_list})
     info = {
         "generator": "conceptsim.data.coco_icons", "version": BUILDER_VERSION, "params": params,
@@ -355,6 +438,10 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     writer.categories = category_table(cats)  # COCO's own ids, not 1..K
     writer.cat_id = {c.name: c.id for c in cats}
     name_of = {c.id: c.name for c in cats}
+    if cue > 0:
+        writer.categories.append({"id": CUE_ID, "name": CUE_CONCEPT, "supercategory": CUE_SUPERCATEGORY})
+        writer.cat_id[CUE_CONCEPT] = CUE_ID
+        name_of[CUE_ID] = CUE_CONCEPT
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if n >= 100 else 1
     px = max(32, int(math.ceil(RENDER_FRACTION * size)))
@@ -369,7 +456,7 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
                 pool.close()
                 pool.join()
         _STATE.update(seed=int(seed), size=int(size), styles=style_list, cats=cats, bank=bank, groups=groups,
-                      mode=mode, image_dir=str(tmp / "images"))
+                      mode=mode, cue=float(cue), image_dir=str(tmp / "images"))
         try:
             if workers > 1:
                 with ctx.Pool(workers) as pool:
@@ -378,9 +465,9 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
                 results = [_render_and_save(i) for i in range(n)]
         finally:
             _STATE.clear()
-        for fname, style_name, background, instances in results:
+        for fname, style_name, background, instances, extra in results:
             iid = writer.add_image(fname, size, size)
-            writer.images[-1].update(style=style_name, background=background)
+            writer.images[-1].update(style=style_name, background=background, **extra)
             for cid, code, hue_rotated, rle in instances:
                 writer.add_rle(iid, name_of[cid], rle)
                 writer.annotations[-1].update(emoji=code, hue_rotated=hue_rotated)

@@ -21,6 +21,10 @@ import torch.nn.functional as F
 
 ResizeMode = Literal["stretch", "letterbox"]
 
+#: the ImageNet channel statistics that torchvision classifiers (and the pixels floor) normalise with
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class Preprocessing:

@@ -1,4 +1,8 @@
-"""Named datasets and :func:`ensure_dataset`, the one way the pipeline obtains a dataset.
+"""Named datasets, :func:`ensure_dataset` and :func:`open_source`, the one way the pipeline obtains a dataset.
+
+:func:`open_source` serves every dataset a study names: a registry dataset (built or fetched first by
+:func:`ensure_dataset`) or one the study file declares (the user's own COCO-format folder,
+:mod:`conceptsim.data.user_datasets`).
 
 Embedded datasets are built into ``datasets_dir()/<name>-<paramhash>/`` (the hash covers the builder's
 name, version and parameters), so a different parameter set never reuses a stale build and the same one
@@ -20,11 +24,12 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from conceptsim.atomic import atomic_path, debris_pid, exclusive, pid_alive, sha256_file, sha256_json, write_json
 from conceptsim.data import coco_icons, fetch, photo_colors, shapes
 from conceptsim.data.coco import DatasetError, DatasetSource
+from conceptsim.data.user_datasets import is_user_dataset, user_source
 from conceptsim.paths import datasets_dir
 
 log = logging.getLogger("conceptsim.data.registry")
@@ -89,8 +94,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "coco-icons": DatasetSpec(
         "coco-icons", "embedded", "COCO object categories as emoji art in six styles on real photos, exact masks",
         coco_icons.build_coco_icons, {"n": 1200, "size": 320, "seed": 0}, {"n": 60, "size": 128, "seed": 0},
-        coco_icons.BUILDER_VERSION, coco_icons.concept_categories(), coco_icons.concepts_of_build,
-        limits={"n": (1, None), "size": (64, None), "seed": (0, None)}, missing=coco_icons.missing_sources,
+        coco_icons.BUILDER_VERSION, {**coco_icons.concept_categories(), coco_icons.CUE_CONCEPT: coco_icons.CUE_SUPERCATEGORY},
+        coco_icons.concepts_of_build, limits={"n": (1, None), "size": (64, None), "seed": (0, None), "cue": (0, 1)},
+        missing=coco_icons.missing_sources,
         choices={"mode": tuple(coco_icons.MODES)},
         image_fields=("style", "background"),
     ),
@@ -340,3 +346,21 @@ def ensure_dataset(name: str, smoke: bool = False, root: str | os.PathLike | Non
         concepts=spec.concepts(full) if callable(spec.concepts) else spec.concepts, params=full,
         split=spec.split,
     )
+
+
+def open_source(name: str, options: Mapping | None = None) -> DatasetSource:
+    """The :class:`DatasetSource` of a dataset a study names, whichever kind it is.
+
+    Parameters
+    ----------
+    name : a key of :data:`DATASETS`, or the name a study file declares its own dataset under.
+    options : the study's ``datasets.<name>`` section: with ``coco`` (images and annotations, absolute
+        paths as :func:`conceptsim.data.user_datasets.parse_dataset` returns them) the user's own folder;
+        otherwise a registry dataset, with ``root`` (an online dataset's local copy) and ``build`` (an
+        embedded dataset's build parameters) passed to :func:`ensure_dataset`. Other keys (``concepts``,
+        ``max_images``, ...) are for :class:`conceptsim.data.coco.ConceptDataset` and ignored here.
+    """
+    opts = dict(options or {})
+    if is_user_dataset(opts):
+        return user_source(name, opts)
+    return ensure_dataset(name, root=opts.get("root"), **(opts.get("build") or {}))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conceptsim.atomic import atomic_path, write_text
+from conceptsim.atomic import atomic_path, save_figure, write_text
 from conceptsim.data.coco import SPLITS, ConceptDataset, DatasetSource
 
 COLUMNS = ("concept", "category", "split", "images_in_split", "images_with_concept", "mean_mask_area", "excluded")
@@ -115,6 +115,9 @@ def write_example_figure(ds: ConceptDataset, figure_path: str | os.PathLike, exa
             if j == 0:
                 ax.set_title(f"{c.name} ({c.category})", fontsize=8, loc="left")
     fig.tight_layout()
+    fmt = figure_path.suffix.lstrip(".") or "png"
+    if fmt == "png":
+        return save_figure(fig, figure_path, dpi=100)
     with atomic_path(figure_path) as tmp:
-        fig.savefig(tmp, format=figure_path.suffix.lstrip(".") or "png", dpi=100)
+        fig.savefig(tmp, format=fmt, dpi=100)
     return figure_path

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from conceptsim.atomic import atomic_path, sha256_json
 from conceptsim.data.geometry import capped_grid
-from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.depth import trace_depth
 from conceptsim.extraction.hooks import record_activations
 from conceptsim.extraction.store import (
@@ -33,6 +32,7 @@ from conceptsim.extraction.store import (
 )
 from conceptsim.models.registry import LoadedModel
 from conceptsim.runtime import configure_process
+from conceptsim.runtime.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 
 __all__ = ["ExtractionResult", "bare_forward_seconds", "capped_grid", "extract", "pool_to", "probe_layers", "store_key"]
 

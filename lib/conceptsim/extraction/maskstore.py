@@ -41,8 +41,8 @@ import numpy as np
 import zarr
 
 from conceptsim.atomic import sha256_json
-from conceptsim.extraction.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked
+from conceptsim.runtime.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 
 MASK_SCHEMA = 2  # 2: the every-object arrays (objects, object_labels)
 ROWS_PER_CHUNK = 64

@@ -25,7 +25,10 @@ Metadata attributes: ``schema`` (version), ``model``, ``dataset``,
 ``study``, ``weights_sha256``, ``dataset_sha256``, ``preprocessing`` (dict), ``grid_cap``,
 ``eval_grid``, ``min_area``, ``seed``, ``dtype``, ``concepts`` (list of {name, category}), ``layers``
 (list of {name, module_type, channels, grid, native_grid, conv_position, relative_depth, probe_rank}),
-``key`` (hash of everything that determines the content) and ``complete`` (set last).
+``key`` (hash of everything that determines the content) and ``complete`` (set last); the pipeline's
+stores also hold ``annotation_file`` and ``image_dir`` (:func:`source_attrs`) and, for concepts defined as
+named groups of categories, ``concept_definition`` (:func:`concept_definition_attrs`), from which
+:meth:`ActivationStore.open_dataset` reopens the dataset the store was written from.
 
 The store is written under a temporary name and renamed when complete, so a killed extraction leaves no
 store that looks usable; a store whose ``key`` differs from the expected one is recomputed.
@@ -42,12 +45,13 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from conceptsim.data.coco import ConceptDataset, DatasetSource
 from conceptsim.extraction.maskstore import MaskStore
 from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked, read_rows, write_together
 
 # StoreError, read_rows, write_together and ChunkedRows live in zarrio; importable from here as before
 __all__ = ["COMPRESSORS", "STORE_DTYPES", "ActivationStore", "ChunkedRows", "LayerInfo", "StoreError", "StoreWriter",
-           "read_rows", "write_together"]
+           "concept_definition_attrs", "read_rows", "source_attrs", "write_together"]
 
 SCHEMA_VERSION = 2
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -119,6 +123,19 @@ def refuse_foreign_files(store_dir: str | os.PathLike) -> None:
         names = ", ".join(str(p.relative_to(store_dir)) for p in found[:5]) + (" ..." if len(found) > 5 else "")
         raise StoreError(f"{store_dir} holds files the suite did not write ({names}); recomputing the store would "
                          "delete them: move them out of the folder, then run again")
+
+
+def source_attrs(source: DatasetSource) -> dict[str, str]:
+    """The store attributes that say where a dataset's files lie (read back by :meth:`ActivationStore.open_dataset`)."""
+    return {"annotation_file": str(source.annotation_file), "image_dir": str(source.image_dir)}
+
+
+def concept_definition_attrs(source: DatasetSource, concepts: Any) -> dict[str, dict]:
+    """``{"concept_definition": ...}`` when ``concepts`` are named groups of categories (a mapping), which
+    :meth:`ActivationStore.open_dataset` needs to group them again; ``{}`` for a list or ``None``."""
+    if not isinstance(concepts, dict):
+        return {}
+    return {"concept_definition": {"concepts": concepts, "concept_categories": dict(source.concept_categories)}}
 
 
 def _chunk(n: int, per_chunk: int) -> int:
@@ -290,6 +307,27 @@ class ActivationStore:
     @property
     def eval_grid(self) -> tuple[int, int]:
         return tuple(self.attrs["eval_grid"])
+
+    def open_dataset(self, **kwargs: Any) -> ConceptDataset:
+        """The dataset this store was extracted from (its files and concept groups as the store records them).
+
+        ``kwargs`` go to :class:`conceptsim.data.coco.ConceptDataset` (split, seed, fractions, ...); with
+        ``concepts`` (names of this store's concepts) and a store whose concepts are named groups of
+        categories, the groups are taken from the store. Raises :class:`StoreError` for a store that does
+        not record its dataset's files (a synthetic store).
+        """
+        missing = [k for k in ("annotation_file", "image_dir") if k not in self.attrs]
+        if missing:
+            raise StoreError(f"activation store {self.path} does not record its dataset's {' and '.join(missing)}; "
+                             "only stores written by the extraction stage can reopen their dataset")
+        annotation_file, image_dir = Path(self.attrs["annotation_file"]), Path(self.attrs["image_dir"])
+        definition = self.attrs.get("concept_definition")
+        if definition and "concepts" in kwargs:
+            source = DatasetSource(self.attrs.get("dataset", ""), annotation_file, image_dir, "",
+                                   definition["concept_categories"])
+            kwargs["concepts"] = {c: definition["concepts"][c] for c in kwargs["concepts"]}
+            return ConceptDataset(source, **kwargs)
+        return ConceptDataset(annotation_file, image_dir, **kwargs)
 
     def layer(self, name: str) -> LayerInfo:
         for layer in self.layers:

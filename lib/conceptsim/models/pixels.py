@@ -26,8 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from conceptsim.data.geometry import Preprocessing
-from conceptsim.models.registry import IMAGENET_MEAN, IMAGENET_STD
+from conceptsim.data.geometry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 #: average-pooling strides (input pixels per cell) of the layers, shallow to deep
 PIXEL_STRIDES = (4, 8, 16, 32)

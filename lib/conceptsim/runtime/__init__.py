@@ -15,7 +15,9 @@ measure does not need it. It
   that is set to a positive number (the runner sets it from ``--jobs`` so parallel runs do not oversubscribe
   the cores), else its own default; BLAS (numpy, scikit-learn) is held to one thread: the stages call it on
   many small problems, where extra BLAS threads only wait for each other;
-- prints the library's notes as plain output lines (:func:`notes_to_stdout`).
+- prints the library's notes as plain output lines (:func:`notes_to_stdout`);
+- in a Jupyter kernel, shows figures as PNGs that carry their smallest font size
+  (:func:`figures_carry_font_floor`), which the book's browser test reads.
 
 Library entry points that are also called directly (:func:`conceptsim.extraction.extract.extract`, the
 concept stage) apply :func:`configure_process` themselves when they run. Every step happens once per
@@ -67,6 +69,26 @@ def configure_process() -> None:
     _configured = True
 
 
+def figures_carry_font_floor() -> None:
+    """In a Jupyter kernel, show matplotlib figures as PNGs that carry their smallest font size
+    (:func:`conceptsim.atomic.figure_png`), so the built book can be checked for text too small to read.
+    Outside a kernel it does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a dependency of the notebooks
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    from matplotlib.figure import Figure
+
+    from conceptsim.atomic import figure_png
+
+    shell.run_line_magic("matplotlib", "inline")  # the inline backend registers its own formatter now, not later
+    shell.display_formatter.formatters["image/png"].for_type(
+        Figure, lambda fig: figure_png(fig, dpi=fig.dpi, bbox_inches="tight"))
+
+
 def setup() -> None:
     """Prepare this process to run the pipeline (folders, network guard, threads, allocator, notes).
 
@@ -82,3 +104,4 @@ def setup() -> None:
         netguard.install()
     configure_process()
     notes_to_stdout()
+    figures_carry_font_floor()

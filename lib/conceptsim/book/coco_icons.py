@@ -1,6 +1,6 @@
 """Sanity figures of the ``coco-icons`` dataset for its book page (run by hand; see ``book/datasets/coco-icons.md``).
 
-``python -m conceptsim.coco_icons_report [--n N --size S --seed K --out DIR]`` builds (or reuses) the
+``python -m conceptsim.book.coco_icons [--n N --size S --seed K --out DIR]`` builds (or reuses) the
 dataset and writes into ``DIR`` (default ``book/datasets/coco-icons``):
 
 - ``examples.png``: example images per style, beside them the instance masks in colour (``mode: scene``);
@@ -11,7 +11,7 @@ dataset and writes into ``DIR`` (default ``book/datasets/coco-icons``):
   box IoU >= 0.5 against the visible mask's box) and the fraction found by class alone (a detection of the
   right class anywhere in the image).
 
-``python -m conceptsim.coco_icons_report --power [--mode objects --n 720 --max-images 240]`` instead runs
+``python -m conceptsim.book.coco_icons --power [--mode objects --n 720 --max-images 240]`` instead runs
 the power check (:func:`probe_power`): a cheap proxy of the concept stage's classification probes, on
 global-average-pooled features, for a trained model and its random-init twin, written to ``--out`` as CSV.
 """
@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from conceptsim.atomic import save_figure
 from conceptsim.paths import project_root
 
 DETECTORS = ("ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco")
@@ -69,13 +70,13 @@ def example_figure(annotation_file: str | Path, path: str | Path, per_style: int
                 names.append(coco.cats[ann["category_id"]]["name"])
             axes[r, 2 * k].imshow(rgb)
             axes[r, 2 * k + 1].imshow(over)
-            axes[r, 2 * k + 1].set_title(", ".join(names), fontsize=6)
+            axes[r, 2 * k + 1].set_title(", ".join(names), fontsize=8)
         axes[r, 0].set_ylabel(style, fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return Path(path)
 
@@ -171,7 +172,7 @@ def recall_figure(table, path: str | Path) -> Path:
     ax.set_title(f"detect() at score ≥ {table['score_threshold'].iloc[0]:g}: right class, box IoU ≥ {table['iou'].iloc[0]:g}",
                  fontsize=9)
     ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=110)
+    save_figure(ax.figure, path, dpi=110)
     plt.close(ax.figure)
     return Path(path)
 
@@ -464,7 +465,7 @@ def write_sanity(out: str | Path | None = None, n: int = 240, size: int = 320, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m conceptsim.coco_icons_report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m conceptsim.book.coco_icons", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=240)
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,52 @@
+"""The book's Findings page: read from each dataset's findings.json, its text carries the document's numbers."""
+
+import json
+
+import pytest
+
+from conceptsim.book import findings
+from conceptsim.comparison import report
+from conceptsim.paths import comparison_files, dataset_results
+from conceptsim.study import load_study
+
+
+def test_page_text_carries_the_json_numbers(comparison_run):
+    doc, _ = comparison_run
+    md = findings.findings_markdown(doc)
+    t = report.FindingTest.from_json(doc["pairs"][0]["finding1"]["seg"]["test"])
+    assert report.verdict_cell(t) in md and "| a vs b |" in md and "Finding 2" in md and "Holm" in md
+    if t.ci_low is not None:
+        assert report.fmt_test(t) in md
+    assert report.finding2_table(doc) in md
+    assert "emergence" in md.lower() and "### ds" not in md.splitlines()  # no duplicate dataset heading
+    assert not any(line.startswith("#### ") for line in md.splitlines())  # ## Dataset, then ### sections
+    opening = findings.study_opening([doc], "s")
+    assert "What was tested" in opening and "What it found" in opening and "How sure" in opening
+    overview = findings.verdict_overview([doc])
+    assert overview.count("| ds | a vs b |") == 4 * len(doc["pairs"][0]["finding1"])
+
+
+def test_findings_page_is_absent_without_results_and_read_from_findings_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path / "results"))
+    study = load_study("studies/default.yml")
+    assert findings.write_findings_page(study, tmp_path / "page.md") is None
+    fj = comparison_files(dataset_results(study.name, "shapes"))["findings"]
+    fj.parent.mkdir(parents=True)
+    fj.write_text("not json")
+    with pytest.raises(json.JSONDecodeError):  # generated from findings.json: a damaged one is read, not skipped
+        findings.write_findings_page(study, tmp_path / "page.md")
+
+
+def test_shortcut_sentence_reads_the_deepest_layer():
+    import pandas as pd
+
+    from conceptsim.book.findings import shortcut_sentence
+
+    rows = [("seg_kappa", "", "block1", 0.2, 0.45), ("seg_kappa", "", "block4", 0.45, 0.12),
+            ("cls_partial", "", "block4", 0.69, 0.13), ("cka", "", "block4", 0.76, 0.09), ("seg_kappa", "dot", "block4", 0.9, 0.0)]
+    frame = pd.DataFrame([{"dataset": "coco-icons", "method": m, "concept": c, "layer": L, "auprc": a, "base_rate": 0.1,
+                           "chance_auprc": 0.19, "violation_rate": v} for m, c, L, a, v in rows])
+    text = shortcut_sentence("grounding/coco-icons", frame)
+    assert "study `grounding`" in text and "layer `block4`" in text and "chance 0.19" in text
+    assert "`seg_kappa` 0.45 (violation rate 0.12)" in text and "linear CKA 0.76" in text and "0.9" not in text
+    assert shortcut_sentence("x/y", frame[frame["method"] == "cls"]) == ""
