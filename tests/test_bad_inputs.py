@@ -113,8 +113,8 @@ STUDY_CASES = {
     "fractions with an empty split": (VALID + "split: {fractions: [1, 0, 0]}\n",
                                       ["'split.fractions' is [1, 0, 0]", "three positive numbers", "every split needs images"]),
     "max_images too small for the splits": (VALID.replace("{build: {n: 6, size: 48}}", "{max_images: 1}"),
-                                            ["'datasets.shapes.max_images' is 1: too few images for split.fractions",
-                                             "accepted: max_images >= 5"]),
+                                            ["'datasets.shapes.max_images' is 1: max_images caps the images of each split",
+                                             "accepted: max_images >= 2"]),
     "concept bootstrap 10**12": (VALID + "concepts: {bootstrap: 1000000000000}\n",
                                  ["'concepts.bootstrap' is 1000000000000", "[1, 1000000]", "44 TiB"]),
     "comparison bootstrap 10**7": (VALID + "comparison: {bootstrap: 10000000}\n",
@@ -172,9 +172,9 @@ def test_bad_smoke_section(project, capsys):
     code, err = run_cli(["run", str(path), "--smoke"], capsys)
     # the value comes from the smoke: section, and the message says so
     assert code == 2 and "'smoke.concepts.epochs' is 0" in err and "unknown key(s) ['colour'] in 'smoke'" in err
-    path = study_file(project, VALID + "smoke: {datasets: {shapes: {max_images: 2}}}\n")
+    path = study_file(project, VALID + "smoke: {datasets: {shapes: {max_images: 1}}}\n")
     code, err = run_cli(["run", str(path), "--smoke"], capsys)
-    assert code == 2 and "'smoke.datasets.shapes.max_images' is 2: too few images" in err
+    assert code == 2 and "'smoke.datasets.shapes.max_images' is 1: max_images caps the images of each split" in err
     path = study_file(project, VALID + "smoke: {split: {min_area: 0.99}}\n")
     code, err = run_cli(["run", str(path), "--smoke"], capsys)
     assert code == 2 and "'smoke.split.min_area' is 0.99: no concept of shapes" in err

@@ -302,7 +302,7 @@ def validate_study(raw: Any, path: Path | None = None, smoke: bool = False) -> d
     layers = _check_layers(p, raw.get("layers"), models)
     sections = {name: _check_section(p, name, raw.get(name)) for name in SECTIONS}
     _check_device_key(p, raw, sections)
-    _check_split_sizes(p, datasets, sections["split"])
+    _check_split_sizes(p, datasets)
     p.raise_if_any()
     name = raw["name"] + ("-smoke" if smoke else "")  # smoke results never mix with the full study's
     return {"name": name, "description": str(raw.get("description", "")), "seed": raw.get("seed", 0),
@@ -317,16 +317,16 @@ def _dotted_keys(tree: dict, prefix: str = "") -> Iterable[str]:
             yield from _dotted_keys(v, f"{prefix}{k}.")
 
 
-def _check_split_sizes(p: Problems, datasets: dict, split: dict) -> None:
-    """``max_images`` must leave at least one image in every split of ``split.fractions``."""
-    fractions = split.get("fractions")
-    if not FRACTIONS.ok(fractions):
-        return
+def _check_split_sizes(p: Problems, datasets: dict) -> None:
+    """``max_images`` caps the images of each split; the classification probes need, in every split, an image
+    with a concept and one without, so fewer than 2 per split can never work, whatever the dataset (a named
+    dataset's exact limit is checked against its annotations by :func:`_check_concepts_left`)."""
     for ds, opts in datasets.items():
         n = opts.get("max_images") if isinstance(opts, dict) else None
-        if _is_int(n) and n >= 1 and min(round(n * f, 6) for f in fractions) < 1:
-            p.add(f"'{p.key(f'datasets.{ds}.max_images')}' is {n}: too few images for split.fractions {fractions} "
-                  f"(every split needs at least one; accepted: max_images >= {math.ceil(1 / min(fractions))})")
+        if _is_int(n) and n == 1:
+            p.add(f"'{p.key(f'datasets.{ds}.max_images')}' is 1: max_images caps the images of each split (train, val "
+                  "and test), and every split needs an image with a concept and one without for the classification "
+                  "probes; accepted: max_images >= 2 (or null)")
 
 
 def _check_device_key(p: Problems, raw: dict, sections: dict) -> None:
