@@ -50,3 +50,5 @@ def test_shortcut_sentence_reads_the_deepest_layer():
     assert "study `grounding`" in text and "layer `block4`" in text and "chance 0.19" in text
     assert "`seg_kappa` 0.45 (violation rate 0.12)" in text and "linear CKA 0.76" in text and "0.9" not in text
     assert shortcut_sentence("x/y", frame[frame["method"] == "cls"]) == ""
+    frame["concept"] = frame["concept"].replace("", None)  # as read from shortcut.csv with na_values=[""]
+    assert shortcut_sentence("grounding/coco-icons", frame) == text

@@ -222,7 +222,7 @@ def shortcut_studies(exclude: str = "") -> dict[str, "pd.DataFrame"]:
 def shortcut_sentence(name: str, shortcut: "pd.DataFrame") -> str:
     """How the findings' measures (and linear CKA beside them) grouped networks trained with and without a
     planted cue, at the deepest layer of study ``name``'s shortcut test (AUPRC against its chance value)."""
-    rows = shortcut[shortcut["concept"] == ""]
+    rows = shortcut[shortcut["concept"].fillna("") == ""]  # the rows over every concept (a read CSV has NaN there)
     parts = []
     for method, label in (("seg_kappa", "`seg_kappa`"), ("cls_partial", "`cls_partial`"), ("cka", "linear CKA")):
         sub = rows[rows["method"] == method]
