@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conceptsim.api import read_table
 from conceptsim.atomic import save_figure, write_text
 from conceptsim.comparison.finding2 import PositiveControl
 from conceptsim.comparison.report import (
@@ -52,27 +53,24 @@ def models_left_out_of_finding1(study: "Study") -> str:
 def write_findings_page(study: "Study", path: Path) -> Path | None:
     """Per dataset: the findings from ``findings.json``, their key figures, and where the concept view and
     CKA disagree (None when no dataset has results)."""
-    import pandas as pd
+    from conceptsim.book.grounding import read_grounding
 
-    parts, docs, grounding = [], [], []
+    parts, docs = [], []
     for ds in study.datasets:
-        files = comparison_files(dataset_results(study.name, ds))
-        fj = files["findings"]
+        fj = comparison_files(dataset_results(study.name, ds))["findings"]
         if fj.exists():
             docs.append(load_findings(fj))
             parts.append(f"## Dataset `{ds}`\n\n" + _dataset_findings(study, ds, fj, path.parent))
-        if files["grounding"].exists():
-            grounding.append(pd.read_csv(files["grounding"], keep_default_na=False, na_values=[""]))
     if not parts:
         return None
+    grounding = read_grounding(study)
     header = (
         f"# Measured findings: study `{study.name}`\n\n"
         "Generated from each dataset's `findings.json` and `similarity.csv` by the runner; nothing here is "
         "typed by hand.\n\n"
         + models_left_out_of_finding1(study)
         + study_opening(docs, study.name)
-        + ("\n" + measure_grounding(pd.concat(grounding, ignore_index=True), shortcut_studies(study.name))
-           if grounding else "")
+        + ("\n" + measure_grounding(grounding, shortcut_studies(study.name)) if grounding is not None else "")
         + "\n## Verdicts at a glance\n\n" + verdict_overview(docs)
         + "\n"
     )
@@ -100,7 +98,7 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
         fig = make()
         save_figure(fig, fig_dir / f"{name}.png", dpi=100)
         shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
-    sim = pd.read_csv(comparison_files(findings_json.parent)["similarity"], keep_default_na=False, na_values=[""])
+    sim = read_table(comparison_files(findings_json.parent)["similarity"])
     trained = sim[~sim["model_a"].map(is_twin) & ~sim["model_b"].map(is_twin)]
     agree = concept_vs_cka(trained, method="seg")
     rows = [[f"{r.model_a} vs {r.model_b}", str(r.n_pairs), fmt(r.spearman), fmt(r.mean_concept),
@@ -207,15 +205,13 @@ def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg",
 def shortcut_studies(exclude: str = "") -> dict[str, "pd.DataFrame"]:
     """The shortcut test's scores (``shortcut.csv``) of every other complete study that has them (e.g.
     ``studies/grounding.yml``), by ``<study>/<dataset>``; smoke studies are left out."""
-    import pandas as pd
-
-    from conceptsim.paths import results_dir
+    from conceptsim.paths import results_dir, shortcut_csv
 
     out = {}
-    for path in sorted(results_dir().glob("*/*/shortcut.csv")):
-        study = path.parent.parent.name
-        if study != exclude and not study.endswith("-smoke"):
-            out[f"{study}/{path.parent.name}"] = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for dataset_dir in sorted(results_dir().glob("*/*/")):
+        study, path = dataset_dir.parent.name, shortcut_csv(dataset_dir)
+        if path.is_file() and study != exclude and not study.endswith("-smoke"):
+            out[f"{study}/{dataset_dir.name}"] = read_table(path)
     return out
 
 

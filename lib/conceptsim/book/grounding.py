@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from conceptsim.api import read_table
 from conceptsim.atomic import write_text
 from conceptsim.comparison.report import table
 from conceptsim.models.names import is_twin
@@ -109,7 +110,7 @@ def training_line(study: "Study") -> str:
 
 def read_shortcut(study: "Study") -> pd.DataFrame | None:
     """All datasets' ``shortcut.csv`` rows of a study (None when none exists)."""
-    frames = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for ds in study.datasets
+    frames = [read_table(p) for ds in study.datasets
               if (p := shortcut_csv(dataset_results(study.name, ds))).exists()]
     return pd.concat(frames, ignore_index=True).fillna({"concept": ""}) if frames else None
 
@@ -120,7 +121,7 @@ def read_grounding(study: "Study") -> pd.DataFrame | None:
     for ds in study.datasets:
         path = comparison_files(dataset_results(study.name, ds))["grounding"]
         if path.exists():
-            frames.append(pd.read_csv(path, keep_default_na=False, na_values=[""]))
+            frames.append(read_table(path))
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
