@@ -135,6 +135,6 @@ def peak_rss_mib() -> dict:
 
 
 def default_study(smoke: bool = False):
-    from conceptsim.study import load_study
+    from conceptsim.run.study import load_study
 
     return load_study(ROOT / "studies" / "default.yml", smoke=smoke)

@@ -11,7 +11,7 @@ executed notebook), what each part cost, from papermill's per-cell timings
 ``extraction_timings.json``, written by ``pipeline.run_extraction``):
 
 - ``kernel start-up``: a run's wall time minus the time of its cells (papermill, writing the executed copy,
-  and the kernel: launched for a worker's first run, reset after every run, :mod:`conceptsim.kernels`);
+  and the kernel: launched for a worker's first run, reset after every run, :mod:`conceptsim.run.kernels`);
 - ``imports``: the first code cell after the parameters (imports and thread set-up);
 - ``model build``, ``dataset opening``, ``extraction: mask store``, ``extraction: forward passes and
   writes``: the cell calling ``pipeline.run_extraction``, split by ``extraction_timings.json``; what is

@@ -269,7 +269,7 @@ def test_read_only_results_folder(project, capsys, monkeypatch):
 
 
 def test_os_error_during_a_run_is_one_line_with_the_traceback_in_a_log(project, capsys, monkeypatch):
-    from conceptsim import runner
+    from conceptsim.run import orchestrate as runner
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device", str(project / "results" / "t" / "x.csv"))
@@ -354,8 +354,8 @@ def test_models_commands(project, capsys):
 
 
 def test_only_runs_that_will_execute_need_their_inputs(project, capsys, monkeypatch):
-    from conceptsim import runner
-    from conceptsim.study import load_study
+    from conceptsim.run import orchestrate as runner
+    from conceptsim.run.study import load_study
     from test_runner import fake_execute
 
     path = study_file(project, VALID.replace("mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet"))

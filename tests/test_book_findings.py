@@ -7,7 +7,7 @@ import pytest
 from conceptsim.book import findings
 from conceptsim.comparison import report
 from conceptsim.paths import comparison_files, dataset_results
-from conceptsim.study import load_study
+from conceptsim.run.study import load_study
 
 
 def test_page_text_carries_the_json_numbers(comparison_run):

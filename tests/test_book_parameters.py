@@ -4,7 +4,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
 from conceptsim.book.reporting import INJECTED_NOTE, label_parameter_cells, page_title
-from conceptsim.study import parse_study
+from conceptsim.run.study import parse_study
 
 
 def test_page_titles_name_model_and_dataset():

@@ -3,7 +3,7 @@
 
 
 from conceptsim.book import reporting
-from conceptsim.study import Run, load_study
+from conceptsim.run.study import Run, load_study
 
 
 def test_dataset_index_lists_each_run_with_its_stage_title(tmp_path):

@@ -247,13 +247,13 @@ def test_objects_mode_draws_one_or_two_large_mostly_visible_objects():
 
 def test_mode_is_a_validated_build_parameter(tmp_path):
     from conceptsim.data.registry import build_params
-    from conceptsim.validation import build_rules
+    from conceptsim.run.validation import build_rules
 
     rule = build_rules("coco-icons")["mode"]
     assert rule.ok("objects") and rule.ok("scene") and not rule.ok("huge") and not rule.ok(3)
     assert "objects" in rule.accepted
     assert build_params("coco-icons", mode="objects")["mode"] == "objects"
-    from conceptsim.study import parse_study
+    from conceptsim.run.study import parse_study
 
     with pytest.raises(Exception, match=r"'datasets.coco-icons.build.mode' is 'huge'; accepted: one of \['scene', 'objects', 'single'\]"):
         parse_study({"name": "t", "datasets": {"coco-icons": {"build": {"mode": "huge"}}}, "models": ["mobilenet_v2_imagenet:random"]})
@@ -263,7 +263,7 @@ def test_mode_is_a_validated_build_parameter(tmp_path):
 
 
 def test_default_study_composes_for_power():
-    from conceptsim.study import load_study
+    from conceptsim.run.study import load_study
 
     for smoke in (False, True):  # the smoke study inherits the mode
         study = load_study(ROOT / "studies" / "default.yml", smoke=smoke)

@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conceptsim.study import NOTEBOOKS, load_study
+from conceptsim.run.study import NOTEBOOKS, load_study
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 

@@ -92,7 +92,7 @@ def test_readme_example_runs_as_written_in_a_new_shell(tmp_path):
 
 def test_run_ends_naming_results_notebooks_and_the_publish_command(tmp_path, monkeypatch):
     from conceptsim.cli import where_results_are
-    from conceptsim.study import parse_study
+    from conceptsim.run.study import parse_study
 
     monkeypatch.setenv("CONCEPTSIM_ROOT", str(tmp_path))
     monkeypatch.setenv("CONCEPTSIM_RESULTS", str(tmp_path / "results"))

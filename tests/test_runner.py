@@ -10,9 +10,9 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
-from conceptsim import runner
 from conceptsim.book import toc as book_toc
-from conceptsim.study import NOTEBOOKS, parse_study
+from conceptsim.run import orchestrate as runner
+from conceptsim.run.study import NOTEBOOKS, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_parallel_jobs(fake_project):
 
 
 def test_runs_share_a_warm_kernel_unless_fresh_kernels(fake_project):
-    from conceptsim import kernels
+    from conceptsim.run import kernels
 
     root, study = fake_project
     runner.run_study(study, progress=False)

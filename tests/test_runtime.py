@@ -47,7 +47,7 @@ def state():
             "connect": getattr(socket.socket.connect, "__module__", "socket")}
 
 before = state()
-import conceptsim, conceptsim.api, conceptsim.pipeline, conceptsim.cli, conceptsim.runner
+import conceptsim, conceptsim.api, conceptsim.pipeline, conceptsim.cli, conceptsim.run.orchestrate
 from conceptsim import open_results, linear_cka  # the lazily loaded front door
 after_import = state()
 conceptsim.runtime.setup()

@@ -196,7 +196,7 @@ def test_parse_model_arg_keeps_registry_names():
 def test_study_declares_models_twins_layers_and_device(tmp_path):
     import torchvision
 
-    from conceptsim.study import StudyError, load_study
+    from conceptsim.run.study import StudyError, load_study
 
     write_python_model(tmp_path)
     (tmp_path / "tiny.yaml").write_text(TINY_YOLO)
@@ -238,8 +238,8 @@ def test_study_declares_models_twins_layers_and_device(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the guard where CUDA is absent")
 def test_cuda_asked_for_and_absent_stops_before_any_run(tmp_path):
     from conceptsim import pipeline
-    from conceptsim.study import StudyError, load_study
-    from conceptsim.validation import check_inputs
+    from conceptsim.run.study import StudyError, load_study
+    from conceptsim.run.validation import check_inputs
 
     (tmp_path / "s.yml").write_text("name: g\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\ndevice: cuda\n")
     study = load_study(tmp_path / "s.yml")
@@ -253,7 +253,7 @@ def test_cuda_asked_for_and_absent_stops_before_any_run(tmp_path):
 def test_reproducibility_page_lists_declared_models_and_hashes(tmp_path):
     from conceptsim.atomic import sha256_file
     from conceptsim.book.reporting import write_reproducibility_page
-    from conceptsim.study import load_study
+    from conceptsim.run.study import load_study
 
     torch.save({"w": torch.ones(2)}, tmp_path / "w.pth")
     (tmp_path / "s.yml").write_text(
@@ -270,7 +270,7 @@ def test_a_model_without_weights_is_random_init_has_no_twin_and_is_left_out_of_f
     from conceptsim.book.findings import models_left_out_of_finding1
     from conceptsim.book.reporting import page_title
     from conceptsim.models.user_models import NO_WEIGHTS_LABEL, model_listing, read_model_listing, write_model_listing
-    from conceptsim.study import parse_study
+    from conceptsim.run.study import parse_study
 
     study = parse_study({"name": "mine", "datasets": {"shapes": {}}, "models": [
         "mobilenet_v2_imagenet", "mobilenet_v2_imagenet:random", {"my_resnet": {"torchvision": "resnet18", "input_size": 64}}]})

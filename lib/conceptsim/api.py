@@ -432,15 +432,15 @@ def run_study(path: str | Path, smoke: bool = False, jobs: int = 1, force: bool 
 
     Raises
     ------
-    conceptsim.study.StudyError
+    conceptsim.run.study.StudyError
         When the study file or its inputs are invalid (nothing has run).
     StudyRunError
         When runs failed; the others' results are kept.
     """
     from conceptsim import runtime
-    from conceptsim.runner import pending, select
-    from conceptsim.runner import run_study as run_all
-    from conceptsim.study import check_inputs, load_study
+    from conceptsim.run.orchestrate import pending, select
+    from conceptsim.run.orchestrate import run_study as run_all
+    from conceptsim.run.study import check_inputs, load_study
 
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from conceptsim.preflight import apply_roots, keep_random_twins
-    from conceptsim.runner import StudyBusy, StudyInterrupted, study_lock
-    from conceptsim.study import load_study
+    from conceptsim.run.orchestrate import StudyBusy, StudyInterrupted, study_lock
+    from conceptsim.run.overrides import apply_roots, keep_random_twins
+    from conceptsim.run.study import load_study
 
     only: dict[str, list[str]] = {}
     for item in args.only or []:
@@ -54,13 +54,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _run_locked(args: argparse.Namespace, study, only: dict[str, list[str]]) -> int:
-    from conceptsim.runner import pending, run_study, select
-    from conceptsim.study import check_inputs
+    from conceptsim.run.orchestrate import pending, run_study, select
+    from conceptsim.run.study import check_inputs
 
     # data, weights, device, output folders of the runs that will execute: all checked before any run starts
     check_inputs(study, pending(select(study.runs(), only), force=args.force))
     if args.cluster:  # only this path imports Dask
-        from conceptsim.cluster import ClusterError, DaskExecutor
+        from conceptsim.run.cluster import ClusterError, DaskExecutor
 
         try:
             outcome = run_study(study, only=only, force=args.force, progress=not args.quiet,
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.setup()  # this process and the kernels it starts: folders, threads, allocator (nothing is set on import)
     from conceptsim.models.registry import UnknownModelError
     from conceptsim.models.weights import WeightsError
-    from conceptsim.study import StudyError
+    from conceptsim.run.study import StudyError
 
     try:
         return int(args.func(args) or 0)

@@ -22,7 +22,7 @@ The Performance page is written by ``benchmarks/report.py``: it presents the ben
 
 
 def publish(study):
-    """Write the generated pages of ``study`` (a :class:`conceptsim.study.Study`) and the table of contents;
+    """Write the generated pages of ``study`` (a :class:`conceptsim.run.study.Study`) and the table of contents;
     see :func:`conceptsim.book.pages.publish`. (Imported on call, so that ``python -m conceptsim.book.toc``
     and the other entry points of the package load only what they use.)"""
     from conceptsim.book.pages import publish as publish_pages

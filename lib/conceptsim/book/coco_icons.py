@@ -437,7 +437,7 @@ LEARNED_MARGIN = 0.05
 def study_layers(model: str, study: str | Path | None = None) -> list[str]:
     """The layers the default study (or ``study``, a YAML file) probes in ``model``."""
     from conceptsim.pipeline import probed_layers
-    from conceptsim.study import load_study
+    from conceptsim.run.study import load_study
 
     spec = load_study(Path(study) if study else project_root() / "studies" / "default.yml")
     layers = spec.layers_of(model)

@@ -38,7 +38,7 @@ from conceptsim.paths import comparison_files, dataset_results
 if TYPE_CHECKING:
     import pandas as pd
 
-    from conceptsim.study import Study
+    from conceptsim.run.study import Study
 
 
 def models_left_out_of_finding1(study: "Study") -> str:

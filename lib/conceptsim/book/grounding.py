@@ -23,7 +23,7 @@ from conceptsim.models.names import is_twin
 from conceptsim.paths import comparison_files, dataset_results, project_root, shortcut_csv
 
 if TYPE_CHECKING:
-    from conceptsim.study import Study
+    from conceptsim.run.study import Study
 
 #: measures in the order of the tables: concept measures (agreement beyond accuracy first), then label-free
 MEASURES = ("seg_kappa", "seg", "seg_pearson", "cls_partial", "cls", "cls_jaccard", "cka", "cka_debiased", "cka_grid4",

@@ -16,7 +16,7 @@ from conceptsim.book.toc import TOC_PART, write_toc
 from conceptsim.paths import book_results_dir, executed_path, load_records, project_root
 
 if TYPE_CHECKING:
-    from conceptsim.study import Study
+    from conceptsim.run.study import Study
 
 
 def _rel(path: Path) -> str:

@@ -17,7 +17,7 @@ from conceptsim.comparison.report import table
 from conceptsim.paths import project_root
 
 if TYPE_CHECKING:
-    from conceptsim.study import Run, Study
+    from conceptsim.run.study import Run, Study
 
 PACKAGES = (
     "torch", "torchvision", "ultralytics", "numpy", "pandas", "scikit-learn", "scikit-image", "matplotlib",

@@ -53,9 +53,9 @@ from conceptsim.paths import (
     runs_dir,
     store_path,
 )
-from conceptsim.study import Run, Study
+from conceptsim.run.study import Run, Study
 
-log = logging.getLogger("conceptsim.runner")
+log = logging.getLogger("conceptsim.run.orchestrate")
 
 _study_process: int | None = None  # in a pool worker: the process id of the study that started it
 
@@ -153,7 +153,7 @@ def watch_parent() -> None:
 
 def stop_worker(*_: Any) -> None:
     """Kill this worker's kernels and end it at once, without a record (a worker's SIGTERM handler)."""
-    kernels = sys.modules.get("conceptsim.kernels")  # not imported yet: this worker started no kernel
+    kernels = sys.modules.get("conceptsim.run.kernels")  # not imported yet: this worker started no kernel
     if kernels is not None and hasattr(kernels, "kill_all_now"):
         kernels.kill_all_now()
     os._exit(1)
@@ -239,7 +239,7 @@ def critical_path(runs: list[Run], expected: dict[str, float | None]) -> dict[st
 
     Workers take the ready run with the longest chain first, so the long chains start early and the short
     runs (a dataset's comparisons) fill the time while they work, instead of one worker finishing a long
-    run alone at the end. ``expected`` gives each run's time (:func:`conceptsim.progress.expected_seconds`);
+    run alone at the end. ``expected`` gives each run's time (:func:`conceptsim.run.progress.expected_seconds`);
     a run without one counts as the mean of the known times, or as 1 when none is known (a first run: the
     longest chain of runs).
     """
@@ -392,7 +392,7 @@ def execute_run(run: Run, key: str, threads: int | None = RUN_THREADS, fresh_ker
                 force: bool | str = False) -> dict[str, Any]:
     """Execute one run's notebook (in this process's papermill) and record it. Returns the record.
 
-    The notebook runs in this thread's warm kernel (:mod:`conceptsim.kernels`), or in a new kernel of its
+    The notebook runs in this thread's warm kernel (:mod:`conceptsim.run.kernels`), or in a new kernel of its
     own with ``fresh_kernel``, with ``threads`` torch/BLAS threads. ``force`` (true, or the reason) is given
     to the notebook as its ``force`` parameter: the stage recomputes instead of reusing stored outputs."""
     with run_threads(threads or RUN_THREADS):
@@ -403,8 +403,8 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
     import papermill
     from traitlets.config import Config
 
-    from conceptsim import kernels
     from conceptsim.book import reporting
+    from conceptsim.run import kernels
 
     record_path(run).unlink(missing_ok=True)  # executing means not complete: a kill from here on redoes the run
     out = executed_path(run)
@@ -516,10 +516,10 @@ def run_study(
     """Execute the study's runs respecting dependencies; see the module docstring.
 
     Each worker (this process with one job, each of the ``jobs`` processes otherwise) executes its runs in
-    one warm kernel, reset between runs (:mod:`conceptsim.kernels`); ``fresh_kernels`` starts a new kernel
+    one warm kernel, reset between runs (:mod:`conceptsim.run.kernels`); ``fresh_kernels`` starts a new kernel
     for every run instead.
 
-    ``executor`` (e.g. :class:`conceptsim.cluster.DaskExecutor`) replaces the local process pool: its
+    ``executor`` (e.g. :class:`conceptsim.run.cluster.DaskExecutor`) replaces the local process pool: its
     ``execute(runs, keys, finish, skip, priority=..., progress=...)`` runs ``runs`` (in dependency order, the
     ready run of highest priority first: :func:`critical_path`), calls ``finish(record)`` for each executed
     run and ``skip(run_id)`` for each dependent of a failed one, and tells ``progress`` (the display) when a
@@ -532,7 +532,7 @@ def run_study(
 def _run_study(study: Study, jobs: int, only: dict[str, str] | None, force: bool, progress: bool, executor: Any,
                fresh_kernels: bool) -> StudyOutcome:
     from conceptsim.models.user_models import write_model_listing
-    from conceptsim.progress import StudyProgress, expected_seconds
+    from conceptsim.run.progress import StudyProgress, expected_seconds
 
     runs = select(study.runs(), only or {})
     keys = run_keys(runs)
@@ -598,7 +598,7 @@ def _run_study(study: Study, jobs: int, only: dict[str, str] | None, force: bool
         if executor is not None:
             executor.execute(list(todo.values()), keys, finish, skip, priority=chain, progress=bar, forced=forced)
         elif jobs <= 1:
-            from conceptsim.kernels import shutdown_all
+            from conceptsim.run.kernels import shutdown_all
 
             try:
                 while todo:

@@ -34,7 +34,7 @@ from typing import Any
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 
-log = logging.getLogger("conceptsim.kernels")
+log = logging.getLogger("conceptsim.run.kernels")
 
 ENGINE = "conceptsim-warm"
 

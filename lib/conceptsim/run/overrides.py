@@ -1,5 +1,5 @@
 """Command-line adjustments of a loaded study, made before its inputs are checked
-(:func:`conceptsim.validation.check_inputs`): local copies of downloadable datasets (``--root``) and a
+(:func:`conceptsim.run.validation.check_inputs`): local copies of downloadable datasets (``--root``) and a
 rehearsal with the random-init twins only (``--twins-only``)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from conceptsim.models.names import is_twin
-from conceptsim.study import Study, StudyError
+from conceptsim.run.study import Study, StudyError
 
 
 def apply_roots(study: Study, roots: Mapping[str, str]) -> None:

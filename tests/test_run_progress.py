@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from conceptsim.progress import StudyProgress, expected_seconds, format_duration, stage_of, time_left
+from conceptsim.run.progress import StudyProgress, expected_seconds, format_duration, stage_of, time_left
 
 
 class Clock:

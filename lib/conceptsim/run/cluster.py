@@ -1,6 +1,6 @@
 """A study's runs as tasks of a Dask cluster: ``conceptsim run STUDY.yml --cluster local:N | tcp://HOST:PORT``.
 
-Each run (one papermill execution, :func:`conceptsim.runner.execute_run`) is one Dask task; the runs it
+Each run (one papermill execution, :func:`conceptsim.run.orchestrate.execute_run`) is one Dask task; the runs it
 depends on are its Dask dependencies. Dask does the scheduling, the placement (extraction and concepts ask
 for ``resources={"GPU": 1}`` when the study's device is ``cuda``), the retries of a run whose worker died
 (at most ``distributed.scheduler.allowed-failures`` times, then the run fails with ``KilledWorker``) and
@@ -28,13 +28,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from conceptsim import runner
 from conceptsim.atomic import write_text
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
-from conceptsim.runner import RUN_THREADS, error_line, execute_run, is_complete, log_path, record_path
-from conceptsim.study import Run
+from conceptsim.run import orchestrate as runner
+from conceptsim.run.orchestrate import RUN_THREADS, error_line, execute_run, is_complete, log_path, record_path
+from conceptsim.run.study import Run
 
-log = logging.getLogger("conceptsim.cluster")
+log = logging.getLogger("conceptsim.run.cluster")
 
 CONNECT_TIMEOUT_S = 5  # an unreachable scheduler fails the command after this long
 CHECK_WAIT_S = 5  # how long a worker polls for the client's check file (shared filesystems cache lookups)
@@ -135,7 +135,7 @@ def dask_setup(worker: Any = None) -> None:
 
 def stop_runs() -> None:
     """Kill this worker's kernels: its running notebooks fail at once and write no record (the study was stopped)."""
-    from conceptsim import kernels
+    from conceptsim.run import kernels
 
     kernels.kill_all_now()
 
@@ -156,7 +156,7 @@ def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], ch
              since: float, fresh_kernel: bool, *dependencies: dict, started_topic: str | None = None) -> dict[str, Any]:
     """One run as a Dask task (``dependencies``: the records of the runs it depends on, there only to order
     it), in the worker thread's warm kernel unless ``fresh_kernel``, with the runner's fixed thread count
-    (:data:`conceptsim.runner.RUN_THREADS`, as with ``--jobs``); ``force``: recompute ignoring stored outputs.
+    (:data:`conceptsim.run.orchestrate.RUN_THREADS`, as with ``--jobs``); ``force``: recompute ignoring stored outputs.
     Returns the run's record; a failed run raises :class:`RunFailed`. When it executes, it reports its start
     and worker on ``started_topic``."""
     os.environ.update(settings)  # the kernel papermill starts inherits them
@@ -182,7 +182,7 @@ def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], ch
 class DaskExecutor:
     """Runs a study's runs on a Dask cluster; ``address`` is ``local:N`` (a ``LocalCluster`` of N process
     workers on this machine) or a scheduler address (``tcp://HOST:8786``). Each worker thread keeps a warm
-    kernel (:mod:`conceptsim.kernels`) unless ``fresh_kernels``."""
+    kernel (:mod:`conceptsim.run.kernels`) unless ``fresh_kernels``."""
 
     def __init__(self, address: str, fresh_kernels: bool = False):
         self.address = address.strip()
@@ -202,7 +202,7 @@ class DaskExecutor:
         """Submit ``runs`` (dependencies outside them are complete) and report each as it ends:
         ``finish(record)`` for an executed run, ok or failed, ``skip(run_id)`` for a dependent of a failed run.
         Workers take the ready run of highest ``priority`` first (Dask's task priority). ``progress`` (a
-        :class:`conceptsim.progress.StudyProgress`) hears when each run starts and on which worker (a Dask
+        :class:`conceptsim.run.progress.StudyProgress`) hears when each run starts and on which worker (a Dask
         event its task logs), and how many runs the cluster's workers execute at once. The runs in ``forced``
         (run id: why) recompute ignoring their stored outputs."""
         if not runs:
@@ -294,7 +294,7 @@ class DaskExecutor:
                 self.cluster = stack.enter_context(LocalCluster(
                     n_workers=self.local_workers, threads_per_worker=1, processes=True, memory_limit=0,
                     resources={"GPU": 1}, dashboard_address=":0", silence_logs=logging.ERROR,
-                    preload=["conceptsim.cluster"],
+                    preload=["conceptsim.run.cluster"],
                 ))
             finally:
                 signal.signal(signal.SIGINT, previous)

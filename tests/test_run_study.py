@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conceptsim.models.names import PIXELS_MODEL, is_twin, twin_name, twin_names
-from conceptsim.study import StudyError, load_study, parse_study
+from conceptsim.run.study import StudyError, load_study, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_bad_study_is_rejected_naming_the_key(raw, words):
 
 
 def test_unknown_layer_is_rejected_before_running(tmp_path):
-    from conceptsim.study import validate_layers
+    from conceptsim.run.study import validate_layers
 
     path = tmp_path / "s.yml"
     path.write_text(yaml.safe_dump(minimal(layers={"mobilenet_v2_imagenet": ["features.99"]})))

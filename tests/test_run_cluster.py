@@ -20,9 +20,10 @@ import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 import test_runner  # noqa: E402
-from conceptsim import cli, runner  # noqa: E402
-from conceptsim.cluster import ClusterError, DaskExecutor, needs_gpu  # noqa: E402
-from conceptsim.study import NOTEBOOKS, parse_study  # noqa: E402
+from conceptsim import cli  # noqa: E402
+from conceptsim.run import orchestrate as runner  # noqa: E402
+from conceptsim.run.cluster import ClusterError, DaskExecutor, needs_gpu  # noqa: E402
+from conceptsim.run.study import NOTEBOOKS, parse_study  # noqa: E402
 from conftest import make_project  # noqa: E402
 from test_runner import ROOT, executions, make_notebook  # noqa: E402
 
@@ -187,7 +188,7 @@ def test_cuda_study_on_a_cluster_without_gpu_workers_is_refused(fake_project, sc
 
 
 def test_jobs_path_imports_no_dask():
-    code = ("import sys; from conceptsim import cli, runner; cli.build_parser(); "
+    code = ("import sys; from conceptsim import cli; from conceptsim.run import orchestrate as runner; cli.build_parser(); "
             "print('dask' in sys.modules or 'distributed' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conceptsim import validation
 from conceptsim.models.names import base_name, is_twin, twin_name
-from conceptsim.validation import StudyError, check_inputs, load_yaml, validate_layers, validate_study
+from conceptsim.run import validation
+from conceptsim.run.validation import StudyError, check_inputs, load_yaml, validate_layers, validate_study
 
 __all__ = ["Run", "Study", "StudyError", "parse_study", "load_study", "check_inputs", "validate_layers", "NOTEBOOKS"]
 
@@ -134,7 +134,7 @@ class Study:
 
 
 def parse_study(raw: dict[str, Any], path: Path | None = None, smoke: bool = False) -> Study:
-    """Validate a study mapping (see module docstring and :func:`conceptsim.validation.validate_study`);
+    """Validate a study mapping (see module docstring and :func:`conceptsim.run.validation.validate_study`);
     raise :class:`StudyError` listing every problem."""
     v = validate_study(raw, path, smoke)
     return Study(v["name"], v["description"], v["seed"], v["datasets"], v["models"], v["layers"], v["sections"],

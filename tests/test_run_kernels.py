@@ -1,4 +1,4 @@
-"""Warm kernels (conceptsim.kernels): one kernel serves several runs, and each run starts as in a fresh one."""
+"""Warm kernels (conceptsim.run.kernels): one kernel serves several runs, and each run starts as in a fresh one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import papermill
 import pytest
 from traitlets.config import Config
 
-from conceptsim import kernels
+from conceptsim.run import kernels
 
 # What a run can leave behind in a kernel, and what it sees of the run before it.
 PROBE = """
