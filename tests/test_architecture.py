@@ -1,9 +1,13 @@
-"""The import graph of ``lib/conceptsim`` points down the pipeline and has no cycle.
+"""The import graph of ``lib/conceptsim`` points down the layers and has no cycle.
 
-Stages, lowest first: infrastructure (``paths``, ``atomic``, ``allocator``, ``netguard``, ``runtime``)
-< ``data`` < ``models`` < ``extraction`` < ``concepts`` < ``comparison`` < the rest (orchestration, book,
-command line). A module may import from its own stage or a lower one. Every ``import`` statement counts,
-also those inside functions, so an import cannot dodge a cycle by moving into a function body.
+Layers, lowest first: infrastructure (``paths``, ``atomic``, ``allocator``, ``netguard``, ``runtime``,
+``tables``) < ``data`` < ``models`` < ``extraction`` < ``concepts`` < ``comparison`` (the pipeline stages)
+< ``pipeline`` (the stage entry points the notebooks call) < the study model (``run.study``,
+``run.validation``, ``run.preflight``, ``run.overrides``: what a study is and whether it can run here)
+< ``book`` (the pages of a study) < the runner (the rest of ``run``: keys, scheduling, execution, kernels,
+progress, the study loop that publishes the book, the Dask cluster) < the front doors (``api``, ``explorer``,
+``cli``, the package itself). A module may import from its own layer or a lower one. Every ``import``
+statement counts, also those inside functions, so an import cannot dodge a cycle by moving into a function body.
 
 Run alone: ``pytest tests/test_architecture.py -q``.
 """
@@ -16,9 +20,13 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "lib" / "conceptsim"
-INFRASTRUCTURE = ("paths", "atomic", "allocator", "netguard", "runtime")
+INFRASTRUCTURE = ("paths", "atomic", "allocator", "netguard", "runtime", "tables")
 STAGES = ("data", "models", "extraction", "concepts", "comparison")
-REST = len(STAGES) + 1
+STUDY_MODEL = ("run.study", "run.validation", "run.preflight", "run.overrides")
+#: every layer, lowest first, by the module names (after ``conceptsim.``) it holds; a name holds its submodules
+LAYERS = (INFRASTRUCTURE, *((s,) for s in STAGES), ("pipeline",), STUDY_MODEL, ("book",), ("run",),
+          ("api", "explorer", "cli", ""))
+FRONT = len(LAYERS) - 1
 
 
 def module_name(root: Path, f: Path) -> str:
@@ -29,13 +37,17 @@ def module_name(root: Path, f: Path) -> str:
 
 
 def stage(module: str) -> int:
-    """0 for infrastructure, 1.. for the pipeline stages in order, :data:`REST` for everything else."""
-    parts = module.split(".")
-    if len(parts) < 2:
-        return REST
-    if parts[1] in INFRASTRUCTURE:
-        return 0
-    return STAGES.index(parts[1]) + 1 if parts[1] in STAGES else REST
+    """The layer of ``module``: its index in :data:`LAYERS` (the longest matching name wins: ``run.study``
+    is the study model, ``run.keys`` the runner; ``conceptsim`` itself is a front door)."""
+    name = module.partition(".")[2]
+    best, layer = -1, None
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (name == n or name.startswith(n + ".") or n == "") and len(n) > best:
+                best, layer = len(n), i
+    if layer is None:
+        raise AssertionError(f"{module}: in no layer of tests/test_architecture.py (add it to LAYERS)")
+    return layer
 
 
 def import_graph(root: Path) -> tuple[dict[str, Path], set[tuple[str, str]]]:
@@ -64,8 +76,8 @@ def import_graph(root: Path) -> tuple[dict[str, Path], set[tuple[str, str]]]:
 
 
 def climbs(edges: set[tuple[str, str]]) -> list[str]:
-    """Imports from a pipeline stage (or infrastructure) into a later stage."""
-    return sorted(f"{a} imports {b}" for a, b in edges if stage(a) < REST and stage(b) > stage(a))
+    """Imports from a module into a higher layer."""
+    return sorted(f"{a} imports {b}" for a, b in edges if stage(b) > stage(a))
 
 
 def cycles(files: dict[str, Path], edges: set[tuple[str, str]]) -> list[list[str]]:
@@ -105,11 +117,26 @@ def test_no_import_cycles():
     assert [" -> ".join(c) for c in cycles(files, edges)] == []
 
 
-def test_every_top_level_module_has_a_known_place():
-    """New packages must be placed in the stage order here (else they silently count as 'the rest')."""
-    packages = {p.name for p in LIB.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    placed = set(STAGES) | set(INFRASTRUCTURE) | {"book"}
-    assert packages <= placed, f"unplaced packages: {sorted(packages - placed)}"
+def test_every_module_has_a_layer():
+    """A new module or package must be placed in :data:`LAYERS` (the root is no longer one lump of 'the rest')."""
+    files, _ = import_graph(LIB)
+    unplaced = []
+    for module in files:
+        try:
+            stage(module)
+        except AssertionError:
+            unplaced.append(module)
+    assert unplaced == []
+    top = {f.stem if f.is_file() else f.name for f in LIB.iterdir()
+           if (f.suffix == ".py" and f.stem != "__init__") or (f / "__init__.py").exists()}
+    placed = {n.split(".")[0] for names in LAYERS for n in names if n}
+    assert top <= placed, f"unplaced top-level modules: {sorted(top - placed)}"
+
+
+def test_the_runner_and_the_book_are_layers_of_their_own():
+    assert stage("conceptsim.run.study") < stage("conceptsim.book.pages") < stage("conceptsim.run.orchestrate")
+    assert stage("conceptsim.comparison.stage") < stage("conceptsim.pipeline") < stage("conceptsim.run.validation")
+    assert stage("conceptsim.run.cluster") < stage("conceptsim.cli") == stage("conceptsim") == FRONT
 
 
 def _package(tmp_path: Path, sources: dict[str, str]) -> Path:
@@ -143,3 +170,16 @@ def test_checker_finds_a_cycle_through_a_function_level_import(tmp_path):
     assert climbs(edges) == []
     assert [sorted(set(c)) for c in cycles(files, edges)] == [["conceptsim.extraction.maskstore",
                                                               "conceptsim.extraction.store"]]
+
+
+@pytest.mark.parametrize("importer, text", [
+    ("run/study.py", "from conceptsim.run.keys import run_keys\n"),  # the study model importing the runner
+    ("book/pages.py", "def f():\n    from conceptsim.run.orchestrate import run_study\n"),  # the book, the runner
+    ("run/keys.py", "import conceptsim.api\n"),  # the runner, the front door
+])
+def test_checker_finds_a_climb_between_the_upper_layers(tmp_path, importer, text):
+    root = _package(tmp_path, {"run/__init__.py": "", "run/study.py": "", "run/keys.py": "", "run/orchestrate.py": "",
+                               "book/__init__.py": "", "book/pages.py": "", "api.py": "", importer: text})
+    importer_module = "conceptsim." + importer.removesuffix(".py").replace("/", ".")
+    found = climbs(import_graph(root)[1])
+    assert found and all(f.startswith(importer_module + " imports ") for f in found)

@@ -356,7 +356,7 @@ def test_models_commands(project, capsys):
 def test_only_runs_that_will_execute_need_their_inputs(project, capsys, monkeypatch):
     from conceptsim.run import orchestrate as runner
     from conceptsim.run.study import load_study
-    from test_runner import fake_execute
+    from test_run_orchestrate import fake_execute
 
     path = study_file(project, VALID.replace("mobilenet_v2_imagenet:random", "mobilenet_v2_imagenet"))
     code, err = run_cli(["run", str(path), "--quiet"], capsys)

@@ -196,7 +196,7 @@ def test_build_into_never_deletes_foreign_files(tmp_path):
 
 
 def test_a_killed_build_leaves_no_debris_for_ever(cache):
-    from test_runner import dead_pid
+    from test_run_orchestrate import dead_pid
 
     params = registry.build_params("shapes", False, n=6, size=48)
     out = registry.dataset_dir("shapes", params)

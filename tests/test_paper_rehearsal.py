@@ -70,8 +70,8 @@ def test_an_untrusted_ultralytics_checkpoint_is_named_with_how_to_verify(copies,
 
 def test_twins_only_needs_no_weights_and_keeps_the_study_shape(copies, tmp_path, monkeypatch):
     from conceptsim.run.overrides import apply_roots, keep_random_twins
+    from conceptsim.run.preflight import check_inputs
     from conceptsim.run.study import load_study
-    from conceptsim.run.validation import check_inputs
 
     monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path / "cache"))
     study = load_study(ROOT / "studies" / "paper.yml", smoke=True)

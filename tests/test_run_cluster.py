@@ -1,5 +1,5 @@
 """Runs of a study as tasks of a Dask cluster (LocalCluster, 2 process workers) on the fake project of
-test_runner (tiny notebooks, real papermill): same records and results as --jobs 2, a killed worker's run
+test_run_orchestrate (tiny notebooks, real papermill): same records and results as --jobs 2, a killed worker's run
 retried, failures and skipped dependents reported as with --jobs, unreachable scheduler and a worker that
 cannot see the results folder refused with a clear message."""
 
@@ -19,13 +19,15 @@ pytest.importorskip("distributed")
 import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
-import test_runner  # noqa: E402
+import test_run_orchestrate  # noqa: E402
 from conceptsim import cli  # noqa: E402
+from conceptsim.paths import executed_path  # noqa: E402
 from conceptsim.run import orchestrate as runner  # noqa: E402
 from conceptsim.run.cluster import ClusterError, DaskExecutor, needs_gpu  # noqa: E402
+from conceptsim.run.keys import record_path  # noqa: E402
 from conceptsim.run.study import NOTEBOOKS, parse_study  # noqa: E402
 from conftest import make_project  # noqa: E402
-from test_runner import ROOT, executions, make_notebook  # noqa: E402
+from test_run_orchestrate import ROOT, executions, make_notebook  # noqa: E402
 
 # every run writes a result file from its parameters (what --jobs and --cluster must agree on)
 RESULT = """
@@ -46,7 +48,7 @@ if STAGE == "concepts" and not marker.exists():
 """
 
 
-fake_project = test_runner.fake_project  # the fake project (tiny notebooks) of the runner's tests
+fake_project = test_run_orchestrate.fake_project  # the fake project (tiny notebooks) of the runner's tests
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_same_records_and_results_as_jobs(fake_project, monkeypatch, capsys):
     with_extra(root, RESULT)
     by_jobs = runner.run_study(study, jobs=2, progress=False)
     jobs_results, jobs_records = result_files(root / "results"), {
-        r.id: json.loads(runner.record_path(r).read_text()) for r in study.runs()}
+        r.id: json.loads(record_path(r).read_text()) for r in study.runs()}
     monkeypatch.setenv("CONCEPTSIM_RESULTS", str(root / "results-cluster"))
     capsys.readouterr()
     by_cluster = runner.run_study(study, progress=True, executor=DaskExecutor("local:2"))
@@ -83,7 +85,7 @@ def test_same_records_and_results_as_jobs(fake_project, monkeypatch, capsys):
     assert sorted(r["id"] for r in by_cluster.executed) == sorted(r["id"] for r in by_jobs.executed)
     assert result_files(root / "results-cluster") == jobs_results
     for r in study.runs():
-        rec = json.loads(runner.record_path(r).read_text())
+        rec = json.loads(record_path(r).read_text())
         same = {k: v for k, v in rec.items() if k not in ("started", "seconds", "log")}
         assert same == {k: v for k, v in jobs_records[r.id].items() if k not in ("started", "seconds", "log")}
         assert rec["log"].startswith(str(root / "results-cluster"))
@@ -107,9 +109,9 @@ def test_killed_worker_loses_only_its_run(fake_project, scheduler):
     assert ran.count("concepts shapes") == 2  # the killed run, retried on a worker
     assert ran.count("extract shapes") == 1  # its finished dependency was not executed again
     concepts = next(r for r in study.runs() if r.stage == "concepts")
-    rec = json.loads(runner.record_path(concepts).read_text())
+    rec = json.loads(record_path(concepts).read_text())
     assert rec["status"] == "ok" and rec["started"] > t0
-    assert runner.executed_path(concepts).exists()
+    assert executed_path(concepts).exists()
 
 
 def test_run_whose_workers_keep_dying_fails_after_bounded_retries(fake_project):
@@ -134,8 +136,8 @@ def test_failure_keeps_traceback_and_skips_dependents(fake_project, scheduler, c
     assert "FAILED concepts/shapes/mobilenet_v2_imagenet: RuntimeError: planted failure in concepts" in err
     assert "SKIPPED compare_layers/shapes" in err and "SKIPPED compare_models/shapes" in err
     failed_run = next(r for r in study.runs() if r.stage == "concepts")
-    assert "planted failure in concepts" in runner.executed_path(failed_run).read_text()
-    assert not runner.record_path(failed_run).exists()
+    assert "planted failure in concepts" in executed_path(failed_run).read_text()
+    assert not record_path(failed_run).exists()
     assert executions(root).count("extract shapes") == 1
 
 
@@ -282,7 +284,7 @@ def test_stopped_study_stops_the_local_cluster_with_one_line_and_no_record(fake_
     import signal
 
     root, _ = fake_project
-    proc, cmd, kernel, worker = test_runner.start_study(root, 0, cluster="local:2")
+    proc, cmd, kernel, worker = test_run_orchestrate.start_study(root, 0, cluster="local:2")
     assert worker != proc.pid  # the kernel's parent is a Dask worker process
     t0 = time.monotonic()
     if stop == "ctrl-c":  # Ctrl-C reaches the terminal's process group: the study and its Dask workers
@@ -296,5 +298,5 @@ def test_stopped_study_stops_the_local_cluster_with_one_line_and_no_record(fake_
         assert err.strip() == ("conceptsim run: interrupted; stopped run(s): extract/shapes/mobilenet_v2_imagenet:random "
                                "(no record: the next run redoes them)")
         assert stopped < 15, f"the study took {stopped:.1f} s to stop"
-    assert test_runner.gone(worker, 10) and test_runner.gone(kernel, 15)
+    assert test_run_orchestrate.gone(worker, 10) and test_run_orchestrate.gone(kernel, 15)
     assert not list((root / "results" / "fake").rglob("_runs/*.json"))  # the stopped run left no record

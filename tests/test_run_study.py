@@ -84,7 +84,7 @@ def test_bad_study_is_rejected_naming_the_key(raw, words):
 
 
 def test_unknown_layer_is_rejected_before_running(tmp_path):
-    from conceptsim.run.study import validate_layers
+    from conceptsim.run.preflight import validate_layers
 
     path = tmp_path / "s.yml"
     path.write_text(yaml.safe_dump(minimal(layers={"mobilenet_v2_imagenet": ["features.99"]})))

@@ -49,8 +49,8 @@ def study_run(tmp_path_factory):
     """Every run of the study through the library calls the notebooks make."""
     from conceptsim import pipeline
     from conceptsim.run.orchestrate import topological
+    from conceptsim.run.preflight import check_inputs
     from conceptsim.run.study import load_study
-    from conceptsim.run.validation import check_inputs
 
     root = tmp_path_factory.mktemp("own")
     threads = torch.get_num_threads()
@@ -130,8 +130,8 @@ def _break(study_path, edit):
      r"'datasets.my_data.coco.images': image 107 \(.*000000000107.jpg\) is 32x32 pixels, but .*instances.json declares width"),
 ])
 def test_dataset_errors_name_file_and_field(case, match, tmp_path):
+    from conceptsim.run.preflight import check_inputs
     from conceptsim.run.study import StudyError, load_study
-    from conceptsim.run.validation import check_inputs
 
     text = STUDY
     if case == "unknown category in concepts":
@@ -195,8 +195,8 @@ def test_readme_example_writes_a_valid_dataset_and_study(tmp_path):
     import sys
     from pathlib import Path
 
+    from conceptsim.run.preflight import check_inputs
     from conceptsim.run.study import load_study
-    from conceptsim.run.validation import check_inputs
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Your own model and data", 1)[1].split("\n## ", 1)[0]

@@ -238,8 +238,8 @@ def test_study_declares_models_twins_layers_and_device(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the guard where CUDA is absent")
 def test_cuda_asked_for_and_absent_stops_before_any_run(tmp_path):
     from conceptsim import pipeline
+    from conceptsim.run.preflight import check_inputs
     from conceptsim.run.study import StudyError, load_study
-    from conceptsim.run.validation import check_inputs
 
     (tmp_path / "s.yml").write_text("name: g\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\ndevice: cuda\n")
     study = load_study(tmp_path / "s.yml")

@@ -42,6 +42,7 @@ from conceptsim.paths import (
     model_results,
     study_results,
 )
+from conceptsim.tables import read_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,34 +58,6 @@ __all__ = [
 
 CKA_METHODS = ("cka", "cka_debiased", "cka_grid4")
 DISSECTION_TABLES = ("dissection", "dissection_summary", "dissection_best_unit")
-
-
-def read_table(path: str | Path) -> "pd.DataFrame":
-    """A result CSV as a DataFrame: empty cells are missing values, and only they.
-
-    Concept names such as ``"none"`` or ``"NA"`` stay text (pandas would read them as missing by default).
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        The CSV file.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The table.
-
-    Raises
-    ------
-    FileNotFoundError
-        When the file does not exist, naming it and the stage that writes it.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 class Results:
@@ -438,9 +411,8 @@ def run_study(path: str | Path, smoke: bool = False, jobs: int = 1, force: bool 
         When runs failed; the others' results are kept.
     """
     from conceptsim import runtime
-    from conceptsim.run.orchestrate import pending, select
-    from conceptsim.run.orchestrate import run_study as run_all
-    from conceptsim.run.study import check_inputs, load_study
+    from conceptsim.run import check_inputs, load_study, pending, select
+    from conceptsim.run import run_study as run_all
 
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")

@@ -10,9 +10,7 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from conceptsim.run.orchestrate import StudyBusy, StudyInterrupted, study_lock
-    from conceptsim.run.overrides import apply_roots, keep_random_twins
-    from conceptsim.run.study import load_study
+    from conceptsim.run import StudyBusy, StudyInterrupted, apply_roots, keep_random_twins, load_study, study_lock
 
     only: dict[str, list[str]] = {}
     for item in args.only or []:
@@ -54,8 +52,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _run_locked(args: argparse.Namespace, study, only: dict[str, list[str]]) -> int:
-    from conceptsim.run.orchestrate import pending, run_study, select
-    from conceptsim.run.study import check_inputs
+    from conceptsim.run import check_inputs, pending, run_study, select
 
     # data, weights, device, output folders of the runs that will execute: all checked before any run starts
     check_inputs(study, pending(select(study.runs(), only), force=args.force))
@@ -216,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.setup()  # this process and the kernels it starts: folders, threads, allocator (nothing is set on import)
     from conceptsim.models.registry import UnknownModelError
     from conceptsim.models.weights import WeightsError
-    from conceptsim.run.study import StudyError
+    from conceptsim.run import StudyError
 
     try:
         return int(args.func(args) or 0)

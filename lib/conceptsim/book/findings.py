@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from conceptsim.api import read_table
+from conceptsim.tables import read_table
 from conceptsim.atomic import save_figure, write_text
 from conceptsim.comparison.finding2 import PositiveControl
 from conceptsim.comparison.report import (

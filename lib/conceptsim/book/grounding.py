@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from conceptsim.api import read_table
+from conceptsim.tables import read_table
 from conceptsim.atomic import write_text
 from conceptsim.comparison.report import table
 from conceptsim.models.names import is_twin

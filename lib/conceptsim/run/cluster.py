@@ -1,6 +1,6 @@
 """A study's runs as tasks of a Dask cluster: ``conceptsim run STUDY.yml --cluster local:N | tcp://HOST:PORT``.
 
-Each run (one papermill execution, :func:`conceptsim.run.orchestrate.execute_run`) is one Dask task; the runs it
+Each run (one papermill execution, :func:`conceptsim.run.execution.execute_run`) is one Dask task; the runs it
 depends on are its Dask dependencies. Dask does the scheduling, the placement (extraction and concepts ask
 for ``resources={"GPU": 1}`` when the study's device is ``cuda``), the retries of a run whose worker died
 (at most ``distributed.scheduler.allowed-failures`` times, then the run fails with ``KilledWorker``) and
@@ -30,8 +30,8 @@ from typing import Any
 
 from conceptsim.atomic import write_text
 from conceptsim.paths import cache_dir, datasets_dir, project_root, results_dir
-from conceptsim.run import orchestrate as runner
-from conceptsim.run.orchestrate import RUN_THREADS, error_line, execute_run, is_complete, log_path, record_path
+from conceptsim.run.execution import RUN_THREADS, error_line, execute_run, log_path, stop_worker, watch_parent
+from conceptsim.run.keys import is_complete, record_path
 from conceptsim.run.study import Run
 
 log = logging.getLogger("conceptsim.run.cluster")
@@ -128,7 +128,7 @@ def dask_setup(worker: Any = None) -> None:
     group); SIGTERM (the study stopping it) kills the worker's kernels and ends it at once, without a record."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, runner.stop_worker)
+        signal.signal(signal.SIGTERM, stop_worker)
     except ValueError:  # not the main thread: Dask's own handling remains
         log.debug("worker %s: signal handlers not installed (not the main thread)", worker)
 
@@ -156,11 +156,11 @@ def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], ch
              since: float, fresh_kernel: bool, *dependencies: dict, started_topic: str | None = None) -> dict[str, Any]:
     """One run as a Dask task (``dependencies``: the records of the runs it depends on, there only to order
     it), in the worker thread's warm kernel unless ``fresh_kernel``, with the runner's fixed thread count
-    (:data:`conceptsim.run.orchestrate.RUN_THREADS`, as with ``--jobs``); ``force``: recompute ignoring stored outputs.
+    (:data:`conceptsim.run.execution.RUN_THREADS`, as with ``--jobs``); ``force``: recompute ignoring stored outputs.
     Returns the run's record; a failed run raises :class:`RunFailed`. When it executes, it reports its start
     and worker on ``started_topic``."""
     os.environ.update(settings)  # the kernel papermill starts inherits them
-    runner.watch_parent()  # a worker whose parent (its nanny; the study itself with local:N) died writes no record
+    watch_parent()  # a worker whose parent (its nanny; the study itself with local:N) died writes no record
     problem = sees_shared_folders(settings, *check)
     if problem:
         raise RunFailed(failure_record(run, key, f"worker {worker_name()} {problem}"))

@@ -1,5 +1,5 @@
 """Command-line adjustments of a loaded study, made before its inputs are checked
-(:func:`conceptsim.run.validation.check_inputs`): local copies of downloadable datasets (``--root``) and a
+(:func:`conceptsim.run.preflight.check_inputs`): local copies of downloadable datasets (``--root``) and a
 rehearsal with the random-init twins only (``--twins-only``)."""
 
 from __future__ import annotations

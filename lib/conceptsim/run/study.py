@@ -37,9 +37,9 @@ from typing import Any
 
 from conceptsim.models.names import base_name, is_twin, twin_name
 from conceptsim.run import validation
-from conceptsim.run.validation import StudyError, check_inputs, load_yaml, validate_layers, validate_study
+from conceptsim.run.validation import StudyError, load_yaml, validate_study
 
-__all__ = ["Run", "Study", "StudyError", "parse_study", "load_study", "check_inputs", "validate_layers", "NOTEBOOKS"]
+__all__ = ["Run", "Study", "StudyError", "parse_study", "load_study", "NOTEBOOKS"]
 
 
 SECTION_DEFAULTS = validation.SECTION_DEFAULTS  # stage options and their defaults (the schema: validation.SECTIONS)

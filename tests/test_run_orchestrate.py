@@ -10,8 +10,11 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
+from conceptsim.atomic import write_json
 from conceptsim.book import toc as book_toc
+from conceptsim.paths import executed_path
 from conceptsim.run import orchestrate as runner
+from conceptsim.run.keys import record_path
 from conceptsim.run.study import NOTEBOOKS, parse_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +73,8 @@ def test_resume_skip_and_stale_rerun(fake_project):
     assert len(executions(root)) == 4
     # executed copies and completion records exist; the generated toc lists the notebooks
     for r in study.runs():
-        assert runner.executed_path(r).exists()
-        rec = json.loads(runner.record_path(r).read_text())
+        assert executed_path(r).exists()
+        rec = json.loads(record_path(r).read_text())
         assert rec["status"] == "ok" and rec["seconds"] > 0
     toc = (root / "book" / "_generated" / "_toc.yml").read_text()
     assert "book/results/fake/shapes/mobilenet_v2_imagenet/01_extract" in toc
@@ -79,7 +82,7 @@ def test_resume_skip_and_stale_rerun(fake_project):
     assert "title: 'Activation extraction: mobilenet_v2_imagenet on shapes'" in toc
     assert "title: 'Layer comparison: shapes'" in toc
     # the executed copy shows the injected parameters, the defaults cell is removed from the page
-    nb = nbformat.read(runner.executed_path(study.runs()[0]), as_version=4)
+    nb = nbformat.read(executed_path(study.runs()[0]), as_version=4)
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     assert "remove-cell" in tags[0] and "parameters-note" in tags[1] and "injected-parameters" in tags[2]
     assert (root / "book" / "results" / "fake" / "reproducibility.md").exists()
@@ -103,9 +106,9 @@ def test_failure_keeps_traceback_and_skips_dependents(fake_project, monkeypatch)
     assert "planted failure in concepts" in Path(out.failed[0]["log"]).read_text()  # the traceback: in the log
     assert set(out.skipped_dependency) == {"compare_layers/shapes", "compare_models/shapes"}
     failed_run = next(r for r in study.runs() if r.stage == "concepts")
-    executed = runner.executed_path(failed_run).read_text()
+    executed = executed_path(failed_run).read_text()
     assert "planted failure in concepts" in executed
-    assert not runner.record_path(failed_run).exists()
+    assert not record_path(failed_run).exists()
     # fixed: only the failed run and its dependents run again
     monkeypatch.delenv("FAKE_FAIL_STAGE")
     out = runner.run_study(study, progress=False)
@@ -117,19 +120,9 @@ def test_interrupted_run_is_redone(fake_project):
     runner.run_study(study, progress=False)
     # simulate a run killed before its completion record was written
     extract = next(r for r in study.runs() if r.stage == "extract")
-    runner.record_path(extract).unlink()
+    record_path(extract).unlink()
     out = runner.run_study(study, progress=False)
     assert out.executed[0]["id"] == extract.id
-
-
-def test_only_selects_runs_and_their_dependencies(fake_project):
-    root, study = fake_project
-    chosen = runner.select(study.runs(), {"stage": "concepts"})
-    assert {r.stage for r in chosen} == {"extract", "concepts"}
-    with pytest.raises(ValueError, match="no such model"):
-        runner.select(study.runs(), {"model": "nope"})
-    with pytest.raises(ValueError, match="accepts keys"):
-        runner.select(study.runs(), {"colour": "red"})
 
 
 def test_parallel_jobs(fake_project):
@@ -139,30 +132,15 @@ def test_parallel_jobs(fake_project):
     assert len(set(kernel_pids(root))) <= 2  # one kernel per worker process
 
 
-def test_runs_share_a_warm_kernel_unless_fresh_kernels(fake_project):
-    from conceptsim.run import kernels
-
-    root, study = fake_project
-    runner.run_study(study, progress=False)
-    warm = kernel_pids(root)
-    assert len(warm) == 4 and len(set(warm)) == 1
-    assert kernels._all == []  # this process's kernel ended with the study
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(warm[0]), 0)
-    runner.run_study(study, force=True, fresh_kernels=True, progress=False)
-    fresh = kernel_pids(root)[4:]
-    assert len(set(fresh)) == 4 and not set(fresh) & set(warm)
-
-
 def fake_execute(run, key, threads=None, fresh_kernel=False, force=False):
     """Stand-in for execute_run without a kernel: writes the executed copy and the completion record."""
-    out = runner.executed_path(run)
+    out = executed_path(run)
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(new_notebook(cells=[new_code_cell("pass")]), out)
     record = {"id": run.id, "stage": run.stage, "dataset": run.dataset, "model": run.model, "key": key,
               "status": "ok", "error": None, "parameters": run.parameters, "notebook": run.notebook,
               "executed_notebook": str(out), "started": 0, "seconds": 0.0, "log": ""}
-    runner.write_json(runner.record_path(run), record)
+    write_json(record_path(run), record)
     return record
 
 
@@ -196,30 +174,6 @@ def test_next_run_removes_debris_of_dead_processes_only(fake_project, monkeypatc
     assert not (nb_dir / f".tmp-{gone}-01_extract.ipynb").exists()
     assert (model_dir / f".activations.zarr.tmp-{alive}").exists() and (nb_dir / f".tmp-{alive}-02_concepts.ipynb").exists()
     assert (model_dir / "keep.tmp-1").exists()
-
-
-def test_forced_run_loses_its_record_before_it_starts(fake_project, monkeypatch):
-    import papermill
-
-    root, study = fake_project
-    monkeypatch.setattr(runner, "execute_run", fake_execute)
-    runner.run_study(study, progress=False)
-    extract = next(r for r in study.runs() if r.stage == "extract")
-    assert runner.record_path(extract).exists()
-    monkeypatch.undo()
-    monkeypatch.setenv("CONCEPTSIM_ROOT", str(root))
-    seen = []
-
-    def killed(*a, **k):  # the process dies while the notebook runs
-        seen.append(runner.record_path(extract).exists())
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(papermill, "execute_notebook", killed)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run_study(study, force=True, progress=False)
-    assert seen == [False] and not runner.record_path(extract).exists()
-    keys = runner.run_keys(study.runs())
-    assert not runner.is_complete(extract, keys[extract.id])  # so the next run redoes it
 
 
 def test_toc_lists_every_study_with_results(fake_project, monkeypatch):
@@ -268,15 +222,6 @@ def test_toc_lists_complete_studies_and_rehearsals_only_with_book_all(fake_proje
     assert book_toc.write_toc(rehearsals=False) and "fake-smoke" not in captions()[-1]
 
 
-def test_only_with_a_repeated_key_matches_either_value():
-    study = parse_study({"name": "f", "datasets": {"shapes": {}},
-                         "models": ["mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco"]})
-    chosen = runner.select(study.runs(), {"stage": ["extract"], "model": ["mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco"]})
-    assert {r.id for r in chosen} == {"extract/shapes/mobilenet_v2_imagenet", "extract/shapes/ssd_mobilenet_v2_coco"}
-    with pytest.raises(ValueError, match="--only model=nope: no such model"):
-        runner.select(study.runs(), {"model": ["mobilenet_v2_imagenet", "nope"]})
-
-
 def test_progress_reports_runs_and_estimate_and_kernel_is_quiet(fake_project, capfd):
     _, study = fake_project
     runner.run_study(study, progress=True)
@@ -291,25 +236,6 @@ def test_progress_reports_runs_and_estimate_and_kernel_is_quiet(fake_project, ca
     assert "without encryption" not in again
 
 
-def test_workers_take_the_longest_chain_first():
-    study = parse_study({"name": "chains", "datasets": {"shapes": {}, "photo-colors": {}},
-                         "models": ["mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco"]})
-    runs = study.runs()
-    # a first run (nothing recorded): the longest chain of runs, extract -> concepts -> compare_layers -> compare_models
-    unit = runner.critical_path(runs, {})
-    assert unit["extract/shapes/mobilenet_v2_imagenet"] == 4.0 and unit["compare_models/shapes"] == 1.0
-    # recorded times: the run with the long concept stage after it starts first, and unknown runs count as the mean
-    seconds = {r.id: 10.0 for r in runs}
-    seconds["concepts/photo-colors/ssd_mobilenet_v2_coco"] = 100.0
-    seconds["extract/shapes/mobilenet_v2_imagenet"] = None
-    chain = runner.critical_path(runs, seconds)
-    first = max((r for r in runs if r.stage == "extract"), key=lambda r: chain[r.id])
-    assert first.id == "extract/photo-colors/ssd_mobilenet_v2_coco"
-    assert chain[first.id] == 10 + 100 + 10 + 10
-    mean = (sum(v for v in seconds.values() if v is not None)) / (len(runs) - 1)
-    assert chain["extract/shapes/mobilenet_v2_imagenet"] == pytest.approx(mean + 10 + 10 + 10)
-
-
 def test_the_cluster_gets_the_chain_as_priority(fake_project):
     root, study = fake_project
     seen = {}
@@ -321,66 +247,6 @@ def test_the_cluster_gets_the_chain_as_priority(fake_project):
     runner.run_study(study, progress=False, executor=Recorder())
     assert seen == {"extract/shapes/mobilenet_v2_imagenet": 4.0, "concepts/shapes/mobilenet_v2_imagenet": 3.0,
                     "compare_layers/shapes": 2.0, "compare_models/shapes": 1.0}
-
-
-CONCEPT_STAGE = """
-import json
-from conceptsim.paths import concept_quality_csv, concept_stage_json, model_results
-out = model_results(study, dataset, model)
-out.mkdir(parents=True, exist_ok=True)
-if force or not concept_quality_csv(out).exists():  # the stage's reuse check, as in run_concept_stage
-    concept_quality_csv(out).write_text("concept,value\\ncircle,0.5\\n")
-    concept_stage_json(out).write_text(json.dumps({"outputs": {"concept_quality": "concept_quality.csv"}}))
-with open(out / "forced.log", "a") as f:
-    f.write(str(force) + "\\n")
-"""
-
-
-def test_force_reaches_the_stage_and_a_changed_output_is_recomputed(fake_project):
-    from conceptsim.paths import concept_quality_csv, model_results
-
-    root, study = fake_project
-    make_notebook(root / "notebooks" / NOTEBOOKS["concepts"], "concepts", CONCEPT_STAGE)
-    concepts = next(r for r in study.runs() if r.stage == "concepts")
-    out = model_results("fake", "shapes", concepts.model)
-    runner.run_study(study, progress=False)
-    rec = json.loads(runner.record_path(concepts).read_text())
-    assert rec["forced"] is False and rec["threads"] == runner.RUN_THREADS
-    assert set(rec["outputs"]) == {"fake/shapes/mobilenet_v2_imagenet/concept_stage.json",
-                                   "fake/shapes/mobilenet_v2_imagenet/concept_quality.csv"}
-    # a value edited by hand: the next plain run sees the hash differ and recomputes that run, forced
-    concept_quality_csv(out).write_text("concept,value\ncircle,0.99\n")
-    outcome = runner.run_study(study, progress=False)
-    assert [r["id"] for r in outcome.executed] == [concepts.id]
-    assert concept_quality_csv(out).read_text() == "concept,value\ncircle,0.5\n"
-    rec = json.loads(runner.record_path(concepts).read_text())
-    assert rec["forced"] is True and "concept_quality.csv" in rec["forced_because"]
-    # unchanged: reused; --force: every run recomputes, and the stage is told so
-    assert not runner.run_study(study, progress=False).executed
-    concept_quality_csv(out).write_text("concept,value\ncircle,0.99\n")
-    assert len(runner.run_study(study, force=True, progress=False).executed) == 4
-    assert concept_quality_csv(out).read_text() == "concept,value\ncircle,0.5\n"
-    assert (out / "forced.log").read_text().split() == ["False", "True", "True"]
-    assert json.loads(runner.record_path(concepts).read_text())["forced_because"] == "--force"
-
-
-THREADS = """
-import os, pathlib
-with open(pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "threads.log", "a") as f:
-    f.write(" ".join(os.environ.get(v, "-") for v in ("CONCEPTSIM_TORCH_THREADS", "OMP_NUM_THREADS")) + "\\n")
-"""
-
-
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_every_run_gets_the_same_threads_whatever_the_jobs(fake_project, jobs):
-    root, study = fake_project
-    for stage, name in NOTEBOOKS.items():
-        make_notebook(root / "notebooks" / name, stage, THREADS)
-    runner.run_study(study, jobs=jobs, progress=False)
-    lines = (root / "results" / "threads.log").read_text().split("\n")[:-1]
-    assert lines == [f"{runner.RUN_THREADS} {runner.RUN_THREADS}"] * 4
-    # the runner's own process keeps its settings (a warm kernel sees the same environment every run)
-    assert os.environ.get("CONCEPTSIM_TORCH_THREADS") != "set-by-the-runner"
 
 
 SLEEPER = """
@@ -477,42 +343,3 @@ def test_killed_study_takes_its_workers_and_kernels_along_and_no_record_is_writt
     assert not list((root / "results" / "fake").rglob("_runs/*.json"))
 
 
-DISK_FULL = """
-if os.environ.get("FAKE_DISK_FULL") == STAGE:  # ENOSPC inside one of the library's writers: the write names no file
-    import errno
-    from conceptsim.atomic import write_json
-    def full(self, *a, **k):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    keep, pathlib.Path.write_text = pathlib.Path.write_text, full
-    try:
-        write_json(pathlib.Path(os.environ["CONCEPTSIM_ROOT"]) / "results" / "fake" / "concept_quality.json", {})
-    finally:
-        pathlib.Path.write_text = keep
-if os.environ.get("FAKE_DISK_FULL") == STAGE + " outside":  # ENOSPC from code that names no file
-    raise OSError(28, "No space left on device")
-"""
-
-
-@pytest.mark.parametrize("where", ["writer", "outside"])
-def test_disk_full_inside_a_notebook_is_one_line_naming_the_path(fake_project, monkeypatch, capsys, where):
-    from conceptsim.cli import main
-
-    root, _ = fake_project
-    for stage, name in NOTEBOOKS.items():
-        make_notebook(root / "notebooks" / name, stage, DISK_FULL)
-    (root / "s.yml").write_text(STOP_STUDY)
-    monkeypatch.setenv("CONCEPTSIM_DATA", str(root / "datasets"))
-    monkeypatch.setenv("FAKE_DISK_FULL", "concepts" + (" outside" if where == "outside" else ""))
-    assert main(["run", str(root / "s.yml"), "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "Logging error" not in err
-    failed = [line for line in err.splitlines() if line.startswith("FAILED")]
-    run = "concepts/shapes/mobilenet_v2_imagenet:random"
-    if where == "writer":  # the atomic writer names the file it was writing
-        assert failed == [f"FAILED {run}: OSError: {root / 'results' / 'fake' / 'concept_quality.json'}: "
-                          "No space left on device (errno 28)"]
-        assert not list((root / "results" / "fake").glob(".concept_quality.json.tmp-*"))  # no half-written file
-    else:  # no file named: the line says which notebook and the folder the run writes under
-        folder = root / "results" / "fake" / "shapes" / "mobilenet_v2_imagenet__random"
-        assert failed == [f"FAILED {run}: OSError: a file it does not name (a cell of 02_concepts.ipynb, writing "
-                          f"under {folder}): No space left on device (errno 28)"]

@@ -1,0 +1,41 @@
+"""Result tables: a result CSV read as a DataFrame the same way everywhere (the public API, the book pages).
+
+Re-exported by :mod:`conceptsim.api` (``conceptsim.api.read_table``); it lives here, below the book and the
+runner, so the book can read results without importing the API that runs studies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def read_table(path: str | Path) -> "pd.DataFrame":
+    """A result CSV as a DataFrame: empty cells are missing values, and only they.
+
+    Concept names such as ``"none"`` or ``"NA"`` stay text (pandas would read them as missing by default).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The CSV file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist, naming it and the stage that writes it.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
