@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from conceptsim import atomic
-from conceptsim.run.orchestrate import notebooks_dir
+from conceptsim.run.keys import notebooks_dir
 
 NOTEBOOKS = ("01_extract", "02_concepts", "03_compare_layers", "04_compare_models")
 STAGES = ("conceptsim.extraction.extract", "conceptsim.concepts.stage", "conceptsim.comparison.stage")

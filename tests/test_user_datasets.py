@@ -48,7 +48,7 @@ def write_project(root, study_text=STUDY, n=8):
 def study_run(tmp_path_factory):
     """Every run of the study through the library calls the notebooks make."""
     from conceptsim import pipeline
-    from conceptsim.run.orchestrate import topological
+    from conceptsim.run.scheduling import topological
     from conceptsim.run.preflight import check_inputs
     from conceptsim.run.study import load_study
 
