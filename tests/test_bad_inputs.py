@@ -269,12 +269,12 @@ def test_read_only_results_folder(project, capsys, monkeypatch):
 
 
 def test_os_error_during_a_run_is_one_line_with_the_traceback_in_a_log(project, capsys, monkeypatch):
-    from conceptsim.run import orchestrate as runner
+    import conceptsim.run
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device", str(project / "results" / "t" / "x.csv"))
 
-    monkeypatch.setattr(runner, "run_study", disk_full)
+    monkeypatch.setattr(conceptsim.run, "run_study", disk_full)  # what the command line calls
     code, err = run_cli(["run", str(study_file(project, RUNNABLE))], capsys)
     assert code == 1
     line = err.strip()
