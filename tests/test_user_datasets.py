@@ -48,8 +48,8 @@ def write_project(root, study_text=STUDY, n=8):
 def study_run(tmp_path_factory):
     """Every run of the study through the library calls the notebooks make."""
     from conceptsim import pipeline
-    from conceptsim.run.scheduling import topological
     from conceptsim.run.preflight import check_inputs
+    from conceptsim.run.scheduling import topological
     from conceptsim.run.study import load_study
 
     root = tmp_path_factory.mktemp("own")
