@@ -14,7 +14,8 @@ The package is laid out as the pipeline runs:
 - :mod:`conceptsim.concepts` -- Net2Vec segmentation probes, TCAV-style classification probes,
   Network Dissection, controls;
 - :mod:`conceptsim.comparison` -- concept-output similarity, CKA, the tests of the paper's findings;
-- :mod:`conceptsim.study` and :mod:`conceptsim.runner` -- study files and the papermill runner;
+- :mod:`conceptsim.run` -- study files, validation and pre-run checks, run keys, scheduling, papermill
+  execution, kernels, the Dask executor and progress;
 - :mod:`conceptsim.book` -- the generated book pages and the book's assets;
 - :mod:`conceptsim.paths` (result layout) and :mod:`conceptsim.runtime` (process set-up) -- infrastructure.
 """

@@ -95,7 +95,7 @@ def book_results_dir(study: str) -> Path:
 
 
 def executed_path(run) -> Path:
-    """Where the runner keeps the executed notebook of ``run`` (a :class:`conceptsim.study.Run`; a page of the book)."""
+    """Where the runner keeps the executed notebook of ``run`` (a :class:`conceptsim.run.study.Run`; a page of the book)."""
     parts = [run.dataset] + ([model_dir_name(run.model)] if run.model else [])
     return book_results_dir(run.parameters["study"]).joinpath(*parts, run.notebook)
 
