@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptsim.comparison.agreement import kappa_from_strata, partial_correlation
+from conceptsim.comparison.agreement import kappa_from_strata, partial_correlation, stratum_sums
 from conceptsim.comparison.similarity import SegAccumulator, set_iou
 
 
@@ -205,3 +205,24 @@ def test_stratum_counts_match_a_loop_over_rows_images_and_strata(n_strata):
         got = stratum_counts(m, strata)
         assert got.dtype == torch.float64 and got.shape == (n_strata, r, n)
         assert np.array_equal(got.numpy(), want)
+
+
+def test_stratum_sums_equal_the_loop_over_strata_and_images():
+    """``E`` and the min-sum of every row pair against the straightforward loop (integer counts: exact)."""
+    rng = np.random.default_rng(7)
+    s, r, n = 3, 5, 4
+    counts = torch.from_numpy(rng.integers(0, 50, (s, r, n)).astype(np.float64))
+    sizes = torch.from_numpy(rng.integers(0, 60, (s, n)).astype(np.float64))
+    sizes[0, 1] = 0.0  # an empty stratum adds nothing
+    e, mn = stratum_sums(counts, sizes)
+    want_e, want_mn = np.zeros((r, r)), np.zeros((r, r))
+    c, z = counts.numpy(), sizes.numpy()
+    for i in range(r):
+        for j in range(r):
+            for st in range(s):
+                for im in range(n):
+                    if z[st, im] > 0:
+                        want_e[i, j] += c[st, i, im] * c[st, j, im] / z[st, im]
+                    want_mn[i, j] += min(c[st, i, im], c[st, j, im])
+    np.testing.assert_allclose(e.numpy(), want_e, rtol=1e-12)
+    np.testing.assert_array_equal(mn.numpy(), want_mn)
