@@ -44,3 +44,10 @@ def test_non_finite_samples_fall_back_to_the_masking_pairwise_path():
     got, want = m.results(), m.results_pairwise()
     for key in UNIT_MATRICES:
         np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_matches_do_not_depend_on_the_number_of_threads():
+    m = matcher_with_layers(4, [9, 2, 14, 6, 11, 3, 5])
+    one, two = m.results(workers=1), m.results(workers=2)
+    for key in UNIT_MATRICES:
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)

@@ -203,9 +203,11 @@ def compute_similarities(
             gap[li] = None  # the features are not needed any more
         out.update(cka_matrices(grams))
     if pending is not None:
-        out["cka_grid4"], unit_matrices = pending.result()
+        out["cka_grid4"] = pending.result()
         pool.shutdown()
-        out.update(unit_matrices)
+        # both passes are done: unit matching takes both cores (it was the grid-4 thread's alone, and the
+        # main thread waited for it)
+        out.update(units.results(workers=min(2, os.cpu_count() or 1)))
     return out
 
 
@@ -222,12 +224,11 @@ def _accumulate(chunk, seg_acc, fill, cls_logits: np.ndarray, gap: list | None, 
             gap[li][chunk.rows] = g.numpy()
 
 
-def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher) -> tuple[np.ndarray, dict]:
-    """``cka_grid4`` matrix and the unit-matching matrices of the same pooled activations, in a worker
-    thread with ``threads`` torch threads (beside the main pass, so unit matching overlaps it)."""
+def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher) -> np.ndarray:
+    """``cka_grid4`` matrix, in a worker thread with ``threads`` torch threads beside the main pass; the
+    same pooled activations feed ``units`` (matched once both passes are done)."""
     torch.set_num_threads(threads)
-    grid4 = cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]
-    return grid4, units.results()
+    return cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]
 
 
 def pair_mask(available: np.ndarray) -> np.ndarray:

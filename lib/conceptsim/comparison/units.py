@@ -143,15 +143,16 @@ class UnitMatcher:
             x = x.reshape(len(x), -1, SPATIAL_GRID * SPATIAL_GRID)
         self.samples[li], self.live[li] = unit_samples(x)
 
-    def results(self) -> dict[str, np.ndarray]:
+    def results(self, workers: int = 1) -> dict[str, np.ndarray]:
         """``L x L`` matrices ``units_bb``, ``units_bb_control``, ``units_bb_corr``, ``units_bb_count``: the
-        same matches as :meth:`results_pairwise` with dead units dropped once (:func:`batched_matches`)."""
+        same matches as :meth:`results_pairwise` with dead units dropped once (:func:`batched_matches`), the
+        layers A shared by ``workers`` threads (the same values whatever their number)."""
         self._check_complete()
         cells = SPATIAL_GRID * SPATIAL_GRID
         rows = torch.from_numpy((self.perm[:, None] * cells + np.arange(cells)[None, :]).ravel())
         if not all(bool(torch.isfinite(z).all()) for z in self.samples):
             return self.results_pairwise()  # non-finite samples: the per-pair path masks them
-        return batched_matches(self.samples, self.live, rows, self.threshold)
+        return batched_matches(self.samples, self.live, rows, self.threshold, workers=workers)
 
     def results_pairwise(self) -> dict[str, np.ndarray]:
         """:meth:`results` one layer pair at a time (two products and :func:`match_summary` per pair): the
@@ -184,7 +185,7 @@ UNIT_MATRICES = ("units_bb", "units_bb_control", "units_bb_corr", "units_bb_coun
 
 
 def batched_matches(samples: list[torch.Tensor], live: list[np.ndarray], permuted_rows: torch.Tensor,
-                    threshold: float) -> dict[str, np.ndarray]:
+                    threshold: float, *, workers: int = 1) -> dict[str, np.ndarray]:
     """Significant best buddies of every pair of layers ``a <= b`` (see :meth:`UnitMatcher.results`).
 
     Dead units take part in nothing, so they are dropped once, before the products (order kept: ties still
@@ -192,6 +193,10 @@ def batched_matches(samples: list[torch.Tensor], live: list[np.ndarray], permute
     products (the pair and its permuted-image control) of contiguous live-unit samples, two ``argmax`` and
     one comparison. (One product of A with all layers ``b >= a`` at once was measured slower: the products
     are compute-bound either way, and the wide blocks add memory traffic.)
+
+    ``workers`` Python threads share the layers A, costliest first (torch releases the GIL in the products;
+    each thread uses the caller's torch thread count). Every pair is computed by the same operations
+    whichever thread takes it, and each writes only its own cells: the result does not depend on ``workers``.
     """
     nl = len(samples)
     out = {k: np.full((nl, nl), np.nan) for k in UNIT_MATRICES}
@@ -199,11 +204,28 @@ def batched_matches(samples: list[torch.Tensor], live: list[np.ndarray], permute
     zt = [t.T.contiguous() for t in z]  # C x S: A's side of the products
     permuted = [t[permuted_rows] for t in z]
     n_rows = samples[0].shape[0] if nl else 0
-    for a in range(nl):
+    width = np.array([t.shape[1] for t in z], dtype=np.float64)
+    cost = width * np.cumsum(width[::-1])[::-1]  # products of layer A with every B >= A
+
+    def layer_a(a: int, threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
         for b in range(a, nl):
             for key, v in zip(("units_bb", "units_bb_corr", "units_bb_count"), _mutual(zt[a], z[b], n_rows, threshold)):
                 out[key][a, b] = out[key][b, a] = v
             out["units_bb_control"][a, b] = out["units_bb_control"][b, a] = _mutual(zt[a], permuted[b], n_rows, threshold)[0]
+
+    order = [int(a) for a in np.argsort(-cost, kind="stable")]
+    if workers <= 1 or nl < 2:
+        for a in order:
+            layer_a(a)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(int(workers)) as pool:
+        for job in [pool.submit(layer_a, a, threads) for a in order]:
+            job.result()
     return out
 
 
