@@ -491,19 +491,23 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     sims["seg_track"] = track
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
     paths = comparison_files(out_dir)
-    pairs, layer_pairs = similarity_frame(so, sims), layer_similarity_frame(so, sims, rep)
-    write_csv(paths["similarity"], pairs)
-    write_csv(paths["layer_similarity"], layer_pairs)
-    # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
-    write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
-                                                  so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
-    groups = network_groups(dataset_dir, so.models)
-    if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
-        paths["shortcut"] = shortcut_csv(out_dir)
-        write_csv(paths["shortcut"], shortcut_frame(so.dataset_dir.name, groups, layer_pairs, pairs,
-                                                    cue_concept=CUE_CONCEPT))
-    doc = findings_document(so, sims, select, quality, plans, seed=seed, permutations=permutations,
-                            bootstrap=bootstrap, selected_on=selected_on, n_val=n_val, min_concepts=min_concepts,
-                            excluded=excluded)
+    # the findings (numpy resampling, mostly outside the GIL) in a second thread beside the tables, which are
+    # mostly Python (formatting the CSVs): both only read ``sims``, and each has its own seeded generators
+    with ThreadPoolExecutor(1) as pool:
+        findings = pool.submit(findings_document, so, sims, select, quality, plans, seed=seed,
+                               permutations=permutations, bootstrap=bootstrap, selected_on=selected_on, n_val=n_val,
+                               min_concepts=min_concepts, excluded=excluded)
+        pairs, layer_pairs = similarity_frame(so, sims), layer_similarity_frame(so, sims, rep)
+        write_csv(paths["similarity"], pairs)
+        write_csv(paths["layer_similarity"], layer_pairs)
+        # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
+        write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
+                                                      so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
+        groups = network_groups(dataset_dir, so.models)
+        if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
+            paths["shortcut"] = shortcut_csv(out_dir)
+            write_csv(paths["shortcut"], shortcut_frame(so.dataset_dir.name, groups, layer_pairs, pairs,
+                                                        cue_concept=CUE_CONCEPT))
+        doc = findings.result()
     write_json(paths["findings"], doc)
     return paths
