@@ -186,7 +186,8 @@ def test_probes_that_only_find_objects_agree_at_chance_with_object_strata():
 
 @pytest.mark.parametrize("n_strata", [2, 3])
 def test_stratum_counts_match_a_loop_over_rows_images_and_strata(n_strata):
-    """The batched float32 product gives the exact integer counts a plain loop gives, from int8 or float32 masks."""
+    """The batched float32 product and the int8 block-diagonal product give the exact integer counts a plain
+    loop gives, from int8 or float32 masks."""
     from conceptsim.comparison.agreement import stratum_counts
 
     rng = np.random.default_rng(5)
@@ -201,8 +202,8 @@ def test_stratum_counts_match_a_loop_over_rows_images_and_strata(n_strata):
         for row in range(r):
             for i in range(n):
                 want[s, row, i] = sum(int(masks[row, i, x]) * int(sm[i, x]) for x in range(p))
-    for m in (masks, masks.float()):
-        got = stratum_counts(m, strata)
+    for m, native in ((masks, False), (masks.float(), False), (masks, True)):  # True: one torch._int_mm
+        got = stratum_counts(m, strata, native_int8=native)
         assert got.dtype == torch.float64 and got.shape == (n_strata, r, n)
         assert np.array_equal(got.numpy(), want)
 

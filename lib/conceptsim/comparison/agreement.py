@@ -61,7 +61,7 @@ def kappa_from_strata(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray,
     return kappa, kmax, obs_exp
 
 
-def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor]) -> torch.Tensor:
+def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor], native_int8: bool = False) -> torch.Tensor:
     """Per row, image and stratum the marked pixels: ``S x R x n`` float64.
 
     Parameters
@@ -69,8 +69,23 @@ def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor]) -> torch.Ten
     masks : ``R x n x P`` 0/1 masks (rows = layers, truth, oracles) of ``n`` images, int8 or float32 (the
         stage passes the float32 copy it already made for the Gram products).
     strata : ``S`` masks ``n x P`` (0/1 int8) that partition every image's pixels.
+    native_int8 : int8 ``masks`` on a CPU with int8 dot products (see
+        :func:`conceptsim.comparison.similarity.int8_dot_products`): one ``torch._int_mm`` of the masks with a
+        block-diagonal selector (image i's strata in rows ``i P .. (i + 1) P``), exact int32 sums, several
+        times faster than the batched float32 products; the same counts.
     """
     r, n, p = masks.shape
+    if native_int8 and masks.dtype == torch.int8 and p < 2**31 // 2:
+        k = len(strata)
+        select = torch.zeros((k, n, n, p), dtype=torch.int8)  # stratum, image (column), image (rows), pixel
+        img = torch.arange(n)
+        for j, st in enumerate(strata[:-1]):
+            select[j, img, img] = st.to(torch.int8)
+        select[k - 1, img, img] = 1  # totals: the last stratum is what the others leave
+        c = torch._int_mm(masks.reshape(r, n * p), select.view(k * n, n * p).T)  # R x (S n)
+        c = c.view(r, k, n).permute(1, 0, 2).double()
+        c[-1] -= c[:-1].sum(dim=0)  # the strata partition the pixels
+        return c
     if p >= 2**24:  # a float32 product would no longer count exactly
         total = masks.sum(dim=2, dtype=torch.int64)
         parts = [(masks * s[None]).sum(dim=2, dtype=torch.int64) for s in strata[:-1]]

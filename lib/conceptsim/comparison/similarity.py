@@ -296,7 +296,7 @@ class SegAccumulator:
             strata = None
             if self.truth_row is not None:
                 bv = b.view(L, n, self.pixels)
-                strata = self._strata(m01.view(L, n, self.pixels), k)
+                strata = self._strata(gram01.view(L, n, self.pixels), k)  # int8 where the CPU has int8 products
                 e, mn = stratum_sums(*strata)
                 self.expected[k] += e
                 self.min_sum[k] += mn
@@ -328,7 +328,7 @@ class SegAccumulator:
             other = (1 - t) * self._objects  # the image's other objects: their own stratum
             strata = [t, other, 1 - t - other]
         sizes = torch.stack([s.sum(dim=1, dtype=torch.int64) for s in strata]).double()
-        return stratum_counts(bv, strata), sizes
+        return stratum_counts(bv, strata, native_int8=bv.dtype == torch.int8 and int8_dot_products()), sizes
 
     def _image_counts(self, b: torch.Tensor, pairs: np.ndarray, strata: tuple) -> np.ndarray:
         """Per-image ``[O, A, B, E, min-sum]`` of ``pairs`` (see :func:`~conceptsim.comparison.agreement.
