@@ -1,7 +1,14 @@
 """Comparison stage: wall time of all pairwise layer comparisons and the findings, over the default study.
 
+Measured as the study runs it: per dataset ``compare_layers`` (the comparison stage, notebook 03, with the
+study's models, permutations and bootstrap resamples, outputs recomputed) and then ``compare_models``'s
+reads of what it wrote (notebook 04 reads ``similarity.csv`` and ``findings.json``; its figures are not
+timed). The entry's value is the sum over the datasets of both; ``details`` splits it.
+
 When the default study's concept results exist (``results/default/<dataset>/<model>/`` for every model
-and dataset) the stage runs on them, writing into the scratch folder. Otherwise it runs on a *synthetic
+and dataset, under ``$CONCEPTSIM_RESULTS`` or the project's ``results/``; another checkout's study is read
+with ``CONCEPTSIM_RESULTS=<that checkout>/results``) the stage runs on them, writing only into the
+benchmark's scratch folder. Otherwise it runs on a *synthetic
 study of the same size*: for each dataset the same number of test images and concepts, the same models
 (with twins) and, per model, the default probed layers with their real channel counts, stored grids
 (after the grid cap) and relative depths (read by tracing the models), the same evaluation grid and the
@@ -11,6 +18,7 @@ The entry says which was measured.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -108,6 +116,7 @@ def real_spec(study) -> dict:
 
 def run(ctx: Context) -> list[dict]:
     from conceptsim.comparison.stage import run_comparison_stage
+    from conceptsim.runtime import torch_threads_from_environment
 
     study = default_study()
     cmp = study.sections["comparison"]
@@ -119,21 +128,38 @@ def run(ctx: Context) -> list[dict]:
         source = ("synthetic study of the default study's size (the default study's concept results do not exist)"
                   if not ctx.quick else "small synthetic study (quick)")
         spec = synthetic_study(ctx, study, ctx.quick)
-    totals, per_ds = [], {d: [] for d in spec["dirs"]}
+    totals, per_ds, reads = [], {d: [] for d in spec["dirs"]}, {d: [] for d in spec["dirs"]}
     for _ in range(ctx.repeat):
         total = 0.0
         for ds_name, (root, _, _) in spec["dirs"].items():
             out = ctx.scratch / "comparison-out" / ds_name
             out.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            run_comparison_stage(root, out, models=spec["models"], seed=study.seed, permutations=perms, bootstrap=boot)
+            paths = run_comparison_stage(root, out, models=spec["models"], seed=study.seed, permutations=perms,
+                                         bootstrap=boot)
             dt = time.perf_counter() - t0
             per_ds[ds_name].append(dt)
-            total += dt
+            reads[ds_name].append(compare_models_reads(paths))
+            total += dt + reads[ds_name][-1]
         totals.append(total)
-        ctx.log(f"comparison: all datasets {total:.2f} s ({ {d: round(v[-1], 2) for d, v in per_ds.items()} })")
-    details = {"source": source, "datasets": {d: {"seconds": per_ds[d], "test_images": n, "concepts": k}
+        ctx.log(f"comparison: all datasets {total:.2f} s (compare_layers { {d: round(v[-1], 2) for d, v in per_ds.items()} }, "
+                f"compare_models reads { {d: round(v[-1], 2) for d, v in reads.items()} }, load {os.getloadavg()[0]:.2f})")
+    details = {"source": source, "datasets": {d: {"seconds": per_ds[d], "compare_models_read_seconds": reads[d],
+                                                  "test_images": n, "concepts": k}
                                               for d, (_, n, k) in spec["dirs"].items()},
-               "models": spec["models"], "layers_per_model": spec["layers"], "permutations": perms, "bootstrap": boot}
+               "models": spec["models"], "layers_per_model": spec["layers"], "permutations": perms, "bootstrap": boot,
+               "torch_threads": torch_threads_from_environment() or 1}
     return [entry("comparison_stage/default", "Comparison stage, all datasets of the default study", "wall time", "s",
                   totals, TARGET, "lower", details, benchmark=NAME, notes=source)]
+
+
+def compare_models_reads(paths: dict) -> float:
+    """Seconds of what notebook 04 (``compare_models``) reads from the stage's outputs: the similarity table
+    and the findings document."""
+    from conceptsim.api import read_table
+    from conceptsim.comparison.report import load_findings
+
+    t0 = time.perf_counter()
+    read_table(paths["similarity"])
+    load_findings(paths["findings"])
+    return time.perf_counter() - t0

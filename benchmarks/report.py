@@ -65,7 +65,17 @@ DESIGN_MEASUREMENTS = [
     "- Helper libraries during extraction (`conceptsim.runtime.background`): OpenCV's and BLAS's own thread "
     "pools in the prefetch thread took about a third more CPU time for the same work on 2 cores.",
     "- BLAS threads in the concept stage (`conceptsim.runtime`): Method B on a 1280-unit layer took 104 s with "
-    "BLAS threads and 11 s with one, with identical results.", "",
+    "BLAS threads and 11 s with one, with identical results.",
+    "- Exact integer Gram products of the comparison stage (`conceptsim.comparison.similarity.int8_gram`): on "
+    "this AMD EPYC (AVX512-VNNI), one thread, a 105 x 50,176 int8 matrix times its transpose took 2.4 ms with "
+    "`torch._int_mm` against 12.7 ms as a float32 product (0/1 masks) and 43-66 ms in float64 (soft masks "
+    "quantised to 0..127; 13-43 ms in float32 blocks of 1,040 columns), the same integers; CPU time of the "
+    "stage on shapes 39 s -> 31 s, outputs identical. The per-image stratum counts "
+    "(`conceptsim.comparison.agreement.stratum_counts`) as one int8 product with a block-diagonal selector: "
+    "1.05 ms against 5.3 ms for the batched float32 products (118 rows, 16 images of 56 x 56).",
+    "- Unit matching (`conceptsim.comparison.units.batched_matches`): one product of a layer with all deeper "
+    "layers at once took 8.8 s of CPU against 8.0 s pair by pair (16,492 units, 100 layers; the products are "
+    "compute-bound and the wide blocks add memory traffic); dropping dead units once, 6.7 s.", "",
 ]
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptsim.comparison.agreement import kappa_from_strata, partial_correlation
+from conceptsim.comparison.agreement import kappa_from_strata, partial_correlation, stratum_sums
 from conceptsim.comparison.similarity import SegAccumulator, set_iou
 
 
@@ -186,7 +186,8 @@ def test_probes_that_only_find_objects_agree_at_chance_with_object_strata():
 
 @pytest.mark.parametrize("n_strata", [2, 3])
 def test_stratum_counts_match_a_loop_over_rows_images_and_strata(n_strata):
-    """The batched float32 product gives the exact integer counts a plain loop gives, from int8 or float32 masks."""
+    """The batched float32 product and the int8 block-diagonal product give the exact integer counts a plain
+    loop gives, from int8 or float32 masks."""
     from conceptsim.comparison.agreement import stratum_counts
 
     rng = np.random.default_rng(5)
@@ -201,7 +202,28 @@ def test_stratum_counts_match_a_loop_over_rows_images_and_strata(n_strata):
         for row in range(r):
             for i in range(n):
                 want[s, row, i] = sum(int(masks[row, i, x]) * int(sm[i, x]) for x in range(p))
-    for m in (masks, masks.float()):
-        got = stratum_counts(m, strata)
+    for m, native in ((masks, False), (masks.float(), False), (masks, True)):  # True: one torch._int_mm
+        got = stratum_counts(m, strata, native_int8=native)
         assert got.dtype == torch.float64 and got.shape == (n_strata, r, n)
         assert np.array_equal(got.numpy(), want)
+
+
+def test_stratum_sums_equal_the_loop_over_strata_and_images():
+    """``E`` and the min-sum of every row pair against the straightforward loop (integer counts: exact)."""
+    rng = np.random.default_rng(7)
+    s, r, n = 3, 5, 4
+    counts = torch.from_numpy(rng.integers(0, 50, (s, r, n)).astype(np.float64))
+    sizes = torch.from_numpy(rng.integers(0, 60, (s, n)).astype(np.float64))
+    sizes[0, 1] = 0.0  # an empty stratum adds nothing
+    e, mn = stratum_sums(counts, sizes)
+    want_e, want_mn = np.zeros((r, r)), np.zeros((r, r))
+    c, z = counts.numpy(), sizes.numpy()
+    for i in range(r):
+        for j in range(r):
+            for st in range(s):
+                for im in range(n):
+                    if z[st, im] > 0:
+                        want_e[i, j] += c[st, i, im] * c[st, j, im] / z[st, im]
+                    want_mn[i, j] += min(c[st, i, im], c[st, j, im])
+    np.testing.assert_allclose(e.numpy(), want_e, rtol=1e-12)
+    np.testing.assert_array_equal(mn.numpy(), want_mn)

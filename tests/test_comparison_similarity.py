@@ -151,18 +151,22 @@ def test_concept_similarity_rejects_bad_input():
     assert np.isnan(concept_similarity(np.full(5, -1.0), np.full(5, -2.0), "seg"))  # empty union
 
 
-@pytest.mark.parametrize("high", [2, 128])  # 0/1 masks (float32 path) and quantised soft masks (float64 path)
-def test_int8_gram_is_exact_integer_arithmetic(high):
+@pytest.mark.parametrize("high", [2, 128, -128])  # 0/1 masks, quantised soft masks, signed values
+@pytest.mark.parametrize("min_float32_cols", [512, 10**9])  # float32 column blocks / the float64 fallback
+@pytest.mark.parametrize("native", [False, True])  # floating point / torch._int_mm (int32 sums, column blocks)
+def test_int8_gram_is_exact_integer_arithmetic(high, min_float32_cols, native):
     """The floating-point product equals the int64 one to the last unit, across column blocks, for sums far
-    beyond float32's exact range (127 * 127 * 100000 > 2**30)."""
-    g = torch.Generator().manual_seed(high)
-    a = torch.randint(0, high, (5, 100_000), dtype=torch.int8, generator=g)
-    b = torch.randint(0, high, (3, 100_000), dtype=torch.int8, generator=g)
+    beyond float32's exact range (127 * 127 * 100000 > 2**30): float32 blocks short enough to stay exact
+    and the float64 path give the same integers."""
+    g = torch.Generator().manual_seed(abs(high))
+    low, high = (high, 128) if high < 0 else (0, high)
+    a = torch.randint(low, high, (5, 100_000), dtype=torch.int8, generator=g)
+    b = torch.randint(low, high, (3, 100_000), dtype=torch.int8, generator=g)
     want = a.long() @ b.long().T
-    assert torch.equal(int8_gram(a, b), want)
-    assert torch.equal(int8_gram(a), a.long() @ a.long().T)
+    assert torch.equal(int8_gram(a, b, min_float32_cols=min_float32_cols, native=native), want)
+    assert torch.equal(int8_gram(a, min_float32_cols=min_float32_cols, native=native), a.long() @ a.long().T)
     out = torch.ones((5, 3), dtype=torch.int64)
-    int8_gram(a, b, out=out, max_cols=40_000)  # accumulates into out
+    int8_gram(a, b, out=out, max_cols=40_000, min_float32_cols=min_float32_cols, native=native)  # accumulates into out
     assert torch.equal(out, want + 1)
 
 
@@ -183,3 +187,27 @@ def test_oracle_rows_skip_only_the_products_nobody_reads():
     assert not split[:, :4, 5:].any() and full[:, :4, 5:].any()
     with pytest.raises(ValueError, match="truth row"):
         SegAccumulator(L, K, (gh, gw), truth_row=3, oracle_rows=2)
+
+
+def test_streamed_seg_is_identical_with_native_int8_products_and_without(monkeypatch):
+    """The int8 dot-product path (``torch._int_mm``) and the floating-point path give the same accumulators,
+    with a truth row, oracle rows and per-image tracking."""
+    from conceptsim.comparison import similarity
+
+    rng = np.random.default_rng(5)
+    n, L, K, gh, gw = 9, 7, 3, 5, 6
+    logits = rng.normal(0.0, 2.0, (n, L, K, gh, gw)).astype(np.float32)
+    results = []
+    for forced in ("0", "1"):
+        monkeypatch.setenv("CONCEPTSIM_INT8_MM", forced)
+        similarity.int8_dot_products.cache_clear()
+        assert similarity.int8_dot_products() == (forced == "1")
+        acc = SegAccumulator(L, K, (gh, gw), truth_row=4, moment_rows=4, oracle_rows=2, track={1: np.array([[0, 2]])})
+        for s in range(0, n, 4):
+            acc.update(torch.from_numpy(logits[s : s + 4]).permute(1, 2, 0, 3, 4).contiguous())
+        results.append((acc.results(), acc.per_image()))
+    similarity.int8_dot_products.cache_clear()
+    (one, img_one), (two, img_two) = results
+    for key in one:
+        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+    np.testing.assert_array_equal(img_one[1], img_two[1])

@@ -61,7 +61,7 @@ def kappa_from_strata(inter: np.ndarray, size_a: np.ndarray, size_b: np.ndarray,
     return kappa, kmax, obs_exp
 
 
-def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor]) -> torch.Tensor:
+def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor], native_int8: bool = False) -> torch.Tensor:
     """Per row, image and stratum the marked pixels: ``S x R x n`` float64.
 
     Parameters
@@ -69,8 +69,23 @@ def stratum_counts(masks: torch.Tensor, strata: list[torch.Tensor]) -> torch.Ten
     masks : ``R x n x P`` 0/1 masks (rows = layers, truth, oracles) of ``n`` images, int8 or float32 (the
         stage passes the float32 copy it already made for the Gram products).
     strata : ``S`` masks ``n x P`` (0/1 int8) that partition every image's pixels.
+    native_int8 : int8 ``masks`` on a CPU with int8 dot products (see
+        :func:`conceptsim.comparison.similarity.int8_dot_products`): one ``torch._int_mm`` of the masks with a
+        block-diagonal selector (image i's strata in rows ``i P .. (i + 1) P``), exact int32 sums, several
+        times faster than the batched float32 products; the same counts.
     """
     r, n, p = masks.shape
+    if native_int8 and masks.dtype == torch.int8 and p < 2**31 // 2:
+        k = len(strata)
+        select = torch.zeros((k, n, n, p), dtype=torch.int8)  # stratum, image (column), image (rows), pixel
+        img = torch.arange(n)
+        for j, st in enumerate(strata[:-1]):
+            select[j, img, img] = st.to(torch.int8)
+        select[k - 1, img, img] = 1  # totals: the last stratum is what the others leave
+        c = torch._int_mm(masks.reshape(r, n * p), select.view(k * n, n * p).T)  # R x (S n)
+        c = c.view(r, k, n).permute(1, 0, 2).double()
+        c[-1] -= c[:-1].sum(dim=0)  # the strata partition the pixels
+        return c
     if p >= 2**24:  # a float32 product would no longer count exactly
         total = masks.sum(dim=2, dtype=torch.int64)
         parts = [(masks * s[None]).sum(dim=2, dtype=torch.int64) for s in strata[:-1]]
@@ -97,7 +112,10 @@ def stratum_sums(counts: torch.Tensor, strata_sizes: torch.Tensor) -> tuple[torc
     """
     inv = torch.where(strata_sizes > 0, 1.0 / strata_sizes.clamp(min=1), torch.zeros_like(strata_sizes))
     e = torch.einsum("srn,sn,stn->rt", counts, inv, counts)
-    mn = torch.minimum(counts[:, :, None, :], counts[:, None, :, :]).sum(dim=(0, 3))
+    # strata and images side by side (R x S*n, contiguous): the pairwise minima reduce over the last axis,
+    # 10x faster than reducing a 4-d broadcast over its first and last axes; integer sums, the same values
+    flat = counts.permute(1, 0, 2).reshape(counts.shape[1], -1)
+    mn = torch.minimum(flat[:, None, :], flat[None, :, :]).sum(dim=2)
     return e, mn
 
 

@@ -28,6 +28,10 @@ correlation with a constant input, and any pair involving a layer without a vect
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -63,16 +67,36 @@ def pearson_from_moments(n: float, sums: np.ndarray, gram: np.ndarray) -> np.nda
     return np.clip(r, -1.0, 1.0)
 
 
+@functools.lru_cache(maxsize=1)
+def int8_dot_products() -> bool:
+    """Whether this CPU multiplies int8 matrices with dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX),
+    where ``torch._int_mm`` (exact int32 sums) is 5-18x faster than the float32 product of the same 0/1 or
+    quantised masks (Performance page). Without them it is 10-20x slower, and :func:`int8_gram` multiplies in
+    floating point. ``CONCEPTSIM_INT8_MM=0`` / ``1`` overrides the detection. Either path gives the same
+    integers."""
+    forced = os.environ.get("CONCEPTSIM_INT8_MM", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1" and hasattr(torch, "_int_mm")
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return hasattr(torch, "_int_mm") and bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
 def int8_gram(a: torch.Tensor, b: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
-              max_cols: int = 1 << 17) -> torch.Tensor:
+              max_cols: int = 1 << 17, min_float32_cols: int = 512, native: bool | None = None) -> torch.Tensor:
     """Exact ``a @ b.T`` of int8 matrices, added into the integer tensor ``out`` (new int64 when ``None``).
 
-    The product runs in floating point, which is exact for integers: float32 (24-bit significand) when no
-    partial sum can exceed ``2**24`` (0/1 masks: at most one per column), else float64 (soft masks up to
-    127: ``127**2`` per column). Every partial sum is an integer below the significand's range, so the
-    result does not depend on the order of summation. On CPUs without int8 dot-product instructions
-    (AVX2) this is 10-20x faster than ``torch._int_mm`` for these short, wide matrices (Performance page,
-    "Design measurements"). Columns are taken ``max_cols`` at a time (memory of the float copies).
+    With int8 dot-product instructions (``native``, default :func:`int8_dot_products`) the product is
+    ``torch._int_mm`` over column blocks short enough that no int32 sum can overflow. Otherwise it runs in
+    floating point, which is exact for integers as long as no partial sum leaves the significand's range:
+    float32 (24 bits) over column blocks short enough that ``bound * columns < 2**24`` (0/1 masks: any width
+    up to ``max_cols``; soft masks up to 127: blocks of 1,040 columns, about 5x faster than one float64
+    product of all columns), float64 when such blocks would be narrower than ``min_float32_cols``. Every
+    partial sum is an integer within the accumulator's exact range, so the result does not depend on the
+    path, the order of summation or the block width. Columns are taken at most ``max_cols`` at a time
+    (memory of the float copies).
     """
     same = b is None or b is a
     b = a if b is None else b
@@ -81,9 +105,16 @@ def int8_gram(a: torch.Tensor, b: torch.Tensor | None = None, *, out: torch.Tens
     if a.numel() == 0 or b.numel() == 0:
         return out
     bound = max(abs(int(a.min())), abs(int(a.max()))) * max(abs(int(b.min())), abs(int(b.max())))
-    for start in range(0, a.shape[1], max_cols):
-        x, y = a[:, start : start + max_cols], b[:, start : start + max_cols]
-        dtype = torch.float32 if bound * x.shape[1] < 2**24 else torch.float64
+    if int8_dot_products() if native is None else native:
+        step = min(max_cols, (2**31 - 1) // max(bound, 1))  # int32 sums: at most bound per column
+        for start in range(0, a.shape[1], step):
+            x, y = a[:, start : start + step], b[:, start : start + step]
+            out += torch._int_mm(x, y.T)  # the transposed view: oneDNN reads it as is (a copy is 2x slower)
+        return out
+    exact32 = (2**24 - 1) // max(bound, 1)  # columns whose float32 partial sums stay exact integers
+    dtype, step = (torch.float32, min(max_cols, exact32)) if exact32 >= min_float32_cols else (torch.float64, max_cols)
+    for start in range(0, a.shape[1], step):
+        x, y = a[:, start : start + step], b[:, start : start + step]
         xf = x.to(dtype)
         yf = xf if same else y.to(dtype)
         out += torch.matmul(xf, yf.T).to(out.dtype)
@@ -253,18 +284,19 @@ class SegAccumulator:
             if exact:
                 bf.copy_(b)  # one conversion serves the Gram products, the strata and the count map
             m01 = bf if exact else b
+            gram01 = b if int8_dot_products() else m01  # the exact product of the faster kind (same integers)
             if self.oracle_rows:  # two diagonal blocks that share the truth row, counted once
                 t = self.truth_row
-                _mask_gram(m01[: t + 1], self.inter[k][: t + 1, : t + 1])
-                g = _mask_gram(m01[t:], torch.zeros((L - t, L - t), dtype=torch.int64))
+                _mask_gram(gram01[: t + 1], self.inter[k][: t + 1, : t + 1])
+                g = _mask_gram(gram01[t:], torch.zeros((L - t, L - t), dtype=torch.int64))
                 g[0, 0] = 0
                 self.inter[k][t:, t:] += g
             else:
-                _mask_gram(m01, self.inter[k])
+                _mask_gram(gram01, self.inter[k])
             strata = None
             if self.truth_row is not None:
                 bv = b.view(L, n, self.pixels)
-                strata = self._strata(m01.view(L, n, self.pixels), k)
+                strata = self._strata(gram01.view(L, n, self.pixels), k)  # int8 where the CPU has int8 products
                 e, mn = stratum_sums(*strata)
                 self.expected[k] += e
                 self.min_sum[k] += mn
@@ -296,7 +328,7 @@ class SegAccumulator:
             other = (1 - t) * self._objects  # the image's other objects: their own stratum
             strata = [t, other, 1 - t - other]
         sizes = torch.stack([s.sum(dim=1, dtype=torch.int64) for s in strata]).double()
-        return stratum_counts(bv, strata), sizes
+        return stratum_counts(bv, strata, native_int8=bv.dtype == torch.int8 and int8_dot_products()), sizes
 
     def _image_counts(self, b: torch.Tensor, pairs: np.ndarray, strata: tuple) -> np.ndarray:
         """Per-image ``[O, A, B, E, min-sum]`` of ``pairs`` (see :func:`~conceptsim.comparison.agreement.

@@ -203,9 +203,11 @@ def compute_similarities(
             gap[li] = None  # the features are not needed any more
         out.update(cka_matrices(grams))
     if pending is not None:
-        out["cka_grid4"], unit_matrices = pending.result()
+        out["cka_grid4"] = pending.result()
         pool.shutdown()
-        out.update(unit_matrices)
+        # both passes are done: unit matching takes both cores (it was the grid-4 thread's alone, and the
+        # main thread waited for it)
+        out.update(units.results(workers=min(2, os.cpu_count() or 1)))
     return out
 
 
@@ -222,12 +224,11 @@ def _accumulate(chunk, seg_acc, fill, cls_logits: np.ndarray, gap: list | None, 
             gap[li][chunk.rows] = g.numpy()
 
 
-def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher) -> tuple[np.ndarray, dict]:
-    """``cka_grid4`` matrix and the unit-matching matrices of the same pooled activations, in a worker
-    thread with ``threads`` torch threads (beside the main pass, so unit matching overlaps it)."""
+def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher) -> np.ndarray:
+    """``cka_grid4`` matrix, in a worker thread with ``threads`` torch threads beside the main pass; the
+    same pooled activations feed ``units`` (matched once both passes are done)."""
     torch.set_num_threads(threads)
-    grid4 = cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]
-    return grid4, units.results()
+    return cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]
 
 
 def pair_mask(available: np.ndarray) -> np.ndarray:
@@ -490,19 +491,23 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     sims["seg_track"] = track
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
     paths = comparison_files(out_dir)
-    pairs, layer_pairs = similarity_frame(so, sims), layer_similarity_frame(so, sims, rep)
-    write_csv(paths["similarity"], pairs)
-    write_csv(paths["layer_similarity"], layer_pairs)
-    # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
-    write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
-                                                  so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
-    groups = network_groups(dataset_dir, so.models)
-    if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
-        paths["shortcut"] = shortcut_csv(out_dir)
-        write_csv(paths["shortcut"], shortcut_frame(so.dataset_dir.name, groups, layer_pairs, pairs,
-                                                    cue_concept=CUE_CONCEPT))
-    doc = findings_document(so, sims, select, quality, plans, seed=seed, permutations=permutations,
-                            bootstrap=bootstrap, selected_on=selected_on, n_val=n_val, min_concepts=min_concepts,
-                            excluded=excluded)
+    # the findings (numpy resampling, mostly outside the GIL) in a second thread beside the tables, which are
+    # mostly Python (formatting the CSVs): both only read ``sims``, and each has its own seeded generators
+    with ThreadPoolExecutor(1) as pool:
+        findings = pool.submit(findings_document, so, sims, select, quality, plans, seed=seed,
+                               permutations=permutations, bootstrap=bootstrap, selected_on=selected_on, n_val=n_val,
+                               min_concepts=min_concepts, excluded=excluded)
+        pairs, layer_pairs = similarity_frame(so, sims), layer_similarity_frame(so, sims, rep)
+        write_csv(paths["similarity"], pairs)
+        write_csv(paths["layer_similarity"], layer_pairs)
+        # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
+        write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
+                                                      so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
+        groups = network_groups(dataset_dir, so.models)
+        if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
+            paths["shortcut"] = shortcut_csv(out_dir)
+            write_csv(paths["shortcut"], shortcut_frame(so.dataset_dir.name, groups, layer_pairs, pairs,
+                                                        cue_concept=CUE_CONCEPT))
+        doc = findings.result()
     write_json(paths["findings"], doc)
     return paths
