@@ -70,3 +70,22 @@ def test_batch_positions_follow_the_batches(layer):
     images = data["train"].image_matrices()
     x = next(data["train"].batches(8))[1]
     np.testing.assert_array_equal(images[:8].numpy(), x.permute(0, 2, 3, 1).reshape(8, -1, x.shape[1]).numpy())
+
+
+def test_eval_logits_and_counts_equal_the_matrix_form(layer):
+    inp, data, _ = layer
+    g = torch.Generator().manual_seed(2)
+    k, c = inp.eval_sets["val"].masks.shape[1], data["val"].c
+    w, b = torch.randn(k, c, generator=g), torch.randn(k, generator=g)
+    x = next(data["val"].batches(5))[1]
+    np.testing.assert_allclose(net2vec.eval_logits(w, b, x).numpy(), probe_logits(w, b, x).numpy(), rtol=1e-5, atol=1e-5)
+    ev = inp.eval_sets["val"]
+    resample = ev.resampler(data["val"].spatial)
+    inter, union = [], []
+    for pos, x in data["val"].batches(7):  # the plain computation: matrix-form logits, whole batches
+        i, u = net2vec.threshold_counts(resample(probe_logits(w, b, x), pos), 0.0, ev.masks[pos], ev.areas[pos])
+        inter.append(i)
+        union.append(u)
+    fast = net2vec.split_counts(w, b, data["val"], ev)
+    np.testing.assert_array_equal(fast[0], torch.cat(inter).numpy())
+    np.testing.assert_array_equal(fast[1], torch.cat(union).numpy())

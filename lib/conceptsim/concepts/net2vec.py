@@ -198,21 +198,30 @@ def threshold_counts(
     return inter, pred.view(torch.uint8).flatten(2).sum(2, dtype=torch.int32) + areas - inter
 
 
+def eval_logits(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The probe logits ``B x K x h x w`` of :func:`probe_logits`, stored contiguously: one batched product
+    ``W (K x C) @ x_i (C x h w)`` per image, whose output is the layout the resampler reads without a copy
+    (:func:`probe_logits` gives a ``(B h w) x K`` matrix, which the resampler would have to transpose)."""
+    b = x.shape[0]
+    z = torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, -1, -1), x.flatten(2))
+    return z.view(b, weight.shape[0], *x.shape[2:])
+
+
 @torch.no_grad()
 def split_counts(
     weight: torch.Tensor, bias: torch.Tensor, data: SplitData, ev: EvalSet, device: str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-image intersection and union counts (``n x K``, int64) of thresholded probe outputs vs masks.
 
-    Logits are computed ``EVAL_BATCH`` images at a time, then resampled and counted in chunks of about
-    :data:`COUNT_FLOATS` upsampled values, so the large intermediates stay in cache.
+    Logits are computed ``EVAL_BATCH`` images at a time (:func:`eval_logits`), then resampled and counted in
+    chunks of about :data:`COUNT_FLOATS` upsampled values, so the large intermediates stay in cache.
     """
     resample = ev.resampler(data.spatial, device)
     areas = ev.areas.to(device)
     inter, union = [], []
     step = max(1, COUNT_FLOATS // (weight.shape[0] * int(np.prod(ev.grid))))
     for pos, x in data.batches(EVAL_BATCH, device=device):
-        z = probe_logits(weight, bias, x)
+        z = eval_logits(weight, bias, x)
         for s in range(0, len(pos), step):
             p = pos[s : s + step]
             # evaluation batches are consecutive images: slice (a view) instead of gathering a copy
@@ -538,7 +547,7 @@ class BalancedBCEGradient:
 
 #: an image's matrix (positions x channels, float32 bytes) from which the reference solver reads each image in
 #: place rather than gathering batches: large enough that per-image products cost no more than one batched one
-IN_PLACE_IMAGE_BYTES = 1 << 19
+IN_PLACE_IMAGE_BYTES = 1 << 17
 
 
 def train_segmentation_probes_reference(
