@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from conceptsim.concepts.net2vec import LOSSES, SEG_SOLVERS, SOLVERS
+from conceptsim.concepts.net2vec import LOSSES, SOLVERS
 from conceptsim.extraction.store import COMPRESSORS, STORE_DTYPES
 from conceptsim.models.names import twin_name
 
@@ -152,7 +152,7 @@ SECTIONS: dict[str, dict[str, tuple[Any, Rule]]] = {
         "patience": (5, integer(0)),
         "bootstrap": (1000, BOOTSTRAP),
         "dissection": (True, BOOLEAN),
-        "seg_solver": ("reference", one_of(*SEG_SOLVERS)),
+        "seg_solver": ("reference", one_of(*SOLVERS)),
         "cls_solver": ("lbfgs", one_of(*SOLVERS)),
     },
     "comparison": {

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,9 +43,6 @@ from conceptsim.concepts.optimum import GTOL, SOLVERS, Solution, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
-#: Method A solvers: those of :data:`conceptsim.concepts.optimum.SOLVERS` and ``lbfgs_early`` (the full-batch
-#: path of ``lbfgs`` with the reference's early stopping on val set IoU: :func:`solve_segmentation_probes_early`)
-SEG_SOLVERS = SOLVERS + ("lbfgs_early",)
 EVAL_BATCH = 32
 FIT_ROWS = 1 << 14  # positions per chunk of the full-batch objective (a contiguous slice of the split)
 
@@ -311,14 +308,12 @@ NEWTON_MIN_POSITIONS = 20
 LBFGS_MAX_ITER = 100
 
 
-def newton(fun: BalancedBCE, gtol: float = GTOL, max_iter: int = NEWTON_MAX_ITER,
-           callback: Callable[[int, torch.Tensor], bool] | None = None) -> Solution:
+def newton(fun: BalancedBCE, gtol: float = GTOL, max_iter: int = NEWTON_MAX_ITER) -> Solution:
     """Each concept's damped Newton iterations from zero, with its own backtracking (Armijo) step.
 
     Concepts are independent, so each one stops when its own largest |gradient| entry is ``<= gtol`` (its
     row of the result is then frozen) and the line search halves the step of each concept separately.
-    A concept whose loss no longer decreases at float64 resolution stops too. ``callback(iteration, theta)``
-    (flat ``theta`` as :class:`BalancedBCE` takes it) sees every iterate and stops all concepts by returning ``True``.
+    A concept whose loss no longer decreases at float64 resolution stops too.
     """
     k, c = fun.k, fun.c
     theta = torch.zeros(k, c + 1, dtype=torch.float64)  # per concept: weights then bias
@@ -364,8 +359,6 @@ def newton(fun: BalancedBCE, gtol: float = GTOL, max_iter: int = NEWTON_MAX_ITER
         g = rows(g)
         active &= g.abs().amax(1) > gtol
         it += 1
-        if callback is not None and callback(it - 1, flat(theta)):
-            break
     return Solution(flat(theta), float(f.sum()), it - 1, evals, float(g.abs().max()), bool((g.abs().amax(1) <= gtol).all()))
 
 
@@ -380,14 +373,9 @@ def train_segmentation_probes(
     ``solver="reference"`` (default): ``train_segmentation_probes_reference`` (Adam, early stopping on
     val set IoU; ``gtol`` and ``max_iter`` are not used). ``solver="lbfgs"``: ``solve_segmentation_probes``,
     the optimum of the loss to ``gtol`` (``lr``, ``epochs``, ``patience``, ``batch_size`` are not used).
-    ``solver="lbfgs_early"``: ``solve_segmentation_probes_early``, the same path stopped early on val set IoU
-    with the reference's ``patience`` (``lr``, ``epochs``, ``batch_size`` are not used).
     """
-    if solver not in SEG_SOLVERS:
-        raise ValueError(f"solver must be one of {SEG_SOLVERS}, got {solver!r}")
-    if solver == "lbfgs_early":
-        return solve_segmentation_probes_early(train, targets, val, val_eval, loss=loss, patience=patience, device=device,
-                                               alpha=alpha, gtol=gtol, max_iter=max_iter)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "lbfgs":
         return solve_segmentation_probes(train, targets, val, val_eval, loss=loss, device=device, alpha=alpha,
                                          gtol=gtol, max_iter=max_iter)
@@ -418,68 +406,16 @@ def solve_segmentation_probes(
     k, c = targets.shape[1], train.c
     alpha = foreground_alpha(targets) if alpha is None else alpha
     fun = BalancedBCE(train, targets, alpha, device)
-    sol = _full_batch_solver(fun, k, c, gtol, max_iter)
+    if fun.positions * (c + 1) ** 2 * k <= NEWTON_FLOPS and fun.positions >= NEWTON_MIN_POSITIONS * (c + 1):
+        sol = newton(fun, gtol=gtol, max_iter=NEWTON_MAX_ITER if max_iter is None else max_iter)
+    else:
+        sol = minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol,
+                       max_iter=LBFGS_MAX_ITER if max_iter is None else max_iter)
     w = sol.theta[: k * c].view(k, c).float()
     b = sol.theta[k * c :].float()
     val_iou = np.nan_to_num(set_iou_from_counts(*split_counts(w.to(device), b.to(device), val, val_eval, device)), nan=0.0)
     return SegProbes(w.numpy(), b.numpy(), np.full(k, sol.iterations), val_iou, sol.iterations, [],
                      loss=fun.evaluate(sol.theta)[0].numpy(), grad_max=sol.grad_max)
-
-
-def _full_batch_solver(fun: BalancedBCE, k: int, c: int, gtol: float, max_iter: int | None,
-                       callback: Callable[[int, torch.Tensor], bool] | None = None) -> Solution:
-    """Newton while a Hessian pass is cheap and positions are plentiful, else L-BFGS (see below)."""
-    if fun.positions * (c + 1) ** 2 * k <= NEWTON_FLOPS and fun.positions >= NEWTON_MIN_POSITIONS * (c + 1):
-        return newton(fun, gtol=gtol, max_iter=NEWTON_MAX_ITER if max_iter is None else max_iter, callback=callback)
-    return minimise(fun, torch.zeros(k * c + k, dtype=torch.float64), gtol=gtol,
-                    max_iter=LBFGS_MAX_ITER if max_iter is None else max_iter, callback=callback)
-
-
-def solve_segmentation_probes_early(
-    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, *, loss: str = "balanced_bce",
-    patience: int = 5, device: str | torch.device = "cpu", alpha: torch.Tensor | None = None, gtol: float = GTOL,
-    max_iter: int | None = None,
-) -> SegProbes:
-    """The full-batch path of :func:`solve_segmentation_probes` with the reference's early stopping on val set IoU.
-
-    The same solver from zero (Newton or L-BFGS, the same caps), but the val set IoU of every concept is
-    computed at every iterate: each concept keeps its best-val iterate (ties keep the earlier one), and is
-    done once ``patience`` iterates in a row did not improve it; the path stops when every concept is done
-    (or at the solver's own stop). This keeps the regularisation that early stopping gives the reference on
-    (nearly) separable layers, where the loss has no finite optimum. ``best_epoch`` holds each concept's
-    iterate; ``history`` the val IoUs per iterate (NaN once a concept is done).
-    """
-    if loss != "balanced_bce":
-        raise ValueError(f"solver 'lbfgs_early' solves the convex balanced_bce loss; use solver='reference' for loss {loss!r}")
-    if patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}")
-    k, c = targets.shape[1], train.c
-    alpha = foreground_alpha(targets) if alpha is None else alpha
-    fun = BalancedBCE(train, targets, alpha, device)
-    best_theta = torch.zeros(k, c + 1, dtype=torch.float64)
-    best = np.full(k, -np.inf)
-    best_it = np.zeros(k, dtype=int)
-    active = np.ones(k, dtype=bool)
-    history: list = []
-
-    def watch(it: int, theta: torch.Tensor) -> bool:
-        w = theta[: k * c].view(k, c).float().to(device)
-        b = theta[k * c :].float().to(device)
-        iou = np.nan_to_num(set_iou_from_counts(*split_counts(w, b, val, val_eval, device)), nan=0.0)
-        history.append(np.where(active, iou, np.nan))
-        better = active & (iou > best)
-        idx = torch.from_numpy(np.flatnonzero(better))
-        best_theta[idx, :c] = theta[: k * c].view(k, c)[idx]
-        best_theta[idx, c] = theta[k * c :][idx]
-        best[better], best_it[better] = iou[better], it
-        active[:] &= (it - best_it) < patience
-        return not active.any()
-
-    sol = _full_batch_solver(fun, k, c, gtol, max_iter, callback=watch)
-    if not history:  # no iterate was taken (zero is already optimal to gtol): keep it
-        watch(0, sol.theta)
-    w, b = best_theta[:, :c].float(), best_theta[:, c].float()
-    return SegProbes(w.numpy(), b.numpy(), best_it, best, sol.iterations, history, grad_max=sol.grad_max)
 
 
 class BalancedBCEGradient:

@@ -54,13 +54,8 @@ def _direction(g: torch.Tensor, pairs: list, gamma: float) -> torch.Tensor:
 
 
 def minimise(fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], theta0: torch.Tensor, *,
-             gtol: float = GTOL, max_iter: int = MAX_ITER, history: int = HISTORY,
-             callback: Callable[[int, torch.Tensor], bool] | None = None) -> Solution:
-    """Minimise a smooth convex ``fun`` from ``theta0`` (a float64 vector) by L-BFGS; see the module docstring.
-
-    ``callback(iteration, theta)``, when given, sees every accepted iterate (1-based) and stops the
-    iterations by returning ``True`` (e.g. early stopping on a validation score along the path).
-    """
+             gtol: float = GTOL, max_iter: int = MAX_ITER, history: int = HISTORY) -> Solution:
+    """Minimise a smooth convex ``fun`` from ``theta0`` (a float64 vector) by L-BFGS; see the module docstring."""
     if gtol <= 0 or max_iter < 0:
         raise ValueError(f"gtol must be > 0 and max_iter >= 0, got gtol={gtol}, max_iter={max_iter}")
     x = theta0.detach().to(torch.float64).clone()
@@ -94,7 +89,5 @@ def minimise(fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], t
             pairs.append((step, dy, 1.0 / sy))
             del pairs[:-history]
         x, f, g, it = x + step, fn, gn, it + 1
-        if callback is not None and callback(it, x):
-            break
     gmax = float(g.abs().max())
     return Solution(x, f, it, evals, gmax, gmax <= gtol)

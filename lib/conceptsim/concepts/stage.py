@@ -53,7 +53,7 @@ from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, s
 from conceptsim.concepts import controls
 from conceptsim.concepts import dissection as dis
 from conceptsim.concepts.layerdata import SplitData, Standardiser
-from conceptsim.concepts.net2vec import LOSSES, SEG_SOLVERS, SOLVERS, EvalSet, split_counts, train_segmentation_probes
+from conceptsim.concepts.net2vec import LOSSES, SOLVERS, EvalSet, split_counts, train_segmentation_probes
 from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.data.coco import SPLITS
@@ -440,10 +440,8 @@ def run_concept_stage(
     loss : Method A loss, one of ``balanced_bce`` (default), ``net2vec_soft``, ``dice``.
     lr, epochs, patience, batch_size : Method A optimisation with the reference solver (Adam; early stopping
         on val set IoU).
-    seg_solver : Method A solver, ``reference`` (default), ``lbfgs`` (the loss's optimum to
-        :data:`conceptsim.concepts.optimum.GTOL`; see :func:`conceptsim.concepts.net2vec.solve_segmentation_probes`)
-        or ``lbfgs_early`` (that path with early stopping on val set IoU, ``patience`` iterates;
-        :func:`conceptsim.concepts.net2vec.solve_segmentation_probes_early`).
+    seg_solver : Method A solver, ``reference`` (default) or ``lbfgs`` (the loss's optimum to
+        :data:`conceptsim.concepts.optimum.GTOL`; see :func:`conceptsim.concepts.net2vec.solve_segmentation_probes`).
     cls_solver : Method B solver, ``lbfgs`` (default; one batched solve per C) or ``reference`` (scikit-learn);
         see :mod:`conceptsim.concepts.tcav`. Both solvers are part of the stage's identity.
     seed : seeds batch order, shuffled-label permutations, bootstrap resamples and the classifiers.
@@ -477,9 +475,9 @@ def run_concept_stage(
         raise ValueError(f"bootstrap must be >= 1, got {bootstrap}")
     if constant_channels not in CONSTANT_CHANNEL_POLICIES:
         raise ValueError(f"constant_channels must be one of {CONSTANT_CHANNEL_POLICIES}, got {constant_channels!r}")
-    for name, value, allowed in (("seg_solver", seg_solver, SEG_SOLVERS), ("cls_solver", cls_solver, SOLVERS)):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    for name, value in (("seg_solver", seg_solver), ("cls_solver", cls_solver)):
+        if value not in SOLVERS:
+            raise ValueError(f"{name} must be one of {SOLVERS}, got {value!r}")
     configure_process()
     p = Params(loss, lr, epochs, patience, batch_size, seed, device, constant_channels, seg_solver, cls_solver)
     twin = Path(random_init_quality) if random_init_quality is not None else None
