@@ -89,3 +89,21 @@ def test_eval_logits_and_counts_equal_the_matrix_form(layer):
     fast = net2vec.split_counts(w, b, data["val"], ev)
     np.testing.assert_array_equal(fast[0], torch.cat(inter).numpy())
     np.testing.assert_array_equal(fast[1], torch.cat(union).numpy())
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_reference_results_do_not_depend_on_the_thread_count(layer, in_place, monkeypatch):
+    inp, data, targets = layer
+    if in_place:
+        monkeypatch.setattr(net2vec, "IN_PLACE_IMAGE_BYTES", 0)
+    before, out = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out[threads] = net2vec.train_segmentation_probes_reference(data["train"], targets, data["val"],
+                                                                       inp.eval_sets["val"], batch_size=8, epochs=8)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(out[1].best_epoch, out[2].best_epoch)
+    np.testing.assert_allclose(out[1].val_iou, out[2].val_iou, atol=1e-4)
+    np.testing.assert_allclose(out[1].weight, out[2].weight, atol=1e-4)
