@@ -24,7 +24,11 @@ Speed. The resampling is separable, so :class:`~conceptsim.data.geometry.Resampl
 matrix products with the matrices of :func:`conceptsim.data.geometry.resampling_matrices` (read off the reference function,
 equal to it up to float rounding; one matrix pair per distinct content box, built once per eval set and
 activation grid). Counting thresholds the logits at 0 (no sigmoid), and the union is
-``|B| + |m| - |B and m|`` with the mask areas ``|m|`` computed once per eval set.
+``|B| + |m| - |B and m|`` with the mask areas ``|m|`` computed once per eval set. The reference solver's
+balanced-BCE batches take their gradient in closed form (:class:`BalancedBCEGradient`: PyTorch's own backward
+factors, computed once per layer) instead of through autograd, and on layers whose image matrices are large
+(:data:`IN_PLACE_IMAGE_BYTES`) read each image in place rather than gathering a batch; the results equal
+the autograd path's to float32 rounding (on the default study's layers the test IoUs did not change).
 """
 
 from __future__ import annotations
