@@ -425,13 +425,14 @@ def solve_segmentation_probes(
 class BalancedBCEGradient:
     """The balanced BCE's gradient in the logits, per position, for the reference solver's mini-batches.
 
-    For soft targets ``t``, weights ``a`` (positive) and ``1 - a`` (negative), the gradient of
-    ``a t softplus(-z) + (1-a)(1-t) softplus(z)`` in ``z`` is ``A sigmoid(z) - P`` with the fixed per-element
-    coefficients ``A = (1-a) (pw t + 1 - t)`` and ``P = (1-a) pw t``, ``pw = a / (1-a)`` -- the factors of
-    PyTorch's own ``binary_cross_entropy_with_logits`` backward, computed once instead of per batch. They are
-    held as float32 for the concepts still training (:meth:`select` rebuilds them when concepts freeze),
-    ``n x (h w) x K`` for batches (a batch's rows are a gather of whole images in the ``(B h w) x K`` order of
-    its logits) or ``n x K x (h w)`` when ``per_image`` (the layout of :meth:`step`'s per-image products).
+    For soft targets ``t`` and weights ``a`` (positive) and ``1 - a`` (negative), the gradient of
+    ``a t softplus(-z) + (1-a)(1-t) softplus(z)`` in ``z`` is ``A sigmoid(z) - P`` with the per-element
+    coefficients ``A = (1-a) + (2a-1) t`` and ``P = a t`` (``a`` computed as PyTorch's backward does,
+    ``(1-a) pw`` with ``pw = a / (1-a)``). The targets are held once more, in their own precision (float16 from
+    the store: no more memory than a copy of them), for the concepts still training (:meth:`select` rebuilds
+    them when concepts freeze): ``n x (h w) x K`` for batches (a batch's rows are a gather of whole images in
+    the ``(B h w) x K`` order of its logits) or ``n x K x (h w)`` when ``per_image`` (:meth:`step`'s per-image
+    products); ``A`` and ``P`` are formed per batch, in float32.
     """
 
     def __init__(self, targets: torch.Tensor, alpha: torch.Tensor, device: str | torch.device = "cpu",
@@ -440,18 +441,21 @@ class BalancedBCEGradient:
         self.select(np.arange(targets.shape[1]))
 
     def select(self, concepts: np.ndarray) -> None:
-        """Keep the coefficients of ``concepts`` only (in that order)."""
+        """Keep the targets and weights of ``concepts`` only (in that order)."""
         concepts = np.asarray(concepts)
         n, k = self.targets.shape[0], len(concepts)
         every = k == self.targets.shape[1] and bool((concepts == np.arange(k)).all())
         t = (self.targets if every else self.targets[:, torch.from_numpy(concepts)]).to(self.device)
-        t = (t.reshape(n, k, -1) if self.per_image else t.permute(0, 2, 3, 1).reshape(n, -1, k)).float()
+        self.t = (t.reshape(n, k, -1) if self.per_image else t.permute(0, 2, 3, 1).reshape(n, -1, k)).contiguous()
         a = self.alpha[torch.from_numpy(concepts).to(self.alpha.device)].to(self.device).float()
-        a = a.view(1, -1, 1) if self.per_image else a.view(1, 1, -1)
-        pw, wt = a / (1 - a), 1 - a
-        tp = pw * t
-        self.coef = tp.add(1).sub_(t).mul_(wt).contiguous()  # A
-        self.offset = tp.mul_(wt).contiguous()  # P
+        a = a.view(-1, 1) if self.per_image else a.view(1, -1)
+        wt = 1 - a
+        self.pos_coef = wt * (a / wt)  # P = pos_coef t
+        self.base, self.slope = wt, self.pos_coef - wt  # A = base + slope t
+
+    def _coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = t.to(torch.float32, copy=True)  # never a view of the held targets: it is scaled in place below
+        return torch.addcmul(self.base, t, self.slope), t.mul_(self.pos_coef)
 
     def step(self, w: torch.Tensor, b: torch.Tensor, pos: np.ndarray, x: torch.Tensor | None = None,
              images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -468,8 +472,9 @@ class BalancedBCEGradient:
         if not self.per_image:
             xm = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
             idx = torch.from_numpy(np.asarray(pos)).to(self.device)
+            coef, offset = self._coefficients(self.t[idx].view(-1, k))
             r = torch.sigmoid(torch.addmm(b, xm, w.t()))
-            r.mul_(self.coef[idx].view(-1, k)).sub_(self.offset[idx].view(-1, k))
+            r.mul_(coef).sub_(offset)
             scale = 1.0 / r.shape[0]
             return r.t().mm(xm).mul_(scale), r.sum(0).mul_(scale)
         gw = torch.zeros_like(w)
@@ -477,8 +482,9 @@ class BalancedBCEGradient:
         bc = b[:, None]
         for i in np.asarray(pos).tolist():
             xi = images[i]
+            coef, offset = self._coefficients(self.t[i])
             r = torch.sigmoid(torch.addmm(bc, w, xi.t()))  # K x (h w)
-            r.mul_(self.coef[i]).sub_(self.offset[i])
+            r.mul_(coef).sub_(offset)
             gw.addmm_(r, xi)
             gb.add_(r.sum(1))
         scale = 1.0 / (len(pos) * images.shape[1])
