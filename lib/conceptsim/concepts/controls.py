@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conceptsim.concepts.metrics import average_precision, balanced_accuracy, set_iou_from_counts
+from conceptsim.concepts.metrics import (
+    average_precision,
+    balanced_accuracy,
+    multiplicities,
+    resampled_average_precision,
+    resampled_balanced_accuracy,
+    set_iou_from_counts,
+)
 
 CONTROL_SEED_OFFSET = 7919  # keeps the shuffle's random stream apart from the probes' own seed
 BOOTSTRAP_SEED_OFFSET = 104729
@@ -122,14 +129,14 @@ def seg_intervals(counts, control_counts, idx: np.ndarray) -> list[Interval]:
 def cls_intervals(y: np.ndarray, score: np.ndarray, control_score: np.ndarray, idx: np.ndarray) -> dict[str, list[Interval]]:
     """AP and balanced-accuracy intervals from labels and logits ``n x K`` of probe and control."""
     yt, s, sc = y.T, score.T, control_score.T  # K x n
-    k = yt.shape[0]
+    k, n = yt.shape
     parts = {"ap": ([], []), "ba": ([], [])}
     for ch in resample_chunks(idx, idx.shape[1] * k):
-        yb, sb, scb = yt[:, ch], s[:, ch], sc[:, ch]  # K x chunk x n
-        parts["ap"][0].append(average_precision(yb, sb).T)
-        parts["ap"][1].append(average_precision(yb, scb).T)
-        parts["ba"][0].append(balanced_accuracy(yb, sb > 0).T)
-        parts["ba"][1].append(balanced_accuracy(yb, scb > 0).T)
+        m = multiplicities(ch, n)  # chunk x n: each resample as item counts, no resampled copies to sort
+        parts["ap"][0].append(resampled_average_precision(yt, s, m).T)
+        parts["ap"][1].append(resampled_average_precision(yt, sc, m).T)
+        parts["ba"][0].append(resampled_balanced_accuracy(yt, s > 0, m).T)
+        parts["ba"][1].append(resampled_balanced_accuracy(yt, sc > 0, m).T)
     ap = summarise(average_precision(yt, s), average_precision(yt, sc), *(_stack(p, k) for p in parts["ap"]))
     ba = summarise(balanced_accuracy(yt, s > 0), balanced_accuracy(yt, sc > 0), *(_stack(p, k) for p in parts["ba"]))
     return {"ap": ap, "balanced_accuracy": ba}

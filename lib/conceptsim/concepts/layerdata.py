@@ -152,6 +152,11 @@ class SplitData:
         With a ``generator`` the order is shuffled: image by image when in memory, block by block (blocks
         of ``batch_size`` consecutive images) when streamed, so that reads stay chunk-friendly.
         """
+        for pos in self.batch_positions(batch_size, generator):
+            yield pos, self._batch(pos).to(device)
+
+    def batch_positions(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[np.ndarray]:
+        """The positions of each batch of :meth:`batches` (the same order and generator draws), without the data."""
         n = len(self.rows)
         order = np.arange(n)
         starts = np.arange(0, n, batch_size)
@@ -161,8 +166,17 @@ class SplitData:
             else:
                 order = torch.randperm(n, generator=generator).numpy()
         for s in starts:
-            pos = order[s : s + batch_size]
-            yield pos, self._batch(pos).to(device)
+            yield order[s : s + batch_size]
+
+    def image_matrices(self) -> torch.Tensor | None:
+        """The held, standardised float32 split as ``n x (h w) x C`` (image ``i``'s positions by channels), a view.
+
+        ``None`` unless the split is held as float32, standardised in place and channels-last (then each
+        image's matrix is one contiguous block: the probes can read it in place instead of gathering a batch).
+        """
+        if self.mode != "float32" or not self._standardised_in_place or len(self.spatial) != 2:
+            return None
+        return self.data.permute(0, 2, 3, 1).view(len(self.rows), -1, self.c)
 
     def _batch(self, pos: np.ndarray) -> torch.Tensor:
         if self.data is not None and self._standardised_in_place and len(pos) and (np.diff(pos) == 1).all():

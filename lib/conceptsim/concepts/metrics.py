@@ -81,6 +81,54 @@ def average_precision(y: np.ndarray, score: np.ndarray) -> np.ndarray:
         return np.where(n_pos > 0, contrib / np.where(n_pos > 0, n_pos, 1.0), np.nan)
 
 
+def multiplicities(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of ``n`` items occurs in each resample: ``idx`` (resamples x draws) -> float64 ``resamples x n``."""
+    idx = np.asarray(idx)
+    flat = (np.arange(len(idx))[:, None] * n + idx).ravel()
+    return np.bincount(flat, minlength=len(idx) * n).reshape(len(idx), n).astype(np.float64)
+
+
+def resampled_average_precision(y: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`average_precision` of every resample, from item multiplicities instead of resampled copies.
+
+    ``y``, ``score``: ``K x n``; ``counts``: ``B x n`` (:func:`multiplicities`). Returns ``K x B``. The items are
+    sorted once per concept; a resample is the same sorted list with each item counted ``counts`` times, so
+    its tie groups are the original ones (a repeated item ties with itself), and true positives and ranks at
+    each group end are weighted cumulative sums. Equals :func:`average_precision` on the resampled rows up to
+    float rounding of the final sum (the counts are exact integers), without a sort per resample.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-score, axis=-1, kind="stable")  # K x n
+    s = np.take_along_axis(score, order, -1)
+    ys = np.take_along_axis(y, order, -1)
+    end = np.ones_like(s, dtype=bool)
+    end[:, :-1] = s[:, 1:] != s[:, :-1]
+    m = np.ascontiguousarray(counts[:, order].transpose(1, 0, 2))  # K x B x n, each concept's items in score order
+    rank = np.cumsum(m, axis=-1)
+    tp = np.cumsum(m * ys[:, None, :], axis=-1)
+    tp_end = np.where(end[:, None, :], tp, 0.0)
+    prev = np.zeros_like(tp_end)
+    prev[..., 1:] = np.maximum.accumulate(tp_end, axis=-1)[..., :-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        contrib = np.where(end[:, None, :] & (rank > 0), (tp - prev) * (tp / rank), 0.0).sum(-1)
+        n_pos = tp[..., -1]
+        return np.where(n_pos > 0, contrib / np.where(n_pos > 0, n_pos, 1.0), np.nan)
+
+
+def resampled_balanced_accuracy(y: np.ndarray, pred: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`balanced_accuracy` of every resample from item multiplicities: ``y``, ``pred`` ``K x n``, ``counts``
+    ``B x n`` -> ``K x B``. The class sizes and hits are products of the counts with 0/1 indicators (exact integers)."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(pred).astype(bool)
+    ct = np.ascontiguousarray(counts.T)
+    pos, neg = y.astype(np.float64) @ ct, (~y).astype(np.float64) @ ct  # K x B
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr = (y & pred).astype(np.float64) @ ct / pos
+        tnr = (~y & ~pred).astype(np.float64) @ ct / neg
+    return np.where((pos > 0) & (neg > 0), 0.5 * (tpr + tnr), np.nan)
+
+
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Mean of true-positive and true-negative rates along the last axis; NaN if a class is missing."""
     y = np.asarray(y).astype(bool)
