@@ -123,3 +123,21 @@ def comparison_run(tmp_path_factory):
     build_synthetic_study(root, spec, n_images=20, signal=lambda m, i, d, c: 0.1 if ":random" in m else 1.0)
     paths = run_comparison_stage(root, root, models=list(spec), permutations=200, bootstrap=100)
     return json.loads(paths["findings"].read_text()), pd.read_csv(paths["similarity"])
+
+
+def planted_layer(tmp_path_factory, **kw):
+    """One layer of a planted synthetic store (``concepts.synthetic.planted_store`` options), prepared as the
+    concept stage prepares it: ``(inputs, layer data, train targets)``."""
+    import torch
+
+    from conceptsim.concepts import stage
+    from conceptsim.concepts.synthetic import planted_store
+    from conceptsim.extraction.store import ActivationStore
+
+    path, _ = planted_store(tmp_path_factory.mktemp("p") / "s.zarr", **kw)
+    store = ActivationStore(path)
+    inp, _ = stage.prepare(store, None, 20, 0)
+    info = store.layers[0]
+    data = stage.load_layer(inp, info, 1e9)
+    targets = torch.from_numpy(stage.read_selected(store.targets(info.name), inp.rows["train"], inp.cidx))
+    return inp, data, targets

@@ -4,24 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from conceptsim.concepts import net2vec, stage
+from conceptsim.concepts import net2vec
 from conceptsim.concepts.net2vec import BalancedBCEGradient, foreground_alpha, probe_logits, probe_loss
-from conceptsim.concepts.synthetic import planted_store
-from conceptsim.extraction.store import ActivationStore
+from conftest import planted_layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def layer(tmp_path_factory):
-    path, _ = planted_store(tmp_path_factory.mktemp("p") / "s.zarr", n_split=(48, 24, 24), channels=16, grid=(8, 8),
-                            k=4, amplitude=1.5, noise=1.5)
-    store = ActivationStore(path)
-    inp, _ = stage.prepare(store, None, 20, 0)
-    info = store.layers[0]
-    data = stage.load_layer(inp, info, 1e9)
-    targets = torch.from_numpy(stage.read_selected(store.targets(info.name), inp.rows["train"], inp.cidx))
-    return inp, data, targets
+    return planted_layer(tmp_path_factory, n_split=(48, 24, 24), channels=16, grid=(8, 8), k=4, amplitude=1.5,
+                         noise=1.5)
 
 
 @pytest.mark.parametrize("per_image", [False, True])

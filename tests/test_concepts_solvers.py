@@ -6,37 +6,26 @@ import torch
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
-from conceptsim.concepts import net2vec, stage
+from conceptsim.concepts import net2vec
 from conceptsim.concepts.metrics import average_precision, set_iou_from_counts
 from conceptsim.concepts.net2vec import BalancedBCE, foreground_alpha, split_counts, train_segmentation_probes
 from conceptsim.concepts.optimum import minimise
-from conceptsim.concepts.synthetic import planted_store
 from conceptsim.concepts.tcav import BalancedLogistic, train_classification_probes
-from conceptsim.extraction.store import ActivationStore
+from conftest import planted_layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors; the thread test sets its own counts
-
-
-def _layer(tmp_path_factory, **kw):
-    path, _ = planted_store(tmp_path_factory.mktemp("p") / "s.zarr", **kw)
-    store = ActivationStore(path)
-    inp, _ = stage.prepare(store, None, 20, 0)
-    info = store.layers[0]
-    data = stage.load_layer(inp, info, 1e9)
-    targets = torch.from_numpy(stage.read_selected(store.targets(info.name), inp.rows["train"], inp.cidx))
-    return inp, data, targets
 
 
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory):
     """Weak planted signal in strong noise: not separable, so the loss has one finite minimiser."""
-    return _layer(tmp_path_factory, n_split=(80, 30, 30), channels=12, grid=(8, 8), k=3, amplitude=1.5, noise=1.5)
+    return planted_layer(tmp_path_factory, n_split=(80, 30, 30), channels=12, grid=(8, 8), k=3, amplitude=1.5, noise=1.5)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """A smoke-sized layer: 64 channels on a 12 x 12 grid, 5 concepts."""
-    return _layer(tmp_path_factory, n_split=(60, 20, 20), channels=64, grid=(12, 12), k=5, amplitude=2.0)
+    return planted_layer(tmp_path_factory, n_split=(60, 20, 20), channels=64, grid=(12, 12), k=5, amplitude=2.0)
 
 
 def _iou(probes, data, ev):
