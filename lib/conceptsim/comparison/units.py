@@ -149,11 +149,9 @@ class UnitMatcher:
         same matches as :meth:`results_pairwise` with dead units dropped once (:func:`batched_matches`), the
         layers A shared by ``workers`` threads (the same values whatever their number)."""
         self._check_complete()
-        cells = SPATIAL_GRID * SPATIAL_GRID
-        rows = torch.from_numpy((self.perm[:, None] * cells + np.arange(cells)[None, :]).ravel())
         if not all(bool(torch.isfinite(z).all()) for z in self.samples):
             return self.results_pairwise()  # non-finite samples: the per-pair path masks them
-        return batched_matches(self.samples, self.live, rows, self.threshold, workers=workers)
+        return batched_matches(self.samples, self.live, self._permuted_rows(), self.threshold, workers=workers)
 
     def results_pairwise(self) -> dict[str, np.ndarray]:
         """:meth:`results` one layer pair at a time (two products and :func:`match_summary` per pair): the
@@ -161,8 +159,7 @@ class UnitMatcher:
         self._check_complete()
         nl = len(self.samples)
         out = {k: np.full((nl, nl), np.nan) for k in UNIT_MATRICES}
-        cells = SPATIAL_GRID * SPATIAL_GRID
-        rows = torch.from_numpy((self.perm[:, None] * cells + np.arange(cells)[None, :]).ravel())
+        rows = self._permuted_rows()
         permuted = [z[rows] for z in self.samples]
         for a in range(nl):
             for b in range(a, nl):
@@ -174,6 +171,12 @@ class UnitMatcher:
                                ("units_bb_control", chance)):
                     out[key][a, b] = out[key][b, a] = v
         return out
+
+    def _permuted_rows(self) -> torch.Tensor:
+        """Sample rows of B's images in the order of the chance control's image permutation (all grid cells
+        of each image)."""
+        cells = SPATIAL_GRID * SPATIAL_GRID
+        return torch.from_numpy((self.perm[:, None] * cells + np.arange(cells)[None, :]).ravel())
 
     def _check_complete(self) -> None:
         missing = [li for li, s in enumerate(self.samples) if s is None]
