@@ -19,8 +19,9 @@ the order statistic of 0-based rank ``r = ceil(q (M - 1))`` among the ``M`` valu
 
 IoU. The unit's activation is resampled bilinearly onto the evaluation grid over the image, thresholded
 ``> T_k``, and its set IoU with each concept mask is summed over images. The resampling uses the
-separable matrices of :class:`conceptsim.data.geometry.Resampler`, and the ``units x concepts``
-intersections of a batch are one batched matrix product of the binarised unit maps and the masks. A unit detects a concept when
+separable matrices of :class:`conceptsim.data.geometry.Resampler`; the ``units x concepts`` intersections
+are integer counts of the masks at the pixels where a unit is above its threshold (few: about 0.5 % of
+them), so no dense product of the binarised maps is formed. A unit detects a concept when
 IoU > 0.04. Unit labels (best concept per unit) use test IoU as Network Dissection does; the *best single
 unit per concept*, set beside the Net2Vec vector, is selected on val and reported on test.
 """
@@ -94,13 +95,60 @@ def _locate(counts: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, tor
     return b, rank - before
 
 
+def _memory_order(x: torch.Tensor) -> tuple[np.ndarray, int, int]:
+    """``x`` (``B x C x ...``) as a flat numpy array in memory order, with the unit axis' stride and length there.
+
+    Channels-last batches (the held splits' views) are read as they lie, without a transposing copy.
+    """
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).numpy().reshape(-1), 1, x.shape[1]
+    x = x.contiguous()
+    return x.numpy().reshape(-1), int(np.prod(x.shape[2:], dtype=np.int64)), x.shape[1]
+
+
+def _above(x: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit's values of ``B x C x ...`` not ``<= floor`` (NaN included), grouped by unit, and their counts ``C``."""
+    flat, stride, c = _memory_order(x)
+    shape = [1] * x.dim()
+    shape[1] = c
+    floor = floor.numpy().reshape(shape)
+    if stride == 1:
+        floor = np.moveaxis(floor, 1, -1)
+    hit = np.less_equal(flat.reshape(-1, c) if stride == 1 else flat.reshape(x.shape), floor)
+    idx = np.flatnonzero(np.logical_not(hit, out=hit))
+    unit = torch.from_numpy(idx // stride % c)
+    order = torch.argsort(unit, stable=True)
+    return torch.from_numpy(flat[idx])[order], torch.bincount(unit, minlength=c)
+
+
+def _padded(values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Ragged per-unit values (grouped by unit, ``counts`` each) as ``C x max(counts)``, padded with ``-inf``."""
+    c = counts.shape[0]
+    out = torch.full((c, int(counts.max()) if c else 0), -math.inf, dtype=values.dtype)
+    if len(values):
+        row = torch.repeat_interleave(torch.arange(c), counts)
+        start = counts.cumsum(0) - counts
+        out[row, torch.arange(len(values)) - start[row]] = values
+    return out
+
+
 def streamed_top(batches: Batches, channels: int, keep: int) -> tuple[torch.Tensor, int]:
-    """Each unit's ``keep`` largest values over all batches, in one pass (memory ``C x (keep + batch)``)."""
+    """Each unit's ``keep`` largest values over all batches, in one pass (memory ``C x (keep + batch)``).
+
+    Once ``keep`` values per unit are held, a batch's values ``<=`` the unit's smallest held value cannot
+    change the unit's ``keep`` largest values (as a multiset), so only the others are merged: a comparison
+    per value instead of a ``topk`` over the batch, and the same values as merging everything.
+    """
     top, m = torch.empty(channels, 0), 0
     for _, x in batches():
-        v = _units_by_values(x).float()
-        m += v.shape[1]
-        both = torch.cat([top, v], 1)
+        m += x.numel() // max(channels, 1)
+        if top.shape[1] < keep:  # filling: merge everything
+            both = torch.cat([top, _units_by_values(x).float()], 1)
+        else:
+            values, counts = _above(x.float(), top.min(1).values)
+            if not len(values):
+                continue
+            both = torch.cat([top, _padded(values, counts)], 1)  # -inf pads never displace a held value
         top = both.topk(min(keep, both.shape[1]), dim=1, sorted=False).values
     return top, m
 
@@ -165,8 +213,9 @@ def unit_iou_counts(
     ``batches`` yields ``(positions in ev, B x C x h x w)``; the thresholds are in the same units as the
     activations.
     """
-    thr = torch.as_tensor(thresholds, dtype=torch.float32).view(1, -1, 1)
-    inter = union_u = 0
+    thr = np.asarray(thresholds, dtype=np.float32).reshape(1, -1, 1)
+    c, k = thr.shape[1], ev.masks.shape[1]
+    inter, union_u = torch.zeros(c, k, dtype=torch.int64), torch.zeros(c, dtype=torch.int64)
     union_c = ev.areas.sum(0).double()
     p_grid = int(np.prod(ev.grid))
     for pos, x in batches:
@@ -174,12 +223,16 @@ def unit_iou_counts(
         step = max(1, UPSAMPLED_FLOATS // (x.shape[1] * p_grid))  # bounds memory; small chunks stay in cache
         for s in range(0, len(pos), step):
             p = pos[s : s + step]
-            units = (resample(x[s : s + step], p).flatten(2) > thr).float()  # B x C x P
-            masks = ev.masks[p].flatten(2).float()  # B x K x P
-            inter = inter + torch.bmm(units, masks.transpose(1, 2)).double().sum(0)
-            union_u = union_u + units.sum((0, 2)).double()
-    inter = torch.as_tensor(inter).numpy()
-    union = torch.as_tensor(union_u).numpy()[:, None] + union_c.numpy()[None, :] - inter
+            maps = resample(x[s : s + step], p).flatten(2).cpu().numpy()  # B x C x P
+            # a unit's map is above its top-0.5 % threshold on few pixels: count the masks there (integers)
+            image, rest = np.divmod(np.flatnonzero(np.greater(maps, thr)), c * p_grid)
+            unit, pixel = np.divmod(rest, p_grid)
+            unit = torch.from_numpy(unit)
+            masks = ev.masks[p].flatten(2)  # B x K x P
+            inter.index_add_(0, unit, masks[torch.from_numpy(image), :, torch.from_numpy(pixel)].to(torch.int64))
+            union_u += torch.bincount(unit, minlength=c)
+    inter = inter.double().numpy()
+    union = union_u.double().numpy()[:, None] + union_c.numpy()[None, :] - inter
     return inter, union
 
 
