@@ -89,3 +89,44 @@ def test_dissection_batch_rows_follow_the_layer_not_the_images():
     big = Array(1000, 1000, 40, 40)  # 6.4 MB per image as float32: a read holds 10
     assert dis.batch_rows(big, 1000 * 40 * 40) == rows_per_read(big) == 10
     assert dis.top_kept(1000) == 1000 - int(np.ceil(dis.QUANTILE * 999))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_dissection_equals_the_plain_definition(channels_last):
+    """Thresholds (order statistic of rank ceil(q (M - 1))) and IoU counts equal a direct computation: ties at
+    the quantile, a constant unit, an all-zero (ReLU-dead) unit, a unit firing on one image only, empty masks."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 6, 5, 4)).astype(np.float32)
+    x[:, 1] = np.round(x[:, 1] * 2) / 2  # heavy ties, also at the quantile
+    x[:, 2] = 0.7  # constant unit
+    x[:, 3] = 0.0  # dead unit
+    x[:, 4] = 0.0
+    x[7, 4, 1, 1:3] = 5.0  # two positive values of one image: fewer than the kept top (m - r = 3)
+    masks = rng.random((30, 3, 10, 8)) < 0.3
+    masks[:, 1] = False  # an empty concept
+    masks[::2, 2] = False  # absent from half the images
+    ev = EvalSet(torch.from_numpy(masks), torch.tensor([[0.0, 0.0, 5.0, 4.0]]).repeat(30, 1), (5, 4))
+
+    def batches(size):
+        def gen():
+            for s in range(0, 30, size):
+                t = torch.from_numpy(x[s : s + size])
+                yield np.arange(s, min(s + size, 30)), t.contiguous(memory_format=torch.channels_last) if channels_last else t
+        return gen
+
+    per_unit = x.transpose(1, 0, 2, 3).reshape(6, -1).astype(np.float64)
+    m = per_unit.shape[1]
+    plain_thr = np.sort(per_unit, axis=1)[:, int(np.ceil(dis.QUANTILE * (m - 1)))]
+    for size in (1, 4, 30):  # the first batch smaller, equal to, larger than the kept values (m - r = 3)
+        thr, err = dis.unit_thresholds(batches(size), 6, values_per_unit=m)
+        np.testing.assert_array_equal(thr, plain_thr)
+        assert (err == 0).all()
+        inter, union = dis.unit_iou_counts(batches(size)(), thr, ev)
+        up = ev.resampler((5, 4))(torch.from_numpy(x), np.arange(30)).numpy()
+        units = up > thr.astype(np.float32)[None, :, None, None]
+        plain_inter = np.einsum("nuhw,nkhw->uk", units.astype(np.int64), masks.astype(np.int64))
+        plain_union = units.sum((0, 2, 3))[:, None] + masks.sum((0, 2, 3))[None, :] - plain_inter
+        np.testing.assert_array_equal(inter, plain_inter)
+        np.testing.assert_array_equal(union, plain_union)
+    assert inter[:, 1].sum() == 0 and union[2].tolist() == masks.sum((0, 2, 3)).tolist()  # constant unit: never above
+    assert units[:, 4].sum() > 0 and inter.sum() > 0
