@@ -100,6 +100,19 @@ def test_split_data_memory_modes_agree(planted):
         torch.testing.assert_close(torch.cat([x for _, x in d.batches(7)]), ref)
 
 
+def test_split_data_holds_the_store_values_exactly(planted):
+    """Held splits (float32 and float16) are re-laid out from the store's own values: nothing is rounded."""
+    inp, _, _, _ = planted
+    act = inp.store.activations(inp.store.layers[0].name)
+    rows = inp.rows["val"]
+    raw = torch.from_numpy(np.asarray(act.get_orthogonal_selection((rows,))))
+    for budget, mode in ((1e9, "float32"), (raw.numel() * 2.5, "float16")):
+        d = SplitData(act, rows, budget_bytes=budget)
+        assert d.mode == mode and d.data.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(d.data.float(), raw.float())
+        np.testing.assert_array_equal(d.gap, raw.float().flatten(2).mean(2).numpy())
+
+
 def test_classification_probes_planted(planted):
     inp, data, _, directions = planted
     st = Standardiser.fit(data["train"].gap)

@@ -116,8 +116,8 @@ class SplitData:
         for _, block in read_rows(self.array, self.rows, batch=rows_per_read(self.array)):
             x = torch.from_numpy(block.astype(np.float32, copy=False))
             b = len(x)
-            if self.data is not None:
-                self.data[pos : pos + b] = x
+            if self.data is not None:  # from the store's values: a float16 block is half the bytes to re-lay out
+                self.data[pos : pos + b] = torch.from_numpy(block) if block.dtype.isnative else x
             flat = x.flatten(2)
             self.gap[pos : pos + b] = flat.mean(2).numpy()
             if with_moments:
