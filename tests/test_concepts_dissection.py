@@ -91,21 +91,27 @@ def test_dissection_batch_rows_follow_the_layer_not_the_images():
     assert dis.top_kept(1000) == 1000 - int(np.ceil(dis.QUANTILE * 999))
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_dissection_equals_the_plain_definition(channels_last):
-    """Thresholds (order statistic of rank ceil(q (M - 1))) and IoU counts equal a direct computation: ties at
-    the quantile, a constant unit, an all-zero (ReLU-dead) unit, a unit firing on one image only, empty masks."""
+@pytest.mark.parametrize("channels_last,boxed", [(False, False), (True, False), (True, True)])
+def test_fast_dissection_equals_the_plain_definition(channels_last, boxed):
+    """Thresholds (order statistic of rank ceil(q (M - 1))) and IoU counts equal a direct computation (every map
+    resampled): ties at the quantile, a constant unit, an all-zero (ReLU-dead) unit, a unit with fewer positives
+    than kept, a negative unit, empty masks; with ``boxed``, three content boxes (resampling groups)."""
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(30, 6, 5, 4)).astype(np.float32)
+    x = rng.normal(size=(30, 7, 5, 4)).astype(np.float32)
     x[:, 1] = np.round(x[:, 1] * 2) / 2  # heavy ties, also at the quantile
     x[:, 2] = 0.7  # constant unit
     x[:, 3] = 0.0  # dead unit
     x[:, 4] = 0.0
     x[7, 4, 1, 1:3] = 5.0  # two positive values of one image: fewer than the kept top (m - r = 3)
+    x[:, 6] = -3.0 + 0.1 * x[:, 6]  # negative everywhere: a negative threshold
     masks = rng.random((30, 3, 10, 8)) < 0.3
     masks[:, 1] = False  # an empty concept
     masks[::2, 2] = False  # absent from half the images
-    ev = EvalSet(torch.from_numpy(masks), torch.tensor([[0.0, 0.0, 5.0, 4.0]]).repeat(30, 1), (5, 4))
+    boxes = torch.tensor([[0.0, 0.0, 5.0, 4.0]]).repeat(30, 1)
+    if boxed:
+        boxes[::3] = torch.tensor([1.0, 0.5, 4.0, 3.5])
+        boxes[1::3] = torch.tensor([0.0, 1.0, 3.0, 4.0])
+    ev = EvalSet(torch.from_numpy(masks), boxes, (5, 4))
 
     def batches(size):
         def gen():
@@ -114,11 +120,11 @@ def test_fast_dissection_equals_the_plain_definition(channels_last):
                 yield np.arange(s, min(s + size, 30)), t.contiguous(memory_format=torch.channels_last) if channels_last else t
         return gen
 
-    per_unit = x.transpose(1, 0, 2, 3).reshape(6, -1).astype(np.float64)
+    per_unit = x.transpose(1, 0, 2, 3).reshape(7, -1).astype(np.float64)
     m = per_unit.shape[1]
     plain_thr = np.sort(per_unit, axis=1)[:, int(np.ceil(dis.QUANTILE * (m - 1)))]
     for size in (1, 4, 30):  # the first batch smaller, equal to, larger than the kept values (m - r = 3)
-        thr, err = dis.unit_thresholds(batches(size), 6, values_per_unit=m)
+        thr, err = dis.unit_thresholds(batches(size), 7, values_per_unit=m)
         np.testing.assert_array_equal(thr, plain_thr)
         assert (err == 0).all()
         inter, union = dis.unit_iou_counts(batches(size)(), thr, ev)
@@ -129,4 +135,24 @@ def test_fast_dissection_equals_the_plain_definition(channels_last):
         np.testing.assert_array_equal(inter, plain_inter)
         np.testing.assert_array_equal(union, plain_union)
     assert inter[:, 1].sum() == 0 and union[2].tolist() == masks.sum((0, 2, 3)).tolist()  # constant unit: never above
-    assert units[:, 4].sum() > 0 and inter.sum() > 0
+    assert units[:, 4].sum() > 0 and inter.sum() > 0 and thr[6] < 0
+    assert len(np.unique(ev.resampler((5, 4)).group)) == (3 if boxed else 1)  # images in several content-box groups
+
+
+def test_maps_skipped_before_resampling_cannot_exceed_the_threshold():
+    """The bound of ``_may_exceed`` holds for thresholds just below a map's resampled maximum, and skips maps
+    whose values are all clearly below their threshold."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy((rng.normal(size=(12, 9, 6, 5)) * rng.choice([1e-3, 1.0, 1e3], size=(12, 9, 1, 1))).astype(np.float32))
+    x[:, 0] = 2.5  # constant map: resampled values are 2.5 up to rounding
+    boxes = torch.tensor([[0.0, 0.0, 6.0, 5.0], [1.0, 0.5, 5.0, 4.5], [0.3, 1.1, 5.5, 4.0]])[np.arange(12) % 3]
+    ev = EvalSet(torch.zeros(12, 1, 13, 11, dtype=torch.bool), boxes, (6, 5))
+    resample = ev.resampler((6, 5))
+    sums = dis._weight_sums(resample)
+    top = resample(x, np.arange(12)).amax((2, 3))  # 12 x 9 resampled maxima
+    for b in range(12):
+        groups = resample.group[[b]]
+        below = torch.from_numpy(np.nextafter(top[b].numpy(), -np.inf))
+        assert dis._may_exceed(x[b : b + 1], groups, sums, below).all()
+        raw = x[b].amax((1, 2))
+        assert not dis._may_exceed(x[b : b + 1], groups, sums, raw + x[b].abs().amax((1, 2)) * 1e-3).any()

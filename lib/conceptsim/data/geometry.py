@@ -300,6 +300,10 @@ class Resampler:
         u = torch.matmul(z.reshape(b * k * h, w), self.rxt[g]).view(b * k, h, -1)
         return torch.matmul(self.ry[g], u).view(b, k, *self.grid)
 
+    def maps(self, z: torch.Tensor, group: int) -> torch.Tensor:
+        """Resample ``B x K x h x w`` maps of images that all have content-box group ``group`` (see ``self.group``)."""
+        return self._one(z.float(), int(group))
+
     def __call__(self, z: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
         """Resample ``B x K x h x w`` maps of the images at split positions ``pos`` -> ``B x K x gh x gw``."""
         groups = self.group[np.asarray(pos)]
