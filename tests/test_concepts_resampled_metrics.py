@@ -53,3 +53,19 @@ def test_cls_intervals_match_the_resampled_copies():
     fields = ("value", "ci_low", "ci_high", "control_value", "diff_low", "diff_high")
     for got, exp in zip(ivs["ap"], want):
         np.testing.assert_allclose([getattr(got, f) for f in fields], [getattr(exp, f) for f in fields], atol=1e-12)
+
+
+def test_resampled_ap_int_counts_equal_the_float_path(monkeypatch):
+    """Whole-number multiplicities run the running counts in int32: the APs are the float64 path's, bit for bit
+    (ties, a concept without positives, resamples that miss every positive)."""
+    from conceptsim.concepts import metrics
+
+    rng = np.random.default_rng(5)
+    y = (rng.random((6, 40)) < 0.2).astype(np.float64)
+    y[0] = 0
+    score = np.round(rng.normal(size=(6, 40)) * 2) / 2
+    counts = metrics.multiplicities(rng.integers(0, 40, (300, 40)), 40)
+    fast = metrics.resampled_average_precision(y, score, counts)
+    monkeypatch.setattr(metrics, "_small_whole", lambda a, per_item: False)
+    plain = metrics.resampled_average_precision(y, score, counts)
+    assert fast.tobytes() == plain.tobytes() and np.isnan(fast[0]).all() and np.isfinite(fast[1:]).any()

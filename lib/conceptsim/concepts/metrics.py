@@ -104,16 +104,29 @@ def resampled_average_precision(y: np.ndarray, score: np.ndarray, counts: np.nda
     ys = np.take_along_axis(y, order, -1)
     end = np.ones_like(s, dtype=bool)
     end[:, :-1] = s[:, 1:] != s[:, :-1]
+    # bootstrap multiplicities and 0/1 labels: the running counts are whole numbers, exact in int32 (half the
+    # memory of float64); the AP terms below are then formed in float64 from the same values
+    dtype = np.int32 if _small_whole(counts, y.shape[-1]) and _small_whole(ys, 1) else np.float64
+    counts, ys = counts.astype(dtype, copy=False), ys.astype(dtype, copy=False)
     m = np.ascontiguousarray(counts[:, order].transpose(1, 0, 2))  # K x B x n, each concept's items in score order
-    rank = np.cumsum(m, axis=-1)
-    tp = np.cumsum(m * ys[:, None, :], axis=-1)
-    tp_end = np.where(end[:, None, :], tp, 0.0)
+    rank = np.cumsum(m, axis=-1, dtype=dtype)
+    tp = np.cumsum(m * ys[:, None, :], axis=-1, dtype=dtype)
+    tp_end = np.where(end[:, None, :], tp, dtype(0))
     prev = np.zeros_like(tp_end)
     prev[..., 1:] = np.maximum.accumulate(tp_end, axis=-1)[..., :-1]
     with np.errstate(invalid="ignore", divide="ignore"):
         contrib = np.where(end[:, None, :] & (rank > 0), (tp - prev) * (tp / rank), 0.0).sum(-1)
         n_pos = tp[..., -1]
         return np.where(n_pos > 0, contrib / np.where(n_pos > 0, n_pos, 1.0), np.nan)
+
+
+def _small_whole(a: np.ndarray, per_item: float) -> bool:
+    """Whether ``a`` holds whole numbers whose sums along the last axis stay far inside int32."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return False
+    top = float(np.abs(a).max())
+    return top * a.shape[-1] * max(per_item, 1.0) < 2**30 and bool(np.all(a == np.round(a)))
 
 
 def resampled_balanced_accuracy(y: np.ndarray, pred: np.ndarray, counts: np.ndarray) -> np.ndarray:
