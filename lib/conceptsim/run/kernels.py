@@ -194,6 +194,11 @@ class WarmKernelEngine(NBClientEngine):
             log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file, timeout=timeout,
             startup_timeout=start_timeout, **kwargs)
         client.kc = warm_kernel.client  # connected and ready: nbclient starts no client of its own
+        # papermill rewrites the whole executed copy before and after every cell (dozens of writes of a
+        # notebook that grows to megabytes of figures); the runner's copy is a temporary that nothing reads
+        # until the run ends, so it is written once, when the run ends (notebook_complete, then papermill's
+        # final write; a failing cell's copy by papermill's error handling)
+        nb_man.save = _no_save
         try:
             result = client.execute()
         except Exception:
@@ -204,9 +209,15 @@ class WarmKernelEngine(NBClientEngine):
             client.kc = None
             warm_kernel.kill()
             raise
+        finally:
+            del nb_man.save  # the manager's own save again, for notebook_complete
         client.kc = None
         warm_kernel.finish_run()
         return result
+
+
+def _no_save(**kwargs: Any) -> None:
+    """A papermill execution manager's ``save`` while a warm kernel runs the notebook's cells."""
 
 
 papermill_engines.register(ENGINE, WarmKernelEngine)
