@@ -106,7 +106,7 @@ def test_summary_reads_named_concept_groups(study_run):
 
 def test_the_dataset_summary_is_computed_once_and_reused_by_every_model(study_run, monkeypatch):
     """Every model of the study stores the same images: the first call writes the summary and its record,
-    later calls (any model) reuse them untouched; a removed file or a record of other inputs is recomputed."""
+    later calls (any model) reuse them untouched; a removed file, a record of other inputs or ``force`` recomputes."""
     from conceptsim import pipeline
 
     study, out, summary = study_run
@@ -127,6 +127,9 @@ def test_the_dataset_summary_is_computed_once_and_reused_by_every_model(study_ru
     before = table.stat().st_mtime_ns
     pipeline.dataset_summary(study.name, "my_data", "my_resnet")
     assert json.loads(record.read_text()) == stale and table.stat().st_mtime_ns != before
+    before = table.stat().st_mtime_ns
+    pipeline.dataset_summary(study.name, "my_data", "my_net", force=True)  # conceptsim run --force
+    assert table.stat().st_mtime_ns != before and table.read_bytes() == content
 
 
 def _break(study_path, edit):

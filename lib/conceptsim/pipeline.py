@@ -238,15 +238,15 @@ def layer_segmentation(store, model_out: Path, layer: str, rows: np.ndarray, con
     return prob[:, [vectors.concepts.index(c) for c in concepts]] >= 0.5
 
 
-def dataset_summary(study: str, dataset: str, model: str):
+def dataset_summary(study: str, dataset: str, model: str, force: bool = False):
     """Summarise the images a study analysed on ``dataset`` (as stored for ``model``).
 
     Writes ``results/<study>/<dataset>/dataset_summary.csv`` (images per split; per concept: images that
     contain it per split and mean mask area) and ``dataset_examples.png`` (example masks per concept), then
     their record ``dataset_summary.json``. Every model of a study analyses the same images, so the
     extraction notebook of each calls this and only the first computes: a summary recorded from the same
-    dataset files, concepts, split and images by the same code is reused. Parallel runs wait for each other
-    (a lock beside the table). Returns ``(DataFrame, figure path)``.
+    dataset files, concepts, split and images by the same code is reused (``force``: recomputed). Parallel
+    runs wait for each other (a lock beside the table). Returns ``(DataFrame, figure path)``.
     """
     import pandas as pd
 
@@ -267,7 +267,7 @@ def dataset_summary(study: str, dataset: str, model: str):
         concepts=list(store.concept_names), split=split, split_by=store.attrs.get("split_by") or "random",
         max_images=max_images, image_ids=sorted(int(i) for i in store.image_ids))
     with exclusive(table):
-        if reusable_outputs(record, identity) is None:
+        if force or reusable_outputs(record, identity) is None:
             ds = store.open_dataset(split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
                                     min_area=split["min_area"], max_images=max_images, concepts=store.concept_names,
                                     split_by=store.attrs.get("split_by") or "random")
