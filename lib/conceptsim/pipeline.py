@@ -219,8 +219,7 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     order = np.argsort(-store.labels[rows][:, cidx].sum(1), kind="stable")
     rows = np.sort(rows[order[:n]])
     truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
-    reader = store.open_dataset()
-    images = [reader.read_image(int(store.image_ids[r])) for r in rows]
+    images = store.read_images(rows)
     return layer, images, layer_segmentation(store, out, layer, rows, names), truth, names
 
 

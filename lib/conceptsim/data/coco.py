@@ -302,6 +302,24 @@ def _compressed_runs(text: str) -> list[int]:
     return runs
 
 
+def read_image(annotation_file: str | os.PathLike, image_dir: str | os.PathLike, image: Mapping) -> np.ndarray:
+    """The image of one ``images`` entry of ``annotation_file`` as uint8 ``H x W x 3`` RGB; a missing, corrupt or
+    wrongly sized file is an error naming both."""
+    image_id, f = image["id"], Path(image_dir) / image["file_name"]
+    hw = (int(image["height"]), int(image["width"]))
+    try:
+        with Image.open(f) as im:
+            arr = np.array(im.convert("RGB"))
+    except FileNotFoundError as e:
+        raise DatasetError(f"{annotation_file}: image {image_id} file {f} not found") from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DatasetError(f"{annotation_file}: image {image_id} file {f} is unreadable or corrupt ({e})") from e
+    if arr.shape[:2] != hw:
+        raise DatasetError(f"{annotation_file}: image {image_id} file {f} is {arr.shape[1]}x{arr.shape[0]}, "
+                           f"annotation says {hw[1]}x{hw[0]}")
+    return arr
+
+
 def annotation_rle(ann: dict, height: int, width: int) -> dict:
     """One annotation's segmentation as a compressed RLE (polygons rasterised by pycocotools)."""
     seg = ann["segmentation"]
@@ -557,20 +575,7 @@ class ConceptDataset(Dataset):
 
     def read_image(self, image_id: int) -> np.ndarray:
         """The image as uint8 ``H x W x 3`` RGB; a missing, corrupt or wrongly sized file is an error."""
-        f = self.file_of(image_id)
-        try:
-            with Image.open(f) as im:
-                arr = np.array(im.convert("RGB"))
-        except FileNotFoundError as e:
-            raise DatasetError(f"{self.annotation_file}: image {image_id} file {f} not found") from e
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DatasetError(f"{self.annotation_file}: image {image_id} file {f} is unreadable or corrupt ({e})") from e
-        if arr.shape[:2] != self._hw(image_id):
-            raise DatasetError(
-                f"{self.annotation_file}: image {image_id} file {f} is {arr.shape[1]}x{arr.shape[0]}, "
-                f"annotation says {self._hw(image_id)[1]}x{self._hw(image_id)[0]}"
-            )
-        return arr
+        return read_image(self.annotation_file, self.image_dir, self._images[int(image_id)])
 
     def masks(self, image_id: int) -> np.ndarray:
         """Full-resolution concept masks ``K x H x W`` uint8 {0, 1} (union of instances)."""
