@@ -53,6 +53,31 @@ def test_figures_render(comparison_run):
     assert values.shape == (2, 2) and rows[0][1] == "m1"
 
 
+def test_figures_draw_what_matrix_reads_from_all_rows(comparison_run):
+    """layer_heatmaps and cross_model_matrix select their models' and methods' rows once (rows_between): every
+    panel still shows what matrix() reads from the whole table, and the within-model rows that notebook 03
+    passes draw the same heat maps."""
+    import numpy as np
+
+    _, sim = comparison_run
+
+    def drawn(fig):
+        return [np.ma.filled(a.get_array().astype(float), np.nan) for ax in fig.axes
+                for a in [*ax.get_images(), *ax.collections] if a.get_array() is not None and ax.get_label() != "<colorbar>"]
+
+    cka = drawn(figures.layer_heatmaps(sim, "a"))[-1]
+    np.testing.assert_array_equal(cka, figures.matrix(sim, "a", "a", "cka")[0])
+    within = sim[sim["model_a"] == sim["model_b"]]
+    for got, want in zip(drawn(figures.layer_heatmaps(within, "a", method="cls")), drawn(figures.layer_heatmaps(sim, "a", method="cls"))):
+        np.testing.assert_array_equal(got, want)
+    models = ["a", "b", "a:random"]
+    grid = drawn(figures.cross_model_matrix(sim, models, method="seg"))
+    expected = [figures.matrix(sim, ma, mb, "seg")[0] for ma in models for mb in models]
+    assert len(grid) == sum(e.size > 0 for e in expected)
+    for got, want in zip(grid, [e for e in expected if e.size]):
+        np.testing.assert_array_equal(got, want)
+
+
 def _text_boxes(fig):
     """Window extents of every non-empty title and axis label of a drawn figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

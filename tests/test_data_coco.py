@@ -291,6 +291,46 @@ def test_rle_check_agrees_with_pycocotools():
         assert rle_problem(rle["counts"].decode(), h * w + 1) is not None
 
 
+def test_batched_rle_check_agrees_with_the_one_by_one_check():
+    """load_annotations checks every compressed RLE of a file in one numpy pass; it must pass exactly those
+    that rle_problem passes (valid RLEs of several sizes, and the same with a character changed, cut or
+    replaced by one outside the encoding, a wrong size or a negative run)."""
+    from conceptsim.data.coco import _rles_cover_images, rle_problem
+
+    rng = np.random.default_rng(1)
+    images = {i: {"height": int(h), "width": int(w)} for i, (h, w) in enumerate(rng.integers(1, 30, (6, 2)))}
+    anns = []
+    for _ in range(600):
+        iid = int(rng.integers(len(images)))
+        h, w = images[iid]["height"], images[iid]["width"]
+        counts = mask_utils.encode(np.asfortranarray((rng.random((h, w)) < rng.random()).astype(np.uint8)))["counts"].decode()
+        edit = int(rng.integers(6))
+        if edit == 1:  # a changed character (may stay valid)
+            i = int(rng.integers(len(counts)))
+            counts = counts[:i] + chr(int(rng.integers(48, 112))) + counts[i + 1:]
+        elif edit == 2:
+            counts = counts[: int(rng.integers(len(counts) + 1))]
+        elif edit == 3:
+            counts = counts + "~" if rng.random() < 0.5 else "é" + counts
+        elif edit == 4:
+            counts = counts + "P"  # a run with the continuation bit at the end of the string
+        elif edit == 5:
+            counts = "00" + counts[2:] if len(counts) > 2 else "0"
+        anns.append({"image_id": iid, "segmentation": {"size": [h, w], "counts": counts}})
+    anns.append({"image_id": 0, "segmentation": {"size": [1, 1], "counts": "1"}})  # size not the image's
+    anns.append({"image_id": [0], "segmentation": {"size": [1, 1], "counts": "1"}})  # unhashable image id
+    anns.append({"image_id": 0, "segmentation": {"size": [images[0]["height"], images[0]["width"]], "counts": "o" * 13}})
+    ok = _rles_cover_images(anns, images)
+    expected = []
+    for a in anns:
+        im = images.get(a["image_id"]) if isinstance(a["image_id"], int) else None
+        seg = a["segmentation"]
+        expected.append(im is not None and seg["size"] == [im["height"], im["width"]]
+                        and rle_problem(seg["counts"], im["height"] * im["width"]) is None)
+    assert ok.tolist() == expected
+    assert 50 < sum(expected) < len(anns) - 50  # both kinds are well represented
+
+
 def test_all_splits_are_served_split_major(tmp_path):
     """Without ``split`` the images come train, val, test (each sorted): one contiguous run per split in a store."""
     from conceptsim.data.shapes import build_shapes

@@ -86,3 +86,24 @@ def test_disk_full_inside_a_notebook_is_one_line_naming_the_path(fake_project, m
         folder = root / "results" / "fake" / "shapes" / "mobilenet_v2_imagenet__random"
         assert failed == [f"FAILED {run}: OSError: a file it does not name (a cell of 02_concepts.ipynb, writing "
                           f"under {folder}): No space left on device (errno 28)"]
+
+
+def test_a_warm_kernel_writes_the_executed_copy_once_when_the_run_ends(fake_project, monkeypatch):
+    """papermill's writes of the whole copy before and after every cell are skipped (nothing reads the
+    temporary copy during the run): one at the start, one at the end, and the copy holds every cell's run."""
+    import nbformat
+    import papermill.engines
+
+    from conceptsim.run.keys import executed_path
+
+    root, study = fake_project
+    written = []
+    write = papermill.engines.write_ipynb
+    monkeypatch.setattr(papermill.engines, "write_ipynb", lambda nb, path, **kw: (written.append(path), write(nb, path, **kw))[1])
+    runner.run_study(study, progress=False)
+    runs = study.runs()
+    assert len(written) == 2 * len(runs)
+    for run in runs:
+        cells = [c for c in nbformat.read(executed_path(run), as_version=4).cells if c.cell_type == "code"]
+        assert len(cells) == 3 and all(c.execution_count for c in cells)
+        assert all(c.metadata.papermill.status == "completed" for c in cells)

@@ -104,6 +104,34 @@ def test_summary_reads_named_concept_groups(study_run):
     assert {"person", "wheeled", "pet"} <= set(summary["concept"].dropna())
 
 
+def test_the_dataset_summary_is_computed_once_and_reused_by_every_model(study_run, monkeypatch):
+    """Every model of the study stores the same images: the first call writes the summary and its record,
+    later calls (any model) reuse them untouched; a removed file, a record of other inputs or ``force`` recomputes."""
+    from conceptsim import pipeline
+
+    study, out, summary = study_run
+    monkeypatch.setenv("CONCEPTSIM_RESULTS", str(out.parents[1]))
+    table, figure, record = out / "dataset_summary.csv", out / "dataset_examples.png", out / "dataset_summary.json"
+    written = {p: p.stat().st_mtime_ns for p in (table, figure, record)}
+    content = table.read_bytes()
+    for model in study.models:
+        again, path = pipeline.dataset_summary(study.name, "my_data", model)
+        pd.testing.assert_frame_equal(again, summary)
+        assert path == figure
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    table.unlink()
+    pipeline.dataset_summary(study.name, "my_data", "my_yolo")
+    assert table.read_bytes() == content and figure.stat().st_mtime_ns != written[figure]
+    stale = json.loads(record.read_text())
+    record.write_text(json.dumps({**stale, "identity": "computed from other images"}))
+    before = table.stat().st_mtime_ns
+    pipeline.dataset_summary(study.name, "my_data", "my_resnet")
+    assert json.loads(record.read_text()) == stale and table.stat().st_mtime_ns != before
+    before = table.stat().st_mtime_ns
+    pipeline.dataset_summary(study.name, "my_data", "my_net", force=True)  # conceptsim run --force
+    assert table.stat().st_mtime_ns != before and table.read_bytes() == content
+
+
 def _break(study_path, edit):
     ann = study_path.parent / "data" / "annotations" / "instances.json"
     doc = json.loads(ann.read_text())

@@ -70,7 +70,7 @@ class TwoLayerView:
 def _image(store, row: int) -> np.ndarray:
     """The stored row's image, or a blank frame of the model's input size where the files are unknown."""
     if "annotation_file" in store.attrs and Path(store.attrs["image_dir"]).exists():
-        return store.open_dataset().read_image(int(store.image_ids[row]))
+        return store.read_images([row])[0]
     h, w = store.input_size
     return np.full((h, w, 3), 235, np.uint8)
 

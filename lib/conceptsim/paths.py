@@ -7,7 +7,7 @@ Result layout (every stage, the runner, the book pages and the benchmarks build 
       <dataset>/                            dataset_results: cross-model results
         _masks/                             mask stores, shared by the models of one input geometry
         similarity.csv  layer_similarity.csv  findings.json     comparison stage
-        dataset_summary.csv  dataset_examples.png               dataset summary
+        dataset_summary.csv  dataset_examples.png  dataset_summary.json    dataset summary (and its record)
         <model_dir>/                        model_results; ``NAME:random`` is written ``NAME__random``
           activations.zarr                  extraction stage
           vectors/  concept_quality.csv  concept_stage.json  dissection*.csv    concept stage
@@ -155,6 +155,11 @@ def comparison_stage_json(dataset_dir: str | Path) -> Path:
 def dataset_summary_files(dataset_dir: str | Path) -> tuple[Path, Path]:
     """``(dataset_summary.csv, dataset_examples.png)`` of a dataset folder."""
     return Path(dataset_dir) / "dataset_summary.csv", Path(dataset_dir) / "dataset_examples.png"
+
+
+def dataset_summary_json(dataset_dir: str | Path) -> Path:
+    """The dataset summary's record (what it was computed from), written after the summary's files."""
+    return Path(dataset_dir) / "dataset_summary.json"
 
 
 def configure_environment() -> None:

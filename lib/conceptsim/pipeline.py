@@ -21,6 +21,7 @@ from conceptsim.paths import (
     concept_stage_json,
     dataset_results,
     dataset_summary_files,
+    dataset_summary_json,
     extraction_timings_json,
     masks_dir,
     model_results,
@@ -218,8 +219,7 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     order = np.argsort(-store.labels[rows][:, cidx].sum(1), kind="stable")
     rows = np.sort(rows[order[:n]])
     truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
-    reader = store.open_dataset()
-    images = [reader.read_image(int(store.image_ids[r])) for r in rows]
+    images = store.read_images(rows)
     return layer, images, layer_segmentation(store, out, layer, rows, names), truth, names
 
 
@@ -237,25 +237,43 @@ def layer_segmentation(store, model_out: Path, layer: str, rows: np.ndarray, con
     return prob[:, [vectors.concepts.index(c) for c in concepts]] >= 0.5
 
 
-def dataset_summary(study: str, dataset: str, model: str):
+def dataset_summary(study: str, dataset: str, model: str, force: bool = False):
     """Summarise the images a study analysed on ``dataset`` (as stored for ``model``).
 
     Writes ``results/<study>/<dataset>/dataset_summary.csv`` (images per split; per concept: images that
-    contain it per split and mean mask area) and ``dataset_examples.png`` (example masks per concept).
-    Returns ``(DataFrame, figure path)``.
+    contain it per split and mean mask area) and ``dataset_examples.png`` (example masks per concept), then
+    their record ``dataset_summary.json``. Every model of a study analyses the same images, so the
+    extraction notebook of each calls this and only the first computes: a summary recorded from the same
+    dataset files, concepts, split and images by the same code is reused (``force``: recomputed). Parallel
+    runs wait for each other (a lock beside the table). Returns ``(DataFrame, figure path)``.
     """
     import pandas as pd
 
+    from conceptsim.atomic import code_hash, exclusive, relative_outputs, reusable_outputs, stage_identity
     from conceptsim.data.summary import write_summary
     from conceptsim.extraction.store import ActivationStore
 
     store = ActivationStore(store_path(study, dataset, model))
     split = store.attrs["split"]
-    ds = store.open_dataset(split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
-                         min_area=split["min_area"], max_images=int(np.bincount(store.splits).max()),
-                         concepts=store.concept_names, split_by=store.attrs.get("split_by") or "random")
-    if sorted(int(i) for i in ds.image_ids) != sorted(int(i) for i in store.image_ids):
-        raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
-    table, figure = dataset_summary_files(dataset_results(study, dataset))
-    write_summary(ds, table, figure)
+    max_images = int(np.bincount(store.splits).max())
+    folder = dataset_results(study, dataset)
+    table, figure = dataset_summary_files(folder)
+    record = dataset_summary_json(folder)
+    identity = stage_identity(
+        "conceptsim.data.summary", store_code=code_hash(["conceptsim.extraction.store"]),
+        dataset_sha256=store.attrs.get("dataset_sha256"), annotation_file=store.attrs.get("annotation_file"),
+        image_dir=store.attrs.get("image_dir"), concept_definition=store.attrs.get("concept_definition"),
+        concepts=list(store.concept_names), split=split, split_by=store.attrs.get("split_by") or "random",
+        max_images=max_images, image_ids=sorted(int(i) for i in store.image_ids))
+    with exclusive(table):
+        if force or reusable_outputs(record, identity) is None:
+            ds = store.open_dataset(split=None, split_seed=split["seed"], fractions=tuple(split["fractions"]),
+                                    min_area=split["min_area"], max_images=max_images, concepts=store.concept_names,
+                                    split_by=store.attrs.get("split_by") or "random")
+            if sorted(int(i) for i in ds.image_ids) != sorted(int(i) for i in store.image_ids):
+                raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
+            record.unlink(missing_ok=True)  # the files change below: no record names them until they are whole
+            write_summary(ds, table, figure)
+            write_json(record, {"identity": identity,
+                                "outputs": relative_outputs({"table": table, "figure": figure}, folder)})
     return pd.read_csv(table), figure

@@ -47,6 +47,13 @@ def matrix(df: pd.DataFrame, model_a: str, model_b: str, method: str, concepts=N
     return piv.to_numpy(dtype=float), list(piv.index), list(piv.columns)
 
 
+def rows_between(df: pd.DataFrame, models: list[str], methods: list[str]) -> pd.DataFrame:
+    """The rows of ``df`` (similarity rows) of ``methods`` whose two models are both among ``models``: what
+    :func:`matrix` reads for any pair of them, selected once for a figure of many panels."""
+    keep = df["method"].isin(list(methods)) & df["model_a"].isin(list(models)) & df["model_b"].isin(list(models))
+    return df[keep]
+
+
 def _edges(depths: list[float]) -> np.ndarray:
     """Cell edges halfway between consecutive relative depths (first from 0, last to the last depth)."""
     d = np.asarray(depths, dtype=float)
@@ -93,6 +100,7 @@ def layer_heatmaps(
     cka : the CKA variant drawn last.
     """
     model_b = model_b or model_a
+    similarity = rows_between(similarity, [model_a, model_b], [method, cka])  # one pass over a study's rows
     conc = similarity[similarity["method"] == method]
     cats = sorted(c for c in conc["category"].dropna().unique() if c != "")
     panels = [(f"{method}: {cat}", method, sorted(conc[conc["category"] == cat]["concept"].unique())) for cat in cats]
@@ -131,6 +139,7 @@ def cross_model_matrix(similarity: pd.DataFrame, models: list[str], method: str 
     panel carries a title of its own and long model names never run into each other.
     """
     n = len(models)
+    similarity = rows_between(similarity, models, [method])  # one pass over a study's rows, not one per panel
     fig = Figure(figsize=(2.8 * n + 1.0, 2.8 * n + 0.8), layout="constrained")
     axes = fig.subplots(n, n, squeeze=False)
     mesh = None

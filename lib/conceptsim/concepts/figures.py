@@ -114,6 +114,8 @@ def segmentation_overlay(images: Sequence[np.ndarray], predicted: np.ndarray, tr
         for i in range(n):
             ax, img = axes[j][i], np.asarray(images[i])
             h, w = img.shape[:2]
+            ax.set(xlim=(0, w), ylim=(h, 0))
+            ax.set_autoscale_on(False)  # the frame is the image's: no autoscaling after every outline
             ax.imshow(desaturate(img), extent=(0, w, h, 0), vmin=0, vmax=1)
             if truth is not None and truth[i, j].any():
                 _outline(ax, truth[i, j], w, h, TRUE_COLOUR, "solid")

@@ -45,7 +45,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from conceptsim.data.coco import ConceptDataset, DatasetSource
+from conceptsim.data.coco import ConceptDataset, DatasetSource, load_annotations, read_image
 from conceptsim.extraction.maskstore import MaskStore
 from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked, read_rows, write_together
 
@@ -316,11 +316,7 @@ class ActivationStore:
         categories, the groups are taken from the store. Raises :class:`StoreError` for a store that does
         not record its dataset's files (a synthetic store).
         """
-        missing = [k for k in ("annotation_file", "image_dir") if k not in self.attrs]
-        if missing:
-            raise StoreError(f"activation store {self.path} does not record its dataset's {' and '.join(missing)}; "
-                             "only stores written by the extraction stage can reopen their dataset")
-        annotation_file, image_dir = Path(self.attrs["annotation_file"]), Path(self.attrs["image_dir"])
+        annotation_file, image_dir = self._dataset_files()
         definition = self.attrs.get("concept_definition")
         if definition and "concepts" in kwargs:
             source = DatasetSource(self.attrs.get("dataset", ""), annotation_file, image_dir, "",
@@ -328,6 +324,21 @@ class ActivationStore:
             kwargs["concepts"] = {c: definition["concepts"][c] for c in kwargs["concepts"]}
             return ConceptDataset(source, **kwargs)
         return ConceptDataset(annotation_file, image_dir, **kwargs)
+
+    def read_images(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """The images of stored ``rows`` (uint8 RGB, as :meth:`ConceptDataset.read_image` reads them), from the
+        dataset's files without building the dataset's masks (:meth:`open_dataset`)."""
+        annotation_file, image_dir = self._dataset_files()
+        images = {int(im["id"]): im for im in load_annotations(annotation_file)["images"]}
+        return [read_image(annotation_file, image_dir, images[int(self.image_ids[r])]) for r in rows]
+
+    def _dataset_files(self) -> tuple[Path, Path]:
+        """``(annotation file, image folder)`` of the dataset this store was extracted from."""
+        missing = [k for k in ("annotation_file", "image_dir") if k not in self.attrs]
+        if missing:
+            raise StoreError(f"activation store {self.path} does not record its dataset's {' and '.join(missing)}; "
+                             "only stores written by the extraction stage can reopen their dataset")
+        return Path(self.attrs["annotation_file"]), Path(self.attrs["image_dir"])
 
     def layer(self, name: str) -> LayerInfo:
         for layer in self.layers:
