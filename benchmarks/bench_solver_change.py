@@ -22,7 +22,8 @@ Seconds of each solver are summed per dataset, measured in the same process.
 Study folder: ``$CONCEPTSIM_RESULTS/default`` when that variable is set; else the end-to-end benchmark's
 sandbox (``scratch/full/e2e-default/results/default``, the default study run by this ``make bench``) when it
 holds results; else ``results/default``. ``BENCH_SOLVER_MODELS`` (comma-separated model names) restricts
-the models. ``--quick``: a small study of two planted stores (a "trained" model and a twin) made in the
+the models, ``BENCH_SOLVER_SEG_MODELS`` those where Method A is rerun (default: the trained ones).
+``--quick``: a small study of two planted stores (a "trained" model and a twin) made in the
 scratch folder by the concept stage itself.
 """
 
@@ -149,7 +150,7 @@ def dataset_summary(measured: dict[str, dict]) -> dict:
             secs["seg_reference_s"] += s["reference"]["seg"]
             secs["seg_lbfgs_s"] += s["seg_lbfgs"]["seg"]
     d.update({k: delta_summary(np.concatenate(v) if v else np.zeros(0)) for k, v in pooled.items()})
-    d.update({k: round(v, 3) for k, v in secs.items()})
+    d.update(secs)
     d["solvers"] = {k: sorted({m[k] for m in measured.values()}) for k in ("seg_solver", "cls_solver")}
     return d
 
@@ -174,6 +175,7 @@ def quick_study(ctx: Context) -> Path:
 def run(ctx: Context) -> list[dict]:
     import torch
 
+    from conceptsim.paths import model_dir_name
     from conceptsim.runtime import configure_process
 
     configure_process()
@@ -181,15 +183,20 @@ def run(ctx: Context) -> list[dict]:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the reference's one-off import is not timed
     root = quick_study(ctx) if ctx.quick else study_folder(ctx)
     env_models = [m for m in os.environ.get("BENCH_SOLVER_MODELS", "").split(",") if m]
+    seg_models = [m for m in os.environ.get("BENCH_SOLVER_SEG_MODELS", "").split(",") if m]
     folders = model_folders(root, env_models or None)
-    source = f"{root} ({len(folders)} model folders{'; BENCH_SOLVER_MODELS' if env_models else ''})"
+    seg_folders = {f for f in folders if (f.name in {model_dir_name(m) for m in seg_models} if seg_models else is_trained(f))}
+    chosen = "".join(f"; {k}={','.join(v)}" for k, v in (("BENCH_SOLVER_MODELS", env_models),
+                                                          ("BENCH_SOLVER_SEG_MODELS", seg_models)) if v)
+    source = f"{root} ({len(folders)} model folders{chosen})"
     ctx.log(f"solver change: {source}")
     per_dataset: dict[str, dict] = {}
     t_all = time.perf_counter()
     for folder in folders:
         t0 = time.perf_counter()
-        per_dataset.setdefault(folder.parent.name, {})[folder.name] = measure_model(ctx, folder, is_trained(folder))
-        ctx.log(f"solver change {folder.parent.name}/{folder.name}: {time.perf_counter() - t0:.1f} s")
+        per_dataset.setdefault(folder.parent.name, {})[folder.name] = measure_model(ctx, folder, folder in seg_folders)
+        secs = {k: {m: round(t, 1) for m, t in v.items()} for k, v in per_dataset[folder.parent.name][folder.name]["seconds"].items()}
+        ctx.log(f"solver change {folder.parent.name}/{folder.name}: {time.perf_counter() - t0:.1f} s {secs}")
     summaries = {ds: dataset_summary(m) for ds, m in per_dataset.items()}
     common = {"source": source, "bootstrap": BOOTSTRAP, "threads": torch.get_num_threads(), "datasets": summaries,
               "wall_s": round(time.perf_counter() - t_all, 1),
@@ -211,6 +218,6 @@ def run(ctx: Context) -> list[dict]:
     default = sum(s["cls_default_s"] + s["seg_default_s"] for s in summaries.values())
     out.append(entry("solver_change/seconds", "Concept probes on the default study (Method B everywhere, Method A on the "
                      "trained models): reference ÷ default solver seconds, side by side", "ratio", "x", [ref / default],
-                     None, "higher", {**common, "reference_s": round(ref, 1), "default_s": round(default, 1)},
+                     None, "higher", {**common, "reference_s": ref, "default_s": default},
                      benchmark=NAME, notes=source))
     return out
