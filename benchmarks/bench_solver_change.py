@@ -13,8 +13,9 @@ shuffled-label control) runs twice side by side, in alternating order: with the 
 - |delta IoU|: the study's Method A solver (``seg_solver``) against the reference (Adam with early stopping
   on val IoU). The default study's solver *is* the reference, so the change is zero by construction; it is
   computed, not assumed: Method A is rerun with the reference solver on every layer of the trained models
-  (not their twins or pixels, to bound the time) and compared with the stored IoUs. For information, the
-  full-batch solver (``seg_solver="lbfgs"``) runs there too against the same reference.
+  (not their twins or pixels, to bound the time; ``BENCH_SOLVER_SEG_MODELS`` names others) and compared with
+  the stored IoUs. For information, the full-batch solver (``seg_solver="lbfgs"``) runs there too against
+  the same reference.
 
 Only the test point values are compared; the bootstrap intervals are not (:data:`BOOTSTRAP` resamples).
 Seconds of each solver are summed per dataset, measured in the same process.

@@ -332,8 +332,8 @@ def solver_change_section(e: dict) -> list[str]:
              "(trained, twins, pixels) and every probed layer. |ΔIoU|: the study's stored test set IoU (Method A with "
              f"its solver, {', '.join(sorted({s for v in d['datasets'].values() for s in v['solvers']['seg_solver']}))}) "
              "against Method A rerun with the reference solver (Adam, early stopping on val IoU) on every layer of the "
-             "trained models; where the study's solver is the reference this is zero by construction, and the rerun "
-             "shows it. n counts (model, layer, concept) values. Seconds: the probes with their shuffled controls, "
+             "models named in the second table; where the study's solver is the reference this is zero by construction, "
+             "and the rerun shows it. n counts (model, layer, concept) values. Seconds: the probes with their shuffled controls, "
              "summed, side by side in this run; the Method A seconds of the study's solver are the reference's own "
              f"where it is the reference. Reference ÷ default seconds over all: {e['median']:.2f}× "
              f"({fmt(d['reference_s'], 's')} against {fmt(d['default_s'], 's')}).", "",
@@ -346,13 +346,13 @@ def solver_change_section(e: dict) -> list[str]:
                      f" | {v['cls_reference_s']:.1f} / {v['cls_default_s']:.1f} | {v['seg_reference_s']:.1f} / "
                      f"{v['seg_default_s']:.1f} |")
     lines += ["", "For information: the full-batch Method A solver (`seg_solver=\"lbfgs\"`, the loss's optimum) against the "
-              "reference on the same layers of the trained models, and the reproduction of the stored AP by the study's "
+              "reference on the same layers, and the reproduction of the stored AP by the study's "
               "own solver rerun here.", "",
-              "| Dataset | Trained models | n | median \\|ΔIoU\\| lbfgs vs reference | largest | Method A s, reference / lbfgs | "
+              "| Dataset | Method A rerun on | n | median \\|ΔIoU\\| lbfgs vs reference | largest | Method A s, reference / lbfgs | "
               "stored vs rerun AP, largest \\|Δ\\| |",
               "|---|---|---|---|---|---|---|"]
     for ds, v in d["datasets"].items():
-        lines.append(f"| {ds} | {len(v['seg_models'])} | {v['iou_lbfgs']['n']} | " + " | ".join(dl(v["iou_lbfgs"])) +
+        lines.append(f"| {ds} | {', '.join(v['seg_models']) or '–'} | {v['iou_lbfgs']['n']} | " + " | ".join(dl(v["iou_lbfgs"])) +
                      f" | {v['seg_reference_s']:.1f} / {v['seg_lbfgs_s']:.1f} | "
                      f"{dl(v['ap_reproduction'])[1]} |")
     return lines + [""]
@@ -397,5 +397,7 @@ def write_page(data: dict, page: Path, static: Path) -> None:
     lines += ["## Reproduce", "", "```bash", "make bench                                   # everything, the default study included (long)",
               ".venv/bin/python benchmarks/run.py --only extraction --repeat 5   # one benchmark",
               ".venv/bin/python benchmarks/run.py --only end_to_end_default     # the default study, efficiency and breakdown",
+              "CONCEPTSIM_RESULTS=results .venv/bin/python benchmarks/run.py --only solver_change  # the stored default study's "
+              "probes, default vs reference solvers",
               "```", ""]
     write_text(page, "\n".join(lines))
