@@ -19,6 +19,7 @@ Both trainings read the same standardised data through the concept stage's own l
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -80,11 +81,43 @@ def test_iou(probes, data, test_ev) -> np.ndarray:
     return np.nan_to_num(set_iou_from_counts(*counts), nan=0.0)
 
 
+def solver_runs(ctx: Context, inp, info, data, runs: dict, out_dir, flip: bool = False) -> tuple[dict, dict]:
+    """Run the concept stage's Method A and/or B on one layer once per named setting, in turn (reversed with
+    ``flip``, so that neither setting always goes first).
+
+    ``runs``: name -> (:class:`conceptsim.concepts.stage.Params`, methods among ``seg``, ``cls``). Returns
+    ``{name: {(layer, concept, metric): test value}}`` and ``{name: {method: seconds}}``.
+    """
+    from conceptsim.concepts.stage import run_cls, run_seg
+
+    values, seconds = {}, {}
+    for name in (list(runs)[::-1] if flip else list(runs)):
+        p, methods = runs[name]
+        out = Path(out_dir) / f"solver-vectors-{name}"
+        values[name], seconds[name] = {}, {}
+        for method in methods:
+            t0 = time.perf_counter()
+            rows = run_seg(inp, info, data, p, out)[0] if method == "seg" else run_cls(inp, info, data, p, out)
+            seconds[name][method] = time.perf_counter() - t0
+            values[name].update({(r["layer"], r["concept"], r["metric"]): r["value"] for r in rows})
+    return values, seconds
+
+
+def abs_deltas(a: dict, b: dict, metric: str) -> np.ndarray:
+    """|a - b| over the finite (layer, concept) values of ``metric`` that both hold."""
+    d = np.array([abs(v - b[k]) for k, v in a.items() if k[2] == metric and k in b], dtype=float)
+    return d[np.isfinite(d)]
+
+
+def delta_summary(d: np.ndarray) -> dict:
+    return {"median": float(np.median(d)) if len(d) else np.nan, "max": float(d.max()) if len(d) else np.nan, "n": int(len(d))}
+
+
 def solver_entries(ctx: Context, store_path, source: str) -> list[dict]:
     """Fast vs reference solvers over every layer of a store (see the module docstring)."""
     import torch
 
-    from conceptsim.concepts.stage import Params, load_layer, prepare, run_cls, run_seg
+    from conceptsim.concepts.stage import Params, load_layer, prepare
     from conceptsim.extraction.store import ActivationStore
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the reference's one-off import (torch._dynamo) is not timed
@@ -94,29 +127,21 @@ def solver_entries(ctx: Context, store_path, source: str) -> list[dict]:
     seconds = {"fast": {"seg": 0.0, "cls": 0.0}, "reference": {"seg": 0.0, "cls": 0.0}}
     values: dict = {"fast": {}, "reference": {}}
     per_layer = {}
+    runs = {which: (Params(co["loss"], co["lr"], co["epochs"], co["patience"], 32, 0, "cpu", "allow", solver, solver),
+                    ("seg", "cls")) for which, solver in (("fast", "lbfgs"), ("reference", "reference"))}
     for i, name in enumerate(store.layer_names):
         info = store.layer(name)
         data = load_layer(inp, info, 3.0 * 2**30)
+        vals, secs = solver_runs(ctx, inp, info, data, runs, ctx.scratch, flip=i % 2 == 1)
         layer_s = {}
-        for which in (("fast", "reference") if i % 2 == 0 else ("reference", "fast")):
-            solver = "lbfgs" if which == "fast" else "reference"
-            p = Params(co["loss"], co["lr"], co["epochs"], co["patience"], 32, 0, "cpu", "allow", solver, solver)
-            out = ctx.scratch / f"solver-vectors-{which}"
-            for method, fn in (("seg", lambda: run_seg(inp, info, data, p, out)[0]), ("cls", lambda: run_cls(inp, info, data, p, out))):
-                t0 = time.perf_counter()
-                rows = fn()
-                dt = time.perf_counter() - t0
+        for which in runs:
+            values[which].update(vals[which])
+            for method, dt in secs[which].items():
                 seconds[which][method] += dt
                 layer_s[f"{which}_{method}_s"] = round(dt, 3)
-                values[which].update({(r["layer"], r["concept"], r["metric"]): r["value"] for r in rows})
         per_layer[name] = layer_s
         ctx.log(f"concepts solvers {name}: {layer_s}")
-    deltas = {}
-    for metric in ("set_iou", "ap"):
-        d = np.array([abs(v - values["reference"][k]) for k, v in values["fast"].items() if k[2] == metric])
-        d = d[np.isfinite(d)]
-        deltas[metric] = {"median": float(np.median(d)) if len(d) else np.nan, "max": float(d.max()) if len(d) else np.nan,
-                          "n": int(len(d))}
+    deltas = {metric: delta_summary(abs_deltas(values["fast"], values["reference"], metric)) for metric in ("set_iou", "ap")}
     fast_s, ref_s = sum(seconds["fast"].values()), sum(seconds["reference"].values())
     details = {"source": source, "layers": per_layer, "seconds": seconds, "fast_s": fast_s, "reference_s": ref_s,
                "delta": deltas,

@@ -279,6 +279,8 @@ def details_sections(by_id: dict) -> list[str]:
                   f"Joint: {fmt(min(d['joint_s']), 's')} – {fmt(max(d['joint_s']), 's')}; one at a time: "
                   f"{fmt(min(d['sequential_s']), 's')} – {fmt(max(d['sequential_s']), 's')}. "
                   "The IoU difference is the largest over concepts of |test set IoU (joint) − test set IoU (separate)|.", ""]
+    if "solver_change/seconds" in by_id:
+        lines += solver_change_section(by_id["solver_change/seconds"])
     if "comparison_stage/default" in by_id:
         d = by_id["comparison_stage/default"]["details"]
         per = "; ".join(f"{k}: {v['test_images'] if v['test_images'] is not None else '?'} test images, "
@@ -315,11 +317,52 @@ def details_sections(by_id: dict) -> list[str]:
     return lines
 
 
+def solver_change_section(e: dict) -> list[str]:
+    """The change against the reference solvers on the default study, per dataset (``bench_solver_change``)."""
+    d = e["details"]
+
+    def dl(x: dict) -> list[str]:
+        return [f"{x['median']:.2g}" if x["n"] else "–", f"{x['max']:.2g}" if x["n"] else "–"]
+
+    lines = ["## Change against the reference solvers", "",
+             f"Measured on: **{d['source']}**; {d['threads']} thread, {d['bootstrap']} bootstrap resamples (only the test "
+             "point values are compared). |ΔAP|: the study's stored test AP (Method B with its solver, "
+             f"{', '.join(sorted({s for v in d['datasets'].values() for s in v['solvers']['cls_solver']}))}) against "
+             "Method B rerun with the reference solver (scikit-learn) on the same stored activations, every model "
+             "(trained, twins, pixels) and every probed layer. |ΔIoU|: the study's stored test set IoU (Method A with "
+             f"its solver, {', '.join(sorted({s for v in d['datasets'].values() for s in v['solvers']['seg_solver']}))}) "
+             "against Method A rerun with the reference solver (Adam, early stopping on val IoU) on every layer of the "
+             "models named in the second table; where the study's solver is the reference this is zero by construction, "
+             "and the rerun shows it. n counts (model, layer, concept) values. Seconds: the probes with their shuffled controls, "
+             "summed, side by side in this run; the Method A seconds of the study's solver are the reference's own "
+             f"where it is the reference. Reference ÷ default seconds over all: {e['median']:.2f}× "
+             f"({fmt(d['reference_s'], 's')} against {fmt(d['default_s'], 's')}).", "",
+             "| Dataset | Models | Layers | n (AP) | median \\|ΔAP\\| | largest \\|ΔAP\\| | n (IoU) | median \\|ΔIoU\\| | "
+             "largest \\|ΔIoU\\| | Method B s, reference / default | Method A s, reference / default |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ds, v in d["datasets"].items():
+        lines.append(f"| {ds} | {len(v['models'])} | {v['layers']} | {v['ap']['n']} | " + " | ".join(dl(v["ap"])) +
+                     f" | {v['iou']['n']} | " + " | ".join(dl(v["iou"])) +
+                     f" | {v['cls_reference_s']:.1f} / {v['cls_default_s']:.1f} | {v['seg_reference_s']:.1f} / "
+                     f"{v['seg_default_s']:.1f} |")
+    lines += ["", "For information: the full-batch Method A solver (`seg_solver=\"lbfgs\"`, the loss's optimum) against the "
+              "reference on the same layers, and the reproduction of the stored AP by the study's "
+              "own solver rerun here.", "",
+              "| Dataset | Method A rerun on | n | median \\|ΔIoU\\| lbfgs vs reference | largest | Method A s, reference / lbfgs | "
+              "stored vs rerun AP, largest \\|Δ\\| |",
+              "|---|---|---|---|---|---|---|"]
+    for ds, v in d["datasets"].items():
+        lines.append(f"| {ds} | {', '.join(v['seg_models']) or '–'} | {v['iou_lbfgs']['n']} | " + " | ".join(dl(v["iou_lbfgs"])) +
+                     f" | {v['seg_reference_s']:.1f} / {v['seg_lbfgs_s']:.1f} | "
+                     f"{dl(v['ap_reproduction'])[1]} |")
+    return lines + [""]
+
+
 def write_page(data: dict, page: Path, static: Path) -> None:
     from conceptsim.atomic import write_text
 
     static.mkdir(parents=True, exist_ok=True)
-    order = ("dataset_masks", "extraction_overhead", "concepts_joint", "comparison_stage", "memory_scaling",
+    order = ("dataset_masks", "extraction_overhead", "concepts_joint", "solver_change", "comparison_stage", "memory_scaling",
              "end_to_end", "projection")
     entries = sorted(data["entries"].values(),
                      key=lambda e: (order.index(e["id"].split("/")[0]) if e["id"].split("/")[0] in order else 99, e["id"]))
@@ -354,5 +397,7 @@ def write_page(data: dict, page: Path, static: Path) -> None:
     lines += ["## Reproduce", "", "```bash", "make bench                                   # everything, the default study included (long)",
               ".venv/bin/python benchmarks/run.py --only extraction --repeat 5   # one benchmark",
               ".venv/bin/python benchmarks/run.py --only end_to_end_default     # the default study, efficiency and breakdown",
+              "CONCEPTSIM_RESULTS=results .venv/bin/python benchmarks/run.py --only solver_change  # the stored default study's "
+              "probes, default vs reference solvers",
               "```", ""]
     write_text(page, "\n".join(lines))

@@ -4,8 +4,10 @@
 
 Benchmarks (``--only`` takes these names): extraction, concepts, comparison, grounding (planted matches:
 precision and recall per noise level, ``grounding/planted``), memory, dataset,
-end_to_end, end_to_end_default (the default study with the study efficiency and its breakdown), projection (uses the entries of extraction
-and memory, from this run or the stored results). Entries of earlier runs that were not re-measured are
+end_to_end, end_to_end_default (the default study with the study efficiency and its breakdown), solver_change (the
+default study's probes rerun with the reference solvers: |delta AP| and |delta IoU| per dataset, seconds of each;
+reads ``$CONCEPTSIM_RESULTS/default``, else the study end_to_end_default ran, else ``results/default``), projection
+(uses the entries of extraction and memory, from this run or the stored results). Entries of earlier runs that were not re-measured are
 kept, so a partial run updates only what it measured.
 
 Default outputs: ``benchmarks/results.json``, ``book/performance.md``, plots under
@@ -32,10 +34,11 @@ sys.path.insert(0, str(HERE))
 from common import ROOT, Context, git_commit, machine  # noqa: E402
 
 ORDER = ("dataset", "extraction", "concepts", "comparison", "grounding", "memory", "end_to_end", "end_to_end_default",
-         "projection")
+         "solver_change", "projection")
 MODULES = {"dataset": "bench_dataset", "extraction": "bench_extraction", "concepts": "bench_concepts",
            "comparison": "bench_comparison", "grounding": "bench_grounding", "memory": "bench_memory",
-           "end_to_end": "bench_end_to_end", "end_to_end_default": "bench_end_to_end_default", "projection": "projection"}
+           "end_to_end": "bench_end_to_end", "end_to_end_default": "bench_end_to_end_default", "solver_change": "bench_solver_change",
+           "projection": "projection"}
 SCHEMA = 1
 
 
