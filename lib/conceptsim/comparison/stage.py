@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
 from conceptsim.allocator import release_freed_memory
 from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, sha256_file, stage_identity, write_json
@@ -397,9 +398,10 @@ def run_comparison_stage(
         results (each model's ``concept_stage.json``, byte for byte); anything else recomputes.
 
     Threads: torch runs ``CONCEPTSIM_TORCH_THREADS`` threads per worker of the stage when that is set to a
-    positive number and otherwise 1, restored afterwards (the stage runs its two reading passes in two Python
-    threads, which keeps two cores busy). On a machine shared with other busy processes one thread is much
-    faster than two, because OpenMP threads of the many short products wait for each other.
+    positive number and otherwise 1, and numpy's BLAS one thread, both restored afterwards (the stage runs
+    its two reading passes in two Python threads, which keeps two cores busy). On a machine shared with other
+    busy processes one thread is much faster than two, because OpenMP threads of the many short products wait
+    for each other.
 
     Returns
     -------
@@ -418,10 +420,15 @@ def run_comparison_stage(
         return done
     previous = torch.get_num_threads()
     torch.set_num_threads(torch_threads_from_environment() or 1)
+    # numpy's BLAS (the findings' resampling products) on one thread: its own pool would spin beside the
+    # stage's two Python threads and take CPU time from them (in the study the notebooks' process is held to
+    # one BLAS thread already; a caller such as the benchmark is not)
+    blas = threadpool_limits(limits=1, user_api="blas")
     try:
         paths = _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4, select_split,
                      min_concepts)
     finally:
+        blas.restore_original_limits()
         torch.set_num_threads(previous)
     write_json(record, {"identity": identity, "outputs": relative_outputs(paths, out_dir)})
     return paths
