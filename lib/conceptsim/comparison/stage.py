@@ -481,6 +481,16 @@ def concept_stage_identity(record: Path) -> str | None:
         return None
 
 
+def _layer_tables(so: StudyOutputs, sims: dict, rep: dict, paths: dict) -> pd.DataFrame:
+    """Write ``layer_similarity.csv`` and ``grounding.csv`` (layer monotonicity of every measure and the depth
+    alignment of unit matching, :mod:`.grounding`); returns the layer similarity rows."""
+    layer_pairs = layer_similarity_frame(so, sims, rep)
+    write_csv(paths["layer_similarity"], layer_pairs)
+    write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
+                                                  so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
+    return layer_pairs
+
+
 def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4, select_split="val",
          min_concepts=3) -> dict[str, Path]:
     so = StudyOutputs(dataset_dir, models, truth=True, oracles=True)
@@ -531,12 +541,11 @@ def _run_beside(so, label_free, dataset_dir, out_dir, models, seed, permutations
                                min_concepts=min_concepts, excluded=excluded)
         if label_free is not None:  # the tables need the label-free rows (the findings started without them)
             sims.update(label_free.result())
-        pairs, layer_pairs = similarity_frame(so, sims), layer_similarity_frame(so, sims, rep)
+        # the small tables in the worker once the findings are done, while this thread writes the large one
+        small = pool.submit(_layer_tables, so, sims, rep, paths)
+        pairs = similarity_frame(so, sims)
         write_csv(paths["similarity"], pairs)
-        write_csv(paths["layer_similarity"], layer_pairs)
-        # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
-        write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
-                                                      so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
+        layer_pairs = small.result()
         groups = network_groups(dataset_dir, so.models)
         if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
             paths["shortcut"] = shortcut_csv(out_dir)
