@@ -168,6 +168,10 @@ def test_int8_gram_is_exact_integer_arithmetic(high, min_float32_cols, native):
     out = torch.ones((5, 3), dtype=torch.int64)
     int8_gram(a, b, out=out, max_cols=40_000, min_float32_cols=min_float32_cols, native=native)  # accumulates into out
     assert torch.equal(out, want + 1)
+    # a bound the caller knows (no passes to find it) gives the same integers, as does a looser one
+    known = max(abs(low), abs(high - 1)) ** 2
+    for bound in (known, 4 * known):
+        assert torch.equal(int8_gram(a, b, min_float32_cols=min_float32_cols, native=native, bound=bound), want)
 
 
 def test_oracle_rows_skip_only_the_products_nobody_reads():

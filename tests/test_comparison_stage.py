@@ -245,3 +245,24 @@ def test_excluded_models_read_the_study_listing(tmp_path):
     listing.write_text(json.dumps({"models_of": {}}))
     with pytest.raises(ComparisonError, match=r"models.json is not a model listing"):
         excluded_models(dataset_dir)
+
+
+def test_label_free_pass_started_early_gives_the_same_matrices(study):
+    """The stage starts the grid-4 pass (grid-4 CKA, unit matching) before the other passes; handed to
+    compute_similarities it gives the matrices of the pass compute_similarities starts itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conceptsim.comparison.stage import compute_similarities, start_label_free
+    from conceptsim.comparison.units import UNIT_MATRICES
+
+    root, models, _ = study
+    so = StudyOutputs(root, list(models), truth=True, oracles=True)
+    own = compute_similarities(so, seed=5)
+    with ThreadPoolExecutor(1) as pool:
+        early = start_label_free(pool, so, seed=5)
+        joined = compute_similarities(so, seed=5, grid4=False, label_free=early)
+    without = compute_similarities(so, seed=5, grid4=False)
+    assert "cka_grid4" not in without and "units_bb" not in without
+    for key in ("cka_grid4", "cka", "seg", "cls", *UNIT_MATRICES):
+        np.testing.assert_array_equal(joined[key], own[key], err_msg=key)
+    assert np.isfinite(own["units_bb"]).any()

@@ -85,7 +85,8 @@ def int8_dot_products() -> bool:
 
 
 def int8_gram(a: torch.Tensor, b: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
-              max_cols: int = 1 << 17, min_float32_cols: int = 512, native: bool | None = None) -> torch.Tensor:
+              max_cols: int = 1 << 17, min_float32_cols: int = 512, native: bool | None = None,
+              bound: int | None = None) -> torch.Tensor:
     """Exact ``a @ b.T`` of int8 matrices, added into the integer tensor ``out`` (new int64 when ``None``).
 
     With int8 dot-product instructions (``native``, default :func:`int8_dot_products`) the product is
@@ -97,6 +98,10 @@ def int8_gram(a: torch.Tensor, b: torch.Tensor | None = None, *, out: torch.Tens
     partial sum is an integer within the accumulator's exact range, so the result does not depend on the
     path, the order of summation or the block width. Columns are taken at most ``max_cols`` at a time
     (memory of the float copies).
+
+    ``bound`` is a bound of ``|a_ij| * |b_kj|`` the caller knows (0/1 masks: 1; quantised soft masks: 127^2),
+    which spares the two passes over the inputs that find it; it only chooses the blocks, so any true bound
+    gives the same integers.
     """
     same = b is None or b is a
     b = a if b is None else b
@@ -104,7 +109,9 @@ def int8_gram(a: torch.Tensor, b: torch.Tensor | None = None, *, out: torch.Tens
         out = torch.zeros((a.shape[0], b.shape[0]), dtype=torch.int64)
     if a.numel() == 0 or b.numel() == 0:
         return out
-    bound = max(abs(int(a.min())), abs(int(a.max()))) * max(abs(int(b.min())), abs(int(b.max())))
+    if bound is None:
+        bound_a = max(abs(int(a.min())), abs(int(a.max())))
+        bound = bound_a * (bound_a if same else max(abs(int(b.min())), abs(int(b.max()))))
     if int8_dot_products() if native is None else native:
         step = min(max_cols, (2**31 - 1) // max(bound, 1))  # int32 sums: at most bound per column
         for start in range(0, a.shape[1], step):
@@ -127,7 +134,7 @@ def _mask_gram(m: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     if m.dtype == torch.float32:
         out += torch.matmul(m, m.T).to(out.dtype)
         return out
-    return int8_gram(m, out=out)
+    return int8_gram(m, out=out, bound=1)
 
 
 #: soft masks are quantised to ``round(QUANT * sigmoid(logit))`` for the exact int8 products
@@ -314,7 +321,7 @@ class SegAccumulator:
                     self.count_map[k] += bf[:Lm].view(Lm, n, self.pixels).sum(dim=1).to(torch.int32)
                 else:
                     self.count_map[k] += b[:Lm].view(Lm, n, self.pixels).sum(dim=1, dtype=torch.int32)
-                int8_gram(qm, out=self.soft_gram[k])
+                int8_gram(qm, out=self.soft_gram[k], bound=QUANT * QUANT)  # 0 <= q <= QUANT, the row of ones 1
 
     def _strata(self, bv: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image stratum counts ``S x R x n`` of every row and stratum sizes ``S x n`` (strata: truth on /

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
 from conceptsim.allocator import release_freed_memory
 from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, sha256_file, stage_identity, write_json
@@ -113,6 +114,7 @@ def read_quality(so: StudyOutputs) -> pd.DataFrame:
 def compute_similarities(
     so: StudyOutputs, *, seed: int = 0, chunk_images: int = 16, read_images: int = 16, grid4: bool = True,
     cka: bool = True, track: dict[int, np.ndarray] | None = None, image_quality: bool = False,
+    label_free: Future | None = None,
 ) -> dict[str, np.ndarray]:
     """All similarity matrices of a study: one streaming pass over the compared images (+ one for grid-4 CKA).
 
@@ -126,6 +128,8 @@ def compute_similarities(
         pass, which only selects layers).
     track : per concept, ``P x 2`` study layer pairs whose per-image segmentation counts are kept
         (``seg_image_counts``, for the image bootstrap of finding 1).
+    label_free : the grid-4 pass already started by the caller (:func:`start_label_free` on the same
+        ``so``): its matrices join the result and ``grid4`` is not read.
 
     Returns
     -------
@@ -152,11 +156,10 @@ def compute_similarities(
     gap = [None] * nl if cka else None
     # The grid-4 pass reads the activations once more: it runs in a second Python thread beside the main
     # pass (torch releases the GIL), which keeps two cores busy without OpenMP teams of the many small
-    # products waiting for each other. It uses the caller's torch thread count.
-    pool = ThreadPoolExecutor(1) if (grid4 and cka) else None
-    nthreads = torch.get_num_threads()
-    units = UnitMatcher(nl, n, seed=seed) if pool is not None else None  # fed by the grid-4 pass
-    pending = pool.submit(_grid4_cka, so, read_images, nthreads, units) if pool is not None else None
+    # products waiting for each other (:func:`start_label_free`).
+    pool = ThreadPoolExecutor(1) if (label_free is None and grid4 and cka) else None
+    if pool is not None:
+        label_free = start_label_free(pool, so, seed=seed, read_images=read_images)
 
     def fill(chunk, li: int, k: int, buf: torch.Tensor):
         if li < nl:
@@ -202,12 +205,10 @@ def compute_similarities(
             torch.matmul(t, t.T, out=torch.from_numpy(grams[li]))
             gap[li] = None  # the features are not needed any more
         out.update(cka_matrices(grams))
-    if pending is not None:
-        out["cka_grid4"] = pending.result()
+    if label_free is not None:
+        out.update(label_free.result())
+    if pool is not None:
         pool.shutdown()
-        # both passes are done: unit matching takes both cores (it was the grid-4 thread's alone, and the
-        # main thread waited for it)
-        out.update(units.results(workers=min(2, os.cpu_count() or 1)))
     return out
 
 
@@ -224,11 +225,25 @@ def _accumulate(chunk, seg_acc, fill, cls_logits: np.ndarray, gap: list | None, 
             gap[li][chunk.rows] = g.numpy()
 
 
-def _grid4_cka(so: StudyOutputs, read_images: int, threads: int, units: UnitMatcher) -> np.ndarray:
-    """``cka_grid4`` matrix, in a worker thread with ``threads`` torch threads beside the main pass; the
-    same pooled activations feed ``units`` (matched once both passes are done)."""
+def start_label_free(pool: ThreadPoolExecutor, so: StudyOutputs, *, seed: int = 0, read_images: int = 16) -> Future:
+    """Start the grid-4 pass of ``so`` in ``pool``: the future of ``cka_grid4`` and the unit matching matrices
+    (:class:`~conceptsim.comparison.units.UnitMatcher`) of the test images.
+
+    The pass needs nothing of the concept outputs, so the stage starts it first and it runs beside the
+    selection pass, the planning and the test pass (filling the cores those leave idle). It uses the calling
+    thread's torch thread count; unit matching shares its layers between two threads of its own. The
+    matrices do not depend on when or beside what it runs.
+    """
+    return pool.submit(_label_free, so, read_images, torch.get_num_threads(), seed)
+
+
+def _label_free(so: StudyOutputs, read_images: int, threads: int, seed: int) -> dict[str, np.ndarray]:
+    """The work of :func:`start_label_free`, in a worker thread with ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    return cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]
+    units = UnitMatcher(len(so.layers), so.n_test, seed=seed)  # fed by the grid-4 pass
+    out = {"cka_grid4": cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]}
+    out.update(units.results(workers=min(2, os.cpu_count() or 1)))
+    return out
 
 
 def pair_mask(available: np.ndarray) -> np.ndarray:
@@ -397,9 +412,10 @@ def run_comparison_stage(
         results (each model's ``concept_stage.json``, byte for byte); anything else recomputes.
 
     Threads: torch runs ``CONCEPTSIM_TORCH_THREADS`` threads per worker of the stage when that is set to a
-    positive number and otherwise 1, restored afterwards (the stage runs its two reading passes in two Python
-    threads, which keeps two cores busy). On a machine shared with other busy processes one thread is much
-    faster than two, because OpenMP threads of the many short products wait for each other.
+    positive number and otherwise 1, and numpy's BLAS one thread, both restored afterwards (the stage runs
+    its two reading passes in two Python threads, which keeps two cores busy). On a machine shared with other
+    busy processes one thread is much faster than two, because OpenMP threads of the many short products wait
+    for each other.
 
     Returns
     -------
@@ -418,10 +434,15 @@ def run_comparison_stage(
         return done
     previous = torch.get_num_threads()
     torch.set_num_threads(torch_threads_from_environment() or 1)
+    # numpy's BLAS (the findings' resampling products) on one thread: its own pool would spin beside the
+    # stage's two Python threads and take CPU time from them (in the study the notebooks' process is held to
+    # one BLAS thread already; a caller such as the benchmark is not)
+    blas = threadpool_limits(limits=1, user_api="blas")
     try:
         paths = _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4, select_split,
                      min_concepts)
     finally:
+        blas.restore_original_limits()
         torch.set_num_threads(previous)
     write_json(record, {"identity": identity, "outputs": relative_outputs(paths, out_dir)})
     return paths
@@ -460,9 +481,30 @@ def concept_stage_identity(record: Path) -> str | None:
         return None
 
 
+def _layer_tables(so: StudyOutputs, sims: dict, rep: dict, paths: dict) -> pd.DataFrame:
+    """Write ``layer_similarity.csv`` and ``grounding.csv`` (layer monotonicity of every measure and the depth
+    alignment of unit matching, :mod:`.grounding`); returns the layer similarity rows."""
+    layer_pairs = layer_similarity_frame(so, sims, rep)
+    write_csv(paths["layer_similarity"], layer_pairs)
+    write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
+                                                  so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
+    return layer_pairs
+
+
 def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, grid4, select_split="val",
          min_concepts=3) -> dict[str, Path]:
     so = StudyOutputs(dataset_dir, models, truth=True, oracles=True)
+    # the label-free matrices (grid-4 CKA, unit matching) need only the test activations: started first, they
+    # run beside everything up to the tables (the findings do not read them)
+    with ThreadPoolExecutor(1) as background:
+        label_free = start_label_free(background, so, seed=seed) if grid4 else None
+        return _run_beside(so, label_free, dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images,
+                           select_split, min_concepts)
+
+
+def _run_beside(so, label_free, dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_images, select_split,
+                min_concepts) -> dict[str, Path]:
+    """:func:`_run` once the label-free pass (``label_free``, a future or None) is under way."""
     quality = read_quality(so)
     # 1. selection matrices on val (agreement beyond accuracy and the oracle's); no CKA, no grid-4 pass
     n_val = len(so.stores[0].split_index("val"))
@@ -480,13 +522,13 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     excluded = excluded_models(dataset_dir)
     plans, track = plan_findings(so, quality, select, so_val, seed, excluded) if select is not None else (None, None)
     # 3. one pass over the test images
-    sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track,
+    sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=False, track=track,
                                 image_quality=select is None)
     if select is None:
         select = sims
         plans, track = plan_findings(so, quality, select, so, seed, excluded)
         if track:  # selection on test: the tracked pairs are known only now (a second, rare pass)
-            sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=grid4, track=track)
+            sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=False, track=track)
     release_freed_memory()  # the findings' bootstrap starts from the live matrices, not on top of the passes' heaps
     sims["seg_track"] = track
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
@@ -494,15 +536,16 @@ def _run(dataset_dir, out_dir, models, seed, permutations, bootstrap, chunk_imag
     # the findings (numpy resampling, mostly outside the GIL) in a second thread beside the tables, which are
     # mostly Python (formatting the CSVs): both only read ``sims``, and each has its own seeded generators
     with ThreadPoolExecutor(1) as pool:
-        findings = pool.submit(findings_document, so, sims, select, quality, plans, seed=seed,
+        findings = pool.submit(findings_document, so, dict(sims), select, quality, plans, seed=seed,
                                permutations=permutations, bootstrap=bootstrap, selected_on=selected_on, n_val=n_val,
                                min_concepts=min_concepts, excluded=excluded)
-        pairs, layer_pairs = similarity_frame(so, sims), layer_similarity_frame(so, sims, rep)
+        if label_free is not None:  # the tables need the label-free rows (the findings started without them)
+            sims.update(label_free.result())
+        # the small tables in the worker once the findings are done, while this thread writes the large one
+        small = pool.submit(_layer_tables, so, sims, rep, paths)
+        pairs = similarity_frame(so, sims)
         write_csv(paths["similarity"], pairs)
-        write_csv(paths["layer_similarity"], layer_pairs)
-        # grounding: layer monotonicity of every measure and the depth alignment of unit matching (.grounding)
-        write_csv(paths["grounding"], grounding_frame(so.dataset_dir.name, list(so.models), [pl.model for pl in so.layers],
-                                                      so.depths, layer_matrices(sims, rep, CONCEPT_METHODS, LABEL_FREE_METHODS)))
+        layer_pairs = small.result()
         groups = network_groups(dataset_dir, so.models)
         if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
             paths["shortcut"] = shortcut_csv(out_dir)

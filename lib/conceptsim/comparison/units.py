@@ -16,8 +16,10 @@ with the stage's activations already pooled for ``cka_grid4``, unit matching rea
 Image sample. At most :data:`MAX_IMAGES` = 64 test images, evenly spaced over the split, enter (S = 1024
 samples per unit). The cost is two products per layer pair (the pair and its permuted-image control):
 ``4 S (sum of units)^2 / 2`` flops, about 5.6e11 for the default study's 100-104 layers of about 16,500
-live units, some 7 s of CPU per dataset (shared by two threads once the stage's passes are done, see
-:func:`batched_matches`); all test images (up to 120) would double that. 64 images still
+live units, some 7 s of CPU per dataset at about 100 GFLOP/s per core, i.e. float32 products at the
+core's peak (two threads of :func:`batched_matches`, beside the stage's other passes from the moment the
+grid-4 pass is done, see :func:`conceptsim.comparison.stage.start_label_free`); all test images (up to
+120) would double that. 64 images still
 make a correlation of 0.38 significant at ``alpha = 1e-3``, well below the correlations of matched units.
 
 Significance. With S samples two unrelated units still have a best partner; a best-buddy pair counts only
