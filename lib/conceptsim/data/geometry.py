@@ -73,26 +73,42 @@ class Preprocessing:
         t, l, b, r = self.content_box(image_hw)
         return int(t), int(l), int(b - t), int(r - l)
 
-    def apply_image(self, image: np.ndarray) -> torch.Tensor:
+    def apply_image(self, image: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 ``H x W x 3`` RGB array -> normalised float tensor ``3 x size``.
 
         Downscaling averages over each output pixel's area (anti-aliased), upscaling is bilinear; both
         use pixel-centre alignment, the same convention as :meth:`apply_mask` and
         :func:`input_to_image_grid`.
+
+        ``out``: a contiguous float32 ``3 x size`` tensor to write into (e.g. one image of a batch) instead
+        of a new one. The values are the same either way: the pixels are moved to channel-first order
+        first and clipped, scaled, shifted and divided there in place (the same float32 operations, one
+        copy and no temporaries); a scale of 1, mean 0 or std 1 is skipped (exact identities).
         """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 HxWx3 RGB image, got shape {image.shape} dtype {image.dtype}")
+        if out is None:
+            out = torch.empty((3, *self.size), dtype=torch.float32)
+        elif out.shape != (3, *self.size) or out.dtype != torch.float32 or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous float32 tensor of shape {(3, *self.size)}, "
+                             f"got {tuple(out.shape)} {out.dtype}")
         top, left, nh, nw = self._resized_hw(image.shape[:2])
         x = _resize(image.astype(np.float32), nh, nw, smooth=True)
-        if self.resize == "letterbox":
-            canvas = np.full((*self.size, 3), float(self.pad_value), dtype=np.float32)
-            canvas[top : top + nh, left : left + nw] = x
-            x = canvas
-        x = np.clip(x, 0, 255)
         if self.channels == "BGR":
             x = x[..., ::-1]
-        x = (x * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
+        chw = out.numpy()
+        if self.resize == "letterbox":
+            chw[...] = float(self.pad_value)
+        chw[:, top : top + nh, left : left + nw] = x.transpose(2, 0, 1)
+        np.clip(chw, 0, 255, out=chw)
+        if self.scale != 1:
+            chw *= np.float32(self.scale)
+        mean, std = np.asarray(self.mean, np.float32)[:, None, None], np.asarray(self.std, np.float32)[:, None, None]
+        if np.any(mean != 0):
+            chw -= mean
+        if np.any(std != 1):
+            chw /= std
+        return out
 
     def apply_mask(self, masks: np.ndarray) -> torch.Tensor:
         """Binary masks ``K x H x W`` -> uint8 {0, 1} masks ``K x size`` in the input frame.

@@ -117,8 +117,6 @@ def extract(
     previous one written (``images_per_chunk`` images per Zarr chunk; ``compression`` ``"none"`` or
     ``"zstd"``, see :data:`conceptsim.extraction.store.COMPRESSORS`) in a writer thread while the model runs.
     """
-    from torch.utils.data import DataLoader
-
     from conceptsim.extraction.maskstore import ensure_mask_store
 
     configure_process()
@@ -195,7 +193,7 @@ def extract(
             writer.write_batch(image_ids=ids[s], splits=splits[s], labels=labels[s], content_boxes=boxes[s],
                                activations=activations)
 
-        loader = DataLoader(dataset.images_only(), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        loader = dataset.image_batches(batch_size, num_workers)
         done = 0
         with record_activations(model.module, [i.name for i in infos], pool_hook, model.name) as rec, \
                 helper_libraries_single_threaded(), prefetched(loader) as images, \
@@ -230,11 +228,9 @@ def bare_forward_seconds(model: LoadedModel, dataset: Any, batch_size: int = 8, 
     writes. With ``preloaded=True`` every batch is read into memory first and only the forward passes
     are timed (the stricter baseline, which charges image decoding to the extraction).
     """
-    from torch.utils.data import DataLoader
-
     configure_process()
     device = next(model.module.parameters()).device
-    loader = DataLoader(dataset.images_only(), batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = dataset.image_batches(batch_size)
     with helper_libraries_single_threaded(), torch.no_grad():
         if preloaded:
             batches = list(loader)
