@@ -155,3 +155,91 @@ def test_shared_backbone_blocks():
     assert ssd["blocks.13.expand"] == "features.14.conv.0"
     assert shared_blocks("mobilenet_v2_imagenet", "ssd_mobilenet_v2_coco")["features.17"] == "blocks.16"
     assert shared_blocks("centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet") == {}
+
+
+# ----------------------------------------------------------------------------- the twin cache
+TWIN = "mobilenet_v2_imagenet:random@3"
+
+
+@pytest.fixture
+def twin_cache(tmp_path, monkeypatch):
+    """An empty cache folder, and a count of the twins constructed (not loaded) since."""
+    from conceptsim.models import registry
+
+    monkeypatch.setenv("CONCEPTSIM_CACHE", str(tmp_path))
+    monkeypatch.delenv("CONCEPTSIM_TWIN_CACHE", raising=False)
+    built = []
+
+    def counting(*args, **kw):
+        built.append(args[2])
+        return initialise(*args, **kw)
+
+    initialise = registry.initialise_twin
+    monkeypatch.setattr(registry, "initialise_twin", counting)
+    return tmp_path / "twins", built
+
+
+@pytest.fixture(scope="module")
+def fresh_twin():
+    return build_model(TWIN, cache=False).module.state_dict()
+
+
+def assert_same_bits(state, reference):
+    assert state.keys() == reference.keys()
+    for k, v in reference.items():
+        assert state[k].dtype == v.dtype and state[k].shape == v.shape, k
+        assert state[k].numpy().tobytes() == v.numpy().tobytes(), k
+
+
+def test_a_cached_twin_loads_every_parameter_and_buffer_bit_for_bit(twin_cache, fresh_twin):
+    folder, built = twin_cache
+    first = build_model(TWIN)
+    (cached,) = folder.glob("mobilenet_v2_imagenet-seed3-init*.pt")
+    second = build_model(TWIN)
+    assert len(built) == 1  # the second build loaded the file
+    assert any("running_var" in k for k in fresh_twin)  # buffers (batch-norm statistics) are compared too
+    assert_same_bits(first.module.state_dict(), fresh_twin)
+    assert_same_bits(second.module.state_dict(), fresh_twin)
+    assert not second.module.training and not any(p.requires_grad for p in second.module.parameters())
+    assert cached.stat().st_size > 0 and not list(folder.glob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing tensor", "other key"])
+def test_an_unusable_twin_cache_file_is_rebuilt_with_a_warning(twin_cache, fresh_twin, damage):
+    folder, built = twin_cache
+    build_model(TWIN)
+    (cached,) = folder.glob("*.pt")
+    saved = torch.load(cached, weights_only=True)
+    if damage == "garbage":
+        cached.write_bytes(cached.read_bytes()[:1000])
+    elif damage == "missing tensor":
+        saved["state"].pop(next(k for k in saved["state"] if k.endswith("running_mean")))
+        torch.save(saved, cached)
+    else:
+        torch.save({"key": "0" * 64, "state": saved["state"]}, cached)
+    with pytest.warns(RuntimeWarning, match="twin cache file .* unusable"):
+        again = build_model(TWIN)
+    assert len(built) == 2
+    assert_same_bits(again.module.state_dict(), fresh_twin)
+    build_model(TWIN)  # the rebuilt file was written back whole
+    assert len(built) == 2
+
+
+def test_a_code_change_misses_the_twin_cache(twin_cache, monkeypatch):
+    from conceptsim.models import registry
+
+    folder, built = twin_cache
+    build_model(TWIN)
+    monkeypatch.setattr(registry, "twin_code_hash", lambda spec: "changed source")
+    build_model(TWIN)
+    assert len(built) == 2 and len(list(folder.glob("*.pt"))) == 2
+    build_model("mobilenet_v2_imagenet:random@4")  # another seed is another file
+    assert len(built) == 3 and len(list(folder.glob("mobilenet_v2_imagenet-seed4-*.pt"))) == 1
+
+
+def test_the_twin_cache_can_be_turned_off(twin_cache, monkeypatch):
+    folder, built = twin_cache
+    build_model(TWIN, cache=False)
+    monkeypatch.setenv("CONCEPTSIM_TWIN_CACHE", "0")
+    build_model(TWIN)
+    assert len(built) == 2 and not folder.exists()

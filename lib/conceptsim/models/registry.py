@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,12 +26,21 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from conceptsim.atomic import sha256_file
+from conceptsim.atomic import code_hash, sha256_file
 from conceptsim.data.geometry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from conceptsim.models import centernet_mobilenet_v3, pixels, ssd_mobilenet_v2
 from conceptsim.models import weights as _weights
 from conceptsim.models.names import DEFAULT_TWIN_SEED, PIXELS_MODEL, RANDOM_SUFFIX, split_twin_name
-from conceptsim.models.twins import TWIN_INIT_VERSION, initialise_twin, twin_init_seed
+from conceptsim.models.twins import (
+    TWIN_INIT_VERSION,
+    initialise_twin,
+    load_twin_state,
+    save_twin_state,
+    twin_cache_enabled,
+    twin_cache_key,
+    twin_cache_path,
+    twin_init_seed,
+)
 from conceptsim.paths import weights_dir
 
 RANDOM_INIT_SEED = DEFAULT_TWIN_SEED
@@ -438,26 +448,21 @@ def missing_weights(name: str, user_models: UserModels | None = None) -> list[st
 
 
 def build_model(name: str, device: str | torch.device = "cpu", seed: int | None = None,
-                user_models: UserModels | None = None) -> LoadedModel:
+                user_models: UserModels | None = None, cache: bool | None = None) -> LoadedModel:
     """Build a registry model (or one of ``user_models``, the study's declared models) in eval mode on ``device``.
 
     A twin ``NAME:random@SEED`` (``NAME:random``: ``seed``, by default :data:`RANDOM_INIT_SEED`) is built
     and initialised by :func:`conceptsim.models.twins.initialise_twin` under the seed derived from
-    (``SEED``, architecture name) by :func:`conceptsim.models.twins.twin_init_seed`.
+    (``SEED``, architecture name) by :func:`conceptsim.models.twins.twin_init_seed`. A registry twin's
+    parameters and buffers are cached in ``<cache>/twins/`` (:func:`twin_cache_file`) and loaded bit for bit by
+    later builds; ``cache=False`` (or ``CONCEPTSIM_TWIN_CACHE=0`` when ``cache`` is None) constructs it afresh.
     """
     spec, random_init = parse_model_name(name, user_models)
     device = resolve_device(device)
     if random_init:
         _, _, name_seed = split_twin_name(name)
         seed = name_seed if ("@" in name or seed is None) else int(seed)
-        # the weights' seed mixes the twin seed with the architecture: twins of architectures that share
-        # blocks never share random weights; the constructor runs on a forked stream seeded with it
-        init_seed = twin_init_seed(spec.name, seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            module, _ = spec.build(False)
-        initialise_twin(module, spec.preprocessing, init_seed, reference_init=spec.twin_reference_init,
-                        forward=spec.full_forward)
+        module = _build_twin(spec, seed, twin_cache_enabled() if cache is None else bool(cache))
         sha = f"random-init-v{TWIN_INIT_VERSION}-seed-{seed}"
     else:
         module, sha = spec.build(True)
@@ -465,6 +470,43 @@ def build_model(name: str, device: str | torch.device = "cpu", seed: int | None 
     for p in module.parameters():
         p.requires_grad_(False)
     return LoadedModel(name, spec, module, random_init, sha)
+
+
+def twin_code_hash(spec: ModelSpec) -> str:
+    """Hash of the sources that build, initialise and calibrate a twin of ``spec``: this module, the builder's
+    module and every package module they import (:mod:`conceptsim.models.twins` and the architectures')."""
+    return code_hash({__name__: None, spec.build.__module__: None})
+
+
+def twin_cache_file(spec: ModelSpec, seed: int) -> tuple[Path, str] | None:
+    """(cache file, key) of twin ``seed`` of registry model ``spec``; None for a model declared by a study
+    (its builder's code is outside the package's hash, so it is never cached)."""
+    if MODELS.get(spec.name) is not spec:
+        return None
+    init_seed = twin_init_seed(spec.name, seed)
+    key = twin_cache_key(spec.name, seed, init_seed, twin_code_hash(spec), reference_init=spec.twin_reference_init)
+    return twin_cache_path(spec.name, seed, init_seed, key), key
+
+
+def _build_twin(spec: ModelSpec, seed: int, cache: bool) -> nn.Module:
+    """Twin ``seed`` of ``spec`` on the CPU: loaded from the twin cache when there, else constructed (and cached)."""
+    # the weights' seed mixes the twin seed with the architecture: twins of architectures that share
+    # blocks never share random weights; the constructor runs on a forked stream seeded with it
+    init_seed = twin_init_seed(spec.name, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        module, _ = spec.build(False)
+    where = twin_cache_file(spec, seed) if cache else None
+    if where is not None and load_twin_state(module, *where):
+        return module
+    initialise_twin(module, spec.preprocessing, init_seed, reference_init=spec.twin_reference_init,
+                    forward=spec.full_forward)
+    if where is not None:
+        try:
+            save_twin_state(module, *where)
+        except OSError as exc:  # a read-only or full cache costs speed, never the build
+            warnings.warn(f"could not write the twin cache file {where[0]}: {exc}", RuntimeWarning, stacklevel=3)
+    return module
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

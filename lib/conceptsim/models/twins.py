@@ -28,11 +28,18 @@ architecture: the twins are comparable, and no layer is empty. No real image is 
 
 from __future__ import annotations
 
+import os
+import warnings
 import zlib
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from conceptsim.atomic import atomic_path, sha256_json
+from conceptsim.paths import cache_dir
 
 #: bump when the twin construction changes (it is part of the twins' weight identity and store keys)
 TWIN_INIT_VERSION = 4
@@ -159,3 +166,56 @@ def initialise_twin(module: nn.Module, preprocessing, seed: int, *, reference_in
     batch = torch.stack([preprocessing.apply_image(im) for im in images])
     calibrate(module, batch, forward)
     return module
+
+
+# ----------------------------------------------------------------------------- the twin cache
+#: ``CONCEPTSIM_TWIN_CACHE=0`` turns the twin cache off (every twin is constructed afresh)
+TWIN_CACHE_ENV = "CONCEPTSIM_TWIN_CACHE"
+
+
+def twin_cache_enabled() -> bool:
+    return os.environ.get(TWIN_CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def twin_cache_key(architecture: str, seed: int, init_seed: int, code: str, **extra: Any) -> str:
+    """sha256 of what a twin's weights depend on: architecture, twin seed, derived init seed, torch version,
+    :data:`TWIN_INIT_VERSION` and ``code`` (a hash of the sources that build, initialise and calibrate it)."""
+    return sha256_json({"architecture": architecture, "seed": int(seed), "init_seed": int(init_seed),
+                        "torch": torch.__version__, "init_version": TWIN_INIT_VERSION, "code": code, **extra})
+
+
+def twin_cache_path(architecture: str, seed: int, init_seed: int, key: str) -> Path:
+    """``<cache>/twins/<architecture>-seed<SEED>-init<INIT_SEED>-<key[:16]>.pt``."""
+    return cache_dir() / "twins" / f"{architecture}-seed{int(seed)}-init{int(init_seed)}-{key[:16]}.pt"
+
+
+def save_twin_state(module: nn.Module, path: Path, key: str) -> None:
+    """Write ``module``'s parameters and buffers (its state dict) and ``key`` to ``path``, atomically."""
+    state = {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, "state": state}, tmp)
+
+
+def load_twin_state(module: nn.Module, path: Path, key: str) -> bool:
+    """Load a cached twin state into ``module``; False (with a warning) when the file is missing its key,
+    unreadable, for another key, or lacks or adds a tensor -- the caller then constructs the twin afresh."""
+    if not path.is_file():
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            raise ValueError(f"its key is not {key[:16]}...")
+        state = saved["state"]
+        expected = module.state_dict()
+        if set(state) != set(expected):
+            raise ValueError(f"tensors differ from the architecture's: missing {sorted(set(expected) - set(state))[:3]}, "
+                             f"extra {sorted(set(state) - set(expected))[:3]}")
+        for k, v in expected.items():
+            if state[k].shape != v.shape or state[k].dtype != v.dtype:
+                raise ValueError(f"tensor {k!r} is {tuple(state[k].shape)} {state[k].dtype}, expected {tuple(v.shape)} {v.dtype}")
+        module.load_state_dict(state, strict=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable cache file is rebuilt, never trusted
+        warnings.warn(f"twin cache file {path} is unusable ({type(exc).__name__}: {exc}); constructing the twin afresh",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    return True
