@@ -243,3 +243,24 @@ def test_the_twin_cache_can_be_turned_off(twin_cache, monkeypatch):
     monkeypatch.setenv("CONCEPTSIM_TWIN_CACHE", "0")
     build_model(TWIN)
     assert len(built) == 2 and not folder.exists()
+
+
+def test_two_processes_building_the_same_twin_at_once_both_end_with_its_weights(twin_cache, fresh_twin):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    folder, _ = twin_cache
+    code = ("import hashlib, torch; from conceptsim.models.registry import build_model; torch.set_num_threads(1); "
+            f"s = build_model({TWIN!r}).module.state_dict(); "
+            "print(hashlib.sha256(b''.join(k.encode() + v.numpy().tobytes() for k, v in s.items())).hexdigest())")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+             for _ in range(2)]
+    digests = {p.communicate(timeout=240)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    expected = hashlib.sha256(b"".join(k.encode() + v.numpy().tobytes() for k, v in fresh_twin.items())).hexdigest()
+    assert digests == {expected}
+    (cached,) = folder.glob("*.pt")  # one whole file, no temporaries left
+    assert not list(folder.glob(".*.tmp-*"))
+    assert_same_bits(build_model(TWIN).module.state_dict(), fresh_twin)
