@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from conceptsim.data.coco_writer import CocoWriter, encode_mask  # noqa: F401 (importable from here as before)
 from conceptsim.data.geometry import Preprocessing, area_fraction_grid, eval_matrices, separable_planes
@@ -667,14 +667,6 @@ class ConceptDataset(Dataset):
         """The images of this dataset in the model's input geometry, without masks (the bare forward's input)."""
         return _Images(self)
 
-    def image_batches(self, batch_size: int, num_workers: int = 0) -> DataLoader:
-        """The images in order, ``batch_size`` at a time, as ``B x 3 x size`` float32 tensors (the forward loop's
-        input; the same values as stacking :meth:`images_only` items, built without the stacking copy)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        batches = BatchSampler(SequentialSampler(range(len(self))), batch_size, drop_last=False)
-        return DataLoader(_Images(self), batch_size=None, sampler=batches, num_workers=num_workers)
-
     def __getitem__(self, index: int) -> dict:
         iid = self.image_ids[index]
         masks = self.masks(iid)
@@ -705,8 +697,7 @@ class ConceptDataset(Dataset):
 
 class _Images(Dataset):
     """The images of a :class:`ConceptDataset` in the model's input geometry: item ``i`` is one ``3 x size``
-    tensor; item ``[i, j, ...]`` (a list of indices, as :meth:`ConceptDataset.image_batches` asks) is the
-    ``B x 3 x size`` batch, each image pre-processed straight into its row (no stacking copy)."""
+    tensor."""
 
     def __init__(self, dataset: ConceptDataset) -> None:
         self.dataset = dataset
@@ -714,14 +705,9 @@ class _Images(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int | Sequence[int]) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor:
         d = self.dataset
-        if isinstance(index, (int, np.integer)):
-            return d.preprocessing.apply_image(d.read_image(d.image_ids[index]))
-        batch = torch.empty((len(index), 3, *d.preprocessing.size), dtype=torch.float32)
-        for row, i in zip(batch, index):
-            d.preprocessing.apply_image(d.read_image(d.image_ids[i]), out=row)
-        return batch
+        return d.preprocessing.apply_image(d.read_image(d.image_ids[index]))
 
 
 def collate(items: list[dict]) -> dict:

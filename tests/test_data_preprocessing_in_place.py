@@ -1,5 +1,5 @@
-"""The forward loop's image path: ``apply_image`` in place and ``image_batches`` give exactly the values of the
-plain definition (resize, letterbox, clip, ``(x * scale - mean) / std``, channel-first) and of stacking items."""
+"""The forward loop's image path: ``Preprocessing.apply_image`` in place (``out=``) gives exactly the values of the
+plain definition (resize, letterbox, clip, ``(x * scale - mean) / std``, channel-first)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptsim.data.coco import ConceptDataset
 from conceptsim.data.geometry import Preprocessing, _resize
-from test_data_coco import write_fake_coco
 
 
 def plain_apply_image(pp: Preprocessing, image: np.ndarray) -> torch.Tensor:
@@ -55,18 +53,3 @@ def test_apply_image_rejects_a_wrong_out_tensor():
     for bad in (torch.empty(3, 96, 64), torch.empty(3, 64, 96, dtype=torch.float16), torch.empty(3, 96, 64).transpose(1, 2)):
         with pytest.raises(ValueError, match=r"out must be a contiguous float32 tensor of shape \(3, 64, 96\)"):
             pp.apply_image(image, out=bad)
-
-
-@pytest.mark.parametrize("batch_size", [1, 3, 4])
-def test_image_batches_equal_stacked_items(tmp_path, batch_size):
-    from torch.utils.data import DataLoader
-
-    ann = write_fake_coco(tmp_path)
-    ds = ConceptDataset(ann, preprocessing=PREPROCESSINGS[3], eval_grid=(8, 8))
-    batches = list(ds.image_batches(batch_size))
-    ref = list(DataLoader(ds.images_only(), batch_size=batch_size))
-    assert [len(b) for b in batches] == [len(b) for b in ref] and sum(map(len, batches)) == len(ds)
-    for b, r in zip(batches, ref):
-        assert b.dtype == torch.float32 and b.numpy().tobytes() == r.numpy().tobytes()
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        ds.image_batches(0)
