@@ -265,14 +265,15 @@ def unit_iou_counts(
             p, xs = pos[s : s + step], x[s : s + step]
             groups = resample.group[np.asarray(p)]
             image, unit = _may_exceed(xs, groups, sums[id(resample)], thr).nonzero(as_tuple=True)
-            for g in np.unique(groups[image.numpy()]):
-                sel = torch.from_numpy(groups[image.numpy()] == g)
+            map_groups = groups[image.numpy()]  # each kept map's content-box group
+            masks = ev.masks[p].flatten(2)  # B x K x P
+            for g in np.unique(map_groups):
+                sel = torch.from_numpy(map_groups == g)
                 im, un = image[sel], unit[sel]
                 maps = resample.maps(xs[im, un][None], int(g))[0].flatten(1).cpu().numpy()  # maps x P
                 # a unit's map is above its top-0.5 % threshold on few pixels: count the masks there (integers)
                 pair, pixel = np.divmod(np.flatnonzero(np.greater(maps, thr.numpy()[un.numpy()][:, None])), p_grid)
                 pair = torch.from_numpy(pair)
-                masks = ev.masks[p].flatten(2)  # B x K x P
                 inter.index_add_(0, un[pair], masks[im[pair], :, torch.from_numpy(pixel)].to(torch.int64))
                 union_u += torch.bincount(un[pair], minlength=c)
     inter = inter.double().numpy()
