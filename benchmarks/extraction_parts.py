@@ -63,7 +63,7 @@ def measure(study: dict, case: str, scratch: Path) -> dict:
     ex.extract(loaded, ds, scratch / "warm.zarr", **kwargs)  # the mask store, not timed
     plain = (coco._Images.__getitem__, ex.record_activations, loaded.features)
     coco._Images.__getitem__ = timed("images", plain[0])
-    ex.record_activations = lambda module, names, transform, name: plain[1](module, names, timed("hooks", transform), name)
+    ex.record_activations = lambda module, names, transform, name, **kw: plain[1](module, names, timed("hooks", transform), name, **kw)
     loaded.features = timed("forward", plain[2])
     try:
         store = scratch / f"{dataset}-{model}.zarr"

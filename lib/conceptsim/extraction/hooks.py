@@ -57,26 +57,68 @@ def as_feature_map(name: str, output: object) -> torch.Tensor:
     return output
 
 
+class AllLayersRecorded(Exception):
+    """Raised by the last probed layer's hook to end a forward pass whose remaining modules nobody reads."""
+
+
+class Recording(dict):
+    """The recorded outputs by layer name (the latest pass), and :meth:`forward`, which runs a pass.
+
+    With ``stop_early`` a pass ends as soon as every probed layer has recorded its output: what a model
+    computes after its deepest probed layer (a detector's heads, box decoding) changes no record. The first
+    pass always runs whole and counts how often each probed layer runs; only when each runs exactly once
+    per pass (so the record is each layer's one output, not an earlier call's) do later passes stop early.
+    """
+
+    def __init__(self, n_layers: int, stop_early: bool):
+        super().__init__()
+        self.n_layers = n_layers
+        self.stop_early = stop_early
+        self.stopping = False  # decided after the first pass
+        self.calls: dict[str, int] = {}
+        self.passes = 0
+
+    def forward(self, fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> None:
+        """``fn(x)`` with the hooks recording (its output is not kept)."""
+        self.calls = {}
+        try:
+            fn(x)
+        except AllLayersRecorded:
+            pass
+        self.passes += 1
+        if self.passes == 1 and self.stop_early:
+            self.stopping = len(self.calls) == self.n_layers and all(c == 1 for c in self.calls.values())
+
+    def _recorded(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.stopping and len(self.calls) == self.n_layers:
+            raise AllLayersRecorded(name)
+
+
 @contextlib.contextmanager
 def record_activations(
     model: nn.Module,
     layers: Sequence[str],
     transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
     model_name: str = "model",
-) -> Iterator[dict[str, torch.Tensor]]:
+    stop_early: bool = False,
+) -> Iterator[Recording]:
     """Record the outputs of ``layers`` during forward passes inside the ``with`` block.
 
-    The yielded dict maps layer name -> the latest output (detached, after ``transform``). Hooks return
-    ``None``, so they never change the model's outputs, and are removed on exit, also on error.
+    The yielded :class:`Recording` maps layer name -> the latest output (detached, after ``transform``).
+    Hooks return ``None``, so they never change the model's outputs, and are removed on exit, also on
+    error. With ``stop_early``, passes run through :meth:`Recording.forward` end after the deepest probed
+    layer (see :class:`Recording`); a pass that calls the model directly runs whole.
     """
     modules = resolve_layers(model, layers, model_name)
-    records: dict[str, torch.Tensor] = {}
+    records = Recording(len(modules), stop_early)
     handles = []
 
     def make_hook(name: str):
         def hook(_module, _inputs, output):
             fmap = as_feature_map(name, output).detach()
             records[name] = transform(name, fmap) if transform else fmap
+            records._recorded(name)
             return None
 
         return hook

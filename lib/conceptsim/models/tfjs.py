@@ -307,17 +307,35 @@ class TFResizeBilinear(nn.Module):
         h, w = x.shape[-2:]
         y0, y1, fy = self._taps(h, self.size[0], x.device)
         x0, x1, fx = self._taps(w, self.size[1], x.device)
-        fy = fy.to(x.dtype)[:, None]
-        fx = fx.to(x.dtype)
-        # TF interpolates along x first (top and bottom rows), then along y.
-        top = x[..., y0, :]
-        bottom = x[..., y1, :]
-        top = top[..., x0] + (top[..., x1] - top[..., x0]) * fx
-        bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * fx
-        return top + (bottom - top) * fy
+        # TF interpolates along x first (top and bottom rows), then along y; interpolating every row along x
+        # and then picking the top and bottom rows gives the same values
+        return _lerp_taps(_lerp_taps(x, -1, x0, x1, fx.to(x.dtype)), -2, y0, y1, fy.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"size={self.size}, legacy (no half-pixel centres)"
+
+
+def _lerp_taps(x: torch.Tensor, dim: int, lo: torch.Tensor, hi: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """``x[lo] + (x[hi] - x[lo]) * frac`` along ``dim``, element for element the same float operations.
+
+    For an integer upsampling factor ``r`` (``lo = i // r``, ``hi = lo + 1`` clamped at the edge and ``frac``
+    repeating with period ``r``: TF's legacy taps at 2x) every output phase ``j`` is ``x + (x_next - x) *
+    frac[j]`` on the whole input, so no gather is needed (a gather along the last axis is slow on CPU); any
+    other taps are gathered with ``index_select``.
+    """
+    dim = dim % x.dim()
+    n, n_out = x.shape[dim], lo.numel()
+    r = n_out // n
+    idx = torch.arange(n_out, device=lo.device)
+    if r >= 1 and r * n == n_out and torch.equal(lo, idx // r) and torch.equal(hi, (lo + 1).clamp(max=n - 1)) \
+            and torch.equal(frac, frac[:r].repeat(n)):
+        nxt = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+        step = nxt - x
+        return torch.stack([x + step * f for f in frac[:r]], dim + 1).flatten(dim, dim + 1)
+    a = x.index_select(dim, lo)
+    shape = [1] * x.dim()
+    shape[dim] = n_out
+    return a + (x.index_select(dim, hi) - a) * frac.reshape(shape)
 
 
 class TFConcat(nn.Module):
