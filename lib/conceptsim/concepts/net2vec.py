@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
-from conceptsim.concepts.optimum import GTOL, SOLVERS, Solution, minimise
+from conceptsim.concepts.optimum import GTOL, SOLVERS, Adam, Solution, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
@@ -533,7 +533,8 @@ def train_segmentation_probes_reference(
     with deterministic(seed, device) as gen:
         w = torch.zeros(k, c, device=device, requires_grad=not analytic)
         b = torch.zeros(k, device=device, requires_grad=not analytic)
-        opt = torch.optim.Adam([w, b], lr=lr)
+        # on CPU the same update without torch.optim's import of torch._dynamo (optimum.Adam)
+        opt = Adam([w, b], lr=lr) if torch.device(device).type == "cpu" else torch.optim.Adam([w, b], lr=lr)
         best_w, best_b = w.detach().clone(), b.detach().clone()
         best = np.full(k, -np.inf)
         best_epoch = np.zeros(k, dtype=int)
@@ -566,7 +567,7 @@ def train_segmentation_probes_reference(
                     w.grad, b.grad = gw, gb
                     opt.step()
                     continue
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 wa, ba = (w, b) if everything else (w[rows], b[rows])
                 probe_loss(probe_logits(wa, ba, x), t_act[pos].to(device), a_act, loss).backward()
                 opt.step()
