@@ -4,12 +4,15 @@ Usage (from the repository root, with the library on the path)::
 
     python benchmarks/concept_parts.py [--results results/default] [--reps 2] DATASET/MODEL:LAYER ...
 
-For each layer: loading the splits (:func:`conceptsim.concepts.stage.load_layer`), Method B with its control
+For each layer: loading the splits (:func:`conceptsim.concepts.stage.load_layer`), Method A with its control
+as :func:`~conceptsim.concepts.stage.run_seg` trains and counts them (probes, shuffled-label probes, their
+test and val IoU counts; no bootstrap, nothing written), Method B with its control
 (:func:`~conceptsim.concepts.stage.run_cls`, written to a scratch folder), and Network Dissection's two parts,
 the unit thresholds and the val + test IoU counts (:mod:`conceptsim.concepts.dissection`). Prints one JSON
-line per layer with the CPU seconds of every repetition and a SHA-256 of the dissection numbers (thresholds,
-IoU counts), so two checkouts can be compared for speed and for equal results (run it once per checkout,
-e.g. with ``PYTHONPATH`` pointing at each one's ``lib``). The store is only read.
+line per layer with the CPU seconds of every repetition and SHA-256s of Method A's outputs (weights, biases,
+best epochs, val IoUs, histories, counts) and of the dissection numbers (thresholds, IoU counts), so two
+checkouts can be compared for speed and for equal results (run it once per checkout, e.g. with
+``PYTHONPATH`` pointing at each one's ``lib``). The store is only read.
 """
 
 from __future__ import annotations
@@ -25,6 +28,27 @@ import numpy as np
 import torch
 
 
+def seg_outputs(inp, info, data: dict, params) -> list[np.ndarray]:
+    """Method A's probes and shuffled-label probes as ``run_seg`` trains them, with their test and val counts."""
+    from conceptsim.concepts import stage
+    from conceptsim.concepts.net2vec import EvalSet, split_counts, train_segmentation_probes
+
+    sel = np.flatnonzero(inp.include["seg"])
+    if not len(sel):
+        return []
+    targets = torch.from_numpy(stage.read_selected(inp.store.targets(info.name), inp.rows["train"], inp.cidx[sel]))
+    evs = {s: inp.eval_sets[s].subset(sel) for s in ("val", "test")}
+    perm = stage.permutations(inp, params.seed)
+    shuffled_val = EvalSet(evs["val"].masks[perm["val"]], evs["val"].boxes, evs["val"].input_size)
+    probes = [train_segmentation_probes(data["train"], targets, data["val"], evs["val"], **params.seg_kwargs()),
+              train_segmentation_probes(data["train"], targets[perm["train"]], data["val"], shuffled_val, **params.seg_kwargs())]
+    out = [a for q in probes for a in (q.weight, q.bias, q.best_epoch, q.val_iou, np.array(q.history))]
+    for q in probes:
+        for s in ("test", "val"):
+            out += split_counts(torch.from_numpy(q.weight), torch.from_numpy(q.bias), data[s], evs[s])
+    return out
+
+
 def measure(results: Path, case: str, reps: int) -> dict:
     from conceptsim.concepts import dissection as dis
     from conceptsim.concepts import stage
@@ -38,7 +62,7 @@ def measure(results: Path, case: str, reps: int) -> dict:
     sel = np.flatnonzero(inp.include["seg"])
     n_values = int(store.activations(info.name).shape[0]) * int(np.prod(info.grid))
     seconds: dict[str, list[float]] = {}
-    digest = hashlib.sha256()
+    digest, seg_digest = hashlib.sha256(), hashlib.sha256()
 
     def timed(part, fn):
         t = time.process_time()
@@ -48,6 +72,10 @@ def measure(results: Path, case: str, reps: int) -> dict:
 
     for rep in range(reps):
         data = timed("load", lambda: stage.load_layer(inp, info, 4 * 2**30))
+        seg = timed("seg", lambda: seg_outputs(inp, info, data, params))
+        if rep == 0:
+            for a in seg:
+                seg_digest.update(np.ascontiguousarray(a).tobytes())
         with tempfile.TemporaryDirectory() as scratch:
             timed("cls", lambda: stage.run_cls(inp, info, data, params, Path(scratch)))
         all_batches, split_batches, _ = dis.dissection_batches(inp, info, data)
@@ -58,7 +86,7 @@ def measure(results: Path, case: str, reps: int) -> dict:
             for a in (thr, err, *[c for pair in counts for c in pair]):
                 digest.update(np.ascontiguousarray(a).tobytes())
     return {"layer": case, "channels": info.channels, "grid": list(info.grid), "cpu_s": seconds,
-            "dissection_sha256": digest.hexdigest()[:16]}
+            "seg_sha256": seg_digest.hexdigest()[:16], "dissection_sha256": digest.hexdigest()[:16]}
 
 
 def main() -> None:

@@ -100,6 +100,17 @@ def test_split_data_memory_modes_agree(planted):
         torch.testing.assert_close(torch.cat([x for _, x in d.batches(7)]), ref)
 
 
+def test_shuffled_batches_equal_an_indexed_gather(planted):
+    """A shuffled batch of a float32 split standardised in place (one block copy per image) has the values and the
+    channels-last strides of indexing the held tensor."""
+    _, data, _, _ = planted
+    train = data["train"]
+    assert train.image_matrices() is not None
+    for pos, x in train.batches(9, torch.Generator().manual_seed(4)):
+        ref = train.data[torch.from_numpy(pos)]
+        assert torch.equal(x, ref) and x.stride() == ref.stride()
+
+
 def test_split_data_holds_the_store_values_exactly(planted):
     """Held splits (float32 and float16) are re-laid out from the store's own values: nothing is rounded."""
     inp, _, _, _ = planted

@@ -100,3 +100,18 @@ def test_reference_results_do_not_depend_on_the_thread_count(layer, in_place, mo
     np.testing.assert_array_equal(out[1].best_epoch, out[2].best_epoch)
     np.testing.assert_allclose(out[1].val_iou, out[2].val_iou, atol=1e-4)
     np.testing.assert_allclose(out[1].weight, out[2].weight, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 56, 56), (2, 5, 7, 9), (1, 2, 8 * 255 * 2), (1, 1, 8 * 257), (0, 3, 16), (2, 3, 0)])
+def test_count_true_equals_the_plain_sum(shape):
+    """Packed-word counting gives the byte-by-byte sums exactly: random, all-true (byte lanes at their limit),
+    all-false, a non-contiguous slice and an unaligned view."""
+    gen = torch.Generator().manual_seed(1)
+    plain = lambda f: f.flatten(2).to(torch.int64).sum(2)  # noqa: E731
+    for flags in (torch.rand(shape, generator=gen) < 0.3, torch.ones(shape, dtype=torch.bool), torch.zeros(shape, dtype=torch.bool)):
+        got = net2vec.count_true(flags)
+        assert got.dtype == torch.int32 and got.shape == flags.shape[:2]
+        assert torch.equal(got.to(torch.int64), plain(flags))
+    big = torch.rand((4, 3, 64), generator=gen) < 0.5
+    for view in (big[:, 1:], big[1:2, :, :56], big.view(-1)[1:].view(1, 1, -1)[:, :, :184].view(1, 1, 184)):
+        assert torch.equal(net2vec.count_true(view).to(torch.int64), plain(view))

@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from conceptsim.concepts import net2vec
 from conceptsim.concepts.metrics import average_precision, set_iou_from_counts
 from conceptsim.concepts.net2vec import BalancedBCE, foreground_alpha, split_counts, train_segmentation_probes
-from conceptsim.concepts.optimum import minimise
+from conceptsim.concepts.optimum import Adam, minimise
 from conceptsim.concepts.tcav import BalancedLogistic, train_classification_probes
 from conftest import planted_layer
 
@@ -31,6 +31,27 @@ def smoke(tmp_path_factory):
 def _iou(probes, data, ev):
     return set_iou_from_counts(*split_counts(torch.from_numpy(probes.weight), torch.from_numpy(probes.bias),
                                              data["test"], ev))
+
+
+def test_adam_equals_torch_adam_bit_for_bit():
+    """The written-out update gives torch.optim.Adam's numbers exactly, with rows of zero gradient and a skipped grad."""
+    gen = torch.Generator().manual_seed(3)
+    ours = [torch.zeros(4, 6), torch.zeros(4)]
+    theirs = [p.clone() for p in ours]
+    opt_ours, opt_theirs = Adam(ours, lr=1e-2), torch.optim.Adam(theirs, lr=1e-2)
+    for i in range(40):
+        grads = [torch.randn(p.shape, generator=gen) * 10.0 ** (i % 5 - 2) for p in ours]
+        grads[0][i % 4] = 0.0  # a frozen row
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            for p, g in zip(params, grads):
+                p.grad = None if (i % 7 == 6 and p.dim() == 1) else g.clone()
+            opt.step()
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b), i
+    assert opt_ours.state[0][0] == 40 and opt_ours.state[1][0] == 40 - 40 // 7
+    with pytest.raises(ValueError, match="CPU"):
+        Adam([torch.zeros(2, device="meta")], lr=1e-2)
 
 
 def test_minimise_quadratic_and_bad_arguments():

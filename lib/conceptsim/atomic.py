@@ -88,26 +88,59 @@ FONT_FLOOR_KEY = "conceptsim-min-font-pt"
 :func:`figure_png`; with ``conceptsim-dpi`` a reader (the browser test) can tell how large that text shows."""
 
 
-def smallest_font_pt(fig: Any) -> float | None:
-    """The smallest font size, in points, of the visible, non-empty text of a matplotlib figure (None if it has none)."""
+def smallest_font_pt(fig: Any, draw: bool = True) -> float | None:
+    """The smallest font size, in points, of the visible, non-empty text of a matplotlib figure (None if it has none).
+
+    ``draw=False`` reads a figure that has just been drawn as it stands (its tick labels have their text).
+    """
     from matplotlib.text import Text
 
-    fig.draw_without_rendering()  # tick labels get their text when the figure is laid out
+    if draw:
+        fig.draw_without_rendering()  # tick labels get their text when the figure is laid out
     sizes = [t.get_fontsize() for t in fig.findobj(Text)
              if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())]
     return float(min(sizes)) if sizes else None
 
 
+class _PngText(Mapping):
+    """:func:`figure_png`'s PNG text metadata, made when matplotlib reads it to write the PNG: by then ``savefig`` has
+    drawn the figure, so the font floor needs no layout pass of its own (a figure still stale then gets one)."""
+
+    def __init__(self, fig: Any, dpi: float):
+        self.fig, self.dpi, self._meta = fig, dpi, None
+
+    def _items(self) -> dict:
+        if self._meta is None:
+            floor = smallest_font_pt(self.fig, draw=bool(self.fig.stale))
+            self._meta = {"conceptsim-dpi": f"{self.dpi:g}"}
+            if floor is not None:
+                self._meta[FONT_FLOOR_KEY] = f"{floor:g}"
+        return self._meta
+
+    def __getitem__(self, key: str) -> str:
+        return self._items()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+
 def figure_png(fig: Any, dpi: float = 100, bbox_inches: str | None = None) -> bytes:
-    """A matplotlib figure as PNG bytes that carry its smallest font size and its dpi as text metadata."""
+    """A matplotlib figure as PNG bytes that carry its smallest font size and its dpi as text metadata.
+
+    The font floor is read from the drawing ``savefig`` makes anyway (:class:`_PngText`), not from a draw of its
+    own: one draw fewer, the same bytes. A figure with a layout engine (``layout="constrained"``) refines its layout
+    at every draw, so it still gets the one layout pass that draw made (only the layout, not the drawing).
+    """
     import io
 
-    floor = smallest_font_pt(fig)
-    meta = {"conceptsim-dpi": f"{dpi:g}"}
-    if floor is not None:
-        meta[FONT_FLOOR_KEY] = f"{floor:g}"
+    engine = fig.get_layout_engine()
+    if engine is not None and fig.axes:
+        engine.execute(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches=bbox_inches, metadata=meta)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches=bbox_inches, metadata=_PngText(fig, dpi))
     return buf.getvalue()
 
 

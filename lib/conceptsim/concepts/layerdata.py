@@ -181,6 +181,10 @@ class SplitData:
     def _batch(self, pos: np.ndarray) -> torch.Tensor:
         if self.data is not None and self._standardised_in_place and len(pos) and (np.diff(pos) == 1).all():
             return self.data[int(pos[0]) : int(pos[-1]) + 1]  # consecutive images: a view, no copy
+        images = self.image_matrices() if self.data is not None else None
+        if images is not None:  # whole rows: one block copy per image, the same values and channels-last layout
+            return torch.index_select(images, 0, torch.from_numpy(np.asarray(pos))).view(len(pos), *self.spatial, self.c) \
+                .permute(0, 3, 1, 2)
         if self.data is not None:
             x = self.data[torch.from_numpy(pos)].float()
         else:

@@ -34,6 +34,7 @@ the autograd path's to float32 rounding (on the default study's layers the test 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 
 from conceptsim.concepts.layerdata import SplitData
 from conceptsim.concepts.metrics import set_iou_from_counts
-from conceptsim.concepts.optimum import GTOL, SOLVERS, Solution, minimise
+from conceptsim.concepts.optimum import GTOL, SOLVERS, Adam, Solution, minimise
 from conceptsim.data.geometry import Resampler
 
 LOSSES = ("balanced_bce", "net2vec_soft", "dice")
@@ -195,8 +196,32 @@ def threshold_counts(
     Bool maps are summed as ``uint8`` into ``int32`` (no int64 copy of the maps).
     """
     pred = maps > thresholds
-    inter = (pred & masks).view(torch.uint8).flatten(2).sum(2, dtype=torch.int32)
-    return inter, pred.view(torch.uint8).flatten(2).sum(2, dtype=torch.int32) + areas - inter
+    inter = count_true(pred & masks)
+    return inter, count_true(pred) + areas - inter
+
+
+@functools.lru_cache(maxsize=64)
+def _word_block(words: int) -> int:
+    """The largest divisor of ``words`` that is at most 255 (words summed per packed byte lane)."""
+    return max(d for d in range(1, min(words, 255) + 1) if words % d == 0)
+
+
+def count_true(flags: torch.Tensor) -> torch.Tensor:
+    """Exact counts ``B x K`` (int32) of the true entries of each map of a bool ``B x K x ...`` tensor.
+
+    The flags are read eight at a time as int64 words: every byte is 0 or 1, so a sum of at most 255 words holds
+    eight byte-lane counts that cannot carry into each other; those packed sums are then added byte by byte
+    (about 6x faster than summing the flags one by one). Maps whose flags do not form whole, aligned words are
+    summed byte by byte.
+    """
+    flat = flags.flatten(2)
+    n = flat.shape[-1]
+    if flat.numel() == 0 or n % 8 or not flat.is_contiguous() or flat.storage_offset() % 8:
+        return flat.view(torch.uint8).sum(2, dtype=torch.int32)
+    words = flat.view(torch.uint8).view(torch.int64)
+    block = _word_block(n // 8)
+    packed = words.view(*words.shape[:2], -1, block).sum(3)
+    return packed.view(torch.uint8).flatten(2).sum(2, dtype=torch.int32)
 
 
 def eval_logits(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -533,7 +558,8 @@ def train_segmentation_probes_reference(
     with deterministic(seed, device) as gen:
         w = torch.zeros(k, c, device=device, requires_grad=not analytic)
         b = torch.zeros(k, device=device, requires_grad=not analytic)
-        opt = torch.optim.Adam([w, b], lr=lr)
+        # on CPU the same update without torch.optim's import of torch._dynamo (optimum.Adam)
+        opt = Adam([w, b], lr=lr) if torch.device(device).type == "cpu" else torch.optim.Adam([w, b], lr=lr)
         best_w, best_b = w.detach().clone(), b.detach().clone()
         best = np.full(k, -np.inf)
         best_epoch = np.zeros(k, dtype=int)
@@ -566,7 +592,7 @@ def train_segmentation_probes_reference(
                     w.grad, b.grad = gw, gb
                     opt.step()
                     continue
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 wa, ba = (w, b) if everything else (w[rows], b[rows])
                 probe_loss(probe_logits(wa, ba, x), t_act[pos].to(device), a_act, loss).backward()
                 opt.step()

@@ -91,3 +91,45 @@ def minimise(fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], t
         x, f, g, it = x + step, fn, gn, it + 1
     gmax = float(g.abs().max())
     return Solution(x, f, it, evals, gmax, gmax <= gtol)
+
+
+class Adam:
+    """:class:`torch.optim.Adam`'s update on CPU tensors, written out: the same element-wise operations in the same
+    order as its single-tensor path (the one PyTorch takes on CPU; no weight decay, no AMSGrad), so the same numbers.
+
+    Like :func:`minimise`, written out because :class:`torch.optim.Adam`'s first step imports ``torch._dynamo``
+    (about 1.2 CPU seconds per process: once per concept-stage run). :meth:`step` updates every parameter whose
+    ``grad`` is set, from its own step count (PyTorch's float32 step counter holds integers exactly).
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if any(p.device.type != "cpu" for p in params):
+            raise ValueError("Adam is PyTorch's CPU update; on other devices use torch.optim.Adam")
+        self.params, self.lr, self.betas, self.eps = list(params), float(lr), betas, float(eps)
+        self.state: dict[int, list] = {}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if grad is None:
+                continue
+            if i not in self.state:
+                self.state[i] = [0, torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros_like(p, memory_format=torch.preserve_format)]
+            st = self.state[i]
+            st[0] += 1
+            step, exp_avg, exp_avg_sq = float(st[0]), st[1], st[2]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = self.lr / bias_correction1
+            denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def zero_grad(self) -> None:
+        """Set every parameter's ``grad`` to ``None`` (``torch.optim``'s ``set_to_none=True``)."""
+        for p in self.params:
+            p.grad = None

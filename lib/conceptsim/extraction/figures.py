@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from conceptsim.atomic import atomic_path, figure_png, library_hash, sha256_json
 from conceptsim.extraction.store import ActivationStore
+from conceptsim.paths import cache_dir
 
 
 def layer_table(store: ActivationStore) -> pd.DataFrame:
@@ -65,6 +69,38 @@ def plot_detections(loaded, photos: dict[str, np.ndarray], score_threshold: floa
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def detections_png(loaded, photos: dict[str, np.ndarray], score_threshold: float = 0.3,
+                   cache: str | Path | None = None) -> bytes:
+    """:func:`plot_detections`' figure as the notebooks show it (the PNG of :func:`conceptsim.atomic.figure_png` at
+    the figure's dpi, tight bounding box), cached in ``<cache>/figures`` across runs.
+
+    The figure depends on the model and the photos only, not on the dataset, so the extraction runs of one model
+    on several datasets draw it once. The cache key holds the model's name and weights identity, the photos'
+    bytes, the threshold and the source of the whole library and the versions of torch and matplotlib: any
+    change draws it again.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    photo_hash = hashlib.sha256()
+    for name, img in photos.items():
+        photo_hash.update(name.encode() + np.ascontiguousarray(img).tobytes())
+    key = sha256_json([loaded.name, loaded.weights_sha256, photo_hash.hexdigest(), float(score_threshold),
+                       library_hash(), torch.__version__, matplotlib.__version__])
+    path = Path(cache if cache is not None else cache_dir() / "figures") / f"detections-{key[:32]}.png"
+    if path.exists():
+        return path.read_bytes()
+    fig = plot_detections(loaded, photos, score_threshold)
+    try:
+        png = figure_png(fig, dpi=fig.dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)  # shown as these bytes, not again by the inline backend
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png)
+    return png
 
 
 def plot_activation_maps(store: ActivationStore, row: int = 0, layers: Sequence[str] | None = None, image=None):
