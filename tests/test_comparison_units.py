@@ -51,3 +51,74 @@ def test_matches_do_not_depend_on_the_number_of_threads():
     one, two = m.results(workers=1), m.results(workers=2)
     for key in UNIT_MATRICES:
         np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+
+
+def screen_case(seed: int, ca: int, cb: int, n: int = 512, shared: float = 0.8, duplicate: bool = False):
+    """Standardised live-unit samples of two layers (``S x C``) sharing some directions, optionally with a
+    duplicated unit in B (an exact tie at a row's maximum) and a constant-valued block of cells."""
+    from conceptsim.comparison.units import unit_samples
+
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, max(ca, cb)))
+    a = shared * base[:, :ca] + rng.standard_normal((n, ca))
+    b = shared * base[:, rng.permutation(max(ca, cb))[:cb]] + rng.standard_normal((n, cb))
+    b[:, 0] = rng.standard_t(2, n)  # a heavy-tailed unit: a large int8 step and residual
+    if duplicate:
+        b[:, 1] = b[:, 2]
+    za, live_a = unit_samples(torch.from_numpy(a.T[None]).float())
+    zb, live_b = unit_samples(torch.from_numpy(b.T[None]).float())
+    assert live_a.all() and live_b.all()
+    return za, zb
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("shared", [0.0, 0.5, 1.5])
+def test_screened_share_is_the_float32_share_or_undecided(seed, shared):
+    from conceptsim.comparison.units import UnitCodes, _mutual, int8_codes, screened_share
+
+    za, zb = screen_case(seed, 40 + 7 * seed, 30 + 5 * seed, shared=shared)
+    ca, cb = int8_codes(za), int8_codes(zb)
+    code_a = UnitCodes(ca.q.T.contiguous(), ca.scale, ca.residual, ca.norm)
+    n = za.shape[0]
+    for threshold in (0.1, 0.3, 0.6):
+        got = screened_share(za.T.contiguous(), zb.T.contiguous(), code_a, cb, n, threshold)
+        want = _mutual(za.T.contiguous(), zb, n, threshold)[0]
+        assert got is None or got == want, (threshold, got, want)
+        if shared == 0.0 and threshold == 0.6:
+            assert got == 0.0  # nothing near the threshold: the screen decides without a float32 product
+    # the int8 codes' residual norms bound the estimate's error (Cauchy-Schwarz): check on the samples
+    est = (ca.q.double() * ca.scale).T @ (cb.q.double() * cb.scale)
+    exact = za.double().T @ zb.double()
+    bound = ca.residual[:, None] * cb.norm[None, :] + (ca.norm + ca.residual)[:, None] * cb.residual[None, :]
+    assert bool(((est - exact).abs() <= bound + 1e-9).all())
+
+
+def test_screened_share_leaves_a_tie_at_the_maximum_to_the_float32_product():
+    from conceptsim.comparison.units import UnitCodes, _mutual, int8_codes, screened_share
+
+    za, zb = screen_case(7, 20, 15, shared=2.0, duplicate=True)
+    zb[:, 1] = za[:, 3]  # unit 3 of A has two identical best partners in B, far above the threshold
+    zb[:, 2] = za[:, 3]
+    ca, cb = int8_codes(za), int8_codes(zb)
+    code_a = UnitCodes(ca.q.T.contiguous(), ca.scale, ca.residual, ca.norm)
+    assert screened_share(za.T.contiguous(), zb.T.contiguous(), code_a, cb, za.shape[0], 0.3) is None
+    assert _mutual(za.T.contiguous(), zb, za.shape[0], 0.3)[0] > 0
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_screened_control_gives_the_unscreened_matrices(seed, monkeypatch):
+    import conceptsim.comparison.units as units
+
+    monkeypatch.setattr(units, "SCREEN_MIN_PAIRS", 0)  # screen every pair, however small
+    m = matcher_with_layers(seed, [30, 3, 45, 25, 38, 4], n=60)
+    m.samples[2][:, 5] = m.samples[2][:, 6]  # a duplicated unit: ties in the control too
+    m.samples[3][:, :4] = m.samples[2][:, :4]  # shared units between layers
+    rows = m._permuted_rows()
+    plain = units.batched_matches(m.samples, m.live, rows, m.threshold, screen=False)
+    calls = []
+    real = units.screened_share
+    monkeypatch.setattr(units, "screened_share", lambda *a: calls.append(r := real(*a)) or r)
+    screened = units.batched_matches(m.samples, m.live, rows, m.threshold, screen=True)
+    for key in UNIT_MATRICES:
+        np.testing.assert_array_equal(screened[key], plain[key], err_msg=key)
+    assert any(c is not None for c in calls) and np.nanmax(plain["units_bb_control"][:-1, :-1]) > 0

@@ -365,15 +365,62 @@ def layer_similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: d
 def write_csv(path: Path, df: pd.DataFrame) -> None:
     """Atomic CSV write of floats rounded to 8 decimals (identical inputs give identical bytes).
 
-    Rounding first and letting pandas print the shortest repr is several times faster than a
-    ``float_format``, which formats every value in Python.
+    Rounding first and printing the shortest repr is several times faster than a ``float_format``, which
+    formats every value in Python. The text is that of ``df.to_csv(index=False)`` (:func:`csv_text`).
     """
     df = df.copy()
     for col in df.columns:
         if df[col].dtype == np.float64:
             df[col] = df[col].round(8)
+    text = csv_text(df)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        if text is None:
+            df.to_csv(tmp, index=False)
+        else:
+            Path(tmp).write_text(text)
+
+
+#: characters that make the csv module quote a field (QUOTE_MINIMAL with pandas' delimiter and line ends)
+_QUOTED = (",", '"', "\n", "\r")
+
+
+def csv_text(df: pd.DataFrame) -> str | None:
+    """``df.to_csv(index=False)``'s text, or None for a frame it does not cover (a field that would be quoted,
+    a column of another dtype than float, integer, nullable integer and text).
+
+    pandas formats every cell in its writer's row loop; the tables of the stage repeat a few names and
+    depths over hundreds of thousands of rows, so here each column's *distinct* values are formatted once
+    (floats by ``astype(str)``, as pandas does, missing values empty) and the rows joined from them.
+    """
+    columns = []
+    for name in df.columns:
+        kind = df[name].dtype
+        if kind == np.float64:  # distinct bit patterns: -0.0 prints apart from 0.0
+            codes, bits = pd.factorize(df[name].to_numpy().view(np.int64))
+            floats = bits.view(np.float64)
+            text = np.where(np.isnan(floats), "", floats.astype(str))
+        elif kind == np.int64 or isinstance(kind, pd.Int64Dtype):
+            codes, uniques = pd.factorize(df[name], use_na_sentinel=True)
+            text = np.asarray(uniques, dtype=np.int64).astype(str)
+        elif pd.api.types.is_object_dtype(kind) or isinstance(kind, pd.StringDtype):
+            codes, uniques = pd.factorize(df[name], use_na_sentinel=True)
+            values = list(uniques)
+            if not all(isinstance(v, str) for v in values):
+                return None
+            if any(ch in v for v in values for ch in _QUOTED):
+                return None
+            text = np.asarray(values, dtype=str) if values else np.zeros(0, dtype=str)
+        else:
+            return None
+        if any(ch in str(name) for ch in _QUOTED):
+            return None
+        formatted = np.empty(len(text) + 1, dtype=object)
+        formatted[:-1] = text.tolist()
+        formatted[-1] = ""  # missing values (code -1)
+        columns.append(formatted[codes])
+    lines = [",".join(str(c) for c in df.columns)]
+    lines.extend(map(",".join, zip(*columns)) if columns else [])
+    return "\n".join(lines) + "\n"
 
 
 def run_comparison_stage(
