@@ -110,6 +110,7 @@ def test_screened_control_gives_the_unscreened_matrices(seed, monkeypatch):
     import conceptsim.comparison.units as units
 
     monkeypatch.setattr(units, "SCREEN_MIN_PAIRS", 0)  # screen every pair, however small
+    monkeypatch.setattr(units, "int8_dot_products", lambda: True)  # whatever this CPU offers
     m = matcher_with_layers(seed, [30, 3, 45, 25, 38, 4], n=60)
     m.samples[2][:, 5] = m.samples[2][:, 6]  # a duplicated unit: ties in the control too
     m.samples[3][:, :4] = m.samples[2][:, :4]  # shared units between layers

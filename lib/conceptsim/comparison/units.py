@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from conceptsim.comparison.similarity import int8_dot_products
+
 SPATIAL_GRID = 4
 #: at most this many test images enter unit matching, evenly spaced over the test split (cost: see module)
 MAX_IMAGES = 64
@@ -218,7 +220,8 @@ def batched_matches(samples: list[torch.Tensor], live: list[np.ndarray], permute
     n_rows = samples[0].shape[0] if nl else 0
     # the chance control reports only a share, and few of its units can reach the threshold: an int8 screen
     # with a rigorous error bound decides it (:func:`screened_share`), the float32 product only where it cannot
-    codes = [int8_codes(t) for t in z] if screen and n_rows <= INT8_MAX_ROWS else None
+    # (only where this CPU has int8 dot-product instructions: elsewhere torch._int_mm is slower than float32)
+    codes = [int8_codes(t) for t in z] if screen and n_rows <= INT8_MAX_ROWS and int8_dot_products() else None
     # B's permuted samples: with the screen as C x S rows (it gathers units), the S x C copy of the float32
     # product (the same bytes as ``z[b][permuted_rows]``) made only for a pair that needs it
     permuted_t = [t[:, permuted_rows].contiguous() for t in zt] if codes else None
