@@ -10,6 +10,7 @@ from conceptsim.comparison.finding1 import (
     concept_level_means,
     depth_profile,
     image_weights,
+    integer_weights,
     learned_concepts,
     weighted_average_precision,
     weighted_set_iou,
@@ -135,3 +136,21 @@ def test_weighted_ap_with_bootstrap_multiplicities_is_bit_identical_to_float_sum
     assert np.array_equal(weighted_average_precision(s, y, w), reference(s, y, w), equal_nan=True)
     half = w * 0.5  # non-integer weights keep the float64 sums
     np.testing.assert_allclose(weighted_average_precision(s, y, half), reference(s, y, half), rtol=1e-12)
+
+
+def test_weighted_ap_over_positives_only_has_the_running_sums_bits():
+    """The positives-only form (integer weights) against the running sums over every rank: same bits on
+    random scorers with ties, few and many positives, zero-weight positives and replicates without any."""
+    from conceptsim.comparison.finding1 import _weighted_ap_running_sums
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        n = int(rng.integers(3, 130))
+        y = rng.random(n) < rng.uniform(0.02, 0.95)
+        s = rng.normal(size=(int(rng.integers(1, 40)), n)) + y
+        if trial % 3 == 0:
+            s = np.round(s, 1)  # ties
+        w = integer_weights(image_weights(rng, int(rng.integers(1, 200)), n))
+        if trial % 5 == 0:
+            w[0] = 0  # a replicate that draws no image: NaN
+        assert np.array_equal(weighted_average_precision(s, y, w), _weighted_ap_running_sums(s, y, w), equal_nan=True)

@@ -145,10 +145,43 @@ def weighted_average_precision(scores: np.ndarray, labels: np.ndarray, w: np.nda
     Images are ranked by score (descending); a replicate's AP is the weighted mean, over its positives, of
     the weighted precision at each positive's rank (scikit-learn's step-wise AP when all weights are 1 and
     scores have no ties).
+
+    With integer weights (the bootstrap's multiplicities) only the positives' ranks are visited: the
+    weight at or above each positive is one product of the weights with a rank indicator (``N x P`` per
+    scorer, all scorers in one product), whose integer sums float64 holds exactly, so the precisions and
+    their sums have the same bits as running sums over every rank (:func:`_weighted_ap_running_sums`,
+    used for other weights).
     """
     s = np.asarray(scores, np.float64)
     y = np.asarray(labels, bool)
     w = integer_weights(w)
+    if w.dtype != np.int32 or not y.any() or float(np.abs(w).sum(axis=1).max(initial=0)) >= 2**52:
+        return _weighted_ap_running_sums(s, y, w)
+    n_rep, n = w.shape
+    pos = np.flatnonzero(y)
+    wf = w.astype(np.float64)
+    w_pos = wf[:, pos]
+    pos_w = w_pos.sum(axis=1)  # exact integers
+    out = np.empty((n_rep, s.shape[0]))
+    order = np.argsort(-s, axis=1, kind="stable")
+    rank = np.empty(s.shape[1], np.int64)
+    for r in range(s.shape[0]):
+        rank[order[r]] = np.arange(n)
+        pos_rank = np.sort(rank[pos])  # the positives' ranks, in rank order
+        w_ranked = w_pos[:, np.argsort(rank[pos], kind="stable")]
+        # the weight at or above each positive: exact integer sums in float64
+        cum_all = wf @ (rank[:, None] <= pos_rank[None, :]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prec = np.where(cum_all > 0, np.cumsum(w_ranked, axis=1) / np.where(cum_all > 0, cum_all, 1.0), 0.0)
+        # the running sums add every rank's term in rank order, zeros included; adding the positives' terms
+        # in the same order (a column-major row sum adds column by column) gives the same bits
+        out[:, r] = np.asfortranarray(w_ranked * prec).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pos_w[:, None] > 0, out / np.where(pos_w > 0, pos_w, 1.0)[:, None], np.nan)
+
+
+def _weighted_ap_running_sums(s: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """:func:`weighted_average_precision` by running sums over every rank (any weights)."""
     # multiplicities (the bootstrap's weights) are small integers: their running sums are exact in int32 and
     # give the same float64 precisions as float64 sums, with half the memory traffic of the B x N passes
     acc = np.int32 if w.dtype == np.int32 else np.float64
