@@ -31,7 +31,7 @@ import torch
 def seg_outputs(inp, info, data: dict, params) -> list[np.ndarray]:
     """Method A's probes and shuffled-label probes as ``run_seg`` trains them, with their test and val counts."""
     from conceptsim.concepts import stage
-    from conceptsim.concepts.net2vec import EvalSet, split_counts, train_segmentation_probes
+    from conceptsim.concepts.net2vec import split_counts, train_probes_and_control
 
     sel = np.flatnonzero(inp.include["seg"])
     if not len(sel):
@@ -39,9 +39,8 @@ def seg_outputs(inp, info, data: dict, params) -> list[np.ndarray]:
     targets = torch.from_numpy(stage.read_selected(inp.store.targets(info.name), inp.rows["train"], inp.cidx[sel]))
     evs = {s: inp.eval_sets[s].subset(sel) for s in ("val", "test")}
     perm = stage.permutations(inp, params.seed)
-    shuffled_val = EvalSet(evs["val"].masks[perm["val"]], evs["val"].boxes, evs["val"].input_size)
-    probes = [train_segmentation_probes(data["train"], targets, data["val"], evs["val"], **params.seg_kwargs()),
-              train_segmentation_probes(data["train"], targets[perm["train"]], data["val"], shuffled_val, **params.seg_kwargs())]
+    probes = train_probes_and_control(data["train"], targets, data["val"], evs["val"], perm["train"], perm["val"],
+                                      **params.seg_kwargs())
     out = [a for q in probes for a in (q.weight, q.bias, q.best_epoch, q.val_iou, np.array(q.history))]
     for q in probes:
         for s in ("test", "val"):

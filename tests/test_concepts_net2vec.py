@@ -170,3 +170,29 @@ def test_streamed_pieces_equal_the_whole(planted, monkeypatch):
     raw = torch.cat([x for _, x in held.batches(5)]).clone()
     held.set_standardiser(data["train"].moments)
     assert torch.equal(torch.cat([x for _, x in held.batches(5)]), data["train"].moments.apply(raw))
+
+
+def test_probes_and_control_in_one_run_equal_two_runs(planted):
+    """The reference solver trains the probes and their shuffled-label control as one C -> 2K convolution:
+    each half is the run on its own targets (same batches, same early stopping, same epochs and history)."""
+    from conceptsim.concepts.net2vec import train_probes_and_control
+
+    inp, data, targets, _ = planted
+    ev = inp.eval_sets["val"]
+    order_train = controls.shuffle_permutation(len(targets), 0)
+    order_val = controls.shuffle_permutation(len(data["val"]), 1)
+    kw = dict(batch_size=16, epochs=12, patience=2, seed=3)
+    probes, control = train_probes_and_control(data["train"], targets, data["val"], ev, order_train, order_val, **kw)
+    alone = [train_segmentation_probes(data["train"], targets, data["val"], ev, **kw),
+             train_segmentation_probes(data["train"], targets[order_train], data["val"],
+                                       EvalSet(ev.masks[order_val], ev.boxes, ev.input_size), **kw)]
+    assert control.epochs_run < probes.epochs_run  # the control stops early: its history ends with its own run
+    for joint, one in zip((probes, control), alone):
+        np.testing.assert_allclose(joint.weight, one.weight, atol=1e-6)
+        np.testing.assert_allclose(joint.bias, one.bias, atol=1e-6)
+        np.testing.assert_array_equal(joint.best_epoch, one.best_epoch)
+        np.testing.assert_array_equal(joint.val_iou, one.val_iou)
+        assert joint.epochs_run == one.epochs_run and len(joint.history) == len(one.history)
+        np.testing.assert_array_equal(np.isnan(np.array(joint.history)), np.isnan(np.array(one.history)))
+    with pytest.raises(ValueError, match="alpha"):
+        train_probes_and_control(data["train"], targets, data["val"], ev, order_train, order_val, alpha=torch.ones(4))

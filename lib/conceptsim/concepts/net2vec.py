@@ -89,6 +89,16 @@ class EvalSet:
             self._cache[key] = Resampler(self.boxes, self.input_size, src_hw, self.grid, device)
         return self._cache[key]
 
+    def with_masks(self, masks: torch.Tensor) -> "EvalSet":
+        """The same images with other masks (``n x K' x gh x gw``, e.g. permuted across images or more
+        concepts): the resampling matrices are shared, the mask areas are not."""
+        if masks.shape[0] != self.masks.shape[0] or masks.shape[2:] != self.masks.shape[2:]:
+            raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit {len(self.masks)} images on the "
+                             f"{self.grid} grid")
+        out = EvalSet(masks, self.boxes, self.input_size)
+        out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
+        return out
+
     def subset(self, concepts: Sequence[int]) -> "EvalSet":
         """The same images restricted to some concepts (resampling matrices and mask areas are shared).
 
@@ -123,6 +133,16 @@ class SegProbes:
     history: list = field(default_factory=list)
     loss: np.ndarray | None = None
     grad_max: float = float("nan")
+
+    def part(self, concepts: slice) -> "SegProbes":
+        """The probes of ``concepts`` (a slice of the K), as a run of the reference solver on those concepts
+        alone reports them: its epochs end with the last epoch in which one of them was still training."""
+        history = [h[concepts] for h in self.history]
+        ran = [i for i, h in enumerate(history) if np.isfinite(h).any()]
+        epochs = ran[-1] + 1 if ran else self.epochs_run
+        return SegProbes(self.weight[concepts], self.bias[concepts], self.best_epoch[concepts], self.val_iou[concepts],
+                         epochs if self.history else self.epochs_run, history[:epochs],
+                         None if self.loss is None else self.loss[concepts], self.grad_max)
 
 
 @contextlib.contextmanager
@@ -411,6 +431,36 @@ def train_segmentation_probes(
     return train_segmentation_probes_reference(train, targets, val, val_eval, loss=loss, lr=lr, epochs=epochs,
                                                patience=patience, batch_size=batch_size, seed=seed, device=device,
                                                alpha=alpha)
+
+
+def train_probes_and_control(
+    train: SplitData, targets: torch.Tensor, val: SplitData, val_eval: EvalSet, train_order: np.ndarray,
+    val_order: np.ndarray, **kwargs,
+) -> tuple[SegProbes, SegProbes]:
+    """Method A's probes and their shuffled-label control: the same probes trained on the targets and
+    judged on the val masks of other images (``train_order``, ``val_order``: permutations of the images).
+
+    With the reference solver both are one run, one ``C -> 2K`` convolution: its mini-batches depend only on
+    the seed, so each half sees the batches of its own run, and concepts share no parameters and stop each
+    on its own val IoU, so the run is the two runs in one pass over the activations (products of ``2K``
+    rows instead of two of ``K``; the weights equal the separate runs' up to the products' rounding). The
+    fast solver solves them apart (its line search is shared by the concepts of a run).
+    ``kwargs``: those of :func:`train_segmentation_probes` (without ``alpha``).
+    """
+    if "alpha" in kwargs:
+        raise ValueError("train_probes_and_control weights each half by its own targets; do not pass alpha")
+    shuffled = targets[torch.from_numpy(np.asarray(train_order))]
+    shuffled_eval = val_eval.with_masks(val_eval.masks[torch.from_numpy(np.asarray(val_order))])
+    if kwargs.get("solver", "reference") != "reference":
+        return (train_segmentation_probes(train, targets, val, val_eval, **kwargs),
+                train_segmentation_probes(train, shuffled, val, shuffled_eval, **kwargs))
+    k = targets.shape[1]
+    alpha = torch.cat([foreground_alpha(targets), foreground_alpha(shuffled)])
+    both = torch.cat([targets, shuffled], dim=1)
+    del shuffled
+    joint = train_segmentation_probes(train, both, val, val_eval.with_masks(torch.cat([val_eval.masks, shuffled_eval.masks], 1)),
+                                      alpha=alpha, **kwargs)
+    return joint.part(slice(0, k)), joint.part(slice(k, 2 * k))
 
 
 def solve_segmentation_probes(

@@ -53,7 +53,7 @@ from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, s
 from conceptsim.concepts import controls
 from conceptsim.concepts import dissection as dis
 from conceptsim.concepts.layerdata import SplitData, Standardiser
-from conceptsim.concepts.net2vec import LOSSES, SOLVERS, EvalSet, split_counts, train_segmentation_probes
+from conceptsim.concepts.net2vec import LOSSES, SOLVERS, EvalSet, split_counts, train_probes_and_control
 from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.data.coco import SPLITS
@@ -324,9 +324,8 @@ def run_seg(inp: Inputs, info: LayerInfo, data: dict, p: Params, vec_dir: Path) 
     targets = torch.from_numpy(read_selected(inp.store.targets(info.name), inp.rows["train"], inp.cidx[sel]))
     val_ev = inp.eval_sets["val"].subset(sel)
     perm = permutations(inp, p.seed)
-    probes = train_segmentation_probes(data["train"], targets, data["val"], val_ev, **p.seg_kwargs())
-    shuffled_val = EvalSet(val_ev.masks[perm["val"]], val_ev.boxes, val_ev.input_size)
-    ctrl = train_segmentation_probes(data["train"], targets[perm["train"]], data["val"], shuffled_val, **p.seg_kwargs())
+    probes, ctrl = train_probes_and_control(data["train"], targets, data["val"], val_ev, perm["train"], perm["val"],
+                                            **p.seg_kwargs())
     counts = [split_counts(torch.from_numpy(q.weight).to(p.device), torch.from_numpy(q.bias).to(p.device),
                            data["test"], test_ev, p.device) for q in (probes, ctrl)]
     intervals = controls.seg_intervals(counts[0], counts[1], inp.boot)
