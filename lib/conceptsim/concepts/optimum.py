@@ -7,6 +7,12 @@ and the iterates reach its minimiser. Stopping rule, the stated tolerance: the l
 entry ``<= gtol``; or no decrease left at float64 resolution (the line search cannot make progress); or
 ``max_iter`` iterations. :class:`Solution` says which (``converged``).
 
+L-BFGS's steps use only inner products of parameter vectors (and the first step's ``|gradient|_1``), so they
+are the same under any isometric change of coordinates; its stopping rule and that first step are not (an
+infinity norm and a 1-norm). :class:`GradientNorms` measures the gradient for both; a caller that minimises
+in other coordinates (e.g. Method B's row space of the features, :mod:`conceptsim.concepts.tcav`) passes one
+that measures it in the coordinates the tolerance is stated in.
+
 It is written out here rather than taken from :class:`torch.optim.LBFGS`, whose first step imports
 ``torch._dynamo`` (about 4 s per process) and whose line search is shared by all parameters anyway.
 """
@@ -40,6 +46,20 @@ class Solution:
     converged: bool
 
 
+class GradientNorms:
+    """The gradient's largest absolute entry and its 1-norm, here in the parameters' own coordinates."""
+
+    def largest(self, g: torch.Tensor) -> float:
+        return float(g.abs().max())
+
+    def total(self, g: torch.Tensor) -> float:
+        return float(g.abs().sum())
+
+    def above(self, g: torch.Tensor, gtol: float) -> bool:
+        """Whether the largest absolute entry exceeds ``gtol`` (the stopping test, once per iteration)."""
+        return self.largest(g) > gtol
+
+
 def _direction(g: torch.Tensor, pairs: list, gamma: float) -> torch.Tensor:
     """``-H g`` by the two-loop recursion over the stored ``(s, y, 1/(y.s))`` pairs."""
     q, alphas = g.clone(), []
@@ -54,19 +74,24 @@ def _direction(g: torch.Tensor, pairs: list, gamma: float) -> torch.Tensor:
 
 
 def minimise(fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], theta0: torch.Tensor, *,
-             gtol: float = GTOL, max_iter: int = MAX_ITER, history: int = HISTORY) -> Solution:
-    """Minimise a smooth convex ``fun`` from ``theta0`` (a float64 vector) by L-BFGS; see the module docstring."""
+             gtol: float = GTOL, max_iter: int = MAX_ITER, history: int = HISTORY,
+             norms: GradientNorms | None = None) -> Solution:
+    """Minimise a smooth convex ``fun`` from ``theta0`` (a float64 vector) by L-BFGS; see the module docstring.
+
+    ``norms``: how the stopping rule and the first step measure the gradient (default: its own entries).
+    """
     if gtol <= 0 or max_iter < 0:
         raise ValueError(f"gtol must be > 0 and max_iter >= 0, got gtol={gtol}, max_iter={max_iter}")
+    norms = GradientNorms() if norms is None else norms
     x = theta0.detach().to(torch.float64).clone()
     f, g = fun(x)
     f, evals, it, pairs = float(f), 1, 0, []
-    while float(g.abs().max()) > gtol and it < max_iter:
+    while norms.above(g, gtol) and it < max_iter:
         if pairs:
             s, y, _ = pairs[-1]
             gamma = float(s @ y) / float(y @ y)
         else:
-            gamma = min(1.0, 1.0 / float(g.abs().sum()))
+            gamma = min(1.0, 1.0 / norms.total(g))
         d = _direction(g, pairs, gamma)
         slope = float(g @ d)
         if slope >= 0:  # not a descent direction (rounding): restart from steepest descent
@@ -89,7 +114,7 @@ def minimise(fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], t
             pairs.append((step, dy, 1.0 / sy))
             del pairs[:-history]
         x, f, g, it = x + step, fn, gn, it + 1
-    gmax = float(g.abs().max())
+    gmax = norms.largest(g)
     return Solution(x, f, it, evals, gmax, gmax <= gtol)
 
 

@@ -13,6 +13,18 @@ which share no parameters -- warm-started from the previous (smaller) C, to the 
 ``(1/n) sum_i s_i log(1 + exp(-y_i (w.x_i + b))) + |w|^2 / (2 C n)`` (``s_i = n / (2 n_class(i))``; the
 same minimiser as ``|w|^2 / 2 + C sum_i s_i ...``). ``reference``: one scikit-learn lbfgs fit per concept
 and C (``max_iter=500``, its default tolerance; at large C it may stop before the optimum).
+
+Row space (:class:`RowSpace`). From ``W = 0`` every L-BFGS iterate's and every gradient's weight rows lie in
+the row space of the train features ``X = U S V^T`` (gradient rows are ``r^T X + W / (C n)``). In coordinates
+``W = beta V^T`` (``V`` orthonormal, ``D x r``) the objective is the same one with features ``X V = U S``
+(``n x r``) and ``|W| = |beta|``, and every inner product L-BFGS takes is unchanged, so L-BFGS on
+``(beta, b)`` takes the same iterates as on ``(W, b)`` in exact arithmetic, at ``n r K`` instead of ``n D K``
+per evaluation. The stopping rule stays the one on ``max |g_W|`` (and the first step's ``|g_W|_1``), measured
+in ``W`` coordinates (:class:`RowSpace` is the :class:`~conceptsim.concepts.optimum.GradientNorms`).
+Directions with singular values at or below ``s_max max(n, D) eps`` (the rounding level of ``X``, numpy's
+``matrix_rank`` tolerance) are left out: along them ``X`` has no extent beyond rounding, so ``X W^T`` does
+not change and the iterates' components there, driven by ``s_i``, are at rounding level too. Used where it
+pays: ``n <= ROW_SPACE_SHARE * D`` (then ``r <= n``; layers with more channels than train images).
 """
 
 from __future__ import annotations
@@ -26,11 +38,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from conceptsim.concepts.metrics import average_precision
-from conceptsim.concepts.optimum import MAX_ITER, SOLVERS, minimise
+from conceptsim.concepts.optimum import MAX_ITER, SOLVERS, GradientNorms, minimise
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 #: tolerance on the largest |gradient| entry of each concept's scaled objective (scikit-learn's default is 1e-4)
 GTOL = 1e-6
+#: solve in the features' row space when there are at most this share of the channels' train images
+ROW_SPACE_SHARE = 0.75
 
 
 @dataclass
@@ -97,21 +111,61 @@ class BalancedLogistic:
         return f, torch.cat([(r.t() @ self.x + reg * w).flatten(), r.sum(0)])
 
 
+class RowSpace(GradientNorms):
+    """Coordinates ``beta`` (``K x r``) of weights ``W = beta V^T`` in the row space of features ``X = U S V^T``.
+
+    ``scores`` is ``X V = U S`` (``n x r``), the features of the problem in these coordinates; ``basis`` is
+    ``V^T`` (``r x D``). Parameters are ``[beta (K x r) row-major, b (K)]``. As gradient norms it measures
+    ``g_W = g_beta V^T``: the stopping test first uses ``|g_W[k]|_inf <= |g_W[k]|_2 = |g_beta[k]|_2`` and
+    ``|g_W[k]|_inf >= |g_beta[k]|_2 / sqrt(D)``, and forms ``g_W`` only for the rows these bounds leave open.
+    """
+
+    def __init__(self, x: np.ndarray, k: int):
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        keep = s > (float(s[0]) if len(s) else 0.0) * max(x.shape) * np.finfo(np.float64).eps
+        self.scores = (u[:, keep] * s[keep]).numpy()
+        self.basis = vh[keep].contiguous()
+        self.k, self.r, self.d = k, int(keep.sum()), x.shape[1]
+
+    def weights(self, theta: torch.Tensor) -> torch.Tensor:
+        """``W`` (``K x D``) of parameters ``theta``."""
+        return theta[: self.k * self.r].view(self.k, self.r) @ self.basis
+
+    def largest(self, g: torch.Tensor) -> float:
+        return max(float(g[self.k * self.r :].abs().max()), float(self.weights(g).abs().max()))
+
+    def total(self, g: torch.Tensor) -> float:
+        return float(g[self.k * self.r :].abs().sum()) + float(self.weights(g).abs().sum())
+
+    def above(self, g: torch.Tensor, gtol: float) -> bool:
+        if float(g[self.k * self.r :].abs().max()) > gtol:
+            return True
+        rows = g[: self.k * self.r].view(self.k, self.r)
+        norm = torch.linalg.vector_norm(rows, dim=1)
+        if float(norm.max()) > gtol * self.d**0.5:
+            return True
+        open_rows = norm > gtol
+        return bool(open_rows.any()) and float((rows[open_rows] @ self.basis).abs().max()) > gtol
+
+
 def solve_classification_probes(
     z_train: np.ndarray, y_train: np.ndarray, z_val: np.ndarray, y_val: np.ndarray, *,
     c_grid=C_GRID, gtol: float = GTOL, max_iter: int = MAX_ITER,
 ) -> ClsProbes:
     """All concepts' probes for every C of ``c_grid`` by batched L-BFGS (see the module docstring)."""
-    fun = BalancedLogistic(z_train, y_train)
-    k, d = fun.k, fun.d
-    theta = torch.zeros(k * d + k, dtype=torch.float64)  # b = 0 is the balanced intercept-only optimum
+    k, d = np.shape(y_train)[1], np.shape(z_train)[1]
+    space = RowSpace(z_train, k) if len(z_train) <= ROW_SPACE_SHARE * d else None
+    fun = BalancedLogistic(z_train if space is None else space.scores, y_train)
+    theta = torch.zeros(k * fun.d + k, dtype=torch.float64)  # b = 0 is the balanced intercept-only optimum
     best_ap, chosen = np.full(k, -np.inf), np.zeros(k)
     coef, intercept = np.zeros((k, d)), np.zeros(k)
     zv = np.asarray(z_val, dtype=np.float64)
     for c in sorted(c_grid):
         fun.c = float(c)
-        theta = minimise(fun, theta, gtol=gtol, max_iter=max_iter).theta
-        w, b = theta[: k * d].view(k, d).numpy(), theta[k * d :].numpy()
+        theta = minimise(fun, theta, gtol=gtol, max_iter=max_iter, norms=space).theta
+        w = (theta[: k * d].view(k, d) if space is None else space.weights(theta)).numpy()
+        b = theta[k * fun.d :].numpy()
         ap = average_precision(np.asarray(y_val).T, (zv @ w.T + b).T)
         ap = np.where(np.isnan(ap), -np.inf, ap)
         better = (ap > best_ap) | (chosen == 0)  # ascending C: ties keep the smaller C; the first C is kept
