@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import minimize
 from sklearn.linear_model import LogisticRegression
 
-from conceptsim.concepts import net2vec
+from conceptsim.concepts import net2vec, tcav
 from conceptsim.concepts.metrics import average_precision, set_iou_from_counts
 from conceptsim.concepts.net2vec import BalancedBCE, foreground_alpha, split_counts, train_segmentation_probes
 from conceptsim.concepts.optimum import Adam, minimise
@@ -130,3 +130,68 @@ def test_unknown_solver_and_nonconvex_loss_are_errors(noisy):
     with pytest.raises(ValueError, match="solver must be one of"):
         train_classification_probes(np.zeros((4, 2)), np.array([[0], [1], [0], [1]]), np.zeros((4, 2)),
                                     np.array([[0], [1], [0], [1]]), solver="newton")
+
+
+def _wide_problem(seed=0, n=40, channels=120, k=3, rank=10):
+    """More channels than images, rank-deficient features (rank 10, seven constant channels, centred), noisy labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, channels)) / np.sqrt(rank)
+    x[:, :7] = 0.0
+    x -= x.mean(0)
+    y = (x[:, 7 : 7 + k] + 1.5 * rng.standard_normal((n, k)) > 0).astype(np.uint8)
+    return x, y
+
+
+def test_classification_row_space_takes_the_plain_iterates():
+    """In the features' row space L-BFGS takes the plain path's iterates and stops where it does, C after C (warm start)."""
+    x, y = _wide_problem()
+    k, d = y.shape[1], x.shape[1]
+    space = tcav.RowSpace(x, k)
+    assert space.r == 10  # the numerical rank: directions without extent are left out
+    plain, reduced = BalancedLogistic(x, y), BalancedLogistic(space.scores, y)
+    t_plain, t_reduced = torch.zeros(k * d + k, dtype=torch.float64), torch.zeros(k * space.r + k, dtype=torch.float64)
+    t_naive, naive_differs = t_reduced.clone(), False
+    for c in (0.01, 0.1, 1.0, 10.0):
+        plain.c = reduced.c = c
+        a = minimise(plain, t_plain, gtol=1e-6)
+        b = minimise(reduced, t_reduced, gtol=1e-6, norms=space)
+        naive = minimise(reduced, t_naive, gtol=1e-6)  # max|g| and |g|_1 in beta coordinates: not the stated rule
+        t_plain, t_reduced, t_naive = a.theta, b.theta, naive.theta
+        assert a.converged and b.converged and (a.iterations, a.evaluations) == (b.iterations, b.evaluations), c
+        np.testing.assert_allclose(space.weights(b.theta), a.theta[: k * d].view(k, d), rtol=0, atol=1e-10)
+        np.testing.assert_allclose(b.theta[-k:], a.theta[-k:], rtol=0, atol=1e-10)
+        # the reported largest |gradient| entry is the plain objective's, in W coordinates
+        g = plain(torch.cat([space.weights(b.theta).flatten(), b.theta[-k:]]))[1]
+        assert b.grad_max == pytest.approx(float(g.abs().max()), rel=1e-6) and b.grad_max <= 1e-6
+        naive_differs |= naive.iterations != a.iterations
+    assert naive_differs
+    # the probes: row space (chosen automatically, n <= 0.75 D) and the plain path give the same coefficients
+    zv, yv = x[:20], y[:20]
+    fast = tcav.solve_classification_probes(x, y, zv, yv)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tcav, "ROW_SPACE_SHARE", 0.0)
+        slow = tcav.solve_classification_probes(x, y, zv, yv)
+    np.testing.assert_allclose(fast.coef, slow.coef, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fast.intercept, slow.intercept, rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(fast.chosen_c, slow.chosen_c)
+    np.testing.assert_allclose(fast.val_ap, slow.val_ap, rtol=0, atol=1e-12)
+
+
+def test_row_space_measures_the_gradient_in_weight_coordinates():
+    """The stopping test, the largest entry and the 1-norm are those of g_W = g_beta V^T, in every branch of the test."""
+    x, y = _wide_problem(seed=1)
+    space = tcav.RowSpace(x, 3)
+    rng, disagree = np.random.default_rng(2), 0
+    for i in range(300):
+        g = torch.from_numpy(rng.standard_normal(3 * space.r + 3) * 10.0 ** rng.uniform(-8, -4))
+        if i % 3 == 0:
+            g[-3:] = 0.0  # intercepts pass: the weight rows decide
+        if i % 5 == 0:
+            g[: space.r] = 0.0  # a row that passes by its 2-norm alone
+        full = torch.cat([space.weights(g).flatten(), g[-3:]])
+        gtol = 1e-6
+        assert space.above(g, gtol) == (float(full.abs().max()) > gtol), i
+        assert space.largest(g) == pytest.approx(float(full.abs().max()), rel=1e-12)
+        assert space.total(g) == pytest.approx(float(full.abs().sum()), rel=1e-12)
+        disagree += (float(g.abs().max()) > gtol) != space.above(g, gtol)
+    assert disagree > 0  # measured in beta coordinates, the test would stop elsewhere
