@@ -196,3 +196,48 @@ def test_probes_and_control_in_one_run_equal_two_runs(planted):
         np.testing.assert_array_equal(np.isnan(np.array(joint.history)), np.isnan(np.array(one.history)))
     with pytest.raises(ValueError, match="alpha"):
         train_probes_and_control(data["train"], targets, data["val"], ev, order_train, order_val, alpha=torch.ones(4))
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_control_targets_train_as_their_joint_tensor(planted, in_place, monkeypatch):
+    """ControlTargets hold the targets once; read image by image (in place) or materialised, training gives
+    the same bits as the joint tensor built by hand, through concepts freezing at different epochs."""
+    from conceptsim.concepts import net2vec
+    from conceptsim.concepts.net2vec import ControlTargets, foreground_alpha
+
+    if in_place:
+        monkeypatch.setattr(net2vec, "IN_PLACE_IMAGE_BYTES", 0)
+    inp, data, targets, _ = planted
+    order = controls.shuffle_permutation(len(targets), 0)
+    control = ControlTargets(targets, order)
+    joint = torch.cat([targets, targets[torch.from_numpy(order)]], 1)
+    assert control.shape == tuple(joint.shape) and torch.equal(control.materialise(), joint)
+    for rows in ([0, 2, 5, 7], [1, 2], [5, 6], list(range(8))):
+        out = control.image(3, control.halves(np.array(rows)), torch.empty((len(rows), joint[0, 0].numel())))
+        assert torch.equal(out, joint[3, rows].reshape(len(rows), -1).float())
+    ev = inp.eval_sets["val"]
+    ev2 = ev.with_masks(torch.cat([ev.masks, ev.masks], 1))
+    alpha = foreground_alpha(joint)
+    kw = dict(batch_size=16, epochs=10, patience=2, seed=1, alpha=alpha)
+    a = net2vec.train_segmentation_probes_reference(data["train"], control, data["val"], ev2, **kw)
+    b = net2vec.train_segmentation_probes_reference(data["train"], joint, data["val"], ev2, **kw)
+    assert np.array_equal(a.weight, b.weight) and np.array_equal(a.best_epoch, b.best_epoch)
+    assert len(set(a.best_epoch.tolist())) > 1  # concepts froze at different epochs: the selected rows were read
+    with pytest.raises(ValueError, match="permutation"):
+        ControlTargets(targets, np.zeros(len(targets), dtype=int))
+    with pytest.raises(ValueError, match="alpha"):
+        net2vec.train_segmentation_probes_reference(data["train"], control, data["val"], ev2)
+
+
+def test_control_targets_channels_last_is_the_joint_layout(planted):
+    from conceptsim.concepts.net2vec import ControlTargets
+
+    _, _, targets, _ = planted
+    order = controls.shuffle_permutation(len(targets), 2)
+    control = ControlTargets(targets, order)
+    joint = control.materialise()
+    n, k2 = joint.shape[:2]
+    for concepts in (None, np.array([1, 3, k2 // 2, k2 - 1]), np.array([0, 1]), np.array([k2 - 2, k2 - 1])):
+        idx = np.arange(k2) if concepts is None else concepts
+        want = joint[:, torch.from_numpy(idx)].permute(0, 2, 3, 1).reshape(n, -1, len(idx))
+        assert torch.equal(control.channels_last(concepts), want)

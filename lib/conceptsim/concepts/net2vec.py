@@ -62,11 +62,17 @@ class EvalSet:
     boxes : float32 ``n x 4`` content boxes in input-frame pixels.
     input_size : tuple of int
         (H, W) of the model input frame.
+    control_order : with it, the set has ``2K`` concepts: ``masks``' own, then the shuffled-label
+        control's, image ``i``'s being the masks of image ``control_order[i]`` (:meth:`with_control`); they
+        are read block by block (:meth:`block`), never copied whole.
+    concepts : the concepts kept of the set's (a :meth:`subset` of a set with a control), or None (all).
     """
 
     masks: torch.Tensor
     boxes: torch.Tensor
     input_size: tuple[int, int]
+    control_order: np.ndarray | None = None
+    concepts: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -74,13 +80,43 @@ class EvalSet:
         return tuple(self.masks.shape[-2:])
 
     @property
+    def n_concepts(self) -> int:
+        if self.concepts is not None:
+            return len(self.concepts)
+        return self.masks.shape[1] * (1 if self.control_order is None else 2)
+
+    def block(self, images: slice | torch.Tensor) -> torch.Tensor:
+        """The masks of ``images`` (a slice or positions), ``B x K x gh x gw``, with the control's and only the
+        kept concepts."""
+        m = self.masks[images]
+        if self.control_order is not None:
+            rows = self.control_order[images if isinstance(images, slice) else np.asarray(images.cpu())]
+            m = torch.cat([m, self.masks[torch.from_numpy(np.asarray(rows))]], 1)
+        return m if self.concepts is None else m[:, self.concepts]
+
+    @property
     def areas(self) -> torch.Tensor:
         """Foreground pixel counts ``n x K`` (int64), computed once."""
         if "areas" not in self._cache:  # a block of images at a time: no int32 copy of all the masks
             step = max(1, COUNT_FLOATS // max(1, self.masks[0].numel()))
             parts = [self.masks[s : s + step].flatten(2).sum(2, dtype=torch.int32) for s in range(0, len(self.masks), step)]
-            self._cache["areas"] = torch.cat(parts) if parts else torch.zeros(self.masks.shape[:2], dtype=torch.int32)
+            areas = torch.cat(parts) if parts else torch.zeros(self.masks.shape[:2], dtype=torch.int32)
+            if self.control_order is not None:
+                areas = torch.cat([areas, areas[torch.from_numpy(self.control_order)]], 1)
+            self._cache["areas"] = areas if self.concepts is None else areas[:, self.concepts]
         return self._cache["areas"]
+
+    def with_control(self, order: np.ndarray) -> "EvalSet":
+        """These masks beside the shuffled-label control's (the masks of images ``order``): ``2K`` concepts,
+        sharing the masks and the resampling matrices."""
+        order = np.asarray(order, dtype=np.int64)
+        if self.control_order is not None or self.concepts is not None:
+            raise ValueError("with_control needs a set of plain masks")
+        if sorted(order.tolist()) != list(range(len(self.masks))):
+            raise ValueError(f"order must be a permutation of the {len(self.masks)} images")
+        out = EvalSet(self.masks, self.boxes, self.input_size, control_order=order)
+        out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
+        return out
 
     def resampler(self, src_hw: Sequence[int], device: str | torch.device = "cpu") -> "Resampler":
         """The (cached) :class:`Resampler` from an ``src_hw`` activation grid onto this set's grid."""
@@ -105,8 +141,12 @@ class EvalSet:
         Selecting every concept in order shares the masks too (no copy): masks are never written.
         """
         concepts = [int(j) for j in concepts]
-        everything = concepts == list(range(self.masks.shape[1]))
-        out = EvalSet(self.masks if everything else self.masks[:, concepts], self.boxes, self.input_size)
+        everything = concepts == list(range(self.n_concepts))
+        if self.control_order is not None:  # the kept concepts are read block by block
+            kept = None if everything else torch.tensor(concepts) if self.concepts is None else self.concepts[concepts]
+            out = EvalSet(self.masks, self.boxes, self.input_size, control_order=self.control_order, concepts=kept)
+        else:
+            out = EvalSet(self.masks if everything else self.masks[:, concepts], self.boxes, self.input_size)
         out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
         if "areas" in self._cache:
             out._cache["areas"] = self._cache["areas"] if everything else self._cache["areas"][:, concepts]
@@ -272,7 +312,7 @@ def split_counts(
             p = pos[s : s + step]
             # evaluation batches are consecutive images: slice (a view) instead of gathering a copy
             pt = slice(int(p[0]), int(p[-1]) + 1) if (np.diff(p) == 1).all() else torch.from_numpy(p).to(device)
-            i, u = threshold_counts(resample(z[s : s + step], p), 0.0, ev.masks[pt].to(device), areas[pt])
+            i, u = threshold_counts(resample(z[s : s + step], p), 0.0, ev.block(pt).to(device), areas[pt])
             inter.append(i.cpu())
             union.append(u.cpu())
     return torch.cat(inter).numpy().astype(np.int64), torch.cat(union).numpy().astype(np.int64)
@@ -449,17 +489,16 @@ def train_probes_and_control(
     """
     if "alpha" in kwargs:
         raise ValueError("train_probes_and_control weights each half by its own targets; do not pass alpha")
-    shuffled = targets[torch.from_numpy(np.asarray(train_order))]
-    shuffled_eval = val_eval.with_masks(val_eval.masks[torch.from_numpy(np.asarray(val_order))])
     if kwargs.get("solver", "reference") != "reference":
+        shuffled_eval = val_eval.with_masks(val_eval.masks[torch.from_numpy(np.asarray(val_order))])
         return (train_segmentation_probes(train, targets, val, val_eval, **kwargs),
-                train_segmentation_probes(train, shuffled, val, shuffled_eval, **kwargs))
+                train_segmentation_probes(train, targets[torch.from_numpy(np.asarray(train_order))], val,
+                                          shuffled_eval, **kwargs))
     k = targets.shape[1]
-    alpha = torch.cat([foreground_alpha(targets), foreground_alpha(shuffled)])
-    both = torch.cat([targets, shuffled], dim=1)
-    del shuffled
-    joint = train_segmentation_probes(train, both, val, val_eval.with_masks(torch.cat([val_eval.masks, shuffled_eval.masks], 1)),
-                                      alpha=alpha, **kwargs)
+    # each half's class weights from its own targets (the shuffled copy only for their sum, in its own order)
+    alpha = torch.cat([foreground_alpha(targets), foreground_alpha(targets[torch.from_numpy(np.asarray(train_order))])])
+    both = ControlTargets(targets, train_order)
+    joint = train_segmentation_probes(train, both, val, val_eval.with_control(val_order), alpha=alpha, **kwargs)
     return joint.part(slice(0, k)), joint.part(slice(k, 2 * k))
 
 
@@ -497,31 +536,103 @@ def solve_segmentation_probes(
                      loss=fun.evaluate(sol.theta)[0].numpy(), grad_max=sol.grad_max)
 
 
+class ControlTargets:
+    """The soft targets of K concepts and of their shuffled-label control as ``n x 2K x h x w`` targets, held
+    once: the control's targets of image ``i`` are the concepts' targets of image ``order[i]``.
+
+    :class:`BalancedBCEGradient` reads them image by image (:meth:`image`) or builds its batch layout half
+    by half (:meth:`channels_last`), so training the probes and their control in one run makes no joint
+    copy of the targets; :meth:`materialise` makes the joint tensor for autograd's losses.
+    """
+
+    def __init__(self, targets: torch.Tensor, order: np.ndarray):
+        order = np.asarray(order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(len(targets))):
+            raise ValueError(f"order must be a permutation of the {len(targets)} train images")
+        self.targets, self.order = targets, order
+        self.k = targets.shape[1]
+        self._flat, self._order = targets.reshape(len(targets), self.k, -1), order.tolist()  # per-step reads
+        self.shape = (targets.shape[0], 2 * self.k, *targets.shape[2:])
+        self.dtype = targets.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def halves(self, concepts: np.ndarray | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``concepts`` (increasing indices into the 2K; None: all) as the probes' and the control's rows of
+        the targets (None: all of that half), for :meth:`image`."""
+        if concepts is None:
+            return None, None
+        concepts = np.asarray(concepts)
+        own, ctl = concepts[concepts < self.k], concepts[concepts >= self.k] - self.k
+        return (None if len(own) == self.k else torch.from_numpy(own),
+                None if len(ctl) == self.k else torch.from_numpy(ctl))
+
+    def image(self, i: int, halves: tuple, out: torch.Tensor) -> torch.Tensor:
+        """Image ``i``'s targets of the concepts of ``halves`` (:meth:`halves`) into ``out`` (``K' x (h w)``,
+        converted to its dtype)."""
+        own, ctl = self._flat[i], self._flat[self._order[i]]
+        if halves[0] is not None:
+            own = own[halves[0]]
+        if halves[1] is not None:
+            ctl = ctl[halves[1]]
+        rows = own.shape[0]
+        out[:rows].copy_(own)
+        out[rows:].copy_(ctl)
+        return out
+
+    def channels_last(self, concepts: np.ndarray | None) -> torch.Tensor:
+        """The targets of ``concepts`` (increasing indices into the 2K; None: all) as ``n x (h w) x K'``, made
+        half by half (no joint copy on the way)."""
+        n, hw = self.shape[0], int(np.prod(self.shape[2:]))
+        idx = np.arange(2 * self.k) if concepts is None else np.asarray(concepts)
+        own, ctl = torch.from_numpy(idx[idx < self.k]), torch.from_numpy(idx[idx >= self.k] - self.k)
+        src = self.targets.reshape(n, self.k, hw)
+        out = torch.empty((n, hw, len(idx)), dtype=self.dtype)
+        out[:, :, : len(own)] = src[:, own].transpose(1, 2)
+        out[:, :, len(own) :] = src[torch.from_numpy(self.order)[:, None], ctl[None, :]].transpose(1, 2)
+        return out
+
+    def materialise(self) -> torch.Tensor:
+        """The joint ``n x 2K x h x w`` tensor."""
+        return torch.cat([self.targets, self.targets[torch.from_numpy(self.order)]], dim=1)
+
+
 class BalancedBCEGradient:
     """The balanced BCE's gradient in the logits, per position, for the reference solver's mini-batches.
 
     For soft targets ``t`` and weights ``a`` (positive) and ``1 - a`` (negative), the gradient of
     ``a t softplus(-z) + (1-a)(1-t) softplus(z)`` in ``z`` is ``A sigmoid(z) - P`` with the per-element
     coefficients ``A = (1-a) + (2a-1) t`` and ``P = a t`` (``a`` computed as PyTorch's backward does,
-    ``(1-a) pw`` with ``pw = a / (1-a)``). The targets are held once more, in their own precision (float16 from
-    the store: no more memory than a copy of them), for the concepts still training (:meth:`select` rebuilds
-    them when concepts freeze): ``n x (h w) x K`` for batches (a batch's rows are a gather of whole images in
-    the ``(B h w) x K`` order of its logits) or ``n x K x (h w)`` when ``per_image`` (:meth:`step`'s per-image
-    products); ``A`` and ``P`` are formed per batch, in float32.
+    ``(1-a) pw`` with ``pw = a / (1-a)``). For batches the targets are held once more, in their own precision
+    (float16 from the store; from :class:`ControlTargets` half by half), for the concepts still training
+    (:meth:`select` rebuilds them when concepts freeze), as ``n x (h w) x K`` (a batch's rows are a gather of
+    whole images in the ``(B h w) x K`` order of its logits). When ``per_image`` (:meth:`step`'s per-image
+    products) each image's rows of the concepts still training are read from the targets given (a tensor or
+    :class:`ControlTargets`) at each step, which holds no copy. ``A`` and ``P`` are formed per batch or image,
+    in float32.
     """
 
-    def __init__(self, targets: torch.Tensor, alpha: torch.Tensor, device: str | torch.device = "cpu",
+    def __init__(self, targets: torch.Tensor | ControlTargets, alpha: torch.Tensor, device: str | torch.device = "cpu",
                  per_image: bool = False):
         self.targets, self.alpha, self.device, self.per_image = targets, alpha, device, per_image
         self.select(np.arange(targets.shape[1]))
 
     def select(self, concepts: np.ndarray) -> None:
-        """Keep the targets and weights of ``concepts`` only (in that order)."""
+        """Keep the targets and weights of ``concepts`` only (in that order; per image: increasing order, read
+        from the held targets at each step, so no copy of them is made)."""
         concepts = np.asarray(concepts)
         n, k = self.targets.shape[0], len(concepts)
         every = k == self.targets.shape[1] and bool((concepts == np.arange(k)).all())
-        t = (self.targets if every else self.targets[:, torch.from_numpy(concepts)]).to(self.device)
-        self.t = (t.reshape(n, k, -1) if self.per_image else t.permute(0, 2, 3, 1).reshape(n, -1, k)).contiguous()
+        if self.per_image:
+            self.rows = None if every else torch.from_numpy(concepts)
+            if isinstance(self.targets, ControlTargets):
+                self.halves = self.targets.halves(None if every else concepts)
+        elif isinstance(self.targets, ControlTargets):
+            self.t = self.targets.channels_last(None if every else concepts).to(self.device)
+        else:
+            t = (self.targets if every else self.targets[:, torch.from_numpy(concepts)]).to(self.device)
+            self.t = t.permute(0, 2, 3, 1).reshape(n, -1, k).contiguous()
         a = self.alpha[torch.from_numpy(concepts).to(self.alpha.device)].to(self.device).float()
         a = a.view(-1, 1) if self.per_image else a.view(1, -1)
         wt = 1 - a
@@ -531,6 +642,15 @@ class BalancedBCEGradient:
     def _coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = t.to(torch.float32, copy=True)  # never a view of the held targets: it is scaled in place below
         return torch.addcmul(self.base, t, self.slope), t.mul_(self.pos_coef)
+
+    def _image_coefficients(self, i: int, hw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_coefficients` of image ``i``'s targets of the selected concepts (``K' x (h w)``)."""
+        if isinstance(self.targets, ControlTargets):
+            k = self.targets.shape[1] if self.rows is None else len(self.rows)
+            t = self.targets.image(i, self.halves, torch.empty((k, hw), dtype=torch.float32))
+            return torch.addcmul(self.base, t, self.slope), t.mul_(self.pos_coef)
+        own = self.targets[i].reshape(self.targets.shape[1], -1)
+        return self._coefficients(own if self.rows is None else own[self.rows])
 
     def step(self, w: torch.Tensor, b: torch.Tensor, pos: np.ndarray, x: torch.Tensor | None = None,
              images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -557,7 +677,7 @@ class BalancedBCEGradient:
         bc = b[:, None]
         for i in np.asarray(pos).tolist():
             xi = images[i]
-            coef, offset = self._coefficients(self.t[i])
+            coef, offset = self._image_coefficients(i, xi.shape[0])
             r = torch.sigmoid(torch.addmm(bc, w, xi.t()))  # K x (h w)
             r.mul_(coef).sub_(offset)
             gw.addmm_(r, xi)
@@ -599,11 +719,15 @@ def train_segmentation_probes_reference(
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     k, c = targets.shape[1], train.c
+    if isinstance(targets, ControlTargets) and alpha is None:
+        raise ValueError("targets with their control (ControlTargets) need the class weights alpha")
     alpha = (foreground_alpha(targets) if alpha is None else alpha).to(device)
     analytic = analytic_gradient and loss == "balanced_bce" and bool((alpha < 1).all())
     images = train.image_matrices() if analytic and torch.device(device).type == "cpu" else None
     if images is not None and images.shape[1] * c * 4 < IN_PLACE_IMAGE_BYTES:
         images = None
+    if isinstance(targets, ControlTargets) and not analytic:
+        targets = targets.materialise()  # autograd's losses read the joint tensor
     grad = BalancedBCEGradient(targets, alpha, device, per_image=images is not None) if analytic else None
     with deterministic(seed, device) as gen:
         w = torch.zeros(k, c, device=device, requires_grad=not analytic)
