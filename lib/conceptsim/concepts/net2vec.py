@@ -63,9 +63,9 @@ class EvalSet:
     input_size : tuple of int
         (H, W) of the model input frame.
     control_order : with it, the set has ``2K`` concepts: ``masks``' own, then the shuffled-label
-        control's, image ``i``'s being the masks of image ``control_order[i]`` (:meth:`with_control`); they
-        are read block by block (:meth:`block`), never copied whole.
-    concepts : the concepts kept of the set's (a :meth:`subset` of a set with a control), or None (all).
+        control's, image ``i``'s being the masks of image ``control_order[i]`` (``with_control``); they
+        are read block by block (``block``), never copied whole.
+    concepts : the concepts kept of the set's (a ``subset`` of a set with a control), or None (all).
     """
 
     masks: torch.Tensor
