@@ -52,6 +52,14 @@ EVAL_BATCH = 32
 FIT_ROWS = 1 << 14  # positions per chunk of the full-batch objective (a contiguous slice of the split)
 
 
+def image_permutation(order: np.ndarray, n: int, what: str) -> np.ndarray:
+    """``order`` as int64 after checking it is a permutation of ``n`` ``what``."""
+    order = np.asarray(order, dtype=np.int64)
+    if sorted(order.tolist()) != list(range(n)):
+        raise ValueError(f"order must be a permutation of the {n} {what}")
+    return order
+
+
 @dataclass
 class EvalSet:
     """Binary masks of a split on the evaluation grid and what is needed to map logits onto it.
@@ -90,8 +98,8 @@ class EvalSet:
         kept concepts."""
         m = self.masks[images]
         if self.control_order is not None:
-            rows = self.control_order[images if isinstance(images, slice) else np.asarray(images.cpu())]
-            m = torch.cat([m, self.masks[torch.from_numpy(np.asarray(rows))]], 1)
+            rows = self.control_order[images if isinstance(images, slice) else images.cpu().numpy()]
+            m = torch.cat([m, self.masks[torch.from_numpy(rows)]], 1)
         return m if self.concepts is None else m[:, self.concepts]
 
     @property
@@ -109,12 +117,13 @@ class EvalSet:
     def with_control(self, order: np.ndarray) -> "EvalSet":
         """These masks beside the shuffled-label control's (the masks of images ``order``): ``2K`` concepts,
         sharing the masks and the resampling matrices."""
-        order = np.asarray(order, dtype=np.int64)
         if self.control_order is not None or self.concepts is not None:
             raise ValueError("with_control needs a set of plain masks")
-        if sorted(order.tolist()) != list(range(len(self.masks))):
-            raise ValueError(f"order must be a permutation of the {len(self.masks)} images")
-        out = EvalSet(self.masks, self.boxes, self.input_size, control_order=order)
+        order = image_permutation(order, len(self.masks), "images")
+        return self._sharing_resamplers(EvalSet(self.masks, self.boxes, self.input_size, control_order=order))
+
+    def _sharing_resamplers(self, out: "EvalSet") -> "EvalSet":
+        """``out`` (the same images) with this set's cached resampling matrices (not its mask areas)."""
         out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
         return out
 
@@ -131,9 +140,7 @@ class EvalSet:
         if masks.shape[0] != self.masks.shape[0] or masks.shape[2:] != self.masks.shape[2:]:
             raise ValueError(f"masks of shape {tuple(masks.shape)} do not fit {len(self.masks)} images on the "
                              f"{self.grid} grid")
-        out = EvalSet(masks, self.boxes, self.input_size)
-        out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
-        return out
+        return self._sharing_resamplers(EvalSet(masks, self.boxes, self.input_size))
 
     def subset(self, concepts: Sequence[int]) -> "EvalSet":
         """The same images restricted to some concepts (resampling matrices and mask areas are shared).
@@ -147,7 +154,7 @@ class EvalSet:
             out = EvalSet(self.masks, self.boxes, self.input_size, control_order=self.control_order, concepts=kept)
         else:
             out = EvalSet(self.masks if everything else self.masks[:, concepts], self.boxes, self.input_size)
-        out._cache.update({k: v for k, v in self._cache.items() if k != "areas"})
+        self._sharing_resamplers(out)
         if "areas" in self._cache:
             out._cache["areas"] = self._cache["areas"] if everything else self._cache["areas"][:, concepts]
         return out
@@ -546,9 +553,7 @@ class ControlTargets:
     """
 
     def __init__(self, targets: torch.Tensor, order: np.ndarray):
-        order = np.asarray(order, dtype=np.int64)
-        if sorted(order.tolist()) != list(range(len(targets))):
-            raise ValueError(f"order must be a permutation of the {len(targets)} train images")
+        order = image_permutation(order, len(targets), "train images")
         self.targets, self.order = targets, order
         self.k = targets.shape[1]
         self._flat, self._order = targets.reshape(len(targets), self.k, -1), order.tolist()  # per-step reads
@@ -639,16 +644,18 @@ class BalancedBCEGradient:
         self.pos_coef = wt * (a / wt)  # P = pos_coef t
         self.base, self.slope = wt, self.pos_coef - wt  # A = base + slope t
 
-    def _coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = t.to(torch.float32, copy=True)  # never a view of the held targets: it is scaled in place below
+    def _coefficients(self, t: torch.Tensor, fresh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` and ``P`` of targets ``t``; ``fresh``: ``t`` is a float32 copy of its own, scaled in place."""
+        if not fresh:
+            t = t.to(torch.float32, copy=True)  # never a view of the held targets: it is scaled in place below
         return torch.addcmul(self.base, t, self.slope), t.mul_(self.pos_coef)
 
     def _image_coefficients(self, i: int, hw: int) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_coefficients` of image ``i``'s targets of the selected concepts (``K' x (h w)``)."""
         if isinstance(self.targets, ControlTargets):
             k = self.targets.shape[1] if self.rows is None else len(self.rows)
-            t = self.targets.image(i, self.halves, torch.empty((k, hw), dtype=torch.float32))
-            return torch.addcmul(self.base, t, self.slope), t.mul_(self.pos_coef)
+            return self._coefficients(self.targets.image(i, self.halves, torch.empty((k, hw), dtype=torch.float32)),
+                                     fresh=True)
         own = self.targets[i].reshape(self.targets.shape[1], -1)
         return self._coefficients(own if self.rows is None else own[self.rows])
 
