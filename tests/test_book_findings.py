@@ -52,3 +52,24 @@ def test_shortcut_sentence_reads_the_deepest_layer():
     assert shortcut_sentence("x/y", frame[frame["method"] == "cls"]) == ""
     frame["concept"] = frame["concept"].replace("", None)  # as read from shortcut.csv with na_values=[""]
     assert shortcut_sentence("grounding/coco-icons", frame) == text
+
+
+def test_opening_names_each_contradicted_test_and_the_shared_backbone_of_a_control_pair(comparison_run):
+    from conceptsim.comparison.finding2 import PositiveControl
+
+    doc, _ = comparison_run
+    doc = json.loads(json.dumps(doc))  # a copy: the fixture is shared
+    pair = doc["pairs"][0]
+    pair["finding2"]["seg"]["from_training"].update(verdict="contradicted", effect=-0.11, ci_low=-0.19, ci_high=-0.02)
+    assert "Contradicted (" not in findings.study_opening([{**doc, "pairs": []}], "s")
+    n = sum(t.verdict == "contradicted" for *_, t in report.tests_of(doc))
+    control = PositiveControl(pair["model_a"], pair["model_b"], "seg_kappa", "val", {}, 0.8, 0.2, 0.2, 0.001, 10, 8, 5,
+                              {}, True)
+    doc["positive_control"] = [control.to_json()]
+    sentence = next(ln for ln in findings.study_opening([doc], "s").splitlines() if "Contradicted (" in ln)
+    entry = f"{doc['dataset']}, {pair['model_a']} vs {pair['model_b']}, seg, finding 2: from training -0.11 [-0.19, -0.02]"
+    assert f"Contradicted ({n}):" in sentence and f"{entry} (the two models share backbone blocks" in sentence
+    assert sentence.count("share backbone blocks") == 1  # only the from-training test of the control pair
+    doc["positive_control"] = []
+    sentence = next(ln for ln in findings.study_opening([doc], "s").splitlines() if "Contradicted (" in ln)
+    assert entry in sentence and "share backbone blocks" not in sentence

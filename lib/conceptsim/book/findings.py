@@ -16,6 +16,7 @@ from conceptsim.tables import read_table
 from conceptsim.atomic import save_figure, write_text
 from conceptsim.comparison.finding2 import PositiveControl
 from conceptsim.comparison.report import (
+    COMPONENT_NAMES,
     METHOD_NAMES,
     count_text,
     emergence_table,
@@ -144,6 +145,9 @@ def study_opening(docs: list[dict], study: str) -> str:
                          f"{max(t.effect for t in sup):+.2f})")
     if supported1:
         lines.append(" Finding 1 is supported " + "; ".join(parts) + "; the tables below give every test.")
+    contradicted = contradicted_sentence(docs, tests)
+    if contradicted:
+        lines.append(" " + contradicted)
     if ctl:
         passed = sum(1 for c in ctl if c.passed)
         lines.append(f" The positive control (shared backbone blocks matched block to block) passed {passed} of "
@@ -159,6 +163,24 @@ def study_opening(docs: list[dict], study: str) -> str:
         "{ref}`glossary`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def contradicted_sentence(docs: list[dict], tests: list[tuple]) -> str:
+    """The contradicted tests by name, each with its effect and interval; a from-training test of two models
+    that share backbone blocks (a positive-control pair) says that their twins share the block layout too."""
+    shared = {(c["model_a"], c["model_b"]) for doc in docs for c in doc.get("positive_control", [])}
+    named = []
+    for ds, finding, m, pair, t in tests:
+        if t.verdict != "contradicted":
+            continue
+        text = f"{ds}, {pair}, {m}, {finding} {fmt_test(t)}"
+        if finding.endswith(COMPONENT_NAMES["from_training"]) and tuple(pair.split(" vs ")) in shared:
+            text += (" (the two models share backbone blocks, so their random-init twins share that block layout "
+                     "too and can match block to block without training)")
+        named.append(text)
+    if not named:
+        return ""
+    return f"Contradicted ({len(named)}): " + "; ".join(named) + "."
 
 
 def verdict_overview(docs: list[dict]) -> str:
