@@ -143,7 +143,7 @@ def select_categories(findings: Path, size: int, starts: int = 200, seed: int = 
         return min(counts), sum(counts)
 
     rng = random.Random(seed)
-    best = None
+    best, best_score = None, None
     for _ in range(starts):
         sel = rng.sample(pool, size)
         current, improved = score(sel), True
@@ -151,10 +151,13 @@ def select_categories(findings: Path, size: int, starts: int = 200, seed: int = 
             improved = False
             for i in range(size):
                 for c in pool:
-                    if c not in sel and score(trial := sel[:i] + [c] + sel[i + 1:]) > current:
-                        sel, current, improved = trial, score(trial), True
-        if best is None or current > score(best):
-            best = sel
+                    if c in sel:
+                        continue
+                    trial = sel[:i] + [c] + sel[i + 1:]
+                    if (s := score(trial)) > current:
+                        sel, current, improved = trial, s, True
+        if best is None or current > best_score:
+            best, best_score = sel, current
     chosen = [c for c in pool if c in best]
     return chosen, kept_counts(chosen, pairs, flags)
 
