@@ -48,3 +48,17 @@ def test_write_csv_rounds_and_writes_the_pandas_bytes(tmp_path):
     df.loc[0, "concept"] = 'say "hi"'  # the pandas path
     write_csv(tmp_path / "q.csv", df)
     assert (tmp_path / "q.csv").read_text() == df.assign(value=df["value"].round(8), depth=df["depth"].round(8)).to_csv(index=False)
+
+
+def test_csv_text_prints_categorical_columns_and_merged_neighbours_as_pandas():
+    df = edge_frame(2000, seed=3)
+    df["concept"] = pd.Categorical(df["concept"], categories=["unused", "red", "sky blue", "none", "NA", ""])
+    df.loc[5, "concept"] = np.nan  # a missing categorical cell (code -1) prints empty
+    df.insert(1, "model", pd.Categorical.from_codes(np.arange(2000) % 3, ["ssd", "centernet", "pixels"]))
+    from conceptsim.comparison.stage import _column_codes, _joined_columns
+
+    columns = [_column_codes(df[c]) for c in df.columns]
+    assert len(_joined_columns(columns, len(df))) < len(columns)  # the few-valued neighbours were joined
+    assert csv_text(df) == df.to_csv(index=False)
+    df["model"] = df["model"].cat.rename_categories({"pixels": "a,b"})
+    assert csv_text(df) is None  # a category pandas would quote

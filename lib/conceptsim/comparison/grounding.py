@@ -287,7 +287,8 @@ def _pair_matrix(rows: pd.DataFrame, networks: list[str], layer: str) -> np.ndar
     sel = rows[(rows["layer_a"] == layer) & (rows["layer_b"] == layer) & rows["model_a"].isin(index)
                & rows["model_b"].isin(index)]
     out = np.full((len(networks), len(networks)), np.nan)
-    a, b = sel["model_a"].map(index).to_numpy(), sel["model_b"].map(index).to_numpy()
+    a = np.array([index[m] for m in sel["model_a"]], dtype=np.int64)  # also for categorical columns
+    b = np.array([index[m] for m in sel["model_b"]], dtype=np.int64)
     out[a, b] = out[b, a] = sel["value"].to_numpy(dtype=np.float64)
     return out
 

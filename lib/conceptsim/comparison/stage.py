@@ -273,50 +273,55 @@ def grid4_grams(so: StudyOutputs, chunk_images: int, on_layer=None) -> np.ndarra
 
 
 def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFrame:
-    """The rows of ``similarity.csv`` (see the module docstring)."""
+    """The rows of ``similarity.csv`` (see the module docstring).
+
+    The text columns are categorical (codes into the study's few names): a million rows cost no string
+    objects, and :func:`csv_text` prints each name once.
+    """
     nl = len(so.layers)
     ia, ib = np.triu_indices(nl)
-    models = np.array([pl.model for pl in so.layers], dtype=object)
-    names = np.array([pl.layer for pl in so.layers], dtype=object)
     depths = so.depths
-    frames = []
-    for method in CONCEPT_METHODS:
-        if method not in sims:
-            continue
-        values = sims[method][:, ia, ib]
-        ctl = sims.get(f"{method}_control")
-        nk, npairs = values.shape
-        frames.append(
-            pd.DataFrame(
-                {
-                    "concept": np.repeat(np.array(so.concepts, dtype=object), npairs),
-                    "category": np.repeat(np.array([so.categories[c] for c in so.concepts], dtype=object), npairs),
-                    "method": method,
-                    "pair": np.tile(np.arange(npairs), nk),
-                    "value": values.ravel(),
-                    "control": ctl[:, ia, ib].ravel() if ctl is not None else np.nan,
-                }
-            )
-        )
-    for method in LABEL_FREE_METHODS:
-        if method in sims:
-            ctl = sims.get(f"{method}_control")
-            frames.append(
-                pd.DataFrame(
-                    {"concept": "", "category": "", "method": method, "pair": np.arange(len(ia)),
-                     "value": sims[method][ia, ib], "control": ctl[ia, ib] if ctl is not None else np.nan}
-                )
-            )
-    df = pd.concat(frames, ignore_index=True)
-    p = df.pop("pair").to_numpy()
-    df.insert(3, "model_a", models[ia][p])
-    df.insert(4, "layer_a", names[ia][p])
-    df.insert(5, "depth_a", depths[ia][p])
-    df.insert(6, "model_b", models[ib][p])
-    df.insert(7, "layer_b", names[ib][p])
-    df.insert(8, "depth_b", depths[ib][p])
-    df["n_test"] = so.n_test
-    return df
+    category_names = list(dict.fromkeys([so.categories[c] for c in so.concepts] + [""]))
+    concept_names = [*so.concepts, ""]  # "" for the label-free rows
+    blank = len(so.concepts)
+    concept_category = np.array([category_names.index(so.categories[c]) for c in so.concepts] + [category_names.index("")])
+    method_names, concept, method, pair, value, control = [], [], [], [], [], []
+    for name in [m for m in CONCEPT_METHODS if m in sims] + [m for m in LABEL_FREE_METHODS if m in sims]:
+        concept_method = name in CONCEPT_METHODS
+        ctl = sims.get(f"{name}_control")
+        vals = sims[name][:, ia, ib] if concept_method else sims[name][ia, ib][None]
+        nk, npairs = vals.shape
+        concept.append(np.repeat(np.arange(nk) if concept_method else np.array([blank]), npairs))
+        method.append(np.full(nk * npairs, len(method_names)))
+        method_names.append(name)
+        pair.append(np.tile(np.arange(npairs), nk))
+        value.append(vals.ravel())
+        control.append((ctl[:, ia, ib] if concept_method else ctl[ia, ib]).ravel() if ctl is not None
+                       else np.full(nk * npairs, np.nan))
+    concept_codes = np.concatenate(concept) if concept else np.zeros(0, dtype=np.int64)
+    p = np.concatenate(pair) if pair else np.zeros(0, dtype=np.int64)
+    model_names = list(dict.fromkeys(pl.model for pl in so.layers))
+    layer_names = list(dict.fromkeys(pl.layer for pl in so.layers))
+    model_of = np.array([model_names.index(pl.model) for pl in so.layers], dtype=np.int64)
+    layer_of = np.array([layer_names.index(pl.layer) for pl in so.layers], dtype=np.int64)
+
+    def categorical(codes: np.ndarray, names: list[str]) -> pd.Categorical:
+        return pd.Categorical.from_codes(codes, names)
+
+    return pd.DataFrame({
+        "concept": categorical(concept_codes, concept_names),
+        "category": categorical(concept_category[concept_codes], category_names),
+        "method": categorical(np.concatenate(method) if method else np.zeros(0, dtype=np.int64), method_names),
+        "model_a": categorical(model_of[ia][p], model_names),
+        "layer_a": categorical(layer_of[ia][p], layer_names),
+        "depth_a": depths[ia][p],
+        "model_b": categorical(model_of[ib][p], model_names),
+        "layer_b": categorical(layer_of[ib][p], layer_names),
+        "depth_b": depths[ib][p],
+        "value": np.concatenate(value) if value else np.zeros(0),
+        "control": np.concatenate(control) if control else np.zeros(0),
+        "n_test": np.full(len(p), so.n_test, dtype=np.int64),
+    })
 
 
 def layer_similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -386,41 +391,77 @@ _QUOTED = (",", '"', "\n", "\r")
 
 def csv_text(df: pd.DataFrame) -> str | None:
     """``df.to_csv(index=False)``'s text, or None for a frame it does not cover (a field that would be quoted,
-    a column of another dtype than float, integer, nullable integer and text).
+    a column of another dtype than float, integer, nullable integer, text and categorical text).
 
     pandas formats every cell in its writer's row loop; the tables of the stage repeat a few names and
     depths over hundreds of thousands of rows, so here each column's *distinct* values are formatted once
-    (floats by ``astype(str)``, as pandas does, missing values empty) and the rows joined from them.
+    (floats by ``astype(str)``, as pandas does, missing values empty; a categorical column's categories,
+    without hashing its cells) and the rows joined from them. Neighbouring columns with few distinct
+    combinations (a layer pair's models, layers and depths) are joined once per combination first
+    (:func:`_joined_columns`), so the rows join few fields.
     """
     columns = []
     for name in df.columns:
-        kind = df[name].dtype
-        if kind == np.float64:  # distinct bit patterns: -0.0 prints apart from 0.0
-            codes, bits = pd.factorize(df[name].to_numpy().view(np.int64))
-            floats = bits.view(np.float64)
-            text = np.where(np.isnan(floats), "", floats.astype(str))
-        elif kind == np.int64 or isinstance(kind, pd.Int64Dtype):
-            codes, uniques = pd.factorize(df[name], use_na_sentinel=True)
-            text = np.asarray(uniques, dtype=np.int64).astype(str)
-        elif pd.api.types.is_object_dtype(kind) or isinstance(kind, pd.StringDtype):
-            codes, uniques = pd.factorize(df[name], use_na_sentinel=True)
-            values = list(uniques)
-            if not all(isinstance(v, str) for v in values):
-                return None
-            if any(ch in v for v in values for ch in _QUOTED):
-                return None
-            text = np.asarray(values, dtype=str) if values else np.zeros(0, dtype=str)
-        else:
-            return None
         if any(ch in str(name) for ch in _QUOTED):
             return None
-        formatted = np.empty(len(text) + 1, dtype=object)
-        formatted[:-1] = text.tolist()
-        formatted[-1] = ""  # missing values (code -1)
-        columns.append(formatted[codes])
+        column = _column_codes(df[name])
+        if column is None:
+            return None
+        columns.append(column)
     lines = [",".join(str(c) for c in df.columns)]
-    lines.extend(map(",".join, zip(*columns)) if columns else [])
+    if len(df):
+        fields = [text[codes] for codes, text in _joined_columns(columns, len(df))]
+        lines.extend(map(",".join, zip(*fields)))
     return "\n".join(lines) + "\n"
+
+
+def _column_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(codes, text)`` of one column: ``text[codes]`` are its cells as ``to_csv`` prints them (``text`` an
+    object array whose last entry is the empty field of a missing value), or None for a column
+    :func:`csv_text` leaves to pandas."""
+    kind = col.dtype
+    if kind == np.float64:  # distinct bit patterns: -0.0 prints apart from 0.0
+        codes, bits = pd.factorize(col.to_numpy().view(np.int64))
+        floats = bits.view(np.float64)
+        text = np.where(np.isnan(floats), "", floats.astype(str))
+    elif kind == np.int64 or isinstance(kind, pd.Int64Dtype):
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        text = np.asarray(uniques, dtype=np.int64).astype(str)
+    elif isinstance(kind, pd.CategoricalDtype) or pd.api.types.is_object_dtype(kind) or isinstance(kind, pd.StringDtype):
+        if isinstance(kind, pd.CategoricalDtype):
+            codes, values = col.cat.codes.to_numpy(), list(col.cat.categories)
+        else:
+            codes, uniques = pd.factorize(col, use_na_sentinel=True)
+            values = list(uniques)
+        if not all(isinstance(v, str) for v in values):
+            return None
+        if any(ch in v for v in values for ch in _QUOTED):
+            return None
+        text = np.asarray(values, dtype=str) if values else np.zeros(0, dtype=str)
+    else:
+        return None
+    formatted = np.empty(len(text) + 1, dtype=object)
+    formatted[:-1] = text.tolist()
+    formatted[-1] = ""  # missing values (code -1)
+    return np.where(codes < 0, len(text), codes), formatted
+
+
+def _joined_columns(columns: list[tuple[np.ndarray, np.ndarray]], rows: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Neighbouring ``(codes, text)`` columns merged into one while their distinct combinations stay few
+    (at most ``rows // 16``): each combination's fields are joined once instead of once per row."""
+    limit = max(1, rows // 16)
+    merged = [columns[0]]
+    for codes, text in columns[1:]:
+        left_codes, left_text = merged[-1]
+        if len(left_text) * len(text) <= 2**62:
+            pair, combos = pd.factorize(left_codes.astype(np.int64) * len(text) + codes)
+            if len(combos) <= limit:
+                joined = np.array([f"{left_text[c // len(text)]},{text[c % len(text)]}" for c in combos.tolist()]
+                                  + [""], dtype=object)
+                merged[-1] = (pair, joined)
+                continue
+        merged.append((codes, text))
+    return merged
 
 
 def run_comparison_stage(
@@ -581,18 +622,17 @@ def _run_beside(so, label_free, dataset_dir, out_dir, models, seed, permutations
     rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
     paths = comparison_files(out_dir)
     # the findings (numpy resampling, mostly outside the GIL) in a second thread beside the tables, which are
-    # mostly Python (formatting the CSVs): both only read ``sims``, and each has its own seeded generators
+    # mostly Python (formatting the CSVs): both only read ``sims``, and each has its own seeded generators.
+    # The findings take longer than all the tables together, so this thread writes every table meanwhile.
     with ThreadPoolExecutor(1) as pool:
         findings = pool.submit(findings_document, so, dict(sims), select, quality, plans, seed=seed,
                                permutations=permutations, bootstrap=bootstrap, selected_on=selected_on, n_val=n_val,
                                min_concepts=min_concepts, excluded=excluded)
         if label_free is not None:  # the tables need the label-free rows (the findings started without them)
             sims.update(label_free.result())
-        # the small tables in the worker once the findings are done, while this thread writes the large one
-        small = pool.submit(_layer_tables, so, sims, rep, paths)
         pairs = similarity_frame(so, sims)
         write_csv(paths["similarity"], pairs)
-        layer_pairs = small.result()
+        layer_pairs = _layer_tables(so, sims, rep, paths)
         groups = network_groups(dataset_dir, so.models)
         if groups:  # the shortcut and label-randomisation test (.grounding.shortcut_frame)
             paths["shortcut"] = shortcut_csv(out_dir)

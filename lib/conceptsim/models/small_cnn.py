@@ -9,9 +9,10 @@ labels shuffled (``labels: shuffled``, a permutation drawn from the network's se
 Training is deterministic on the CPU: one torch thread, the initialisation and every epoch's data order
 drawn from ``seed``, no augmentation, Adam. The checkpoint (a ``state_dict``) is written atomically to
 ``<weights dir>/small_cnn/<key>.pt`` beside ``<key>.json`` (the training configuration, the checkpoint's
-sha256 and the final training accuracy); ``key`` hashes the configuration and :data:`TRAINING_VERSION`. A
-later build reuses a checkpoint whose sidecar names the same configuration and whose bytes still hash to
-the recorded sha256, and retrains otherwise. Checkpoints are loaded with ``torch.load(weights_only=True)``.
+sha256 and the final training accuracy); ``key`` hashes the configuration, :data:`TRAINING_VERSION` and the
+coco-icons ``BUILDER_VERSION`` (a new builder draws other training images). A later build reuses a checkpoint
+whose sidecar names the same configuration and versions and whose bytes still hash to the recorded sha256,
+and retrains otherwise. Checkpoints are loaded with ``torch.load(weights_only=True)``.
 
 In a study a network is a declared model (:mod:`conceptsim.models.user_models`)::
 
@@ -165,8 +166,16 @@ def train(config: Mapping[str, Any]) -> tuple[SmallCNN, dict[str, float]]:
     return model, {"train_accuracy": accuracy, "seconds": time.perf_counter() - t0, "n_train": int(len(y))}
 
 
+def data_version() -> int:
+    """The coco-icons builder version of the training builds (part of the checkpoint key: a new builder draws
+    other images, so a checkpoint trained on an older build is not reused)."""
+    from conceptsim.data.coco_icons import BUILDER_VERSION
+
+    return BUILDER_VERSION
+
+
 def checkpoint_path(config: Mapping[str, Any]) -> Path:
-    key = sha256_json({"version": TRAINING_VERSION, "config": dict(config)})[:16]
+    key = sha256_json({"version": TRAINING_VERSION, "data_version": data_version(), "config": dict(config)})[:16]
     return weights_dir() / "small_cnn" / f"{key}.pt"
 
 
@@ -177,7 +186,8 @@ def _reusable(path: Path, config: Mapping[str, Any]) -> str | None:
         meta = json.loads(side.read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("config") != dict(config) or meta.get("version") != TRAINING_VERSION or not path.is_file():
+    if (meta.get("config") != dict(config) or meta.get("version") != TRAINING_VERSION
+            or meta.get("data_version") != data_version() or not path.is_file()):
         return None
     return meta["sha256"] if sha256_file(path) == meta.get("sha256") else None
 
@@ -196,8 +206,8 @@ def ensure_checkpoint(config: Mapping[str, Any]) -> tuple[Path, str]:
         with atomic_path(path) as tmp:
             torch.save(model.state_dict(), tmp)
         sha = sha256_file(path)
-        write_json(path.with_suffix(".json"), {"version": TRAINING_VERSION, "config": dict(config), "sha256": sha,
-                                               **record})
+        write_json(path.with_suffix(".json"), {"version": TRAINING_VERSION, "data_version": data_version(),
+                                               "config": dict(config), "sha256": sha, **record})
     return path, sha
 
 
