@@ -10,6 +10,11 @@ shuffled-label control) runs twice side by side, in alternating order: with the 
 
 - |delta AP|: the study's stored test AP against the reference's on the same stored activations. The live
   run with the study's solver checks that the stored values are reproduced (``reproduction`` in the details).
+  Both solvers choose C from the same grid by val AP, so a difference has two sources: the solvers' fits at
+  one C, and a different C chosen where val AP barely depends on C (a near tie moved by the fits' small
+  differences, or by scikit-learn stopping before the optimum at large C). ``ap_same_c`` pools the values
+  where both chose the same C (the solvers' own difference), ``ap_other_c`` the others (read from the
+  stored and the rerun vector files' ``chosen_c``).
 - |delta IoU|: the study's Method A solver (``seg_solver``) against the reference (Adam with early stopping
   on val IoU). The default study's solver *is* the reference, so the change is zero by construction; it is
   computed, not assumed: Method A is rerun with the reference solver on every layer of the trained models
@@ -102,7 +107,7 @@ def measure_model(ctx: Context, folder: Path, with_seg: bool) -> dict:
     """Values and seconds of every solver on every probed layer of one model (see the module docstring)."""
     from conceptsim.concepts.stage import load_layer, prepare
     from conceptsim.extraction.store import ActivationStore
-    from conceptsim.paths import activation_store, concept_quality_csv, concept_stage_json
+    from conceptsim.paths import activation_store, concept_quality_csv, concept_stage_json, vectors_dir
 
     p, par = study_params(concept_stage_json(folder))
     store = ActivationStore(activation_store(folder))
@@ -115,11 +120,13 @@ def measure_model(ctx: Context, folder: Path, with_seg: bool) -> dict:
         runs["seg_lbfgs"] = (replace(p, seg_solver="lbfgs"), ("seg",))
     values = {name: {} for name in runs}
     seconds = {name: {} for name in runs}
+    same_c: dict[tuple[str, str], bool] = {}
     scratch = ctx.scratch / "solver-change" / folder.parent.name / folder.name
     for i, layer in enumerate(par.get("layers") or store.layer_names):
         info = store.layer(layer)
         data = load_layer(inp, info, float(par.get("memory_budget_gb", 4.0)) * 2**30)
         vals, secs = solver_runs(ctx, inp, info, data, runs, scratch, flip=i % 2 == 1)
+        same_c.update(same_chosen_c(vectors_dir(folder), scratch / "solver-vectors-reference", layer))
         for name in runs:
             values[name].update(vals[name])
             for method, dt in secs[name].items():
@@ -128,20 +135,40 @@ def measure_model(ctx: Context, folder: Path, with_seg: bool) -> dict:
     if with_seg and not seg_default:
         values["default"].update({k: v for k, v in values["reference"].items() if k[2] == METRICS["seg"]})
         seconds["default"]["seg"] = seconds["reference"]["seg"]
-    return {"stored": stored_values(concept_quality_csv(folder)), "values": values, "seconds": seconds,
+    return {"stored": stored_values(concept_quality_csv(folder)), "values": values, "seconds": seconds, "same_c": same_c,
             "seg_solver": p.seg_solver, "cls_solver": p.cls_solver, "layers": len(par.get("layers") or store.layer_names)}
+
+
+def same_chosen_c(stored_dir: Path, rerun_dir: Path, layer: str) -> dict[tuple[str, str], bool]:
+    """Per concept of ``layer``'s classification probes: did the study and the rerun choose the same C?"""
+    from conceptsim.concepts.vectors import load_layer_vectors
+
+    a, b = load_layer_vectors(stored_dir, layer, "cls"), load_layer_vectors(rerun_dir, layer, "cls")
+    rerun = dict(zip(b["concepts"], np.asarray(b["chosen_c"], dtype=float)))
+    return {(layer, c): bool(c in rerun and float(v) == rerun[c])
+            for c, v in zip(a["concepts"], np.asarray(a["chosen_c"], dtype=float))}
+
+
+def split_by_c(stored: dict, rerun: dict, same_c: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``|stored - rerun|`` AP values where both chose the same C, and where they did not."""
+    keys = [k for k in stored if k[2] == "ap" and k in rerun]
+    same = [k for k in keys if same_c.get(k[:2], False)]
+    other = [k for k in keys if not same_c.get(k[:2], False)]
+    return abs_deltas({k: stored[k] for k in same}, rerun, "ap"), abs_deltas({k: stored[k] for k in other}, rerun, "ap")
 
 
 def dataset_summary(measured: dict[str, dict]) -> dict:
     """Per dataset: deltas pooled over its models, and the seconds of each solver."""
     d: dict = {"models": sorted(measured), "layers": sum(m["layers"] for m in measured.values()),
                "seg_models": sorted(k for k, m in measured.items() if "seg" in m["seconds"]["reference"])}
-    pooled = {key: [] for key in ("ap", "ap_reproduction", "iou", "iou_lbfgs")}
+    pooled = {key: [] for key in ("ap", "ap_same_c", "ap_other_c", "ap_reproduction", "iou", "iou_lbfgs")}
     secs = {"cls_default_s": 0.0, "cls_reference_s": 0.0, "seg_default_s": 0.0, "seg_reference_s": 0.0, "seg_lbfgs_s": 0.0}
     for m in measured.values():
         v, s = m["values"], m["seconds"]
         pooled["ap"].append(abs_deltas(m["stored"], v["reference"], "ap"))
         pooled["ap_reproduction"].append(abs_deltas(m["stored"], v["default"], "ap"))
+        for key, deltas in zip(("ap_same_c", "ap_other_c"), split_by_c(m["stored"], v["reference"], m["same_c"])):
+            pooled[key].append(deltas)
         secs["cls_default_s"] += s["default"]["cls"]
         secs["cls_reference_s"] += s["reference"]["cls"]
         if "seg" in s["reference"]:

@@ -345,6 +345,16 @@ def solver_change_section(e: dict) -> list[str]:
                      f" | {v['iou']['n']} | " + " | ".join(dl(v["iou"])) +
                      f" | {v['cls_reference_s']:.1f} / {v['cls_default_s']:.1f} | {v['seg_reference_s']:.1f} / "
                      f"{v['seg_default_s']:.1f} |")
+    lines += ["", "Both solvers choose C by val AP from the same grid, so a |ΔAP| has two sources: the two fits at one C, "
+              "and a different C chosen where val AP barely depends on C (a near tie that the fits' small differences, "
+              "or scikit-learn stopping before the optimum at large C, tip the other way). Split by whether the study "
+              "and the rerun chose the same C (from the vector files' `chosen_c`):", "",
+              "| Dataset | n, same C | median \\|ΔAP\\|, same C | largest, same C | n, another C | median, another C | "
+              "largest, another C |", "|---|---|---|---|---|---|---|"]
+    for ds, v in d["datasets"].items():
+        if "ap_same_c" in v:
+            lines.append(f"| {ds} | {v['ap_same_c']['n']} | " + " | ".join(dl(v["ap_same_c"])) +
+                         f" | {v['ap_other_c']['n']} | " + " | ".join(dl(v["ap_other_c"])) + " |")
     lines += ["", "For information: the full-batch Method A solver (`seg_solver=\"lbfgs\"`, the loss's optimum) against the "
               "reference on the same layers, and the reproduction of the stored AP by the study's "
               "own solver rerun here.", "",

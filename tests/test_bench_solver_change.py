@@ -33,11 +33,15 @@ def test_quick_solver_change_compares_stored_values_with_the_reference(tmp_path)
     assert s["solvers"] == {"seg_solver": ["reference"], "cls_solver": ["lbfgs"]}
     assert s["iou"]["max"] == 0.0  # the study's Method A solver is the reference itself
     assert 0 <= s["ap"]["median"] <= s["ap"]["max"] <= 1
+    # split by whether both solvers chose the same C (read from the two runs' vector files)
+    assert s["ap_same_c"]["n"] + s["ap_other_c"]["n"] == s["ap"]["n"] and s["ap_same_c"]["n"] > 0
+    assert max(s["ap_same_c"]["max"], s["ap_other_c"]["max"] if s["ap_other_c"]["n"] else 0) == s["ap"]["max"]
     assert s["cls_reference_s"] > 0 and s["cls_default_s"] > 0 and s["seg_lbfgs_s"] > 0
     e = entries["solver_change/seconds"]
     assert e["median"] == pytest.approx(d["reference_s"] / d["default_s"], rel=0.01)
     page = (tmp_path / "performance.md").read_text()
     assert "## Change against the reference solvers" in page and "| synthetic | 2 | 4 | 12 |" in page
+    assert f"| synthetic | {s['ap_same_c']['n']} | " in page  # the same-C table
 
 
 def test_missing_results_and_parameters_are_named(tmp_path):
