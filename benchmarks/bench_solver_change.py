@@ -151,10 +151,9 @@ def same_chosen_c(stored_dir: Path, rerun_dir: Path, layer: str) -> dict[tuple[s
 
 def split_by_c(stored: dict, rerun: dict, same_c: dict) -> tuple[np.ndarray, np.ndarray]:
     """``|stored - rerun|`` AP values where both chose the same C, and where they did not."""
-    keys = [k for k in stored if k[2] == "ap" and k in rerun]
-    same = [k for k in keys if same_c.get(k[:2], False)]
-    other = [k for k in keys if not same_c.get(k[:2], False)]
-    return abs_deltas({k: stored[k] for k in same}, rerun, "ap"), abs_deltas({k: stored[k] for k in other}, rerun, "ap")
+    same = {k: v for k, v in stored.items() if same_c.get(k[:2], False)}
+    other = {k: v for k, v in stored.items() if k not in same}
+    return abs_deltas(same, rerun, "ap"), abs_deltas(other, rerun, "ap")
 
 
 def dataset_summary(measured: dict[str, dict]) -> dict:

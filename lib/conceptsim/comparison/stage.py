@@ -298,28 +298,28 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
         value.append(vals.ravel())
         control.append((ctl[:, ia, ib] if concept_method else ctl[ia, ib]).ravel() if ctl is not None
                        else np.full(nk * npairs, np.nan))
-    concept_codes = np.concatenate(concept) if concept else np.zeros(0, dtype=np.int64)
-    p = np.concatenate(pair) if pair else np.zeros(0, dtype=np.int64)
+
+    def joined(parts: list[np.ndarray], dtype=np.int64) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    concept_codes, p = joined(concept), joined(pair)
     model_names = list(dict.fromkeys(pl.model for pl in so.layers))
     layer_names = list(dict.fromkeys(pl.layer for pl in so.layers))
     model_of = np.array([model_names.index(pl.model) for pl in so.layers], dtype=np.int64)
     layer_of = np.array([layer_names.index(pl.layer) for pl in so.layers], dtype=np.int64)
-
-    def categorical(codes: np.ndarray, names: list[str]) -> pd.Categorical:
-        return pd.Categorical.from_codes(codes, names)
-
+    categorical = pd.Categorical.from_codes
     return pd.DataFrame({
         "concept": categorical(concept_codes, concept_names),
         "category": categorical(concept_category[concept_codes], category_names),
-        "method": categorical(np.concatenate(method) if method else np.zeros(0, dtype=np.int64), method_names),
+        "method": categorical(joined(method), method_names),
         "model_a": categorical(model_of[ia][p], model_names),
         "layer_a": categorical(layer_of[ia][p], layer_names),
         "depth_a": depths[ia][p],
         "model_b": categorical(model_of[ib][p], model_names),
         "layer_b": categorical(layer_of[ib][p], layer_names),
         "depth_b": depths[ib][p],
-        "value": np.concatenate(value) if value else np.zeros(0),
-        "control": np.concatenate(control) if control else np.zeros(0),
+        "value": joined(value, np.float64),
+        "control": joined(control, np.float64),
         "n_test": np.full(len(p), so.n_test, dtype=np.int64),
     })
 

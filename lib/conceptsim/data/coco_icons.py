@@ -23,7 +23,7 @@ balanced within each style (:func:`balanced_category`): the images of a style ta
 in an order drawn afresh for every round, so every style shows every category as a top object equally often
 (counts differ by at most one). A held-out style is a split: with uniform draws the default study's test style
 (120 images, 14 categories) had between 2 (pizza) and 17 images per category, and the average precision
-of a concept with 2 positives moves in large steps when one image changes rank. The further objects'
+of a concept with 2 positives moves in large steps when one image changes rank. The other objects'
 categories are uniform. Objects are alpha-composited in order (later ones occlude earlier ones). The mask of
 an instance is where its *visible* alpha -- its alpha times the transparency of everything composited above
 it -- exceeds 0.5; an object left less visible than the mode's ``min_visible`` (fraction of its own mask) is
@@ -253,7 +253,7 @@ def balanced_category(seed: int, index: int, n_styles: int, n_cats: int) -> int:
     them (``j = index // n_styles``) takes entry ``j % n_cats`` of a permutation of the categories drawn from
     ``default_rng([seed, s, j // n_cats, BALANCE_STREAM])``: a new order for every round through the
     categories, so the order is neither periodic nor shared between styles, and within a style every
-    category comes first equally often (counts differ by at most one).
+    category is the top object equally often (counts differ by at most one).
     """
     s, j = index % n_styles, index // n_styles
     rnd, k = divmod(j, n_cats)
