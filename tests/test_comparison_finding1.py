@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from conceptsim.comparison.agreement import kappa_from_strata
 from conceptsim.comparison.finding1 import (
     Finding1,
     concept_level_means,
@@ -12,6 +13,7 @@ from conceptsim.comparison.finding1 import (
     image_weights,
     integer_weights,
     learned_concepts,
+    seg_kappa_replicates,
     weighted_average_precision,
     weighted_set_iou,
 )
@@ -136,6 +138,23 @@ def test_weighted_ap_with_bootstrap_multiplicities_is_bit_identical_to_float_sum
     assert np.array_equal(weighted_average_precision(s, y, w), reference(s, y, w), equal_nan=True)
     half = w * 0.5  # non-integer weights keep the float64 sums
     np.testing.assert_allclose(weighted_average_precision(s, y, half), reference(s, y, half), rtol=1e-12)
+
+
+def test_seg_kappa_replicates_have_the_bits_of_one_einsum_over_all_columns():
+    """Whole-number counts go through one BLAS product, E through its own sum: the same bits as summing all
+    five columns with einsum, for image and for group (source photo) multiplicities."""
+    rng = np.random.default_rng(3)
+    n, p = 60, 7
+    counts = np.zeros((n, p, 5))
+    counts[..., 1:3] = rng.integers(0, 3136, size=(n, p, 2))
+    counts[..., 0] = np.minimum(counts[..., 1], counts[..., 2]) * rng.random((n, p)) // 1
+    counts[..., 3] = counts[..., 1] * counts[..., 2] / 3136 * rng.random((n, p))  # fractional expectations
+    counts[..., 4] = np.minimum(counts[..., 1], counts[..., 2])
+    counts[5] = 0  # an image where no probe marks anything
+    for w in (image_weights(rng, 400, n), image_weights(rng, 400, n, groups=np.arange(n) // 15)):
+        s = np.einsum("bn,npj->bpj", w, counts)
+        expected = kappa_from_strata(s[..., 0], s[..., 1], s[..., 2], s[..., 3])[0]
+        assert np.array_equal(seg_kappa_replicates(counts)(w), expected, equal_nan=True)
 
 
 def test_weighted_ap_over_positives_only_has_the_running_sums_bits():

@@ -59,12 +59,21 @@ def image_weights(rng: np.random.Generator, n_boot: int, n: int, groups: np.ndar
 
 def seg_kappa_replicates(counts: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Replicate function of ``seg_kappa`` from per-image strata sums ``N x P x 5`` (``[O, A, B, E, min]``,
-    see :class:`~conceptsim.comparison.similarity.SegAccumulator`): ``w`` (``B x N``) -> ``B x P``."""
+    see :class:`~conceptsim.comparison.similarity.SegAccumulator`): ``w`` (``B x N``) -> ``B x P``.
+
+    ``O``, ``A`` and ``B`` are pixel counts and the bootstrap's weights are multiplicities, both whole numbers,
+    so their weighted sums are exact in float64 in any order: they are one BLAS product. ``E`` is fractional
+    and keeps its own sum (``einsum``, as before), so the replicates have the bits of one ``einsum`` over all
+    columns at about a quarter of its time (``min`` is not read).
+    """
     counts = np.asarray(counts, dtype=np.float64)
+    n, p = counts.shape[:2]
+    whole = np.ascontiguousarray(counts[..., :3]).reshape(n, 3 * p)
+    expected = np.ascontiguousarray(counts[..., 3])
 
     def f(w: np.ndarray) -> np.ndarray:
-        s = np.einsum("bn,npj->bpj", w, counts)
-        return kappa_from_strata(s[..., 0], s[..., 1], s[..., 2], s[..., 3])[0]
+        s = (w @ whole).reshape(len(w), p, 3)
+        return kappa_from_strata(s[..., 0], s[..., 1], s[..., 2], np.einsum("bn,np->bp", w, expected))[0]
 
     return f
 
