@@ -73,3 +73,24 @@ def test_opening_names_each_contradicted_test_and_the_shared_backbone_of_a_contr
     doc["positive_control"] = []
     sentence = next(ln for ln in findings.study_opening([doc], "s").splitlines() if "Contradicted (" in ln)
     assert entry in sentence and "share backbone blocks" not in sentence
+
+
+def test_opening_counts_controls_that_passed_failed_or_could_not_decide(comparison_run):
+    from conceptsim.comparison.finding2 import PositiveControl
+
+    doc, _ = comparison_run
+    doc = json.loads(json.dumps(doc))
+
+    def ctl(passed, reason=None):
+        return PositiveControl("a", "b", "seg_kappa", "val", {}, 1.0, 0.75, 0.75, 0.5, 2, 2, 6, {}, passed, reason,
+                               0.5).to_json()
+
+    def sentence():
+        return next(ln for ln in findings.study_opening([doc], "s").splitlines() if "positive control" in ln)
+
+    doc["positive_control"] = [ctl(True), ctl(True)]
+    assert "passed 2 of 2 times;" in sentence()
+    doc["positive_control"] = [ctl(True), ctl(False), ctl(None, "even a perfect recovery would have p 0.5")]
+    assert "passed 1 of 3 times, failed 1 and could not decide 1 (the table below says why);" in sentence()
+    doc["positive_control"] = [ctl(True), ctl(None, "too few blocks")]
+    assert "passed 1 of 2 times and could not decide 1" in sentence() and "failed" not in sentence().split(";")[0]

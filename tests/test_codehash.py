@@ -49,6 +49,17 @@ def test_net2vec_edit_changes_concepts_and_comparison_not_extraction(package):
                        "conceptsim.comparison.stage"}
 
 
+def test_comparison_edit_changes_no_earlier_stage(package):
+    """A later stage's code is no part of an earlier stage's key: editing the findings reruns the comparison
+    notebooks only (the concept notebook reads its tables with ``conceptsim.tables``, not the public API,
+    which imports the comparison package)."""
+    before = _hashes()
+    _edit(package / "comparison" / "finding2.py")
+    after = _hashes()
+    assert {k for k in before if before[k] != after[k]} == {"03_compare_layers", "04_compare_models",
+                                                             "conceptsim.comparison.stage"}
+
+
 def test_notebook_modules_narrow_to_the_names_used():
     used = atomic.notebook_modules([
         "%matplotlib inline\nfrom conceptsim import pipeline\nfrom conceptsim.paths import comparison_files\n",

@@ -51,6 +51,26 @@ def test_too_few_blocks_cannot_answer():
     assert r.passed is None and "at least 5" in r.reason
 
 
+def test_a_control_whose_matches_have_one_or_two_candidates_cannot_fail_or_pass():
+    """Where each match has one or two represented candidate layers, even a perfect recovery has a large
+    permutation p: the control decides nothing and says so, instead of reading as failed."""
+    rng = np.random.default_rng(4)
+    a = layers(rng)
+    la, lb = np.arange(6), np.arange(6, 12)
+    sim = agreement(a, a + 0.3 * rng.standard_normal(a.shape))
+    represented = np.zeros((12, 1), bool)
+    represented[[0, 1, 6, 7]] = True  # only blocks 0 and 1 carry the concept in either model: 2 candidates
+    names = {f"blocks.{i}": f"features.{i + 1}" for i in range(6)}
+    res = block_recovery(sim, la, lb, represented, {int(x): int(x) + 6 for x in la}, rng=np.random.default_rng(0),
+                         n_perm=2000)
+    assert res["rate"] == 1.0 and res["chance"] == 0.5 and res["p_best"] >= 0.05  # perfect, and still p >= 0.05
+    r = positive_control("a", "b", "seg_kappa", "val", names, res)
+    assert r.passed is None and "perfect recovery" in r.reason and r.p_best == res["p_best"]
+    # with every block a candidate the same perfect recovery is significant: the powered control passes
+    powered = control(a, a + 0.3 * rng.standard_normal(a.shape))
+    assert powered.passed is True and powered.p_best < 0.01 and powered.p_best <= powered.p_value
+
+
 def test_record_round_trip():
     rec = Finding2("seg_kappa", "val", t_summary("aligned", "alignment", [0.1, 0.2, 0.15]),
                    not_testable("beyond_resolution", "alignment", "no oracle"), t_summary("from_training", "alignment",

@@ -149,9 +149,12 @@ def study_opening(docs: list[dict], study: str) -> str:
     if contradicted:
         lines.append(" " + contradicted)
     if ctl:
-        passed = sum(1 for c in ctl if c.passed)
-        lines.append(f" The positive control (shared backbone blocks matched block to block) passed {passed} of "
-                     f"{len(ctl)} times; where it fails, a null result of finding 2 says little about the models.")
+        passed, failed = sum(1 for c in ctl if c.passed), sum(1 for c in ctl if c.passed is False)
+        outcomes = [f"passed {passed} of {len(ctl)} times"] + ([f"failed {failed}"] if failed else []) + (
+            [f"could not decide {len(ctl) - passed - failed} (the table below says why)"] if passed + failed < len(ctl) else [])
+        lines.append(" The positive control (shared backbone blocks matched block to block) "
+                     + (", ".join(outcomes[:-1]) + " and " + outcomes[-1] if len(outcomes) > 1 else outcomes[0])
+                     + "; where it fails, a null result of finding 2 says little about the models.")
     lines += [
         "",
         "**How sure.** *Inconclusive* means the interval includes both no effect and an effect worth having: the "

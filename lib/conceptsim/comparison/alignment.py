@@ -168,11 +168,14 @@ def block_recovery(sel: np.ndarray, layers_a: np.ndarray, layers_b: np.ndarray, 
 
     Returns
     -------
-    ``{"rate", "chance", "n", "hits", "per_layer": {source index: hit fraction}, "p_value", "null_mean"}``;
-    chance is the mean of ``1 / number of candidate layers`` over the matches (uniform guessing among
-    represented layers). With ``rng``, the permutation p-value of the hit rate: the correspondence is
+    ``{"rate", "chance", "n", "hits", "per_layer": {source index: hit fraction}, "p_value", "null_mean",
+    "p_best"}``; chance is the mean of ``1 / number of candidate layers`` over the matches (uniform guessing
+    among represented layers). With ``rng``, the permutation p-value of the hit rate: the correspondence is
     relabelled at random among each match's candidate layers ``n_perm`` times; p = (1 + #{null rate >=
-    observed}) / (1 + n_perm). A control that can fail: unrelated models score near chance.
+    observed}) / (1 + n_perm). A control that can fail: unrelated models score near chance. ``p_best`` is the
+    p-value a perfect recovery (every match on its corresponding block) would have under the same relabellings:
+    the smallest p these matches can reach. Where most matches have one or two candidate layers it stays
+    large, and the control can then neither pass nor fail.
     """
     inverse = {b: a for a, b in corresponding.items()}
     hits, chance, per = [], [], {}
@@ -193,21 +196,26 @@ def block_recovery(sel: np.ndarray, layers_a: np.ndarray, layers_b: np.ndarray, 
                 chance.append(1.0 / len(cand))
                 per.setdefault(int(s), []).append(hit)
     if not hits:
-        return {"rate": None, "chance": None, "n": 0, "hits": 0, "per_layer": {}, "p_value": None, "null_mean": None}
+        return {"rate": None, "chance": None, "n": 0, "hits": 0, "per_layer": {}, "p_value": None, "null_mean": None,
+                "p_best": None}
     rate = float(np.mean(hits))
-    null = _block_null(matched, rng, n_perm) if rng is not None else None
     out = {"rate": rate, "chance": float(np.mean(chance)), "n": len(hits), "hits": int(sum(hits)),
-           "per_layer": {k: float(np.mean(v)) for k, v in per.items()}, "p_value": None, "null_mean": None}
-    if null is not None:
+           "per_layer": {k: float(np.mean(v)) for k, v in per.items()}, "p_value": None, "null_mean": None,
+           "p_best": None}
+    if rng is not None:
+        null, perfect = _block_null(matched, rng, n_perm)
         out["p_value"] = float((1 + int((null >= rate - 1e-12).sum())) / (1 + len(null)))
         out["null_mean"] = float(null.mean())
+        out["p_best"] = float((1 + int((perfect >= 1.0 - 1e-12).sum())) / (1 + len(perfect)))
     return out
 
 
-def _block_null(matched: list[tuple[int, np.ndarray, int]], rng: np.random.Generator, n_perm: int) -> np.ndarray:
+def _block_null(matched: list[tuple[int, np.ndarray, int]], rng: np.random.Generator,
+                n_perm: int) -> tuple[np.ndarray, np.ndarray]:
     """Hit rates with the correspondence relabelled at random: per permutation, each model's candidate
-    layers are permuted, and a match hits when its best layer is the permuted partner of its source."""
-    rates = np.zeros(n_perm)
+    layers are permuted, and a match hits when its best layer is the permuted partner of its source. Also,
+    under the same relabellings, the hit rates of a perfect recovery (every best layer the true partner)."""
+    rates, perfect = np.zeros(n_perm), np.zeros(n_perm)
     layers = np.unique(np.concatenate([c for _, c, _ in matched]))
     pos = {int(x): i for i, x in enumerate(layers)}
     perm = np.argsort(rng.random((n_perm, len(layers))), axis=1)  # n_perm x |layers|: image of each layer
@@ -218,4 +226,5 @@ def _block_null(matched: list[tuple[int, np.ndarray, int]], rng: np.random.Gener
         j = int(np.flatnonzero(cand == partner)[0])
         moved = cand[sub[:, j]]
         rates += moved == best
-    return rates / len(matched)
+        perfect += moved == partner
+    return rates / len(matched), perfect / len(matched)

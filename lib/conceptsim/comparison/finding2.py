@@ -109,6 +109,7 @@ class PositiveControl:
     per_layer: dict
     passed: bool | None
     reason: str | None = None
+    p_best: float | None = None  # the p a perfect recovery would have (the smallest reachable); None before
 
     def to_json(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
@@ -126,16 +127,22 @@ MIN_BLOCKS = 5
 def positive_control(model_a: str, model_b: str, method: str, selected_on: str, corresponding: dict, res: dict,
                      alpha: float = 0.05) -> PositiveControl:
     """The record of :func:`~conceptsim.comparison.alignment.block_recovery`'s result ``res``: passed when the
-    hit rate's permutation p is below ``alpha`` with at least :data:`MIN_BLOCKS` corresponding blocks."""
+    hit rate's permutation p is below ``alpha`` with at least :data:`MIN_BLOCKS` corresponding blocks, failed
+    when it is not; neither (``passed`` None, with the reason) when even a perfect recovery would not reach
+    ``alpha`` (``p_best``: the matches' candidate layers are too few for the control to decide anything)."""
     n_blocks = len(corresponding)
     reason = None
     passed: bool | None
+    p_best = res.get("p_best")
     if n_blocks < MIN_BLOCKS:
         passed, reason = None, f"{n_blocks} corresponding block(s) probed in both models (at least {MIN_BLOCKS} needed)"
     elif res.get("p_value") is None:
         passed, reason = None, "no match lands where a corresponding block is a candidate"
+    elif p_best is not None and p_best >= alpha:
+        passed, reason = None, (f"even a perfect recovery would have p {p_best:.2g} (not below {alpha:g}): the "
+                                f"matches have too few candidate layers (chance {res['chance']:.2f})")
     else:
         passed = bool(res["p_value"] < alpha)
     return PositiveControl(model_a, model_b, method, selected_on, corresponding, res.get("rate"), res.get("chance"),
                            res.get("null_mean"), res.get("p_value"), int(res.get("n", 0)), int(res.get("hits", 0)),
-                           n_blocks, res.get("per_layer", {}), passed, reason)
+                           n_blocks, res.get("per_layer", {}), passed, reason, p_best)
