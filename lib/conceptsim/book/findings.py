@@ -150,11 +150,12 @@ def study_opening(docs: list[dict], study: str) -> str:
         lines.append(" " + contradicted)
     if ctl:
         passed, failed = sum(1 for c in ctl if c.passed), sum(1 for c in ctl if c.passed is False)
-        outcomes = [f"passed {passed} of {len(ctl)} times"] + ([f"failed {failed}"] if failed else []) + (
-            [f"could not decide {len(ctl) - passed - failed} (the table below says why)"] if passed + failed < len(ctl) else [])
-        lines.append(" The positive control (shared backbone blocks matched block to block) "
-                     + (", ".join(outcomes[:-1]) + " and " + outcomes[-1] if len(outcomes) > 1 else outcomes[0])
-                     + "; where it fails, a null result of finding 2 says little about the models.")
+        undecided = len(ctl) - passed - failed
+        outcomes = [f"passed {passed} of {len(ctl)} times"] + [f"failed {failed}"] * bool(failed) \
+            + [f"could not decide {undecided} (the table below says why)"] * bool(undecided)
+        said = outcomes[0] if len(outcomes) == 1 else ", ".join(outcomes[:-1]) + " and " + outcomes[-1]
+        lines.append(f" The positive control (shared backbone blocks matched block to block) {said}; where it fails, "
+                     "a null result of finding 2 says little about the models.")
     lines += [
         "",
         "**How sure.** *Inconclusive* means the interval includes both no effect and an effect worth having: the "

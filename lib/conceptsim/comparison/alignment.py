@@ -204,10 +204,14 @@ def block_recovery(sel: np.ndarray, layers_a: np.ndarray, layers_b: np.ndarray, 
            "p_best": None}
     if rng is not None:
         null, perfect = _block_null(matched, rng, n_perm)
-        out["p_value"] = float((1 + int((null >= rate - 1e-12).sum())) / (1 + len(null)))
-        out["null_mean"] = float(null.mean())
-        out["p_best"] = float((1 + int((perfect >= 1.0 - 1e-12).sum())) / (1 + len(perfect)))
+        out["p_value"], out["null_mean"] = _upper_p(null, rate), float(null.mean())
+        out["p_best"] = _upper_p(perfect, 1.0)
     return out
+
+
+def _upper_p(null: np.ndarray, observed: float) -> float:
+    """Permutation p of a rate: ``(1 + #{null >= observed}) / (1 + n_perm)``."""
+    return float((1 + int((null >= observed - 1e-12).sum())) / (1 + len(null)))
 
 
 def _block_null(matched: list[tuple[int, np.ndarray, int]], rng: np.random.Generator,
