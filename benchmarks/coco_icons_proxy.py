@@ -24,6 +24,19 @@ filter: concepts passing the learned-concept filter, seg/cls, for SSD-CN, SSD-MN
 | single, 11 cats, 360 | .175/.066/.133 | .133/.049/.133 | .222/.062/.133 | .33/.26/.56 | 6/7 12/11 6/7 | 15 |
 | single, 11 cats, 480 | .181/.067/.133 | .141/.052/.133 | .227/.064/.133 | .35/.25/.55 | 5/7 13/11 5/7 | 15 |
 
+Probing the layers the detectors' heads read (``--layers``), at a0e1443 on the default study's 14 categories
+(``objects``, 360; every-object mask .098): SSD-MobileNetV2 ``blocks.13.expand,blocks.16,last_conv`` (the two
+feature maps its box heads read, and the block between) and CenterNet-MobileNetV3
+``extern1.hard_swish.mul_1,CenternetHead.Relu_2,CenternetHead.mul`` (the backbone's output and the neck's last
+maps, which its heads read). The best val layers become ``last_conv`` and ``extern1``, with IoU trained / twin
+.120/.040 (SSD) and .108/.035 (CenterNet), against .120 (``blocks.16``) and .103 (``expanded_conv_14``) at the
+default study's 8 layers: the head-input layers do not lift either detector to 0.15. AP margins .255 / .105
+(CenterNet's is lower than at its study layers, .175); filter 12/9 15/13 13/10.
+
+    PYTHONPATH=$PWD/lib CONCEPTSIM_ROOT=$PWD .venv/bin/python benchmarks/coco_icons_proxy.py headlayers --jobs 2 \
+        --layers ssd_mobilenet_v2_coco=blocks.13.expand,blocks.16,last_conv \
+        --layers centernet_mobilenet_v3_coco=extern1.hard_swish.mul_1,CenternetHead.Relu_2,CenternetHead.mul
+
 11 categories: car, airplane, bus, train, dog, horse, elephant, pizza, cake, tv, laptop (person, boat and bird
 dropped: the weakest on val in the objects run). No variant gives CenterNet-MobileNetV3 a set IoU >= 0.15, and
 its probes stay at the every-object mask's level in all of them.
@@ -69,8 +82,8 @@ LAYERS = {
 
 def proxy_study(variant: str, mode: str | None, categories: list[str] | None, n: int | None,
                 max_images: int | None, eval_grid: int | None, size: int | None = None,
-                seed: int | None = None) -> dict:
-    """The default study cut down to coco-icons, with the variant's build and size overrides."""
+                seed: int | None = None, layers: dict[str, list[str]] | None = None) -> dict:
+    """The default study cut down to coco-icons, with the variant's build, size and layer overrides."""
     default = yaml.safe_load((ROOT / "studies" / "default.yml").read_text())
     ds = default["datasets"]["coco-icons"]
     build = dict(ds["build"])
@@ -89,7 +102,7 @@ def proxy_study(variant: str, mode: str | None, categories: list[str] | None, n:
         "seed": default["seed"],
         "datasets": {"coco-icons": coco},
         "models": [m for t in TRAINED for m in (t, f"{t}:random")] + ["pixels"],
-        "layers": LAYERS,
+        "layers": {**LAYERS, **(layers or {})},
         "split": default["split"],
         "extraction": extraction,
         "concepts": {**default["concepts"], "dissection": False},
@@ -173,6 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-grid", type=int, help="common evaluation grid")
     ap.add_argument("--seed", type=int, help="build seed (another seed draws other images: a screening sample apart "
                                               "from the default study's)")
+    ap.add_argument("--layers", action="append", metavar="MODEL=L1,L2,...",
+                    help="probe these layers of MODEL instead of LAYERS' (repeatable)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--select", type=int, metavar="K",
                     help="do not run: choose K categories from the finished proxy VARIANT's learned-concept filter")
@@ -189,7 +204,14 @@ def main(argv=None) -> int:
             print(f"compared: {kept_counts(args.compare.split(','), pairs, flags)}")
         return 0
     cats = args.categories.split(",") if args.categories else None
-    study = proxy_study(args.variant, args.mode, cats, args.n, args.max_images, args.eval_grid, args.size, args.seed)
+    layers = {}
+    for spec in args.layers or []:
+        model, sep, names = spec.partition("=")
+        if not sep or model not in TRAINED or not names:
+            raise SystemExit(f"--layers: expected MODEL=L1,L2,... with MODEL one of {TRAINED}, got {spec!r}")
+        layers[model] = names.split(",")
+    study = proxy_study(args.variant, args.mode, cats, args.n, args.max_images, args.eval_grid, args.size, args.seed,
+                        layers)
     out = ROOT / "benchmarks" / "scratch" / f"{study['name']}.yml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(study, sort_keys=False))

@@ -46,6 +46,33 @@ def test_non_finite_samples_fall_back_to_the_masking_pairwise_path():
         np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_kept_pairs_equal_the_full_matrices_and_the_others_stay_nan():
+    m = matcher_with_layers(5, [6, 8, 5, 7, 4])
+    full = m.results()
+    keep = np.ones((5, 5), dtype=bool)
+    keep[0, 2:4] = keep[2:4, 0] = keep[1, 4] = keep[4, 1] = False
+    for got in (m.results(workers=2, keep=keep), m.results_pairwise(keep)):
+        for key in UNIT_MATRICES:
+            np.testing.assert_array_equal(got[key][keep], full[key][keep], err_msg=key)
+            assert np.isnan(got[key][~keep]).all(), key
+    with pytest.raises(ValueError, match="symmetric 5 x 5"):
+        m.results(keep=np.triu(keep))
+    with pytest.raises(ValueError, match="symmetric 5 x 5"):
+        m.results(keep=keep[:4, :4])
+
+
+def test_compared_models_rule():
+    from conceptsim.comparison.outputs import compared_models
+
+    kept = [("a", "a"), ("a", "a:random@1"), ("a:random", "a:random@2"), ("a", "b"), ("a:random", "b:random"),
+            ("a:random@2", "b:random@2"), ("a:random@1", "pixels"), ("pixels", "b")]
+    left_out = [("a", "b:random"), ("a:random", "b"), ("a:random@1", "b:random@2"), ("a:random", "b:random@1")]
+    for x, y in kept:
+        assert compared_models(x, y) and compared_models(y, x), (x, y)
+    for x, y in left_out:
+        assert not compared_models(x, y) and not compared_models(y, x), (x, y)
+
+
 def test_matches_do_not_depend_on_the_number_of_threads():
     m = matcher_with_layers(4, [9, 2, 14, 6, 11, 3, 5])
     one, two = m.results(workers=1), m.results(workers=2)

@@ -63,6 +63,8 @@ def test_similarity_rows_are_the_files_rows_for_the_pair(study, tmp_path):
     # order of the pair does not matter
     flipped = explorer.similarity_rows(study, "shapes", ("b", "m1"), ("a", "l1"), "dog")
     assert sorted(flipped["value"]) == sorted(rows["value"])
+    with pytest.raises(ValueError, match="'a' and 'b:random' are not compared"):
+        explorer.similarity_rows(study, "shapes", ("a", "l1"), ("b:random", "m1"), "dog")
 
 
 def test_explorer_widgets_offer_the_catalogue(study):

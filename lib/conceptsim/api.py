@@ -125,7 +125,8 @@ class Results:
 
     # ------------------------------------------------------------------ comparison stage (one dataset)
     def similarity(self, dataset: str) -> "pd.DataFrame":
-        """Every concept's similarity for every pair of probed layers (``similarity.csv``).
+        """Every concept's similarity for every pair of probed layers of two compared models (``similarity.csv``;
+        :func:`conceptsim.comparison.outputs.compared_models`).
 
         One row per concept, method and unordered layer pair, with the columns ``concept, category,
         method, model_a, layer_a, depth_a, model_b, layer_b, depth_b, value, control, n_test``; methods
@@ -145,7 +146,7 @@ class Results:
         return read_table(self._comparison_file(dataset, "similarity"))
 
     def layer_similarity(self, dataset: str) -> "pd.DataFrame":
-        """Concept-averaged similarity of every pair of probed layers (``layer_similarity.csv``).
+        """Concept-averaged similarity of every compared pair of probed layers (``layer_similarity.csv``).
 
         Columns ``method, model_a, layer_a, depth_a, model_b, layer_b, depth_b, value, control,
         n_concepts, n_test``: for a concept method, ``value`` is the mean over the concepts represented in
@@ -164,7 +165,7 @@ class Results:
         return read_table(self._comparison_file(dataset, "layer_similarity"))
 
     def cka(self, dataset: str) -> "pd.DataFrame":
-        """The concept-free baseline: CKA of every pair of probed layers.
+        """The concept-free baseline: CKA of every compared pair of probed layers.
 
         The CKA rows of :meth:`similarity` (methods ``cka``: linear CKA of global-average-pooled
         activations, ``cka_debiased``: its debiased variant, ``cka_grid4``: linear CKA of activations

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from conceptsim import pipeline
+from conceptsim.comparison.outputs import compared_models
 from conceptsim.paths import results_dir
 
 
@@ -120,6 +121,10 @@ def two_layer_figure(view: TwoLayerView):
 def similarity_rows(study: str, dataset: str, a: tuple[str, str], b: tuple[str, str], concept: str) -> pd.DataFrame:
     """Rows of the dataset's ``similarity.csv`` comparing layer ``a`` with layer ``b`` (either order):
     the concept's rows of every method, then the concept-free CKA rows."""
+    if not compared_models(a[0], b[0]):
+        raise ValueError(f"models {a[0]!r} and {b[0]!r} are not compared, so similarity.csv holds no rows for them: a "
+                         "trained model is not compared with another architecture's twin, nor twins of two architectures "
+                         "with different seeds (conceptsim.comparison.outputs.compared_models)")
     path = pipeline.dataset_results(study, dataset) / "similarity.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist yet: the layer comparison (notebook 03) has not run")

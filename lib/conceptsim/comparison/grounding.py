@@ -24,7 +24,7 @@ on the mean over every concept both layers have a vector for (``concepts = all``
 twins that represent few concepts); the label-free measures (CKA, unit matching) have ``concepts = none``.
 
 ``grounding.csv`` (written by the comparison stage beside ``layer_similarity.csv``), one row per test,
-dataset, model (or model pair) and method:
+dataset, model (or pair of compared models, :func:`~conceptsim.comparison.outputs.compared_models`) and method:
 
 ================  ====================================================================================
 test              ``layer_monotonicity`` or ``units_depth_alignment``
@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from conceptsim.comparison.outputs import compared_models
 from conceptsim.comparison.units import UNIT_METHODS, depth_alignment
 
 GROUNDING_COLUMNS = ("test", "dataset", "model", "model_b", "method", "concepts", "n_layers", "n_triples",
@@ -154,7 +155,7 @@ def grounding_frame(dataset: str, models: list[str], layer_models: list[str], de
         if method != UNIT_METHODS[0]:
             continue
         for a, ma in enumerate(models):
-            for mb in models[a + 1:]:
+            for mb in (mb for mb in models[a + 1:] if compared_models(ma, mb)):
                 la, lb = layers_of[ma], layers_of[mb]
                 pairs = {(int(x), int(y)): float(mat[x, y]) for x in la for y in lb}
                 al = depth_alignment(pairs, depths, la, lb)

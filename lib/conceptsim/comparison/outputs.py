@@ -29,11 +29,31 @@ from conceptsim.concepts.vectors import VectorFileError, load_layer_vectors
 from conceptsim.data.coco import is_object_category
 from conceptsim.data.geometry import resampling_matrices
 from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError
+from conceptsim.models.names import PIXELS_MODEL, split_twin_name
 from conceptsim.paths import activation_store, model_dir_name, vectors_dir
 
 
 class ComparisonError(RuntimeError):
     """The inputs of the comparison stage are missing or inconsistent."""
+
+
+def compared_models(model_a: str, model_b: str) -> bool:
+    """Whether the comparison stage compares the layers of ``model_a`` with those of ``model_b``.
+
+    Two models are compared when one of them is the pixels floor, when they are the same architecture (a
+    model with itself, with its random-init twins, twins of different seeds with each other), or when they
+    are of the same kind and seed (trained with trained, the twins of seed ``s`` of two architectures with
+    each other). Left out: a trained model against another architecture's twin, and twins of two
+    architectures with different seeds. The findings read none of those pairs, and they add nothing the
+    kept pairs do not already show (two random-init networks of different architectures are independent
+    draws whatever their seeds); in the default study (three architectures, three twin seeds each, the
+    pixels floor) they are 36 of the 78 model pairs, and most of the label-free unit matching's cost.
+    """
+    if PIXELS_MODEL in (model_a, model_b):
+        return True
+    base_a, twin_a, seed_a = split_twin_name(model_a)
+    base_b, twin_b, seed_b = split_twin_name(model_b)
+    return base_a == base_b or (twin_a, seed_a if twin_a else None) == (twin_b, seed_b if twin_b else None)
 
 
 def load_vectors(model_dir: str | Path, layer: str, kind: str) -> dict[str, np.ndarray]:
@@ -337,6 +357,21 @@ class StudyOutputs:
     @property
     def depths(self) -> np.ndarray:
         return np.array([pl.relative_depth for pl in self.layers])
+
+    @property
+    def compared_layers(self) -> np.ndarray:
+        """``L x L`` bool: the layer pairs whose models the stage compares (:func:`compared_models`)."""
+        models = list(dict.fromkeys(pl.model for pl in self.layers))
+        pairs = np.array([[compared_models(a, b) for b in models] for a in models], dtype=bool).reshape(len(models), -1)
+        of = np.array([models.index(pl.model) for pl in self.layers], dtype=np.int64)
+        return pairs[of[:, None], of[None, :]]
+
+    def layer_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column indices of the compared layer pairs ``a <= b`` (the diagonal included), in the order
+        of ``np.triu_indices``: the rows of ``similarity.csv`` and ``layer_similarity.csv``."""
+        ia, ib = np.triu_indices(len(self.layers))
+        keep = self.compared_layers[ia, ib]
+        return ia[keep], ib[keep]
 
     def layer_activations(self, li: int, rows: np.ndarray) -> torch.Tensor:
         """float32 activations ``n x C x h x w`` of study layer ``li`` for store rows ``rows``."""

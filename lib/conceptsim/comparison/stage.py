@@ -6,9 +6,11 @@ Inputs (per model directory ``<dataset dir>/<model dir>/``): ``activations.zarr`
 
 Outputs, written atomically into ``out_dir`` (normally ``results/<study>/<dataset>/``):
 
-``similarity.csv`` -- one row per concept, method and *unordered* layer pair (``layer_a`` comes first in
-the study-wide layer order: models in the given order, layers in store order; diagonal included; all
-similarities are symmetric, so the other orientation has the same value). Columns:
+``similarity.csv`` -- one row per concept, method and *unordered* layer pair of two compared models
+(:func:`~conceptsim.comparison.outputs.compared_models`: not a trained model against another architecture's
+twin, nor twins of two architectures with different seeds; ``layer_a`` comes first in the study-wide layer
+order: models in the given order, layers in store order; diagonal included; all similarities are symmetric,
+so the other orientation has the same value). Columns:
 
 =============  =======================================================================================
 concept        concept name; empty for the CKA methods
@@ -242,7 +244,7 @@ def _label_free(so: StudyOutputs, read_images: int, threads: int, seed: int) -> 
     torch.set_num_threads(threads)
     units = UnitMatcher(len(so.layers), so.n_test, seed=seed)  # fed by the grid-4 pass
     out = {"cka_grid4": cka_matrices(grid4_grams(so, read_images, units.add_layer))["cka"]}
-    out.update(units.results(workers=min(2, os.cpu_count() or 1)))
+    out.update(units.results(workers=min(2, os.cpu_count() or 1), keep=so.compared_layers))
     return out
 
 
@@ -278,8 +280,7 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
     The text columns are categorical (codes into the study's few names): a million rows cost no string
     objects, and :func:`csv_text` prints each name once.
     """
-    nl = len(so.layers)
-    ia, ib = np.triu_indices(nl)
+    ia, ib = so.layer_pairs()
     depths = so.depths
     category_names = list(dict.fromkeys([so.categories[c] for c in so.concepts] + [""]))
     concept_names = [*so.concepts, ""]  # "" for the label-free rows
@@ -326,8 +327,7 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
 
 def layer_similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: dict[str, np.ndarray]) -> pd.DataFrame:
     """The rows of ``layer_similarity.csv``: concept means over concepts represented in both layers."""
-    nl = len(so.layers)
-    ia, ib = np.triu_indices(nl)
+    ia, ib = so.layer_pairs()
     rows = []
     for method, base in CONCEPT_METHODS.items():
         if method not in sims:

@@ -152,25 +152,30 @@ class UnitMatcher:
             x = x.reshape(len(x), -1, SPATIAL_GRID * SPATIAL_GRID)
         self.samples[li], self.live[li] = unit_samples(x)
 
-    def results(self, workers: int = 1) -> dict[str, np.ndarray]:
+    def results(self, workers: int = 1, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """``L x L`` matrices ``units_bb``, ``units_bb_control``, ``units_bb_corr``, ``units_bb_count``: the
         same matches as :meth:`results_pairwise` with dead units dropped once (:func:`batched_matches`), the
-        layers A shared by ``workers`` threads (the same values whatever their number)."""
+        layers A shared by ``workers`` threads (the same values whatever their number). ``keep`` (``L x L``
+        bool, symmetric): only those layer pairs are matched, the others stay NaN (default: all)."""
         self._check_complete()
         if not all(bool(torch.isfinite(z).all()) for z in self.samples):
-            return self.results_pairwise()  # non-finite samples: the per-pair path masks them
-        return batched_matches(self.samples, self.live, self._permuted_rows(), self.threshold, workers=workers)
+            return self.results_pairwise(keep)  # non-finite samples: the per-pair path masks them
+        return batched_matches(self.samples, self.live, self._permuted_rows(), self.threshold, workers=workers,
+                               keep=keep)
 
-    def results_pairwise(self) -> dict[str, np.ndarray]:
+    def results_pairwise(self, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """:meth:`results` one layer pair at a time (two products and :func:`match_summary` per pair): the
         straightforward reference of the batched path."""
         self._check_complete()
         nl = len(self.samples)
+        keep = _pair_keep(keep, nl)
         out = {k: np.full((nl, nl), np.nan) for k in UNIT_MATRICES}
         rows = self._permuted_rows()
         permuted = [z[rows] for z in self.samples]
         for a in range(nl):
             for b in range(a, nl):
+                if not keep[a, b]:
+                    continue
                 corr = unit_correlations(self.samples[a], self.samples[b])
                 share, mean, count = match_summary(corr, self.threshold, self.live[a], self.live[b])
                 ctl = unit_correlations(self.samples[a], permuted[b])
@@ -196,8 +201,19 @@ class UnitMatcher:
 UNIT_MATRICES = ("units_bb", "units_bb_control", "units_bb_corr", "units_bb_count")
 
 
+def _pair_keep(keep: np.ndarray | None, nl: int) -> np.ndarray:
+    """The ``nl x nl`` bool matrix of matched layer pairs (all without ``keep``); it must be symmetric."""
+    if keep is None:
+        return np.ones((nl, nl), dtype=bool)
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (nl, nl) or not np.array_equal(keep, keep.T):
+        raise ValueError(f"keep must be a symmetric {nl} x {nl} bool matrix of layer pairs, got shape {keep.shape}")
+    return keep
+
+
 def batched_matches(samples: list[torch.Tensor], live: list[np.ndarray], permuted_rows: torch.Tensor,
-                    threshold: float, *, workers: int = 1, screen: bool = True) -> dict[str, np.ndarray]:
+                    threshold: float, *, workers: int = 1, screen: bool = True,
+                    keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Significant best buddies of every pair of layers ``a <= b`` (see :meth:`UnitMatcher.results`).
 
     Dead units take part in nothing, so they are dropped once, before the products (order kept: ties still
@@ -212,8 +228,11 @@ def batched_matches(samples: list[torch.Tensor], live: list[np.ndarray], permute
     ``workers`` Python threads share the layers A, costliest first (torch releases the GIL in the products;
     each thread uses the caller's torch thread count). Every pair is computed by the same operations
     whichever thread takes it, and each writes only its own cells: the result does not depend on ``workers``.
+
+    ``keep`` (``L x L`` bool, symmetric): only those pairs are matched; the others stay NaN (default: all).
     """
     nl = len(samples)
+    keep = _pair_keep(keep, nl)
     out = {k: np.full((nl, nl), np.nan) for k in UNIT_MATRICES}
     z = [s[:, torch.from_numpy(np.asarray(lv, dtype=bool))].contiguous() for s, lv in zip(samples, live)]
     zt = [t.T.contiguous() for t in z]  # C x S: A's side of the products
@@ -229,12 +248,12 @@ def batched_matches(samples: list[torch.Tensor], live: list[np.ndarray], permute
     codes_t = [UnitCodes(c.q.T.contiguous(), c.scale, c.residual, c.norm) for c in codes] if codes else None
     codes_p = [UnitCodes(c.q[permuted_rows], c.scale, c.residual, c.norm) for c in codes] if codes else None
     width = np.array([t.shape[1] for t in z], dtype=np.float64)
-    cost = width * np.cumsum(width[::-1])[::-1]  # products of layer A with every B >= A
+    cost = width * (np.triu(keep) @ width)  # products of layer A with every kept B >= A
 
     def layer_a(a: int, threads: int | None = None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
-        for b in range(a, nl):
+        for b in (b for b in range(a, nl) if keep[a, b]):
             for key, v in zip(("units_bb", "units_bb_corr", "units_bb_count"), _mutual(zt[a], z[b], n_rows, threshold)):
                 out[key][a, b] = out[key][b, a] = v
             chance = (screened_share(zt[a], permuted_t[b], codes_t[a], codes_p[b], n_rows, threshold)
