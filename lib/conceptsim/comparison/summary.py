@@ -93,6 +93,18 @@ def every_object_iou(study: str, dataset: str, model: str, concepts: list[str]) 
     return float(np.nanmean(vals)) if vals else None
 
 
+def best_val_layer(quality: pd.DataFrame, method: str, metric: str, concepts: list[str]) -> str:
+    """The layer of ``quality`` (a model's ``concept_quality.csv``) with the highest mean val ``metric`` of
+    ``method`` over ``concepts``."""
+    sub = quality[(quality["method"] == method) & (quality["metric"] == metric) & quality["concept"].isin(concepts)]
+    return str(sub.groupby("layer")["val_value"].mean().idxmax())
+
+
+def object_concepts(quality: pd.DataFrame) -> list[str]:
+    """The object concepts (COCO categories and their groups) of a ``concept_quality.csv``, sorted."""
+    return sorted({c for c, cat in zip(quality["concept"], quality["category"]) if is_object_category(str(cat))})
+
+
 def object_margins(study: str, dataset: str, models: list[str]) -> str:
     trained = [m for m in models if not split_twin_name(m)[1] and m != PIXELS_MODEL]
     rows = []
@@ -102,14 +114,13 @@ def object_margins(study: str, dataset: str, models: list[str]) -> str:
             continue
         twins = [t for t in models if split_twin_name(t)[0] == m and split_twin_name(t)[1]]
         tq = [x for x in (read_quality(study, dataset, t) for t in twins) if x is not None]
-        obj = sorted({c for c, cat in zip(q["concept"], q["category"]) if is_object_category(str(cat))})
+        obj = object_concepts(q)
         if not obj:
             continue
         out = [m]
         for method, metric in (("cls", "ap"), ("seg", "set_iou")):
             sub = q[(q["method"] == method) & (q["metric"] == metric) & q["concept"].isin(obj)]
-            val = sub.groupby("layer")["val_value"].mean()
-            best = str(val.idxmax())
+            best = best_val_layer(q, method, metric, obj)
             test_t = sub[sub["layer"] == best]["value"].mean()
             test_w = np.mean([x[(x["method"] == method) & (x["metric"] == metric) & x["concept"].isin(obj) &
                                 (x["layer"] == best)]["value"].mean() for x in tq]) if tq else np.nan
