@@ -74,6 +74,23 @@ def test_notebook_modules_narrow_to_the_names_used():
     assert atomic.notebook_modules(["from conceptsim import pipeline\nf(pipeline)\n"]) == {"conceptsim.pipeline": None}
 
 
+def test_lazy_package_names_count_only_where_the_package_is_used():
+    """``conceptsim.comparison`` provides its names through ``__getattr__`` (PEP 562): a submodule import runs
+    none of the stage's code, and a name taken from the package brings the module that defines it."""
+    import sys
+
+    assert "conceptsim.comparison.stage" not in atomic.closure({"conceptsim.comparison.report": None})
+    used = atomic.notebook_modules(["from conceptsim.comparison import run_comparison_stage\n"
+                                    "run_comparison_stage(1, 2)\n"])
+    assert used == {"conceptsim.comparison": {"run_comparison_stage"}}
+    assert "conceptsim.comparison.stage" in atomic.closure(used)
+    import conceptsim.comparison as comparison
+
+    assert comparison.run_comparison_stage.__module__ == "conceptsim.comparison.stage" and "conceptsim.comparison.stage" in sys.modules
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        comparison.nothing
+
+
 def test_unparsable_module_is_a_clear_error(package):
     (package / "concepts" / "net2vec.py").write_text("def broken(:\n")
     atomic._parse.cache_clear()

@@ -379,6 +379,8 @@ def closure(entries: Mapping[str, Iterable[str] | None]) -> list[str]:
             names, stack = set(), list(narrowed[mod])
             while stack:
                 n = stack.pop()
+                if n not in local and "__getattr__" in local:  # a name the module provides lazily (PEP 562)
+                    n = "__getattr__"
                 if n in local and n not in names:
                     names.add(n)
                     stack += [r for r in refs[n] if r in local]
