@@ -51,6 +51,24 @@ def test_monotonicity_definition_on_known_matrices():
         monotonicity(np.ones((2, 3)))
 
 
+def test_rank_correlation_is_spearmanr_to_the_bit():
+    from scipy.stats import rankdata, spearmanr
+
+    from conceptsim.comparison.grounding import average_ranks, rank_correlation
+
+    rng = np.random.default_rng(7)
+    for t in range(3000):
+        n = int(rng.integers(3, 40))
+        x = rng.standard_normal(n)
+        if t % 3 == 0:
+            x = np.round(x, 1)  # ties
+        y = rng.integers(1, n + 1, size=n).astype(float) if t % 2 else np.abs(np.arange(n) - rng.integers(0, n)) + 0.0
+        assert np.array_equal(average_ranks(x), rankdata(x)) and np.array_equal(average_ranks(y), rankdata(y))
+        if np.ptp(x) > 0 and np.ptp(y) > 0:
+            assert rank_correlation(x, y) == float(spearmanr(x, y).statistic), (x, y)
+    assert np.isnan(rank_correlation(np.ones(5), np.arange(5.0))) and np.isnan(rank_correlation(np.ones(1), np.ones(1)))
+
+
 def test_every_measure_is_monotone_on_successive_noisy_copies():
     layers = noisy_copies()
     n = len(layers[0])
