@@ -126,7 +126,7 @@ class Results:
     # ------------------------------------------------------------------ comparison stage (one dataset)
     def similarity(self, dataset: str) -> "pd.DataFrame":
         """Every concept's similarity for every pair of probed layers of two compared models (``similarity.csv``;
-        :func:`conceptsim.comparison.outputs.compared_models`).
+        ``conceptsim.comparison.outputs.compared_models``).
 
         One row per concept, method and unordered layer pair, with the columns ``concept, category,
         method, model_a, layer_a, depth_a, model_b, layer_b, depth_b, value, control, n_test``; methods
