@@ -81,17 +81,17 @@ def layer_thresholds(dataset_dir: Path, model: str, layer: str, concepts: list[s
 
     if 0.0 not in thresholds:
         raise ValueError("thresholds must include logit 0 (methods.md's probability 0.5)")
+    zero = int(np.flatnonzero(thresholds == 0)[0])
     iou = {}
     for split in ("val", "test"):
         so = StudyOutputs(dataset_dir, [model], split=split, truth=True, cls=False)
         li = [pl.layer for pl in so.layers].index(layer)
-        iou[split] = set_iou(*threshold_counts(so, li, thresholds))
-        keep = np.array([so.concepts.index(c) for c in concepts], dtype=np.int64)
-        iou[split] = iou[split][keep]
+        keep = [so.concepts.index(c) for c in concepts]
+        iou[split] = set_iou(*threshold_counts(so, li, thresholds))[keep]
     ok = np.isfinite(iou["val"]).any(axis=1)
-    pick = np.where(ok, np.argmax(np.nan_to_num(iou["val"], nan=-1.0), axis=1), int(np.flatnonzero(thresholds == 0)[0]))
+    pick = np.where(ok, np.argmax(np.nan_to_num(iou["val"], nan=-1.0), axis=1), zero)
     rows = np.arange(len(concepts))
-    return {"fixed": iou["test"][:, int(np.flatnonzero(thresholds == 0)[0])], "chosen": iou["test"][rows, pick],
+    return {"fixed": iou["test"][:, zero], "chosen": iou["test"][rows, pick],
             "chosen_p": 1.0 / (1.0 + np.exp(-thresholds[pick])), "test_best": np.nanmax(iou["test"], axis=1)}
 
 

@@ -362,7 +362,7 @@ class StudyOutputs:
     def compared_layers(self) -> np.ndarray:
         """``L x L`` bool: the layer pairs whose models the stage compares (:func:`compared_models`)."""
         models = list(dict.fromkeys(pl.model for pl in self.layers))
-        pairs = np.array([[compared_models(a, b) for b in models] for a in models], dtype=bool).reshape(len(models), -1)
+        pairs = np.array([[compared_models(a, b) for b in models] for a in models], dtype=bool)
         of = np.array([models.index(pl.model) for pl in self.layers], dtype=np.int64)
         return pairs[of[:, None], of[None, :]]
 
