@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import io
 import math
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,7 @@ from conceptsim.data.coco import DatasetError
 from conceptsim.data.coco_writer import CocoWriter, encode_mask
 from conceptsim.data.icon_sources import CATEGORIES, STYLES, IconSourceError
 from conceptsim.data.photo_colors import _load_photo, random_crop
+from conceptsim.runtime import fork_pool
 
 BUILDER_VERSION = 3  # 2: the composition mode (scene / objects) is a build parameter
 #                      3: the top object's category is balanced within each style (balanced_category)
@@ -484,8 +484,7 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     px = max(32, int(math.ceil(RENDER_FRACTION * size)))
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
-        ctx = multiprocessing.get_context("fork")
-        pool = ctx.Pool(workers) if workers > 1 else None
+        pool = fork_pool(workers) if workers > 1 else None
         try:
             bank = icon_bank(style_list, cats, px, pool)
         finally:
@@ -496,7 +495,7 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
                       mode=mode, cue=float(cue), image_dir=str(tmp / "images"))
         try:
             if workers > 1:
-                with ctx.Pool(workers) as pool:
+                with fork_pool(workers) as pool:
                     results = list(pool.imap(_render_and_save, range(n), chunksize=16))
             else:
                 results = [_render_and_save(i) for i in range(n)]

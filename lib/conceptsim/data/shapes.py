@@ -18,7 +18,6 @@ or in parallel and the same seed gives byte-identical files.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +28,7 @@ from PIL import Image
 from conceptsim.atomic import atomic_path
 from conceptsim.data.coco_writer import CocoWriter, encode_mask
 from conceptsim.data.photo_colors import COLOUR_NAMES
+from conceptsim.runtime import fork_pool
 
 BUILDER_VERSION = 1
 SHAPE_KINDS = ("circle", "square", "triangle", "star", "ring", "hexagon")
@@ -259,7 +259,7 @@ def build_shapes(out_dir: str | os.PathLike, n: int = 1200, size: int = 320, see
         (tmp / "images").mkdir(parents=True)
         jobs = [(int(seed), i, int(size), str(tmp / "images")) for i in range(n)]
         if workers > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with fork_pool(workers) as pool:
                 results = list(pool.imap(_render_and_save, jobs, chunksize=16))
         else:
             results = [_render_and_save(j) for j in jobs]

@@ -69,6 +69,27 @@ def configure_process() -> None:
     _configured = True
 
 
+def fork_pool(processes: int):
+    """A ``fork`` process pool whose workers leave interrupts to the parent.
+
+    A forked worker inherits the parent's signal handlers. The command line turns SIGTERM into
+    ``KeyboardInterrupt`` (:func:`conceptsim.cli.main`), and a pool used as a context manager ends by sending
+    SIGTERM to its workers, so every worker printed a ``KeyboardInterrupt`` traceback at the end of a
+    successful dataset build. The workers here end on SIGTERM without one (the default action) and ignore
+    SIGINT: on Ctrl-C, which reaches the whole process group, the parent stops and terminates them.
+    """
+    import multiprocessing
+
+    return multiprocessing.get_context("fork").Pool(int(processes), initializer=_worker_signals)
+
+
+def _worker_signals() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def figures_carry_font_floor() -> None:
     """In a Jupyter kernel, show matplotlib figures as PNGs that carry their smallest font size
     (:func:`conceptsim.atomic.figure_png`), so the built book can be checked for text too small to read.
