@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
+from conceptsim.comparison.outputs import ComparisonError, StudyOutputs, native_oracle, oracle_masks
 from conceptsim.comparison.stage import run_comparison_stage
 from conceptsim.comparison.synthetic import build_synthetic_study
 from conceptsim.data.geometry import input_to_image_grid, resampling_matrices
@@ -169,6 +169,28 @@ def test_outputs_match_reference_geometry(study):
     boxes = torch.from_numpy(so.stores[0].content_boxes[so.rows[chunk.rows]])
     ref = input_to_image_grid(logits, boxes, so.stores[0].input_size, so.eval_grid)
     torch.testing.assert_close(chunk.seg[li].transpose(0, 1), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_chunk_oracles_equal_each_concepts_own_oracle(tmp_path):
+    """The chunk's oracle masks (all concepts and images in one pooling) are each concept's own
+    :func:`native_oracle` thresholded at 0.5, on grids coarser than, equal to and finer than the evaluation
+    grid; :meth:`OutputChunk.oracle_map` writes their sign."""
+    root = tmp_path / "ds"
+    models = {"m": [("L0", 0.3, 8, 5), ("L1", 0.6, 3, 5), ("L2", 0.9, 2, 5)]}
+    build_synthetic_study(root, models, n_images=30, signal=depth_signal, noise=0.5, seed=1)
+    so = StudyOutputs(root, ["m"], cls=False, truth=True, oracles=True)
+    assert len(so.oracles) >= 2
+    chunk = next(so.iter_chunks(7))
+    buf = torch.empty(len(chunk.rows) * so.eval_grid[0] * so.eval_grid[1])
+    for oi, (_, _, cells) in enumerate(so.oracles):
+        for k in range(len(so.concepts)):
+            own = native_oracle(chunk.truth[k], cells)
+            assert torch.equal(chunk.oracles[oi, k], own >= 0)
+            assert chunk.oracle_map(oi, k, buf)
+            assert torch.equal(buf >= 0, (own >= 0).reshape(-1))
+    assert chunk.oracles.any() and not chunk.oracles.all()
+    # more cells than the grid: the truth itself
+    assert torch.equal(oracle_masks(chunk.truth, (99, 99)), chunk.truth.bool())
 
 
 def test_resampling_matrices_letterbox_boxes():

@@ -17,7 +17,7 @@ set size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -144,6 +144,8 @@ class OutputChunk:
         (``K'`` the concepts the layer has vectors for), or ``None`` without segmentation outputs.
     cls : ``L x n x K`` float32 classification logits.
     gap : per layer ``n x C`` global-average-pooled activations (float32).
+    oracles : ``O x K x n x gh x gw`` bool, where each resolution-only oracle marks each concept
+        (:func:`oracle_masks`; with the truth and oracles only).
     """
 
     rows: np.ndarray
@@ -153,6 +155,10 @@ class OutputChunk:
     outputs: "StudyOutputs"
     truth: torch.Tensor | None = None  # K x n x gh x gw uint8 ground-truth masks on the evaluation grid
     objects: torch.Tensor | None = None  # n x gh x gw uint8 every-object masks (object datasets), else None
+    # per oracle, K x n x gh x gw bool: where the resolution-only oracle marks the concept (oracle_masks)
+    oracles: torch.Tensor | None = None
+    # per (store, layer grid): the resampling matrices of these images (:meth:`StudyOutputs.resampler`)
+    _resamplers: dict = field(default_factory=dict, repr=False)
 
     def truth_map(self, k: int, out: torch.Tensor) -> bool:
         """Write the ground-truth mask of concept ``k`` as surely positive / negative logits into ``out``."""
@@ -167,10 +173,11 @@ class OutputChunk:
         The oracle is the ground-truth mask area-pooled to the cells of a layer's *native* output stride over
         the image (not the stored grid, which is capped), brought back to the evaluation grid bilinearly
         and thresholded at 0.5: what a perfect probe limited to that stride would output
-        (:func:`native_oracle`).
+        (:func:`native_oracle`). It is written as surely positive / negative logits (``+-ORACLE_LOGIT``) from
+        the chunk's :attr:`oracles` masks; the accumulator reads only their sign.
         """
-        so = self.outputs
-        out.view(-1, *so.eval_grid).copy_(native_oracle(self.truth[k], so.oracles[oi][2]))
+        torch.mul(self.oracles[oi, k].reshape(-1), 2.0 * ORACLE_LOGIT, out=out)
+        out.sub_(ORACLE_LOGIT)
         return True
 
     def seg_map(self, li: int, k: int, out: torch.Tensor) -> bool:
@@ -187,7 +194,11 @@ class OutputChunk:
             out.fill_(MISSING_LOGIT)
             return False
         z = self.low[li][pos : pos + 1].transpose(0, 1)  # n x 1 x h x w
-        so._resample(so._store_of[li], z, so.rows[self.rows], out.view(1, n, gh, gw))
+        si, (h, w) = so._store_of[li], z.shape[2:]
+        plan = self._resamplers.get((si, h, w))
+        if plan is None:  # once per store and grid of the chunk (two workers may both make it: the same values)
+            plan = self._resamplers[si, h, w] = so.resampler(si, so.rows[self.rows], h, w)
+        resample(z, plan, out.view(1, n, gh, gw))
         return True
 
     @property
@@ -218,11 +229,37 @@ def native_oracle(truth: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:
     if (ch, cw) != (gh, gw):
         pooled = F.adaptive_avg_pool2d(t, (max(ch, 1), max(cw, 1)))
         t = F.interpolate(pooled, size=(gh, gw), mode="bilinear", align_corners=False)
-    return ((t[:, 0] - 0.5) * 20.0).contiguous()
+    return ((t[:, 0] - 0.5) * (2.0 * ORACLE_LOGIT)).contiguous()
+
+
+def oracle_masks(truth: torch.Tensor, cells: tuple[int, int]) -> torch.Tensor:
+    """Where :func:`native_oracle` of ``truth`` (any leading shape ``... x gh x gw``) is positive, as bool.
+
+    All concepts and images go through one pooling and one resampling: each plane's arithmetic is that of
+    its own call, so the masks equal the per-concept ones.
+    """
+    gh, gw = truth.shape[-2:]
+    return (native_oracle(truth.reshape(-1, gh, gw), cells) >= 0).view(truth.shape)
+
+
+def resample(logits: torch.Tensor, plan: tuple[torch.Tensor, torch.Tensor, bool], out: torch.Tensor) -> None:
+    """Bilinear logits ``n x K' x h x w`` -> ``out`` (``K' x n x gh x gw``) with the matrices of ``plan``
+    (:meth:`StudyOutputs.resampler`)."""
+    ry, rx, shared = plan
+    n, k, h, w = logits.shape
+    gh, gw = out.shape[-2:]
+    z = logits.transpose(0, 1)  # K' x n x h x w: the concept-major layout the Gram products need
+    if shared:
+        u = torch.matmul(z.reshape(k * n * h, w), rx.T).view(k * n, h, gw)
+        torch.bmm(ry.expand(k * n, gh, h), u, out=out.view(k * n, gh, gw))
+    else:  # letterboxed images of several shapes: one matrix pair per image
+        out.copy_(torch.matmul(ry, torch.matmul(z, rx.transpose(1, 2))))
 
 
 #: logit written for concepts a layer has no vector for: sigmoid(-30) ~ 1e-13, so outputs are empty.
 MISSING_LOGIT = -30.0
+#: the resolution-only oracle's logits: +- this value where it marks / does not mark a pixel
+ORACLE_LOGIT = 10.0
 
 
 class StudyOutputs:
@@ -387,22 +424,15 @@ class StudyOutputs:
         """``n x gh x gw`` uint8 every-object masks of store rows ``rows`` (object datasets only)."""
         return torch.from_numpy(_read_block(self.stores[0].object_masks, rows))
 
-    def _resample(self, si: int, logits: torch.Tensor, rows: np.ndarray, out: torch.Tensor) -> None:
-        """Bilinear logits ``n x K' x h x w`` -> ``out`` (``K' x n x gh x gw``) on the evaluation grid."""
-        store = self.stores[si]
-        n, k, h, w = logits.shape
-        gh, gw = self.eval_grid
-        boxes = store.content_boxes[rows]
-        z = logits.transpose(0, 1)  # K' x n x h x w: the concept-major layout the Gram products need
+    def resampler(self, si: int, rows: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(ry, rx, shared)``: the bilinear matrices from store ``si``'s ``h x w`` grid of store rows ``rows`` to
+        the evaluation grid (:func:`resample`); one pair for all images when they share their content box
+        (``shared``), else one pair per image (letterboxed images of several shapes)."""
+        boxes = self.stores[si].content_boxes[rows]
         if (boxes == boxes[0]).all():
-            ry, rx = self._matrices(si, boxes[0], h, w)
-            u = torch.matmul(z.reshape(k * n * h, w), rx.T).view(k * n, h, gw)
-            torch.bmm(ry.expand(k * n, gh, h), u, out=out.view(k * n, gh, gw))
-        else:  # letterboxed images of several shapes: one matrix pair per image
-            pairs = [self._matrices(si, b, h, w) for b in boxes]
-            ry = torch.stack([p[0] for p in pairs])
-            rx = torch.stack([p[1] for p in pairs])
-            out.copy_(torch.matmul(ry, torch.matmul(z, rx.transpose(1, 2))))
+            return (*self._matrices(si, boxes[0], h, w), True)
+        pairs = [self._matrices(si, b, h, w) for b in boxes]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), False
 
     def _matrices(self, si: int, box: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         key = (si, tuple(float(b) for b in box), h, w)
@@ -451,10 +481,14 @@ class StudyOutputs:
             objects = self.objects_block(brows) if (self.use_truth and self.has_objects) else None
             for cstart in range(0, len(bpos), chunk_images):
                 sl = slice(cstart, min(len(bpos), cstart + chunk_images))
+                t = truth[:, sl] if truth is not None else None
+                # the oracles of all concepts at once, made here (in the thread that prepares the next chunk)
+                oracles = (torch.stack([oracle_masks(t, cells) for _, _, cells in self.oracles])
+                           if t is not None and self.oracles else None)
                 yield OutputChunk(
                     bpos[sl], [z[:, sl] for z in low] if self.use_seg else None,
                     cls_block[:, sl] if cls_block is not None else None, [g[sl] for g in gaps], self,
-                    truth[:, sl] if truth is not None else None, objects[sl] if objects is not None else None,
+                    t, objects[sl] if objects is not None else None, oracles,
                 )
 
 
