@@ -30,6 +30,26 @@ def test_default_and_paper_studies_are_valid():
     assert {"yolov5su", "ssd300_vgg16", "fasterrcnn_resnet50_fpn"} <= set(paper.models)
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yml")), ids=lambda p: p.name)
+def test_every_shipped_study_is_valid(path):
+    """Every study file the project ships loads, and expands into runs."""
+    study = load_study(path)
+    assert study.name == path.stem and study.datasets and study.models and study.runs()
+
+
+def test_coco_icons_single_is_the_default_coco_icons_in_mode_single():
+    """The composition study changes the default study's coco-icons in its mode only (the dataset page reads
+    its object-concept IoU beside the default study's)."""
+    default, single = load_study(ROOT / "studies" / "default.yml"), load_study(ROOT / "studies" / "coco-icons-single.yml")
+    want = yaml.safe_load(yaml.safe_dump(default.datasets["coco-icons"]))
+    want["build"]["mode"] = "single"
+    assert single.datasets == {"coco-icons": want}
+    assert set(single.models) <= set(default.models)
+    for section in ("extraction", "concepts", "comparison", "split"):
+        assert single.sections[section] == default.sections[section], section
+    assert single.layers == default.layers
+
+
 def test_smoke_merges_overrides_and_renames():
     s = load_study(ROOT / "studies" / "default.yml", smoke=True)
     assert s.name == "default-smoke"
