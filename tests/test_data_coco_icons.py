@@ -4,6 +4,7 @@ grouped splits (by style, background, source photo), licences, and clear errors 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -308,3 +309,29 @@ def test_default_study_composes_for_power():
     build = load_study(ROOT / "studies" / "default.yml").datasets["coco-icons"]["build"]
     assert tuple(build["categories"]) == DEFAULT_STUDY_CATEGORIES  # the power check probes the study's categories
     assert len(coco_icons.concepts_of_build(build)) >= 12  # room for the issue's 12 learned object concepts
+
+
+def _mark_later(args):
+    folder, i = args
+    time.sleep(0.5)
+    (Path(folder) / f"ran-{i}").touch()
+
+
+def test_an_interrupted_icon_bank_leaves_no_queued_work_running(tmp_path, monkeypatch):
+    """The builder's pool workers ignore SIGINT (``runtime.fork_pool``), so the parent must end them itself: a
+    Ctrl-C while the icons are rasterised stops the build without waiting for the queued rasterising, and
+    leaves no build folder."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def interrupted_bank(styles, cats, px, pool):
+        assert pool is not None
+        pool.map_async(_mark_later, [(str(marks), i) for i in range(8)], chunksize=1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(coco_icons, "icon_bank", interrupted_bank)
+    with pytest.raises(KeyboardInterrupt):
+        coco_icons.build_coco_icons(tmp_path / "b", n=4, size=64, styles=FEW_STYLES, categories=FEW_CATS, workers=2)
+    time.sleep(1.0)  # long enough for a surviving worker to finish a task
+    assert list(marks.iterdir()) == []
+    assert not (tmp_path / "b").exists()

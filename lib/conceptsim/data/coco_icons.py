@@ -488,8 +488,8 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
         try:
             bank = icon_bank(style_list, cats, px, pool)
         finally:
-            if pool is not None:
-                pool.close()
+            if pool is not None:  # the bank is complete, or an error or Ctrl-C stopped it: nothing queued is wanted
+                pool.terminate()
                 pool.join()
         _STATE.update(seed=int(seed), size=int(size), styles=style_list, cats=cats, bank=bank, groups=groups,
                       mode=mode, cue=float(cue), image_dir=str(tmp / "images"))
