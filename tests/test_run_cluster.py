@@ -300,3 +300,29 @@ def test_stopped_study_stops_the_local_cluster_with_one_line_and_no_record(fake_
         assert stopped < 15, f"the study took {stopped:.1f} s to stop"
     assert test_run_orchestrate.gone(worker, 10) and test_run_orchestrate.gone(kernel, 15)
     assert not list((root / "results" / "fake").rglob("_runs/*.json"))  # the stopped run left no record
+
+
+def test_a_stopping_study_keeps_the_closing_clusters_info_messages_quiet():
+    """On Ctrl-C the executor holds the ``distributed`` loggers to errors (:func:`quiet_distributed_logs`): a
+    LocalCluster restores its handlers' levels as it closes, and a connection dropped after that printed an
+    INFO traceback beside the command line's one line."""
+    import io
+    import logging
+
+    from conceptsim.run.cluster import quiet_distributed_logs
+
+    logger = logging.getLogger("distributed")
+    level, out = logger.level, io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setLevel(logging.INFO)  # as the cluster leaves it when it closes
+    logger.addHandler(handler)
+    try:
+        logger.setLevel(logging.INFO)
+        logging.getLogger("distributed.batched").info("before: shown")
+        quiet_distributed_logs()
+        logging.getLogger("distributed.batched").info("Batched Comm Closed")
+        logging.getLogger("distributed.batched").error("an error: shown")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert out.getvalue().splitlines() == ["before: shown", "an error: shown"]

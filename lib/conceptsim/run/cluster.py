@@ -133,6 +133,17 @@ def dask_setup(worker: Any = None) -> None:
         log.debug("worker %s: signal handlers not installed (not the main thread)", worker)
 
 
+def quiet_distributed_logs() -> None:
+    """Hold Dask's ``distributed`` loggers to errors in this process from now on: the study is stopping, and
+    the connections its ending workers drop are expected.
+
+    A ``LocalCluster`` silences only its handlers' levels, and restores them as it closes; a connection that
+    closed after that logged an INFO message with a traceback (``distributed.batched``: "Batched Comm
+    Closed") beside the command line's one line. A logger level holds whatever the handlers' levels are.
+    """
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
 def stop_runs() -> None:
     """Kill this worker's kernels: its running notebooks fail at once and write no record (the study was stopped)."""
     from conceptsim.run import kernels
@@ -232,6 +243,7 @@ class DaskExecutor:
             try:
                 self._collect(futures, runs, keys, finish, skip)
             except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI turns it into one: stop the runs now
+                quiet_distributed_logs()
                 self._stop(client, futures)
                 raise
 
