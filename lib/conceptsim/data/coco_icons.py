@@ -56,6 +56,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -484,13 +485,10 @@ def build_coco_icons(out_dir: str | os.PathLike, n: int = 1200, size: int = 320,
     px = max(32, int(math.ceil(RENDER_FRACTION * size)))
     with atomic_path(out_dir) as tmp:
         (tmp / "images").mkdir(parents=True)
-        pool = fork_pool(workers) if workers > 1 else None
-        try:
+        # leaving the pool terminates its workers (and waits for them): once the bank is complete, or an error
+        # or Ctrl-C stopped it, nothing queued is wanted
+        with fork_pool(workers) if workers > 1 else nullcontext() as pool:
             bank = icon_bank(style_list, cats, px, pool)
-        finally:
-            if pool is not None:  # the bank is complete, or an error or Ctrl-C stopped it: nothing queued is wanted
-                pool.terminate()
-                pool.join()
         _STATE.update(seed=int(seed), size=int(size), styles=style_list, cats=cats, bank=bank, groups=groups,
                       mode=mode, cue=float(cue), image_dir=str(tmp / "images"))
         try:
