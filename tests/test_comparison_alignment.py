@@ -6,12 +6,13 @@ import pytest
 from conceptsim.comparison.alignment import (
     block_recovery,
     combined_matches,
+    critical_errors,
     permutation_test,
     predictor_agreement,
 )
 from conceptsim.comparison.finding1 import concept_level_means, image_weights, partial_replicates
 from conceptsim.comparison.finding2 import advantage, aligned_test
-from conceptsim.comparison.verdicts import t_summary
+from conceptsim.comparison.verdicts import FindingTest, assign_verdicts, minimum_detectable_effect, t_summary
 
 
 def aligned_matrix(depths_a, depths_b, k=3):
@@ -109,3 +110,36 @@ def test_group_bootstrap_resamples_whole_groups():
     assert w.shape == (200, 6)
     assert np.array_equal(w[:, 0], w[:, 1]) and np.array_equal(w[:, 2], w[:, 4])  # one multiplicity per group
     assert np.allclose(w[:, [0, 2, 5]].sum(axis=1), 3)  # three groups drawn per replicate
+
+
+def test_critical_errors_are_where_the_permutation_p_value_crosses_each_level():
+    null = np.random.default_rng(3).random(999)
+    levels = np.array([0.05, 0.05 / 4, 0.05 / 8, 0.0005])
+    crit = critical_errors(null, levels)
+
+    def p(obs):  # permutation_test's p-value of an observed error
+        return (1 + np.sum(null <= obs)) / (1 + len(null))
+
+    for a, c in zip(levels[:3], crit[:3]):
+        assert p(np.nextafter(c, -np.inf)) < a <= p(c)
+    assert np.isnan(crit[3])  # 999 permutations cannot give p < 0.0005
+
+
+def test_aligned_test_states_the_power_of_its_permutation_test():
+    # few layers: the depth-permutation null is coarse, so a clear per-concept advantage (narrow t interval)
+    # can still miss Holm's level; the MDE must say so rather than report the t form alone
+    da, db = np.array([0.2, 0.5, 0.9]), np.array([0.3, 0.6, 1.0])
+    la, lb = np.arange(3), np.arange(3, 6)
+    depths = np.concatenate([da, db])
+    m = combined_matches(aligned_matrix(da, db, k=12), la, lb, np.ones((6, 12), bool))
+    res = permutation_test(m, la, lb, depths, np.random.default_rng(0), n_perm=2000)
+    t = aligned_test(m, res, depths)
+    others = [FindingTest("x", "alignment", effect=0.0, ci_low=-1, ci_high=1, se=1, n=5, p_value=0.9) for _ in range(7)]
+    assign_verdicts([t] + others, "f")
+    crit = t.details["critical_effects"][7]
+    assert crit == pytest.approx(res["null_mean"] - critical_errors(res["null"], [0.05 / 8])[0])
+    # 3! x 3! depth orders: perfect alignment is the null's best case, so p stays above 0.05 / 8 (any effect
+    # is at most the critical one) while the t form alone would state a tiny MDE
+    assert t.p_value > 0.05 / 8 and t.effect <= crit + 1e-12
+    assert t.mde >= crit > 10 * minimum_detectable_effect(t.se, t.n, 8)
+    assert t.ci_low > 0 and t.verdict == "inconclusive"  # the interval alone would have called it supported

@@ -2,11 +2,14 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from conceptsim.comparison.verdicts import (
+    CRITICAL_FAMILY_SIZES,
     MIN_CONCEPTS,
     FindingTest,
     assign_verdicts,
+    critical_effect,
     minimum_detectable_effect,
     t_summary,
     verdict_counts,
@@ -76,3 +79,19 @@ def test_records_round_trip():
     family(t)
     back = FindingTest.from_json(t.to_json())
     assert back == t and back.details == {"note": "x"}
+
+
+def test_a_permutation_tests_mde_is_at_least_its_critical_effect_plus_the_power_margin():
+    crit = [0.05 * (1 + i / 10) for i in range(CRITICAL_FAMILY_SIZES)]
+    t = FindingTest("aligned", "alignment", effect=0.02, ci_low=0.01, ci_high=0.03, se=0.005, n=10, p_value=0.2,
+                    details={"critical_effects": crit})
+    assign_verdicts([t, FindingTest("x", "alignment", effect=0.0, ci_low=-1, ci_high=1, se=1, n=5, p_value=0.9)], "f")
+    margin = stats.t.ppf(0.8, 9) * 0.005
+    assert t.mde == pytest.approx(crit[1] + margin) and t.mde > minimum_detectable_effect(0.005, 10, 2)
+    assert t.verdict == "inconclusive"
+    # a level the permutations cannot reach: no effect is detectable (stored as null)
+    t.details["critical_effects"] = [None] * CRITICAL_FAMILY_SIZES
+    assign_verdicts([t], "f")
+    assert t.mde == float("inf") and t.to_json()["mde"] is None
+    with pytest.raises(ValueError, match="family of 33 tests"):
+        critical_effect(t, CRITICAL_FAMILY_SIZES + 1)

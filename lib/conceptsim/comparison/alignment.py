@@ -105,16 +105,18 @@ def permutation_test(m: Matches, layers_a: np.ndarray, layers_b: np.ndarray, dep
 
     Returns
     -------
-    ``{"error", "null_mean", "p_value", "n_matches", "n_concepts", "concepts", "concept_null"}``;
-    ``concept_null`` is each concept's mean error under the null (aligned with ``concepts``).
+    ``{"error", "null_mean", "p_value", "n_matches", "n_concepts", "concepts", "concept_null", "null"}``;
+    ``concept_null`` is each concept's mean error under the null (aligned with ``concepts``), ``null`` the
+    ``n_perm`` null errors themselves (for the test's power: :func:`critical_errors`).
     """
     if len(m) == 0:
         return {"error": None, "null_mean": None, "p_value": None, "n_matches": 0, "n_concepts": 0,
-                "concepts": np.zeros(0, np.int64), "concept_null": np.zeros(0)}
+                "concepts": np.zeros(0, np.int64), "concept_null": np.zeros(0), "null": np.zeros(0)}
     depths = np.asarray(depths, np.float64)
     obs = alignment_error(m, depths)
     keys, _ = per_concept_error(m, depths)
-    le, total, done = 0, 0.0, 0
+    le, done = 0, 0
+    nulls = np.empty(n_perm)
     per_concept = np.zeros(len(keys))
     tol = 1e-12  # ties with the observed value (permutations that fix the matched depths) count as <=
     while done < n_perm:
@@ -125,14 +127,30 @@ def permutation_test(m: Matches, layers_a: np.ndarray, layers_b: np.ndarray, dep
             d[:, layers] = depths[layers][perm]
         per = per_concept_error(m, d)[1]  # r x concepts
         per_concept += per.sum(axis=0)
-        null = per.mean(axis=1)
+        null = nulls[done : done + r] = per.mean(axis=1)
         le += int((null <= obs + tol).sum())
-        total += float(null.sum())
         done += r
-    return {"error": obs, "null_mean": total / n_perm, "p_value": (1 + le) / (1 + n_perm),
-            "concepts": keys, "concept_null": per_concept / n_perm,
+    return {"error": obs, "null_mean": float(nulls.sum()) / n_perm, "p_value": (1 + le) / (1 + n_perm),
+            "concepts": keys, "concept_null": per_concept / n_perm, "null": nulls,
             "n_matches": int(len(np.unique(np.stack([m.concept, m.source]), axis=1).T)),
             "n_concepts": int(len(np.unique(m.concept)))}
+
+
+def critical_errors(null: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Per level ``a``: the error an observation must lie *below* for :func:`permutation_test`'s p-value
+    ``(1 + #{null <= observed}) / (1 + n)`` to fall below ``a`` (NaN where no observation can: too few
+    permutations for the level).
+
+    ``p < a`` holds exactly when at most ``c = ceil(a (n + 1) - 1) - 1`` null errors are ``<=`` the
+    observation, i.e. when it lies below the ``(c + 1)``-th smallest null error.
+    """
+    null = np.sort(np.asarray(null, np.float64))
+    n = len(null)
+    c = np.ceil(np.asarray(levels, np.float64) * (n + 1) - 1 - 1e-9).astype(np.int64) - 1
+    out = np.full(len(c), np.nan)
+    ok = (c >= 0) & (c < n)
+    out[ok] = null[c[ok]]
+    return out
 
 
 def spearman(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float | None:

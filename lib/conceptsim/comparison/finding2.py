@@ -26,8 +26,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from conceptsim.comparison.alignment import Matches, per_concept_error
-from conceptsim.comparison.verdicts import FindingTest, _jsonable, not_testable, t_summary
+from conceptsim.comparison.alignment import Matches, critical_errors, per_concept_error
+from conceptsim.comparison.verdicts import (
+    ALPHA,
+    CRITICAL_FAMILY_SIZES,
+    FindingTest,
+    _jsonable,
+    critical_effects,
+    not_testable,
+    t_summary,
+)
 
 COMPONENTS = ("aligned", "beyond_resolution", "from_training")
 
@@ -82,12 +90,15 @@ def advantage(name: str, m: Matches, other: Matches | None, depths: np.ndarray, 
 
 def aligned_test(m: Matches, perm: dict, depths: np.ndarray) -> FindingTest:
     """Advantage over the depth-permutation null; p from the permutation test (``perm`` of
-    :func:`~conceptsim.comparison.alignment.permutation_test`)."""
+    :func:`~conceptsim.comparison.alignment.permutation_test`), whose critical effects at the levels
+    ``alpha / m`` are recorded for the MDE (:func:`~conceptsim.comparison.verdicts.minimum_detectable_effect`)."""
     if len(m) == 0:
         return not_testable("aligned", "alignment", "no concept is represented (on val) in layers of both models")
     keys, err = per_concept_error(m, depths)
     adv = np.asarray(perm["concept_null"]) - err
-    return t_summary("aligned", "alignment", adv, p_value=perm["p_value"], null_mean=perm["null_mean"])
+    levels = ALPHA / np.arange(1, CRITICAL_FAMILY_SIZES + 1)
+    return t_summary("aligned", "alignment", adv, p_value=perm["p_value"], null_mean=perm["null_mean"],
+                     critical_effects=critical_effects(perm["null_mean"], critical_errors(perm["null"], levels)))
 
 
 @dataclass

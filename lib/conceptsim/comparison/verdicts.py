@@ -22,6 +22,11 @@ The MDE (:func:`minimum_detectable_effect`) is ``(t_{1 - alpha / m} + t_{0.80}) 
 degrees of freedom and ``m`` the family size: the effect whose t statistic clears Holm's first (strictest)
 step with probability 0.8. It is conservative when other tests of the family are significant (Holm's later
 steps are milder); the power check (:func:`simulate_power`) measures where the 80 % point really lies.
+A test whose p-value comes from a permutation null instead of the t tail (finding 2's *aligned*) records
+in ``details["critical_effects"]`` the smallest effect that null lets through at each level ``alpha / m``
+(``m = 1 ..``); its MDE is the larger of the t form and that critical effect plus ``t_{0.80} * se`` (the
+observed effect must clear the null's critical point with probability 0.8), so an effect above the MDE is
+not left inconclusive by the permutation test alone.
 
 Records (:class:`FindingTest`) are typed and serialise with :meth:`FindingTest.to_json` /
 :meth:`FindingTest.from_json`; :func:`assign_verdicts` applies Holm over a family and writes verdicts.
@@ -134,15 +139,44 @@ def t_summary(name: str, kind: str, effects: np.ndarray, replicate_means: np.nda
                       details=details)
 
 
-def minimum_detectable_effect(se: float, n: int, family_size: int, alpha: float = ALPHA, power: float = POWER) -> float:
+def minimum_detectable_effect(se: float, n: int, family_size: int, alpha: float = ALPHA, power: float = POWER,
+                              critical: float | None = None) -> float:
     """True effect that reaches ``supported`` with probability ``power`` at Holm's strictest step.
 
     ``(t_{1 - alpha / m, k - 1} + t_{power, k - 1}) * se``; the interval condition (lower bound above zero)
-    is implied whenever ``alpha / m <= 0.025``.
+    is implied whenever ``alpha / m <= 0.025``. ``critical``: for a p-value from a permutation null, the
+    smallest effect whose p-value is below ``alpha / m`` (:func:`critical_effect`); the MDE is then at least
+    ``critical + t_{power, k - 1} * se`` (infinite where no effect can reach that level).
     """
     df = max(int(n) - 1, 1)
     a = min(alpha / max(int(family_size), 1), 0.025)
-    return float((stats.t.isf(a, df) + stats.t.ppf(power, df)) * se)
+    mde = float((stats.t.isf(a, df) + stats.t.ppf(power, df)) * se)
+    if critical is not None:
+        mde = max(mde, float(critical) + float(stats.t.ppf(power, df)) * se)
+    return mde
+
+
+#: family sizes for which a permutation test records its critical effect (``details["critical_effects"]``)
+CRITICAL_FAMILY_SIZES = 32
+
+
+def critical_effects(null_mean: float, critical_errors: np.ndarray) -> list[float | None]:
+    """Critical effects (``null_mean - critical error``) of a permutation test for family sizes ``1 ..``,
+    given the critical errors at levels ``alpha / m`` (``None`` where no observation reaches the level)."""
+    return [float(null_mean - e) if np.isfinite(e) else None for e in np.asarray(critical_errors, np.float64)]
+
+
+def critical_effect(t: FindingTest, family_size: int) -> float | None:
+    """The critical effect ``t`` recorded for ``family_size`` (``None``: its p-value is the t tail;
+    ``inf``: no effect reaches the level with the permutations made)."""
+    crit = t.details.get("critical_effects")
+    if crit is None:
+        return None
+    if family_size > len(crit):
+        raise ValueError(f"test {t.name!r}: a family of {family_size} tests, but its permutation null records critical "
+                         f"effects for families of at most {len(crit)} (CRITICAL_FAMILY_SIZES)")
+    c = crit[family_size - 1]
+    return float("inf") if c is None else float(c)
 
 
 def decide(t: FindingTest) -> str:
@@ -169,7 +203,7 @@ def assign_verdicts(tests: Iterable[FindingTest], family: str) -> int:
         t.family, t.family_size = family, m
         t.verdict = decide(t)
         if t.testable and t.se is not None:
-            t.mde = minimum_detectable_effect(t.se, t.n, m)
+            t.mde = minimum_detectable_effect(t.se, t.n, m, critical=critical_effect(t, m))
     return m
 
 
