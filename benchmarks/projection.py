@@ -1,5 +1,5 @@
 """Projection of the paper study (COCO val2017, 5,000 images, three detectors and their random-init
-twins, as in ``studies/paper.yml``) on one GPU, from rates measured here on the CPU.
+twins, as many seeds as ``studies/paper.yml`` lists) on one GPU, from rates measured here on the CPU.
 
 Method (every assumption is listed in the entry's ``details.assumptions`` and on the page):
 
@@ -43,6 +43,16 @@ def forward_flops(name: str) -> float:
     return float(counter.get_total_flops())
 
 
+def twin_seeds(study_file: str = "studies/paper.yml") -> dict[str, int]:
+    """Random-init twins per paper model in the paper study's model list (``NAME:random``, ``@1``, ...)."""
+    from conceptsim.models.names import is_twin
+    from conceptsim.paths import project_root
+    from conceptsim.run.study import load_study
+
+    models = load_study(project_root() / study_file).models
+    return {name: sum(1 for m in models if is_twin(m) and m.split(":", 1)[0] == name) for name in PAPER_MODELS}
+
+
 def need(ctx: Context, key: str) -> dict:
     if key not in ctx.previous:
         raise RuntimeError(f"projection needs the entry {key!r}: run the benchmark that produces it first")
@@ -81,30 +91,33 @@ def run(ctx: Context) -> list[dict]:
     from conceptsim.models.names import twin_name
 
     n_concepts = len(COCO_CONCEPTS)
+    twins = twin_seeds()
     models, total_layers = {}, 0
     for name in PAPER_MODELS:
         spec = parse_model_name(name)[0]
         flops = forward_flops(twin_name(name))
         n_layers = len(spec.default_layers)
-        total_layers += 2 * n_layers  # the model and its twin
+        total_layers += 2 * n_layers  # the model and its first twin: the layer pairs the comparison counts
         fwd = N_IMAGES * flops / (GPU_TFLOPS * 1e12)
         over = N_IMAGES * (loader_s_per_mpx * COCO_PIXELS / 1e6 + other_s * n_layers)
         conc = N_IMAGES * n_layers * concept_s
         models[name] = {"gflop_per_image": flops / 1e9, "layers": n_layers,
                         "input_size": list(spec.preprocessing.size),
                         "extraction_forward_gpu_s": fwd, "extraction_cpu_overhead_s": over,
-                        "concepts_cpu_s": conc, "concepts_gpu_s": conc / GPU_CONCEPT_SPEEDUP,
+                        "concepts_cpu_s": conc, "concepts_gpu_s": conc / GPU_CONCEPT_SPEEDUP, "twins": twins[name],
                         "cpu_forward_s_2cores": N_IMAGES * flops / 1e9 / med([c["cpu_gflops"] for c in cpu.values()])}
     pairs = total_layers * (total_layers + 1) / 2
     comparison = N_IMAGES * TEST_FRACTION * pairs * n_concepts * compare_s
-    per_model = sum(2 * (m["extraction_forward_gpu_s"] + m["extraction_cpu_overhead_s"] + m["concepts_gpu_s"])
-                    for m in models.values())
+    # each model runs once trained and once per twin seed
+    per_model = sum((1 + m["twins"]) * (m["extraction_forward_gpu_s"] + m["extraction_cpu_overhead_s"]
+                                        + m["concepts_gpu_s"]) for m in models.values())
     total_h = (per_model + comparison) / 3600
-    cpu_only_h = (sum(2 * (m["cpu_forward_s_2cores"] + m["extraction_cpu_overhead_s"] + m["concepts_cpu_s"])
-                      for m in models.values()) + comparison) / 3600
+    cpu_only_h = (sum((1 + m["twins"]) * (m["cpu_forward_s_2cores"] + m["extraction_cpu_overhead_s"]
+                                          + m["concepts_cpu_s"]) for m in models.values()) + comparison) / 3600
     assumptions = [
         f"COCO val2017: {N_IMAGES} images of about {COCO_PIXELS / 1e6:.2f} Mpx; test split {TEST_FRACTION:.0%}",
-        "three detectors and their random-init twins (6 extractions and concept stages), default probed layers, "
+        f"three detectors and their random-init twins as studies/paper.yml lists them ({sum(twins.values())} twins: "
+        f"{len(PAPER_MODELS) + sum(twins.values())} extractions and concept stages), default probed layers, "
         "grid cap 40, evaluation grid 112, default probe settings",
         f"GPU forward pass at an assumed effective {GPU_TFLOPS:g} TFLOP/s (fp32, batch 8); FLOPs counted with "
         "torch.utils.flop_counter on each model's feature forward at its input size",
@@ -116,8 +129,9 @@ def run(ctx: Context) -> list[dict]:
         "concept stage rate: the memory benchmark's run at 4N images divided by images and layers (start-up "
         "included, so an upper bound)",
         "comparison stage on the CPU at the rate of the default-size comparison benchmark, per test image, concept "
-        f"and layer pair ({len(COCO_CONCEPTS)} COCO concepts, all pairs of all six models' layers); the work grows "
-        "with pairs x concepts x test images",
+        f"and layer pair ({len(COCO_CONCEPTS)} COCO concepts, all pairs of the layers of the three detectors and "
+        "their first twins; further twin seeds add pairs with their own models and trained models only); the work "
+        "grows with pairs x concepts x test images",
         "one dataset (COCO); VOC 2012 would add a similar amount",
     ]
     details = {"models": models, "comparison_cpu_s": comparison, "total_layers": total_layers,
@@ -127,7 +141,7 @@ def run(ctx: Context) -> list[dict]:
                    "comparison_s_per_test_image_concept_pair_cpu": compare_s, "coco_concepts": n_concepts},
                "gpu_tflops_assumed": GPU_TFLOPS, "gpu_concept_speedup_assumed": GPU_CONCEPT_SPEEDUP,
                "sensitivity_hours": {"gpu_half_as_fast": (per_model + comparison + sum(
-                   2 * m["extraction_forward_gpu_s"] for m in models.values())) / 3600},
+                   (1 + m["twins"]) * m["extraction_forward_gpu_s"] for m in models.values())) / 3600},
                "cpu_only_hours_2_cores": cpu_only_h, "assumptions": assumptions}
     return [entry("projection/paper_study_gpu", "Projected paper study (COCO val2017, 5,000 images, 3 detectors + "
                   "twins) on one GPU", "wall time", "h", [total_h], None, "lower", details, benchmark=NAME,

@@ -234,9 +234,17 @@ def efficiency_section(by_id: dict) -> list[str]:
     return lines
 
 
-def table(entries: list[dict]) -> list[str]:
+def other_machine(e: dict, machine: dict | None) -> str:
+    """`` (measured on CPU, date)`` for an entry measured on another CPU than the page's machine, else ``""``."""
+    cpu = (e.get("machine") or {}).get("cpu_model")
+    if not machine or not cpu or cpu == machine.get("cpu_model"):
+        return ""
+    return f" (measured on {cpu}, {str(e.get('measured_at', '?'))[:10]})"
+
+
+def table(entries: list[dict], machine: dict | None = None) -> list[str]:
     """The Targets table: the benchmark, then its verdict and target (what a reader looks for, visible at
-    1,000 px), then the measurement and what it is."""
+    1,000 px), then the measurement and what it is (and the CPU, where it is not ``machine``'s)."""
     out = ["| Benchmark | Verdict | Target | Median | Spread (min – max, n) | Figure |",
            "|---|---|---|---|---|---|"]
     for e in entries:
@@ -244,7 +252,8 @@ def table(entries: list[dict]) -> list[str]:
         if e.get("quick"):
             status += " (quick mode)"
         out.append(f"| `{e['id']}` | {status} | {target_text(e)} | {fmt(e['median'], e['unit'])} | "
-                   f"{fmt(e['min'], e['unit'])} – {fmt(e['max'], e['unit'])}, {e['n']} | {e['title']} |")
+                   f"{fmt(e['min'], e['unit'])} – {fmt(e['max'], e['unit'])}, {e['n']} | {e['title']}"
+                   f"{other_machine(e, machine)} |")
     return out
 
 
@@ -312,7 +321,7 @@ def details_sections(by_id: dict) -> list[str]:
             lines.append(f"| {name} | {m['gflop_per_image']:.1f} | {m['layers']} | {m['extraction_forward_gpu_s']:.0f} | "
                          f"{m['extraction_cpu_overhead_s']:.0f} | {m['concepts_gpu_s']:.0f} |")
         lines += ["", f"Comparison stage (CPU): {d['comparison_cpu_s']:.0f} s for {d['layer_pairs']:.0f} layer pairs. "
-                  "Each model row counts once; its random-init twin costs the same again.", "", "Assumptions:", ""]
+                  "Each model row counts once; each of its random-init twins (seeds) costs the same again.", "", "Assumptions:", ""]
         lines += [f"- {a}" for a in d["assumptions"]] + [""]
     return lines
 
@@ -391,7 +400,7 @@ def write_page(data: dict, page: Path, static: Path) -> None:
              f"{m.get('torch_threads', '?')} threads; commit `{data.get('commit', '?')[:12]}`"
              f"{' (library modified)' if data.get('library_dirty') else ''}; updated {data.get('updated', '?')}. "
              "Each entry in `results.json` records its own machine, load average and commit.", "",
-             "## Targets", ""] + table(entries) + ["",
+             "## Targets", ""] + table(entries, m) + ["",
              "![Measured figures against their targets](_static/performance/targets.png)", ""]
     if missed:
         lines += ["## Missed targets", ""]

@@ -15,3 +15,25 @@ def test_dataset_index_lists_each_run_with_its_stage_title(tmp_path):
     assert "- Concept learning: ssd_mobilenet_v2_coco on shapes" in text
     assert reporting.dataset_index(study, "x", [Run("compare_models", "x", None, {})]).endswith(
         "- Model comparison and findings: x\n")
+
+
+def test_reproducibility_page_gives_a_runnable_command_and_marks_reused_extractions(tmp_path, monkeypatch):
+    import json
+
+    from conceptsim.paths import extraction_timings_json, model_results
+
+    monkeypatch.setenv("CONCEPTSIM_ROOT", str(tmp_path))
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "s.yml").write_text("name: s\ndatasets: {shapes: {}}\nmodels: [ssd_mobilenet_v2_coco]\n")
+    study = load_study(tmp_path / "studies" / "s.yml")
+    timings = extraction_timings_json(model_results("s", "shapes", "ssd_mobilenet_v2_coco"))
+    timings.parent.mkdir(parents=True)
+    timings.write_text(json.dumps({"reused": True}))
+    records = [{"id": "extract/shapes/ssd_mobilenet_v2_coco", "seconds": 2.0, "notebook": "01_extract.ipynb",
+                "dataset": "shapes", "model": "ssd_mobilenet_v2_coco", "parameters": {"study": "s"}},
+               {"id": "concepts/shapes/ssd_mobilenet_v2_coco", "seconds": 30.0, "notebook": "02_concepts.ipynb",
+                "dataset": "shapes", "model": "ssd_mobilenet_v2_coco", "parameters": {"study": "s"}}]
+    page = reporting.write_reproducibility_page(study, records, tmp_path / "r.md").read_text()
+    assert "conceptsim run studies/s.yml\n" in page  # runnable from the project root, not just the file name
+    assert "| extract/shapes/ssd_mobilenet_v2_coco | 2.0 (reused stored activations) |" in page
+    assert "| concepts/shapes/ssd_mobilenet_v2_coco | 30.0 |" in page and "not the cost of a fresh study" in page

@@ -143,3 +143,17 @@ def test_aligned_test_states_the_power_of_its_permutation_test():
     assert t.p_value > 0.05 / 8 and t.effect <= crit + 1e-12
     assert t.mde >= crit > 10 * minimum_detectable_effect(t.se, t.n, 8)
     assert t.ci_low > 0 and t.verdict == "inconclusive"  # the interval alone would have called it supported
+
+
+def test_advantage_states_both_errors_over_the_concepts_it_compares():
+    # the comparison matched concepts 0-2 only; the trained models all four: the errors shown beside the test
+    # must be those of concepts 0-2, so that their difference is the effect
+    depths = np.array([0.1, 0.5, 0.9, 0.2, 0.6, 1.0])
+    la, lb = np.arange(3), np.arange(3, 6)
+    trained = combined_matches(aligned_matrix(depths[:3], depths[3:], k=4), la, lb, np.ones((6, 4), bool))
+    rep = np.ones((6, 4), bool)
+    rep[:, 3] = False
+    other = combined_matches(np.random.default_rng(0).random((4, 6, 6)), la, lb, rep)
+    t = advantage("from_training", trained, other, depths, reason="")
+    assert t.n == 3 and t.details["concepts"] == [0, 1, 2]
+    assert t.effect == pytest.approx(t.details["comparison_error"] - t.details["error"])

@@ -31,6 +31,17 @@ def test_untestable_finding_is_said_so(comparison_run):
     assert "not testable here" in report.summary_sentences(doc)
 
 
+def test_category_table_counts_the_concepts_that_passed_below_three(comparison_run):
+    doc, _ = comparison_run
+    doc = json.loads(json.dumps(doc))
+    f1 = doc["pairs"][0]["finding1"]["seg"]
+    f1["per_category"], f1["n_learned"] = {}, 2
+    text = report.finding1_category_table(doc)
+    assert "| all | 2 | fewer than 3 concepts |" in text and "No concept" not in text
+    f1["n_learned"] = 0
+    assert "no concept passes the learned-concept filter" in report.finding1_category_table(doc)
+
+
 def test_old_documents_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="schema 3"):
         report.load_findings({"schema": 2, "pairs": []})

@@ -158,8 +158,10 @@ def study_opening(docs: list[dict], study: str) -> str:
                      "a null result of finding 2 says little about the models.")
     lines += [
         "",
-        "**How sure.** *Inconclusive* means the interval includes both no effect and an effect worth having: the "
-        "test could not decide at this study's sizes. " + (
+        "**How sure.** *Inconclusive* means the test could not decide at this study's sizes: its interval "
+        "includes both no effect and an effect worth having, or (finding 2's *aligned* test, whose p-value "
+        "permutes the depths of 8 probed layers per model) its interval is clear of zero but the permutation "
+        "null cannot reach Holm's level; each table states the minimum detectable effect. " + (
             f"The smallest effects the inconclusive finding-1 tests could have detected with 80 % power range from "
             f"{min(mdes):.2f} to {max(mdes):.2f} kappa / correlation units. " if mdes else "") +
         "*Contradicted* needs the whole interval below the smallest effect of interest (+0.05 for agreement, 0 for "
@@ -171,7 +173,8 @@ def study_opening(docs: list[dict], study: str) -> str:
 
 def contradicted_sentence(docs: list[dict], tests: list[tuple]) -> str:
     """The contradicted tests by name, each with its effect and interval; a from-training test of two models
-    that share backbone blocks (a positive-control pair) says that their twins share the block layout too."""
+    that share backbone blocks (a positive-control pair) names the shared block layout of their twins as a possible,
+    untested reason."""
     shared = {(c["model_a"], c["model_b"]) for doc in docs for c in doc.get("positive_control", [])}
     named = []
     for ds, finding, m, pair, t in tests:
@@ -179,8 +182,8 @@ def contradicted_sentence(docs: list[dict], tests: list[tuple]) -> str:
             continue
         text = f"{ds}, {pair}, {m}, {finding} {fmt_test(t)}"
         if finding.endswith(COMPONENT_NAMES["from_training"]) and tuple(pair.split(" vs ")) in shared:
-            text += (" (the two models share backbone blocks, so their random-init twins share that block layout "
-                     "too and can match block to block without training)")
+            text += (" (the two models share backbone blocks; a possible reason, not tested here, is that their "
+                     "random-init twins share that block layout too and can match block to block without training)")
         named.append(text)
     if not named:
         return ""
@@ -260,13 +263,14 @@ def shortcut_sentence(name: str, shortcut: "pd.DataFrame") -> str:
 
 def measure_grounding(grounding: "pd.DataFrame", shortcut: dict[str, "pd.DataFrame"] | None = None) -> str:
     """How the measures the findings rest on (``seg_kappa``, ``cls_partial``) passed layer monotonicity
-    (rows of the datasets' ``grounding.csv``), trained models only, and the shortcut test where another study
-    ran it (:func:`shortcut_studies`), with the link to the grounding page."""
+    (rows of the datasets' ``grounding.csv`` over the concepts represented in both layers, the set the
+    findings compare), trained models only, and the shortcut test where another study ran it
+    (:func:`shortcut_studies`), with the link to the grounding page."""
     import pandas as pd
 
     from conceptsim.models.names import PIXELS_MODEL, is_twin
 
-    g = grounding[(grounding["test"] == "layer_monotonicity") & (grounding["concepts"] == "all")]
+    g = grounding[(grounding["test"] == "layer_monotonicity") & (grounding["concepts"] == "represented")]
     g = g[~g["model"].map(is_twin) & (g["model"] != PIXELS_MODEL)]
     parts = []
     for method, finding in (("seg_kappa", "segmentation"), ("cls_partial", "classification")):
@@ -276,7 +280,8 @@ def measure_grounding(grounding: "pd.DataFrame", shortcut: dict[str, "pd.DataFra
         v, r = pd.to_numeric(sub["violation_rate"], errors="coerce"), pd.to_numeric(sub["spearman"], errors="coerce")
         parts.append(f"`{method}` ({finding} tests): violation rate {fmt(v.mean(), 2) if v.notna().any() else '–'}, "
                      f"Spearman {fmt(r.mean(), 2) if r.notna().any() else '–'} (mean over the {int(v.notna().sum())} "
-                     "trained model(s) and dataset(s) where it is defined; a good measure gives 0 and −1)")
+                     "trained model(s) and dataset(s) where it is defined, over the concepts represented in both "
+                     "layers as in the findings; a good measure gives 0 and −1)")
     if not parts:
         return ""
     return ("**Do the measures behind the findings measure?** Within one model a layer should resemble its "

@@ -42,9 +42,26 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def reused_activations(record: dict) -> bool:
+    """Whether an extraction run's last execution reused the stored activations (its timings file says so)."""
+    import json
+
+    from conceptsim.paths import extraction_timings_json, model_results
+
+    params = record.get("parameters") or {}
+    if not str(record.get("id", "")).startswith("extract/") or not params.get("study") or not record.get("model"):
+        return False
+    path = extraction_timings_json(model_results(params["study"], record["dataset"], record["model"]))
+    try:
+        return bool(json.loads(path.read_text()).get("reused"))
+    except (OSError, ValueError, AttributeError):  # no timings yet (an older run): nothing to say
+        return False
+
+
 def write_reproducibility_page(study: "Study", records: list[dict], path: Path) -> Path:
     study_text = study.path.read_text() if study.path and study.path.exists() else yaml.safe_dump(study.raw)
-    rows = [[r["id"], f"{r['seconds']:.1f}", r["notebook"]] for r in records]
+    rows = [[r["id"], f"{r['seconds']:.1f}" + (" (reused stored activations)" if reused_activations(r) else ""),
+             r["notebook"]] for r in records]
     total = sum(r["seconds"] for r in records)
     study_file = study.path.relative_to(project_root()) if study.path and study.path.is_relative_to(project_root()) else study.path
     text = [
@@ -53,11 +70,14 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
         + (" (smoke mode: tiny parameters)" if study.smoke else "") + "\n",
         "## Commands\n",
         "```bash\nmake setup\n"
-        f"conceptsim run {study.path.name if study.path else 'STUDY.yml'}{' --smoke' if study.smoke else ''}\n"
+        f"conceptsim run {study_file if study.path else 'STUDY.yml'}{' --smoke' if study.smoke else ''}\n"
         "make book\n```\n",
         "## Measured wall time of each run\n",
         "Times are those of the run's last complete execution, as recorded by the runner "
-        f"(`results/{study.name}/_runs/`). Total: {total:.1f} s.\n",
+        f"(`results/{study.name}/_runs/`). Total: {total:.1f} s. A run re-executed after a code change that found "
+        "its stage's stored outputs still valid (same inputs, parameters and stage code) reused them and took "
+        "seconds, so the total is not the cost of a fresh study; the Performance page measures that "
+        "(`end_to_end/default`).\n",
         table(["run", "seconds", "notebook"], rows) if rows else "No run has completed yet.\n",
         *_declared_models_section(study),
         "## Environment\n",

@@ -79,13 +79,15 @@ class Finding2:
 
 def advantage(name: str, m: Matches, other: Matches | None, depths: np.ndarray, *, reason: str) -> FindingTest:
     """Per-concept ``error(other) - error(m)`` over shared concepts, t summary (``reason`` when ``other`` is
-    missing)."""
+    missing); ``details`` carry both mean errors over those same concepts (``error``, ``comparison_error``)."""
     if other is None or len(other) == 0 or len(m) == 0:
         return not_testable(name, "alignment", reason)
     k1, e1 = per_concept_error(m, depths)
     k2, e2 = per_concept_error(other, depths)
     common, i1, i2 = np.intersect1d(k1, k2, return_indices=True)
-    return t_summary(name, "alignment", e2[i2] - e1[i1], concepts=[int(c) for c in common])
+    return t_summary(name, "alignment", e2[i2] - e1[i1], concepts=[int(c) for c in common],
+                     error=float(e1[i1].mean()) if len(common) else None,
+                     comparison_error=float(e2[i2].mean()) if len(common) else None)
 
 
 def aligned_test(m: Matches, perm: dict, depths: np.ndarray) -> FindingTest:

@@ -115,11 +115,14 @@ def finding1_category_table(doc: dict | str | Path, method: str = "seg") -> str:
     for p, m, f1, _ in records(doc):
         if m != method or f1 is None:
             continue
+        if not f1.per_category:  # no breakdown below 3 concepts: say how many passed rather than none
+            rows.append([pair_name(p), "all", str(f1.n_learned), "fewer than 3 concepts" if f1.n_learned else
+                         "no concept passes the learned-concept filter", "–"])
         for cat, t in f1.per_category.items():
             rows.append([pair_name(p), cat or "–", str(t.n), fmt_test(t) if t.ci_low is not None else "fewer than 3 concepts",
                          fmt_p(t.p_value)])
     if not rows:
-        return "No concept passes the learned-concept filter for this method."
+        return f"_No pairs of trained models with {METHOD_NAMES.get(method, method)} outputs._"
     return table(["model pair", "category", "concepts", "trained − twins [95 % CI]", "p (uncorrected, diagnostic)"], rows)
 
 
@@ -147,13 +150,16 @@ def finding2_table(doc: dict | str | Path, method: str = "seg") -> str:
             continue
         for c in COMPONENTS:
             t = getattr(f2, c)
-            comparison = {"aligned": f2.null_mean, "beyond_resolution": f2.oracle_error,
-                          "from_training": f2.twin_error}[c]
-            rows.append([pair_name(p), COMPONENT_NAMES[c], verdict_cell(t), fmt_test(t), fmt_p(t.p_holm),
-                         f"{fmt(f2.error, 2)} / {fmt(comparison, 2)}"])
+            error, comparison = f2.error, {"aligned": f2.null_mean, "beyond_resolution": f2.oracle_error,
+                                           "from_training": f2.twin_error}[c]
+            if "comparison_error" in t.details:  # over the concepts the test compares (those both sides matched)
+                error, comparison = t.details.get("error"), t.details.get("comparison_error")
+            rows.append([pair_name(p), COMPONENT_NAMES[c], verdict_cell(t), fmt_test(t), fmt_p(t.p_holm), str(t.n),
+                         f"{fmt(error, 2)} / {fmt(comparison, 2)}"])
     if not rows:
         return f"_No pairs of trained models with {METHOD_NAMES.get(method, method)} outputs._"
-    return table(["model pair", "test", "verdict", "advantage [95 % CI]", "p (Holm)", "error trained / comparison"], rows)
+    return table(["model pair", "test", "verdict", "advantage [95 % CI]", "p (Holm)", "concepts",
+                  "error trained / comparison (same concepts)"], rows)
 
 
 def finding2_details_table(doc: dict | str | Path, method: str = "seg") -> str:
