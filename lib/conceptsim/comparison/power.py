@@ -136,10 +136,11 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--out", type=Path, required=True, help="PNG path; the numbers go beside it as .json")
-    ap.add_argument("--concepts", type=int, default=8)
-    ap.add_argument("--images", type=int, default=100)
+    # the default study's finding-1 tests: 7-22 concepts (median 14) on 100-120 test images, families of 7
+    ap.add_argument("--concepts", type=int, default=14)
+    ap.add_argument("--images", type=int, default=110)
     ap.add_argument("--studies", type=int, default=200)
-    ap.add_argument("--family", type=int, default=8)
+    ap.add_argument("--family", type=int, default=7)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     effects = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
