@@ -321,7 +321,7 @@ def test_data_build_out_refuses_a_folder_it_did_not_make(project, capsys, tmp_pa
 
 def test_data_build_bad_parameters(project, capsys, tmp_path):
     code, err = run_cli(["data", "build", "shapes", "--out", str(tmp_path / "o"), "--n", "0"], capsys)
-    assert code == 2 and "shapes needs n >= 1" in err
+    assert code == 2 and "argument --n: expected a whole number >= 1, got 0" in err
     code, err = run_cli(["data", "build", "imagenet"], capsys)
     assert code == 2 and "invalid choice: 'imagenet'" in err
 

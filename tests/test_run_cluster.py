@@ -167,8 +167,19 @@ def test_bad_cluster_argument():
     for bad in ("local", "local:0", "local:two", "locals:2"):
         with pytest.raises(ClusterError, match="expected local:N"):
             DaskExecutor(bad)
+    for bad in ("bogus", "tcp://host", "host:port", "tcp://:8786"):
+        with pytest.raises(ClusterError, match="or a scheduler address such as tcp://HOST:8786"):
+            DaskExecutor(bad)
+    for good in ("tcp://127.0.0.1:8786", "10.0.0.2:8786", "tls://scheduler.example:8786"):
+        assert DaskExecutor(good).local_workers == 0
     with pytest.raises(SystemExit):  # --jobs and --cluster exclude each other
         cli.build_parser().parse_args(["run", "s.yml", "--jobs", "2", "--cluster", "local:2"])
+
+
+def test_a_malformed_cluster_address_is_refused_even_when_nothing_is_pending(capsys):
+    # checked before the study is even loaded: the study file does not need to exist
+    assert cli.main(["run", "no-such-study.yml", "--cluster", "bogus"]) == 2
+    assert "--cluster 'bogus': expected local:N" in capsys.readouterr().err
 
 
 def test_gpu_resource_only_for_cuda_extraction_and_concepts():

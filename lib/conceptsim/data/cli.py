@@ -13,6 +13,17 @@ from pathlib import Path
 from conceptsim.data.coco import DatasetError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts and sizes; the top-level CLI uses it too)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _build(args: argparse.Namespace) -> int:
     from conceptsim.data import registry
 
@@ -29,8 +40,28 @@ def _build(args: argparse.Namespace) -> int:
         return 0
     params = registry.build_params(args.name, args.smoke, **overrides)
     report = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    check_writable_folder(Path(args.out), "--out")
     print(registry.build_into(args.name, Path(args.out), params, overwrite=args.overwrite, report=report))
     return 0
+
+
+def check_writable_folder(out: Path, option: str) -> None:
+    """A :class:`DatasetError` naming ``option`` unless a folder can be made at ``out`` (its parent is created
+    and a file can be written there): checked before any work, so a bad path never surfaces as an OS error on
+    some temporary name mid-build."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{option} {out}: exists and is not a folder")
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise DatasetError(f"{option} {out}: {above} is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise DatasetError(f"{option} {out}: cannot make a folder there ({exc.strerror or exc})") from None
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -84,8 +115,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build an embedded dataset (shapes, photo-colors, coco-icons)")
     b.add_argument("name", choices=["shapes", "photo-colors", "coco-icons"])
     b.add_argument("--out", help="output folder (default: the cache, keyed by the parameters)")
-    b.add_argument("--n", type=int, help="number of images")
-    b.add_argument("--size", type=int, help="image side in pixels")
+    b.add_argument("--n", type=positive_int, help="number of images")
+    b.add_argument("--size", type=positive_int, help="image side in pixels")
     b.add_argument("--seed", type=int, help="random seed")
     b.add_argument("--smoke", action="store_true", help="tiny smoke-run parameters")
     b.add_argument("--overwrite", action="store_true",
@@ -111,7 +142,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--figure", help="example figure path (.png, .svg, ...)")
     s.add_argument("--smoke", action="store_true", help="embedded datasets: the smoke build")
     s.add_argument("--root", help="online datasets: an existing local copy")
-    s.add_argument("--max-images", type=int, default=None, help="at most this many images per split")
+    s.add_argument("--max-images", type=positive_int, default=None, help="at most this many images per split (>= 1)")
     s.set_defaults(func=_guarded(_summary))
     return data
 

@@ -509,11 +509,18 @@ def _build_twin(spec: ModelSpec, seed: int, cache: bool) -> nn.Module:
     return module
 
 
+class DeviceError(ValueError, RuntimeError):
+    """A device that is not one, or CUDA asked for where there is none (a bad input: the CLI's one line)."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; CUDA asked for but absent is an error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"device={device!r} is not a device; expected 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use device='cpu'")
+        raise DeviceError(f"device={device!r} was requested but CUDA is not available; use device='cpu'")
     return dev

@@ -190,6 +190,22 @@ def run_task(run: Run, key: str, force: bool | str, settings: dict[str, str], ch
 
 
 # ----------------------------------------------------------------------------- on the client
+def local_workers(address: str) -> int:
+    """N of ``local:N``, 0 for a scheduler address (``[PROTOCOL://]HOST:PORT``); anything else is a
+    :class:`ClusterError` (checked before the study's inputs, so a typo never waits for a connection)."""
+    address = address.strip()
+    expected = "expected local:N with N >= 1 workers, or a scheduler address such as tcp://HOST:8786"
+    if address.startswith("local"):
+        n = address.partition(":")[2]
+        if not address.startswith("local:") or not n.isdigit() or int(n) < 1:
+            raise ClusterError(f"--cluster {address!r}: {expected}")
+        return int(n)
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"--cluster {address!r}: {expected}")
+    return 0
+
+
 class DaskExecutor:
     """Runs a study's runs on a Dask cluster; ``address`` is ``local:N`` (a ``LocalCluster`` of N process
     workers on this machine) or a scheduler address (``tcp://HOST:8786``). Each worker thread keeps a warm
@@ -200,12 +216,7 @@ class DaskExecutor:
         self.fresh_kernels = fresh_kernels
         self.local_workers = 0
         self.cluster: Any = None  # the LocalCluster of local:N while it runs
-        if self.address.startswith("local"):
-            n = self.address.partition(":")[2]
-            if not self.address.startswith("local:") or not n.isdigit() or int(n) < 1:
-                raise ClusterError(f"--cluster {address!r}: expected local:N with N >= 1 workers, "
-                                   "or a scheduler address such as tcp://HOST:8786")
-            self.local_workers = int(n)
+        self.local_workers = local_workers(self.address)
 
     def execute(self, runs: list[Run], keys: dict[str, str], finish: Callable[[dict], None],
                 skip: Callable[[str], None], priority: dict[str, float] | None = None, progress: Any = None,

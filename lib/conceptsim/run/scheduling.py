@@ -63,6 +63,12 @@ def select(runs: list[Run], only: dict[str, str | list[str]]) -> list[Run]:
         for value in sorted(values - present):
             raise ValueError(f"--only {key}={value}: no such {key} in the study; accepted: {sorted(v for v in present if v)}")
     chosen = {r.id for r in runs if all(getattr(r, k) in v for k, v in wanted.items())}
+    if wanted and not chosen:  # each value exists, but no run has them all (e.g. a model in a per-dataset stage)
+        asked = " ".join(f"{k}={','.join(sorted(v))}" for k, v in wanted.items())
+        stages = sorted({r.stage for r in runs if all(getattr(r, k) in v for k, v in wanted.items() if k != "stage")})
+        raise ValueError(f"--only {asked}: no run of the study matches all of these"
+                         + (f" (the runs with the other keys are of the stages {stages}; the per-dataset stages "
+                            "have no model)" if "stage" in wanted and stages else ""))
     stack = list(chosen)
     while stack:
         for d in by_id[stack.pop()].depends_on:
