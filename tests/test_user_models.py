@@ -244,7 +244,7 @@ def test_cuda_asked_for_and_absent_stops_before_any_run(tmp_path):
     (tmp_path / "s.yml").write_text("name: g\ndatasets: {shapes: {}}\nmodels: [mobilenet_v2_imagenet]\ndevice: cuda\n")
     study = load_study(tmp_path / "s.yml")
     assert {r.parameters.get("device") for r in study.runs() if r.stage == "concepts"} == {"cuda"}
-    with pytest.raises(StudyError, match="'extraction.device' is 'cuda' but CUDA is not available here"):
+    with pytest.raises(StudyError, match="'device' is 'cuda' but CUDA is not available here"):
         check_inputs(study)
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         pipeline.run_concepts("g", "shapes", "m", "", {}, "cuda", 0)

@@ -47,7 +47,8 @@ class DatasetSpec:
     build : ``build(out_dir, **params) -> annotation file`` (embedded) or ``fetch(root) -> DatasetSource``.
     defaults, smoke : build parameters of a full and of a smoke run (embedded only).
     limits : build parameter -> (lowest, highest or None) accepted value (embedded only).
-    choices : build parameter -> its accepted names, for parameters that name an option (coco-icons' ``mode``).
+    choices : build parameter -> its accepted names, for parameters that name an option (coco-icons' ``mode``)
+        or a subset (coco-icons' ``styles`` and ``categories``: checked when the study is loaded, before any build).
     version : builder version, part of the cache key.
     concept_categories, concepts : passed on to :class:`DatasetSource` (``concepts`` may be a function of
         the build parameters, for builds whose categories are a parameter).
@@ -97,7 +98,8 @@ DATASETS: dict[str, DatasetSpec] = {
         coco_icons.BUILDER_VERSION, {**coco_icons.concept_categories(), coco_icons.CUE_CONCEPT: coco_icons.CUE_SUPERCATEGORY},
         coco_icons.concepts_of_build, limits={"n": (1, None), "size": (64, None), "seed": (0, None), "cue": (0, 1)},
         missing=coco_icons.missing_sources,
-        choices={"mode": tuple(coco_icons.MODES)},
+        choices={"mode": tuple(coco_icons.MODES), "styles": tuple(coco_icons.STYLES),
+                 "categories": tuple(c.name for c in coco_icons.CATEGORIES)},
         image_fields=("style", "background"),
     ),
     "coco2017-val": DatasetSpec(
@@ -158,6 +160,8 @@ def option_problems(name: str, options: dict) -> list[str]:
         styles = build.get("styles") or list(coco_icons.icon_sources.STYLES)
         for key in ("test", "val"):
             values = split.get(key) or []
+            if not isinstance(values, (str, list)):
+                continue  # not a list of values: the split rule names it
             unknown = [v for v in ([values] if isinstance(values, str) else values) if v not in styles]
             if unknown:
                 problems.append(f"'datasets.{name}.split.{key}' names style(s) {unknown} that the build does not "

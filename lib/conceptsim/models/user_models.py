@@ -598,36 +598,55 @@ def read_model_listing(study: str) -> dict[str, dict]:
     return json.loads(path.read_text())["models"] if path.is_file() else {}
 
 
-def declared_models(entries: Any, base_dir: str | Path | None = None) -> tuple[list[str], dict[str, dict]]:
+def declared_models(entries: Any, base_dir: str | Path | None = None,
+                    problems: list[str] | None = None) -> tuple[list[str], dict[str, dict]]:
     """A study's ``models`` list -> (model names, declared specs); :func:`declared_model_specs` turns the
     specs into the models that the registry's functions resolve names against.
 
-    Entries are registry names, ``NAME:random`` twins, or one-key mappings ``NAME: SPEC``.
+    Entries are registry names, ``NAME:random`` twins, or one-key mappings ``NAME: SPEC``. A bad entry raises
+    :class:`UserModelError`; with ``problems`` (a list) every bad entry's message is appended to it instead
+    and the entry is left out (so that a study's validation names them all at once).
     """
+    def bad(message: str) -> None:
+        if problems is None:
+            raise UserModelError(message)
+        problems.append(message)
+
     if not isinstance(entries, list) or not entries:
         raise UserModelError("'models' must be a non-empty list of model names or NAME: SPEC mappings")
     names: list[str] = []
     specs: dict[str, dict] = {}
+    declared: set = set()
     for entry in entries:
         if isinstance(entry, Mapping) and len(entry) == 1:
             name, raw = next(iter(entry.items()))
-            if name in specs:
-                raise UserModelError(f"'models' declares {name!r} twice")
-            specs[name] = parse_spec(name, raw, base_dir)
+            if name in declared:
+                bad(f"'models' declares {name!r} twice")
+                continue
+            declared.add(name)
+            try:
+                specs[name] = parse_spec(name, raw, base_dir)
+            except UserModelError as exc:
+                bad(str(exc))
+                continue
             names.append(name)
         elif isinstance(entry, str):
             names.append(entry)
         else:
-            raise UserModelError(f"'models' entries are model names or one-key mappings NAME: SPEC, got {entry!r}")
+            bad(f"'models' entries are model names or one-key mappings NAME: SPEC, got {entry!r}")
     for name in names:
         try:
             base = base_name(name)
         except ValueError:
             continue  # a malformed name: the study's validation names it (parse_model_name)
         if is_twin(name) and base in specs and not is_trained(specs[base]):
-            raise UserModelError(f"'models': {name!r} is the random-init twin of {base!r}, which is declared without "
-                                 f"weights and so is randomly initialised itself ({NO_WEIGHTS_LABEL}); a twin needs a "
-                                 f"model with weights (add 'weights: FILE' to '{base}', or drop {name!r})")
-    for name in specs:
-        _not_a_registry_name(name)
+            bad(f"'models': {name!r} is the random-init twin of {base!r}, which is declared without "
+                f"weights and so is randomly initialised itself ({NO_WEIGHTS_LABEL}); a twin needs a "
+                f"model with weights (add 'weights: FILE' to '{base}', or drop {name!r})")
+    for name in list(specs):
+        try:
+            _not_a_registry_name(name)
+        except UserModelError as exc:
+            bad(str(exc))
+            del specs[name]
     return names, specs

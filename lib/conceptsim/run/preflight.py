@@ -62,8 +62,9 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
             p.add(f"model {model}: {gap}")
             gaps = True
     if extractions or any(r.stage == "concepts" for r in runs):
-        _check_device(p, study.sections["extraction"]["device"])
+        _check_device(p, study.sections["extraction"]["device"], _device_key(study))
     _check_writable(p, study.name, runs)
+    _check_layer_names(p, study)  # on the CPU: whatever the device, its problem and these are named together
     if not p.messages:  # the named datasets' annotations are read (built first if needed) when all else is in place;
         for ds in dict.fromkeys(r.dataset for r in extractions):  # a fetched one's only from a local copy (root:)
             opts = study.datasets[ds]
@@ -76,7 +77,6 @@ def check_inputs(study, runs: Iterable | None = None) -> None:
             raise
         raise StudyError(f"{exc}\n(to rehearse the study's path before the trained weights are here: "
                          "conceptsim run ... --twins-only)") from None
-    validate_layers(study)
 
 
 def _check_concepts_left(p: Problems, study, ds: str) -> None:
@@ -131,14 +131,23 @@ def _check_concepts_left(p: Problems, study, ds: str) -> None:
               f"be learned; accepted here: split.min_area <= {bound:g}")
 
 
-def _check_device(p: Problems, device: str) -> None:
+def _device_key(study) -> str:
+    """The key the study's device was written under: top-level ``device`` (its alias) or ``extraction.device``."""
+    raw = study.raw if isinstance(study.raw, dict) else {}
+    smoke = raw.get("smoke") if study.smoke and isinstance(raw.get("smoke"), dict) else {}
+    return "device" if "device" in raw or "device" in smoke else "extraction.device"
+
+
+def _check_device(p: Problems, device: str, key: str = "extraction.device") -> None:
+    """``key``: where the study file gives the device (``device`` or ``extraction.device``), as the message names it."""
     if device.startswith("cuda"):
         import torch
 
+        key = p.key(key)
         if not torch.cuda.is_available():
-            p.add(f"'extraction.device' is {device!r} but CUDA is not available here; accepted here: cpu (or auto)")
+            p.add(f"'{key}' is {device!r} but CUDA is not available here; accepted here: cpu (or auto)")
         elif ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
-            p.add(f"'extraction.device' is {device!r} but this machine has {torch.cuda.device_count()} GPU(s)")
+            p.add(f"'{key}' is {device!r} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def _check_writable(p: Problems, study: str, runs: list) -> None:
@@ -198,7 +207,16 @@ def writable_problem(folder: Path) -> str | None:
 
 
 def validate_layers(study) -> None:
-    """Check every custom layer name against the built model (the random-init twin: no weights needed)."""
+    """Check every custom layer name against the built model (the random-init twin: no weights needed); raise
+    one StudyError naming every model's unknown layers."""
+    p = Problems(study.path)
+    _check_layer_names(p, study)
+    p.raise_if_any()
+
+
+def _check_layer_names(p: Problems, study) -> None:
+    """Record each model whose custom layer names its model does not have. The models are built on the CPU
+    (the random-init twin: no weights needed), so the check does not depend on the study's device."""
     from conceptsim.extraction.hooks import resolve_layers
     from conceptsim.models.registry import build_model
     from conceptsim.models.user_models import UserModelError, choose_layers, declared_model_specs
@@ -206,8 +224,8 @@ def validate_layers(study) -> None:
     user_models = declared_model_specs(study.model_specs)
     for model, names in study.layers.items():
         if names:
-            loaded = build_model(twin_name(model), user_models=user_models)
             try:
+                loaded = build_model(twin_name(model), device="cpu", user_models=user_models)
                 resolve_layers(loaded.module, choose_layers(loaded.spec, loaded.module, names), model)
             except (KeyError, UserModelError) as exc:
-                raise StudyError(f"{study.path or 'study'}: in 'layers.{model}': {exc}") from None
+                p.add(f"in '{p.key(f'layers.{model}')}': {exc}")

@@ -74,10 +74,12 @@ def load_yaml(path: Path) -> Any:
 # ----------------------------------------------------------------------------------------------- rules
 @dataclass(frozen=True)
 class Rule:
-    """A predicate on a value and the words that say what it accepts."""
+    """A predicate on a value and the words that say what it accepts; ``explain(value, key)``, where given,
+    says what is wrong with a rejected value (naming the dotted ``key`` in quotes), or returns None."""
 
     accepted: str
     ok: Callable[[Any], bool]
+    explain: Callable[[Any, str], str | None] | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -192,20 +194,27 @@ def _concept_definition(d: Any) -> bool:
 
 #: Per-dataset options (any dataset): name -> rule. ``build`` and ``root`` depend on the dataset's kind.
 def _split_rule_ok(v: Any) -> bool:
+    return _split_rule_problem(v, "split") is None
+
+
+def _split_rule_problem(v: Any, key: str) -> str | None:
+    """What :func:`conceptsim.data.splits.check_split` finds wrong with a split rule, naming ``key`` (or its
+    ``key.by``, ``key.test``, ``key.val``) in quotes, or None."""
     from conceptsim.data.splits import check_split
 
     try:
-        check_split(v)
-    except ValueError:
-        return False
-    return True
+        check_split(v, "\0")
+    except ValueError as exc:
+        return re.sub(r"\0(\.\w+)?", lambda m: f"'{key}{m.group(1) or ''}'", str(exc))
+    return None
 
 
 DATASET_RULES: dict[str, Rule] = {
     "max_images": Rule("a positive integer or null (all images)", lambda v: v is None or (_is_int(v) and v >= 1)),
     "concepts": CONCEPTS_RULE,
     "split": Rule("'random', or {by: an image field (style, background, source), test: [values], val: [values]} "
-                  "with test/val optional and disjoint (see conceptsim.data.splits)", _split_rule_ok),
+                  "with test/val optional and disjoint (see conceptsim.data.splits)", _split_rule_ok,
+                  _split_rule_problem),
     "bootstrap_by": Rule("an image field whose values group the test images (e.g. source), or null",
                          lambda v: v is None or (isinstance(v, str) and bool(v))),
 }
@@ -222,15 +231,46 @@ class Problems:
         self.smoke: set[str] = set()  # dotted keys whose value comes from the study's smoke: section
 
     def key(self, key: str) -> str:
-        """``key`` as the user wrote it: ``smoke.<key>`` when the value comes from the smoke: section."""
+        """``key`` as the user wrote it: ``smoke.<key>`` when the value comes from the smoke: section (the smoke:
+        section has the key, or replaces a mapping above it by a value that is no mapping). The study's other keys
+        of a mapping that the smoke: section also sets (``concepts.epochs`` beside ``smoke.concepts.lr``) keep
+        their names."""
         parts = key.split(".")
-        return f"smoke.{key}" if any(".".join(parts[:i]) in self.smoke for i in range(1, len(parts) + 1)) else key
+        for i in range(len(parts), 0, -1):
+            above = ".".join(parts[:i])
+            if above in self.smoke:
+                whole = i == len(parts) or not any(k.startswith(above + ".") for k in self.smoke)
+                return f"smoke.{key}" if whole else key
+        return key
 
     def add(self, message: str) -> None:
         self.messages.append(message)
 
     def bad_value(self, key: str, value: Any, accepted: str) -> None:
         self.add(f"'{self.key(key)}' is {value!r}; accepted: {accepted}")
+
+    def check(self, key: str, value: Any, rule: Rule) -> None:
+        """Record a problem if ``rule`` rejects ``value``: what is wrong, where the rule can say, and what it accepts."""
+        if rule.ok(value):
+            return
+        why = rule.explain(value, self.key(key)) if rule.explain else None
+        if why:
+            self.add(f"{why}; accepted: {rule.accepted}")
+        else:
+            self.bad_value(key, value, rule.accepted)
+
+    def unknown_keys_in(self, key: str, got: Iterable, allowed: Iterable) -> list:
+        """:meth:`unknown_keys` of the mapping at dotted ``key``, each named where the user wrote it (the study's
+        mapping, or the same mapping in its smoke: section)."""
+        allowed = set(allowed)
+        unknown = [k for k in got if k not in allowed]
+        by_place: dict[str, list] = {}
+        for k in unknown:
+            place = self.key(f"{key}.{k}")[: -len(f".{k}")]
+            by_place.setdefault(place, []).append(k)
+        for place, keys in by_place.items():
+            self.unknown_keys(f"'{place}'", keys, allowed)
+        return sorted(unknown, key=str)
 
     def unknown_keys(self, where: str, got: Iterable, allowed: Iterable) -> list:
         unknown = sorted((k for k in got if k not in set(allowed)), key=str)
@@ -346,12 +386,10 @@ def _check_section(p: Problems, name: str, values: Any) -> dict:
     values = p.mapping(name, values)
     if values is None:
         return dict(SECTION_DEFAULTS[name])
-    p.unknown_keys(f"'{name}'", values, SECTIONS[name])
+    p.unknown_keys_in(name, values, SECTIONS[name])
     for key, value in values.items():
         if key in SECTIONS[name]:
-            rule = SECTIONS[name][key][1]
-            if not rule.ok(value):
-                p.bad_value(f"{name}.{key}", value, rule.accepted)
+            p.check(f"{name}.{key}", value, SECTIONS[name][key][1])
     return {**SECTION_DEFAULTS[name], **{k: v for k, v in values.items() if k in SECTIONS[name]}}
 
 
@@ -379,10 +417,10 @@ def _check_datasets(p: Problems, datasets: Any, base_dir: Path | None = None) ->
         if opts is None:
             continue
         spec = DATASETS[ds]
-        p.unknown_keys(f"'datasets.{ds}'", opts, DATASET_KEYS)
+        p.unknown_keys_in(f"datasets.{ds}", opts, DATASET_KEYS)
         for key, rule in DATASET_RULES.items():
-            if key in opts and not rule.ok(opts[key]):
-                p.bad_value(f"datasets.{ds}.{key}", opts[key], rule.accepted)
+            if key in opts:
+                p.check(f"datasets.{ds}.{key}", opts[key], rule)
         if "root" in opts:
             if spec.kind != "online":
                 p.add(f"'datasets.{ds}.root' does not apply: {ds} is built here, not fetched (root: is accepted "
@@ -409,14 +447,36 @@ def build_rules(ds: str) -> dict[str, Rule]:
         elif isinstance(default, str):  # an option by name (coco-icons' mode)
             names = tuple(DATASETS[ds].choices.get(key, (default,)))
             rules[key] = Rule(f"one of {list(names)}", lambda v, names=names: isinstance(v, str) and v in names)
-        elif default is None:  # a subset by name (coco-icons styles, categories); the builder checks the names
-            rules[key] = Rule("a list of names, or null (all)",
-                              lambda v: v is None or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)))
+        elif default is None:  # a subset by name (coco-icons styles, categories), checked against the builder's names
+            rules[key] = _subset_rule(ds, DATASETS[ds].choices.get(key))
         else:
             rules[key] = integer(low)
             if high is not None:
                 rules[key] = Rule(f"an integer in [{low}, {high}]", lambda v, lo=low, hi=high: _is_int(v) and lo <= v <= hi)
     return rules
+
+
+def _subset_rule(ds: str, names: Iterable[str] | None) -> Rule:
+    """A build parameter that picks distinct names among ``names`` (None: any names), or null (all of them)."""
+    names = tuple(names) if names is not None else None
+
+    def listed(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)
+
+    def ok(v: Any) -> bool:
+        return v is None or (listed(v) and len(set(v)) == len(v) and (names is None or set(v) <= set(names)))
+
+    def explain(v: Any, key: str) -> str | None:
+        if not listed(v):
+            return None
+        unknown = [x for x in v if names is not None and x not in names]
+        if unknown:
+            return f"'{key}' names {unknown}, which {ds} does not have"
+        twice = sorted({x for x in v if v.count(x) > 1})
+        return f"'{key}' names {twice} more than once" if twice else None
+
+    words = "a non-empty list of distinct names" + (f" among {list(names)}" if names is not None else "")
+    return Rule(f"{words}, or null (all)", ok, explain)
 
 
 def _check_build(p: Problems, ds: str, spec, build: Any) -> None:
@@ -427,10 +487,10 @@ def _check_build(p: Problems, ds: str, spec, build: Any) -> None:
     if build is None:
         return
     rules = build_rules(ds)
-    p.unknown_keys(f"'datasets.{ds}.build'", build, rules)
+    p.unknown_keys_in(f"datasets.{ds}.build", build, rules)
     for key, value in build.items():
-        if key in rules and not rules[key].ok(value):
-            p.bad_value(f"datasets.{ds}.build.{key}", value, rules[key].accepted)
+        if key in rules:
+            p.check(f"datasets.{ds}.build.{key}", value, rules[key])
 
 
 def _check_models(p: Problems, models: Any, base_dir: Path | None = None) -> tuple[list[str], dict[str, dict]]:
@@ -440,17 +500,27 @@ def _check_models(p: Problems, models: Any, base_dir: Path | None = None) -> tup
     if not isinstance(models, list) or not models:
         p.bad_value("models", models, "a non-empty list of model names (`conceptsim models list`) or NAME: SPEC mappings")
         return [], {}
-    try:  # registry names, twins, and NAME: SPEC mappings
-        models, specs = declared_models(models, base_dir)
-        user_models = declared_model_specs(specs)
-    except UserModelError as exc:
-        p.add(str(exc))
-        return [], {}
+    problems: list[str] = []  # every declared model's problem, not only the first one's
+    entries = models
+    models, specs = declared_models(entries, base_dir, problems)  # registry names, twins, NAME: SPEC mappings
+    for problem in problems:
+        p.add(problem)
+    user_models = {}
+    for name, spec in list(specs.items()):
+        try:
+            user_models.update(declared_model_specs({name: spec}))
+        except UserModelError as exc:
+            p.add(str(exc))
+            del specs[name]
+    declared = {next(iter(e)) for e in entries if isinstance(e, dict) and len(e) == 1}
+    failed = declared - set(specs)  # declared models whose problem is named above: not "unknown" as well
     twice = sorted({m for m in models if models.count(m) > 1})
     if twice:
         p.add(f"'models' lists {twice} more than once")
     for m in models:
         try:
+            if _base_name(m) in failed:
+                continue
             parse_model_name(m, user_models)
         except UnknownModelError as exc:
             p.add(f"in 'models': {exc}")
@@ -463,6 +533,15 @@ def _check_models(p: Problems, models: Any, base_dir: Path | None = None) -> tup
             except UserModelError as exc:
                 p.add(f"'models.{name}': {exc}")
     return list(dict.fromkeys(models)), specs
+
+
+def _base_name(model: str) -> str | None:
+    from conceptsim.models.names import base_name
+
+    try:
+        return base_name(model)
+    except ValueError:
+        return None  # a malformed name: parse_model_name names it
 
 
 def _check_layers(p: Problems, layers: Any, models: list[str]) -> dict[str, list[str]]:
