@@ -91,6 +91,6 @@ def test_opening_counts_controls_that_passed_failed_or_could_not_decide(comparis
     doc["positive_control"] = [ctl(True), ctl(True)]
     assert "passed 2 of 2 times;" in sentence()
     doc["positive_control"] = [ctl(True), ctl(False), ctl(None, "even a perfect recovery would have p 0.5")]
-    assert "passed 1 of 3 times, failed 1 and could not decide 1 (the table below says why);" in sentence()
+    assert "passed 1 of 3 times, failed 1 and cannot decide in 1 (the table below says why);" in sentence()
     doc["positive_control"] = [ctl(True), ctl(None, "too few blocks")]
-    assert "passed 1 of 2 times and could not decide 1" in sentence() and "failed" not in sentence().split(";")[0]
+    assert "passed 1 of 2 times and cannot decide in 1" in sentence() and "failed" not in sentence().split(";")[0]

@@ -152,7 +152,7 @@ def study_opening(docs: list[dict], study: str) -> str:
         passed, failed = sum(1 for c in ctl if c.passed), sum(1 for c in ctl if c.passed is False)
         undecided = len(ctl) - passed - failed
         outcomes = [f"passed {passed} of {len(ctl)} times"] + [f"failed {failed}"] * bool(failed) \
-            + [f"could not decide {undecided} (the table below says why)"] * bool(undecided)
+            + [f"cannot decide in {undecided} (the table below says why)"] * bool(undecided)
         said = outcomes[0] if len(outcomes) == 1 else ", ".join(outcomes[:-1]) + " and " + outcomes[-1]
         lines.append(f" The positive control (shared backbone blocks matched block to block) {said}; where it fails, "
                      "a null result of finding 2 says little about the models.")

@@ -185,7 +185,7 @@ def positive_control_table(doc: dict | str | Path) -> str:
     rows = []
     for c in doc.get("positive_control", []):
         r = PositiveControl.from_json(c)
-        status = "**passed**" if r.passed else ("**failed**" if r.passed is False else f"**cannot answer** ({r.reason})")
+        status = "**passed**" if r.passed else ("**failed**" if r.passed is False else f"**cannot decide** ({r.reason})")
         rows.append([f"{r.model_a} vs {r.model_b}", r.method, status, fmt(r.rate, 2), fmt(r.chance, 2), fmt_p(r.p_value),
                      f"{r.hits} / {r.n}", str(r.n_blocks)])
     if not rows:
