@@ -168,6 +168,9 @@ def test_layer_choice_auto_pattern_and_list():
     assert below[0] == "layer4.0.conv1" and below[-1] == "layer4.1" and "layer4.0.downsample.0" in below
     assert all(n.startswith("layer4.") for n in below)
     assert choose_layers(s, module, ["layer2"]) == ["layer2"]
+    # character classes, as in the shell: one character of one name part
+    assert choose_layers(s, module, "layer[13].0") == ["layer1.0", "layer3.0"]
+    assert choose_layers(s, module, "layer[!1-3].1") == ["layer4.1"]
     assert choose_layers(s, module, None) == list(s.default_layers)
     with pytest.raises(UserModelError, match="matches no module"):
         choose_layers(s, module, "head.*")
@@ -320,3 +323,13 @@ def test_two_studies_in_one_process_see_only_their_own_declared_models(tmp_path,
             parse_model_name("net")  # nothing was left behind in the process
     assert layers["study_a"] != layers["study_b"]  # the tiny net's layers, then resnet18's
     assert all(n.startswith("layer") or n == "maxpool" for n in layers["study_b"])
+
+
+def test_a_study_accepts_the_same_layer_globs_as_the_command_line(tmp_path):
+    from conceptsim.models.user_models import is_layer_pattern
+    from conceptsim.run.study import parse_study
+
+    assert is_layer_pattern("features.[12]") and is_layer_pattern("layer*") and not is_layer_pattern("features.1")
+    study = parse_study({"name": "g", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"],
+                         "layers": {"mobilenet_v2_imagenet": "features.[12]"}})
+    assert study.layers["mobilenet_v2_imagenet"] == "features.[12]"

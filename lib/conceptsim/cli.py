@@ -124,12 +124,12 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 def _cmd_models_layers(args: argparse.Namespace) -> int:
     from conceptsim.extraction.extract import probe_layers
     from conceptsim.models.registry import build_model
-    from conceptsim.models.user_models import choose_layers, declared_model_specs, parse_model_arg
+    from conceptsim.models.user_models import choose_layers, declared_model_specs, is_layer_pattern, parse_model_arg
 
     name, spec = parse_model_arg(args.name)
     loaded = build_model(name, device=args.device, user_models=declared_model_specs({name: spec} if spec else None))
     choice = "**" if args.all else args.layers[0] if args.layers and len(args.layers) == 1 and (
-        args.layers[0] == "auto" or any(ch in args.layers[0] for ch in "*?[")) else args.layers
+        args.layers[0] == "auto" or is_layer_pattern(args.layers[0])) else args.layers
     infos, total = probe_layers(loaded, choose_layers(loaded.spec, loaded.module, choice), grid_cap=10**9)
     prep = loaded.preprocessing
     print(f"{loaded.name}: {total} Conv2d modules executed; input {prep.size} ({prep.resize}); "

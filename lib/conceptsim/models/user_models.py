@@ -446,12 +446,27 @@ def auto_layers(candidates: Sequence[tuple[str, int, tuple]], n: int = AUTO_LAYE
     return chosen
 
 
+#: a glob's character class: ``[12]``, ``[0-9]``, ``[!0]`` (one character of one name part)
+_CHAR_CLASS = r"\[!?[^\]/.]+\]"
+
+
+def is_layer_pattern(text: str) -> bool:
+    """Whether a layer choice is a glob (``*``, ``?`` or a character class ``[...]``) rather than a module path."""
+    return "*" in text or "?" in text or re.search(_CHAR_CLASS, text) is not None
+
+
 def layer_pattern(pattern: str) -> "re.Pattern[str]":
-    """A glob over dotted module paths: ``*`` and ``?`` stay within one name part, ``**`` spans parts
-    (``layer*.0`` matches ``layer1.0`` but not ``layer1.0.conv1``; ``backbone.**`` everything below)."""
+    """A glob over dotted module paths: ``*`` and ``?`` stay within one name part, ``**`` spans parts, and a
+    character class ``[12]`` / ``[0-9]`` / ``[!0]`` matches one character (never the dot) (``layer*.0`` matches
+    ``layer1.0`` but not ``layer1.0.conv1``; ``features.[12]`` matches ``features.1`` and ``features.2``;
+    ``backbone.**`` everything below)."""
     out = []
-    for tok in re.split(r"(\*\*|\*|\?)", pattern):
-        out.append({"**": ".*", "*": "[^.]*", "?": "[^.]"}.get(tok, re.escape(tok)))
+    for tok in re.split(rf"(\*\*|\*|\?|{_CHAR_CLASS})", pattern):
+        if tok.startswith("[") and tok.endswith("]") and len(tok) > 2:
+            body = tok[2:-1] if tok[1] == "!" else tok[1:-1]
+            out.append(("[^." if tok[1] == "!" else "[") + body.replace("\\", "\\\\") + "]")
+        else:
+            out.append({"**": ".*", "*": "[^.]*", "?": "[^.]"}.get(tok, re.escape(tok)))
     return re.compile("".join(out))
 
 

@@ -545,6 +545,8 @@ def _base_name(model: str) -> str | None:
 
 
 def _check_layers(p: Problems, layers: Any, models: list[str]) -> dict[str, list[str]]:
+    from conceptsim.models.user_models import is_layer_pattern
+
     layers = p.mapping("layers", layers)
     if layers is None:
         return {}
@@ -552,7 +554,7 @@ def _check_layers(p: Problems, layers: Any, models: list[str]) -> dict[str, list
     for m, names in layers.items():
         if m not in models:
             p.add(f"'layers' names model {m!r}, which is not in 'models' {models}")
-        elif isinstance(names, str) and (names == "auto" or "*" in names or "?" in names):
+        elif isinstance(names, str) and (names == "auto" or is_layer_pattern(names)):
             out[m] = names  # "auto" or a glob (models.user_models.choose_layers)
         elif not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             p.bad_value(f"layers.{m}", names, "a list of dotted module paths, a glob pattern or 'auto' "
