@@ -94,3 +94,20 @@ def test_opening_counts_controls_that_passed_failed_or_could_not_decide(comparis
     assert "passed 1 of 3 times, failed 1 and cannot decide in 1 (the table below says why);" in sentence()
     doc["positive_control"] = [ctl(True), ctl(None, "too few blocks")]
     assert "passed 1 of 2 times and cannot decide in 1" in sentence() and "failed" not in sentence().split(";")[0]
+
+
+def test_opening_does_not_count_tests_that_cannot_exist(comparison_run):
+    # classification's beyond-resolution test does not apply (image-level outputs have no resolution): it is
+    # not one of the finding's tests, and the opening says so instead of counting it as "not testable here"
+    from conceptsim.comparison.finding2 import NO_RESOLUTION
+    from conceptsim.comparison.verdicts import not_testable
+
+    doc, _ = comparison_run
+    doc = json.loads(json.dumps(doc))
+    doc["pairs"][0]["finding2"]["cls"] = json.loads(json.dumps(doc["pairs"][0]["finding2"]["seg"]))
+    doc["pairs"][0]["finding2"]["cls"]["beyond_resolution"] = not_testable(
+        "beyond_resolution", "alignment", NO_RESOLUTION).to_json()
+    line = next(ln for ln in findings.study_opening([doc], "s").splitlines() if ln.startswith("**What it found"))
+    n_f2 = sum(1 for m in doc["pairs"][0]["finding2"].values() for c in ("aligned", "beyond_resolution",
+                                                                          "from_training") if c in m)
+    assert f"of {n_f2 - 1} tests (not counted: 1 classification beyond-resolution test(s), which do not apply" in line

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from conceptsim.tables import read_table
 from conceptsim.atomic import save_figure, write_text
-from conceptsim.comparison.finding2 import PositiveControl
+from conceptsim.comparison.finding2 import PositiveControl, applies
 from conceptsim.comparison.report import (
     COMPONENT_NAMES,
     METHOD_NAMES,
@@ -119,7 +119,8 @@ def study_opening(docs: list[dict], study: str) -> str:
     docs = [load_findings(d) for d in docs]
     tests = [(doc["dataset"], *t) for doc in docs for t in tests_of(doc)]
     f1 = [t for _, f, _, _, t in tests if f == "finding 1"]
-    f2 = [t for _, f, _, _, t in tests if f.startswith("finding 2")]
+    f2_all = [t for _, f, _, _, t in tests if f.startswith("finding 2")]
+    f2 = [t for t in f2_all if applies(t)]  # classification has no beyond-resolution test: not counted as one
     ctl = [PositiveControl.from_json(c) for doc in docs for c in doc.get("positive_control", [])]
     mdes = [t.mde for t in f1 if t.verdict == "inconclusive" and t.mde is not None]
     supported1 = [(ds, m, p, t) for ds, f, m, p, t in tests if f == "finding 1" and t.verdict == "supported"]
@@ -131,7 +132,8 @@ def study_opening(docs: list[dict], study: str) -> str:
         "more than in the twins.",
         "",
         f"**What it found.** Finding 1: {count_text(f1)} of {len(f1)} tests. Finding 2: {count_text(f2)} of "
-        f"{len(f2)} tests.",
+        f"{len(f2)} tests" + (f" (not counted: {len(f2_all) - len(f2)} classification beyond-resolution test(s), "
+                              "which do not apply: image-level outputs have no resolution)." if len(f2_all) > len(f2) else "."),
     ]
     by_ds = {}
     for ds, f, m, p, t in tests:

@@ -58,7 +58,7 @@ from conceptsim.comparison.finding1 import (
     seg_kappa_replicates,
     select_pair,
 )
-from conceptsim.comparison.finding2 import Finding2, advantage, aligned_test, positive_control
+from conceptsim.comparison.finding2 import NO_RESOLUTION, Finding2, advantage, aligned_test, positive_control
 from conceptsim.comparison.findings import emergence_depth, finite_or_none, quality_arrays, rng_for
 from conceptsim.comparison.outputs import StudyOutputs
 from conceptsim.comparison.verdicts import assign_verdicts, not_testable
@@ -228,8 +228,7 @@ def _finding2(so: StudyOutputs, ma: str, mb: str, twins: list[tuple[str, str]], 
     else:
         rec.beyond_resolution = not_testable(
             "beyond_resolution", "alignment",
-            "image-level outputs have no resolution: the oracle applies to segmentation" if method == "cls" else
-            "no resolution oracle in this comparison")
+            NO_RESOLUTION if method == "cls" else "no resolution oracle in this comparison")
     tm = [combined_matches(sel, by_model[ta], by_model[tb], rep) for ta, tb in twins]
     if tm and any(len(x) for x in tm):
         pooled = Matches(*(np.concatenate([getattr(x, f) for x in tm]) for f in ("concept", "source", "match", "weight")))

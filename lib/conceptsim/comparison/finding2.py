@@ -38,6 +38,13 @@ from conceptsim.comparison.verdicts import (
 )
 
 COMPONENTS = ("aligned", "beyond_resolution", "from_training")
+#: why classification has no beyond-resolution test (a test that does not apply, not one that lacks concepts)
+NO_RESOLUTION = "image-level outputs have no resolution: the oracle applies to segmentation"
+
+
+def applies(t: FindingTest) -> bool:
+    """False for a test that cannot exist by design (classification's beyond-resolution test)."""
+    return t.reason != NO_RESOLUTION
 
 
 @dataclass

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     pass
 
 from conceptsim.comparison.finding1 import Finding1
-from conceptsim.comparison.finding2 import COMPONENTS, Finding2, PositiveControl
+from conceptsim.comparison.finding2 import COMPONENTS, Finding2, PositiveControl, applies
 from conceptsim.comparison.verdicts import VERDICTS, FindingTest  # noqa: F401 (FindingTest: for readers of records)
 
 METHOD_NAMES = {"seg": "segmentation (agreement beyond accuracy: seg_kappa; raw S_seg beside it)",
@@ -227,13 +227,14 @@ def summary_sentences(doc: dict | str | Path, method: str = "seg") -> str:
     if not tests:
         return f"No pairs of different trained models were compared with {METHOD_NAMES.get(method, method)} outputs."
     f1 = [t for f, t in tests if f == "finding 1"]
-    f2 = [t for f, t in tests if f.startswith("finding 2")]
+    f2 = [t for f, t in tests if f.startswith("finding 2") and applies(t)]
+    per_pair = "three tests per pair" if method == "seg" else "two tests per pair: image-level outputs have no resolution"
     sizes = sorted({p.get("family_size", 0) for p in doc["pairs"]})
     return (
         f"On {doc['dataset']} ({doc['n_test']} test images; selection on {doc.get('selected_on', 'val')}, "
         f"{doc.get('n_val', 0)} images), with {method} outputs: **finding 1** (training makes two architectures "
         f"agree beyond accuracy at the same layers, more than their random-init twins): {count_text(f1)}; "
-        f"**finding 2** (matched layers at similar relative depth; three tests per pair): {count_text(f2)}. "
+        f"**finding 2** (matched layers at similar relative depth; {per_pair}): {count_text(f2)}. "
         f"Each p (Holm) is corrected over the primary family of one model pair on this dataset "
         f"({', '.join(map(str, sizes))} tests: finding 1 and the finding-2 tests of both methods)."
     )
