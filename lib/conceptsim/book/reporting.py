@@ -42,26 +42,39 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def reused_activations(record: dict) -> bool:
-    """Whether an extraction run's last execution reused the stored activations (its timings file says so)."""
+def reused_outputs(record: dict) -> str | None:
+    """What a run's last execution reused instead of computing, or None: an extraction whose timings say it
+    found its stored activations, a concept or layer-comparison run whose stage record predates the run's
+    start (the notebook re-executed after a code change, and the stage found its outputs still valid)."""
     import json
 
-    from conceptsim.paths import extraction_timings_json, model_results
+    from conceptsim.paths import comparison_stage_json, concept_stage_json, dataset_results, extraction_timings_json, \
+        model_results
 
     params = record.get("parameters") or {}
-    if not str(record.get("id", "")).startswith("extract/") or not params.get("study") or not record.get("model"):
-        return False
-    path = extraction_timings_json(model_results(params["study"], record["dataset"], record["model"]))
+    study, dataset, model, stage = params.get("study"), record.get("dataset"), record.get("model"), record.get("stage")
+    if not study or not dataset:
+        return None
     try:
-        return bool(json.loads(path.read_text()).get("reused"))
-    except (OSError, ValueError, AttributeError):  # no timings yet (an older run): nothing to say
-        return False
+        if stage == "extract" and model:
+            path = extraction_timings_json(model_results(study, dataset, model))
+            return "reused stored activations" if json.loads(path.read_text()).get("reused") else None
+        stored = {"concepts": (concept_stage_json(model_results(study, dataset, model)) if model else None,
+                               "reused stored concept vectors"),
+                  "compare_layers": (comparison_stage_json(dataset_results(study, dataset)),
+                                     "reused stored comparison outputs")}.get(stage)
+        if stored and stored[0] is not None and record.get("started") is not None \
+                and stored[0].stat().st_mtime < float(record["started"]):
+            return stored[1]
+    except (OSError, ValueError, AttributeError):  # no timings or record (an older run): nothing to say
+        return None
+    return None
 
 
 def write_reproducibility_page(study: "Study", records: list[dict], path: Path) -> Path:
     study_text = study.path.read_text() if study.path and study.path.exists() else yaml.safe_dump(study.raw)
-    rows = [[r["id"], f"{r['seconds']:.1f}" + (" (reused stored activations)" if reused_activations(r) else ""),
-             r["notebook"]] for r in records]
+    rows = [[r["id"], f"{r['seconds']:.1f}" + (f" ({why})" if (why := reused_outputs(r)) else ""), r["notebook"]]
+            for r in records]
     total = sum(r["seconds"] for r in records)
     study_file = study.path.relative_to(project_root()) if study.path and study.path.is_relative_to(project_root()) else study.path
     text = [
@@ -75,7 +88,7 @@ def write_reproducibility_page(study: "Study", records: list[dict], path: Path) 
         "## Measured wall time of each run\n",
         "Times are those of the run's last complete execution, as recorded by the runner "
         f"(`results/{study.name}/_runs/`). Total: {total:.1f} s. A run re-executed after a code change that found "
-        "its stage's stored outputs still valid (same inputs, parameters and stage code) reused them and took "
+        "its stage's stored outputs still valid (same inputs, parameters and stage code) reused them (marked below) and took "
         "seconds, so the total is not the cost of a fresh study; the Performance page measures that "
         "(`end_to_end/default`).\n",
         table(["run", "seconds", "notebook"], rows) if rows else "No run has completed yet.\n",
