@@ -59,16 +59,16 @@ def reused_outputs(record: dict) -> str | None:
         if stage == "extract" and model:
             path = extraction_timings_json(model_results(study, dataset, model))
             return "reused stored activations" if json.loads(path.read_text()).get("reused") else None
-        stored = {"concepts": (concept_stage_json(model_results(study, dataset, model)) if model else None,
-                               "reused stored concept vectors"),
-                  "compare_layers": (comparison_stage_json(dataset_results(study, dataset)),
-                                     "reused stored comparison outputs")}.get(stage)
-        if stored and stored[0] is not None and record.get("started") is not None \
-                and stored[0].stat().st_mtime < float(record["started"]):
-            return stored[1]
+        if stage == "concepts" and model:
+            stage_record, what = concept_stage_json(model_results(study, dataset, model)), "concept vectors"
+        elif stage == "compare_layers":
+            stage_record, what = comparison_stage_json(dataset_results(study, dataset)), "comparison outputs"
+        else:
+            return None
+        started = record.get("started")
+        return f"reused stored {what}" if started is not None and stage_record.stat().st_mtime < float(started) else None
     except (OSError, ValueError, AttributeError):  # no timings or record (an older run): nothing to say
         return None
-    return None
 
 
 def write_reproducibility_page(study: "Study", records: list[dict], path: Path) -> Path:
