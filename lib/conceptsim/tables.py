@@ -38,4 +38,6 @@ def read_table(path: str | Path) -> "pd.DataFrame":
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    # low_memory=False: a column such as similarity.csv's `represented` (True, False, or empty for the label-free
+    # rows) is typed once over the whole file, not chunk by chunk (which gives mixed types and a warning)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], low_memory=False)

@@ -268,8 +268,7 @@ def measure_grounding(grounding: "pd.DataFrame", shortcut: dict[str, "pd.DataFra
     (rows of the datasets' ``grounding.csv`` over the concepts represented in both layers, the set the
     findings compare), trained models only, and the shortcut test where another study ran it
     (:func:`shortcut_studies`), with the link to the grounding page."""
-    import pandas as pd
-
+    from conceptsim.comparison.grounding import monotonicity_summary
     from conceptsim.models.names import PIXELS_MODEL, is_twin
 
     g = grounding[(grounding["test"] == "layer_monotonicity") & (grounding["concepts"] == "represented")]
@@ -279,11 +278,11 @@ def measure_grounding(grounding: "pd.DataFrame", shortcut: dict[str, "pd.DataFra
         sub = g[g["method"] == method]
         if sub.empty:
             continue
-        v, r = pd.to_numeric(sub["violation_rate"], errors="coerce"), pd.to_numeric(sub["spearman"], errors="coerce")
-        parts.append(f"`{method}` ({finding} tests): violation rate {fmt(v.mean(), 2) if v.notna().any() else '–'}, "
-                     f"Spearman {fmt(r.mean(), 2) if r.notna().any() else '–'} (mean over the {int(v.notna().sum())} "
-                     "trained model(s) and dataset(s) where it is defined, over the concepts represented in both "
-                     "layers as in the findings; a good measure gives 0 and −1)")
+        s = monotonicity_summary(sub)
+        parts.append(f"`{method}` ({finding} tests): violation rate {fmt(s['violation_rate'], 2)} (pooled over the "
+                     f"triples of {s['n_violation']} trained model(s) and dataset(s)), Spearman {fmt(s['spearman'], 2)} "
+                     f"(mean over the {s['n_spearman']} where it is defined), over the concepts represented in both "
+                     "layers as in the findings; a good measure gives 0 and −1")
     if not parts:
         return ""
     return ("**Do the measures behind the findings measure?** Within one model a layer should resemble its "

@@ -59,7 +59,7 @@ from conceptsim.comparison.finding1 import (
     select_pair,
 )
 from conceptsim.comparison.finding2 import NO_RESOLUTION, Finding2, advantage, aligned_test, positive_control
-from conceptsim.comparison.findings import emergence_depth, finite_or_none, quality_arrays, rng_for
+from conceptsim.comparison.findings import emergence_depth, finite_or_none, quality_arrays, represented_flags, rng_for
 from conceptsim.comparison.outputs import StudyOutputs
 from conceptsim.comparison.verdicts import assign_verdicts, not_testable
 from conceptsim.models.names import PIXELS_MODEL, split_twin_name
@@ -297,12 +297,8 @@ def findings_document(so: StudyOutputs, sims: dict, select: dict, quality: pd.Da
     min_concepts = max(3, int(min_concepts))
     groups = model_groups(so.models)
     by_model = layers_by_model(so)
-    qual, rep = {}, {}
-    for method in ("seg", "cls"):
-        qual[method], rep[method] = quality_arrays(so, quality, method)
-        beats = (select.get("beats_every_object") or {}).get(method)
-        if beats is not None:  # object concepts: represented only where the probe beats the every-object mask
-            rep[method] &= beats
+    qual = {method: quality_arrays(so, quality, method)[0] for method in ("seg", "cls")}
+    rep = represented_flags(so, quality, select)
     names = [f"{pl.model}/{pl.layer}" for pl in so.layers]
     first_layers = {int(idx[0]) for idx in by_model.values() if len(idx)}
     bgroups = bootstrap_groups(so)

@@ -62,3 +62,20 @@ def quality_arrays(so: StudyOutputs, quality: pd.DataFrame, method: str) -> tupl
             value[li, ki] = v
             rep[li, ki] = r
     return value, rep
+
+
+def represented_flags(so: StudyOutputs, quality: pd.DataFrame, select: dict) -> dict[str, np.ndarray]:
+    """``{method: L x K}`` represented flags as the findings read them (methods.md, "Controls"): the concept
+    stage's flag (val quality above the shuffled control), and for object concepts also above the every-object
+    mask on val (``select["beats_every_object"]``, set by :func:`~.document.plan_findings`).
+
+    Every table that averages over represented concepts (``layer_similarity.csv``, the ``represented`` column
+    of ``similarity.csv``, ``grounding.csv``) reads these, so the tables and the findings count the same
+    concepts."""
+    rep = {}
+    for method in ("seg", "cls"):
+        rep[method] = quality_arrays(so, quality, method)[1]
+        beats = (select.get("beats_every_object") or {}).get(method)
+        if beats is not None:  # object concepts: represented only where the probe beats the every-object mask
+            rep[method] &= beats
+    return rep

@@ -39,7 +39,8 @@ n_pairs           distinct layer pairs with a defined similarity (behind ``spear
 spearman          see above (NaN without a side of 3 layers with non-constant values)
 spearman_pairs    Spearman of similarity and distance over all distinct layer pairs (NaN with fewer than 3)
 alignment_error   depth alignment only: mean |relative depth of A's layer - depth of its best B layer|
-null_mean         depth alignment only: the same error averaged over all assignments of B's depths
+null_mean         depth alignment only: the same error averaged over all assignments of B's depths (no row
+                  for a model whose probed layers all sit at one relative depth, such as the pixels floor)
 ================  ====================================================================================
 
 Shortcut affinity and label randomisation (ReSi's grouping tests; the study ``studies/grounding.yml``).
@@ -183,12 +184,29 @@ def grounding_frame(dataset: str, models: list[str], layer_models: list[str], de
         for a, ma in enumerate(models):
             for mb in (mb for mb in models[a + 1:] if compared_models(ma, mb)):
                 la, lb = layers_of[ma], layers_of[mb]
+                if len(np.unique(depths[la])) < 2 or len(np.unique(depths[lb])) < 2:
+                    continue  # a model whose layers sit at one relative depth (the pixels floor: the input) aligns nothing
                 pairs = {(int(x), int(y)): float(mat[x, y]) for x in la for y in lb}
                 al = depth_alignment(pairs, depths, la, lb)
                 rows.append({"test": "units_depth_alignment", "dataset": dataset, "model": ma, "model_b": mb,
                              "method": method, "concepts": concepts, "n_layers": al["n_layers"],
                              "alignment_error": al["alignment_error"], "null_mean": al["null_mean"]})
     return pd.DataFrame(rows, columns=list(GROUNDING_COLUMNS))
+
+
+def monotonicity_summary(rows: pd.DataFrame) -> dict[str, float | int]:
+    """Layer monotonicity of one measure over several models or datasets (``layer_monotonicity`` rows of
+    ``grounding.csv``): the violation rate pooled over all their triples (a model with one triple weighs one
+    triple, not one model), the mean Spearman over the rows where it is defined, and how many rows stand
+    behind each (``n_violation``, ``n_spearman``)."""
+    rate = pd.to_numeric(rows["violation_rate"], errors="coerce")
+    triples = pd.to_numeric(rows["n_triples"], errors="coerce")
+    rho = pd.to_numeric(rows["spearman"], errors="coerce")
+    ok = rate.notna() & (triples > 0)
+    return {"violation_rate": float((rate[ok] * triples[ok]).sum() / triples[ok].sum()) if ok.any() else float("nan"),
+            "n_violation": int(ok.sum()),
+            "spearman": float(rho.mean()) if rho.notna().any() else float("nan"),
+            "n_spearman": int(rho.notna().sum())}
 
 
 def _checked(sim, groups) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 Inputs (per model directory ``<dataset dir>/<model dir>/``): ``activations.zarr`` (the activation store),
 ``vectors/seg_<layer>.npz`` and ``vectors/cls_<layer>.npz`` (concept vectors) and ``concept_quality.csv``
-(whose ``represented`` column selects the concepts behind layer-level means and the findings).
+(whose ``represented`` column, with the every-object control on val for object concepts, selects the concepts
+behind layer-level means and the findings: :func:`~conceptsim.comparison.findings.represented_flags`).
 
 Outputs, written atomically into ``out_dir`` (normally ``results/<study>/<dataset>/``):
 
@@ -32,13 +33,16 @@ depth_a/b      relative depths of the layers
 value          the similarity (empty = undefined, e.g. a union of empty masks or a constant output)
 control        chance value of the same statistic with the test images of B permuted (``seg``, ``cls``,
                ``units_bb`` only; see :mod:`conceptsim.comparison.similarity`), else empty
+represented    concept methods: whether the concept is represented in *both* layers (the flags the findings
+               use, :func:`~conceptsim.comparison.findings.represented_flags`; layer-level means average the
+               rows where it is True); empty for the label-free methods
 n_test         number of test images
 =============  =======================================================================================
 
 ``layer_similarity.csv`` -- concept-averaged matrices: columns ``method, model_a, layer_a, depth_a,
 model_b, layer_b, depth_b, value, control, n_concepts, n_test``; for the concept methods ``value`` is the
-mean over the ``n_concepts`` concepts represented in *both* layers (``represented`` of the ``seg`` /
-``cls`` quality rows), ``control`` the mean chance value over the same concepts; CKA rows are copied with
+mean over the ``n_concepts`` concepts represented in *both* layers (the ``represented`` column of
+``similarity.csv``), ``control`` the mean chance value over the same concepts; CKA rows are copied with
 ``n_concepts`` empty.
 
 ``grounding.csv`` -- layer monotonicity of every measure per model, and the relative-depth alignment of
@@ -69,7 +73,7 @@ from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, s
 from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices
 from conceptsim.comparison.document import findings_document, plan_findings
-from conceptsim.comparison.findings import quality_arrays, rng_for
+from conceptsim.comparison.findings import represented_flags, rng_for
 from conceptsim.comparison.grounding import grounding_frame, layer_matrices, shortcut_frame
 from conceptsim.comparison.outputs import ComparisonError, StudyOutputs
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity
@@ -274,8 +278,9 @@ def grid4_grams(so: StudyOutputs, chunk_images: int, on_layer=None) -> np.ndarra
     return grams
 
 
-def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFrame:
-    """The rows of ``similarity.csv`` (see the module docstring).
+def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The rows of ``similarity.csv`` (see the module docstring); ``rep`` (``{"seg"|"cls": L x K}``, from
+    :func:`~conceptsim.comparison.findings.represented_flags`) gives the ``represented`` column.
 
     The text columns are categorical (codes into the study's few names): a million rows cost no string
     objects, and :func:`csv_text` prints each name once.
@@ -286,7 +291,7 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
     concept_names = [*so.concepts, ""]  # "" for the label-free rows
     blank = len(so.concepts)
     concept_category = np.array([category_names.index(so.categories[c]) for c in so.concepts] + [category_names.index("")])
-    method_names, concept, method, pair, value, control = [], [], [], [], [], []
+    method_names, concept, method, pair, value, control, both = [], [], [], [], [], [], []
     for name in [m for m in CONCEPT_METHODS if m in sims] + [m for m in LABEL_FREE_METHODS if m in sims]:
         concept_method = name in CONCEPT_METHODS
         ctl = sims.get(f"{name}_control")
@@ -299,6 +304,10 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
         value.append(vals.ravel())
         control.append((ctl[:, ia, ib] if concept_method else ctl[ia, ib]).ravel() if ctl is not None
                        else np.full(nk * npairs, np.nan))
+        if rep is not None:  # codes into ("False", "True", ""): empty for the label-free rows
+            r = rep[CONCEPT_METHODS[name]].T if concept_method else None  # K x L
+            both.append((r[:, ia] & r[:, ib]).astype(np.int64).ravel() if concept_method
+                        else np.full(nk * npairs, 2, dtype=np.int64))
 
     def joined(parts: list[np.ndarray], dtype=np.int64) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
@@ -309,7 +318,7 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
     model_of = np.array([model_names.index(pl.model) for pl in so.layers], dtype=np.int64)
     layer_of = np.array([layer_names.index(pl.layer) for pl in so.layers], dtype=np.int64)
     categorical = pd.Categorical.from_codes
-    return pd.DataFrame({
+    columns = {
         "concept": categorical(concept_codes, concept_names),
         "category": categorical(concept_category[concept_codes], category_names),
         "method": categorical(joined(method), method_names),
@@ -321,8 +330,11 @@ def similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray]) -> pd.DataFr
         "depth_b": depths[ib][p],
         "value": joined(value, np.float64),
         "control": joined(control, np.float64),
-        "n_test": np.full(len(p), so.n_test, dtype=np.int64),
-    })
+    }
+    if rep is not None:
+        columns["represented"] = categorical(joined(both), ["False", "True", ""])
+    columns["n_test"] = np.full(len(p), so.n_test, dtype=np.int64)
+    return pd.DataFrame(columns)
 
 
 def layer_similarity_frame(so: StudyOutputs, sims: dict[str, np.ndarray], rep: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -619,7 +631,7 @@ def _run_beside(so, label_free, dataset_dir, out_dir, models, seed, permutations
             sims = compute_similarities(so, seed=seed, chunk_images=chunk_images, grid4=False, track=track)
     release_freed_memory()  # the findings' bootstrap starts from the live matrices, not on top of the passes' heaps
     sims["seg_track"] = track
-    rep = {m: quality_arrays(so, quality, m)[1] for m in ("seg", "cls")}
+    rep = represented_flags(so, quality, select)  # as the findings count them (every-object control included)
     paths = comparison_files(out_dir)
     # the findings (numpy resampling, mostly outside the GIL) in a second thread beside the tables, which are
     # mostly Python (formatting the CSVs): both only read ``sims``, and each has its own seeded generators.
@@ -630,7 +642,7 @@ def _run_beside(so, label_free, dataset_dir, out_dir, models, seed, permutations
                                min_concepts=min_concepts, excluded=excluded)
         if label_free is not None:  # the tables need the label-free rows (the findings started without them)
             sims.update(label_free.result())
-        pairs = similarity_frame(so, sims)
+        pairs = similarity_frame(so, sims, rep)
         write_csv(paths["similarity"], pairs)
         layer_pairs = _layer_tables(so, sims, rep, paths)
         groups = network_groups(dataset_dir, so.models)
