@@ -6,15 +6,15 @@ from conceptsim.book import reporting
 from conceptsim.run.study import Run, load_study
 
 
-def test_dataset_index_lists_each_run_with_its_stage_title(tmp_path):
+def test_dataset_index_links_each_runs_executed_notebook_under_its_stage_title(tmp_path):
     study = load_study("studies/default.yml")
     runs = [r for r in study.runs() if r.dataset == "shapes"][:3]
     text = reporting.dataset_index(study, "shapes", runs)
     assert text.startswith("# Dataset `shapes`")
-    assert "- Activation extraction: ssd_mobilenet_v2_coco on shapes" in text
-    assert "- Concept learning: ssd_mobilenet_v2_coco on shapes" in text
+    assert "- [Activation extraction: ssd_mobilenet_v2_coco on shapes](ssd_mobilenet_v2_coco/01_extract.ipynb)" in text
+    assert "- [Concept learning: ssd_mobilenet_v2_coco on shapes](ssd_mobilenet_v2_coco/02_concepts.ipynb)" in text
     assert reporting.dataset_index(study, "x", [Run("compare_models", "x", None, {})]).endswith(
-        "- Model comparison and findings: x\n")
+        "- [Model comparison and findings: x](04_compare_models.ipynb)\n")
 
 
 def test_reproducibility_page_gives_a_runnable_command_and_marks_reused_extractions(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def test_category_table_counts_the_concepts_that_passed_below_three(comparison_r
     f1 = doc["pairs"][0]["finding1"]["seg"]
     f1["per_category"], f1["n_learned"] = {}, 2
     text = report.finding1_category_table(doc)
-    assert "| all | 2 | fewer than 3 concepts |" in text and "No concept" not in text
+    assert "| (no breakdown) | 2 | fewer than 3 concepts |" in text and "No concept" not in text
     f1["n_learned"] = 0
     assert "no concept passes the learned-concept filter" in report.finding1_category_table(doc)
 
@@ -116,3 +116,46 @@ def test_cross_model_titles_are_legible_with_long_model_names(comparison_run):
         for tb, b in boxes[i + 1:]:
             assert not a.overlaps(b), f"{ta!r} overlaps {tb!r}"
     assert figures.wrap_name("centernet_mobilenet_v3_coco") == "centernet_\nmobilenet_v3_\ncoco"
+
+
+def test_finding1_legend_and_pair_names_when_the_first_pair_is_not_testable(comparison_run):
+    """The interval and MDE enter the legend from the first pair that has them (photo-colors seg: the first
+    pairs are not testable), and the model pair names under the axis do not run into each other."""
+    doc, _ = comparison_run
+    doc = json.loads(json.dumps(doc))
+    first = doc["pairs"][0]
+    first["model_a"], first["model_b"] = "ssd_mobilenet_v2_coco", "centernet_mobilenet_v3_coco"
+    first["finding1"]["seg"]["test"] = report.FindingTest("finding1", "agreement", reason="2 concept(s)").to_json()
+    second = json.loads(json.dumps(first))
+    second["model_a"], second["model_b"] = "ssd_mobilenet_v2_coco", "mobilenet_v2_imagenet"
+    second["finding1"]["seg"]["test"] = report.FindingTest(
+        "finding1", "agreement", effect=0.2, ci_low=-0.2, ci_high=0.6, n=5, p_value=0.2, mde=0.8,
+        verdict="inconclusive").to_json()
+    third = json.loads(json.dumps(second))
+    third["model_a"], third["model_b"] = "centernet_mobilenet_v3_coco", "mobilenet_v2_imagenet"
+    doc["pairs"] = [first, second, third]
+    fig = figures.finding1_plot(doc)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "trained − twins, 95 % CI" in labels and "minimum detectable effect (80 % power)" in labels
+    assert len(labels) == len(set(labels))  # one entry per kind
+    _text_boxes(fig)  # draws the figure
+    renderer = fig.canvas.get_renderer()
+    ticks = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert len(ticks) == 3
+    for i, a in enumerate(ticks):
+        assert not any(a.overlaps(b) for b in ticks[i + 1:]), "model pair names overlap"
+
+
+def test_emergence_depth_label_fits_the_figure(comparison_run):
+    """The emergence plot's axis label and title stay inside the figure beside a legend of long model names
+    (coco-icons: the label was clipped at the left)."""
+    doc, _ = comparison_run
+    doc = json.loads(json.dumps(doc))
+    long = {m: f"centernet_mobilenet_v3_coco{m}" for m in doc["models"]}
+    doc["models"] = list(long.values())
+    for e in doc["emergence"]:
+        e["model"] = long.get(e["model"], e["model"])
+    fig = figures.emergence_plot(doc)
+    width, height = fig.bbox.width, fig.bbox.height
+    for text, box in _text_boxes(fig):
+        assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, f"{text!r} clipped"

@@ -112,6 +112,39 @@ def test_concept_vs_cka_agreement():
     assert out["mean_cka"].iloc[0] - out["mean_concept"].iloc[0] == pytest.approx(0.35)
 
 
+def test_concept_means_are_over_the_concepts_represented_in_both_layers():
+    """Layer-level similarity (methods.md) is the mean over the concepts represented in both layers: an
+    unrepresented concept's row changes neither concept_vs_cka nor figures.matrix; label-free rows (flag empty)
+    and results without the column are averaged as before; a matrix with no represented concept is empty."""
+    import pandas as pd
+
+    from conceptsim.comparison import figures
+    from conceptsim.comparison.similarity import concept_vs_cka
+
+    rows = []
+    layers = [("l1", 0.25), ("l2", 0.5), ("l3", 0.75), ("l4", 1.0)]
+    for i, (a, da) in enumerate(layers):
+        for b, db in layers[i:]:
+            pair = dict(model_a="m", layer_a=a, depth_a=da, model_b="m", layer_b=b, depth_b=db)
+            rows.append(dict(concept="", method="cka", value=1.0 - (db - da), represented="", **pair))
+            rows.append(dict(concept="red", method="seg", value=0.6, represented="True", **pair))
+            rows.append(dict(concept="blue", method="seg", value=0.0, represented="False", **pair))  # not represented
+    sim = pd.DataFrame(rows)
+    out = concept_vs_cka(sim)
+    assert out["mean_concept"].iloc[0] == pytest.approx(0.6)  # blue's 0.0 left out
+    values, _, _ = figures.matrix(sim, "m", "m", "seg")
+    np.testing.assert_allclose(values, 0.6)
+    read_back = sim.assign(represented=sim["represented"].map({"True": True, "False": False, "": np.nan}))
+    np.testing.assert_allclose(figures.matrix(read_back, "m", "m", "seg")[0], 0.6)  # booleans, as read from the CSV
+    assert np.isfinite(figures.matrix(sim, "m", "m", "cka")[0]).all()  # label-free rows: no flag, all averaged
+    old = sim.drop(columns="represented")  # results written before the column
+    assert concept_vs_cka(old)["mean_concept"].iloc[0] == pytest.approx(0.3)
+    np.testing.assert_allclose(figures.matrix(old, "m", "m", "seg")[0], 0.3)
+    none = sim.assign(represented=sim["represented"].replace("True", "False"))
+    assert figures.matrix(none, "m", "m", "seg")[0].size == 0  # an empty panel
+    assert concept_vs_cka(none).empty
+
+
 def test_streamed_seg_is_identical_with_two_workers():
     rng = np.random.default_rng(3)
     logits = rng.normal(0.0, 2.0, (9, 4, 5, 6, 7)).astype(np.float32)

@@ -132,8 +132,14 @@ def page_title(run: "Run", model_specs: dict | None = None) -> str:
 
 
 def dataset_index(study: "Study", dataset: str, runs: list["Run"]) -> str:
+    """The dataset's chapter page: a link to each run's executed notebook (kept beside it, in the model's
+    folder: :func:`conceptsim.paths.executed_path`)."""
+    from conceptsim.paths import model_dir_name
+
     lines = [f"# Dataset `{dataset}`\n", f"Executed notebooks of study `{study.name}` on dataset `{dataset}`.\n"]
-    lines += [f"- {page_title(r, study.model_specs)}" for r in runs]
+    for r in runs:
+        link = "/".join(([model_dir_name(r.model)] if r.model else []) + [r.notebook])
+        lines.append(f"- [{page_title(r, study.model_specs)}]({link})")
     return "\n".join(lines) + "\n"
 
 

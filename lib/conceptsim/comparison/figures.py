@@ -23,7 +23,9 @@ def matrix(df: pd.DataFrame, model_a: str, model_b: str, method: str, concepts=N
 
     ``df`` holds rows of ``similarity.csv`` or ``layer_similarity.csv`` (unordered pairs); the missing
     orientation is filled by symmetry. With ``concepts`` (a list) the matrix is the mean over those concepts
-    of the per-concept rows.
+    of the per-concept rows. A concept method's cell averages only the concepts represented in both layers
+    (:func:`represented_rows`), as the Methods page defines layer-level similarity; a cell with none is
+    missing, and a matrix with none at all is empty.
 
     Returns
     -------
@@ -42,9 +44,30 @@ def matrix(df: pd.DataFrame, model_a: str, model_b: str, method: str, concepts=N
     )
     if both.empty:
         return np.zeros((0, 0)), [], []
-    piv = both.pivot_table(index=["depth_a", "layer_a"], columns=["depth_b", "layer_b"], values="value", aggfunc="mean")
+    axes = dict(index=["depth_a", "layer_a"], columns=["depth_b", "layer_b"], values="value", aggfunc="mean")
+    piv = both.pivot_table(**axes)
+    represented = represented_rows(both)
+    if represented is not None:  # the layers stay where they are; cells without a represented concept are missing
+        if not represented.any():
+            return np.zeros((0, 0)), [], []
+        piv = both[represented].pivot_table(**axes).reindex(index=piv.index, columns=piv.columns)
     piv = piv.sort_index(axis=0).sort_index(axis=1)
     return piv.to_numpy(dtype=float), list(piv.index), list(piv.columns)
+
+
+def represented_rows(rows: pd.DataFrame) -> np.ndarray | None:
+    """Which similarity rows enter a concept mean: those whose concept is represented in both layers.
+
+    The comparison stage's ``represented`` column (True / False on the concept methods' rows, empty on the
+    label-free ones; text or booleans, as read back or as built) decides. ``None`` when it has nothing to
+    decide: results written before the column, or rows of a label-free method (CKA, unit matching).
+    """
+    if "represented" not in rows.columns:
+        return None
+    flag = rows["represented"].astype(str).str.lower()
+    if not flag.isin(["true", "false"]).any():
+        return None
+    return flag.eq("true").to_numpy()
 
 
 def rows_between(df: pd.DataFrame, models: list[str], methods: list[str]) -> pd.DataFrame:
@@ -162,10 +185,12 @@ def cross_model_matrix(similarity: pd.DataFrame, models: list[str], method: str 
 
 
 def emergence_plot(findings: dict, method: str = "seg") -> Figure:
-    """Emergence depth (x) of every concept (rows) with one marker per model."""
+    """Emergence depth (x) of every concept (rows) with one marker per model that represents the concept in
+    some layer (the findings' ``represented`` flag, on val); a model without one has no marker on that row."""
     concepts = findings["concepts"]
     models = findings["models"]
-    fig = Figure(figsize=(6.5, 0.36 * len(concepts) + 1.5), layout="constrained")
+    # wide enough for the legend of model names beside the axes and the two-line depth label under them
+    fig = Figure(figsize=(8.0, 0.36 * len(concepts) + 1.8), layout="constrained")
     ax = fig.subplots()
     depth = {(e["model"], e["concept"]): e["depth"] for e in findings["emergence"] if e["method"] == method}
     markers = "osD^v<>pP*Xh"
@@ -175,7 +200,7 @@ def emergence_plot(findings: dict, method: str = "seg") -> Figure:
         ax.scatter(xs, ys, marker=markers[mi % len(markers)], label=m, alpha=0.5 if is_twin(m) else 0.9)
     ax.set_yticks(range(len(concepts)), concepts, fontsize=MIN_FONT)
     ax.set_xlim(0, 1.02)
-    ax.set_xlabel("emergence depth (relative depth at 90 % of the maximum val quality)")
+    ax.set_xlabel("emergence depth\n(relative depth at 90 % of the maximum val quality)")
     ax.legend(fontsize=MIN_FONT, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{findings['dataset']}: emergence depth ({method})")
     return fig
@@ -185,20 +210,31 @@ def finding1_plot(findings: dict, method: str = "seg") -> Figure:
     """Finding 1 per trained model pair: the effect (trained − twins at the same layers) with its interval,
     the smallest effect of interest and the minimum detectable effect; the verdict under each pair."""
     recs = [(p, f1) for p, m, f1, _ in records(findings) if m == method and f1 is not None]
-    fig = Figure(figsize=(max(5.0, 1.8 * len(recs) + 2.5), 4.0), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 1.8 * len(recs) + 2.5), 4.6), layout="constrained")
     ax = fig.subplots()
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:
+        """The legend label for the first element of its kind drawn (the first pair may be untestable)."""
+        if label in labelled:
+            return None
+        labelled.add(label)
+        return label
+
     for xi, (p, f1) in enumerate(recs):
         t = f1.test
         if t.ci_low is not None:
             ax.errorbar([xi], [t.effect], yerr=[[t.effect - t.ci_low], [t.ci_high - t.effect]], fmt="o", color="C0",
-                        capsize=4, label="trained − twins, 95 % CI" if xi == 0 else None)
+                        capsize=4, label=once("trained − twins, 95 % CI"))
             if t.mde is not None:
                 ax.plot([xi - 0.25, xi + 0.25], [t.mde] * 2, color="C3", lw=1.5, ls=":",
-                        label="minimum detectable effect (80 % power)" if xi == 0 else None)
+                        label=once("minimum detectable effect (80 % power)"))
         ax.text(xi, -0.02, t.verdict, ha="center", va="top", fontsize=9, transform=ax.get_xaxis_transform())
     ax.axhline(0, color="k", lw=0.6)
     ax.axhline(0.05, color="0.5", lw=0.8, ls="--", label="smallest effect of interest")
-    ax.set_xticks(range(len(recs)), [f"{p['model_a']}\nvs {p['model_b']}" for p, _ in recs], fontsize=9)
+    # model names broken at their underscores, so neighbouring pairs' names do not run into each other
+    ax.set_xticks(range(len(recs)), [f"{wrap_name(p['model_a'])}\nvs {wrap_name(p['model_b'])}" for p, _ in recs],
+                  fontsize=9)
     ax.tick_params(axis="x", pad=16)
     ax.set_xlim(-0.6, len(recs) - 0.4)
     ax.set_ylabel(f"{findings.get('primary', {}).get(method, method)}: trained − twins", fontsize=10)
@@ -209,7 +245,9 @@ def finding1_plot(findings: dict, method: str = "seg") -> Figure:
 
 
 def depth_profile_plot(findings: dict, method: str = "seg") -> Figure:
-    """Finding 1 without selection: agreement against relative depth (bins of 0.2), trained and twins."""
+    """Finding 1 without a layer-pair selection: agreement against relative depth (bins of 0.2), trained and
+    twins, over the concepts the profile records (``concepts``: the learned concepts of finding 1, or all
+    where none was given)."""
     recs = [(p, f1) for p, m, f1, _ in records(findings) if m == method and f1 is not None and f1.depth_profile]
     fig = Figure(figsize=(3.2 * max(1, len(recs)) + 2.0, 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(recs)), sharey=True))
@@ -227,7 +265,10 @@ def depth_profile_plot(findings: dict, method: str = "seg") -> Figure:
     axes[0].set_ylabel(findings.get("primary", {}).get(method, method), fontsize=10)
     if recs:
         axes[-1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(f"{findings['dataset']}: agreement by relative depth, no selection ({method})", fontsize=11)
+    used = sorted({str(f1.depth_profile["concepts"]) for _, f1 in recs if f1.depth_profile.get("concepts")})
+    over = f", {' / '.join(used)} concepts" if used else ""
+    fig.suptitle(f"{findings['dataset']}: agreement by relative depth, no layer-pair selection{over} ({method})",
+                 fontsize=11)
     return fig
 
 

@@ -116,14 +116,14 @@ def finding1_category_table(doc: dict | str | Path, method: str = "seg") -> str:
         if m != method or f1 is None:
             continue
         if not f1.per_category:  # no breakdown below 3 concepts: say how many passed rather than none
-            rows.append([pair_name(p), "all", str(f1.n_learned), "fewer than 3 concepts" if f1.n_learned else
+            rows.append([pair_name(p), "(no breakdown)", str(f1.n_learned), "fewer than 3 concepts" if f1.n_learned else
                          "no concept passes the learned-concept filter", "–"])
         for cat, t in f1.per_category.items():
             rows.append([pair_name(p), cat or "–", str(t.n), fmt_test(t) if t.ci_low is not None else "fewer than 3 concepts",
                          fmt_p(t.p_value)])
     if not rows:
         return f"_No pairs of trained models with {METHOD_NAMES.get(method, method)} outputs._"
-    return table(["model pair", "category", "concepts", "trained − twins [95 % CI]", "p (uncorrected, diagnostic)"], rows)
+    return table(["model pair", "category", "concepts", "trained − twins [95 % CI]", "p (one-sided, uncorrected, diagnostic)"], rows)
 
 
 def finding1_concepts_table(doc: dict | str | Path, model_a: str, model_b: str, method: str = "seg") -> str:

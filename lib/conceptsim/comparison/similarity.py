@@ -426,7 +426,10 @@ def concept_vs_cka(similarity, method: str = "seg", cka: str = "cka"):
     Parameters
     ----------
     similarity : rows of ``similarity.csv`` (a pandas DataFrame).
-    method : the concept method whose concept mean is compared (``seg`` or ``cls``).
+    method : the concept method whose concept mean is compared (``seg``, ``seg_kappa``, ``cls``,
+        ``cls_partial`` ...); the mean is over the concepts represented in both layers where the rows carry
+        the ``represented`` column (:func:`conceptsim.comparison.figures.represented_rows`), over all
+        concepts for results written before it.
     cka : the CKA variant.
 
     Returns
@@ -438,9 +441,15 @@ def concept_vs_cka(similarity, method: str = "seg", cka: str = "cka"):
     """
     import pandas as pd
 
+    from conceptsim.comparison.figures import represented_rows
+
     keys = ["model_a", "layer_a", "model_b", "layer_b"]
     off = similarity[~((similarity["model_a"] == similarity["model_b"]) & (similarity["layer_a"] == similarity["layer_b"]))]
-    concept = off[off["method"] == method].groupby(keys)["value"].mean().rename("concept")
+    concept = off[off["method"] == method]
+    represented = represented_rows(concept)
+    if represented is not None:  # layer-level similarity: the concepts represented in both layers (methods.md)
+        concept = concept[represented]
+    concept = concept.groupby(keys)["value"].mean().rename("concept")
     rep = off[off["method"] == cka].set_index(keys)["value"].rename("cka")
     both = pd.concat([concept, rep], axis=1).dropna().reset_index()
     rows = []
@@ -459,6 +468,7 @@ def concept_vs_cka(similarity, method: str = "seg", cka: str = "cka"):
 SIMILARITY_METHODS = ("seg", "seg_pearson", "cls", "cls_jaccard")
 
 
+
 def concept_similarity(outputs_a, outputs_b, method: str = "seg") -> float:
     """S(c; A, B) of one concept between two layers, from their outputs on the same test images.
 
@@ -469,8 +479,8 @@ def concept_similarity(outputs_a, outputs_b, method: str = "seg") -> float:
     Parameters
     ----------
     outputs_a, outputs_b : the concept's logits of layers A and B on the same images: ``N x gh x gw`` on
-        the evaluation grid for ``seg`` and ``seg_pearson``, ``N`` image logits for ``cls`` and
-        ``cls_jaccard``.
+        the evaluation grid for ``seg`` and ``seg_pearson`` (pooled over all pixels, so any shape is read as
+        pixels), ``N`` image logits (1-D; other shapes are a ValueError) for ``cls`` and ``cls_jaccard``.
     method : ``seg`` (set IoU of the masks ``logit >= 0`` pooled over all images and pixels),
         ``seg_pearson`` (Pearson of ``sigmoid(logit)`` over all pixels), ``cls`` (Pearson of the image
         logits) or ``cls_jaccard`` (Jaccard index of the images with ``logit > 0``).
@@ -485,6 +495,9 @@ def concept_similarity(outputs_a, outputs_b, method: str = "seg") -> float:
     b = np.asarray(outputs_b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"outputs of the two layers must have the same shape, got {a.shape} and {b.shape}")
+    if method.startswith("cls") and a.ndim != 1:
+        raise ValueError(f"method {method!r} takes the N image logits of each layer (1-D), got outputs of shape "
+                         f"{a.shape} (per-pixel outputs go with a seg method)")
     if method == "seg":
         return set_iou(a >= 0, b >= 0)
     if method == "cls_jaccard":
