@@ -152,6 +152,31 @@ def test_python_builder_preprocessing_weights_and_errors(tmp_path):
         build_model("noimp", user_models=models)
 
 
+def test_python_builder_module_preprocessing_is_read_and_the_network_one_wins(tmp_path):
+    # the README's way: a `preprocessing` attribute of the builder's module (once ignored: 224 x 224)
+    (tmp_path / "modprep_nets.py").write_text(textwrap.dedent("""\
+        from torch import nn
+        preprocessing = {"size": [48, 32], "resize": "letterbox"}
+        def build():
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+        def build_own():
+            net = build()
+            net.preprocessing = {"size": [24, 24]}
+            return net
+        """))
+    (tmp_path / "modprep_bad.py").write_text("from torch import nn\npreprocessing = {'size': 128}\n"
+                                             "def build():\n    return nn.Conv2d(3, 4, 3)\n")
+    models: dict = {}
+    prep = declare(models, "modprep", parse_spec("modprep", {"python": "modprep_nets:build"}, base_dir=tmp_path)).preprocessing
+    assert prep.size == (48, 32) and prep.resize == "letterbox"
+    own = declare(models, "modprep_own", parse_spec("modprep_own", {"python": "modprep_nets:build_own"},
+                                                    base_dir=tmp_path)).preprocessing
+    assert own.size == (24, 24) and own.resize == "letterbox"  # the network's fields win, the module's fill in
+    bad = declare(models, "modprep_bad", parse_spec("modprep_bad", {"python": "modprep_bad:build"}, base_dir=tmp_path))
+    with pytest.raises(UserModelError, match=r"module modprep_bad\): preprocessing 'size' must be \[H, W\]"):
+        bad.preprocessing
+
+
 # ----------------------------------------------------------------------------------------- layers
 def test_layer_choice_auto_pattern_and_list():
     models: dict = {}
@@ -193,6 +218,14 @@ def test_parse_model_arg_keeps_registry_names():
     assert parse_model_arg("yolov8n:random") == ("yolov8n:random", None)
     name, spec = parse_model_arg("{torchvision: resnet18}")
     assert name == "user_model" and spec == {"torchvision": "resnet18"}
+
+
+def test_parse_model_arg_reads_a_one_key_mapping_of_a_kind_as_a_spec():
+    # the README's `{small_cnn: {cue: 0.5, seed: 1}}` was once read as a model named small_cnn, and rejected
+    name, spec = parse_model_arg("{small_cnn: {cue: 0.5, seed: 1}}")
+    assert name == "user_model" and spec["small_cnn"]["cue"] == 0.5 and spec["small_cnn"]["seed"] == 1
+    name, spec = parse_model_arg("my_cnn: {small_cnn: {cue: 0.5, seed: 1}}")
+    assert name == "my_cnn" and spec["small_cnn"]["seed"] == 1
 
 
 # ----------------------------------------------------------------------------------------- study

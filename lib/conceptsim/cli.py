@@ -37,10 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     apply_roots(study, roots)
     if args.twins_only:
         keep_random_twins(study)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the study as Ctrl-C does
-    # Ctrl-C stops the study even when it was started from a non-interactive shell's background job, whose
-    # children inherit SIGINT ignored (then Python installs no KeyboardInterrupt handler of its own)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_on_signals()  # main() did it before the imports; again for a direct call
     try:
         with study_lock(study.name, create=False):  # one `conceptsim run` per study at a time: a second one stops here
             return _run_locked(args, study, only)
@@ -59,6 +56,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """``kill PID`` stops a study as Ctrl-C does, and Ctrl-C stops it even when it was started from a
+    non-interactive shell's background job, whose children inherit SIGINT ignored (then Python installs no
+    KeyboardInterrupt handler of its own)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run_locked(args: argparse.Namespace, study, only: dict[str, list[str]]) -> int:
@@ -104,8 +109,9 @@ def where_results_are(study, complete: bool) -> str:
         f"  executed notebooks: {book_results_dir(study.name)}",
         f"  publish the book:   make -C {root} book{' BOOK_ALL=1' if rehearsal else ''}"
         f"   (then open {root / '_build' / 'html' / 'index.html'})"
-        + ("\n  (a smoke or incomplete study is listed in the book only with BOOK_ALL=1, under 'Rehearsals')"
-           if rehearsal else ""),
+        # the part's caption as the book writes it (conceptsim.book.toc)
+        + (f"\n  (a smoke or incomplete study is listed in the book only with BOOK_ALL=1, under the part "
+           f"\"Rehearsal ({'smoke' if study.smoke else 'incomplete'} study): '{study.name}'\")" if rehearsal else ""),
     ])
 
 
@@ -211,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.func is _cmd_run:  # before the library's imports, which take seconds: an early Ctrl-C or kill stops it too
+        _stop_on_signals()
+    try:
+        return _main(args)
+    except KeyboardInterrupt:  # before a command's own handling (importing, loading the study): nothing had started
+        print(f"conceptsim {args.command}: interrupted before anything started" if getattr(args, "command", None)
+              else "conceptsim: interrupted before anything started", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
     from conceptsim import runtime
 
     runtime.setup()  # this process and the kernels it starts: folders, threads, allocator (nothing is set on import)
@@ -220,14 +237,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (StudyError, UnknownModelError, WeightsError, ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"conceptsim: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # disk full, read-only folder, permission: one line naming the path
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and exc.errno is None:  # ours: "... does not exist: run ... first"
+            print(f"conceptsim: error: {exc}", file=sys.stderr)
+            return 2
+        # from the operating system (disk full, read-only folder, permission, a missing folder, as the README
+        # says): one line naming the path, the traceback in a log
         log = _write_traceback(args)
         where = exc.filename or "a file"
         print(f"conceptsim: error: {where}: {exc.strerror or exc} (traceback in {log})", file=sys.stderr)
         return 1
+    except (StudyError, UnknownModelError, WeightsError, ValueError, KeyError) as exc:
+        print(f"conceptsim: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _write_traceback(args: argparse.Namespace) -> str:

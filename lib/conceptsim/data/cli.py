@@ -49,10 +49,22 @@ def check_writable_folder(out: Path, option: str) -> None:
     """A :class:`DatasetError` naming ``option`` unless a folder can be made at ``out`` (its parent is created
     and a file can be written there): checked before any work, so a bad path never surfaces as an OS error on
     some temporary name mid-build."""
-    import tempfile
-
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{option} {out}: exists and is not a folder")
+    _check_parent(out, option, "make a folder")
+
+
+def check_writable_file(out: Path, option: str) -> None:
+    """A :class:`DatasetError` naming ``option`` unless a file can be written at ``out`` (its parent is created
+    and a file can be written there): checked before any work, as :func:`check_writable_folder`."""
+    if out.is_dir():
+        raise DatasetError(f"{option} {out}: is a folder; expected a file path such as {out / 'summary.csv'}")
+    _check_parent(out, option, "write a file")
+
+
+def _check_parent(out: Path, option: str, what: str) -> None:
+    import tempfile
+
     above = next((p for p in out.absolute().parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise DatasetError(f"{option} {out}: {above} is not a folder")
@@ -61,7 +73,19 @@ def check_writable_folder(out: Path, option: str) -> None:
         with tempfile.TemporaryFile(dir=out.parent):
             pass
     except OSError as exc:
-        raise DatasetError(f"{option} {out}: cannot make a folder there ({exc.strerror or exc})") from None
+        raise DatasetError(f"{option} {out}: cannot {what} there ({exc.strerror or exc})") from None
+
+
+def check_figure_format(path: Path, option: str) -> None:
+    """A :class:`DatasetError` naming ``option`` unless matplotlib can save a figure in the format of ``path``'s
+    suffix (none: PNG), checked before any work so that an unsupported one leaves no summary CSV behind."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    supported = sorted(FigureCanvasBase.get_supported_filetypes())
+    if fmt not in supported:
+        raise DatasetError(f"{option} {path}: figure format {fmt!r} is not supported; expected a suffix among "
+                           + ", ".join(f".{f}" for f in supported))
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -86,6 +110,14 @@ def _summary(args: argparse.Namespace) -> int:
     from conceptsim.data import registry
     from conceptsim.data.summary import write_summary
 
+    if args.name not in registry.DATASETS and not Path(args.name).is_file():
+        raise DatasetError(f"{args.name}: neither a dataset name ({', '.join(sorted(registry.DATASETS))}) "
+                           "nor an existing COCO annotation file")
+    # the outputs, before any dataset is built or read: a bad path or figure format never costs the work
+    check_writable_file(Path(args.out), "--out")
+    if args.figure:
+        check_figure_format(Path(args.figure), "--figure")
+        check_writable_file(Path(args.figure), "--figure")
     if args.name in registry.DATASETS:
         src = registry.ensure_dataset(args.name, smoke=args.smoke) if registry.DATASETS[args.name].kind == "embedded" \
             else registry.ensure_dataset(args.name, root=args.root)

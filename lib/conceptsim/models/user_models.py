@@ -17,8 +17,9 @@ Spec keys (paths are relative to the study file's folder):
   dominant-object label, its checkpoint hashed and reused (:mod:`conceptsim.models.small_cnn`; the shortcut
   test of the grounding study);
 - ``python: "package.module:function"``: ``function()`` returns an ``nn.Module``; ``python_path: DIR`` is
-  searched first (default: the study file's folder). A module attribute ``preprocessing`` (a dict of
-  :class:`~conceptsim.data.geometry.Preprocessing` fields) describes its input;
+  searched first (default: the study file's folder). A ``preprocessing`` attribute (a dict of
+  :class:`~conceptsim.data.geometry.Preprocessing` fields) of the builder's module describes its input; the
+  returned network may carry one too, whose fields win over the module's (:func:`preprocessing_of`);
 - ``weights: FILE`` (torchvision, python): a ``state_dict`` saved with ``torch.save``, loaded with
   ``weights_only=True`` and ``strict=True``; without it the model is randomly initialised (seed
   :data:`~conceptsim.models.registry.RANDOM_INIT_SEED`) and its weights hash says ``random-init``;
@@ -156,7 +157,8 @@ def spec_kind(spec: Mapping) -> str:
 
 def parse_model_arg(text: str, base_dir: str | Path | None = None) -> tuple[str, dict | None]:
     """A command-line model: a registry name (``NAME[:random]``) or a YAML spec such as
-    ``'{torchvision: resnet18}'`` or ``'my_net: {python: "pkg.mod:build"}'``. Returns (name, spec or None)."""
+    ``'{torchvision: resnet18}'``, ``'{small_cnn: {cue: 0.5, seed: 1}}'`` or ``'my_net: {python: "pkg.mod:build"}'``
+    (a one-key mapping is ``NAME: SPEC`` unless its key is a kind of :data:`KINDS`). Returns (name, spec or None)."""
     import yaml
 
     text = text.strip()
@@ -166,7 +168,10 @@ def parse_model_arg(text: str, base_dir: str | Path | None = None) -> tuple[str,
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserModelError(f"model spec {text!r} is not valid YAML ({exc})") from None
-    if isinstance(raw, dict) and len(raw) == 1 and isinstance(next(iter(raw.values())), dict):
+    # ``NAME: SPEC`` is a one-key mapping to a mapping, unless its key is a kind: ``{small_cnn: {cue: 0.5}}``
+    # is a spec itself (the small CNN's configuration is a mapping)
+    if isinstance(raw, dict) and len(raw) == 1 and isinstance(next(iter(raw.values())), dict) \
+            and next(iter(raw)) not in KINDS:
         name, raw = next(iter(raw.items()))
     else:
         name = "user_model"
@@ -205,7 +210,18 @@ def _build_torchvision(spec: Mapping) -> nn.Module:
 
 
 def python_builder(spec: Mapping) -> Callable[[], nn.Module]:
+    """The function named by ``python: "package.module:function"`` (imported with ``python_path`` searched first)."""
     mod_name, fn_name = spec["python"].split(":")
+    module = _python_module(spec)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UserModelError(f"python builder {spec['python']!r}: {mod_name} has no function {fn_name!r}")
+    return fn
+
+
+def _python_module(spec: Mapping) -> Any:
+    """The builder's Python module (``package.module`` of ``python:``), where its ``preprocessing`` attribute lives."""
+    mod_name = spec["python"].split(":")[0]
     search = spec.get("python_path")
     added = search is not None and search not in sys.path
     if added:
@@ -218,10 +234,7 @@ def python_builder(spec: Mapping) -> Callable[[], nn.Module]:
     finally:
         if added:
             sys.path.remove(search)
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise UserModelError(f"python builder {spec['python']!r}: {mod_name} has no function {fn_name!r}")
-    return fn
+    return module
 
 
 def _build_python(spec: Mapping) -> nn.Module:
@@ -327,7 +340,13 @@ def _weight_gaps(spec: Mapping) -> Callable[[], list[str]]:
 
 
 def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
-    """The input geometry: what the model says (transform, stride, ``preprocessing``), then the spec's keys."""
+    """The input geometry: what the model says (transform, stride, ``preprocessing``), then the spec's keys.
+
+    A python builder's input is described by a ``preprocessing`` attribute of the builder's Python module
+    (``package.module`` of ``python:``; the README's way) and/or of the network it returns (one module may
+    build several networks): fields of the network's attribute win over the module's, and the spec's
+    ``input_size``, ``mean``, ``std`` and ``resize`` win over both. Without either: 224 x 224, stretched.
+    """
     kind = spec_kind(spec)
     size = spec.get("input_size")
     if kind == "ultralytics":
@@ -346,8 +365,12 @@ def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
                                  mean=tuple(t.image_mean), std=tuple(t.image_std))
         return Preprocessing(size=(size or 224,) * 2, resize="stretch", scale=1 / 255.0, mean=IMAGENET_MEAN,
                              std=IMAGENET_STD)
-    own = getattr(module, "preprocessing", None)
-    fields = own.to_dict() if isinstance(own, Preprocessing) else check_preprocessing(own, f"python builder {spec['python']!r}")
+    where = f"python builder {spec['python']!r}"
+    fields: dict[str, Any] = {}
+    for carrier, what in ((_python_module(spec), f"{where} (module {spec['python'].split(':')[0]})"),
+                          (module, f"{where} (the network it returns)")):
+        own = getattr(carrier, "preprocessing", None)
+        fields.update(own.to_dict() if isinstance(own, Preprocessing) else check_preprocessing(own, what))
     fields.setdefault("size", (224, 224))
     if size:
         fields["size"] = (size, size)
