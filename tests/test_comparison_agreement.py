@@ -6,6 +6,7 @@ import torch
 
 from conceptsim.comparison.agreement import kappa_from_strata, partial_correlation, stratum_sums
 from conceptsim.comparison.similarity import SegAccumulator, set_iou
+from scenes import object_scene
 
 
 def probe(truth: np.ndarray, miss: float, false_pos: float, rng, shared: np.ndarray | None = None) -> np.ndarray:
@@ -156,24 +157,9 @@ def test_partial_correlation_given_the_label():
 def test_probes_that_only_find_objects_agree_at_chance_with_object_strata():
     """Two probes that fire on every object (any category) share their false positives on the image's other
     objects: with (image, truth) strata that counts as agreement; with the any-object stratum it does not."""
-    rng = np.random.default_rng(7)
     n, g = 60, 12
-    objects = np.zeros((n, g, g), bool)
-    truth = np.zeros((n, g, g), bool)
-    for i in range(n):
-        for j in range(3):
-            y, x = rng.integers(0, g - 4, 2)
-            objects[i, y : y + 4, x : x + 4] = True
-            if j == 0:
-                truth[i, y : y + 4, x : x + 4] = True
-    truth &= objects
-
-    def object_finder():
-        return np.where(objects, rng.random(objects.shape) < 0.8, rng.random(objects.shape) < 0.05)
-
-    a, b = object_finder(), object_finder()
-    rows = [a, b, truth]
-    logits = torch.from_numpy(np.stack([np.where(r, 5.0, -5.0) for r in rows]).astype(np.float32))[:, None]  # R x 1 x n
+    truth, objects, (a, b) = object_scene(7, n, g)
+    logits = torch.from_numpy(np.stack([a, b, np.where(truth, 5.0, -5.0)]).astype(np.float32))[:, None]  # R x 1 x n
     plain = SegAccumulator(3, 1, (g, g), truth_row=2)
     plain.update(logits)
     strata = SegAccumulator(3, 1, (g, g), truth_row=2, object_concepts=np.array([True]), image_quality=True)

@@ -23,6 +23,7 @@ and :func:`debiased_cka`, and the probes (:func:`train_classification_probes`,
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,8 @@ class Results:
     """
 
     def __init__(self, study: str, root: str | Path | None = None) -> None:
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a str or pathlib.Path (a results folder), got {type(root).__name__} {root!r}")
         self.study = study
         self._root = Path(root).resolve() if root is not None else None
         self.folder = study_results(study, self._root)

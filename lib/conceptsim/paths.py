@@ -54,19 +54,26 @@ def results_dir() -> Path:
     return Path(env).resolve() if env else project_root() / "results"
 
 
+def _check_name(value, parameter: str) -> str:
+    """``value`` if it is a name (a str), else a TypeError naming ``parameter``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{parameter} must be a str (a name), got {type(value).__name__} {value!r}")
+    return value
+
+
 def model_dir_name(model: str) -> str:
     """Folder name of a model's results: ``NAME:random`` is written ``NAME__random``."""
-    return model.replace(":", "__")
+    return _check_name(model, "model").replace(":", "__")
 
 
 # ----------------------------------------------------------------------------- result layout
 def study_results(study: str, root: str | Path | None = None) -> Path:
     """A study's results folder, under ``root`` (a results folder) or :func:`results_dir`."""
-    return (Path(root) if root is not None else results_dir()) / study
+    return (Path(root) if root is not None else results_dir()) / _check_name(study, "study")
 
 
 def dataset_results(study: str, dataset: str, root: str | Path | None = None) -> Path:
-    return study_results(study, root) / dataset
+    return study_results(study, root) / _check_name(dataset, "dataset")
 
 
 def model_results(study: str, dataset: str, model: str, root: str | Path | None = None) -> Path:

@@ -165,7 +165,7 @@ def partial_correlation(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 AGREEMENT_METHODS = ("seg_kappa", "seg_kappa_max", "seg_obs_exp", "cls_partial")
 
 
-def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa") -> float:
+def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa", objects=None) -> float:
     """Agreement beyond accuracy of one concept between two layers, from their outputs and the truth.
 
     The per-pair front door of this module's statistics (plain numpy, one call per layer pair and concept);
@@ -174,19 +174,25 @@ def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa") ->
     Parameters
     ----------
     outputs_a, outputs_b : array_like
-        The concept's logits of layers A and B on the same images: ``N x ...`` pixels per image (e.g.
-        ``N x gh x gw`` on the evaluation grid) for ``seg_kappa``, ``seg_kappa_max`` and ``seg_obs_exp`` (a
-        pixel is marked where ``logit >= 0``; the strata are each image's truth-on and truth-off pixels),
-        ``N`` image logits for ``cls_partial``.
+        The concept's logits of layers A and B on the same images: ``N x gh x gw`` on the evaluation grid
+        (or ``N x pixels``) for ``seg_kappa``, ``seg_kappa_max`` and ``seg_obs_exp`` (a pixel is marked
+        where ``logit >= 0``; the strata are each image's truth-on and truth-off pixels), ``N`` image logits
+        (1-D) for ``cls_partial``.
     truth : array_like
         The true masks (``N x gh x gw``, for the ``seg`` methods) or the presence labels (``N``, for
-        ``cls_partial``), 0/1 or boolean.
+        ``cls_partial``), 0/1 or boolean (other values are refused).
     method : {"seg_kappa", "seg_kappa_max", "seg_obs_exp", "cls_partial"}
         ``seg_kappa``: ``2 (O - E) / (A + B - 2 E)`` with ``O`` the observed overlap of the two masks,
         ``A``, ``B`` their sizes and ``E`` the overlap of probes erring independently given the truth within
         each image; ``seg_kappa_max``: ``(O - E) / (sum of per-stratum minima - E)``; ``seg_obs_exp``:
         ``O / E``; ``cls_partial``: the Pearson correlation of the logits after subtracting each class's
         mean.
+    objects : array_like, optional
+        For the ``seg`` methods on object datasets: the every-object mask (any object of any class) of each
+        image, the shape of ``truth``, 0/1 or boolean. The strata then become (image, truth, any object),
+        as the comparison stage builds them for object concepts: the truth-off pixels on the image's other
+        objects form their own stratum, so two probes that merely both fire on objects agree at about
+        chance. Without it (default) the strata are (image, truth), as for the stage's other concepts.
 
     Returns
     -------
@@ -201,14 +207,36 @@ def concept_agreement(outputs_a, outputs_b, truth, method: str = "seg_kappa") ->
     t = np.asarray(truth)
     if a.shape != b.shape or a.shape != t.shape:
         raise ValueError(f"outputs and truth must have the same shape, got {a.shape}, {b.shape} and truth {t.shape}")
-    t = t.astype(bool)
+    if method == "cls_partial" and a.ndim != 1:
+        raise ValueError(f"method 'cls_partial' takes the N image logits of each layer and N labels (1-D), got "
+                         f"shape {a.shape} (per-pixel outputs go with a seg method)")
+    if method != "cls_partial" and a.ndim < 2:
+        raise ValueError(f"method {method!r} takes per-pixel logits and masks N x gh x gw (or N x pixels), got "
+                         f"shape {a.shape} (image logits go with cls_partial)")
+
+    def binary(x: np.ndarray, name: str) -> np.ndarray:
+        # one pass, like the cast to bool it replaces: anything but 0/1 would be silently read as True
+        if x.dtype != bool and not (np.issubdtype(x.dtype, np.number) and ((x == 0) | (x == 1)).all()):
+            raise ValueError(f"{name} must be 0/1 or boolean, got values of dtype {x.dtype} that are not all 0 or 1")
+        return x.astype(bool)
+
+    t = binary(t, "truth")
     if method == "cls_partial":
+        if objects is not None:
+            raise ValueError("objects (the every-object masks) go with the seg methods, not with 'cls_partial'")
         return float(partial_correlation(np.stack([a.ravel(), b.ravel()])[None], t.reshape(-1, 1))[0, 0, 1])
-    n = t.shape[0] if t.ndim else 1
+    n = t.shape[0]
     ma, mb, t = (x.reshape(n, -1) for x in (a >= 0, b >= 0, t))
-    counts = stratum_counts(torch.from_numpy(np.stack([ma, mb]).astype(np.int8)), [torch.from_numpy(t.astype(np.int8)),
-                                                                                     torch.from_numpy((~t).astype(np.int8))])
-    sizes = torch.from_numpy(np.stack([t.sum(1), (~t).sum(1)]).astype(np.float64))
+    strata = [t, ~t]
+    if objects is not None:
+        obj = np.asarray(objects)
+        if obj.shape != a.shape:
+            raise ValueError(f"objects must have the shape of truth {a.shape}, got {obj.shape}")
+        other = ~t & binary(obj, "objects").reshape(n, -1)  # the image's other objects: their own stratum
+        strata = [t, other, ~t & ~other]
+    counts = stratum_counts(torch.from_numpy(np.stack([ma, mb]).astype(np.int8)),
+                            [torch.from_numpy(s.astype(np.int8)) for s in strata])
+    sizes = torch.from_numpy(np.stack([s.sum(1) for s in strata]).astype(np.float64))
     e, mn = stratum_sums(counts, sizes)
     kappa, kmax, obs_exp = kappa_from_strata((ma & mb).sum(), ma.sum(), mb.sum(), float(e[0, 1]), float(mn[0, 1]))
     return float({"seg_kappa": kappa, "seg_kappa_max": kmax, "seg_obs_exp": obs_exp}[method])

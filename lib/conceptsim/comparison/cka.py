@@ -34,10 +34,30 @@ def center_gram(k: np.ndarray) -> np.ndarray:
     return k - k.mean(axis=0, keepdims=True) - k.mean(axis=1, keepdims=True) + k.mean()
 
 
+def feature_pair(x, y, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` as float64 feature matrices of the same images (``n x p``, ``n x q``), checked.
+
+    A ValueError names the argument when one is not 2-D (images x features), when their numbers of images
+    differ, or when there are fewer than ``minimum`` images.
+    """
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    for name, a in (("x", xa), ("y", ya)):
+        if a.ndim != 2:
+            raise ValueError(f"{name} must be 2-D features (n images x features), got shape {a.shape}")
+    if len(xa) != len(ya):
+        raise ValueError(f"x and y must hold the features of the same images (the same number of rows), "
+                         f"got {len(xa)} and {len(ya)} rows")
+    if len(xa) < minimum:
+        raise ValueError(f"x and y need at least {minimum} images (rows), got {len(xa)}")
+    return xa, ya
+
+
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA of two feature matrices over the same rows (direct feature-space formula)."""
-    xc = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    yc = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    """Linear CKA of two feature matrices over the same rows (direct feature-space formula).
+
+    ``x``: ``n x p``, ``y``: ``n x q`` features of the same ``n`` images (a ValueError otherwise).
+    """
+    xc, yc = feature_pair(x, y)
     xc = xc - xc.mean(axis=0)
     yc = yc - yc.mean(axis=0)
     num = np.linalg.norm(yc.T @ xc) ** 2
@@ -59,7 +79,12 @@ def hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
 
 
 def debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Debiased linear CKA of two feature matrices (direct formula through ``hsic_unbiased`` of this module)."""
+    """Debiased linear CKA of two feature matrices (direct formula through ``hsic_unbiased`` of this module).
+
+    ``x``: ``n x p``, ``y``: ``n x q`` features of the same ``n >= 4`` images (the unbiased HSIC needs 4; a
+    ValueError otherwise).
+    """
+    x, y = feature_pair(x, y, minimum=4)
     k, l = gram(x), gram(y)
     den = np.sqrt(max(hsic_unbiased(k, k), 0.0) * max(hsic_unbiased(l, l), 0.0))
     return float(hsic_unbiased(k, l) / den) if den > 0 else float("nan")

@@ -49,15 +49,28 @@ class Standardiser:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> "Standardiser":
-        """Fit on rows of features ``n x C`` (e.g. pooled activations)."""
+        """Fit on rows of features ``n x C`` (e.g. pooled activations; at least one row, a ValueError otherwise)."""
         x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or not len(x):
+            raise ValueError(f"x must be features n x C (rows of channels, n >= 1), got shape {x.shape}")
         shift = x.mean(0)
         d = x - shift
         s = cls.from_moments(d.sum(0), (d**2).sum(0), len(x))
         return cls((s.mean + shift).astype(np.float32), s.std, s.n_constant)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardise ``B x C (x ...)``; trailing spatial axes are broadcast."""
+        """Standardise a tensor ``B x C (x ...)``; trailing spatial axes are broadcast.
+
+        A TypeError unless ``x`` is a ``torch.Tensor``, a ValueError unless its axis 1 holds the ``C`` channels
+        the standardiser was fitted on.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor B x C (x ...), got {type(x).__name__} "
+                            f"(torch.from_numpy converts an array)")
+        channels = int(np.size(self.mean))
+        if x.dim() < 2 or x.shape[1] != channels:
+            raise ValueError(f"x must be B x {channels} (x ...), the {channels} channels the standardiser was "
+                             f"fitted on, got shape {tuple(x.shape)}")
         shape = (1, -1) + (1,) * (x.dim() - 2)
         mean = torch.as_tensor(self.mean, device=x.device).view(shape)
         std = torch.as_tensor(self.std, device=x.device).view(shape)

@@ -472,6 +472,10 @@ def train_segmentation_probes(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    for name, split in (("train", train), ("val", val)):
+        if not isinstance(split, SplitData):
+            raise TypeError(f"{name} must be a SplitData (a layer's activations of one split, "
+                            f"conceptsim.SplitData), got {type(split).__name__}")
     if solver == "lbfgs":
         return solve_segmentation_probes(train, targets, val, val_eval, loss=loss, device=device, alpha=alpha,
                                          gtol=gtol, max_iter=max_iter)

@@ -62,7 +62,10 @@ class ClsProbes:
     val_ap: np.ndarray
 
     def decision(self, z: np.ndarray) -> np.ndarray:
-        """Logits ``n x K`` of standardised features ``n x C``."""
+        """Logits ``n x K`` of standardised features ``n x C`` (a ValueError for other shapes)."""
+        shape, channels = np.shape(z), self.coef.shape[1]
+        if len(shape) != 2 or shape[1] != channels:
+            raise ValueError(f"z must be standardised features n x {channels} (the probes' channels), got shape {shape}")
         return z @ self.coef.T + self.intercept
 
     @property
@@ -174,17 +177,52 @@ def solve_classification_probes(
     return ClsProbes(coef, intercept, chosen, best_ap)
 
 
+def _check_probe_data(z_train, y_train, z_val, y_val) -> None:
+    """A ValueError naming the argument unless features and labels fit :func:`train_classification_probes`.
+
+    Shapes (the features ``n x C``, the labels ``n x K``, the same images and channels and concepts in
+    train and val), label values (0/1 or boolean: one pass over the labels, far cheaper than the fit) and
+    both classes of every concept in train.
+    """
+    zt, zv = np.shape(z_train), np.shape(z_val)
+    yt, yv = np.asarray(y_train), np.asarray(y_val)
+    for name, shape in (("z_train", zt), ("z_val", zv), ("y_train", yt.shape), ("y_val", yv.shape)):
+        if len(shape) != 2:
+            what = "features n x C" if name[0] == "z" else "labels n x K (one 0/1 column per concept)"
+            raise ValueError(f"{name} must be 2-D {what}, got shape {shape}")
+    for split, z, y in (("train", zt, yt.shape), ("val", zv, yv.shape)):
+        if z[0] != y[0]:
+            raise ValueError(f"z_{split} and y_{split} must hold the same images, got {z[0]} and {y[0]} rows")
+    if zv[1] != zt[1]:
+        raise ValueError(f"z_val must have the channels of z_train ({zt[1]}), got {zv[1]}")
+    if yv.shape[1] != yt.shape[1]:
+        raise ValueError(f"y_val must have the concepts (columns) of y_train ({yt.shape[1]}), got {yv.shape[1]}")
+    for name, y in (("y_train", yt), ("y_val", yv)):
+        if y.dtype != bool and not (np.issubdtype(y.dtype, np.number) and ((y == 0) | (y == 1)).all()):
+            raise ValueError(f"{name} must be 0/1 or boolean labels, got values of dtype {y.dtype} that are not all 0 or 1")
+    pos = yt.astype(bool).sum(axis=0)
+    one = np.flatnonzero((pos == 0) | (pos == len(yt)))
+    if len(one):
+        more = f" (columns with one class: {one.tolist()})" if len(one) > 1 else ""
+        raise ValueError(f"every concept needs both classes in y_train: column {one[0]} has only "
+                         f"{'positives' if pos[one[0]] else 'negatives'} among its {len(yt)} images{more}")
+
+
 def train_classification_probes(
     z_train: np.ndarray, y_train: np.ndarray, z_val: np.ndarray, y_val: np.ndarray, *,
     c_grid=C_GRID, seed: int = 0, solver: str = "lbfgs", gtol: float = GTOL,
 ) -> ClsProbes:
     """Fit one probe per concept column of ``y_train`` (``n x K`` 0/1), choosing C by val AP.
 
-    Every concept must have both classes in train; the stage excludes the others beforehand.
+    ``z_train`` (``n x C``) and ``z_val`` (``n_val x C``) are standardised features, ``y_train`` (``n x K``)
+    and ``y_val`` (``n_val x K``) 0/1 or boolean labels of the same images. Every concept must have both
+    classes in train; the stage excludes the others beforehand. Other shapes, label values, or a concept
+    with one class in train are a ValueError.
     ``solver``: ``lbfgs`` (default; ``gtol`` its tolerance) or ``reference`` (scikit-learn, seeded by ``seed``).
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    _check_probe_data(z_train, y_train, z_val, y_val)
     if solver == "lbfgs":
         return solve_classification_probes(z_train, y_train, z_val, y_val, c_grid=c_grid, gtol=gtol)
     k, dim = y_train.shape[1], z_train.shape[1]
