@@ -2,9 +2,10 @@
 
 Synthetic feature spaces from shared and unique concept directions under a unit permutation or a random
 rotation, at the noise levels of :data:`conceptsim.comparison.planted.NOISE_LEVELS`
-(:mod:`conceptsim.comparison.planted`); the methods are unit best buddies, concept matching with the
-suite's classification probes (S_cls, cls_partial) and CKA as a layer-level score. The figure is the wall
-time; the precision/recall table is in the entry's details (``scores``), the answer the benchmark exists for.
+(:mod:`conceptsim.comparison.planted`; graded concept maps); the methods are unit best buddies, concept
+matching with the suite's segmentation probes (Method A: seg_kappa, S_seg) and classification probes (S_cls,
+cls_partial), and CKA as a layer-level score. The figure is the wall time; the precision/recall table is in
+the entry's details (``scores``), the answer the benchmark exists for.
 """
 
 from __future__ import annotations

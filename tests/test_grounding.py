@@ -9,7 +9,7 @@ import torch
 
 from conceptsim.comparison.agreement import partial_correlation
 from conceptsim.comparison.cka import cka_matrices, gram
-from conceptsim.comparison.grounding import monotonicity
+from conceptsim.comparison.grounding import grounding_frame, monotonicity, monotonicity_summary
 from conceptsim.comparison.similarity import SegAccumulator, cls_similarity, concept_similarity
 from conceptsim.comparison.units import UnitMatcher, best_buddies, significance_threshold, unit_correlations, unit_samples
 
@@ -161,6 +161,19 @@ def test_stage_writes_grounding_and_unit_rows(tmp_path):
     assert set(zip(align["model"], align["model_b"])) == {("a", "a:random"), ("a", "b")}
     assert (align["null_mean"] > 0).all()
     ls = pd.read_csv(paths["layer_similarity"], keep_default_na=False, na_values=[""])
+    # similarity.csv says which concept rows are represented in both layers: exactly the concepts behind the
+    # layer-level means (the same flags), empty for the label-free rows
+    sim = pd.read_csv(paths["similarity"], keep_default_na=False, na_values=[""])
+    assert sim.loc[sim["concept"].isna(), "represented"].isna().all()
+    concept_rows = sim[sim["concept"].notna()]
+    assert concept_rows["represented"].map(type).eq(bool).all()
+    keys = ["method", "model_a", "layer_a", "model_b", "layer_b"]
+    counted = concept_rows[concept_rows["represented"] & concept_rows["value"].notna()].groupby(keys).size()
+    means = concept_rows[concept_rows["represented"]].groupby(keys)["value"].mean()
+    seg = ls[ls["method"].isin(["seg", "seg_kappa", "cls_partial"]) & (ls["n_concepts"] > 0)].set_index(keys)
+    assert len(seg) > 10
+    assert (counted.reindex(seg.index).to_numpy() == seg["n_concepts"].to_numpy()).all()
+    assert np.allclose(means.reindex(seg.index).to_numpy(), seg["value"].to_numpy())
     bb = ls[ls["method"] == "units_bb"]
     nl = 4 + 4 + 3
     assert len(bb) == nl * (nl + 1) // 2 - 4 * 3
@@ -183,10 +196,10 @@ def test_planted_matches_known_answers():
 
     scores = planted_match_scores(("permutation", "rotation"), (0.1,), n_layers=2, n_shared=3, n_unique=1, n_images=240)
     got = scores.set_index(["transform", "method"])
-    for method in ("units_bb", "cls", "cls_partial", "cka", "cka_debiased"):
+    for method in ("units_bb", "seg_kappa", "seg", "cls", "cls_partial", "cka", "cka_debiased"):
         row = got.loc[("permutation", method)]  # pure permutation: every method recovers the planted answer
         assert row["precision"] == 1.0 and row["recall"] == 1.0, method
-    for method in ("cls", "cls_partial", "cka", "cka_debiased"):  # rotation-invariant methods do not care
+    for method in ("seg_kappa", "seg", "cls", "cls_partial", "cka", "cka_debiased"):  # rotation-invariant methods
         assert got.loc[("rotation", method), "recall"] == 1.0, method
     assert got.loc[("rotation", "units_bb"), "recall"] <= 0.5  # a rotated basis leaves no unit-to-unit answer
     a = planted_spaces(seed=4, n_layers=1, n_images=40)
@@ -219,7 +232,7 @@ def test_grounding_page_is_written_and_listed_under_its_chapter(tmp_path, monkey
                    "concepts": "none", "n_layers": 3, "n_triples": 2, "violation_rate": 0.0, "n_pairs": 3,
                    "spearman": -1.0, "spearman_pairs": -0.87}]).to_csv(csv, index=False)
     page = write_grounding_page(study, out / "grounding.md", results_json=tmp_path / "none.json")
-    assert "| `cka` | 0.00 | -1.00 | 1 |" in page.read_text()
+    assert "| `cka` | 0.00 | -1.00 | 1 / 1 |" in page.read_text()
     (out / "shapes").mkdir()
     (out / "shapes" / "index.md").write_text("# shapes\n")
     (out / book_toc.TOC_PART).write_text(yaml.safe_dump({
@@ -244,3 +257,127 @@ def test_group_separation_scores_known_groupings():
     assert 0.0 < group_separation(noise, groups)["violation_rate"] < 1.0
     with pytest.raises(ValueError, match="one group per network"):
         group_separation(perfect, groups[:5])
+
+
+def test_monotonicity_summary_pools_the_violation_rate_over_triples():
+    rows = pd.DataFrame({"violation_rate": [0.0, 0.5, np.nan], "n_triples": [1, 3, 0], "spearman": [-1.0, np.nan, np.nan]})
+    s = monotonicity_summary(rows)
+    assert s["violation_rate"] == pytest.approx(1.5 / 4)  # the mean over models would say 0.25
+    assert (s["n_violation"], s["spearman"], s["n_spearman"]) == (2, -1.0, 1)
+    assert np.isnan(monotonicity_summary(rows.iloc[2:])["violation_rate"])
+
+
+def test_a_model_whose_layers_share_one_depth_gets_no_depth_alignment_row():
+    # the pixels floor: every "layer" is the input at relative depth 0, so its alignment error is its null
+    layer_models = ["a"] * 3 + ["b"] * 3 + ["pixels"] * 2
+    depths = np.array([0.1, 0.5, 0.9, 0.2, 0.6, 1.0, 0.0, 0.0])
+    mat = np.eye(8) + 0.1
+    g = grounding_frame("d", ["a", "b", "pixels"], layer_models, depths, [("units_bb", "none", mat)])
+    align = g[g["test"] == "units_depth_alignment"]
+    assert set(zip(align["model"], align["model_b"])) == {("a", "b")}
+    assert set(g.loc[g["test"] == "layer_monotonicity", "model"]) == {"a", "b", "pixels"}
+
+
+# ---- planted matches: the segmentation measures (graded concept maps, Method A's probes)
+
+PLANTED_SMALL = dict(n_layers=2, n_shared=3, n_unique=1, n_images=240)
+
+
+@pytest.fixture(scope="module")
+def planted_seg():
+    """Small planted spaces (pure permutation, noise 0.1) with shared and with independent grading, and Method
+    A's test logits and ``represented`` flags on every layer of each."""
+    from conceptsim.comparison.planted import planted_spaces, seg_outputs
+
+    out = {}
+    for shared in (True, False):
+        sp = planted_spaces(transform="permutation", noise=0.1, shared_grading=shared, **PLANTED_SMALL)
+        out[shared] = (sp, *seg_outputs(sp))
+    return out
+
+
+def test_planted_maps_are_graded_and_shared_before_the_permutation():
+    from conceptsim.comparison.planted import planted_spaces
+
+    sp = planted_spaces(noise=0.0, n_layers=1, n_images=60)
+    assert sp.masks.dtype == bool and sp.masks.shape == (60, 8, 8, 8)  # n x K x g x g, K = 4 + 2 * 2
+    np.testing.assert_array_equal(sp.labels, sp.masks.any(axis=(2, 3)))
+    a, b = sp.acts_a[0], sp.acts_b[0]
+    for _, u, v in sp.unit_pairs:  # a shared concept: the same graded map in A and B (noise 0)
+        np.testing.assert_allclose(a[:, u], b[:, v], atol=1e-5)
+        inside = sp.masks[:, u]
+        assert len(np.unique(a[:, u][inside].round(4))) > 100  # graded inside the blob, constant outside
+        assert len(np.unique(a[:, u][~inside].round(4))) == 1
+    binary = planted_spaces(noise=0.0, n_layers=1, n_images=60, graded=False)
+    assert len(np.unique(binary.acts_a[0][:, 0].round(4))) == 2
+    ctrl = planted_spaces(noise=0.0, n_layers=1, n_images=60, shared_grading=False)
+    np.testing.assert_array_equal(ctrl.masks, sp.masks)  # the control changes B's grading only
+    np.testing.assert_array_equal(ctrl.acts_a[0], a)
+    for _, u, v in ctrl.unit_pairs:
+        off = ctrl.acts_b[0][:, v]
+        assert np.array_equal(off != off.min(), sp.masks[:, u]) and not np.allclose(off, a[:, u], atol=1e-3)
+
+
+def test_planted_segmentation_matches_and_their_control(planted_seg):
+    """Pure permutation at noise 0.1: seg and seg_kappa find exactly the planted (i, i, c). With B's grading
+    drawn independently of A's (the same truth), the two layers' errors are independent given the truth:
+    seg_kappa finds nothing, while raw S_seg still matches (both layers find the truth: it is bounded by
+    accuracy, which is why seg_kappa is the primary measure)."""
+    from conceptsim.comparison.planted import precision_recall, propose_seg_matches
+
+    for shared, expect_kappa in ((True, 1.0), (False, 0.0)):
+        sp, logits, represented = planted_seg[shared]
+        for (i, j, c) in sp.concept_pairs:
+            assert represented[i, c] and represented[len(sp.acts_a) + j, c]
+        kappa = precision_recall(propose_seg_matches(sp, logits, represented, "seg_kappa"), sp.concept_pairs)
+        seg = precision_recall(propose_seg_matches(sp, logits, represented, "seg"), sp.concept_pairs)
+        assert kappa["recall"] == expect_kappa and seg["recall"] == 1.0, shared
+        assert seg["precision"] == 1.0
+        if shared:
+            assert kappa["precision"] == 1.0
+        else:
+            assert kappa["true_positives"] == 0
+
+
+def test_seg_kappa_z_and_its_exact_null():
+    from scipy.stats import hypergeom, norm
+
+    from conceptsim.comparison.agreement import concept_agreement
+    from conceptsim.comparison.planted import kappa_z, seg_kappa_z
+
+    # one stratum: the variance is the hypergeometric one
+    n, a, b = 40, 12, 9
+    v = hypergeom(n, a, b).var()
+    z = kappa_z(np.array([5]), np.array([a]), np.array([b]), np.array([n]))
+    assert z == pytest.approx((5 - a * b / n) / np.sqrt(v))
+    rng = np.random.default_rng(11)
+    truth = rng.random((20, 8, 8)) < 0.3
+
+    def draw(p_on, p_off):  # decisions independent given the truth: a cell is marked with its stratum's rate
+        return np.where(truth, rng.random(truth.shape) < p_on, rng.random(truth.shape) < p_off)
+    zs = np.array([seg_kappa_z(draw(0.7, 0.2), draw(0.6, 0.1), truth) for _ in range(200)])
+    assert abs(zs.mean()) < 0.2 and 0.8 < zs.std() < 1.2
+    # the tail: 20,000 draws of 20 images' two strata at once (counts only), the one-sided 0.999 quantile
+    m = rng.integers(5, 60, size=(1, 40))
+    sa, sb = rng.binomial(m, 0.4, size=(20000, 40)), rng.binomial(m, 0.3, size=(20000, 40))
+    o = rng.hypergeometric(sa, m - sa, sb)  # B's marks a random subset of its stratum given A's
+    rate = np.mean(kappa_z(o, sa, sb, m) >= norm.ppf(0.999))
+    assert 0.0003 < rate < 0.0025
+    # z has the sign of seg_kappa (concept_agreement: the same strata)
+    ma = draw(0.8, 0.1)
+    mb = np.where(rng.random(truth.shape) < 0.7, ma, draw(0.8, 0.1))  # shares most of A's decisions
+    kappa = concept_agreement(np.where(ma, 1.0, -1.0), np.where(mb, 1.0, -1.0), truth)
+    assert kappa > 0.3 and seg_kappa_z(ma, mb, truth) > 5
+    assert np.isnan(seg_kappa_z(truth, truth, truth))  # perfect probes: no room for chance agreement
+
+
+def test_seg_permutation_p():
+    from conceptsim.comparison.planted import seg_permutation_p
+
+    rng = np.random.default_rng(5)
+    masks = rng.random((30, 6, 6)) < 0.3
+    orders = np.stack([rng.permutation(30) for _ in range(199)])
+    assert seg_permutation_p(masks, masks, orders) == pytest.approx(1 / 200)  # no shuffle reaches identical masks
+    ps = [seg_permutation_p(rng.random((30, 6, 6)) < 0.3, rng.random((30, 6, 6)) < 0.3, orders) for _ in range(40)]
+    assert 0.3 < np.mean(ps) < 0.7  # unrelated masks: p about uniform
+    assert np.isnan(seg_permutation_p(np.zeros((30, 6, 6), bool), np.zeros((30, 6, 6), bool), orders))

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from conceptsim.tables import read_table
 from conceptsim.atomic import write_text
+from conceptsim.comparison.grounding import monotonicity_summary
 from conceptsim.comparison.report import table
 from conceptsim.models.names import is_twin
 from conceptsim.paths import comparison_files, dataset_results, project_root, shortcut_csv
+from conceptsim.tables import read_table
 
 if TYPE_CHECKING:
     from conceptsim.run.study import Study
@@ -42,18 +43,20 @@ def fmt(x: float, digits: int = 2) -> str:
 
 
 def monotonicity_table(grounding: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Per measure: mean violation rate and Spearman of trained models and of twins (mean over models and
-    datasets; concept measures on the concepts represented in both layers), with the number of models."""
+    """Per measure, trained models and twins: the violation rate pooled over the triples of all models and
+    datasets, the mean Spearman, and how many (model, dataset) rows stand behind each
+    (:func:`~conceptsim.comparison.grounding.monotonicity_summary`; concept measures over the concepts
+    represented in both layers)."""
     g = grounding[(grounding["test"] == "layer_monotonicity") & grounding["concepts"].isin(["represented", "none"])].copy()
     g["group"] = g["model"].map(model_group)
-    header = ["measure"] + [f"{grp} {col}" for grp in ("trained", "twin") for col in ("violation", "Spearman", "n")]
+    header = ["measure"] + [f"{grp} {col}" for grp in ("trained", "twin")
+                            for col in ("violation", "Spearman", "n (violation / Spearman)")]
     rows = []
     for m in [m for m in MEASURES if m in set(g["method"])]:
         row = [f"`{m}`"]
         for grp in ("trained", "twin"):
-            sel = g[(g["method"] == m) & (g["group"] == grp)]
-            ok = sel["violation_rate"].notna()
-            row += [fmt(sel["violation_rate"].mean()), fmt(sel["spearman"].mean()), str(int(ok.sum()))]
+            s = monotonicity_summary(g[(g["method"] == m) & (g["group"] == grp)])
+            row += [fmt(s["violation_rate"]), fmt(s["spearman"]), f"{s['n_violation']} / {s['n_spearman']}"]
         rows.append(row)
     return header, rows
 
@@ -67,9 +70,10 @@ def alignment_table(grounding: pd.DataFrame) -> tuple[list[str], list[list[str]]
 
 
 def planted_table(scores: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Per transform and noise level: precision / recall of every method."""
+    """Per transform and noise level: precision / recall of every method the entry holds, in the order of
+    :data:`MEASURES` (``seg_kappa``, ``seg``, ``cls_partial``, ``cls``, CKA, ``units_bb``)."""
     df = pd.DataFrame(scores)
-    methods = [m for m in ("units_bb", "cls", "cls_partial", "cka", "cka_debiased") if m in set(df["method"])]
+    methods = [m for m in MEASURES if m in set(df["method"])]
     rows = []
     for (transform, noise), g in df.groupby(["transform", "noise"], sort=False):
         by = g.set_index("method")
@@ -136,7 +140,9 @@ def planted_scores(results_json: Path | None = None) -> dict | None:
 
 SECTIONS = (
     ("Layer monotonicity", "A good measure finds layer i more similar to a nearer layer than to a farther one on the "
-     "same side: violation rate 0 and Spearman -1 (mean over models and datasets).",
+     "same side: violation rate 0 and Spearman -1. The violation rate is pooled over the triples of all models and "
+     "datasets, Spearman is the mean over the (model, dataset) rows where it is defined (n: rows behind each); concept "
+     "measures over the concepts represented in both layers.",
      "No `grounding.csv` exists for this study yet (run the comparison stage)."),
     ("Unit matching across models: relative depth", "Where unit best buddies of two models' layers sit in relative "
      "depth. A label-free finding 2 shows an alignment error below the null mean for trained pairs, and twins as a "
