@@ -410,7 +410,7 @@ def run_study(path: str | Path, smoke: bool = False, jobs: int = 1, force: bool 
 
     Raises
     ------
-    conceptsim.run.study.StudyError
+    conceptsim.StudyError
         When the study file or its inputs are invalid (nothing has run).
     StudyRunError
         When runs failed; the others' results are kept.

@@ -1,6 +1,6 @@
 """Result tables: a result CSV read as a DataFrame the same way everywhere (the public API, the book pages).
 
-Re-exported by :mod:`conceptsim.api` (``conceptsim.api.read_table``); it lives here, below the book and the
+Re-exported by :mod:`conceptsim.api` and the package (``conceptsim.read_table``); it lives here, below the book and the
 runner, so the book can read results without importing the API that runs studies.
 """
 
