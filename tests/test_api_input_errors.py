@@ -172,3 +172,13 @@ def test_standardiser_checks_type_and_channels():
     with pytest.raises(ValueError, match=r"x must be features n x C .* got shape \(20,\)"):
         Standardiser.fit(x[:, 0])
     assert st.apply(torch.zeros(4, 3, 2, 2)).shape == (4, 3, 2, 2)  # trailing spatial axes still broadcast
+
+
+def test_an_empty_result_table_is_named(tmp_path):
+    # pandas' EmptyDataError ("No columns to parse from file") names no file
+    from conceptsim import read_table
+
+    empty = tmp_path / "concept_quality.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="concept_quality.csv is empty"):
+        read_table(empty)

@@ -171,3 +171,14 @@ def test_excluded_pairs_and_the_quality_overview_line():
         {"concept": "dog", "method": "cls", "excluded": "too few test images"},
         {"concept": "none", "method": "seg", "excluded": "no positive image"}]
     assert quality_overview(quality) == "2 layers, 3 concepts; 2 (concept, method) pairs excluded"
+
+
+def test_the_overlay_layer_is_chosen_on_val_not_on_test():
+    from conceptsim.pipeline import best_val_seg_layer
+
+    rows = [("seg", "set_iou", "l1", 0.9, 0.2), ("seg", "set_iou", "l2", 0.3, 0.6), ("cls", "ap", "l1", 1.0, 1.0)]
+    q = pd.DataFrame(rows, columns=["method", "metric", "layer", "value", "val_value"])
+    assert best_val_seg_layer(q) == "l2"  # the test values would pick l1
+    assert best_val_seg_layer(q.assign(val_value=np.nan)) == "l1"  # no val images: test
+    with pytest.raises(ValueError, match="set_iou"):
+        best_val_seg_layer(q[q["method"] == "cls"])

@@ -20,6 +20,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On error the temporary is removed and ``path`` is left as it was. An OS error that names no file (a
     write or flush into a full disk: ``[Errno 28] No space left on device``) is raised again naming ``path``.
+    Zarr writes still under way are waited for first (:func:`settle_zarr_writes`): they would re-create the
+    temporary folder after its removal.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,11 +30,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
     except OSError as exc:
+        settle_zarr_writes()
         _remove(tmp)
         if exc.errno is None or exc.filename is not None:
             raise
         raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
     except BaseException:
+        settle_zarr_writes()
         _remove(tmp)
         raise
     if path.is_dir() and not path.is_symlink():
@@ -42,6 +46,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _remove(old)
     else:
         os.replace(tmp, path)
+
+
+def settle_zarr_writes(timeout: float = 120.0) -> None:
+    """Wait until zarr's IO event loop has no task left, when this process has started it.
+
+    A zarr write of several chunks runs them concurrently (``asyncio.gather`` in zarr's IO thread); when one
+    fails (a full disk) the error reaches the caller at once while the others go on writing, and a chunk
+    write makes its parent folders. Removing a store's temporary folder before they end leaves it re-created,
+    behind a process that has stopped using it.
+    """
+    import sys
+
+    zsync = sys.modules.get("zarr.core.sync")
+    loop = getattr(zsync, "loop", [None])[0] if zsync is not None else None
+    if loop is None or not loop.is_running():
+        return
+    import asyncio
+    import threading
+
+    if getattr(zsync, "iothread", [None])[0] is threading.current_thread():  # pragma: no cover - never from zarr's own IO
+        return
+
+    async def others_done() -> None:
+        me = asyncio.current_task()
+        while pending := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+            await asyncio.wait(pending)
+
+    try:
+        asyncio.run_coroutine_threadsafe(others_done(), loop).result(timeout)
+    except Exception:  # noqa: BLE001 - a loop shutting down or a timeout: remove what is there now
+        pass
 
 
 @contextlib.contextmanager
@@ -194,10 +229,12 @@ def stage_identity(module: str, **what: Any) -> str:
 
 def reusable_outputs(record: Path, identity: str) -> dict[str, Path] | None:
     """The outputs listed in a stage's JSON ``record`` if it was written with ``identity`` and every one of
-    them still exists; otherwise None (absent, unreadable or stale record, or an output removed since).
+    them still exists, with the content recorded when the record has their hashes; otherwise None (absent,
+    unreadable or stale record, or an output removed or changed since).
 
     A stage writes its record last (``{"identity": ..., "outputs": {name: path relative to the record's
-    folder}, ...}``), so a record's presence means the outputs it lists were complete.
+    folder}, "sha256": {name: hash}, ...}``, see :func:`output_digests`), so a record's presence means the
+    outputs it lists were complete; their hashes tell an edited or damaged one from what the stage wrote.
     """
     try:
         data = json.loads(Path(record).read_text())
@@ -206,7 +243,20 @@ def reusable_outputs(record: Path, identity: str) -> dict[str, Path] | None:
     if not isinstance(data, dict) or data.get("identity") != identity or not isinstance(data.get("outputs"), dict):
         return None
     outputs = {str(k): Path(record).parent / str(v) for k, v in data["outputs"].items()}
-    return outputs if all(p.exists() for p in outputs.values()) else None
+    if not all(p.exists() for p in outputs.values()):
+        return None
+    digests = data.get("sha256") if isinstance(data.get("sha256"), dict) else {}
+    for name, digest in digests.items():
+        path = outputs.get(str(name))
+        if path is not None and (not path.is_file() or sha256_file(path) != digest):
+            return None
+    return outputs
+
+
+def output_digests(paths: Mapping[str, Path]) -> dict[str, str]:
+    """``{name: sha256}`` of the files among a stage's outputs (the ``sha256`` of its record, read by
+    :func:`reusable_outputs`)."""
+    return {k: sha256_file(p) for k, p in paths.items() if Path(p).is_file()}
 
 
 def relative_outputs(paths: dict[str, Path], folder: Path) -> dict[str, str]:

@@ -199,7 +199,8 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     """Test images with one layer's Net2Vec segmentations and the true masks, for the overlay figure.
 
     Returns ``(layer, images, predicted, truth, concept_names)``; ``layer`` defaults to the layer with the
-    best mean test IoU.
+    best mean *val* IoU (a choice made on val, as every argmax of the methods; test IoU where the study has no
+    val images).
     """
     import pandas as pd
 
@@ -209,9 +210,7 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     store = ActivationStore(store_path(study, dataset, model))
     out = model_results(study, dataset, model)
     if layer is None:
-        q = pd.read_csv(concept_quality_csv(out))
-        q = q[(q["method"] == "seg") & (q["metric"] == "set_iou")]
-        layer = str(q.groupby("layer")["value"].mean().idxmax())
+        layer = best_val_seg_layer(pd.read_csv(concept_quality_csv(out)))
     names = list(concepts or ConceptVectors.load(vector_path(vectors_dir(out), "seg", layer)).concepts)
     rows = store.split_index("test")
     # prefer test images where the chosen concepts are present
@@ -221,6 +220,16 @@ def concept_segmentations(study: str, dataset: str, model: str, layer: str | Non
     truth = np.asarray(store.masks.get_orthogonal_selection((rows,)))[:, cidx]
     images = store.read_images(rows)
     return layer, images, layer_segmentation(store, out, layer, rows, names), truth, names
+
+
+def best_val_seg_layer(quality) -> str:
+    """The layer with the best mean segmentation set IoU on val (``val_value`` of ``concept_quality.csv``; the
+    test ``value`` only where the study has no val images): a display choice made on val, like every argmax."""
+    q = quality[(quality["method"] == "seg") & (quality["metric"] == "set_iou")]
+    if q.empty:
+        raise ValueError("concept_quality.csv has no segmentation set_iou rows to choose a layer from")
+    column = "val_value" if "val_value" in q and q["val_value"].notna().any() else "value"
+    return str(q.groupby("layer")[column].mean().idxmax())
 
 
 def layer_segmentation(store, model_out: Path, layer: str, rows: np.ndarray, concepts: Sequence[str]) -> np.ndarray:
@@ -244,12 +253,15 @@ def dataset_summary(study: str, dataset: str, model: str, force: bool = False):
     contain it per split and mean mask area) and ``dataset_examples.png`` (example masks per concept), then
     their record ``dataset_summary.json``. Every model of a study analyses the same images, so the
     extraction notebook of each calls this and only the first computes: a summary recorded from the same
-    dataset files, concepts, split and images by the same code is reused (``force``: recomputed). Parallel
-    runs wait for each other (a lock beside the table). Returns ``(DataFrame, figure path)``.
+    dataset files, concepts, split and images by the same code is reused (``force``: recomputed), unless a
+    file of it was removed or changed since (the record holds their hashes): then it is recomputed. The
+    runner lists the three files among every extraction run's outputs, so such a change reruns the runs, and
+    this recomputes just the summary (:func:`conceptsim.run.keys.self_checked`). Parallel runs wait for each
+    other (a lock beside the table). Returns ``(DataFrame, figure path)``.
     """
     import pandas as pd
 
-    from conceptsim.atomic import code_hash, exclusive, relative_outputs, reusable_outputs, stage_identity
+    from conceptsim.atomic import code_hash, exclusive, output_digests, relative_outputs, reusable_outputs, stage_identity
     from conceptsim.data.summary import write_summary
     from conceptsim.extraction.store import ActivationStore
 
@@ -274,6 +286,7 @@ def dataset_summary(study: str, dataset: str, model: str, force: bool = False):
                 raise ValueError(f"the dataset summary would describe other images than store {store.path} holds")
             record.unlink(missing_ok=True)  # the files change below: no record names them until they are whole
             write_summary(ds, table, figure)
-            write_json(record, {"identity": identity,
-                                "outputs": relative_outputs({"table": table, "figure": figure}, folder)})
+            outputs = {"table": table, "figure": figure}
+            write_json(record, {"identity": identity, "outputs": relative_outputs(outputs, folder),
+                                "sha256": output_digests(outputs)})
     return pd.read_csv(table), figure

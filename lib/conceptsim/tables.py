@@ -32,6 +32,8 @@ def read_table(path: str | Path) -> "pd.DataFrame":
     ------
     FileNotFoundError
         When the file does not exist, naming it and the stage that writes it.
+    ValueError
+        When the file is empty (not even a header row), naming it.
     """
     import pandas as pd
 
@@ -40,4 +42,7 @@ def read_table(path: str | Path) -> "pd.DataFrame":
         raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first")
     # low_memory=False: a column such as similarity.csv's `represented` (True, False, or empty for the label-free
     # rows) is typed once over the whole file, not chunk by chunk (which gives mixed types and a warning)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], low_memory=False)
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], low_memory=False)
+    except pd.errors.EmptyDataError:  # pandas names no file: an emptied or truncated table
+        raise ValueError(f"{path} is empty (no header row): rerun the stage that writes it (conceptsim run ... --force)") from None

@@ -49,7 +49,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from conceptsim.atomic import atomic_path, relative_outputs, reusable_outputs, sha256_file, stage_identity, write_json
+from conceptsim.atomic import (
+    atomic_path,
+    output_digests,
+    relative_outputs,
+    reusable_outputs,
+    sha256_file,
+    stage_identity,
+    write_json,
+)
 from conceptsim.concepts import controls
 from conceptsim.concepts import dissection as dis
 from conceptsim.concepts.layerdata import SplitData, Standardiser
@@ -57,7 +65,7 @@ from conceptsim.concepts.net2vec import LOSSES, SOLVERS, EvalSet, split_counts, 
 from conceptsim.concepts.tcav import train_classification_probes
 from conceptsim.concepts.vectors import save_npz, vector_path
 from conceptsim.data.coco import SPLITS
-from conceptsim.extraction.store import ActivationStore, LayerInfo, read_rows
+from conceptsim.extraction.store import ActivationStore, LayerInfo, StoreError, read_rows
 from conceptsim.paths import concept_quality_csv, concept_stage_json, concept_table_csv, vectors_dir
 from conceptsim.runtime import configure_process
 
@@ -452,8 +460,11 @@ def run_concept_stage(
     constant_channels : ``error_for_twins`` (default: a twin layer with a channel constant on train is a
         :class:`DegenerateLayerError`), ``error`` (any model) or ``allow``.
     reuse : return the outputs already in ``out_dir`` without recomputing when ``concept_stage.json`` says
-        they were computed from the same store (its key), the same parameters, the same twin table and the
-        same library code (:func:`conceptsim.atomic.stage_identity`); anything else recomputes. The
+        they were computed from the same store (its key, and the content hash its mask store recorded when
+        built), the same parameters, the same twin table and the same library code
+        (:func:`conceptsim.atomic.stage_identity`), and they still have the content it recorded (their
+        ``sha256``); anything else recomputes. A mask store whose data no longer match its hash is refused
+        (:class:`StoreError`) before anything is computed from it. The
         pipeline's notebooks reuse, so a stage notebook opened in JupyterLab with the default study's
         parameters shows the stored results instead of computing them a second time.
 
@@ -480,9 +491,12 @@ def run_concept_stage(
     configure_process()
     p = Params(loss, lr, epochs, patience, batch_size, seed, device, constant_channels, seg_solver, cls_solver)
     twin = Path(random_init_quality) if random_init_quality is not None else None
+    store = ActivationStore(store_path)
+    # the mask store's recorded content hash (a rebuilt store with other data recomputes; no re-hash on reuse)
+    masks = store.mask_store.content_sha256 if store.mask_store is not None else None
     identity = stage_identity(
         __name__,
-        store_key=ActivationStore(store_path).attrs.get("key"), layers=list(layers or []),
+        store_key=store.attrs.get("key"), mask_store=masks, layers=list(layers or []),
         concepts=list(concepts or []), params=vars(p), bootstrap=bootstrap, methods=list(methods),
         dissection=dissection, memory_budget_gb=memory_budget_gb,
         twin_quality=sha256_file(twin) if twin is not None and twin.exists() else None)
@@ -498,6 +512,8 @@ def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods
     """The body of :func:`run_concept_stage` once parameters are checked."""
     t0 = time.perf_counter()
     store = ActivationStore(store_path)
+    if store.mask_store is not None and (why := store.mask_store.damaged()):  # else zeros read as "no positive pixels"
+        raise StoreError(why)
     infos = [store.layer(name) for name in (layers or store.layer_names)]
     inp, report = prepare(store, concepts, bootstrap, seed)
     vec_dir = vectors_dir(out)
@@ -519,7 +535,8 @@ def _run(store_path: Path, out: Path, layers, concepts, bootstrap, seed, methods
     write_json(concept_stage_json(out), {"parameters": params, "store_key": store.attrs.get("key"),
                                             "model": store.model, "dataset": store.dataset, **report,
                                             "layers": timings, "total_s": time.perf_counter() - t0,
-                                            "identity": identity, "outputs": relative_outputs(paths, out)})
+                                            "identity": identity, "outputs": relative_outputs(paths, out),
+                                            "sha256": output_digests(paths)})
     paths["concept_stage"] = concept_stage_json(out)
     return paths
 

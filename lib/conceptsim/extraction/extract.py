@@ -117,7 +117,9 @@ def extract(
 
     The concept masks and soft targets go to a shared mask store in ``masks_dir`` (default: a
     ``_masks`` folder beside ``out_path``), built first unless one with the same key is there already
-    (:func:`conceptsim.extraction.maskstore.ensure_mask_store`); ``force`` rebuilds the activations only.
+    (:func:`conceptsim.extraction.maskstore.ensure_mask_store`); ``force`` rebuilds the activations, and the
+    mask store too when its data no longer match the hash recorded when it was built (a forced extraction is
+    how the runner repairs a changed store; a valid one is shared by the dataset's other models and kept).
     The forward loop then reads images only: the next batch is decoded in a prefetch thread and the
     previous one written (``images_per_chunk`` images per Zarr chunk; ``compression`` ``"none"`` or
     ``"zstd"``, see :data:`conceptsim.extraction.store.COMPRESSORS`) in a writer thread while the model runs.
@@ -144,7 +146,7 @@ def extract(
     masks, masks_reused = ensure_mask_store(
         dataset, [i.grid for i in infos], Path(masks_dir) if masks_dir else out_path.parent / "_masks",
         dataset_sha256=(metadata or {}).get("dataset_sha256"), batch_size=batch_size, num_workers=num_workers,
-        progress=progress)
+        progress=progress, verify=force)
     mask_seconds = time.perf_counter() - t0
     meta = dict(metadata or {})
     meta.update(

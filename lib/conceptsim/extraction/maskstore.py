@@ -26,11 +26,20 @@ at their level) and the third stratum of agreement on object concepts (image x t
 :attr:`MaskStore.objects`. Datasets without object concepts (``shapes``, ``photo-colors``) have neither.
 
 Built under a temporary name; a complete store of the same key made meanwhile by another process (two
-extractions running in parallel) is kept, never replaced under a reader.
+extractions running in parallel) is kept, never replaced under a reader; parallel builders of one store
+wait for each other (:func:`conceptsim.atomic.exclusive`), so it is built once.
+
+Content. A store records ``content_sha256``, the hash of its files other than its own ``zarr.json``
+(:func:`content_digest`), when it is built. Opening it checks the attributes only; :meth:`MaskStore.damaged`
+re-reads the data and compares. A forced extraction rebuilds a damaged store (:func:`ensure_mask_store`
+with ``verify``), the concept stage refuses one before computing, and its identity covers the recorded hash.
+A rebuilt store is byte for byte the one it replaces (no build time among its attributes), so the runner's
+records of the other models that use it stay valid.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -40,9 +49,11 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from conceptsim.atomic import sha256_json
+from conceptsim.atomic import debris_pid, exclusive, settle_zarr_writes, sha256_file, sha256_json
 from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked
 from conceptsim.runtime.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
+
+log = logging.getLogger("conceptsim.extraction.maskstore")
 
 MASK_SCHEMA = 2  # 2: the every-object arrays (objects, object_labels)
 ROWS_PER_CHUNK = 64
@@ -75,6 +86,14 @@ def mask_store_key(dataset: Any, grids: Sequence[Sequence[int]], dataset_sha256:
         "eval_grid": list(dataset.eval_grid),
         "grids": sorted(grid_name(g) for g in grids),
     })
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of a store's files (relative names and contents) other than its root ``zarr.json``, which holds
+    the digest; temporaries of this package are left out."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p != path / "zarr.json" and debris_pid(p.name) is None)
+    return sha256_json([(p.relative_to(path).as_posix(), sha256_file(p)) for p in files])
 
 
 class MaskStore:
@@ -111,6 +130,21 @@ class MaskStore:
         """Per image, "some object present" (uint8 0/1, rows as :attr:`masks`); None without object concepts."""
         return np.asarray(self._array("object_labels")[:]) if self.has_objects else None
 
+    @property
+    def content_sha256(self) -> str | None:
+        """The hash of the store's data recorded when it was built (None for a store built before it was)."""
+        return self.attrs.get("content_sha256")
+
+    def damaged(self) -> str | None:
+        """Why the store's data no longer match the hash recorded when it was built (a chunk removed, truncated
+        or edited), or None when they match or no hash was recorded. Reads every file of the store."""
+        if self.content_sha256 is None:
+            return None
+        if content_digest(self.path) != self.content_sha256:
+            return (f"mask store {self.path} no longer holds the data it was built with (a file was removed or "
+                    "changed since); run the extraction stage again, forced, to rebuild it")
+        return None
+
     def targets(self, grid: Sequence[int]) -> zarr.Array:
         name = grid_name(grid)
         if name not in self.attrs["grids"]:
@@ -120,21 +154,33 @@ class MaskStore:
 
 def ensure_mask_store(
     dataset: Any, grids: Sequence[Sequence[int]], folder: str | Path, *, dataset_sha256: str | None = None,
-    batch_size: int = 16, num_workers: int = 0, progress: bool = True,
+    batch_size: int = 16, num_workers: int = 0, progress: bool = True, verify: bool = False,
 ) -> tuple[MaskStore, bool]:
     """The mask store of ``dataset`` (a :class:`~conceptsim.data.coco.ConceptDataset`) and ``grids`` in ``folder``.
 
-    Reused when a complete store with the same key exists there, else built. Returns ``(store, reused)``.
+    Reused when a complete store with the same key exists there, else built. With ``verify`` (a forced
+    extraction) a store whose data no longer match its recorded hash, or that recorded none, is rebuilt and
+    replaced (:meth:`MaskStore.damaged`). Returns ``(store, reused)``.
     """
-    from conceptsim.data.coco import make_loader
-
     grids = sorted({(int(g[0]), int(g[1])) for g in grids})
     key = mask_store_key(dataset, grids, dataset_sha256)
     path = Path(folder) / f"{key[:20]}.zarr"
-    try:
-        return MaskStore(path, expected_key=key), True
-    except StoreError:
-        pass
+    with exclusive(path):  # parallel extractions of one dataset build (or rebuild) the store once
+        try:
+            store = MaskStore(path, expected_key=key)
+            if not verify or (store.content_sha256 is not None and store.damaged() is None):
+                return store, True
+        except StoreError:
+            pass
+        return _build(dataset, grids, key, path, batch_size, num_workers, progress, verify), False
+
+
+def _build(dataset: Any, grids: list, key: str, path: Path, batch_size: int, num_workers: int, progress: bool,
+           replace: bool) -> MaskStore:
+    """Build the store at ``path`` under a temporary name (see :func:`ensure_mask_store`); ``replace``: a
+    store of the same key already there is replaced rather than kept."""
+    from conceptsim.data.coco import make_loader
+
     n, k = len(dataset), len(dataset.concepts)
     gh, gw = dataset.eval_grid
     objects = bool(getattr(dataset, "has_objects", False))
@@ -167,22 +213,28 @@ def ensure_mask_store(
                 bar.update(len(batch["image_id"]))
         rows.finish()
         bar.close()
-        g.attrs["complete"] = True
-        g.attrs["build_seconds"] = round(time.perf_counter() - t0, 3)
+        # the data's hash, then complete; no build time (a rebuilt store is byte for byte the one it replaces)
+        g.attrs.update(content_sha256=content_digest(tmp), complete=True)
+        log.info("mask store %s built in %.1f s", path.name, time.perf_counter() - t0)
         try:
             os.rename(tmp, path)
-        except OSError:  # made meanwhile by a parallel run: keep a valid one, replace a broken one
+        except OSError:  # there already: keep a valid one (made meanwhile by a parallel run), replace a broken one
             try:
                 store = MaskStore(path, expected_key=key)
+                if replace:
+                    raise StoreError(f"mask store {path} is being rebuilt")
                 shutil.rmtree(tmp, ignore_errors=True)
-                return store, True
+                return store
             except StoreError:
-                shutil.rmtree(path, ignore_errors=True)
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.rename(path, old)
                 os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        settle_zarr_writes()  # chunk writes still under way would re-create the folder after its removal
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return MaskStore(path, expected_key=key), False
+    return MaskStore(path, expected_key=key)
 
 
 def _progress(total: int, enabled: bool):

@@ -23,7 +23,7 @@ from typing import Any
 
 from conceptsim.atomic import write_json
 from conceptsim.paths import dataset_results, executed_path, logs_dir, model_results, project_root
-from conceptsim.run.keys import notebooks_dir, output_hashes, record_path, run_slug
+from conceptsim.run.keys import force_marker_path, notebooks_dir, output_hashes, record_path, run_slug
 from conceptsim.run.study import Run
 
 _study_process: int | None = None  # in a pool worker: the process id of the study that started it
@@ -121,6 +121,9 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
     from conceptsim.book import reporting
     from conceptsim.run import kernels
 
+    if force:  # written before the record goes: a forced run killed or failed from here on is forced again
+        write_json(force_marker_path(run), {"id": run.id, "forced_because": force if isinstance(force, str) else "forced",
+                                           "started": time.time(), "pid": os.getpid()})
     record_path(run).unlink(missing_ok=True)  # executing means not complete: a kill from here on redoes the run
     out = executed_path(run)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +173,7 @@ def _execute_run(run: Run, key: str, fresh_kernel: bool, force: bool | str) -> d
         os._exit(1)  # no record: the run is redone by the next study run
     if status == "ok":
         write_json(record_path(run), record)
+        force_marker_path(run).unlink(missing_ok=True)  # complete: the next study run forces it no more
     else:
         record_path(run).unlink(missing_ok=True)
     return record
