@@ -111,3 +111,11 @@ def test_opening_does_not_count_tests_that_cannot_exist(comparison_run):
     n_f2 = sum(1 for m in doc["pairs"][0]["finding2"].values() for c in ("aligned", "beyond_resolution",
                                                                           "from_training") if c in m)
     assert f"of {n_f2 - 1} tests (not counted: 1 classification beyond-resolution test(s), which do not apply" in line
+
+
+def test_finding2_headings_count_two_tests_for_classification(comparison_run):
+    # classification's beyond-resolution test does not exist (image-level outputs), as the opening says
+    doc, _ = comparison_run
+    md = findings.findings_markdown(doc)
+    assert "**Finding 2**: three tests per model pair" in md and "**Finding 2**: two tests per model pair" in md
+    assert "two for classification" in findings.verdict_overview([doc])

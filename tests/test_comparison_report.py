@@ -3,6 +3,8 @@ hand-typed numbers)."""
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from conceptsim.comparison import figures, report
@@ -159,3 +161,31 @@ def test_emergence_depth_label_fits_the_figure(comparison_run):
     width, height = fig.bbox.width, fig.bbox.height
     for text, box in _text_boxes(fig):
         assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, f"{text!r} clipped"
+
+
+def test_signed_measures_are_drawn_on_a_diverging_scale_and_ties_in_depth_keep_the_study_order(comparison_run):
+    """A negative cls_partial (layers that disagree) must not look like 0: correlations and agreement beyond
+    chance are drawn on [-1, 1]; set IoU and CKA on [0, 1]. Layers at one relative depth (the pixels floor's
+    strides) keep the study's layer order, not their names' (stride16 before stride4)."""
+    _, sim = comparison_run
+    for method, low in (("cls_partial", -1.0), ("seg_kappa", -1.0), ("seg", 0.0)):
+        meshes = [a for ax in figures.layer_heatmaps(sim, "a", method=method).axes for a in ax.get_images()]
+        assert meshes and all(m.norm.vmin == low and m.norm.vmax == 1.0 for m in meshes), method
+    grid = figures.cross_model_matrix(sim, ["a", "b"], method="cls_partial")
+    assert all(c.norm.vmin == -1.0 for ax in grid.axes for c in ax.collections if c.get_array() is not None)
+    names = ["stride4", "stride8", "stride16", "stride32"]
+    rows = [{"method": "seg", "model_a": "p", "layer_a": a, "depth_a": 0.0, "model_b": "p", "layer_b": b,
+             "depth_b": 0.0, "value": 0.5} for i, a in enumerate(names) for b in names[i:]]
+    _, order, cols = figures.matrix(pd.DataFrame(rows), "p", "p", "seg")
+    assert [r[1] for r in order] == names and [c[1] for c in cols] == names
+
+
+def test_emergence_markers_stay_on_their_concepts_row(comparison_run):
+    doc, _ = comparison_run
+    doc = json.loads(json.dumps(doc))
+    doc["models"] = [f"m{i}" for i in range(13)]  # the default study's 13 models
+    doc["emergence"] = [{"model": m, "concept": c, "method": "seg", "depth": 0.5} for m in doc["models"]
+                        for c in doc["concepts"]]
+    fig = figures.emergence_plot(doc)
+    ys = np.concatenate([c.get_offsets()[:, 1] for c in fig.axes[0].collections])
+    assert np.abs(ys - np.round(ys)).max() <= 0.3 + 1e-9

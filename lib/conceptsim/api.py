@@ -132,7 +132,9 @@ class Results:
         ``conceptsim.comparison.outputs.compared_models``).
 
         One row per concept, method and unordered layer pair, with the columns ``concept, category,
-        method, model_a, layer_a, depth_a, model_b, layer_b, depth_b, value, control, n_test``; methods
+        method, model_a, layer_a, depth_a, model_b, layer_b, depth_b, value, control, represented, n_test``
+        (``represented``: the concept is represented in both layers, the rows layer-level means average; empty
+        for the label-free rows); methods
         ``seg``, ``seg_kappa``, ``seg_kappa_max``, ``seg_obs_exp``, ``seg_pearson``, ``cls``, ``cls_partial``,
         ``cls_jaccard``, the concept-free CKA rows (see :meth:`cka`) and the label-free unit matching rows
         ``units_bb`` and ``units_bb_corr``. Undefined values are missing (NaN).

@@ -33,7 +33,7 @@ from conceptsim.comparison.report import (
     tests_of,
     verdict_cell,
 )
-from conceptsim.models.names import is_twin
+from conceptsim.models.names import PIXELS_MODEL, is_twin
 from conceptsim.paths import comparison_files, dataset_results
 
 if TYPE_CHECKING:
@@ -100,13 +100,16 @@ def _dataset_findings(study: "Study", dataset: str, findings_json: Path, page_di
         save_figure(fig, fig_dir / f"{name}.png", dpi=100)
         shown.append(f"![{name.replace('_', ' ')}]({dataset}/figures/{name}.png)")
     sim = read_table(comparison_files(findings_json.parent)["similarity"])
-    trained = sim[~sim["model_a"].map(is_twin) & ~sim["model_b"].map(is_twin)]
+    floor = {PIXELS_MODEL}  # neither trained nor a twin: left out of "trained models"
+    trained = sim[~sim["model_a"].map(is_twin) & ~sim["model_b"].map(is_twin)
+                  & ~sim["model_a"].isin(floor) & ~sim["model_b"].isin(floor)]
     agree = concept_vs_cka(trained, method="seg")
     rows = [[f"{r.model_a} vs {r.model_b}", str(r.n_pairs), fmt(r.spearman), fmt(r.mean_concept),
              fmt(r.mean_cka), r.largest_gap] for r in agree.itertuples()]
     cka_text = (
-        "**Concept similarity against CKA** (trained models; rank correlation over layer pairs of the "
-        "concept-mean S_seg and linear CKA; the largest gap is CKA minus S_seg):\n\n"
+        "**Concept similarity against CKA** (trained models, without the pixels floor; rank correlation over layer "
+        "pairs of S_seg averaged over the concepts represented in both layers, and linear CKA; the largest gap is CKA "
+        "minus S_seg):\n\n"
         + table(["models", "layer pairs", "Spearman", "mean S_seg", "mean CKA", "largest gap"], rows)
         + "\n"
     )
@@ -204,7 +207,8 @@ def verdict_overview(docs: list[dict]) -> str:
     parts = ["### Finding 1: trained architectures agree beyond accuracy, more than their twins at the same layers",
              table(["dataset", "model pair", "method", "verdict", "trained − twins [95 % CI]"], rows1) if rows1 else
              "No finding-1 tests.",
-             "### Finding 2: matched layers at similar relative depth (three tests per pair)",
+             "### Finding 2: matched layers at similar relative depth (three tests per pair for segmentation, two for "
+             "classification)",
              table(["dataset", "model pair", "method", "test", "verdict", "advantage [95 % CI]"], rows2) if rows2 else
              "No finding-2 tests."]
     return "\n\n".join(parts) + "\n"
@@ -223,7 +227,8 @@ def findings_markdown(doc: dict | str | Path, methods: tuple[str, ...] = ("seg",
             "at the same layers", finding1_table(doc, m),
             "<details><summary>Per concept category (diagnostic)</summary>\n\n" + finding1_category_table(doc, m)
             + "\n\n</details>",
-            "**Finding 2**: three tests per model pair (advantage = comparison's error − trained error)",
+            f"**Finding 2**: {'three' if m == 'seg' else 'two'} tests per model pair (advantage = comparison's error − "
+            "trained error)" + ("" if m == "seg" else "; beyond resolution does not apply to image-level outputs"),
             finding2_table(doc, m),
             "<details><summary>Predictors and match stability (diagnostics)</summary>\n\n"
             + finding2_details_table(doc, m) + "\n\n</details>",

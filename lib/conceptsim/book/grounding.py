@@ -148,7 +148,9 @@ SECTIONS = (
      "depth. A label-free finding 2 shows an alignment error below the null mean for trained pairs, and twins as a "
      "control.", "No `grounding.csv` exists for this study yet (run the comparison stage)."),
     ("Planted matches", "Synthetic spaces with known shared concepts: a good method proposes exactly the planted "
-     "matches (precision and recall 1) under a pure permutation; a basis-free method keeps them under rotation.",
+     "matches (precision and recall 1) under a pure permutation at low noise; a basis-free method keeps them under "
+     "rotation at low and moderate noise. At the highest noise recall falls and some methods also propose wrong pairs "
+     "(each row is one draw of the spaces).",
      "The `grounding/planted` benchmark has not been run (`benchmarks/run.py --only grounding`)."),
     ("Shortcut affinity and label randomisation", "Small CNNs trained with a planted cue (a dot whose colour gives the "
      "label) present with probability 0, 0.5 or 1, or on shuffled labels, three seeds per group: a good measure finds "

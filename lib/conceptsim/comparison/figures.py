@@ -51,7 +51,15 @@ def matrix(df: pd.DataFrame, model_a: str, model_b: str, method: str, concepts=N
         if not represented.any():
             return np.zeros((0, 0)), [], []
         piv = both[represented].pivot_table(**axes).reindex(index=piv.index, columns=piv.columns)
-    piv = piv.sort_index(axis=0).sort_index(axis=1)
+    # by relative depth, then (layers at one depth, e.g. the pixels floor's strides) in the study's layer order,
+    # which the rows follow, not by name (stride16 before stride4)
+    seen = {str(name): i for i, name in enumerate(dict.fromkeys(
+        [x for pair in zip(both["layer_a"].astype(str), both["layer_b"].astype(str)) for x in pair]))}
+
+    def ordered(labels):
+        return sorted(labels, key=lambda dl: (dl[0], seen.get(str(dl[1]), len(seen)), str(dl[1])))
+
+    piv = piv.reindex(index=ordered(piv.index), columns=ordered(piv.columns))
     return piv.to_numpy(dtype=float), list(piv.index), list(piv.columns)
 
 
@@ -90,19 +98,29 @@ def _edges(depths: list[float]) -> np.ndarray:
 MIN_FONT = 9
 
 
-def _draw(ax, values, rows, cols, title, vmin=0.0, vmax=1.0, depth_axes=True):
+#: measures that can be negative (correlations, agreement beyond chance): drawn on [-1, 1] with a diverging map,
+#: so that disagreement is not shown as 0; the others (set IoU, Jaccard, CKA, a share of units) on [0, 1]
+SIGNED = ("seg_kappa", "seg_kappa_max", "seg_pearson", "cls", "cls_partial", "units_bb_corr")
+
+
+def colour_scale(method: str) -> dict:
+    """``vmin``, ``vmax`` and ``cmap`` of a heat map of ``method``."""
+    return dict(vmin=-1.0, vmax=1.0, cmap="RdBu_r") if method in SIGNED else dict(vmin=0.0, vmax=1.0, cmap="viridis")
+
+
+def _draw(ax, values, rows, cols, title, vmin=0.0, vmax=1.0, depth_axes=True, cmap="viridis"):
     if values.size == 0:
         ax.set_axis_off()
         ax.set_title(f"{title}\n(no values)" if title else "")
         return None
     if depth_axes:
         mesh = ax.pcolormesh(_edges([c[0] for c in cols]), _edges([r[0] for r in rows]), np.ma.masked_invalid(values),
-                             vmin=vmin, vmax=vmax, cmap="viridis")
+                             vmin=vmin, vmax=vmax, cmap=cmap)
         ax.set_xlabel("relative depth")
         ax.set_ylabel("relative depth")
         ax.set_aspect("equal")
     else:
-        mesh = ax.imshow(np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap="viridis", origin="lower")
+        mesh = ax.imshow(np.ma.masked_invalid(values), vmin=vmin, vmax=vmax, cmap=cmap, origin="lower")
         ax.set_xticks(range(len(cols)), [c[1] for c in cols], rotation=90, fontsize=MIN_FONT)
         ax.set_yticks(range(len(rows)), [r[1] for r in rows], fontsize=MIN_FONT)
         ax.tick_params(labelsize=MIN_FONT)
@@ -136,10 +154,11 @@ def layer_heatmaps(
     fig = Figure(figsize=(side * len(panels) + 0.8, side + 0.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     mesh = None
+    scale = colour_scale(method)  # CKA (in [0, 1]) is drawn on the concept measure's scale, under one colour bar
     for ax, (title, values, rows, cols) in zip(axes, drawn):
-        mesh = _draw(ax, values, rows, cols, title, depth_axes=False) or mesh
+        mesh = _draw(ax, values, rows, cols, title, depth_axes=False, **scale) or mesh
     if mesh is not None:
-        fig.colorbar(mesh, ax=list(axes), shrink=0.8, label="similarity")
+        fig.colorbar(mesh, ax=list(axes), shrink=0.8, label=f"{method} (and {cka})")
     fig.suptitle(f"{model_a} × {model_b}" if model_b != model_a else model_a)
     return fig
 
@@ -170,7 +189,7 @@ def cross_model_matrix(similarity: pd.DataFrame, models: list[str], method: str 
         for j, mb in enumerate(models):
             ax = axes[i, j]
             values, rows, cols = matrix(similarity, ma, mb, method, concepts)
-            mesh = _draw(ax, values, rows, cols, "") or mesh
+            mesh = _draw(ax, values, rows, cols, "", **colour_scale(method)) or mesh
             ax.tick_params(labelsize=MIN_FONT)
             ax.set_xlabel("relative depth" if i == n - 1 and values.size else "", fontsize=MIN_FONT)
             ax.set_ylabel(f"{wrap_name(ma)}\nrelative depth" if j == 0 else "", fontsize=MIN_FONT)
@@ -194,8 +213,10 @@ def emergence_plot(findings: dict, method: str = "seg") -> Figure:
     ax = fig.subplots()
     depth = {(e["model"], e["concept"]): e["depth"] for e in findings["emergence"] if e["method"] == method}
     markers = "osD^v<>pP*Xh"
+    # the models' markers spread over at most 0.6 of a row (centred on it), so none reads as the next row's
+    step = 0.6 / max(1, len(models) - 1)
     for mi, m in enumerate(models):
-        ys = [ci + (mi - (len(models) - 1) / 2) * 0.08 for ci, c in enumerate(concepts) if depth.get((m, c)) is not None]
+        ys = [ci + (mi - (len(models) - 1) / 2) * step for ci, c in enumerate(concepts) if depth.get((m, c)) is not None]
         xs = [depth[(m, c)] for c in concepts if depth.get((m, c)) is not None]
         ax.scatter(xs, ys, marker=markers[mi % len(markers)], label=m, alpha=0.5 if is_twin(m) else 0.9)
     ax.set_yticks(range(len(concepts)), concepts, fontsize=MIN_FONT)
