@@ -189,3 +189,11 @@ def test_emergence_markers_stay_on_their_concepts_row(comparison_run):
     fig = figures.emergence_plot(doc)
     ys = np.concatenate([c.get_offsets()[:, 1] for c in fig.axes[0].collections])
     assert np.abs(ys - np.round(ys)).max() <= 0.3 + 1e-9
+
+
+def test_a_cell_without_a_value_is_not_drawn_as_zero(comparison_run):
+    # white is 0 on the diverging scale: a missing cell shows the axes' grey
+    _, sim = comparison_run
+    fig = figures.layer_heatmaps(sim, "a", method="cls_partial")
+    drawn = [ax for ax in fig.axes if ax.get_images()]
+    assert drawn and all(ax.get_facecolor()[:3] == (0.75, 0.75, 0.75) for ax in drawn)

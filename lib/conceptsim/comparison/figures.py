@@ -108,11 +108,17 @@ def colour_scale(method: str) -> dict:
     return dict(vmin=-1.0, vmax=1.0, cmap="RdBu_r") if method in SIGNED else dict(vmin=0.0, vmax=1.0, cmap="viridis")
 
 
+#: the colour of a cell without a value (no concept represented in both layers): grey, apart from both scales
+#: (white is 0 on the diverging one)
+MISSING = "0.75"
+
+
 def _draw(ax, values, rows, cols, title, vmin=0.0, vmax=1.0, depth_axes=True, cmap="viridis"):
     if values.size == 0:
         ax.set_axis_off()
         ax.set_title(f"{title}\n(no values)" if title else "")
         return None
+    ax.set_facecolor(MISSING)
     if depth_axes:
         mesh = ax.pcolormesh(_edges([c[0] for c in cols]), _edges([r[0] for r in rows]), np.ma.masked_invalid(values),
                              vmin=vmin, vmax=vmax, cmap=cmap)
