@@ -366,3 +366,15 @@ def test_a_study_accepts_the_same_layer_globs_as_the_command_line(tmp_path):
     study = parse_study({"name": "g", "datasets": {"shapes": {}}, "models": ["mobilenet_v2_imagenet"],
                          "layers": {"mobilenet_v2_imagenet": "features.[12]"}})
     assert study.layers["mobilenet_v2_imagenet"] == "features.[12]"
+
+
+def test_a_model_without_a_python_builder_keeps_its_networks_preprocessing():
+    # preprocessing_of read the spec's `python` key for every kind (KeyError for a small CNN)
+    import torch.nn as nn
+
+    from conceptsim.data.geometry import Preprocessing
+    from conceptsim.models.user_models import preprocessing_of
+
+    net = nn.Conv2d(3, 4, 3)
+    net.preprocessing = Preprocessing(size=(64, 64), resize="stretch", scale=1 / 255.0)
+    assert preprocessing_of({"small_cnn": {"cue": 0.5, "seed": 1}}, net).size == (64, 64)

@@ -365,10 +365,13 @@ def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
                                  mean=tuple(t.image_mean), std=tuple(t.image_std))
         return Preprocessing(size=(size or 224,) * 2, resize="stretch", scale=1 / 255.0, mean=IMAGENET_MEAN,
                              std=IMAGENET_STD)
-    where = f"python builder {spec['python']!r}"
+    # a python builder's module, then the network (a small CNN's network carries its own Preprocessing)
+    where = f"python builder {spec['python']!r}" if kind == "python" else f"{kind} model"
+    carriers = [(module, f"{where} (the network it returns)" if kind == "python" else where)]
+    if kind == "python":
+        carriers.insert(0, (_python_module(spec), f"{where} (module {spec['python'].split(':')[0]})"))
     fields: dict[str, Any] = {}
-    for carrier, what in ((_python_module(spec), f"{where} (module {spec['python'].split(':')[0]})"),
-                          (module, f"{where} (the network it returns)")):
+    for carrier, what in carriers:
         own = getattr(carrier, "preprocessing", None)
         fields.update(own.to_dict() if isinstance(own, Preprocessing) else check_preprocessing(own, what))
     fields.setdefault("size", (224, 224))
@@ -380,7 +383,7 @@ def preprocessing_of(spec: Mapping, module: nn.Module) -> Preprocessing:
     try:
         return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     except (TypeError, ValueError) as exc:
-        raise UserModelError(f"python builder {spec['python']!r}: bad preprocessing {fields} ({exc})") from None
+        raise UserModelError(f"{where}: bad preprocessing {fields} ({exc})") from None
 
 
 PREPROCESSING_FIELDS = {  # a python builder's ``preprocessing`` dict: field -> (what is expected, an example)
