@@ -11,7 +11,7 @@ import re
 import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 
 @contextlib.contextmanager
@@ -209,6 +209,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def folder_digest(path: str | os.PathLike, file_hash: Callable[[Path], Any] = sha256_file, skip: Iterable[Path] = ()) -> str:
+    """sha256 of a folder's files: their relative names and ``file_hash`` values, in name order, leaving out
+    this package's temporaries (:func:`debris_pid`) and the paths in ``skip`` (a store's own record of its digest)."""
+    path, skip = Path(path), set(skip)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p not in skip and debris_pid(p.name) is None)
+    return sha256_json([(p.relative_to(path).as_posix(), file_hash(p)) for p in files])
 
 
 def library_hash() -> str:

@@ -49,7 +49,7 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
-from conceptsim.atomic import debris_pid, exclusive, settle_zarr_writes, sha256_file, sha256_json
+from conceptsim.atomic import exclusive, folder_digest, settle_zarr_writes, sha256_json
 from conceptsim.extraction.zarrio import ArrayHandles, ChunkedRows, StoreError, open_checked
 from conceptsim.runtime.background import BackgroundCalls, helper_libraries_single_threaded, prefetched
 
@@ -92,8 +92,7 @@ def content_digest(path: str | Path) -> str:
     """sha256 of a store's files (relative names and contents) other than its root ``zarr.json``, which holds
     the digest; temporaries of this package are left out."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p != path / "zarr.json" and debris_pid(p.name) is None)
-    return sha256_json([(p.relative_to(path).as_posix(), sha256_file(p)) for p in files])
+    return folder_digest(path, skip=[path / "zarr.json"])
 
 
 class MaskStore:

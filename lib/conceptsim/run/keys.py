@@ -30,7 +30,7 @@ from pathlib import Path
 
 import nbformat
 
-from conceptsim.atomic import debris_pid, sha256_file, sha256_json
+from conceptsim.atomic import folder_digest, sha256_file, sha256_json
 from conceptsim.atomic import notebook_code_hash as package_code_hash
 from conceptsim.paths import (
     comparison_stage_json,
@@ -157,8 +157,7 @@ def content_hash(path: Path) -> str | None:
     """sha256 of a file, or of a folder's files (relative names and contents); None when absent. A file's
     hash is remembered for its size and modification time within this process."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and debris_pid(p.name) is None)
-        return sha256_json([(str(p.relative_to(path)), content_hash(p)) for p in files])
+        return folder_digest(path, content_hash)
     try:
         st = path.stat()
     except OSError:
